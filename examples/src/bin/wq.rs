@@ -1,0 +1,231 @@
+//! `wq`: drive a running `work-queue-server` by hand, one call per invocation.
+//!
+//! ```text
+//! wq create jobs
+//! wq add jobs resize photo-1.jpg
+//! wq start jobs
+//! wq take jobs --wait-ms 1000
+//! wq list
+//! ```
+//!
+//! Exit status: 0 on success, 1 if the service refused the request (no such queue, ...),
+//! 2 if the call did not get through (server not running, deadline exceeded, ...),
+//! 64 for a usage error.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use pipe_rpc_examples::{DEFAULT_PIPE, QueueError, QueueInfo, WorkItem, WorkQueuesClient};
+use rpc_core::{ClientConfig, RpcError, TransportError};
+
+const USAGE: &str = "\
+usage: wq [--pipe NAME] [--timeout-ms N] <command> [args]
+
+commands:
+  create QUEUE              create a queue (it starts out stopped)
+  delete QUEUE              delete a queue and the work in it
+  start QUEUE               let workers take work from a queue
+  stop QUEUE                stop handing out work (adding still works)
+  list                      show all queues
+  add QUEUE KIND [PAYLOAD]  add a work item (PAYLOAD is text; default empty)
+  take QUEUE [--wait-ms N]  take the oldest item, waiting up to N ms (default 0)
+
+options:
+  --pipe NAME       the server's pipe (default: work-queues)
+  --timeout-ms N    how long to wait for the server to answer, and to come up
+                    if it is not running yet (default: 5000)
+  -h, --help        show this help
+
+exit status: 0 ok, 1 refused by the service, 2 call failed, 64 usage error";
+
+/// Exit status for a usage error (BSD `EX_USAGE`).
+const EXIT_USAGE: u8 = 64;
+
+/// One call to make.
+#[derive(Debug)]
+enum Command {
+    Create(String),
+    Delete(String),
+    Start(String),
+    Stop(String),
+    List,
+    Add { queue: String, item: WorkItem },
+    Take { queue: String, wait_ms: u64 },
+}
+
+#[derive(Debug)]
+struct Args {
+    pipe: String,
+    timeout: Duration,
+    command: Command,
+}
+
+/// Parses the command line; `Ok(None)` asks for help.
+fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
+    let mut args = args.into_iter();
+    let (mut pipe, mut timeout_ms, mut wait_ms) = (DEFAULT_PIPE.to_owned(), 5_000, None);
+    let mut words = Vec::new();
+    let number = |opt: &str, value: Option<String>| -> Result<u64, String> {
+        let value = value.ok_or_else(|| format!("{opt} needs a value"))?;
+        value.parse().map_err(|_| format!("{opt}: {value:?} is not a number of milliseconds"))
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--pipe" => pipe = args.next().ok_or("--pipe needs a value")?,
+            "--timeout-ms" => timeout_ms = number("--timeout-ms", args.next())?,
+            "--wait-ms" => wait_ms = Some(number("--wait-ms", args.next())?),
+            // Everything after `--` is an argument, even if it starts with `-`.
+            "--" => words.extend(args.by_ref()),
+            opt if opt.starts_with("--") => return Err(format!("unknown option {opt}")),
+            _ => words.push(arg),
+        }
+    }
+    let mut words = words.into_iter();
+    let verb = words.next().ok_or("no command given")?;
+    let mut queue = || words.next().ok_or_else(|| format!("`{verb}` needs a queue name"));
+    let command = match verb.as_str() {
+        "create" => Command::Create(queue()?),
+        "delete" => Command::Delete(queue()?),
+        "start" => Command::Start(queue()?),
+        "stop" => Command::Stop(queue()?),
+        "list" => Command::List,
+        "add" => {
+            let queue = queue()?;
+            let kind = words.next().ok_or("`add` needs a queue name and a kind of work")?;
+            let payload = words.next().unwrap_or_default();
+            Command::Add { queue, item: WorkItem::new(kind, payload) }
+        }
+        "take" => Command::Take { queue: queue()?, wait_ms: wait_ms.take().unwrap_or(0) },
+        other => return Err(format!("unknown command `{other}`")),
+    };
+    if let Some(extra) = words.next() {
+        return Err(format!("unexpected argument {extra:?}"));
+    }
+    if wait_ms.is_some() {
+        return Err("--wait-ms only applies to `take`".into());
+    }
+    Ok(Some(Args { pipe, timeout: Duration::from_millis(timeout_ms), command }))
+}
+
+/// Makes the call and returns what to print.
+async fn run(client: &WorkQueuesClient, timeout: Duration, command: Command) -> Result<String, QueueError> {
+    Ok(match command {
+        Command::Create(name) => format!("created {}", client.create(name).await?),
+        Command::Delete(name) => {
+            client.delete(name.clone()).await?;
+            format!("deleted {name}")
+        }
+        Command::Start(name) => format!("started {}", client.start(name).await?),
+        Command::Stop(name) => format!("stopped {}", client.stop(name).await?),
+        Command::List => table(&client.list().await?),
+        Command::Add { queue, item } => {
+            let id = client.add_work(queue.clone(), item).await?;
+            format!("added item {id} to {queue}")
+        }
+        Command::Take { queue, wait_ms } => {
+            // The call's deadline must cover the wait on the server, plus the usual margin.
+            let client = client.with_timeout(timeout + Duration::from_millis(wait_ms));
+            match client.take_work(queue.clone(), wait_ms).await? {
+                Some((id, item)) => format!("item {id}: {item}"),
+                None => format!("no work in {queue} (waited {wait_ms} ms)"),
+            }
+        }
+    })
+}
+
+/// Formats queues as an aligned table.
+fn table(queues: &[QueueInfo]) -> String {
+    if queues.is_empty() {
+        return "no queues".into();
+    }
+    let width = queues.iter().map(|q| q.name.len()).max().unwrap_or(0).max("NAME".len());
+    let mut out = format!("{:<width$}  {:<7}  {:>7}  {:>7}", "NAME", "STATE", "PENDING", "TAKEN");
+    for q in queues {
+        out += &format!("\n{:<width$}  {:<7}  {:>7}  {:>7}", q.name, q.state.to_string(), q.pending, q.taken);
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("wq: {e}\n\n{USAGE}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // One timeout for both: a user waiting on `wq` does not care which part is slow.
+    let config = ClientConfig::default().connect_timeout(args.timeout).default_timeout(args.timeout);
+    let result = match WorkQueuesClient::connect_with(args.pipe.as_str(), config).await {
+        Ok(client) => run(&client, args.timeout, args.command).await,
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(QueueError::Rpc(e)) => {
+            eprintln!("wq: {e}");
+            if let RpcError::Transport(TransportError::NotRunning { .. }) = e {
+                eprintln!("wq: start one with `work-queue-server --pipe {}`", args.pipe);
+            }
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("wq: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Result<Option<Args>, String> {
+        parse(line.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn options_go_anywhere() {
+        let a = args("--pipe p take jobs --wait-ms 1000 --timeout-ms 20").unwrap().unwrap();
+        assert_eq!((a.pipe.as_str(), a.timeout), ("p", Duration::from_millis(20)));
+        assert!(matches!(a.command, Command::Take { ref queue, wait_ms: 1000 } if queue == "jobs"));
+    }
+
+    #[test]
+    fn add_takes_an_optional_payload() {
+        let a = args("add jobs resize photo-1.jpg").unwrap().unwrap();
+        assert!(matches!(a.command, Command::Add { ref item, .. } if item.payload == b"photo-1.jpg"));
+        let a = args("add jobs ping").unwrap().unwrap();
+        assert!(matches!(a.command, Command::Add { ref item, .. } if item.payload.is_empty()));
+        let a = args("add jobs echo -- --not-an-option").unwrap().unwrap();
+        assert!(matches!(a.command, Command::Add { ref item, .. } if item.payload == b"--not-an-option"));
+    }
+
+    #[test]
+    fn mistakes_are_explained() {
+        for (line, why) in [
+            ("", "no command"),
+            ("frobnicate", "unknown command"),
+            ("create", "needs a queue"),
+            ("add jobs", "kind of work"),
+            ("list extra", "unexpected argument"),
+            ("list --wait-ms 5", "only applies to `take`"),
+            ("--timeout-ms soon list", "not a number"),
+            ("--pipe", "needs a value"),
+            ("--verbose list", "unknown option"),
+        ] {
+            let err = args(line).unwrap_err();
+            assert!(err.contains(why), "{line:?}: {err}");
+        }
+        assert!(args("list --help").unwrap().is_none());
+    }
+}

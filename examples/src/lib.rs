@@ -1,0 +1,173 @@
+//! A work-queue management service over pipe-rpc: the service both processes share.
+//!
+//! The service follows the seed article "Interprocess Communication on Windows using
+//! Named Pipes": management tools create, delete, start, stop and list work queues over
+//! a local pipe, queues are created stopped, and failures come back as typed errors
+//! instead of `ERROR error-code error-message` strings. Producers add work items and
+//! workers take them.
+//!
+//! - [`WorkQueues`]: the service trait; `#[rpc_core::service]` derives
+//!   [`WorkQueuesClient`] and [`WorkQueuesServer`] from it.
+//! - [`MemoryQueues`]: an in-memory implementation.
+//! - [`server::serve`]: runs it on a pipe until told to stop (used by the
+//!   `work-queue-server` and `demo` binaries).
+//! - [`session::run`]: a scripted client session (used by `work-queue-client` and `demo`).
+//!
+//! Run the whole thing, server and client as two processes, with
+//! `cargo run -p pipe-rpc-examples --bin demo`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+mod memory;
+pub mod server;
+pub mod session;
+
+pub use memory::MemoryQueues;
+
+/// The default pipe name of the work-queue server.
+pub const DEFAULT_PIPE: &str = "work-queues";
+
+/// Whether workers may take work from a queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum QueueState {
+    /// Work can be added but not taken. New queues start here.
+    Stopped,
+    /// Work can be added and taken.
+    Running,
+}
+
+impl fmt::Display for QueueState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QueueState::Stopped => "stopped",
+            QueueState::Running => "running",
+        })
+    }
+}
+
+/// A snapshot of one queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    /// The queue's name.
+    pub name: String,
+    /// Whether work can be taken from it.
+    pub state: QueueState,
+    /// Items waiting to be taken.
+    pub pending: u64,
+    /// Items taken from it so far.
+    pub taken: u64,
+}
+
+impl fmt::Display for QueueInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}, {} pending, {} taken)", self.name, self.state, self.pending, self.taken)
+    }
+}
+
+/// One unit of work: what to do (`kind`) and the data to do it on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkItem {
+    /// What kind of work this is, for the worker to dispatch on (`"resize"`, ...).
+    pub kind: String,
+    /// The work's input. `serde_bytes` sends it as one byte string; a plain `Vec<u8>`
+    /// would be encoded element by element.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+impl WorkItem {
+    /// A work item of the given kind and payload.
+    pub fn new(kind: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        WorkItem { kind: kind.into(), payload: payload.into() }
+    }
+}
+
+impl fmt::Display for WorkItem {
+    /// `kind "text"` for a UTF-8 payload, `kind <N bytes>` otherwise.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match std::str::from_utf8(&self.payload) {
+            Ok(text) => write!(f, "{} {text:?}", self.kind),
+            Err(_) => write!(f, "{} <{} bytes>", self.kind, self.payload.len()),
+        }
+    }
+}
+
+/// Why the service refused a request, or why the call did not get through.
+///
+/// The first variants are the service's own answers (the seed's `ERROR error-code
+/// error-message`, typed). [`QueueError::Rpc`] carries pipe and call failures, which lets
+/// every client method return one `Result<T, QueueError>`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum QueueError {
+    /// No queue has this name.
+    #[error("no queue named `{name}`")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// A queue with this name exists already.
+    #[error("queue `{name}` already exists")]
+    AlreadyExists {
+        /// The name asked for.
+        name: String,
+    },
+    /// The name cannot be used for a queue.
+    #[error("invalid queue name {name:?}: {reason}")]
+    InvalidName {
+        /// The name asked for.
+        name: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// Work cannot be taken from a stopped queue; start it first.
+    #[error("queue `{name}` is stopped: start it to take work")]
+    Stopped {
+        /// The queue's name.
+        name: String,
+    },
+    /// The call failed on its way: server not running, deadline exceeded, ...
+    #[error(transparent)]
+    Rpc(#[from] rpc_core::RpcError),
+}
+
+impl QueueError {
+    /// A short, stable code for the error, like the seed protocol's `error-code`:
+    /// `not-found`, `already-exists`, `invalid-name`, `stopped` or `rpc`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            QueueError::NotFound { .. } => "not-found",
+            QueueError::AlreadyExists { .. } => "already-exists",
+            QueueError::InvalidName { .. } => "invalid-name",
+            QueueError::Stopped { .. } => "stopped",
+            QueueError::Rpc(_) => "rpc",
+        }
+    }
+}
+
+// TEMP: `rpc_macros::service` until rpc-core's re-export is restored; then `rpc_core::service`.
+/// Management and use of work queues.
+///
+/// Queue names are 1 to 64 characters from `A-Z a-z 0-9 - _ .`.
+#[rpc_macros::service]
+pub trait WorkQueues {
+    /// Creates a queue in the stopped state.
+    async fn create(&self, name: String) -> Result<QueueInfo, QueueError>;
+    /// Deletes a queue and any work still in it.
+    async fn delete(&self, name: String) -> Result<(), QueueError>;
+    /// Starts a queue: workers may take its work. Starting a running queue is a no-op.
+    async fn start(&self, name: String) -> Result<QueueInfo, QueueError>;
+    /// Stops a queue: work accumulates until it is started again. Stopping a stopped
+    /// queue is a no-op.
+    async fn stop(&self, name: String) -> Result<QueueInfo, QueueError>;
+    /// All queues, by name.
+    async fn list(&self) -> Vec<QueueInfo>;
+    /// Adds a work item; returns its id. Works on stopped queues too (they accumulate work).
+    async fn add_work(&self, queue: String, item: WorkItem) -> Result<u64, QueueError>;
+    /// Takes the oldest item of a running queue, waiting up to `wait_ms` for one to arrive.
+    ///
+    /// `Ok(None)` if none arrived in time. The call's own deadline must leave room for
+    /// the wait (see `WorkQueuesClient::with_timeout`).
+    async fn take_work(&self, queue: String, wait_ms: u64) -> Result<Option<(u64, WorkItem)>, QueueError>;
+}

@@ -1,0 +1,228 @@
+//! A scripted client session: the seed article's "create a work queue" scenario and the
+//! rest of the service, printed step by step.
+//!
+//! Every step checks its outcome, so the session doubles as an end-to-end test of a
+//! server: [`run`] fails on the first surprise.
+
+use std::fmt::Display;
+use std::time::{Duration, Instant};
+
+use rpc_core::RpcError;
+use tokio::task::JoinSet;
+
+use crate::{QueueError, QueueState, WorkItem, WorkQueuesClient};
+
+/// The queue the session works on.
+pub const QUEUE: &str = "jobs";
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// A call failed that should have succeeded.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// A call that cannot fail in the service failed on its way.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    /// A call succeeded or failed differently than the script expects.
+    #[error("unexpected outcome of {step}: {got}")]
+    Unexpected {
+        /// The call.
+        step: String,
+        /// What it returned.
+        got: String,
+    },
+}
+
+/// Prints one step: the call on the left, its outcome on the right.
+fn show(call: impl Display, outcome: impl Display) {
+    println!("    {:<44} -> {outcome}", call.to_string());
+}
+
+/// Prints an expected error with its error code, as the seed's `ERROR code message`.
+fn show_err(call: impl Display, e: &QueueError) {
+    show(call, format_args!("ERROR {}: {e}", e.code()));
+}
+
+/// Expects `result` to be the error `want` picks out, and prints it.
+fn expect_err<T: std::fmt::Debug>(
+    call: String,
+    result: Result<T, QueueError>,
+    want: fn(&QueueError) -> bool,
+) -> Result<(), SessionError> {
+    match result {
+        Err(e) if want(&e) => {
+            show_err(call, &e);
+            Ok(())
+        }
+        other => Err(SessionError::Unexpected { step: call, got: format!("{other:?}") }),
+    }
+}
+
+/// Checks a condition of the script.
+fn ensure(ok: bool, step: &str, got: impl std::fmt::Debug) -> Result<(), SessionError> {
+    if ok { Ok(()) } else { Err(SessionError::Unexpected { step: step.to_owned(), got: format!("{got:?}") }) }
+}
+
+fn item(kind: &str, payload: &str) -> WorkItem {
+    WorkItem::new(kind, payload)
+}
+
+fn taken(t: &Option<(u64, WorkItem)>) -> String {
+    match t {
+        Some((id, item)) => format!("item {id}: {item}"),
+        None => "nothing".to_owned(),
+    }
+}
+
+/// Runs the session against the server behind `client`, printing each step.
+///
+/// Starts by deleting [`QUEUE`] if it exists, so it can run against a server that has
+/// seen earlier sessions; ends with the queue deleted again.
+///
+/// # Errors
+///
+/// The first call whose outcome differs from the script's expectation.
+pub async fn run(client: &WorkQueuesClient) -> Result<(), SessionError> {
+    let q = || QUEUE.to_owned();
+
+    println!("Scenario: create a work queue");
+    println!("  given the work queue does not exist");
+    match client.delete(q()).await {
+        Ok(()) => show(format!("delete({QUEUE:?})"), "deleted (left over from an earlier run)"),
+        Err(e @ QueueError::NotFound { .. }) => show_err(format!("delete({QUEUE:?})"), &e),
+        Err(e) => return Err(e.into()),
+    }
+    println!("  when I create the work queue");
+    let info = client.create(q()).await?;
+    show(format!("create({QUEUE:?})"), &info);
+    println!("  then the work queue will be created, and stopped");
+    let all = client.list().await?;
+    show("list()", format_args!("{} queue(s): {}", all.len(), names(&all)));
+    ensure(info.state == QueueState::Stopped && all.iter().any(|i| i.name == QUEUE), "create", &all)?;
+
+    println!("\nErrors are typed values, not strings to parse");
+    expect_err(format!("create({QUEUE:?}) again"), client.create(q()).await, |e| {
+        matches!(e, QueueError::AlreadyExists { .. })
+    })?;
+    expect_err("create(\"no spaces\")".into(), client.create("no spaces".into()).await, |e| {
+        matches!(e, QueueError::InvalidName { .. })
+    })?;
+
+    println!("\nA stopped queue accumulates work");
+    for photo in ["photo-1.jpg", "photo-2.jpg"] {
+        let work = item("resize", photo);
+        let call = format!("add_work({QUEUE:?}, {work})");
+        show(call, format_args!("item {}", client.add_work(q(), work).await?));
+    }
+    expect_err(format!("take_work({QUEUE:?}, 0)"), client.take_work(q(), 0).await, |e| {
+        matches!(e, QueueError::Stopped { .. })
+    })?;
+
+    println!("\nStart it; work comes out oldest first");
+    show(format!("start({QUEUE:?})"), client.start(q()).await?);
+    for _ in 0..3 {
+        let t = client.take_work(q(), 0).await?;
+        show(format!("take_work({QUEUE:?}, 0)"), taken(&t));
+    }
+
+    println!("\nA worker waits for work; calls share one connection");
+    let start = Instant::now();
+    let (t, added) = tokio::join!(client.take_work(q(), 2_000), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.add_work(q(), item("resize", "photo-3.jpg")).await
+    });
+    let (t, added) = (t?, added?);
+    show(
+        format!("take_work({QUEUE:?}, 2000), add 100 ms later"),
+        format_args!("{} after {} ms", taken(&t), start.elapsed().as_millis()),
+    );
+    ensure(t.as_ref().map(|(id, _)| *id) == Some(added), "waiting take_work", &t)?;
+
+    println!("\nDeadlines: every call has one, and the server drops the call when it passes");
+    let start = Instant::now();
+    let result = client.with_timeout(Duration::from_millis(50)).take_work(q(), 5_000).await;
+    let call = format!("with_timeout(50 ms).take_work({QUEUE:?}, 5000)");
+    match result {
+        Err(QueueError::Rpc(e @ RpcError::DeadlineExceeded { .. })) => {
+            show(call, format_args!("{e} (after {} ms)", start.elapsed().as_millis()));
+        }
+        other => return Err(SessionError::Unexpected { step: call, got: format!("{other:?}") }),
+    }
+
+    println!("\n100 concurrent calls on one connection");
+    let start = Instant::now();
+    let mut calls = JoinSet::new();
+    for n in 0..100 {
+        // Clones share the connection; each call is a separate task.
+        let client = client.clone();
+        calls.spawn(async move { client.add_work(QUEUE.to_owned(), item("thumbnail", &format!("page-{n}"))).await });
+    }
+    let mut ids = Vec::with_capacity(100);
+    while let Some(id) = calls.join_next().await {
+        ids.push(id.expect("add_work task panicked")?);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let elapsed = start.elapsed();
+    show(
+        "100 x add_work, all in flight at once",
+        format_args!("{} distinct ids {}..={} in {:.1} ms", ids.len(), ids[0], ids[ids.len() - 1], ms(elapsed)),
+    );
+    ensure(ids.len() == 100, "100 x add_work", &ids)?;
+
+    println!("\nList, stop, and clean up");
+    for info in client.list().await? {
+        show("list()", info);
+    }
+    show(format!("stop({QUEUE:?})"), client.stop(q()).await?);
+    expect_err(format!("take_work({QUEUE:?}, 0)"), client.take_work(q(), 0).await, |e| {
+        matches!(e, QueueError::Stopped { .. })
+    })?;
+    client.delete(q()).await?;
+    show(format!("delete({QUEUE:?})"), "deleted, with its pending work");
+    expect_err(format!("delete({QUEUE:?}) again"), client.delete(q()).await, |e| {
+        matches!(e, QueueError::NotFound { .. })
+    })?;
+    let all = client.list().await?;
+    show("list()", format_args!("{} queue(s)", all.len()));
+    Ok(())
+}
+
+/// Who is talking to whom: this process's pid and the server's, from the handshake.
+pub fn describe_peers(client: &WorkQueuesClient) -> String {
+    let server = client.channel().peer().server_pid;
+    let me = std::process::id();
+    let relation = if server == me { "this same process" } else { "a separate process" };
+    format!("client pid {me} is talking to server pid {server} ({relation})")
+}
+
+fn names(queues: &[crate::QueueInfo]) -> String {
+    queues.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use rpc_core::{Channel, ClientConfig, Server};
+
+    use super::*;
+    use crate::{MemoryQueues, WorkQueuesServer};
+
+    /// The whole script against an in-process server over an in-memory byte stream.
+    #[tokio::test]
+    async fn the_script_passes_against_memory_queues() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = Server::new(WorkQueuesServer::new(MemoryQueues::new()));
+        tokio::spawn(async move { server.serve_connection(server_io).await });
+        let channel = Channel::from_io(client_io, WorkQueuesClient::ID, ClientConfig::default()).await.unwrap();
+        let client = WorkQueuesClient::from_channel(channel);
+        assert!(describe_peers(&client).contains("this same process"));
+        run(&client).await.unwrap();
+        // Again: the script cleans up after itself.
+        run(&client).await.unwrap();
+    }
+}

@@ -1,0 +1,66 @@
+//! Paths used by code that `#[service]` generates. Not a public API: names here may
+//! change in any release.
+
+pub use crate::client::{CallOptions, Channel, ClientConfig};
+pub use crate::error::RpcError;
+pub use crate::service::{BoxFuture, Service, ServiceId};
+pub use ::serde;
+pub use ::std;
+pub use transport_pipe::PipeName;
+
+use crate::error::TransportError;
+
+/// Compile-time check that an argument or return type can cross the wire. The macro
+/// calls it at the type's own span, so an error points at the user's type.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot cross the pipe: it must implement `serde::Serialize`, `serde::de::DeserializeOwned` and `Send`, and be `'static`",
+    label = "used as an RPC argument or return type here",
+    note = "derive them with `#[derive(serde::Serialize, serde::Deserialize)]`; for bulk bytes use `serde_bytes::ByteBuf` or `#[serde(with = \"serde_bytes\")]`"
+)]
+pub trait Wire: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static {}
+impl<T: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static> Wire for T {}
+
+/// See [`Wire`].
+pub const fn assert_wire<T: Wire>() {}
+
+/// Compile-time check that the error type of a method returning `Result<T, E>` can carry
+/// transport and call errors, since the generated client returns `Result<T, E>`.
+#[diagnostic::on_unimplemented(
+    message = "the client returns `Result<T, {Self}>`, so `{Self}` must be able to carry transport errors: implement `From<rpc_core::RpcError>` for it",
+    label = "this error type needs `impl From<rpc_core::RpcError>`",
+    note = "or name the return type through an alias (`type Reply = Result<T, {Self}>;` and `-> Reply`) to get `Result<Reply, RpcError>` on the client"
+)]
+pub trait AbsorbsRpcError: From<RpcError> {}
+impl<E: From<RpcError>> AbsorbsRpcError for E {}
+
+/// See [`AbsorbsRpcError`].
+pub const fn assert_absorbs_rpc_error<E: AbsorbsRpcError>() {}
+
+fn unexpected(method: &'static str) -> RpcError {
+    TransportError::Protocol { detail: format!("the server answered `{method}` with the response of another method") }
+        .into()
+}
+
+/// Client side of a method returning a plain `T`: `Result<T, RpcError>`.
+#[inline]
+pub fn plain<Resp, T>(
+    result: Result<Resp, RpcError>,
+    method: &'static str,
+    pick: impl FnOnce(Resp) -> Option<T>,
+) -> Result<T, RpcError> {
+    pick(result?).ok_or_else(|| unexpected(method))
+}
+
+/// Client side of a method returning `Result<T, E>`: transport and call errors are
+/// converted into `E`, so the caller sees one `Result<T, E>`.
+#[inline]
+pub fn fallible<Resp, T, E: From<RpcError>>(
+    result: Result<Resp, RpcError>,
+    method: &'static str,
+    pick: impl FnOnce(Resp) -> Option<Result<T, E>>,
+) -> Result<T, E> {
+    match result {
+        Ok(resp) => pick(resp).unwrap_or_else(|| Err(E::from(unexpected(method)))),
+        Err(e) => Err(E::from(e)),
+    }
+}

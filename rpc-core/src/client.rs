@@ -1,0 +1,273 @@
+//! The client: one [`Channel`] multiplexes any number of concurrent calls over one pipe.
+//!
+//! A `Channel` is a cheap, cloneable handle. Behind it one driver task owns the
+//! connection: it writes the calls queued by every handle (batched into as few writes as
+//! the pipe allows), reads responses in whatever order the server finishes them, and
+//! hands each to its caller by request id. Callers never touch the pipe, so a slow or
+//! huge call does not hold up others beyond its own bytes.
+//!
+//! Generated clients (`{Trait}Client`) wrap a `Channel` and add one method per RPC.
+
+mod driver;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use transport_pipe::{ConnectOptions, PipeName};
+
+use crate::codec::Codec;
+use crate::error::{RpcError, TransportError};
+use crate::service::ServiceId;
+
+/// Client settings. Start from `ClientConfig::default()` and change fields.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// Time a call may take when the caller sets none. Default: 10 s. A call made
+    /// inside a handler never gets more than the time left on the call being served.
+    pub default_timeout: Duration,
+    /// How long and how often to try while the server is not up yet or busy.
+    /// Default: [`ConnectOptions::default`] (5 s in all).
+    pub connect: ConnectOptions,
+    /// Largest message this client sends or accepts, in bytes. The limit in force on a
+    /// connection is the smaller of this and the server's. Default: 4 MiB
+    /// ([`transport_pipe::DEFAULT_MAX_FRAME`]); clamped to 64 MiB.
+    pub max_message: usize,
+    /// Wire codec. Default: [`Codec::Bincode`].
+    pub codec: Codec,
+    /// Time allowed for the handshake after the pipe connects. Default: 10 s.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            default_timeout: Duration::from_secs(10),
+            connect: ConnectOptions::default(),
+            max_message: transport_pipe::DEFAULT_MAX_FRAME,
+            codec: Codec::default(),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Sets [`default_timeout`](Self::default_timeout).
+    #[must_use]
+    pub fn default_timeout(mut self, t: Duration) -> Self {
+        self.default_timeout = t;
+        self
+    }
+    /// Sets the total connect timeout ([`ConnectOptions::timeout`]).
+    #[must_use]
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect.timeout = t;
+        self
+    }
+    /// Sets [`max_message`](Self::max_message).
+    #[must_use]
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+    /// Sets [`codec`](Self::codec).
+    #[must_use]
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+}
+
+/// Per-call settings; generated clients carry one (see `{Trait}Client::with_timeout`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// Time this call may take; `None` uses [`ClientConfig::default_timeout`].
+    pub timeout: Option<Duration>,
+}
+
+impl CallOptions {
+    /// Options with the given timeout.
+    pub fn with_timeout(timeout: Duration) -> Self {
+        CallOptions { timeout: Some(timeout) }
+    }
+}
+
+/// What the server said about itself in the handshake.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PeerInfo {
+    /// The server's process id, as it reported it.
+    pub server_pid: u32,
+    /// Largest message either side may send on this connection.
+    pub max_message: usize,
+    /// The codec in use.
+    pub codec: Codec,
+}
+
+pub(crate) type Reply<Resp> = oneshot::Sender<Result<Resp, RpcError>>;
+
+pub(crate) enum Command<Req, Resp> {
+    Call { id: u64, timeout: Duration, body: Req, reply: Reply<Resp> },
+    Cancel { id: u64 },
+    Close,
+}
+
+struct Shared<Req, Resp> {
+    commands: mpsc::UnboundedSender<Command<Req, Resp>>,
+    next_id: AtomicU64,
+    config: ClientConfig,
+    peer: PeerInfo,
+    /// Why the connection ended, once it has; later calls report this.
+    closed: Arc<std::sync::OnceLock<RpcError>>,
+}
+
+/// A connection to one service, shared by any number of concurrent calls.
+///
+/// Cloning is cheap; all clones share the connection. The connection closes when the
+/// last clone is dropped (after answering nothing more: dropped handles cannot wait),
+/// or at once with [`Channel::close`].
+pub struct Channel<Req, Resp> {
+    shared: Arc<Shared<Req, Resp>>,
+}
+
+impl<Req, Resp> Clone for Channel<Req, Resp> {
+    fn clone(&self) -> Self {
+        Channel { shared: self.shared.clone() }
+    }
+}
+
+impl<Req, Resp> std::fmt::Debug for Channel<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel").field("peer", &self.shared.peer).field("closed", &self.shared.closed.get()).finish()
+    }
+}
+
+impl<Req, Resp> Channel<Req, Resp>
+where
+    Req: serde::Serialize + Send + 'static,
+    Resp: serde::de::DeserializeOwned + Send + 'static,
+{
+    /// Connects to `name`, retrying while the server is not up yet or busy (up to
+    /// `config.connect.timeout`), then performs the handshake for `service`.
+    pub async fn connect(
+        name: impl Into<PipeName>,
+        service: ServiceId,
+        config: ClientConfig,
+    ) -> Result<Self, RpcError> {
+        let stream = transport_pipe::connect(name, &config.connect).await?;
+        Self::from_io(stream, service, config).await
+    }
+
+    /// Runs the handshake over an already-connected byte stream and starts the driver
+    /// task. Any `AsyncRead + AsyncWrite` works: a pipe, or `tokio::io::duplex` in tests.
+    /// Must be called inside a tokio runtime.
+    pub async fn from_io<S>(io: S, service: ServiceId, config: ClientConfig) -> Result<Self, RpcError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let max = config.max_message.clamp(1024, transport_pipe::MAX_FRAME_CEILING);
+        let mut framed = transport_pipe::length_delimited(io, max);
+        let negotiated =
+            crate::handshake::client(&mut framed, service, config.codec, max, config.handshake_timeout).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let closed = Arc::new(std::sync::OnceLock::new());
+        let driver = driver::Driver::new(framed, negotiated, rx, closed.clone());
+        tokio::spawn(driver);
+        Ok(Channel {
+            shared: Arc::new(Shared {
+                commands: tx,
+                next_id: AtomicU64::new(1),
+                peer: PeerInfo {
+                    server_pid: negotiated.peer_pid,
+                    max_message: negotiated.send_limit,
+                    codec: negotiated.codec,
+                },
+                config,
+                closed,
+            }),
+        })
+    }
+}
+
+impl<Req, Resp> Channel<Req, Resp> {
+    /// Makes one call and waits for its response, at most until its deadline.
+    ///
+    /// Dropping the returned future cancels the call: the server is told to stop the
+    /// handler. The deadline travels to the server as time remaining.
+    pub async fn call(&self, options: &CallOptions, body: Req) -> Result<Resp, RpcError> {
+        let shared = &*self.shared;
+        let timeout = options.timeout.unwrap_or(shared.config.default_timeout);
+        let now = Instant::now();
+        let mut deadline = now + timeout;
+        // Deadline propagation: inside a handler, never outlive the caller's caller.
+        if let Some(outer) = crate::context::current_deadline() {
+            deadline = deadline.min(outer);
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, response) = oneshot::channel();
+        let sent =
+            shared.commands.send(Command::Call { id, timeout: deadline.saturating_duration_since(now), body, reply });
+        if sent.is_err() {
+            return Err(self.closed_error());
+        }
+        let mut guard = CancelOnDrop { commands: &shared.commands, id, armed: true };
+        match tokio::time::timeout_at(deadline.into(), response).await {
+            Ok(Ok(result)) => {
+                guard.armed = false;
+                result
+            }
+            Ok(Err(_)) => {
+                guard.armed = false;
+                Err(self.closed_error())
+            }
+            // The guard tells the server to stop the handler.
+            Err(_) => Err(RpcError::DeadlineExceeded { timeout: deadline.saturating_duration_since(now) }),
+        }
+    }
+
+    /// Closes the connection now. Calls in flight fail with [`RpcError::Cancelled`];
+    /// later calls fail at once.
+    pub fn close(&self) {
+        let _ = self.shared.commands.send(Command::Close);
+    }
+
+    /// True once the connection has ended (closed, or the server went away).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.get().is_some() || self.shared.commands.is_closed()
+    }
+
+    /// What the server announced in the handshake.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.shared.peer
+    }
+
+    /// The settings this channel was made with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.shared.config
+    }
+
+    fn closed_error(&self) -> RpcError {
+        self.shared.closed.get().cloned().unwrap_or_else(|| {
+            TransportError::Disconnected { detail: "the connection to the server has ended".into() }.into()
+        })
+    }
+}
+
+/// Tells the driver (and through it the server) that nobody waits for call `id` any more.
+struct CancelOnDrop<'a, Req, Resp> {
+    commands: &'a mpsc::UnboundedSender<Command<Req, Resp>>,
+    id: u64,
+    armed: bool,
+}
+
+impl<Req, Resp> Drop for CancelOnDrop<'_, Req, Resp> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.commands.send(Command::Cancel { id: self.id });
+        }
+    }
+}

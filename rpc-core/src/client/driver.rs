@@ -1,0 +1,260 @@
+//! The task that owns a client connection.
+//!
+//! Written as a hand-polled future rather than `async` code with `select!`: reading and
+//! writing must progress independently (a full outgoing pipe must never stop us from
+//! reading responses, or client and server can deadlock each waiting for the other to
+//! read), and one poll drains everything that is ready in both directions before a
+//! single flush, which is what batches many pipelined calls into few writes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use transport_pipe::Transport;
+
+use super::{Command, Reply};
+use crate::codec::{EncodeError, FrameCodec, Inbound, encode_error};
+use crate::error::{Direction, RpcError, ServerErrorKind, TransportError, connection_error};
+use crate::handshake::Negotiated;
+use crate::wire::{ClientFrame, ServerFrame, ServerHead};
+
+/// Items moved per direction before yielding to the runtime, so one busy connection
+/// cannot starve other tasks on the same worker.
+const BUDGET: usize = 128;
+/// Passes over both directions per poll before yielding.
+const ROUNDS: usize = 8;
+
+type ClientTransport<S, Req, Resp> =
+    Transport<S, Inbound<ServerFrame<Resp>, ServerHead>, ClientFrame<Req>, FrameCodec<ServerHead>>;
+
+pub(crate) struct Driver<S, Req, Resp> {
+    /// Boxed so the connection is `Unpin` whatever the message types are.
+    transport: Pin<Box<ClientTransport<S, Req, Resp>>>,
+    commands: mpsc::UnboundedReceiver<Command<Req, Resp>>,
+    commands_open: bool,
+    /// Calls written and not yet answered, with their timeouts (to report a server-side
+    /// expiry with the caller's own figure).
+    pending: HashMap<u64, (Reply<Resp>, Duration)>,
+    needs_flush: bool,
+    closed: Arc<OnceLock<RpcError>>,
+}
+
+impl<S, Req, Resp> Driver<S, Req, Resp>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    Req: serde::Serialize,
+    Resp: serde::de::DeserializeOwned,
+{
+    pub(crate) fn new(
+        framed: Framed<S, LengthDelimitedCodec>,
+        negotiated: Negotiated,
+        commands: mpsc::UnboundedReceiver<Command<Req, Resp>>,
+        closed: Arc<OnceLock<RpcError>>,
+    ) -> Self {
+        let codec = FrameCodec::new(negotiated.codec, negotiated.send_limit);
+        Driver {
+            transport: Box::pin(transport_pipe::serde_transport(framed, codec)),
+            commands,
+            commands_open: true,
+            pending: HashMap::new(),
+            needs_flush: false,
+            closed,
+        }
+    }
+
+    fn complete(&mut self, id: u64, result: Result<Resp, RpcError>) {
+        if let Some((reply, _)) = self.pending.remove(&id) {
+            // The caller may have given up in the meantime; nothing to do then.
+            let _ = reply.send(result);
+        }
+    }
+
+    fn on_frame(&mut self, inbound: Inbound<ServerFrame<Resp>, ServerHead>) -> Result<(), RpcError> {
+        match inbound {
+            Inbound::Frame(ServerFrame::Reply { id, body }) => self.complete(id, Ok(body)),
+            Inbound::Frame(ServerFrame::Error { id, error }) => {
+                let err = if error.kind == ServerErrorKind::DeadlineExceeded {
+                    RpcError::DeadlineExceeded { timeout: self.pending.get(&id).map(|p| p.1).unwrap_or_default() }
+                } else {
+                    RpcError::Server(error)
+                };
+                self.complete(id, Err(err));
+            }
+            Inbound::Frame(ServerFrame::TooLarge { id, size, limit }) => {
+                let err = TransportError::MessageTooLarge { size, limit, direction: Direction::Response };
+                self.complete(id, Err(err.into()));
+            }
+            Inbound::Malformed { head: Some(head), error } => {
+                let err = TransportError::Protocol { detail: format!("malformed response: {error}") };
+                self.complete(head.id(), Err(err.into()));
+            }
+            // Without an id we cannot tell whose response this was: the stream is not
+            // trustworthy any more.
+            Inbound::Malformed { head: None, error } => {
+                return Err(
+                    TransportError::Protocol { detail: format!("unreadable frame from the server: {error}") }.into()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn on_command(&mut self, cmd: Command<Req, Resp>) -> Result<(), RpcError> {
+        match cmd {
+            Command::Call { id, timeout, body, reply } => {
+                if reply.is_closed() {
+                    return Ok(()); // the caller is gone already
+                }
+                let timeout_us = u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX);
+                let frame = ClientFrame::Call { id, timeout_us, body };
+                match self.transport.as_mut().start_send(frame) {
+                    Ok(()) => {
+                        self.pending.insert(id, (reply, timeout));
+                        self.needs_flush = true;
+                    }
+                    // Encoding failed before anything was written: only this call fails.
+                    Err(e) => match encode_error(&e) {
+                        Some(EncodeError::TooLarge(t)) => {
+                            let err = TransportError::MessageTooLarge {
+                                size: t.size,
+                                limit: t.limit,
+                                direction: Direction::Request,
+                            };
+                            let _ = reply.send(Err(err.into()));
+                        }
+                        Some(EncodeError::Serde(msg)) => {
+                            let err = TransportError::Protocol { detail: format!("cannot encode the request: {msg}") };
+                            let _ = reply.send(Err(err.into()));
+                        }
+                        None => return Err(connection_error(&e, "server").into()),
+                    },
+                }
+            }
+            Command::Cancel { id } => {
+                if self.pending.remove(&id).is_some() {
+                    self.transport
+                        .as_mut()
+                        .start_send(ClientFrame::Cancel { id })
+                        .map_err(|e| RpcError::from(connection_error(&e, "server")))?;
+                    self.needs_flush = true;
+                }
+            }
+            Command::Close => return Err(RpcError::Cancelled),
+        }
+        Ok(())
+    }
+
+    /// Runs the connection; ends with why it ended ([`RpcError::Cancelled`] for a polite
+    /// close: every handle dropped, or `close()` called).
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<RpcError> {
+        // Keep going while either direction moves (a response read may free a caller who
+        // queues the next call at once); after a few rounds, yield to other tasks.
+        for _ in 0..ROUNDS {
+            match self.poll_pass(cx) {
+                Poll::Ready(Ok(true)) => continue,
+                Poll::Ready(Ok(false)) => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(e),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// One pass over both directions: `Ready(Ok(made_progress))`, `Pending` while a
+    /// polite close is still flushing, `Ready(Err(why))` once the connection is over.
+    fn poll_pass(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, RpcError>> {
+        let mut progress = false;
+        for _ in 0..BUDGET {
+            match self.transport.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.on_frame(frame)?;
+                    progress = true;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(connection_error(&e, "server").into())),
+                Poll::Ready(None) => {
+                    let detail = "the server closed the connection".to_owned();
+                    return Poll::Ready(Err(TransportError::Disconnected { detail }.into()));
+                }
+                Poll::Pending => break,
+            }
+        }
+        for _ in 0..BUDGET {
+            if !self.commands_open {
+                break;
+            }
+            match self.transport.as_mut().poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(connection_error(&e, "server").into())),
+                Poll::Pending => break,
+            }
+            match self.commands.poll_recv(cx) {
+                Poll::Ready(Some(cmd)) => {
+                    self.on_command(cmd)?;
+                    progress = true;
+                }
+                Poll::Ready(None) => {
+                    self.commands_open = false;
+                    progress = true;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if self.needs_flush {
+            match self.transport.as_mut().poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(connection_error(&e, "server").into())),
+                Poll::Pending => {}
+            }
+        }
+        if !self.commands_open && self.pending.is_empty() {
+            // Every handle is gone and nothing is owed: close politely.
+            return match self.transport.as_mut().poll_close(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(_) => Poll::Ready(Err(RpcError::Cancelled)),
+            };
+        }
+        Poll::Ready(Ok(progress))
+    }
+}
+
+// No field is ever pinned in place (the transport is boxed; the rest is plain data).
+impl<S, Req, Resp> Unpin for Driver<S, Req, Resp> {}
+
+impl<S, Req, Resp> Future for Driver<S, Req, Resp>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    Req: serde::Serialize,
+    Resp: serde::de::DeserializeOwned,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        match this.poll_io(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(err) => {
+                tracing::debug!(error = %err, "client connection ended");
+                let _ = this.closed.set(err.clone());
+                // Fail everything still waiting now, not at its deadline.
+                for (_, (reply, _)) in this.pending.drain() {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                this.commands.close();
+                while let Ok(cmd) = this.commands.try_recv() {
+                    if let Command::Call { reply, .. } = cmd {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+                Poll::Ready(())
+            }
+        }
+    }
+}

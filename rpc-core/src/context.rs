@@ -1,0 +1,52 @@
+//! The context of the call being served: its deadline and id.
+//!
+//! The server runs every handler inside a task-local scope holding its [`Context`], so a
+//! handler can read [`current()`] without a parameter in the trait. Calls a handler makes
+//! to other services inherit the remaining time: a client call made inside a handler
+//! never gets a later deadline than the call being served (deadline propagation across
+//! hops).
+
+use std::time::{Duration, Instant};
+
+tokio::task_local! {
+    static CURRENT: Context;
+}
+
+/// What the server knows about the call being served.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Context {
+    /// When the caller stops waiting. In process this is an absolute instant; on the wire
+    /// it travels as time remaining, so the two processes' clocks never need to agree.
+    pub deadline: Instant,
+    /// The request id, unique among the calls in flight on one connection.
+    pub request_id: u64,
+    /// The method being called.
+    pub method: &'static str,
+}
+
+impl Context {
+    /// Time left before the deadline (zero if it has passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// The context of the call being served on this task, if any.
+pub fn current() -> Option<Context> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// The deadline of the call being served on this task, if any (cheaper than [`current`]).
+pub(crate) fn current_deadline() -> Option<Instant> {
+    CURRENT.try_with(|c| c.deadline).ok()
+}
+
+/// Wraps `fut` so it runs with `ctx` as the current context; a nameable future type, so
+/// the server can keep it unboxed.
+pub(crate) fn scoped<F: std::future::Future>(
+    ctx: Context,
+    fut: F,
+) -> tokio::task::futures::TaskLocalFuture<Context, F> {
+    CURRENT.scope(ctx, fut)
+}

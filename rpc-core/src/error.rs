@@ -1,0 +1,250 @@
+//! Typed errors, split by layer.
+//!
+//! - [`TransportError`]: the pipe itself: no server, busy, disconnected, a message over the
+//!   size limit, an incompatible peer, a protocol violation.
+//! - Call-level variants of [`RpcError`]: deadline exceeded, cancelled, or the server
+//!   refused the call ([`ServerError`]: malformed request, overloaded, shutting down, ...).
+//! - The application's own error type `E` of a method returning `Result<T, E>`, which the
+//!   generated client returns directly: `E` absorbs [`RpcError`] through `From`.
+//!
+//! Every error here is plain data (`Clone + Serialize + Deserialize`): an application error
+//! type can embed an [`RpcError`] and still cross the wire, and a server can hand an
+//! upstream failure to its own caller unchanged.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Which way a message was travelling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Direction {
+    /// Client to server.
+    Request,
+    /// Server to client.
+    Response,
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::Request => "request",
+            Direction::Response => "response",
+        })
+    }
+}
+
+/// Finds the innermost `io::Error` kind (tarpc's transport wraps the framing layer's).
+pub(crate) fn root_io_kind(e: &std::io::Error) -> std::io::ErrorKind {
+    let mut cur = e;
+    while let Some(inner) = cur.get_ref().and_then(|i| i.downcast_ref::<std::io::Error>()) {
+        cur = inner;
+    }
+    cur.kind()
+}
+
+/// Classifies an error read from or written to an established connection.
+pub(crate) fn connection_error(e: &std::io::Error, peer: &str) -> TransportError {
+    match root_io_kind(e) {
+        std::io::ErrorKind::InvalidData => {
+            TransportError::Protocol { detail: format!("unreadable data from the {peer}: {e}") }
+        }
+        _ => TransportError::Disconnected { detail: format!("connection to the {peer} failed: {e}") },
+    }
+}
+
+/// The error of a remote call, as the generated client returns it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// The pipe failed: see [`TransportError`].
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The call's deadline passed before its response arrived. The server drops the
+    /// handler when the same deadline passes there.
+    #[error("deadline exceeded: no response within {}", fmt_duration(*.timeout))]
+    DeadlineExceeded {
+        /// The time the call was given.
+        timeout: Duration,
+    },
+    /// The call was cancelled on this side before it completed: the client was closed.
+    #[error("call cancelled: the client was closed")]
+    Cancelled,
+    /// The server received the call and refused or failed it.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+impl RpcError {
+    /// True if the call certainly did not run on the server, so retrying cannot
+    /// run it twice.
+    pub fn is_safe_to_retry(&self) -> bool {
+        match self {
+            RpcError::Transport(t) => matches!(
+                t,
+                TransportError::NotRunning { .. }
+                    | TransportError::Busy { .. }
+                    | TransportError::Incompatible { .. }
+                    | TransportError::InvalidName { .. }
+                    | TransportError::MessageTooLarge { direction: Direction::Request, .. }
+            ),
+            RpcError::Server(s) => matches!(s.kind, ServerErrorKind::Overloaded | ServerErrorKind::ShuttingDown),
+            RpcError::DeadlineExceeded { .. } | RpcError::Cancelled => false,
+        }
+    }
+}
+
+/// A failure of the pipe or of the framing on it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// Nobody listens on the name (no socket file, or a stale one); the client kept
+    /// trying for the connect timeout.
+    #[error("server not running: {detail}")]
+    NotRunning {
+        /// The pipe name, its address and how long the client waited.
+        detail: String,
+    },
+    /// Every server instance was taken for the whole connect timeout.
+    #[error("server busy: {detail}")]
+    Busy {
+        /// The pipe name, its address and how long the client waited.
+        detail: String,
+    },
+    /// The OS refused access to the pipe.
+    #[error("permission denied: {detail}")]
+    PermissionDenied {
+        /// What was refused.
+        detail: String,
+    },
+    /// The pipe name cannot be used on this platform.
+    #[error("invalid pipe name: {detail}")]
+    InvalidName {
+        /// Why, with the limit involved.
+        detail: String,
+    },
+    /// The connection closed or failed; calls in flight on it have an unknown outcome.
+    #[error("disconnected: {detail}")]
+    Disconnected {
+        /// What the connection saw last.
+        detail: String,
+    },
+    /// One message was larger than the limit. Only that call fails; the connection
+    /// carries on.
+    #[error("{direction} of {size} bytes exceeds the {limit}-byte message limit")]
+    MessageTooLarge {
+        /// Encoded size of the message.
+        size: u64,
+        /// The limit in force: the smaller of the two sides' maximum message sizes.
+        limit: u64,
+        /// Which message was too large.
+        direction: Direction,
+    },
+    /// The peer is not a compatible pipe-rpc endpoint: protocol version, service name,
+    /// service fingerprint or codec differ. Nothing was sent.
+    #[error("incompatible peer: {detail}")]
+    Incompatible {
+        /// Which property differed, with both sides' values.
+        detail: String,
+    },
+    /// The peer broke the protocol (garbage frames, an unexpected message).
+    #[error("protocol error: {detail}")]
+    Protocol {
+        /// What was wrong.
+        detail: String,
+    },
+    /// Another I/O error.
+    #[error("i/o error: {detail}")]
+    Io {
+        /// The OS error text.
+        detail: String,
+    },
+}
+
+/// Why the server refused or failed a call: the error frame it sent back.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("server error ({kind}): {detail}")]
+pub struct ServerError {
+    /// What kind of refusal.
+    pub kind: ServerErrorKind,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+impl ServerError {
+    /// Builds a server error.
+    pub fn new(kind: ServerErrorKind, detail: impl Into<String>) -> Self {
+        ServerError { kind, detail: detail.into() }
+    }
+}
+
+/// The kinds of [`ServerError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ServerErrorKind {
+    /// The request frame could not be decoded as a call of this service.
+    BadRequest,
+    /// The handler panicked; the server goes on serving.
+    HandlerPanicked,
+    /// The server is draining for shutdown and did not start this call. Safe to retry
+    /// elsewhere or later.
+    ShuttingDown,
+    /// The server refused the call for lack of capacity. Safe to retry.
+    Overloaded,
+    /// The handler's response exceeded the message limit.
+    ResponseTooLarge,
+    /// The call's deadline passed on the server (for example because the server caps
+    /// deadlines lower than the client asked); the handler was stopped.
+    DeadlineExceeded,
+    /// Any other failure.
+    Internal,
+}
+
+impl std::fmt::Display for ServerErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServerErrorKind::BadRequest => "bad request",
+            ServerErrorKind::HandlerPanicked => "handler panicked",
+            ServerErrorKind::ShuttingDown => "shutting down",
+            ServerErrorKind::Overloaded => "overloaded",
+            ServerErrorKind::ResponseTooLarge => "response too large",
+            ServerErrorKind::DeadlineExceeded => "deadline exceeded",
+            ServerErrorKind::Internal => "internal",
+        })
+    }
+}
+
+/// Errors of setting up or running a server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Binding the pipe name failed (in use, invalid, no permission).
+    #[error("cannot listen: {0}")]
+    Bind(#[source] transport_pipe::Error),
+    /// Accepting connections failed persistently.
+    #[error("accept failed: {0}")]
+    Accept(#[source] transport_pipe::Error),
+}
+
+impl From<transport_pipe::Error> for TransportError {
+    fn from(e: transport_pipe::Error) -> Self {
+        use transport_pipe::ErrorKind as K;
+        let detail = e.to_string();
+        match e.kind() {
+            K::NotRunning => TransportError::NotRunning { detail },
+            K::Busy => TransportError::Busy { detail },
+            K::PermissionDenied => TransportError::PermissionDenied { detail },
+            K::InvalidName => TransportError::InvalidName { detail },
+            _ => TransportError::Io { detail },
+        }
+    }
+}
+
+impl From<transport_pipe::Error> for RpcError {
+    fn from(e: transport_pipe::Error) -> Self {
+        RpcError::Transport(e.into())
+    }
+}
+
+pub(crate) fn fmt_duration(d: Duration) -> String {
+    if d >= Duration::from_secs(1) { format!("{:.3} s", d.as_secs_f64()) } else { format!("{} ms", d.as_millis()) }
+}

@@ -1,0 +1,176 @@
+//! Both sides of the connection handshake (see [`crate::wire`]).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::codec::Codec;
+use crate::error::{RpcError, TransportError};
+use crate::service::ServiceId;
+use crate::wire::{HandshakeStatus, Hello, PROTOCOL_VERSION, Welcome, codec_name};
+
+/// What a finished handshake settled.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Negotiated {
+    pub(crate) codec: Codec,
+    /// Largest message this side may send: the smaller of both sides' limits.
+    pub(crate) send_limit: usize,
+    pub(crate) peer_pid: u32,
+}
+
+fn io_to_transport(e: std::io::Error, during: &str) -> TransportError {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof
+        | std::io::ErrorKind::BrokenPipe
+        | std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::ConnectionAborted => {
+            TransportError::Disconnected { detail: format!("the peer closed the pipe during {during}") }
+        }
+        std::io::ErrorKind::InvalidData => TransportError::Protocol { detail: format!("during {during}: {e}") },
+        _ => TransportError::Io { detail: format!("during {during}: {e}") },
+    }
+}
+
+/// Client side: send `Hello`, read `Welcome`, within `timeout`.
+pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, LengthDelimitedCodec>,
+    service: ServiceId,
+    codec: Codec,
+    max_message: usize,
+    timeout: Duration,
+) -> Result<Negotiated, RpcError> {
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        codec: codec.id(),
+        max_message: max_message as u32,
+        fingerprint: service.fingerprint,
+        service: service.name.to_owned(),
+    };
+    let exchange = async {
+        framed.send(Bytes::from(hello.encode())).await.map_err(|e| io_to_transport(e, "the handshake"))?;
+        match framed.next().await {
+            Some(Ok(frame)) => Welcome::decode(&frame).map_err(|e| TransportError::Protocol { detail: e.to_string() }),
+            Some(Err(e)) => Err(io_to_transport(e, "the handshake")),
+            None => Err(TransportError::Disconnected {
+                detail: "the server closed the pipe before answering the handshake".into(),
+            }),
+        }
+    };
+    let welcome = match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(TransportError::Protocol {
+                detail: format!(
+                    "the server did not answer the handshake within {}",
+                    crate::error::fmt_duration(timeout)
+                ),
+            }
+            .into());
+        }
+    };
+    let refused = |what: String| -> RpcError {
+        let extra = if welcome.message.is_empty() { String::new() } else { format!(" ({})", welcome.message) };
+        TransportError::Incompatible { detail: format!("{what}{extra}") }.into()
+    };
+    match welcome.status {
+        HandshakeStatus::Ok => {}
+        HandshakeStatus::VersionUnsupported => {
+            return Err(refused(format!(
+                "protocol version mismatch: client speaks v{PROTOCOL_VERSION}, server speaks v{}",
+                welcome.version
+            )));
+        }
+        HandshakeStatus::WrongService => {
+            return Err(refused(format!(
+                "wrong service: client wants `{}`, server serves `{}`",
+                service.name, welcome.service
+            )));
+        }
+        HandshakeStatus::FingerprintMismatch => {
+            return Err(refused(format!(
+                "service `{}` fingerprint mismatch: client {:016x}, server {:016x} (the two were built from different versions of the trait)",
+                service.name, service.fingerprint, welcome.fingerprint
+            )));
+        }
+        HandshakeStatus::CodecUnsupported => {
+            return Err(refused(format!("the server does not support the {} codec", codec.name())));
+        }
+        HandshakeStatus::Overloaded => {
+            return Err(
+                TransportError::Busy { detail: format!("server refused the connection: {}", welcome.message) }.into()
+            );
+        }
+        HandshakeStatus::ShuttingDown => {
+            return Err(
+                TransportError::NotRunning { detail: format!("server is shutting down: {}", welcome.message) }.into()
+            );
+        }
+    }
+    if welcome.codec != codec.id() {
+        return Err(refused(format!(
+            "the server chose the {} codec, the client asked for {}",
+            codec_name(welcome.codec),
+            codec.name()
+        )));
+    }
+    Ok(Negotiated { codec, send_limit: max_message.min(welcome.max_message as usize), peer_pid: welcome.server_pid })
+}
+
+/// Server side: read `Hello` within `timeout`, answer `Welcome`. `refuse` forces a refusal
+/// (overload, shutdown) after the client has been heard, so it gets a typed reason.
+pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, LengthDelimitedCodec>,
+    service: ServiceId,
+    max_message: usize,
+    timeout: Duration,
+    refuse: Option<(HandshakeStatus, String)>,
+) -> Result<Negotiated, TransportError> {
+    let hello = match tokio::time::timeout(timeout, framed.next()).await {
+        Err(_) => {
+            return Err(TransportError::Protocol {
+                detail: format!("the client sent no handshake within {}", crate::error::fmt_duration(timeout)),
+            });
+        }
+        Ok(None) => return Err(TransportError::Disconnected { detail: "the client left before the handshake".into() }),
+        Ok(Some(Err(e))) => return Err(io_to_transport(e, "the handshake")),
+        Ok(Some(Ok(frame))) => Hello::decode(&frame).map_err(|e| TransportError::Protocol { detail: e.to_string() })?,
+    };
+    let codec = Codec::from_id(hello.codec);
+    let (status, message) = if let Some(r) = refuse {
+        r
+    } else if hello.version != PROTOCOL_VERSION {
+        (HandshakeStatus::VersionUnsupported, format!("server speaks protocol v{PROTOCOL_VERSION} only"))
+    } else if hello.service != service.name {
+        (HandshakeStatus::WrongService, format!("this pipe serves `{}`", service.name))
+    } else if hello.fingerprint != service.fingerprint {
+        (HandshakeStatus::FingerprintMismatch, String::new())
+    } else if codec.is_none() {
+        (HandshakeStatus::CodecUnsupported, format!("unknown codec id {}", hello.codec))
+    } else {
+        (HandshakeStatus::Ok, String::new())
+    };
+    let welcome = Welcome {
+        version: PROTOCOL_VERSION,
+        status,
+        codec: hello.codec,
+        max_message: max_message as u32,
+        fingerprint: service.fingerprint,
+        server_pid: std::process::id(),
+        service: service.name.to_owned(),
+        message: message.clone(),
+    };
+    // A refused client still gets its answer before the pipe closes.
+    tokio::time::timeout(timeout, framed.send(Bytes::from(welcome.encode())))
+        .await
+        .map_err(|_| TransportError::Protocol { detail: "the client did not read the handshake answer".into() })?
+        .map_err(|e| io_to_transport(e, "the handshake"))?;
+    match (status, codec) {
+        (HandshakeStatus::Ok, Some(codec)) => {
+            Ok(Negotiated { codec, send_limit: max_message.min(hello.max_message as usize), peer_pid: 0 })
+        }
+        _ => Err(TransportError::Incompatible { detail: format!("refused client: {status:?} {message}") }),
+    }
+}

@@ -1,0 +1,129 @@
+//! Typed RPC between processes over local pipes.
+//!
+//! Declare a service as a trait, implement it in one process, call it from another as
+//! if it were local. The pipe is a Unix domain socket on Unix and a named pipe on
+//! Windows (see [`pipe`]); both sides are generated from the one trait, so they cannot
+//! drift apart, and a handshake refuses a peer built from a different version of it.
+//!
+//! ```
+//! use rpc_core::{RpcError, Server};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Clone, Debug, Serialize, Deserialize)]
+//! pub struct QueueInfo { pub name: String, pub running: bool }
+//!
+//! #[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+//! pub enum QueueError {
+//!     #[error("queue {0} exists")]
+//!     Exists(String),
+//!     // Lets the client return transport errors inside this type.
+//!     #[error(transparent)]
+//!     Rpc(#[from] RpcError),
+//! }
+//!
+//! #[rpc_core::service]
+//! pub trait WorkQueues {
+//!     /// Creates a queue in the stopped state.
+//!     async fn create(&self, name: String) -> Result<QueueInfo, QueueError>;
+//!     async fn list(&self) -> Vec<QueueInfo>;
+//! }
+//!
+//! #[derive(Default)]
+//! struct Queues(std::sync::Mutex<Vec<QueueInfo>>);
+//!
+//! impl WorkQueues for Queues {
+//!     async fn create(&self, name: String) -> Result<QueueInfo, QueueError> {
+//!         let mut qs = self.0.lock().unwrap();
+//!         if qs.iter().any(|q| q.name == name) { return Err(QueueError::Exists(name)); }
+//!         let q = QueueInfo { name, running: false };
+//!         qs.push(q.clone());
+//!         Ok(q)
+//!     }
+//!     async fn list(&self) -> Vec<QueueInfo> { self.0.lock().unwrap().clone() }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let name = format!("rpc-core-doc-{}", std::process::id());
+//! // Server (normally its own process):
+//! let server = Server::new(WorkQueuesServer::new(Queues::default())).bind(name.as_str())?;
+//! let shutdown = server.shutdown_handle();
+//! let running = tokio::spawn(server.run());
+//!
+//! // Client:
+//! let q = WorkQueuesClient::connect(name.as_str()).await?;
+//! let info = q.create("jobs".into()).await?;          // Result<QueueInfo, QueueError>
+//! assert!(!info.running);
+//! assert!(matches!(q.create("jobs".into()).await, Err(QueueError::Exists(_))));
+//! assert_eq!(q.list().await?.len(), 1);                // Result<Vec<QueueInfo>, RpcError>
+//! # shutdown.shutdown();
+//! # running.await??;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What `#[service]` generates
+//!
+//! For `trait Foo`:
+//!
+//! | item | what it is |
+//! |---|---|
+//! | `trait Foo` | your trait, with each `async fn` turned into `fn .. -> impl Future + Send` so handlers can run on any runtime thread. Implement it with plain `async fn`s. `Foo: Send + Sync + 'static`. |
+//! | `FooClient` | the client: `connect(name)`, `connect_with(name, ClientConfig)`, `from_channel(Channel)`, `with_timeout(Duration)`, `with_options(CallOptions)`, `channel()`, and one `async` method per RPC. `Clone`; clones share one connection. |
+//! | `FooServer<S>` | the server adapter: `FooServer::new(impl Foo)` gives a [`Service`] for [`Server::new`]. |
+//! | `FooRequest`, `FooResponse` | the wire enums, one variant per method. |
+//!
+//! # Client signature of each method shape
+//!
+//! | trait method | client method |
+//! |---|---|
+//! | `async fn f(&self, a: A) -> T` | `async fn f(&self, a: A) -> Result<T, RpcError>` |
+//! | `async fn f(&self, a: A)` | `async fn f(&self, a: A) -> Result<(), RpcError>` |
+//! | `async fn f(&self, a: A) -> Result<T, E>` | `async fn f(&self, a: A) -> Result<T, E>`; `E: From<RpcError>` is required and checked at compile time, so one `?` handles application and transport errors alike |
+//! | `async fn f(&self, a: A) -> Reply` with `type Reply = Result<T, E>` | `async fn f(&self, a: A) -> Result<Reply, RpcError>`: naming the result through an alias opts out of flattening, for error types that cannot absorb [`RpcError`] (such as `String`) |
+//!
+//! Arguments and results are any serde types (`Serialize + DeserializeOwned + Send +
+//! 'static`). For bulk bytes use `serde_bytes::ByteBuf` (or `#[serde(with =
+//! "serde_bytes")]` on a `Vec<u8>` field): a plain `Vec<u8>` is encoded element by element.
+//!
+//! # Errors
+//!
+//! [`RpcError`] splits by layer: [`RpcError::Transport`] ([`TransportError`]: server not
+//! running, busy, disconnected, message too large, incompatible peer, protocol error),
+//! call-level variants ([`RpcError::DeadlineExceeded`], [`RpcError::Cancelled`]) and
+//! [`RpcError::Server`] (the server refused the call: malformed request, handler panic,
+//! shutting down). The application's own error type stays the method's `E`.
+//!
+//! # Deadlines and cancellation
+//!
+//! Every call has a deadline ([`ClientConfig::default_timeout`], 10 s unless changed;
+//! per call with `FooClient::with_timeout`). It travels to the server as time remaining,
+//! and the server drops the handler when it passes. Dropping a call's future cancels the
+//! call on the server too. A call made from inside a handler never outlives the call
+//! being served ([`context::current`]).
+
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod codec;
+pub mod context;
+pub mod error;
+mod handshake;
+pub mod server;
+pub mod service;
+pub mod wire;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use client::{CallOptions, Channel, ClientConfig, PeerInfo};
+pub use codec::Codec;
+pub use error::{Direction, RpcError, ServeError, ServerError, ServerErrorKind, TransportError};
+/// Turns a trait into a typed RPC service: client, server adapter and wire types.
+/// See the [crate docs](crate) for what it generates.
+pub use rpc_macros::service;
+pub use server::{BoundServer, Server, ServerConfig, ShutdownHandle};
+pub use service::{Service, ServiceId};
+/// The pipe layer: names, listener, connect options and their platform rules.
+pub use transport_pipe as pipe;
+pub use transport_pipe::{ConnectOptions, PipeName};

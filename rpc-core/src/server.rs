@@ -1,0 +1,273 @@
+//! The server runtime: accepts clients on a pipe, runs their calls, shuts down gracefully.
+//!
+//! Each connection is one task. Its calls run concurrently inside that task (polled
+//! together, no task spawn per call), which keeps a call's path free of cross-thread
+//! hops; connections run in parallel on the runtime's workers. A handler that does heavy
+//! CPU work or blocks should move that work to `tokio::task::spawn_blocking`.
+//!
+//! ```no_run
+//! # #[rpc_core::service] pub trait Echo { async fn echo(&self, s: String) -> String; }
+//! # struct Me; impl Echo for Me { async fn echo(&self, s: String) -> String { s } }
+//! # async fn run() -> Result<(), rpc_core::ServeError> {
+//! use rpc_core::Server;
+//! let server = Server::new(EchoServer::new(Me)).bind("echo")?;
+//! // `shutdown()` on this handle, from any task, stops the server gracefully.
+//! let handle = server.shutdown_handle();
+//! # handle.shutdown();
+//! server.run().await
+//! # }
+//! ```
+
+mod connection;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use transport_pipe::{ListenOptions, PipeListener, PipeName};
+
+use crate::error::{ServeError, TransportError};
+use crate::service::Service;
+use crate::wire::HandshakeStatus;
+
+/// Server settings. Start from `ServerConfig::default()` and change fields.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Calls one connection may have running (or answered but not yet written). When
+    /// reached, the server stops reading that connection's pipe until one finishes, so a
+    /// client cannot make it queue unbounded work. Default: 128.
+    pub max_in_flight_per_connection: usize,
+    /// Connections served at once. A client beyond this is answered `Overloaded` in the
+    /// handshake (its client sees [`TransportError::Busy`]). Default: 256.
+    pub max_connections: usize,
+    /// Largest message this server sends or accepts, in bytes. Default: 4 MiB; clamped
+    /// to 64 MiB.
+    pub max_message: usize,
+    /// Longest deadline the server honours; a call asking for more is stopped at this
+    /// and its caller gets `DeadlineExceeded`. Default: 5 minutes.
+    pub max_deadline: Duration,
+    /// Time a client has to send its handshake after connecting. Default: 10 s.
+    pub handshake_timeout: Duration,
+    /// On shutdown, how long in-flight calls may take to finish before they are
+    /// dropped. Default: 30 s.
+    pub shutdown_grace: Duration,
+    /// Options for the listening pipe (Unix socket mode, ...).
+    pub listen: ListenOptions,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_in_flight_per_connection: 128,
+            max_connections: 256,
+            max_message: transport_pipe::DEFAULT_MAX_FRAME,
+            max_deadline: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            listen: ListenOptions::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Sets [`max_in_flight_per_connection`](Self::max_in_flight_per_connection).
+    #[must_use]
+    pub fn max_in_flight_per_connection(mut self, n: usize) -> Self {
+        self.max_in_flight_per_connection = n.max(1);
+        self
+    }
+    /// Sets [`max_connections`](Self::max_connections).
+    #[must_use]
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+    /// Sets [`max_message`](Self::max_message).
+    #[must_use]
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+    /// Sets [`shutdown_grace`](Self::shutdown_grace).
+    #[must_use]
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.shutdown_grace = d;
+        self
+    }
+    fn effective_max_message(&self) -> usize {
+        self.max_message.clamp(1024, transport_pipe::MAX_FRAME_CEILING)
+    }
+}
+
+/// A service and its settings, ready to bind.
+pub struct Server<S> {
+    service: Arc<S>,
+    config: ServerConfig,
+}
+
+impl<S: Service> Server<S> {
+    /// A server for `service` (a generated `{Trait}Server`) with default settings.
+    pub fn new(service: S) -> Self {
+        Server { service: Arc::new(service), config: ServerConfig::default() }
+    }
+
+    /// Replaces the settings.
+    #[must_use]
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Starts listening on `name`. Fails at once if another server holds the name, the
+    /// name is invalid, or permission is denied. Must be called inside a tokio runtime.
+    pub fn bind(self, name: impl Into<PipeName>) -> Result<BoundServer<S>, ServeError> {
+        let listener = PipeListener::bind_with(name, &self.config.listen).map_err(ServeError::Bind)?;
+        Ok(BoundServer { listener, service: self.service, config: self.config, shutdown: ShutdownHandle::new() })
+    }
+
+    /// Binds `name` and serves until the process ends. See [`BoundServer::run_until`]
+    /// for graceful shutdown.
+    pub async fn serve(self, name: impl Into<PipeName>) -> Result<(), ServeError> {
+        self.bind(name)?.run().await
+    }
+
+    /// Serves one already-connected byte stream (any `AsyncRead + AsyncWrite`, such as
+    /// `tokio::io::duplex` in tests) until the client leaves. Returns why it ended.
+    pub async fn serve_connection<IO>(&self, io: IO) -> Result<(), TransportError>
+    where
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        connection::serve(io, self.service.clone(), Arc::new(self.config.clone()), CancellationToken::new(), None).await
+    }
+}
+
+/// Asks a running server to shut down gracefully. Cloneable; any clone works.
+#[derive(Clone, Debug, Default)]
+pub struct ShutdownHandle {
+    token: CancellationToken,
+}
+
+impl ShutdownHandle {
+    fn new() -> Self {
+        ShutdownHandle { token: CancellationToken::new() }
+    }
+
+    /// Starts the shutdown: stop accepting, let calls in flight finish (within
+    /// [`ServerConfig::shutdown_grace`]), answer new calls `ShuttingDown`, then close.
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+
+    /// True once shutdown has been asked for.
+    pub fn is_shutting_down(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// A server listening on its pipe, not yet running.
+pub struct BoundServer<S> {
+    listener: PipeListener,
+    service: Arc<S>,
+    config: ServerConfig,
+    shutdown: ShutdownHandle,
+}
+
+impl<S> std::fmt::Debug for BoundServer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundServer").field("name", self.listener.name()).field("config", &self.config).finish()
+    }
+}
+
+impl<S: Service> BoundServer<S> {
+    /// The name the server listens on.
+    pub fn name(&self) -> &PipeName {
+        self.listener.name()
+    }
+
+    /// A handle that triggers graceful shutdown.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Serves until [`ShutdownHandle::shutdown`] is called, then shuts down gracefully.
+    pub async fn run(self) -> Result<(), ServeError> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Serves until `signal` completes (or the shutdown handle fires), then shuts down
+    /// gracefully: stop accepting and release the name, let calls in flight finish
+    /// within the grace period, then close every connection.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let BoundServer { listener, service, config, shutdown } = self;
+        let config = Arc::new(config);
+        let live = Arc::new(AtomicUsize::new(0));
+        let mut conns = JoinSet::new();
+        let mut accept_failures = 0u32;
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut signal => break,
+                () = shutdown.token.cancelled() => break,
+                // Reap finished connections so the set does not grow without bound.
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok(stream) => {
+                        accept_failures = 0;
+                        let refuse = (live.load(Ordering::Relaxed) >= config.max_connections).then(|| {
+                            (HandshakeStatus::Overloaded, format!("the server is at its limit of {} connections", config.max_connections))
+                        });
+                        let guard = LiveGuard::new(live.clone());
+                        let (service, config, token) = (service.clone(), config.clone(), shutdown.token.clone());
+                        conns.spawn(async move {
+                            let _guard = guard;
+                            if let Err(e) = connection::serve(stream, service, config, token, refuse).await {
+                                tracing::debug!(error = %e, "connection ended");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Usually transient (out of file descriptors): back off, keep serving.
+                        accept_failures += 1;
+                        tracing::warn!(error = %e, "accept failed");
+                        if accept_failures > 100 {
+                            return Err(ServeError::Accept(e));
+                        }
+                        tokio::time::sleep(Duration::from_millis(10 * u64::from(accept_failures.min(50)))).await;
+                    }
+                },
+            }
+        }
+        // Stop accepting and free the name first, so a replacement server can start.
+        drop(listener);
+        shutdown.token.cancel();
+        let drained =
+            tokio::time::timeout(config.shutdown_grace, async { while conns.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(remaining = conns.len(), "shutdown grace period over; dropping calls still running");
+            conns.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+/// Counts a live connection for as long as it exists.
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl LiveGuard {
+    fn new(n: Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        LiveGuard(n)
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,362 @@
+//! The wire protocol: a handshake, then typed frames.
+//!
+//! Every message is one length-delimited frame (4-byte big-endian length, then the body),
+//! carried by `tarpc::serde_transport` over the pipe (see `transport-pipe`).
+//!
+//! 1. **Handshake** (fixed binary layout, codec-independent, so a mismatch of codec or
+//!    version is reported instead of misread): the client sends [`Hello`], the server
+//!    answers [`Welcome`]. Only after a `Welcome` with [`HandshakeStatus::Ok`] do the
+//!    two sides exchange frames.
+//! 2. **Frames**, encoded by the negotiated [`Codec`]: the client sends
+//!    [`ClientFrame`]s, the server sends [`ServerFrame`]s. Calls are matched by id, so
+//!    many run at once on one pipe and complete in any order.
+//!
+//! Evolution: a new frame kind is a new enum variant appended at the end, and is only
+//! sent to a peer whose handshake announced a protocol version that knows it. Variant
+//! order is part of the protocol and never changes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Codec;
+use crate::error::ServerError;
+
+/// First bytes of both handshake messages.
+pub const MAGIC: [u8; 4] = *b"PRPC";
+
+/// The protocol version this build speaks. Peers with a different version refuse each
+/// other in the handshake.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// A frame from client to server.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ClientFrame<Req> {
+    /// Start a call.
+    Call {
+        /// Unique among this connection's calls in flight.
+        id: u64,
+        /// Time the caller will wait, in microseconds from when the server reads the
+        /// frame. Relative, so the two processes' clocks never need to agree.
+        timeout_us: u64,
+        /// The service's request enum.
+        body: Req,
+    },
+    /// The caller stopped waiting (dropped its future or hit its deadline): stop the
+    /// handler. No response follows.
+    Cancel {
+        /// The call to cancel.
+        id: u64,
+    },
+    // Reserved for later protocol versions, in this order: one-way calls, client
+    // stream items and stream ends, stream credits, callback replies.
+}
+
+/// A frame from server to client.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ServerFrame<Resp> {
+    /// The handler's result.
+    Reply {
+        /// The call answered.
+        id: u64,
+        /// The service's response enum.
+        body: Resp,
+    },
+    /// The server refused or failed the call.
+    Error {
+        /// The call answered.
+        id: u64,
+        /// Why.
+        error: ServerError,
+    },
+    /// The handler's response was larger than the message limit; the connection goes on.
+    TooLarge {
+        /// The call answered.
+        id: u64,
+        /// Encoded size of the response.
+        size: u64,
+        /// The limit in force.
+        limit: u64,
+    },
+    // Reserved for later protocol versions: server push, stream items, callbacks.
+}
+
+/// Enough of a [`ClientFrame`] to identify the call when the rest does not decode.
+/// Shares the variant layout of `ClientFrame`; decoded with trailing bytes allowed.
+#[derive(Debug, Deserialize)]
+pub(crate) enum ClientHead {
+    Call {
+        id: u64,
+    },
+    Cancel {
+        #[allow(dead_code)]
+        id: u64,
+    },
+}
+
+/// Enough of a [`ServerFrame`] to identify the call when the rest does not decode.
+#[derive(Debug, Deserialize)]
+pub(crate) enum ServerHead {
+    Reply { id: u64 },
+    Error { id: u64 },
+    TooLarge { id: u64 },
+}
+
+impl ServerHead {
+    pub(crate) fn id(&self) -> u64 {
+        match *self {
+            ServerHead::Reply { id } | ServerHead::Error { id } | ServerHead::TooLarge { id } => id,
+        }
+    }
+}
+
+/// Outcome of a handshake, sent in [`Welcome`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeStatus {
+    /// Proceed.
+    Ok,
+    /// The server does not speak the client's protocol version.
+    VersionUnsupported,
+    /// The server serves another service.
+    WrongService,
+    /// Same service name, different method signatures.
+    FingerprintMismatch,
+    /// The server does not know the client's codec.
+    CodecUnsupported,
+    /// The server is at its connection limit.
+    Overloaded,
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+impl HandshakeStatus {
+    fn to_u8(self) -> u8 {
+        match self {
+            HandshakeStatus::Ok => 0,
+            HandshakeStatus::VersionUnsupported => 1,
+            HandshakeStatus::WrongService => 2,
+            HandshakeStatus::FingerprintMismatch => 3,
+            HandshakeStatus::CodecUnsupported => 4,
+            HandshakeStatus::Overloaded => 5,
+            HandshakeStatus::ShuttingDown => 6,
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => HandshakeStatus::Ok,
+            1 => HandshakeStatus::VersionUnsupported,
+            2 => HandshakeStatus::WrongService,
+            3 => HandshakeStatus::FingerprintMismatch,
+            4 => HandshakeStatus::CodecUnsupported,
+            5 => HandshakeStatus::Overloaded,
+            6 => HandshakeStatus::ShuttingDown,
+            _ => return None,
+        })
+    }
+}
+
+/// The client's opening message.
+///
+/// Layout (little-endian): magic `PRPC`, version u16, codec u8, flags u8 (zero),
+/// max message u32, fingerprint u64, service-name length u16, service name (UTF-8).
+/// Later versions may append fields; readers ignore trailing bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version of the client.
+    pub version: u16,
+    /// Codec id the client will use ([`Codec::id`]).
+    pub codec: u8,
+    /// Largest message the client accepts.
+    pub max_message: u32,
+    /// Service fingerprint the client was built with.
+    pub fingerprint: u64,
+    /// Service name the client wants.
+    pub service: String,
+}
+
+/// The server's answer to [`Hello`].
+///
+/// Layout (little-endian): magic `PRPC`, version u16, status u8, codec u8, max message u32,
+/// fingerprint u64, server process id u32, service-name length u16, service name,
+/// message length u16, message (UTF-8, why a refusal happened).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// Protocol version of the server.
+    pub version: u16,
+    /// Whether the connection proceeds.
+    pub status: HandshakeStatus,
+    /// Codec id the server will use (the client's, when status is Ok).
+    pub codec: u8,
+    /// Largest message the server accepts.
+    pub max_message: u32,
+    /// The server's service fingerprint.
+    pub fingerprint: u64,
+    /// The server's process id (informational).
+    pub server_pid: u32,
+    /// The server's service name.
+    pub service: String,
+    /// Human-readable reason for a refusal; empty on success.
+    pub message: String,
+}
+
+/// A handshake message that could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeDecodeError {
+    /// The first bytes are not `PRPC`: the peer does not speak pipe-rpc.
+    #[error("the peer is not a pipe-rpc endpoint (bad magic bytes {0:02x?})")]
+    BadMagic(Vec<u8>),
+    /// The message ended early or holds invalid text.
+    #[error("malformed handshake: {0}")]
+    Malformed(&'static str),
+}
+
+impl Hello {
+    /// Encodes for the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(22 + self.service.len());
+        b.extend_from_slice(&MAGIC);
+        b.extend_from_slice(&self.version.to_le_bytes());
+        b.push(self.codec);
+        b.push(0);
+        b.extend_from_slice(&self.max_message.to_le_bytes());
+        b.extend_from_slice(&self.fingerprint.to_le_bytes());
+        put_str(&mut b, &self.service);
+        b
+    }
+
+    /// Decodes from the wire.
+    pub fn decode(buf: &[u8]) -> Result<Self, HandshakeDecodeError> {
+        let mut r = Reader::new(buf)?;
+        let version = r.u16()?;
+        let codec = r.u8()?;
+        let _flags = r.u8()?;
+        Ok(Hello { version, codec, max_message: r.u32()?, fingerprint: r.u64()?, service: r.str()? })
+    }
+}
+
+impl Welcome {
+    /// Encodes for the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(30 + self.service.len() + self.message.len());
+        b.extend_from_slice(&MAGIC);
+        b.extend_from_slice(&self.version.to_le_bytes());
+        b.push(self.status.to_u8());
+        b.push(self.codec);
+        b.extend_from_slice(&self.max_message.to_le_bytes());
+        b.extend_from_slice(&self.fingerprint.to_le_bytes());
+        b.extend_from_slice(&self.server_pid.to_le_bytes());
+        put_str(&mut b, &self.service);
+        put_str(&mut b, &self.message);
+        b
+    }
+
+    /// Decodes from the wire.
+    pub fn decode(buf: &[u8]) -> Result<Self, HandshakeDecodeError> {
+        let mut r = Reader::new(buf)?;
+        let version = r.u16()?;
+        let status = HandshakeStatus::from_u8(r.u8()?).ok_or(HandshakeDecodeError::Malformed("unknown status"))?;
+        Ok(Welcome {
+            version,
+            status,
+            codec: r.u8()?,
+            max_message: r.u32()?,
+            fingerprint: r.u64()?,
+            server_pid: r.u32()?,
+            service: r.str()?,
+            message: r.str()?,
+        })
+    }
+}
+
+/// Describes a codec id for messages.
+pub(crate) fn codec_name(id: u8) -> String {
+    Codec::from_id(id).map_or_else(|| format!("unknown codec #{id}"), |c| c.name().to_owned())
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    // Names and messages are short; cut at a char boundary rather than fail.
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    b.extend_from_slice(&(end as u16).to_le_bytes());
+    b.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Result<Self, HandshakeDecodeError> {
+        if buf.len() < 4 || buf[..4] != MAGIC {
+            return Err(HandshakeDecodeError::BadMagic(buf[..buf.len().min(4)].to_vec()));
+        }
+        Ok(Reader(&buf[4..]))
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], HandshakeDecodeError> {
+        if self.0.len() < n {
+            return Err(HandshakeDecodeError::Malformed("truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, HandshakeDecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, HandshakeDecodeError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    }
+    fn u32(&mut self) -> Result<u32, HandshakeDecodeError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, HandshakeDecodeError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn str(&mut self) -> Result<String, HandshakeDecodeError> {
+        let n = self.u16()? as usize;
+        let bytes = self.take(n)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| HandshakeDecodeError::Malformed("invalid UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trips_and_ignores_trailing_fields() {
+        let h = Hello {
+            version: 1,
+            codec: 0,
+            max_message: 4 << 20,
+            fingerprint: 0xdead_beef_0102_0304,
+            service: "WorkQueues".into(),
+        };
+        let mut bytes = h.encode();
+        assert_eq!(Hello::decode(&bytes).unwrap(), h);
+        bytes.extend_from_slice(b"future fields");
+        assert_eq!(Hello::decode(&bytes).unwrap(), h);
+    }
+
+    #[test]
+    fn welcome_round_trips() {
+        let w = Welcome {
+            version: 1,
+            status: HandshakeStatus::FingerprintMismatch,
+            codec: 1,
+            max_message: 1024,
+            fingerprint: 7,
+            server_pid: 42,
+            service: "S".into(),
+            message: "différent".into(),
+        };
+        assert_eq!(Welcome::decode(&w.encode()).unwrap(), w);
+    }
+
+    #[test]
+    fn garbage_is_reported_not_misread() {
+        assert!(matches!(Hello::decode(b"GET / HTTP/1.1"), Err(HandshakeDecodeError::BadMagic(_))));
+        assert_eq!(Hello::decode(b"PRPC\x01"), Err(HandshakeDecodeError::Malformed("truncated")));
+        assert!(matches!(Welcome::decode(b""), Err(HandshakeDecodeError::BadMagic(_))));
+    }
+}

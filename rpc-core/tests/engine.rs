@@ -1,0 +1,414 @@
+//! The protocol engine over in-memory pipes (`tokio::io::duplex`), with a hand-written
+//! service so these tests do not depend on the macro. Cross-process behaviour over real
+//! OS pipes is tested in the `tests/` crate.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use rpc_core::service::BoxFuture;
+use rpc_core::wire::{ClientFrame, Hello, PROTOCOL_VERSION, ServerFrame, Welcome};
+use rpc_core::{
+    CallOptions, Channel, ClientConfig, Codec, Direction, RpcError, Server, ServerConfig, ServerErrorKind, Service,
+    ServiceId, TransportError,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Req {
+    Echo(#[serde(with = "serde_bytes")] Vec<u8>),
+    Big(usize),
+    Sleep(u64),
+    Panic,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum Resp {
+    Echo(#[serde(with = "serde_bytes")] Vec<u8>),
+    Slept(u64),
+}
+
+#[derive(Default)]
+struct Probe {
+    started: AtomicUsize,
+    dropped_unfinished: AtomicUsize,
+    notify: Notify,
+}
+
+struct Svc(Arc<Probe>);
+
+/// Counts handlers dropped before they finished: proof the server stopped them.
+struct DropProbe(Arc<Probe>, bool);
+impl Drop for DropProbe {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.dropped_unfinished.fetch_add(1, Ordering::SeqCst);
+            self.0.notify.notify_waiters();
+        }
+    }
+}
+
+const ID: ServiceId = ServiceId::new("Test", 0xfeed);
+
+impl Service for Svc {
+    type Request = Req;
+    type Response = Resp;
+    const ID: ServiceId = ID;
+    fn method_name(r: &Req) -> &'static str {
+        match r {
+            Req::Echo(_) => "echo",
+            Req::Big(_) => "big",
+            Req::Sleep(_) => "sleep",
+            Req::Panic => "panic",
+        }
+    }
+    fn call(&self, r: Req) -> BoxFuture<Resp> {
+        let probe = self.0.clone();
+        Box::pin(async move {
+            match r {
+                Req::Echo(v) => Resp::Echo(v),
+                Req::Big(n) => Resp::Echo(vec![7; n]),
+                Req::Sleep(ms) => {
+                    probe.started.fetch_add(1, Ordering::SeqCst);
+                    probe.notify.notify_waiters();
+                    let mut guard = DropProbe(probe.clone(), false);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    guard.1 = true;
+                    Resp::Slept(ms)
+                }
+                Req::Panic => panic!("handler exploded"),
+            }
+        })
+    }
+}
+
+async fn watchdog<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), f).await.expect("test hung: watchdog fired")
+}
+
+/// Waits until `cond` holds, re-checking whenever the probe signals.
+async fn until(probe: &Probe, cond: impl Fn(&Probe) -> bool) {
+    loop {
+        let notified = probe.notify.notified();
+        if cond(probe) {
+            return;
+        }
+        notified.await;
+    }
+}
+
+type ServerTask = tokio::task::JoinHandle<Result<(), TransportError>>;
+
+fn pair(
+    server_cfg: ServerConfig,
+    client_cfg: ClientConfig,
+) -> (Arc<Probe>, impl std::future::Future<Output = Channel<Req, Resp>>, ServerTask) {
+    let probe = Arc::new(Probe::default());
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let server = Server::new(Svc(probe.clone())).config(server_cfg);
+    let task = tokio::spawn(async move { server.serve_connection(b).await });
+    let client = async move { Channel::<Req, Resp>::from_io(a, ID, client_cfg).await.expect("handshake") };
+    (probe, client, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_calls_complete_out_of_order() {
+    watchdog(async {
+        let (_probe, client, _t) = pair(ServerConfig::default(), ClientConfig::default());
+        let ch = client.await;
+        let opts = CallOptions::default();
+        // Longer sleeps first: responses must come back in the opposite order.
+        let calls = (0..200u64).rev().map(|i| {
+            let ch = ch.clone();
+            async move { (i, ch.call(&opts, Req::Sleep(i % 20)).await) }
+        });
+        let results = futures::future::join_all(calls).await;
+        for (i, r) in results {
+            assert_eq!(r.unwrap(), Resp::Slept(i % 20));
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deadline_exceeded_fails_the_call_and_stops_the_handler() {
+    watchdog(async {
+        let (probe, client, _t) = pair(ServerConfig::default(), ClientConfig::default());
+        let ch = client.await;
+        let err = ch.call(&CallOptions::with_timeout(Duration::from_millis(50)), Req::Sleep(60_000)).await.unwrap_err();
+        assert_eq!(err, RpcError::DeadlineExceeded { timeout: Duration::from_millis(50) });
+        until(&probe, |p| p.dropped_unfinished.load(Ordering::SeqCst) == 1).await;
+        // The connection is still good.
+        assert_eq!(ch.call(&CallOptions::default(), Req::Echo(vec![1])).await.unwrap(), Resp::Echo(vec![1]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dropping_the_call_future_cancels_it_on_the_server() {
+    watchdog(async {
+        let (probe, client, _t) = pair(ServerConfig::default(), ClientConfig::default());
+        let ch = client.await;
+        let ch2 = ch.clone();
+        let call = tokio::spawn(async move { ch2.call(&CallOptions::default(), Req::Sleep(60_000)).await });
+        until(&probe, |p| p.started.load(Ordering::SeqCst) == 1).await;
+        call.abort();
+        until(&probe, |p| p.dropped_unfinished.load(Ordering::SeqCst) == 1).await;
+        assert_eq!(ch.call(&CallOptions::default(), Req::Echo(vec![2])).await.unwrap(), Resp::Echo(vec![2]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn server_caps_deadlines_and_says_so() {
+    watchdog(async {
+        let mut cfg = ServerConfig::default();
+        cfg.max_deadline = Duration::from_millis(30);
+        let (probe, client, _t) = pair(cfg, ClientConfig::default());
+        let ch = client.await;
+        let err = ch.call(&CallOptions::with_timeout(Duration::from_secs(60)), Req::Sleep(60_000)).await.unwrap_err();
+        assert!(matches!(err, RpcError::DeadlineExceeded { .. }), "{err:?}");
+        assert_eq!(probe.dropped_unfinished.load(Ordering::SeqCst), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_request_fails_only_that_call() {
+    watchdog(async {
+        let (_p, client, _t) = pair(ServerConfig::default().max_message(64 * 1024), ClientConfig::default());
+        let ch = client.await;
+        assert_eq!(ch.peer().max_message, 64 * 1024);
+        let opts = CallOptions::default();
+        let small = ch.call(&opts, Req::Echo(vec![3; 10]));
+        let big = ch.call(&opts, Req::Echo(vec![0; 100_000]));
+        let (small, big) = tokio::join!(small, big);
+        assert_eq!(small.unwrap(), Resp::Echo(vec![3; 10]));
+        match big.unwrap_err() {
+            RpcError::Transport(TransportError::MessageTooLarge { size, limit, direction }) => {
+                assert!(size > 100_000 && size < 100_032, "{size}");
+                assert_eq!(limit, 64 * 1024);
+                assert_eq!(direction, Direction::Request);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ch.call(&opts, Req::Echo(vec![4])).await.unwrap(), Resp::Echo(vec![4]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_response_fails_only_that_call() {
+    watchdog(async {
+        let (_p, client, _t) = pair(ServerConfig::default(), ClientConfig::default().max_message(64 * 1024));
+        let ch = client.await;
+        let opts = CallOptions::default();
+        let err = ch.call(&opts, Req::Big(200_000)).await.unwrap_err();
+        let msg = err.to_string();
+        match err {
+            RpcError::Transport(TransportError::MessageTooLarge {
+                size,
+                limit: 65536,
+                direction: Direction::Response,
+            }) => {
+                assert!(size > 200_000, "{size}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(msg.contains("65536") && msg.contains("response"), "{msg}");
+        assert_eq!(ch.call(&opts, Req::Big(10)).await.unwrap(), Resp::Echo(vec![7; 10]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn handler_panic_is_reported_and_the_connection_survives() {
+    watchdog(async {
+        let (_p, client, _t) = pair(ServerConfig::default(), ClientConfig::default());
+        let ch = client.await;
+        let opts = CallOptions::default();
+        match ch.call(&opts, Req::Panic).await.unwrap_err() {
+            RpcError::Server(e) => {
+                assert_eq!(e.kind, ServerErrorKind::HandlerPanicked);
+                assert!(e.detail.contains("handler exploded"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ch.call(&opts, Req::Echo(vec![5])).await.unwrap(), Resp::Echo(vec![5]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn server_gone_mid_call_fails_pending_calls_at_once() {
+    watchdog(async {
+        let (probe, client, task) = pair(ServerConfig::default(), ClientConfig::default());
+        let ch = client.await;
+        let ch2 = ch.clone();
+        let call = tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            (ch2.call(&CallOptions::with_timeout(Duration::from_secs(30)), Req::Sleep(60_000)).await, t0.elapsed())
+        });
+        until(&probe, |p| p.started.load(Ordering::SeqCst) == 1).await;
+        task.abort(); // the server's connection dies with the handler in flight
+        let (res, waited) = call.await.unwrap();
+        assert!(matches!(res, Err(RpcError::Transport(TransportError::Disconnected { .. }))), "{res:?}");
+        assert!(waited < Duration::from_secs(10), "failed only at the deadline: {waited:?}");
+        // Later calls fail at once with the same reason.
+        let later = ch.call(&CallOptions::default(), Req::Echo(vec![])).await;
+        assert!(matches!(later, Err(RpcError::Transport(TransportError::Disconnected { .. }))), "{later:?}");
+        assert!(ch.is_closed());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn close_cancels_calls_in_flight() {
+    watchdog(async {
+        let (probe, client, _t) = pair(ServerConfig::default(), ClientConfig::default());
+        let ch = client.await;
+        let ch2 = ch.clone();
+        let call = tokio::spawn(async move { ch2.call(&CallOptions::default(), Req::Sleep(60_000)).await });
+        until(&probe, |p| p.started.load(Ordering::SeqCst) == 1).await;
+        ch.close();
+        assert_eq!(call.await.unwrap(), Err(RpcError::Cancelled));
+        until(&probe, |p| p.dropped_unfinished.load(Ordering::SeqCst) == 1).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postcard_codec_works_end_to_end() {
+    watchdog(async {
+        let (_p, client, _t) = pair(ServerConfig::default(), ClientConfig::default().codec(Codec::Postcard));
+        let ch = client.await;
+        assert_eq!(ch.peer().codec, Codec::Postcard);
+        assert_eq!(ch.call(&CallOptions::default(), Req::Echo(vec![9; 3])).await.unwrap(), Resp::Echo(vec![9; 3]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_fingerprint_and_wrong_service_are_refused_in_the_handshake() {
+    watchdog(async {
+        for (id, needle) in
+            [(ServiceId::new("Test", 1), "fingerprint mismatch"), (ServiceId::new("Other", 0xfeed), "wrong service")]
+        {
+            let (a, b) = tokio::io::duplex(1 << 16);
+            let server = Server::new(Svc(Arc::default()));
+            let task = tokio::spawn(async move { server.serve_connection(b).await });
+            let err = Channel::<Req, Resp>::from_io(a, id, ClientConfig::default()).await.unwrap_err();
+            match &err {
+                RpcError::Transport(TransportError::Incompatible { detail }) => {
+                    assert!(detail.contains(needle), "{detail}")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(task.await.unwrap().is_err());
+        }
+    })
+    .await;
+}
+
+/// A raw client: handshake by hand, then arbitrary frames.
+type RawFramed = tokio_util::codec::Framed<tokio::io::DuplexStream, tokio_util::codec::LengthDelimitedCodec>;
+
+async fn raw_client(max: usize) -> (RawFramed, ServerTask) {
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let server = Server::new(Svc(Arc::default()));
+    let task = tokio::spawn(async move { server.serve_connection(b).await });
+    let mut framed = rpc_core::pipe::length_delimited(a, max);
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        codec: 0,
+        max_message: max as u32,
+        fingerprint: 0xfeed,
+        service: "Test".into(),
+    };
+    framed.send(Bytes::from(hello.encode())).await.unwrap();
+    let w = Welcome::decode(&framed.next().await.unwrap().unwrap()).unwrap();
+    assert_eq!(w.message, "");
+    (framed, task)
+}
+
+#[tokio::test]
+async fn malformed_request_gets_bad_request_and_the_connection_goes_on() {
+    watchdog(async {
+        let (mut framed, _task) = raw_client(1 << 20).await;
+        // A call frame whose body is not a `Req`: the variant index is out of range.
+        let bad = Codec::Bincode
+            .encode(&ClientFrame::Call { id: 41, timeout_us: 1_000_000, body: (99u32, 1u8) }, 1 << 20)
+            .unwrap();
+        framed.send(Bytes::from(bad)).await.unwrap();
+        let good = Codec::Bincode
+            .encode(&ClientFrame::Call { id: 42, timeout_us: 1_000_000, body: Req::Echo(vec![1, 2]) }, 1 << 20)
+            .unwrap();
+        framed.send(Bytes::from(good)).await.unwrap();
+        let f1: ServerFrame<Resp> = Codec::Bincode.decode(&framed.next().await.unwrap().unwrap()).unwrap();
+        let f2: ServerFrame<Resp> = Codec::Bincode.decode(&framed.next().await.unwrap().unwrap()).unwrap();
+        match f1 {
+            ServerFrame::Error { id: 41, error } => {
+                assert_eq!(error.kind, ServerErrorKind::BadRequest);
+                assert!(error.detail.contains("Test"), "{}", error.detail);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(f2, ServerFrame::Reply { id: 42, body: Resp::Echo(ref v) } if v == &[1, 2]), "{f2:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unreadable_frames_and_oversized_frames_close_only_that_connection() {
+    watchdog(async {
+        // Unreadable: not even a frame head.
+        let (mut framed, task) = raw_client(1 << 20).await;
+        framed.send(Bytes::from_static(&[0xff; 3])).await.unwrap();
+        let ended = task.await.unwrap();
+        assert!(matches!(ended, Err(TransportError::Protocol { .. })), "{ended:?}");
+        // Oversized: a length prefix beyond the server's limit.
+        let (framed, task) = raw_client(64 << 20).await;
+        let mut io = framed.into_inner();
+        tokio::io::AsyncWriteExt::write_all(&mut io, &(100u32 << 20).to_be_bytes()).await.unwrap();
+        let ended = task.await.unwrap();
+        assert!(matches!(ended, Err(TransportError::Protocol { .. })), "{ended:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_peer_that_is_not_pipe_rpc_is_refused_with_a_clear_error() {
+    watchdog(async {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            // Answers with an HTTP response in a length-delimited frame.
+            let mut buf = [0u8; 256];
+            let _ = tokio::io::AsyncReadExt::read(&mut b, &mut buf).await;
+            let body = b"HTTP/1.1 400 Bad Request\r\n\r\n";
+            let mut out = (body.len() as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(body);
+            tokio::io::AsyncWriteExt::write_all(&mut b, &out).await.unwrap();
+        });
+        let err = Channel::<Req, Resp>::from_io(a, ID, ClientConfig::default()).await.unwrap_err();
+        assert!(err.to_string().contains("not a pipe-rpc endpoint"), "{err}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn in_flight_limit_applies_backpressure_not_errors() {
+    watchdog(async {
+        let (probe, client, _t) =
+            pair(ServerConfig::default().max_in_flight_per_connection(4), ClientConfig::default());
+        let ch = client.await;
+        let opts = CallOptions::default();
+        let calls: Vec<_> = (0..20).map(|_| ch.call(&opts, Req::Sleep(20))).collect();
+        let results = futures::future::join_all(calls).await;
+        assert!(results.iter().all(|r| r == &Ok(Resp::Slept(20))));
+        assert_eq!(probe.started.load(Ordering::SeqCst), 20);
+    })
+    .await;
+}

@@ -1,0 +1,557 @@
+//! Code generation: one method per emitted item, assembled in [`ToTokens`].
+
+use proc_macro2::{Ident, Literal, Span, TokenStream};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::ItemTrait;
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+
+use crate::fingerprint::{self, MethodText};
+use crate::model::{MethodDef, Output, ServiceDef};
+use crate::validate::{self, Errors};
+use crate::{attr, fallback, naming};
+
+/// The whole expansion; never panics. On any error the result is the errors plus the
+/// user's trait (see [`fallback`]).
+pub(crate) fn service(args: TokenStream, item: TokenStream) -> TokenStream {
+    let trait_item: ItemTrait = match syn::parse2(item.clone()) {
+        Ok(t) => t,
+        Err(e) => return fallback::not_a_trait(e, item),
+    };
+    let mut errors = Errors::default();
+    let args = attr::parse(args, &mut errors);
+    let def = ServiceDef::from_syn(args, &trait_item);
+    validate::check(&def, &mut errors);
+    match errors.into_result() {
+        Ok(()) => ServiceGenerator::new(&def).into_token_stream(),
+        Err(e) => fallback::expand(e, &trait_item),
+    }
+}
+
+struct ServiceGenerator<'a> {
+    def: &'a ServiceDef<'a>,
+    /// `#krate::__private`
+    private: TokenStream,
+    trait_ident: &'a Ident,
+    request: Ident,
+    response: Ident,
+    client: Ident,
+    server: Ident,
+    /// The server's type parameter.
+    param: Ident,
+    /// The trait's own `#[cfg]`s, repeated on every item.
+    cfgs: TokenStream,
+}
+
+/// Lints that generated code may trip in user crates and that the user cannot fix.
+fn allow_lints() -> TokenStream {
+    quote! {
+        #[allow(
+            deprecated,
+            unused_qualifications,
+            unreachable_pub,
+            clippy::unit_arg,
+            clippy::let_unit_value,
+            clippy::too_many_arguments,
+            clippy::missing_errors_doc,
+            clippy::must_use_candidate,
+            clippy::absolute_paths,
+            clippy::used_underscore_binding
+        )]
+    }
+}
+
+impl<'a> ServiceGenerator<'a> {
+    fn new(def: &'a ServiceDef<'a>) -> Self {
+        let trait_ident = def.ident();
+        let krate = &def.krate;
+        let cfgs = &def.cfgs;
+        ServiceGenerator {
+            def,
+            private: quote!(#krate::__private),
+            trait_ident,
+            request: naming::derived(trait_ident, "Request"),
+            response: naming::derived(trait_ident, "Response"),
+            client: naming::derived(trait_ident, "Client"),
+            server: naming::derived(trait_ident, "Server"),
+            param: if trait_ident.unraw() == "S" { format_ident!("__S") } else { format_ident!("S") },
+            cfgs: quote!(#(#cfgs)*),
+        }
+    }
+
+    /// Names for generated locals: mixed-site, so no user argument can shadow them.
+    fn local(name: &str) -> Ident {
+        Ident::new(name, Span::mixed_site())
+    }
+
+    fn fingerprint(&self) -> u64 {
+        let methods: Vec<MethodText> = self
+            .def
+            .methods
+            .iter()
+            .map(|m| MethodText {
+                name: m.name.clone(),
+                args: m.args.iter().map(|a| fingerprint::type_text(a.ty)).collect(),
+                output: fingerprint::type_text(&m.output.handler_type()),
+            })
+            .collect();
+        fingerprint::fingerprint(&self.def.name, &methods)
+    }
+
+    fn methods(&self) -> impl Iterator<Item = Method<'_>> {
+        self.def.methods.iter().filter_map(|m| {
+            let variant = m.variant.as_ref().ok()?;
+            let args = m.args.iter().filter_map(|a| a.ident).collect();
+            let tys = m.args.iter().map(|a| a.ty).collect();
+            let cfgs = &m.cfgs;
+            Some(Method { def: m, variant, args, tys, cfgs: quote!(#(#cfgs)*) })
+        })
+    }
+
+    /// The user's trait: `Send + Sync + 'static`, each `async fn` as `fn -> impl Future + Send`.
+    fn service_trait(&self) -> TokenStream {
+        let ItemTrait { attrs, vis, trait_token, ident, .. } = self.def.item;
+        let methods = self.methods().map(|m| {
+            let attrs = &m.def.item.attrs;
+            let name = m.def.ident;
+            let fn_token = m.def.sig.fn_token;
+            let receiver = m.def.receiver;
+            let (args, tys) = (&m.args, &m.tys);
+            let output = m.def.output.handler_type();
+            let future = quote_spanned! {m.def.span()=>
+                impl ::core::future::Future<Output = #output> + ::core::marker::Send
+            };
+            quote! {
+                #(#attrs)*
+                #fn_token #name(#receiver #(, #args: #tys)*) -> #future;
+            }
+        });
+        quote! {
+            #(#attrs)*
+            #vis #trait_token #ident: ::core::marker::Send + ::core::marker::Sync + 'static {
+                #(#methods)*
+            }
+        }
+    }
+
+    fn serde_attrs(&self) -> TokenStream {
+        let private = &self.private;
+        let serde_path: String = quote!(#private::serde).to_string().split_whitespace().collect();
+        quote! {
+            #[derive(#private::serde::Serialize, #private::serde::Deserialize)]
+            #[serde(crate = #serde_path)]
+        }
+    }
+
+    fn request_enum(&self) -> TokenStream {
+        let Self { request, trait_ident, cfgs, .. } = self;
+        let vis = &self.def.item.vis;
+        let serde = self.serde_attrs();
+        let doc = format!(
+            "Wire request of [`{trait_ident}`]: one variant per method, holding its arguments. \
+             The variant order is the wire format."
+        );
+        let variants = self.methods().map(|m| {
+            let Method { variant, args, tys, cfgs, .. } = &m;
+            quote!(#cfgs #variant { #(#args: #tys),* })
+        });
+        quote! {
+            #[doc = #doc]
+            #serde
+            #[allow(missing_docs, non_camel_case_types, missing_debug_implementations, clippy::large_enum_variant, clippy::enum_variant_names)]
+            #cfgs
+            #vis enum #request { #(#variants,)* }
+        }
+    }
+
+    fn response_enum(&self) -> TokenStream {
+        let Self { response, trait_ident, cfgs, .. } = self;
+        let vis = &self.def.item.vis;
+        let serde = self.serde_attrs();
+        let doc = format!(
+            "Wire response of [`{trait_ident}`]: one variant per method, holding its result. \
+             The variant order is the wire format."
+        );
+        let variants = self.methods().map(|m| {
+            let Method { variant, cfgs, .. } = &m;
+            let output = m.def.output.handler_type();
+            quote!(#cfgs #variant(#output))
+        });
+        quote! {
+            #[doc = #doc]
+            #serde
+            #[allow(missing_docs, non_camel_case_types, missing_debug_implementations, clippy::large_enum_variant, clippy::enum_variant_names)]
+            #cfgs
+            #vis enum #response { #(#variants,)* }
+        }
+    }
+
+    fn server_struct(&self) -> TokenStream {
+        let Self { private, trait_ident, server, param, cfgs, .. } = self;
+        let vis = &self.def.item.vis;
+        let allow = allow_lints();
+        let doc = format!(
+            "Serves a [`{trait_ident}`] implementation: pass `{server}::new(implementation)` to `Server::new`. \
+             Cheap to clone; clones share the implementation."
+        );
+        let name = server.to_string();
+        quote! {
+            #[doc = #doc]
+            #cfgs
+            #vis struct #server<#param> {
+                inner: #private::std::sync::Arc<#param>,
+            }
+
+            #cfgs
+            #allow
+            impl<#param: #trait_ident> #server<#param> {
+                /// Wraps an implementation.
+                #[must_use]
+                pub fn new(service: #param) -> Self {
+                    Self::from_arc(#private::std::sync::Arc::new(service))
+                }
+
+                /// Wraps an implementation that is already shared.
+                #[must_use]
+                pub fn from_arc(service: #private::std::sync::Arc<#param>) -> Self {
+                    Self { inner: service }
+                }
+
+                /// The wrapped implementation.
+                #[must_use]
+                pub fn get_ref(&self) -> &#param {
+                    &self.inner
+                }
+            }
+
+            #cfgs
+            impl<#param> ::core::clone::Clone for #server<#param> {
+                fn clone(&self) -> Self {
+                    Self { inner: #private::std::sync::Arc::clone(&self.inner) }
+                }
+            }
+
+            #cfgs
+            impl<#param> ::core::fmt::Debug for #server<#param> {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    f.debug_struct(#name).finish_non_exhaustive()
+                }
+            }
+        }
+    }
+
+    fn service_impl(&self) -> TokenStream {
+        let Self { private, trait_ident, request, response, client, server, param, cfgs, .. } = self;
+        let allow = allow_lints();
+        let req = Self::local("__rpc_request");
+        let svc = Self::local("__rpc_service");
+        let names = self.methods().map(|m| {
+            let Method { variant, cfgs, .. } = &m;
+            let name = &m.def.name;
+            quote!(#cfgs #request::#variant { .. } => #name,)
+        });
+        let arms: Vec<_> = self
+            .methods()
+            .map(|m| {
+                let Method { variant, args, cfgs, .. } = &m;
+                let method = m.def.ident;
+                quote! {
+                    #cfgs
+                    #request::#variant { #(#args),* } => #response::#variant(
+                        <#param as #trait_ident>::#method(&*#svc #(, #args)*).await
+                    ),
+                }
+            })
+            .collect();
+        let call = if self.def.methods.is_empty() {
+            quote!(match #req {})
+        } else {
+            quote! {
+                let #svc = #private::std::sync::Arc::clone(&self.inner);
+                #private::std::boxed::Box::pin(async move {
+                    match #req { #(#arms)* }
+                })
+            }
+        };
+        quote! {
+            #cfgs
+            #allow
+            impl<#param: #trait_ident> #private::Service for #server<#param> {
+                type Request = #request;
+                type Response = #response;
+                const ID: #private::ServiceId = #client::ID;
+
+                fn method_name(#req: &Self::Request) -> &'static str {
+                    match *#req { #(#names)* }
+                }
+
+                fn call(&self, #req: Self::Request) -> #private::BoxFuture<Self::Response> {
+                    #call
+                }
+            }
+        }
+    }
+
+    fn client_struct(&self) -> TokenStream {
+        let Self { private, trait_ident, request, response, client, cfgs, .. } = self;
+        let vis = &self.def.item.vis;
+        let doc = format!(
+            "Client of [`{trait_ident}`]: one `async` method per RPC. \
+             Cheap to clone; clones share one connection."
+        );
+        quote! {
+            #[doc = #doc]
+            #[derive(::core::clone::Clone, ::core::fmt::Debug)]
+            #cfgs
+            #vis struct #client {
+                channel: #private::Channel<#request, #response>,
+                options: #private::CallOptions,
+            }
+        }
+    }
+
+    fn client_impl(&self) -> TokenStream {
+        let Self { private, request, response, client, cfgs, .. } = self;
+        let allow = allow_lints();
+        let name = &self.def.name;
+        let fingerprint = Literal::u64_suffixed(self.fingerprint());
+        let channel = quote!(#private::Channel<#request, #response>);
+        let methods = self.methods().map(|m| self.client_method(&m));
+        quote! {
+            #cfgs
+            #allow
+            impl #client {
+                /// Name and fingerprint of this service, checked when a connection opens.
+                pub const ID: #private::ServiceId = #private::ServiceId::new(#name, #fingerprint);
+
+                /// Connects to the server listening on the pipe `name` with the default
+                /// `ClientConfig`, retrying while the server is not up yet, and checks that
+                /// it serves this service.
+                ///
+                /// # Errors
+                ///
+                /// The server could not be reached in time, or it serves another service
+                /// (or another version of this one).
+                pub async fn connect(
+                    name: impl ::core::convert::Into<#private::PipeName>,
+                ) -> ::core::result::Result<Self, #private::RpcError> {
+                    Self::connect_with(name, <#private::ClientConfig as ::core::default::Default>::default()).await
+                }
+
+                /// Like [`connect`](Self::connect), with the given `ClientConfig`.
+                ///
+                /// # Errors
+                ///
+                /// As for [`connect`](Self::connect).
+                pub async fn connect_with(
+                    name: impl ::core::convert::Into<#private::PipeName>,
+                    config: #private::ClientConfig,
+                ) -> ::core::result::Result<Self, #private::RpcError> {
+                    ::core::result::Result::map(#private::Channel::connect(name, Self::ID, config).await, Self::from_channel)
+                }
+
+                /// Wraps a connected channel (for instance from `Channel::from_io`).
+                #[must_use]
+                pub fn from_channel(channel: #channel) -> Self {
+                    Self { channel, options: <#private::CallOptions as ::core::default::Default>::default() }
+                }
+
+                /// The underlying connection.
+                #[must_use]
+                pub fn channel(&self) -> &#channel {
+                    &self.channel
+                }
+
+                /// A handle whose calls may take at most `timeout` each. It shares this
+                /// client's connection.
+                #[must_use]
+                pub fn with_timeout(&self, timeout: ::core::time::Duration) -> Self {
+                    let mut options = ::core::clone::Clone::clone(&self.options);
+                    options.timeout = ::core::option::Option::Some(timeout);
+                    self.with_options(options)
+                }
+
+                /// A handle whose calls use `options`. It shares this client's connection.
+                #[must_use]
+                pub fn with_options(&self, options: #private::CallOptions) -> Self {
+                    Self { channel: ::core::clone::Clone::clone(&self.channel), options }
+                }
+
+                #(#methods)*
+            }
+        }
+    }
+
+    fn client_method(&self, m: &Method<'_>) -> TokenStream {
+        let Self { private, request, response, trait_ident, .. } = self;
+        let Method { def, variant, args, tys, cfgs } = m;
+        let ident = def.ident;
+        let name = &def.name;
+        let docs = if def.docs.is_empty() {
+            let doc = format!("Calls `{name}` of [`{trait_ident}`] on the server.");
+            quote!(#[doc = #doc])
+        } else {
+            let docs = &def.docs;
+            quote!(#(#docs)*)
+        };
+        let deprecated = &def.deprecated;
+        let resp = Self::local("__rpc_response");
+        let value = Self::local("__rpc_value");
+        let call = quote! {
+            self.channel.call(&self.options, #request::#variant { #(#args),* }).await
+        };
+        let pick = quote! {
+            |#resp| match #resp {
+                #response::#variant(#value) => ::core::option::Option::Some(#value),
+                #[allow(unreachable_patterns)]
+                _ => ::core::option::Option::None,
+            }
+        };
+        let (ret, body) = match &def.output {
+            Output::Fallible { ok, err, .. } => {
+                (quote!(::core::result::Result<#ok, #err>), quote!(#private::fallible(#call, #name, #pick)))
+            }
+            output => {
+                let ty = output.handler_type();
+                (quote!(::core::result::Result<#ty, #private::RpcError>), quote!(#private::plain(#call, #name, #pick)))
+            }
+        };
+        quote! {
+            #docs
+            #(#deprecated)*
+            #cfgs
+            pub async fn #ident(&self #(, #args: #tys)*) -> #ret {
+                #body
+            }
+        }
+    }
+
+    /// `Wire`/`AbsorbsRpcError` assertions, each spanned at the user's type.
+    fn type_checks(&self) -> TokenStream {
+        let Self { private, cfgs: trait_cfgs, .. } = self;
+        let mut out = TokenStream::new();
+        for m in self.methods() {
+            let cfgs = &m.cfgs;
+            let wire = |ty: &syn::Type| {
+                quote_spanned! {ty.span()=>
+                    #trait_cfgs #cfgs
+                    const _: () = #private::assert_wire::<#ty>();
+                }
+            };
+            out.extend(m.tys.iter().map(|ty| wire(ty)));
+            match &m.def.output {
+                Output::Fallible { ok, err, .. } => {
+                    out.extend([wire(ok), wire(err)]);
+                    out.extend(quote_spanned! {err.span()=>
+                        #trait_cfgs #cfgs
+                        const _: () = #private::assert_absorbs_rpc_error::<#err>();
+                    });
+                }
+                Output::Plain(ty) | Output::Unit(Some(ty)) => out.extend(wire(ty)),
+                Output::Unit(None) => {}
+            }
+        }
+        out
+    }
+}
+
+/// A method that passed validation, with the pieces every generated item needs.
+struct Method<'a> {
+    def: &'a MethodDef<'a>,
+    variant: &'a Ident,
+    args: Vec<&'a Ident>,
+    tys: Vec<&'a syn::Type>,
+    cfgs: TokenStream,
+}
+
+impl ToTokens for ServiceGenerator<'_> {
+    fn to_tokens(&self, out: &mut TokenStream) {
+        out.extend([
+            self.service_trait(),
+            self.request_enum(),
+            self.response_enum(),
+            self.server_struct(),
+            self.service_impl(),
+            self.client_struct(),
+            self.client_impl(),
+            self.type_checks(),
+        ]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand(args: TokenStream, item: TokenStream) -> String {
+        service(args, item).to_string()
+    }
+
+    #[test]
+    fn valid_trait_expands_without_errors() {
+        let out = expand(
+            quote!(),
+            quote! {
+                pub trait WorkQueues {
+                    async fn create(&self, name: String) -> Result<QueueInfo, QueueError>;
+                    async fn list(&self) -> Vec<QueueInfo>;
+                }
+            },
+        );
+        assert!(!out.contains("compile_error"), "{out}");
+        for item in [
+            "trait WorkQueues",
+            "enum WorkQueuesRequest",
+            "enum WorkQueuesResponse",
+            "struct WorkQueuesServer",
+            "struct WorkQueuesClient",
+        ] {
+            assert!(out.contains(item), "missing {item}");
+        }
+        assert!(out.contains(":: rpc_core :: __private :: fallible"));
+        assert!(out.contains(":: rpc_core :: __private :: plain"));
+        assert!(out.contains("\"::rpc_core::__private::serde\""));
+    }
+
+    #[test]
+    fn crate_override_and_name() {
+        let out = expand(
+            quote!(crate = renamed, name = "svc.v1"),
+            quote!(
+                trait T {
+                    async fn a(&self);
+                }
+            ),
+        );
+        assert!(out.contains("renamed :: __private :: Service"), "{out}");
+        assert!(out.contains("\"renamed::__private::serde\""), "{out}");
+        assert!(out.contains("ServiceId :: new (\"svc.v1\""), "{out}");
+    }
+
+    #[test]
+    fn errors_keep_the_trait() {
+        let out = expand(
+            quote!(bogus = 1),
+            quote!(
+                trait T {
+                    fn a(&self);
+                }
+            ),
+        );
+        assert_eq!(out.matches("compile_error").count(), 2, "{out}");
+        assert!(out.contains("trait T { fn a (& self) ; }"), "{out}");
+        assert!(!out.contains("TClient"), "{out}");
+    }
+
+    #[test]
+    fn not_a_trait() {
+        let out = expand(
+            quote!(),
+            quote!(
+                struct S;
+            ),
+        );
+        assert!(out.contains("compile_error"), "{out}");
+        assert!(out.contains("struct S ;"), "{out}");
+    }
+}

@@ -1,0 +1,230 @@
+//! The service as the generator sees it, built from the parsed trait. Building never
+//! fails: odd shapes are kept as they are and [`crate::validate`] reports them. Every
+//! part keeps a reference to the user's tokens so errors and generated code carry
+//! their spans.
+
+use proc_macro2::{Ident, Span};
+use syn::ext::IdentExt;
+use syn::{
+    Attribute, FnArg, GenericArgument, ItemTrait, Pat, PatType, Path, PathArguments, Receiver, ReturnType, Signature,
+    TraitItem, TraitItemFn, Type, parse_quote,
+};
+
+use crate::attr::ServiceArgs;
+use crate::naming;
+
+pub(crate) struct ServiceDef<'a> {
+    pub(crate) item: &'a ItemTrait,
+    /// Path to rpc-core (`::rpc_core` unless overridden).
+    pub(crate) krate: Path,
+    /// The name announced in the handshake.
+    pub(crate) name: String,
+    /// The methods in declaration order (other trait items are only in `item`, and rejected).
+    pub(crate) methods: Vec<MethodDef<'a>>,
+    /// `#[cfg]`s on the trait itself, repeated on every generated item.
+    pub(crate) cfgs: Vec<&'a Attribute>,
+}
+
+pub(crate) struct MethodDef<'a> {
+    pub(crate) item: &'a TraitItemFn,
+    pub(crate) sig: &'a Signature,
+    /// The method name as written (raw idents stay raw).
+    pub(crate) ident: &'a Ident,
+    /// The name without `r#`: the wire and log name.
+    pub(crate) name: String,
+    /// The first argument, if it is a receiver (`self` elsewhere does not parse).
+    pub(crate) receiver: Option<&'a Receiver>,
+    pub(crate) args: Vec<ArgDef<'a>>,
+    pub(crate) output: Output<'a>,
+    pub(crate) variant: Result<Ident, String>,
+    pub(crate) cfgs: Vec<&'a Attribute>,
+    pub(crate) docs: Vec<&'a Attribute>,
+    pub(crate) deprecated: Vec<&'a Attribute>,
+}
+
+pub(crate) struct ArgDef<'a> {
+    pub(crate) arg: &'a PatType,
+    /// The argument name when the pattern is a plain identifier.
+    pub(crate) ident: Option<&'a Ident>,
+    pub(crate) ty: &'a Type,
+}
+
+pub(crate) enum Output<'a> {
+    /// No return type, or `-> ()`.
+    Unit(Option<&'a Type>),
+    /// Any `T` that is not `Result<_, _>`: the client returns `Result<T, RpcError>`.
+    Plain(&'a Type),
+    /// `Result<T, E>`: the client returns `Result<T, E>` and needs `E: From<RpcError>`.
+    Fallible { whole: &'a Type, ok: &'a Type, err: &'a Type },
+}
+
+impl<'a> Output<'a> {
+    fn of(sig: &'a Signature) -> Self {
+        let ty = match &sig.output {
+            ReturnType::Default => return Output::Unit(None),
+            ReturnType::Type(_, ty) => &**ty,
+        };
+        match peel(ty) {
+            Type::Tuple(t) if t.elems.is_empty() => Output::Unit(Some(ty)),
+            Type::Path(p) if p.qself.is_none() => match result_args(&p.path) {
+                Some((ok, err)) => Output::Fallible { whole: ty, ok, err },
+                None => Output::Plain(ty),
+            },
+            _ => Output::Plain(ty),
+        }
+    }
+
+    /// The type the handler returns (and the response variant holds).
+    pub(crate) fn handler_type(&self) -> Type {
+        match *self {
+            Output::Unit(Some(ty)) | Output::Plain(ty) | Output::Fallible { whole: ty, .. } => ty.clone(),
+            Output::Unit(None) => parse_quote!(()),
+        }
+    }
+
+    /// Every user-written type in the return position.
+    pub(crate) fn written(&self) -> Option<&'a Type> {
+        match *self {
+            Output::Unit(ty) => ty,
+            Output::Plain(ty) | Output::Fallible { whole: ty, .. } => Some(ty),
+        }
+    }
+}
+
+/// Looks through invisible groups (types passed through `macro_rules!`) and parens.
+fn peel(mut ty: &Type) -> &Type {
+    loop {
+        match ty {
+            Type::Group(g) => ty = &g.elem,
+            Type::Paren(p) => ty = &p.elem,
+            _ => return ty,
+        }
+    }
+}
+
+/// `(T, E)` if `path` ends in a segment `Result<T, E>` with exactly two type arguments.
+fn result_args(path: &Path) -> Option<(&Type, &Type)> {
+    let last = path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    let mut types = args.args.iter().map(|a| match a {
+        GenericArgument::Type(t) => Some(t),
+        _ => None,
+    });
+    match (types.next(), types.next(), types.next()) {
+        (Some(Some(ok)), Some(Some(err)), None) => Some((ok, err)),
+        _ => None,
+    }
+}
+
+fn attrs_named<'a>(attrs: &'a [Attribute], name: &str) -> Vec<&'a Attribute> {
+    attrs.iter().filter(|a| a.path().is_ident(name)).collect()
+}
+
+impl<'a> ServiceDef<'a> {
+    pub(crate) fn from_syn(args: ServiceArgs, item: &'a ItemTrait) -> Self {
+        let methods = item
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                TraitItem::Fn(f) => Some(MethodDef::from_syn(f)),
+                _ => None,
+            })
+            .collect();
+        ServiceDef {
+            item,
+            krate: args.krate.unwrap_or_else(|| parse_quote!(::rpc_core)),
+            name: args.name.map_or_else(|| item.ident.unraw().to_string(), |n| n.value()),
+            methods,
+            cfgs: attrs_named(&item.attrs, "cfg"),
+        }
+    }
+
+    pub(crate) fn ident(&self) -> &'a Ident {
+        &self.item.ident
+    }
+}
+
+impl<'a> MethodDef<'a> {
+    fn from_syn(item: &'a TraitItemFn) -> Self {
+        let sig = &item.sig;
+        let mut receiver = None;
+        let mut args = Vec::new();
+        for (i, input) in sig.inputs.iter().enumerate() {
+            match input {
+                FnArg::Receiver(r) if i == 0 => receiver = Some(r),
+                FnArg::Receiver(_) => {}
+                FnArg::Typed(arg) => args.push(ArgDef {
+                    arg,
+                    ident: match &*arg.pat {
+                        Pat::Ident(p) if p.by_ref.is_none() && p.mutability.is_none() && p.subpat.is_none() => {
+                            Some(&p.ident)
+                        }
+                        _ => None,
+                    },
+                    ty: &arg.ty,
+                }),
+            }
+        }
+        MethodDef {
+            item,
+            sig,
+            ident: &sig.ident,
+            name: sig.ident.unraw().to_string(),
+            receiver,
+            args,
+            output: Output::of(sig),
+            variant: naming::variant(&sig.ident),
+            cfgs: attrs_named(&item.attrs, "cfg"),
+            docs: attrs_named(&item.attrs, "doc"),
+            deprecated: attrs_named(&item.attrs, "deprecated"),
+        }
+    }
+
+    /// Span for errors about the method as a whole.
+    pub(crate) fn span(&self) -> Span {
+        self.ident.span()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::ToTokens;
+
+    fn output(sig: &str) -> String {
+        let f: TraitItemFn = syn::parse_str(sig).unwrap();
+        match Output::of(&f.sig) {
+            Output::Unit(_) => "unit".into(),
+            Output::Plain(t) => format!("plain {}", t.to_token_stream()),
+            Output::Fallible { ok, err, .. } => {
+                format!("fallible {} / {}", ok.to_token_stream(), err.to_token_stream())
+            }
+        }
+    }
+
+    #[test]
+    fn output_shapes() {
+        assert_eq!(output("async fn f(&self);"), "unit");
+        assert_eq!(output("async fn f(&self) -> ();"), "unit");
+        assert_eq!(output("async fn f(&self) -> u8;"), "plain u8");
+        assert_eq!(output("async fn f(&self) -> Result<u8, E>;"), "fallible u8 / E");
+        assert_eq!(output("async fn f(&self) -> std::result::Result<(), E>;"), "fallible () / E");
+        assert_eq!(output("async fn f(&self) -> ::core::result::Result<A, B>;"), "fallible A / B");
+        assert_eq!(output("async fn f(&self) -> io::Result<u8>;"), "plain io :: Result < u8 >");
+        assert_eq!(output("async fn f(&self) -> Reply;"), "plain Reply");
+        assert_eq!(output("async fn f(&self) -> Option<Result<u8, E>>;"), "plain Option < Result < u8 , E > >");
+        assert_eq!(output("async fn f(&self) -> <X as Y>::Result<u8, E>;"), "plain < X as Y > :: Result < u8 , E >");
+    }
+
+    #[test]
+    fn args_and_receivers() {
+        let f: TraitItemFn = syn::parse_str("async fn f(&self, r#in: u8, (a, b): (u8, u8), mut m: u8);").unwrap();
+        let m = MethodDef::from_syn(&f);
+        assert!(m.receiver.is_some());
+        let names: Vec<_> = m.args.iter().map(|a| a.ident.map(ToString::to_string)).collect();
+        assert_eq!(names, [Some("r#in".to_string()), None, None]);
+    }
+}

@@ -1,0 +1,458 @@
+//! Every rule a `#[service]` trait must follow. All problems are collected, each at the
+//! user's offending token, and reported together.
+
+use std::collections::HashMap;
+
+use proc_macro2::Span;
+use quote::ToTokens;
+use syn::visit::{self, Visit};
+use syn::{Error, GenericParam, Lifetime, Pat, TraitItem, Type, TypeParamBound, TypeReference};
+
+use crate::model::{MethodDef, ServiceDef};
+use crate::naming;
+
+/// Accumulates errors so one expansion reports all of them.
+#[derive(Default)]
+pub(crate) struct Errors(Option<Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, e: Error) {
+        match &mut self.0 {
+            Some(acc) => acc.combine(e),
+            None => self.0 = Some(e),
+        }
+    }
+
+    fn at(&mut self, span: Span, message: impl std::fmt::Display) {
+        self.push(Error::new(span, message));
+    }
+
+    fn spanned(&mut self, tokens: impl ToTokens, message: impl std::fmt::Display) {
+        self.push(Error::new_spanned(tokens, message));
+    }
+
+    pub(crate) fn into_result(self) -> Result<(), Error> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+/// Checks the whole service; problems go to `errors` in source order.
+pub(crate) fn check(def: &ServiceDef<'_>, errors: &mut Errors) {
+    check_trait(def, errors);
+    let client = naming::derived(def.ident(), "Client");
+    let mut variants: HashMap<String, &MethodDef<'_>> = HashMap::new();
+    let mut methods = def.methods.iter();
+    for item in &def.item.items {
+        match item {
+            TraitItem::Fn(_) => {
+                let Some(m) = methods.next() else { continue };
+                check_method(m, &client, errors);
+                if let Ok(variant) = &m.variant {
+                    if let Some(first) = variants.get(&variant.to_string()) {
+                        if first.name == m.name {
+                            errors.at(m.span(), format!("`{}` is declared more than once; rename one of them", m.name));
+                        } else {
+                            errors.at(
+                                m.span(),
+                                format!(
+                                    "`{}` and `{}` both become the wire variant `{variant}`; rename one of them",
+                                    first.name, m.name
+                                ),
+                            );
+                        }
+                    } else {
+                        variants.insert(variant.to_string(), m);
+                    }
+                }
+            }
+            other => check_other_item(other, errors),
+        }
+    }
+}
+
+fn check_trait(def: &ServiceDef<'_>, errors: &mut Errors) {
+    let item = def.item;
+    if let Some(unsafety) = &item.unsafety {
+        errors.spanned(unsafety, "a `#[service]` trait cannot be `unsafe`; remove `unsafe`");
+    }
+    if let Some(auto) = &item.auto_token {
+        errors.spanned(auto, "a `#[service]` trait cannot be an `auto` trait; remove `auto`");
+    }
+    if !item.generics.params.is_empty() {
+        errors.spanned(
+            &item.generics,
+            "a `#[service]` trait cannot have generic parameters: both ends must agree on concrete wire types; \
+             use concrete types in the method signatures",
+        );
+    }
+    if let Some(where_clause) = &item.generics.where_clause {
+        errors.spanned(where_clause, "a `#[service]` trait cannot have a `where` clause; remove it");
+    }
+    for bound in &item.supertraits {
+        if !is_implied_supertrait(bound) {
+            errors.spanned(
+                bound,
+                "a `#[service]` trait cannot have supertraits: only its own methods can be called over the pipe \
+                 (the generated trait is already `Send + Sync + 'static`); remove this bound",
+            );
+        }
+    }
+}
+
+/// `Send`, `Sync` and `'static` are accepted as supertraits: the generated trait has them anyway.
+fn is_implied_supertrait(bound: &TypeParamBound) -> bool {
+    match bound {
+        TypeParamBound::Lifetime(lt) => lt.ident == "static",
+        TypeParamBound::Trait(t) => {
+            t.lifetimes.is_none()
+                && matches!(t.modifier, syn::TraitBoundModifier::None)
+                && t.path
+                    .segments
+                    .last()
+                    .is_some_and(|s| s.arguments.is_none() && (s.ident == "Send" || s.ident == "Sync"))
+        }
+        _ => false,
+    }
+}
+
+fn check_other_item(item: &TraitItem, errors: &mut Errors) {
+    let message = match item {
+        TraitItem::Const(_) => {
+            "associated constants are not supported in a `#[service]` trait: only methods cross the pipe; \
+             move the constant out of the trait"
+        }
+        TraitItem::Type(_) => {
+            "associated types are not supported in a `#[service]` trait: both ends need concrete wire types; \
+             write the concrete type in the method signatures"
+        }
+        TraitItem::Macro(_) => {
+            "macro invocations are not supported in a `#[service]` trait: `#[service]` runs before they expand; \
+             write the methods out"
+        }
+        _ => "unsupported item in a `#[service]` trait: only `async fn` methods are allowed",
+    };
+    errors.spanned(item, message);
+}
+
+fn check_method(m: &MethodDef<'_>, client: &proc_macro2::Ident, errors: &mut Errors) {
+    let sig = m.sig;
+    if let Some(constness) = &sig.constness {
+        errors.spanned(constness, "RPC methods cannot be `const fn`; write `async fn`");
+    }
+    if sig.asyncness.is_none() {
+        errors.spanned(
+            sig.fn_token,
+            format!("RPC methods must be `async fn`: write `async fn {}(&self, ..)`", sig.ident),
+        );
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        errors.spanned(
+            unsafety,
+            "RPC methods cannot be `unsafe`: a remote caller cannot uphold safety conditions; remove `unsafe`",
+        );
+    }
+    if let Some(abi) = &sig.abi {
+        errors.spanned(abi, "RPC methods cannot declare an ABI; remove the `extern`");
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.spanned(variadic, "RPC methods cannot be variadic; take a `Vec<T>` instead");
+    }
+    check_generics(m, errors);
+    if let Some(block) = &m.item.default {
+        errors.spanned(
+            block,
+            "RPC methods cannot have a default body: the server's implementation provides every method; \
+             end the declaration with `;` and move the body into your `impl`",
+        );
+    }
+    if naming::RESERVED.contains(&m.name.as_str()) {
+        errors.at(m.span(), format!("`{0}` collides with the generated `{client}::{0}`; rename the method", m.name));
+    }
+    if let Err(message) = &m.variant {
+        errors.at(m.span(), message);
+    }
+    check_receiver(m, errors);
+    check_args(m, errors);
+    if let Some(ty) = m.output.written() {
+        TypeCheck { errors, position: Position::Return }.visit_type(ty);
+    }
+}
+
+fn check_generics(m: &MethodDef<'_>, errors: &mut Errors) {
+    let generics = &m.sig.generics;
+    if !generics.params.is_empty() {
+        let only_lifetimes = generics.params.iter().all(|p| matches!(p, GenericParam::Lifetime(_)));
+        errors.spanned(
+            generics,
+            if only_lifetimes {
+                "RPC methods cannot have lifetime parameters: arguments cross the pipe by value; \
+                 remove them and use owned types"
+            } else {
+                "RPC methods cannot be generic: both ends must agree on one concrete wire type; \
+                 use concrete types (an enum if several are needed)"
+            },
+        );
+    }
+    if let Some(where_clause) = &generics.where_clause {
+        errors.spanned(where_clause, "RPC methods cannot have a `where` clause; remove it");
+    }
+}
+
+fn check_receiver(m: &MethodDef<'_>, errors: &mut Errors) {
+    let Some(r) = m.receiver else {
+        errors.at(
+            m.span(),
+            format!(
+                "RPC methods take `&self`: add it as the first argument (`async fn {}(&self, ..)`); \
+                 associated functions cannot be called over the pipe",
+                m.ident
+            ),
+        );
+        return;
+    };
+    let message = if r.colon_token.is_some() {
+        "take `&self`: the server shares one instance (behind an `Arc`) across concurrent calls, \
+         so typed receivers such as `self: Box<Self>` are not supported"
+    } else {
+        match &r.reference {
+            None => {
+                "take `&self`, not `self`: the server shares one instance across concurrent calls, so no call can own it"
+            }
+            Some(_) if r.mutability.is_some() => {
+                "take `&self`, not `&mut self`: the server shares one instance across concurrent calls; \
+                 keep mutable state behind interior mutability (`Mutex`, `RwLock`, atomics)"
+            }
+            Some((_, Some(_))) => "write `&self` without a lifetime",
+            Some((_, None)) => return,
+        }
+    };
+    errors.spanned(r, message);
+}
+
+fn check_args(m: &MethodDef<'_>, errors: &mut Errors) {
+    let mut seen: HashMap<String, ()> = HashMap::new();
+    for arg in &m.args {
+        for attr in &arg.arg.attrs {
+            errors.spanned(attr, "attributes on RPC arguments are not supported; remove it");
+        }
+        match arg.ident {
+            Some(ident) => {
+                let name = syn::ext::IdentExt::unraw(ident).to_string();
+                if seen.insert(name.clone(), ()).is_some() {
+                    errors.spanned(ident, format!("duplicate argument `{name}`; rename it"));
+                }
+            }
+            None => match &*arg.arg.pat {
+                Pat::Wild(w) => errors.spanned(
+                    w,
+                    "name this argument (`value: Type`): every argument becomes a field of the wire request",
+                ),
+                Pat::Ident(p) if p.mutability.is_some() => errors.spanned(
+                    p.mutability,
+                    "remove `mut`: a trait declaration cannot bind mutably; write `mut` in your `impl` instead",
+                ),
+                Pat::Ident(p) if p.by_ref.is_some() => {
+                    errors.spanned(p.by_ref, "remove `ref`: write a plain argument name (`value: Type`)")
+                }
+                pat => errors.spanned(
+                    pat,
+                    "RPC arguments must be plain names (`value: Type`): every argument becomes a field of the \
+                     wire request; destructure it inside your `impl` instead",
+                ),
+            },
+        }
+        TypeCheck { errors, position: Position::Argument }.visit_type(arg.ty);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Position {
+    Argument,
+    Return,
+}
+
+/// Rejects types that cannot be owned wire types: references, lifetimes, `impl Trait`,
+/// `_`, `!`, `Self`.
+struct TypeCheck<'e> {
+    errors: &'e mut Errors,
+    position: Position,
+}
+
+impl TypeCheck<'_> {
+    fn verb(&self) -> &'static str {
+        match self.position {
+            Position::Argument => "take",
+            Position::Return => "return",
+        }
+    }
+
+    fn reference(&mut self, r: &TypeReference) {
+        let elem = r.elem.to_token_stream().to_string().split_whitespace().collect::<String>();
+        let owned = match &*r.elem {
+            Type::Slice(s) => {
+                Some(format!("Vec<{}>", s.elem.to_token_stream().to_string().split_whitespace().collect::<String>()))
+            }
+            Type::Path(p) if p.qself.is_none() => {
+                match p.path.segments.last().map(|s| s.ident.to_string()).as_deref() {
+                    Some("str") => Some("String".to_string()),
+                    Some("Path") => Some("PathBuf".to_string()),
+                    Some("OsStr") => Some("OsString".to_string()),
+                    Some("CStr") => Some("CString".to_string()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let message = match owned {
+            Some(owned) => format!("a reference cannot cross the pipe: {} `{owned}` instead of `&{elem}`", self.verb()),
+            None => format!("a reference cannot cross the pipe: {} an owned type (`{elem}`) instead", self.verb()),
+        };
+        self.errors.spanned(r, message);
+    }
+}
+
+impl<'ast> Visit<'ast> for TypeCheck<'_> {
+    fn visit_type(&mut self, ty: &'ast Type) {
+        match ty {
+            Type::Reference(r) => self.reference(r),
+            Type::ImplTrait(t) => {
+                let verb = self.verb();
+                self.errors.spanned(t, format!("`impl Trait` cannot cross the pipe: {verb} a concrete type"));
+            }
+            Type::Infer(t) => self.errors.spanned(t, "write the type out: `_` is not allowed in an RPC signature"),
+            Type::Never(t) => {
+                self.errors.spanned(t, "`!` cannot cross the pipe: return `()` or a `Result` whose error says why")
+            }
+            _ => visit::visit_type(self, ty),
+        }
+    }
+
+    fn visit_lifetime(&mut self, lt: &'ast Lifetime) {
+        if lt.ident != "static" {
+            let verb = self.verb();
+            self.errors.spanned(
+                lt,
+                format!("borrowed data cannot cross the pipe: {verb} an owned type, without the lifetime `{lt}`"),
+            );
+        }
+    }
+
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        if let Some(first) = path.segments.first().filter(|s| s.ident == "Self") {
+            self.errors.spanned(&first.ident, "`Self` cannot appear in an RPC signature: name the concrete type");
+        }
+        visit::visit_path(self, path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attr::ServiceArgs;
+
+    fn errors(src: &str) -> Vec<String> {
+        let item: syn::ItemTrait = syn::parse_str(src).unwrap();
+        let def = ServiceDef::from_syn(ServiceArgs::default(), &item);
+        let mut errors = Errors::default();
+        check(&def, &mut errors);
+        errors.into_result().err().map(|e| e.into_iter().map(|e| e.to_string()).collect()).unwrap_or_default()
+    }
+
+    fn one(src: &str, needle: &str) {
+        let e = errors(src);
+        assert_eq!(e.len(), 1, "{src}: {e:#?}");
+        assert!(e[0].contains(needle), "{src}: {:?} lacks {needle:?}", e[0]);
+    }
+
+    #[test]
+    fn accepts_good_trait() {
+        let e = errors(
+            "pub trait T: Send + Sync + 'static { \
+               /// doc\n async fn a(&self, x: String, r#in: u8) -> Result<u8, E>; \
+               async fn b(&self); \
+               #[cfg(x)] async fn r#type(&self, c: std::borrow::Cow<'static, str>) -> (); \
+               async fn d(&self, m: HashMap<String, Vec<(u8, [u8; 4])>>) -> Option<u8>; }",
+        );
+        assert!(e.is_empty(), "{e:#?}");
+    }
+
+    #[test]
+    fn method_shape() {
+        one("trait T { fn a(&self); }", "must be `async fn`");
+        one("trait T { async fn a(&self) {} }", "default body");
+        one("trait T { async fn a<X>(&self, x: X); }", "cannot be generic");
+        one("trait T { async fn a<'a>(&self); }", "lifetime parameters");
+        one("trait T { async fn a(&self) where u8: Copy; }", "`where` clause");
+        one("trait T { async unsafe fn a(&self); }", "`unsafe`");
+        one("trait T { async extern \"C\" fn a(&self); }", "ABI");
+    }
+
+    #[test]
+    fn receivers() {
+        one("trait T { async fn a(); }", "take `&self`");
+        one("trait T { async fn a(self); }", "not `self`");
+        one("trait T { async fn a(mut self); }", "not `self`");
+        one("trait T { async fn a(&mut self); }", "interior mutability");
+        one("trait T { async fn a(self: Box<Self>); }", "typed receivers");
+        one("trait T { async fn a(&'static self); }", "without a lifetime");
+    }
+
+    #[test]
+    fn arguments() {
+        one("trait T { async fn a(&self, (x, y): (u8, u8)); }", "plain names");
+        one("trait T { async fn a(&self, _: u8); }", "name this argument");
+        one("trait T { async fn a(&self, mut x: u8); }", "remove `mut`");
+        one("trait T { async fn a(&self, s: &str); }", "`String` instead of `&str`");
+        one("trait T { async fn a(&self, s: &[u8]); }", "`Vec<u8>` instead of `&[u8]`");
+        one("trait T { async fn a(&self, s: &Foo); }", "an owned type (`Foo`)");
+        one("trait T { async fn a(&self, s: Cow<'a, str>); }", "lifetime `'a`");
+        one("trait T { async fn a(&self, s: impl Into<String>); }", "`impl Trait`");
+        one("trait T { async fn a(&self, s: Vec<_>); }", "`_`");
+        one("trait T { async fn a(&self, s: Vec<Self>); }", "`Self`");
+        one("trait T { async fn a(&self, x: u8, r#x: u8); }", "duplicate argument `x`");
+        one("trait T { async fn a(&self, #[cfg(x)] x: u8); }", "attributes on RPC arguments");
+    }
+
+    #[test]
+    fn returns() {
+        one("trait T { async fn a(&self) -> &str; }", "return `String` instead of `&str`");
+        one("trait T { async fn a(&self) -> impl Clone; }", "return a concrete type");
+        one("trait T { async fn a(&self) -> !; }", "`!`");
+    }
+
+    #[test]
+    fn names() {
+        one("trait WorkQueues { async fn connect(&self); }", "collides with the generated `WorkQueuesClient::connect`");
+        one("trait T { async fn clone(&self); }", "`TClient::clone`");
+        one(
+            "trait T { async fn get_x(&self); async fn getX(&self); }",
+            "`get_x` and `getX` both become the wire variant `GetX`",
+        );
+        one("trait T { async fn a(&self); async fn a(&self); }", "declared more than once");
+        one("trait T { async fn __(&self); }", "cannot derive a wire variant name");
+    }
+
+    #[test]
+    fn trait_shape() {
+        one("trait T<X> {}", "generic parameters");
+        one("trait T where u8: Copy {}", "`where` clause");
+        one("trait T: Clone {}", "supertraits");
+        one("unsafe trait T {}", "`unsafe`");
+        one("trait T { const X: u8; }", "associated constants");
+        one("trait T { type X; }", "associated types");
+        one("trait T { m!(); }", "macro invocations");
+        assert!(errors("trait T: Send + Sync + 'static + std::marker::Send {}").is_empty());
+    }
+
+    #[test]
+    fn all_errors_in_source_order() {
+        let e = errors("trait T: Clone { fn a(self); type X; async fn b(&self, s: &str) -> &str; }");
+        assert_eq!(e.len(), 6, "{e:#?}");
+        assert!(e[0].contains("supertraits"));
+        assert!(e[1].contains("`async fn`"));
+        assert!(e[2].contains("not `self`"));
+        assert!(e[3].contains("associated types"));
+        assert!(e[4].contains("take `String`"));
+        assert!(e[5].contains("return `String`"));
+    }
+}

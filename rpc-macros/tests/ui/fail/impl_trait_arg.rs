@@ -1,0 +1,6 @@
+#[rpc_core::service]
+pub trait Svc {
+    async fn greet(&self, name: impl Into<String>);
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[rpc_core::service]
+pub struct Parser;
+
+fn main() {}

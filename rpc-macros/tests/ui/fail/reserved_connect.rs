@@ -1,0 +1,6 @@
+#[rpc_core::service]
+pub trait WorkQueues {
+    async fn connect(&self, queue: String);
+}
+
+fn main() {}

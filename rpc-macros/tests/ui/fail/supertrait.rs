@@ -1,0 +1,6 @@
+#[rpc_core::service]
+pub trait Svc: Send + Clone {
+    async fn ping(&self);
+}
+
+fn main() {}

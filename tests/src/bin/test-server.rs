@@ -1,0 +1,99 @@
+//! The server process of the cross-process tests: serves `Probe` on a pipe.
+//!
+//! ```text
+//! test-server NAME [--max-message N] [--max-in-flight N] [--max-connections N] [--shutdown-grace-ms N]
+//!             [--max-deadline-ms N]
+//! ```
+//!
+//! Prints `ready` on stdout once the pipe is bound (a test may connect from then on).
+//! A `shutdown` line on stdin, or the end of stdin (the test process went away), starts a
+//! graceful shutdown: it prints `shutting-down` once the server has been told (calls
+//! arriving from then on are refused), then `drained` when every call in flight has been
+//! answered, and exits 0. If the pipe cannot be bound it prints the error on stderr and
+//! exits 2; bad arguments exit 64.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use pipe_rpc_tests::{ProbeImpl, ProbeServer};
+use rpc_core::{ServeError, Server, ServerConfig};
+
+struct Args {
+    name: String,
+    config: ServerConfig,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let name = args.next().ok_or("missing the pipe name")?;
+    let mut config = ServerConfig::default();
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let n: u64 = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?;
+        let size = usize::try_from(n).map_err(|e| format!("{flag} {value}: {e}"))?;
+        config = match flag.as_str() {
+            "--max-message" => config.max_message(size),
+            "--max-in-flight" => config.max_in_flight_per_connection(size),
+            "--max-connections" => config.max_connections(size),
+            "--shutdown-grace-ms" => config.shutdown_grace(Duration::from_millis(n)),
+            "--max-deadline-ms" => {
+                config.max_deadline = Duration::from_millis(n);
+                config
+            }
+            other => return Err(format!("unknown flag {other}")),
+        };
+    }
+    Ok(Args { name, config })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("test-server: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let bound = match Server::new(ProbeServer::new(ProbeImpl::default())).config(args.config).bind(args.name.as_str())
+    {
+        Ok(b) => b,
+        Err(e) => {
+            let kind = match &e {
+                ServeError::Bind(inner) => format!("{:?}", inner.kind()),
+                _ => "other".to_owned(),
+            };
+            eprintln!("test-server: {e} (kind: {kind})");
+            return ExitCode::from(2);
+        }
+    };
+    let shutdown = bound.shutdown_handle();
+    // A plain thread, not a runtime task: a blocking stdin read must not keep the
+    // runtime from shutting down.
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            match line {
+                Ok(l) if l.trim() == "shutdown" => break,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        // `shutdown` or the end of stdin. Holding the stdout lock across both steps puts
+        // `shutting-down` before `drained` (which `main` prints once the server is done).
+        let mut out = std::io::stdout().lock();
+        shutdown.shutdown();
+        let _ = writeln!(out, "shutting-down");
+    });
+    println!("ready");
+    match bound.run().await {
+        Ok(()) => {
+            println!("drained");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("test-server: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,563 @@
+//! Shared pieces of the cross-process test suite.
+//!
+//! - [`Probe`]: the service every test talks to. Its methods cover every method shape
+//!   `#[service]` supports (plain `T`, unit, `Result<T, E>` absorbing [`RpcError`], a
+//!   `Result` named through an alias) and let a test observe the server: handlers count
+//!   when they start, finish, or are dropped unfinished ([`TagStats`]), and
+//!   [`Probe::wait_stats`] waits for a count on the server, so tests synchronise on
+//!   events instead of sleeping.
+//! - [`ProbeImpl`]: its implementation, served by the `test-server` binary.
+//! - [`ServerProcess`]: starts `test-server` as a separate OS process, waits for its
+//!   `ready` line, shuts it down through its stdin or kills it.
+//! - [`unique_name!`], [`watchdog`]: a pipe name no other test uses, and a timeout that
+//!   turns a hang into a failure.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rpc_core::{ClientConfig, PipeName, RpcError};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// How long any one test may take before it is failed as hung.
+pub const WATCHDOG: Duration = Duration::from_secs(30);
+
+/// How long a server process may take to print `ready`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A record with nested collections, options, maps and an enum, to round-trip.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// A plain integer.
+    pub id: u64,
+    /// A string with non-ASCII text.
+    pub name: String,
+    /// A vector of strings.
+    pub tags: Vec<String>,
+    /// A recursive optional field.
+    pub parent: Option<Box<Record>>,
+    /// A map.
+    pub attrs: HashMap<String, i32>,
+    /// An enum field.
+    pub shape: Shape,
+    /// A float.
+    pub score: f64,
+    /// A vector of options.
+    pub flags: Vec<Option<bool>>,
+    /// A 128-bit integer.
+    pub big: i128,
+    /// A char.
+    pub initial: char,
+}
+
+/// An enum with unit, tuple and struct variants.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Shape {
+    /// A unit variant.
+    Empty,
+    /// A newtype variant.
+    Circle(f64),
+    /// A struct variant.
+    Rect {
+        /// Width.
+        w: u32,
+        /// Height.
+        h: u32,
+    },
+    /// A tuple variant holding a vector.
+    Poly(Vec<(i32, i32)>, String),
+    /// A recursive variant.
+    Nested(Box<Shape>),
+}
+
+/// The application error of [`Probe::divide`]. It absorbs [`RpcError`], so the client
+/// method returns `Result<i64, ProbeError>` directly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum ProbeError {
+    /// The divisor was zero.
+    #[error("cannot divide {dividend} by zero")]
+    DivideByZero {
+        /// The number that was to be divided.
+        dividend: i64,
+    },
+    /// The quotient does not fit in an `i64`.
+    #[error("the quotient overflows")]
+    Overflow,
+    /// The call failed below the application (transport, deadline, server refusal).
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+}
+
+/// The reply of [`Probe::parse_u32`], named through an alias so the client does not
+/// flatten it (the error type `String` cannot absorb [`RpcError`]).
+pub type ParseReply = Result<u32, String>;
+
+/// What the server saw of the [`Probe::sleep_ms`] handlers of one tag. Also used as a
+/// set of minimums by [`Probe::wait_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagStats {
+    /// Handlers that started running.
+    pub started: u64,
+    /// Handlers that ran to completion.
+    pub finished: u64,
+    /// Handlers dropped before they finished: the server stopped them.
+    pub dropped_unfinished: u64,
+    /// Handlers running now.
+    pub running: u64,
+    /// The most handlers of this tag that ever ran at once.
+    pub max_concurrent: u64,
+}
+
+impl TagStats {
+    /// Minimums for [`Probe::wait_stats`]: at least `n` handlers started.
+    pub fn min_started(n: u64) -> TagStats {
+        TagStats { started: n, ..TagStats::default() }
+    }
+
+    /// Minimums for [`Probe::wait_stats`]: at least `n` handlers dropped unfinished.
+    pub fn min_dropped(n: u64) -> TagStats {
+        TagStats { dropped_unfinished: n, ..TagStats::default() }
+    }
+
+    /// True if every count in `self` is at least the one in `min` (`running` excluded).
+    pub fn reached(&self, min: &TagStats) -> bool {
+        self.started >= min.started
+            && self.finished >= min.finished
+            && self.dropped_unfinished >= min.dropped_unfinished
+            && self.max_concurrent >= min.max_concurrent
+    }
+}
+
+/// The service of the test server.
+// TEMP: `rpc_macros::service` until rpc-core re-exports it as `rpc_core::service` again.
+#[rpc_macros::service]
+pub trait Probe {
+    /// Does nothing: the unit shape.
+    async fn unit(&self);
+    /// Returns its argument.
+    async fn echo_string(&self, s: String) -> String;
+    /// Returns its argument.
+    async fn echo_struct(&self, v: Record) -> Record;
+    /// Returns its argument.
+    async fn echo_enum(&self, v: Shape) -> Shape;
+    /// Returns its argument.
+    async fn echo_tuple(&self, v: (u8, i64, String, bool)) -> (u8, i64, String, bool);
+    /// Returns its argument.
+    async fn echo_map(&self, v: HashMap<String, Vec<u32>>) -> HashMap<String, Vec<u32>>;
+    /// Returns its argument.
+    async fn echo_option(&self, v: Option<Record>) -> Option<Record>;
+    /// Returns its arguments as a tuple.
+    async fn many_args(&self, a: u8, b: String, c: Vec<u16>, d: Option<bool>) -> (u8, String, Vec<u16>, Option<bool>);
+    /// Returns its argument.
+    async fn echo_bytes(&self, b: ByteBuf) -> ByteBuf;
+    /// Returns `n` bytes following [`pattern_byte`] (for oversized responses).
+    async fn make_bytes(&self, n: u64) -> ByteBuf;
+    /// `a / b`, or a typed application error: the `Result<T, E>` shape.
+    async fn divide(&self, a: i64, b: i64) -> Result<i64, ProbeError>;
+    /// Parses a `u32`: the alias shape, `Result<ParseReply, RpcError>` on the client.
+    async fn parse_u32(&self, s: String) -> ParseReply;
+    /// Sleeps `ms` milliseconds and returns `tag`; counts into the stats of `tag`.
+    async fn sleep_ms(&self, tag: u64, ms: u64) -> u64;
+    /// The stats of `tag` now.
+    async fn stats(&self, tag: u64) -> TagStats;
+    /// Waits on the server until the stats of `tag` reach `at_least`, then returns them.
+    async fn wait_stats(&self, tag: u64, at_least: TagStats) -> TagStats;
+    /// The time left on this call's deadline as the handler sees it, in milliseconds.
+    async fn remaining_deadline_ms(&self) -> Option<u64>;
+    /// The method name in the handler's context.
+    async fn context_method(&self) -> Option<String>;
+    /// Calls `remaining_deadline_ms` on the server at pipe `target` from inside this
+    /// handler (with a 60 s client timeout) and returns what that server saw.
+    async fn relay_remaining(&self, target: String) -> Result<Option<u64>, ProbeError>;
+    /// Panics with `msg`.
+    async fn boom(&self, msg: String) -> u32;
+    /// The server's process id.
+    async fn pid(&self) -> u32;
+}
+
+/// The byte at offset `i` of [`Probe::make_bytes`]'s output.
+pub fn pattern_byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// The implementation of [`Probe`] that `test-server` serves.
+#[derive(Debug)]
+pub struct ProbeImpl {
+    tags: Mutex<HashMap<u64, TagStats>>,
+    /// Bumped on every change of `tags`; `wait_stats` waits on it.
+    changed: watch::Sender<u64>,
+}
+
+impl Default for ProbeImpl {
+    fn default() -> Self {
+        ProbeImpl { tags: Mutex::default(), changed: watch::channel(0).0 }
+    }
+}
+
+impl ProbeImpl {
+    fn update(&self, tag: u64, f: impl FnOnce(&mut TagStats)) {
+        f(self.tags.lock().unwrap().entry(tag).or_default());
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn get(&self, tag: u64) -> TagStats {
+        self.tags.lock().unwrap().get(&tag).copied().unwrap_or_default()
+    }
+}
+
+/// Counts a `sleep_ms` handler: started on creation, finished or dropped unfinished on drop.
+struct SleepGuard<'a> {
+    probe: &'a ProbeImpl,
+    tag: u64,
+    finished: bool,
+}
+
+impl<'a> SleepGuard<'a> {
+    fn new(probe: &'a ProbeImpl, tag: u64) -> Self {
+        probe.update(tag, |s| {
+            s.started += 1;
+            s.running += 1;
+            s.max_concurrent = s.max_concurrent.max(s.running);
+        });
+        SleepGuard { probe, tag, finished: false }
+    }
+}
+
+impl Drop for SleepGuard<'_> {
+    fn drop(&mut self) {
+        let finished = self.finished;
+        self.probe.update(self.tag, |s| {
+            s.running -= 1;
+            if finished {
+                s.finished += 1;
+            } else {
+                s.dropped_unfinished += 1;
+            }
+        });
+    }
+}
+
+impl Probe for ProbeImpl {
+    async fn unit(&self) {}
+
+    async fn echo_string(&self, s: String) -> String {
+        s
+    }
+
+    async fn echo_struct(&self, v: Record) -> Record {
+        v
+    }
+
+    async fn echo_enum(&self, v: Shape) -> Shape {
+        v
+    }
+
+    async fn echo_tuple(&self, v: (u8, i64, String, bool)) -> (u8, i64, String, bool) {
+        v
+    }
+
+    async fn echo_map(&self, v: HashMap<String, Vec<u32>>) -> HashMap<String, Vec<u32>> {
+        v
+    }
+
+    async fn echo_option(&self, v: Option<Record>) -> Option<Record> {
+        v
+    }
+
+    async fn many_args(&self, a: u8, b: String, c: Vec<u16>, d: Option<bool>) -> (u8, String, Vec<u16>, Option<bool>) {
+        (a, b, c, d)
+    }
+
+    async fn echo_bytes(&self, b: ByteBuf) -> ByteBuf {
+        b
+    }
+
+    async fn make_bytes(&self, n: u64) -> ByteBuf {
+        ByteBuf::from((0..usize::try_from(n).unwrap()).map(pattern_byte).collect::<Vec<u8>>())
+    }
+
+    async fn divide(&self, a: i64, b: i64) -> Result<i64, ProbeError> {
+        if b == 0 {
+            return Err(ProbeError::DivideByZero { dividend: a });
+        }
+        a.checked_div(b).ok_or(ProbeError::Overflow)
+    }
+
+    async fn parse_u32(&self, s: String) -> ParseReply {
+        s.parse::<u32>().map_err(|e| format!("`{s}` is not a u32: {e}"))
+    }
+
+    async fn sleep_ms(&self, tag: u64, ms: u64) -> u64 {
+        let mut guard = SleepGuard::new(self, tag);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        guard.finished = true;
+        tag
+    }
+
+    async fn stats(&self, tag: u64) -> TagStats {
+        self.get(tag)
+    }
+
+    async fn wait_stats(&self, tag: u64, at_least: TagStats) -> TagStats {
+        // Subscribe before looking, so a change between the look and the wait is seen.
+        let mut changes = self.changed.subscribe();
+        loop {
+            let now = self.get(tag);
+            if now.reached(&at_least) {
+                return now;
+            }
+            // The sender lives as long as `self`; the handler's deadline bounds the wait.
+            changes.changed().await.expect("the sender lives as long as the service");
+        }
+    }
+
+    async fn remaining_deadline_ms(&self) -> Option<u64> {
+        rpc_core::context::current().map(|c| u64::try_from(c.remaining().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    async fn context_method(&self) -> Option<String> {
+        rpc_core::context::current().map(|c| c.method.to_owned())
+    }
+
+    async fn relay_remaining(&self, target: String) -> Result<Option<u64>, ProbeError> {
+        let config = client_config().default_timeout(Duration::from_secs(60));
+        let next = ProbeClient::connect_with(target.as_str(), config).await?;
+        Ok(next.remaining_deadline_ms().await?)
+    }
+
+    async fn boom(&self, msg: String) -> u32 {
+        panic!("{msg}")
+    }
+
+    async fn pid(&self) -> u32 {
+        std::process::id()
+    }
+}
+
+/// A pipe name no other test uses: the process id (tests run in parallel processes and
+/// threads) and the call site's file, line and column.
+#[macro_export]
+macro_rules! unique_name {
+    () => {
+        $crate::unique_name_at(file!(), line!(), column!())
+    };
+}
+
+/// See [`unique_name!`].
+pub fn unique_name_at(file: &str, line: u32, column: u32) -> PipeName {
+    let stem = std::path::Path::new(file).file_stem().and_then(|s| s.to_str()).unwrap_or("t");
+    let stem: String = stem.chars().filter(|c| c.is_ascii_alphanumeric()).take(16).collect();
+    PipeName::new(format!("rpct-{stem}-{}-{line}-{column}", std::process::id()))
+}
+
+/// Runs `f`, failing the test if it takes longer than [`WATCHDOG`].
+pub async fn watchdog<F: Future>(f: F) -> F::Output {
+    match tokio::time::timeout(WATCHDOG, f).await {
+        Ok(out) => out,
+        Err(_) => panic!("test hung: watchdog fired after {WATCHDOG:?}"),
+    }
+}
+
+/// The client settings tests use: a long connect timeout, since the machine may be slow
+/// and, on Windows, a burst of clients waits for free pipe instances.
+pub fn client_config() -> ClientConfig {
+    ClientConfig::default().connect_timeout(Duration::from_secs(20))
+}
+
+/// Connects a [`ProbeClient`] with [`client_config`], panicking on failure.
+pub async fn connect(name: &PipeName) -> ProbeClient {
+    match ProbeClient::connect_with(name.clone(), client_config()).await {
+        Ok(c) => c,
+        Err(e) => panic!("cannot connect to {name}: {e}"),
+    }
+}
+
+/// Timeout of a call that waits on the server for an event ([`wait_stats`]).
+pub const EVENT_WAIT: Duration = Duration::from_secs(20);
+
+/// Waits (on the server, with an [`EVENT_WAIT`] timeout) until the stats of `tag` reach
+/// `at_least`; panics if they do not.
+pub async fn wait_stats(c: &ProbeClient, tag: u64, at_least: TagStats) -> TagStats {
+    match c.with_timeout(EVENT_WAIT).wait_stats(tag, at_least).await {
+        Ok(s) => s,
+        Err(e) => panic!("stats of tag {tag} did not reach {at_least:?}: {e}"),
+    }
+}
+
+/// How a server process ended.
+#[derive(Debug)]
+pub struct ServerExit {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Every line it printed on stdout (including `ready`).
+    pub stdout: Vec<String>,
+    /// Everything it printed on stderr.
+    pub stderr: String,
+}
+
+/// A `test-server` child process serving [`Probe`] on a pipe. Killed when dropped.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    pid: u32,
+    name: PipeName,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::UnboundedReceiver<String>,
+    stdout: Vec<String>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl ServerProcess {
+    /// Starts `exe` (pass `env!("CARGO_BIN_EXE_test-server")`) serving `name`, with extra
+    /// `args` (`--max-message N`, ...), and waits for its `ready` line. Panics if it
+    /// does not become ready.
+    pub async fn spawn(exe: &str, name: &PipeName, args: &[&str]) -> ServerProcess {
+        match Self::try_spawn(exe, name, args).await {
+            Ok(p) => p,
+            Err(exit) => panic!("test-server on {name} failed to start: {exit:?}"),
+        }
+    }
+
+    /// Like [`spawn`](Self::spawn), but returns how the process ended if it exited
+    /// before printing `ready`.
+    pub async fn try_spawn(exe: &str, name: &PipeName, args: &[&str]) -> Result<ServerProcess, ServerExit> {
+        let mut child = Command::new(exe)
+            .arg(name.as_str())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {exe}: {e}"));
+        let pid = child.id().expect("a child that was just spawned has a pid");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut stdout = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = stdout.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = stderr.read_to_end(&mut buf).await;
+            String::from_utf8_lossy(&buf).into_owned()
+        });
+        let stdin = child.stdin.take();
+        let mut process =
+            ServerProcess { child, pid, name: name.clone(), stdin, lines, stdout: Vec::new(), stderr: Some(stderr) };
+        match tokio::time::timeout(READY_TIMEOUT, process.wait_for_line("ready")).await {
+            Ok(true) => Ok(process),
+            Ok(false) => Err(process.wait_exit().await),
+            Err(_) => panic!("test-server on {name} printed no `ready` within {READY_TIMEOUT:?}: {:?}", process.stdout),
+        }
+    }
+
+    /// The process id of the server.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The pipe name it serves.
+    pub fn name(&self) -> &PipeName {
+        &self.name
+    }
+
+    /// Reads stdout lines until one equals `line` (true) or stdout ends (false).
+    pub async fn wait_for_line(&mut self, line: &str) -> bool {
+        while let Some(l) = self.lines.recv().await {
+            let found = l == line;
+            self.stdout.push(l);
+            if found {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Asks the server to shut down gracefully (`shutdown` on its stdin) and waits until
+    /// it says it has begun (`shutting-down` on stdout): from then on it starts no new call.
+    pub async fn begin_shutdown(&mut self) {
+        let mut stdin = self.stdin.take().expect("shutdown was already requested");
+        stdin.write_all(b"shutdown\n").await.expect("write to the server's stdin");
+        stdin.flush().await.expect("flush the server's stdin");
+        // Keep the pipe open: closing it is also a shutdown request, but say it once.
+        self.stdin = Some(stdin);
+        assert!(self.wait_for_line("shutting-down").await, "the server exited without `shutting-down`: {:?}", self.stdout);
+    }
+
+    /// Closes the server's stdin, which it takes as a shutdown request (as when the test
+    /// process dies).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// [`begin_shutdown`](Self::begin_shutdown), then waits for the process to exit.
+    pub async fn shutdown_gracefully(mut self) -> ServerExit {
+        self.begin_shutdown().await;
+        self.wait_exit().await
+    }
+
+    /// Kills the process at once (no graceful shutdown) and waits for it to exit.
+    pub async fn kill(mut self) -> ServerExit {
+        self.child.start_kill().expect("kill the server process");
+        self.wait_exit().await
+    }
+
+    /// Waits for the process to exit on its own; returns its status and output.
+    pub async fn wait_exit(&mut self) -> ServerExit {
+        while let Some(l) = self.lines.recv().await {
+            self.stdout.push(l);
+        }
+        let status = self.child.wait().await.expect("wait for the server process");
+        let stderr = match self.stderr.take() {
+            Some(task) => task.await.unwrap_or_default(),
+            None => String::new(),
+        };
+        ServerExit { status, stdout: std::mem::take(&mut self.stdout), stderr }
+    }
+}
+
+/// True if `e` is [`rpc_core::TransportError::Disconnected`].
+pub fn is_disconnected(e: &RpcError) -> bool {
+    matches!(e, RpcError::Transport(rpc_core::TransportError::Disconnected { .. }))
+}
+
+/// A [`Record`] with every field filled, varied by `seed`.
+pub fn sample_record(seed: u64) -> Record {
+    let child = Record {
+        id: seed + 1,
+        name: format!("child of {seed}"),
+        tags: vec![],
+        parent: None,
+        attrs: HashMap::new(),
+        shape: Shape::Empty,
+        score: -0.5,
+        flags: vec![None],
+        big: i128::MIN,
+        initial: 'c',
+    };
+    Record {
+        id: seed,
+        name: format!("rec-{seed} ünïcødé ✓"),
+        tags: (0..(seed % 5)).map(|i| format!("tag{i}")).collect(),
+        parent: Some(Box::new(child)),
+        attrs: (0..3).map(|i| (format!("k{i}"), i * -7)).collect(),
+        shape: Shape::Rect { w: 3, h: u32::MAX },
+        score: seed as f64 * 1.25,
+        flags: vec![Some(true), None, Some(false)],
+        big: i128::MAX - i128::from(seed),
+        initial: 'ß',
+    }
+}

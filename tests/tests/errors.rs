@@ -1,0 +1,216 @@
+//! Failures around the server: a second server on a taken name, an incompatible client
+//! (another version of the trait, another service), and a peer sending garbage. None of
+//! them disturbs the server or its other clients.
+
+use std::time::Duration;
+
+use pipe_rpc_tests::{ProbeClient, ServerProcess, TagStats, client_config, connect, unique_name, wait_stats, watchdog};
+use rpc_core::codec::Codec;
+use rpc_core::pipe::{ConnectOptions, PipeStream};
+use rpc_core::wire::{ClientFrame, HandshakeStatus, Hello, PROTOCOL_VERSION, ServerFrame, Welcome};
+use rpc_core::{RpcError, ServerErrorKind, TransportError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const EXE: &str = env!("CARGO_BIN_EXE_test-server");
+
+/// Another version of `Probe`: same service name, a different `unit` signature.
+// TEMP: `rpc_macros::service` until rpc-core re-exports it as `rpc_core::service` again.
+#[rpc_macros::service(name = "Probe")]
+trait ProbeV2 {
+    async fn unit(&self, extra: u8);
+}
+
+/// A different service altogether.
+// TEMP: `rpc_macros::service` until rpc-core re-exports it as `rpc_core::service` again.
+#[rpc_macros::service]
+trait Unrelated {
+    async fn unit(&self);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_a_taken_name_fails_to_start() {
+    watchdog(async {
+        let name = unique_name!();
+        let first = ServerProcess::spawn(EXE, &name, &[]).await;
+        let exit = match ServerProcess::try_spawn(EXE, &name, &[]).await {
+            Ok(second) => panic!("a second server started on {name} (pid {})", second.pid()),
+            Err(exit) => exit,
+        };
+        assert_eq!(exit.status.code(), Some(2), "{exit:?}");
+        assert!(!exit.stdout.iter().any(|l| l == "ready"), "{exit:?}");
+        assert!(exit.stderr.contains("NameInUse"), "{}", exit.stderr);
+        assert!(exit.stderr.contains("another server is listening"), "{}", exit.stderr);
+        assert!(exit.stderr.contains(name.as_str()), "{}", exit.stderr);
+        // The first server was not displaced.
+        assert_eq!(connect(&name).await.pid().await.unwrap(), first.pid());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_version_of_the_trait_is_refused_in_the_handshake() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        assert_eq!(ProbeV2Client::ID.name, ProbeClient::ID.name);
+        assert_ne!(ProbeV2Client::ID.fingerprint, ProbeClient::ID.fingerprint);
+        let err = ProbeV2Client::connect_with(name.clone(), client_config()).await.unwrap_err();
+        match &err {
+            RpcError::Transport(TransportError::Incompatible { detail }) => {
+                assert!(detail.contains("fingerprint"), "{detail}");
+                assert!(detail.contains("Probe"), "{detail}");
+            }
+            other => panic!("expected Incompatible, got {other:?}"),
+        }
+        assert!(err.to_string().contains("fingerprint"), "{err}");
+        // The server still serves compatible clients.
+        assert_eq!(connect(&name).await.echo_string("ok".into()).await.unwrap(), "ok");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_service_is_refused_in_the_handshake() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let err = UnrelatedClient::connect_with(name.clone(), client_config()).await.unwrap_err();
+        match &err {
+            RpcError::Transport(TransportError::Incompatible { detail }) => {
+                assert!(detail.contains("wrong service"), "{detail}");
+                assert!(detail.contains("Unrelated") && detail.contains("Probe"), "{detail}");
+            }
+            other => panic!("expected Incompatible, got {other:?}"),
+        }
+        assert_eq!(connect(&name).await.echo_string("ok".into()).await.unwrap(), "ok");
+    })
+    .await;
+}
+
+async fn write_frame(io: &mut PipeStream, body: &[u8]) {
+    io.write_all(&u32::try_from(body.len()).unwrap().to_be_bytes()).await.unwrap();
+    io.write_all(body).await.unwrap();
+    io.flush().await.unwrap();
+}
+
+async fn read_frame(io: &mut PipeStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await.expect("read a frame length");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    io.read_exact(&mut body).await.expect("read a frame body");
+    body
+}
+
+/// Reads until the server closes the connection; panics if it sends anything.
+async fn expect_closed(io: &mut PipeStream, what: &str) {
+    let mut buf = [0u8; 256];
+    match io.read(&mut buf).await {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("after {what} the server sent {:?} instead of closing", &buf[..n]),
+    }
+}
+
+async fn raw_connect(name: &rpc_core::PipeName) -> PipeStream {
+    rpc_core::pipe::connect(name.clone(), &ConnectOptions::default().timeout(Duration::from_secs(20))).await.unwrap()
+}
+
+/// A raw client that completed the handshake as `Probe`.
+async fn raw_handshake(name: &rpc_core::PipeName) -> PipeStream {
+    let mut io = raw_connect(name).await;
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        codec: Codec::Bincode.id(),
+        max_message: 1 << 20,
+        fingerprint: ProbeClient::ID.fingerprint,
+        service: ProbeClient::ID.name.to_owned(),
+    };
+    write_frame(&mut io, &hello.encode()).await;
+    let welcome = Welcome::decode(&read_frame(&mut io).await).unwrap();
+    assert_eq!(welcome.status, HandshakeStatus::Ok, "{welcome:?}");
+    io
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_one_peer_does_not_disturb_other_clients() {
+    watchdog(async {
+        let name = unique_name!();
+        let server = ServerProcess::spawn(EXE, &name, &[]).await;
+        // A well-behaved client, mid-conversation: a call in flight throughout.
+        let c = connect(&name).await;
+        let in_flight = tokio::spawn({
+            let c = c.with_timeout(Duration::from_secs(20));
+            async move { c.sleep_ms(1, 1_000).await }
+        });
+        wait_stats(&c, 1, TagStats::min_started(1)).await;
+
+        // 1. Not even framed: an HTTP request (its first bytes read as a huge length).
+        let mut io = raw_connect(&name).await;
+        io.write_all(b"GET / HTTP/1.1\r\nHost: pipe\r\n\r\n").await.unwrap();
+        expect_closed(&mut io, "an HTTP request").await;
+
+        // 2. A valid length prefix around junk instead of a handshake.
+        let mut io = raw_connect(&name).await;
+        write_frame(&mut io, b"definitely not a pipe-rpc hello").await;
+        expect_closed(&mut io, "a junk handshake").await;
+
+        // 3. A good handshake, then an unreadable frame.
+        let mut io = raw_handshake(&name).await;
+        write_frame(&mut io, &[0xff; 7]).await;
+        expect_closed(&mut io, "an unreadable frame").await;
+
+        // 4. A good handshake, then a length prefix over the limit.
+        let mut io = raw_handshake(&name).await;
+        io.write_all(&(200u32 << 20).to_be_bytes()).await.unwrap();
+        expect_closed(&mut io, "an oversized length prefix").await;
+
+        // 5. Connect and leave without a word.
+        drop(raw_connect(&name).await);
+
+        // The well-behaved client did not notice.
+        assert_eq!(in_flight.await.unwrap(), Ok(1));
+        assert_eq!(c.echo_string("still fine".into()).await.unwrap(), "still fine");
+        // The server is the same process and serves new clients.
+        let fresh = connect(&name).await;
+        assert_eq!(fresh.pid().await.unwrap(), server.pid());
+        assert_eq!(fresh.divide(6, 3).await.unwrap(), 2);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_does_not_decode_gets_bad_request_and_the_connection_goes_on() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let mut io = raw_handshake(&name).await;
+        // A call frame whose body is no `ProbeRequest`: the variant index is out of range.
+        let bad = Codec::Bincode.encode(&ClientFrame::Call { id: 41, timeout_us: 5_000_000, body: (999u32, 1u8) }, 1 << 20);
+        write_frame(&mut io, &bad.unwrap()).await;
+        let frame: ServerFrame<pipe_rpc_tests::ProbeResponse> = Codec::Bincode.decode(&read_frame(&mut io).await).unwrap();
+        match frame {
+            ServerFrame::Error { id: 41, error } => {
+                assert_eq!(error.kind, ServerErrorKind::BadRequest, "{error:?}");
+                assert!(error.detail.contains("Probe"), "{error:?}");
+            }
+            other => panic!("expected a BadRequest error for call 41, got {:?}", frame_kind(&other)),
+        }
+        // The same connection still works.
+        let good = pipe_rpc_tests::ProbeRequest::EchoString { s: "raw".into() };
+        let good = Codec::Bincode.encode(&ClientFrame::Call { id: 42, timeout_us: 5_000_000, body: good }, 1 << 20);
+        write_frame(&mut io, &good.unwrap()).await;
+        let frame: ServerFrame<pipe_rpc_tests::ProbeResponse> = Codec::Bincode.decode(&read_frame(&mut io).await).unwrap();
+        match frame {
+            ServerFrame::Reply { id: 42, body: pipe_rpc_tests::ProbeResponse::EchoString(s) } => assert_eq!(s, "raw"),
+            other => panic!("expected the reply to call 42, got {:?}", frame_kind(&other)),
+        }
+    })
+    .await;
+}
+
+fn frame_kind<R>(f: &ServerFrame<R>) -> String {
+    match f {
+        ServerFrame::Reply { id, .. } => format!("Reply {{ id: {id} }}"),
+        ServerFrame::Error { id, error } => format!("Error {{ id: {id}, error: {error:?} }}"),
+        ServerFrame::TooLarge { id, size, limit } => format!("TooLarge {{ id: {id}, size: {size}, limit: {limit} }}"),
+    }
+}

@@ -1,0 +1,144 @@
+//! The one error type of this crate.
+
+use std::{fmt, io, time::Duration};
+
+use crate::name::PipeName;
+
+/// What went wrong, coarsely: enough to decide what to do next (retry, pick another name,
+/// report). Match on it with a wildcard arm: new kinds may be added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// No server is listening on the name (nothing there, or a stale Unix socket file left by
+    /// a server that crashed). [`connect`](crate::connect) kept retrying until its timeout.
+    NotRunning,
+    /// A server exists but could not take the connection: every Windows pipe instance was in
+    /// use (`ERROR_PIPE_BUSY`) or the Unix listen backlog was full (`EAGAIN`).
+    /// [`connect`](crate::connect) kept retrying until its timeout.
+    Busy,
+    /// Another live server already listens on the name (or, on Windows, another process holds
+    /// the pipe name).
+    NameInUse,
+    /// The name is malformed or too long for the platform. The message names the limit.
+    InvalidName,
+    /// The operating system refused access, or a directory or file on the way is not private
+    /// to the current user.
+    PermissionDenied,
+    /// Any other I/O failure; see [`Error::io_error`].
+    Io,
+}
+
+/// An error of this crate: a [kind](ErrorKind), a lowercase message that names the pipe, its
+/// resolved address and any limit involved, and the underlying [`io::Error`] if there is one.
+///
+/// [`Display`](fmt::Display) prints the message. For [`ErrorKind::Io`] and
+/// [`ErrorKind::PermissionDenied`] the message ends with the operating system's error text,
+/// because callers often keep only the string; [`source`](std::error::Error::source) still
+/// returns the `io::Error` for programmatic inspection.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    name: Option<PipeName>,
+    waited: Option<Duration>,
+    source: Option<io::Error>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error { kind, message: message.into(), name: None, waited: None, source: None }
+    }
+
+    pub(crate) fn with_name(mut self, name: &PipeName) -> Error {
+        self.name = Some(name.clone());
+        self
+    }
+
+    /// Puts `context` (e.g. "cannot listen on pipe `x`") in front of the message.
+    #[cfg_attr(not(unix), allow(dead_code))] // only the Unix directory checks need it
+    pub(crate) fn context(mut self, context: impl fmt::Display) -> Error {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+
+    pub(crate) fn with_source(mut self, source: io::Error) -> Error {
+        self.source = Some(source);
+        self
+    }
+
+    pub(crate) fn with_waited(mut self, waited: Duration) -> Error {
+        self.waited = Some(waited);
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The pipe name the operation was about, if any.
+    pub fn name(&self) -> Option<&PipeName> {
+        self.name.as_ref()
+    }
+
+    /// How long [`connect`](crate::connect) kept trying before it gave up (set for
+    /// [`ErrorKind::NotRunning`] and [`ErrorKind::Busy`]).
+    pub fn waited(&self) -> Option<Duration> {
+        self.waited
+    }
+
+    /// The operating-system error behind this one, if any.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        self.source.as_ref()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e as _)
+    }
+}
+
+/// Formats a duration the way our messages show it: milliseconds below a second, else seconds
+/// with millisecond precision (`Debug` for `Duration` prints nanosecond noise).
+pub(crate) fn fmt_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) { format!("{} ms", d.as_millis()) } else { format!("{:.3} s", d.as_secs_f64()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_accessors_and_source() {
+        let io = io::Error::from(io::ErrorKind::NotFound);
+        let e = Error::new(ErrorKind::NotRunning, "no server")
+            .with_name(&PipeName::new("x"))
+            .with_waited(Duration::from_millis(5))
+            .with_source(io);
+        assert_eq!(e.kind(), ErrorKind::NotRunning);
+        assert_eq!(e.name().map(PipeName::as_str), Some("x"));
+        assert_eq!(e.waited(), Some(Duration::from_millis(5)));
+        assert_eq!(e.io_error().map(io::Error::kind), Some(io::ErrorKind::NotFound));
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(e.to_string(), "no server");
+    }
+
+    #[test]
+    fn durations_format_without_noise() {
+        assert_eq!(fmt_duration(Duration::from_micros(300_400)), "300 ms");
+        assert_eq!(fmt_duration(Duration::from_millis(5_001)), "5.001 s");
+    }
+
+    #[test]
+    fn error_is_send_sync_static() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<Error>();
+    }
+}

@@ -1,0 +1,112 @@
+//! Local pipes as message transports for pipe-rpc: Unix domain sockets on Unix, named pipes on
+//! Windows, behind one API.
+//!
+//! - [`PipeName`] turns a plain name such as `"calc"` into the platform's address, or takes an
+//!   explicit path.
+//! - [`PipeListener`] binds a name (refusing to displace a live server, reclaiming a stale
+//!   socket file) and accepts [`PipeStream`]s.
+//! - [`connect`] connects, retrying with backoff while the server is not up yet or busy, for at
+//!   most [`ConnectOptions::timeout`].
+//! - [`length_delimited`] frames a stream into messages with a bounded size, and
+//!   [`serde_transport`] turns the frames into a typed tarpc [`Transport`].
+//!
+//! All failures are an [`Error`] with an [`ErrorKind`] and a message that names the pipe, its
+//! resolved address and any limit involved.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use futures::{SinkExt, StreamExt};
+//! use transport_pipe::{ConnectOptions, DEFAULT_MAX_FRAME, PipeListener, connect, length_delimited};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // Server: echo every frame back.
+//! let listener = PipeListener::bind("echo-demo")?;
+//! tokio::spawn(async move {
+//!     while let Ok(stream) = listener.accept().await {
+//!         tokio::spawn(async move {
+//!             let mut frames = length_delimited(stream, DEFAULT_MAX_FRAME);
+//!             while let Some(Ok(frame)) = frames.next().await {
+//!                 if frames.send(frame.freeze()).await.is_err() {
+//!                     break;
+//!                 }
+//!             }
+//!         });
+//!     }
+//! });
+//!
+//! // Client.
+//! let stream = connect("echo-demo", &ConnectOptions::default()).await?;
+//! let mut frames = length_delimited(stream, DEFAULT_MAX_FRAME);
+//! frames.send(bytes::Bytes::from_static(b"hello")).await?;
+//! assert_eq!(&frames.next().await.unwrap()?[..], b"hello");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Platform-specific behavior
+//!
+//! ### Unix
+//!
+//! A plain name `NAME` is the filesystem socket `$XDG_RUNTIME_DIR/pipe-rpc/NAME.sock` if
+//! `XDG_RUNTIME_DIR` names an existing directory, else `{temp_dir}/pipe-rpc-{uid}/NAME.sock`.
+//! The Linux abstract namespace is never used: it has no permissions. The listener creates the
+//! directory with mode `0700` and refuses one that is not private (a symlink, owned by another
+//! user, or group/world-writable); clients refuse such a directory too. The socket file gets
+//! mode `0600` ([`ListenOptions::mode`]). A socket path holds at most 107 bytes on Linux and 103
+//! on macOS/BSD (`sun_path` is 108/104 bytes including the NUL); longer resolved paths are
+//! rejected with [`ErrorKind::InvalidName`]. A stale socket file left by a crashed server is
+//! detected (connection refused) and replaced; the listener removes its own socket file on drop.
+//!
+//! ### Windows
+//!
+//! A plain name `NAME` is the local named pipe `\\.\pipe\NAME` (whole name at most 256
+//! characters, case-insensitive). The listener uses interprocess's defaults: the first instance
+//! is created with `FILE_FLAG_FIRST_PIPE_INSTANCE`, so a name another process serves is
+//! reported as [`ErrorKind::NameInUse`], and remote clients are rejected. The pipe gets the
+//! default security descriptor of the server process; [`ListenOptions::mode`] is ignored.
+//! While one client waits to be accepted, others see `ERROR_PIPE_BUSY`, which [`connect`]
+//! retries.
+//!
+//! See [`PipeName`], [`PipeListener`], [`PipeStream`] and [`connect`] for details.
+
+mod connect;
+mod error;
+mod frame;
+mod listen;
+mod name;
+mod platform;
+mod stream;
+
+pub use connect::{ConnectOptions, connect};
+pub use error::{Error, ErrorKind};
+pub use frame::{
+    DEFAULT_MAX_FRAME, MAX_FRAME_CEILING, Transport, effective_max_frame, length_delimited, length_delimited_codec,
+    serde_transport,
+};
+pub use listen::{ListenOptions, PipeListener};
+pub use name::{NAME_MAX, PipeName};
+pub use stream::PipeStream;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync + 'static>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+
+    /// rpc-core moves listeners, streams and these futures into spawned tasks.
+    #[test]
+    fn public_types_and_futures_are_send() {
+        fn types<L: Send + Sync, S: Send + Sync + Unpin, E: Send + Sync, N: Send + Sync, O: Send + Sync>() {}
+        types::<PipeListener, PipeStream, Error, PipeName, ConnectOptions>();
+        let opts = ConnectOptions::default();
+        let fut = connect("send-check", &opts);
+        send(&fut);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = rt.enter();
+        let listener = PipeListener::bind(format!("send-check-{}", std::process::id())).unwrap();
+        send(&listener.accept());
+        send_sync(&ListenOptions::default());
+    }
+}

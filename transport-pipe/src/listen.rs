@@ -1,0 +1,153 @@
+//! The server side: binding a name and accepting connections.
+
+use std::fmt;
+
+use interprocess::local_socket::{tokio::Listener, traits::tokio::Listener as _};
+
+use crate::{
+    error::{Error, ErrorKind},
+    name::PipeName,
+    platform,
+    stream::PipeStream,
+};
+
+/// Listener settings. Start from [`ListenOptions::default()`] and set fields.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ListenOptions {
+    /// Unix: socket file mode. Default `0o600` (owner only).
+    ///
+    /// Only the permission bits (`0o777`) are used. Connecting to a Unix socket needs write
+    /// permission on it, so `0o600` admits only the owner; `0o660` adds the group. The mode is
+    /// set before the file appears (no window with a looser mode), but on Linux the process
+    /// umask is still applied on top: it can remove bits, never add them.
+    ///
+    /// Windows: ignored; the pipe gets the default security descriptor of the process.
+    pub mode: u32,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions { mode: 0o600 }
+    }
+}
+
+impl ListenOptions {
+    /// Sets [`mode`](Self::mode).
+    #[must_use]
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+}
+
+/// A bound pipe name that accepts connections.
+///
+/// Dropping it stops listening; on Unix it also removes its socket file (only if the file is
+/// still the one it created).
+///
+/// ## Platform-specific behavior
+///
+/// ### Unix
+///
+/// [`bind`](Self::bind) first checks (plain names) that the per-user directory is private,
+/// creating it with mode `0700` if needed. If a socket file already exists at the address, it
+/// connects to it: a live server makes `bind` fail with [`ErrorKind::NameInUse`] (that server
+/// sees one connection that closes at once); `ECONNREFUSED` means the file is left over from a
+/// crashed server, and it is removed. Anything at the address that is not a socket is never
+/// removed. These steps, and the removal of the socket file on drop, run under an exclusive
+/// `flock` on `<address>.lock`, so two servers starting together cannot displace each other.
+/// The lock file exists while the listener does (and after a crash, until the next `bind` of
+/// the name cleans up).
+///
+/// ### Windows
+///
+/// The first pipe instance is created with `FILE_FLAG_FIRST_PIPE_INSTANCE`, so a name already
+/// served by any process fails with [`ErrorKind::NameInUse`]; remote clients are rejected. The
+/// listener keeps one spare instance waiting: while a client is connected to it but not yet
+/// accepted, other clients see `ERROR_PIPE_BUSY`, which [`connect`](crate::connect) retries.
+pub struct PipeListener {
+    // Declared first so the Unix socket file is removed before the socket is closed.
+    _reclaim: platform::Reclaim,
+    inner: Listener,
+    name: PipeName,
+}
+
+impl PipeListener {
+    /// Binds `name` with default [`ListenOptions`].
+    ///
+    /// Must be called within a Tokio runtime with I/O enabled.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NameInUse`] if a live server listens on the name,
+    /// [`ErrorKind::InvalidName`] for a bad name, [`ErrorKind::PermissionDenied`] if the
+    /// directory is not private or the OS refuses, [`ErrorKind::Io`] otherwise (including when
+    /// called outside a Tokio runtime).
+    pub fn bind(name: impl Into<PipeName>) -> Result<PipeListener, Error> {
+        Self::bind_with(name, &ListenOptions::default())
+    }
+
+    /// Binds `name` with the given options. See [`bind`](Self::bind).
+    ///
+    /// # Errors
+    ///
+    /// As for [`bind`](Self::bind).
+    pub fn bind_with(name: impl Into<PipeName>, opts: &ListenOptions) -> Result<PipeListener, Error> {
+        let name = name.into();
+        // interprocess registers the listener with the current runtime and would panic outside
+        // one; an error is friendlier.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "cannot listen on pipe `{}`: PipeListener::bind must be called within a tokio \
+                     runtime",
+                    name.as_str()
+                ),
+            )
+            .with_name(&name));
+        }
+        let addr = name.resolve()?;
+        let (inner, reclaim) = platform::bind(&name, &addr, opts)?;
+        tracing::debug!(pipe = name.as_str(), addr = %addr.display(), "listening");
+        Ok(PipeListener { _reclaim: reclaim, inner, name })
+    }
+
+    /// Waits for the next client.
+    ///
+    /// Cancel-safe: if the future is dropped before it completes, no connection is lost; the
+    /// next call returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] for a failed accept. Errors here concern one connection attempt or a
+    /// transient resource shortage (e.g. out of file descriptors): keep the listener and back
+    /// off rather than giving up.
+    pub async fn accept(&self) -> Result<PipeStream, Error> {
+        match self.inner.accept().await {
+            Ok(stream) => Ok(PipeStream::new(stream)),
+            Err(e) => Err(Error::new(
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    ErrorKind::PermissionDenied
+                } else {
+                    ErrorKind::Io
+                },
+                format!("cannot accept on pipe `{}`: {e}", self.name.as_str()),
+            )
+            .with_name(&self.name)
+            .with_source(e)),
+        }
+    }
+
+    /// The name this listener was bound to.
+    pub fn name(&self) -> &PipeName {
+        &self.name
+    }
+}
+
+impl fmt::Debug for PipeListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PipeListener").field("name", &self.name).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,501 @@
+//! Unix: filesystem Unix domain sockets in a private per-user directory.
+
+use std::{
+    ffi::OsString,
+    fs, io,
+    os::unix::{
+        ffi::OsStrExt,
+        fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+        io::AsRawFd,
+    },
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use interprocess::{
+    ConnectWaitMode,
+    local_socket::{
+        ConnectOptions as IpConnectOptions, GenericFilePath, ListenerOptions, ToFsName,
+        tokio::{Listener, Stream},
+    },
+    os::unix::{local_socket::ListenerOptionsExt, uds_local_socket},
+};
+
+use super::ConnectFailure;
+use crate::{
+    error::{Error, ErrorKind},
+    listen::ListenOptions,
+    name::PipeName,
+};
+
+/// Size of `sockaddr_un::sun_path`, including the terminating NUL: 108 on Linux, 104 on macOS
+/// and the BSDs. Taken from libc's struct so every target gets its own value.
+pub(crate) const SUN_PATH_MAX: usize =
+    size_of::<libc::sockaddr_un>() - std::mem::offset_of!(libc::sockaddr_un, sun_path);
+
+/// How long `bind` waits for the per-name lock before reporting the name as in use. Holders
+/// only keep it for a probe connect and a bind, so contention means a pathological peer.
+const LOCK_WAIT_BIND: Duration = Duration::from_secs(1);
+/// How long a dropping listener waits for the lock before leaving its socket file behind (the
+/// next `bind` reclaims it as stale).
+const LOCK_WAIT_DROP: Duration = Duration::from_millis(100);
+/// Bound on the liveness probe of an existing socket file.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+
+pub(crate) fn is_absolute_path_str(s: &str) -> bool {
+    s.starts_with('/')
+}
+
+pub(crate) fn current_uid() -> u32 {
+    #[allow(unsafe_code)]
+    // SAFETY: getuid has no preconditions, touches no memory of ours and cannot fail.
+    unsafe {
+        libc::getuid()
+    }
+}
+
+pub(crate) fn plain_name_address(name: &str) -> PathBuf {
+    plain_name_dir(std::env::var_os("XDG_RUNTIME_DIR"), &std::env::temp_dir(), current_uid())
+        .join(format!("{name}.sock"))
+}
+
+/// The directory for plain names: `$XDG_RUNTIME_DIR/pipe-rpc` if that variable names an
+/// existing directory by absolute path, else `{temp}/pipe-rpc-{uid}`. The uid suffix keeps users
+/// apart in a shared temp directory, where a fixed name could be squatted by someone else.
+pub(crate) fn plain_name_dir(xdg: Option<OsString>, temp: &Path, uid: u32) -> PathBuf {
+    if let Some(xdg) = xdg.map(PathBuf::from) {
+        if xdg.is_absolute() && xdg.is_dir() {
+            return xdg.join("pipe-rpc");
+        }
+    }
+    temp.join(format!("pipe-rpc-{uid}"))
+}
+
+pub(crate) fn check_address(name: &PipeName, addr: &Path) -> Result<(), Error> {
+    let bytes = addr.as_os_str().as_bytes();
+    let invalid = |why: String| {
+        Error::new(ErrorKind::InvalidName, format!("invalid pipe name `{}`: {why}", name.as_str())).with_name(name)
+    };
+    if bytes.is_empty() {
+        return Err(invalid("the path is empty".into()));
+    }
+    if bytes.contains(&0) {
+        return Err(invalid("the path contains a NUL byte".into()));
+    }
+    if bytes.len() >= SUN_PATH_MAX {
+        return Err(invalid(format!(
+            "the socket path {} is {} bytes, over the limit of {} bytes (a Unix socket address \
+             holds {SUN_PATH_MAX} bytes including the terminating NUL); use a shorter name, or \
+             PipeName::path with a shorter path",
+            addr.display(),
+            bytes.len(),
+            SUN_PATH_MAX - 1,
+        )));
+    }
+    Ok(())
+}
+
+/// Makes sure `dir` is a directory private to us: a real directory (not a symlink), owned by
+/// our uid, not writable by group or others. With `create`, a missing directory is created with
+/// mode 0700. Returns whether the directory exists.
+///
+/// Why refuse rather than fix: a directory we do not own, or that others can write, lets them
+/// replace our socket with their own and read what clients send.
+pub(crate) fn ensure_private_dir(dir: &Path, create: bool) -> Result<bool, Error> {
+    let io_fail = |what: &str, e: io::Error| {
+        let kind =
+            if e.kind() == io::ErrorKind::PermissionDenied { ErrorKind::PermissionDenied } else { ErrorKind::Io };
+        Error::new(kind, format!("cannot {what} directory {}: {e}", dir.display())).with_source(e)
+    };
+    let md = match fs::symlink_metadata(dir) {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match fs::DirBuilder::new().mode(0o700).create(dir) {
+                // The umask can only clear bits; set exactly 0700 so the owner can always use it.
+                Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| io_fail("set the mode of", e))?,
+                // Another listener created it at the same moment; it is checked below.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_fail("create", e)),
+            }
+            fs::symlink_metadata(dir).map_err(|e| io_fail("inspect", e))?
+        }
+        Err(e) => return Err(io_fail("inspect", e)),
+    };
+    let refuse = |why: String| {
+        Error::new(ErrorKind::PermissionDenied, format!("refusing to use directory {}: {why}", dir.display()))
+    };
+    if !md.file_type().is_dir() {
+        return Err(refuse("it is not a directory (a symlink or file is in the way)".into()));
+    }
+    let uid = current_uid();
+    if md.uid() != uid {
+        return Err(refuse(format!("it is owned by uid {}, not by the current user (uid {uid})", md.uid())));
+    }
+    let mode = md.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(refuse(format!(
+            "it is group- or world-writable (mode {mode:04o}); run `chmod 700 {}`",
+            dir.display()
+        )));
+    }
+    Ok(true)
+}
+
+/// An exclusive `flock` on `<socket path>.lock`, held while a listener probes, clears and binds
+/// a name and while it removes its socket file. Without it, two servers that both find a stale
+/// file could each unlink it and bind, and the slower one would delete the faster one's fresh
+/// socket; or a listener being dropped could unlink the socket of a server that just replaced
+/// it.
+///
+/// The lock file is deleted (by its holder) when the name is released, so unique test names do
+/// not pile up lock files. That is safe because a lock only counts if, once taken, the path
+/// still names the locked file: whoever waited on a file that was deleted meanwhile retries on
+/// the current one.
+struct NameLock {
+    file: fs::File,
+    path: PathBuf,
+}
+
+impl NameLock {
+    fn acquire(sock_path: &Path, wait: Duration) -> io::Result<NameLock> {
+        let mut path = sock_path.as_os_str().to_owned();
+        path.push(".lock");
+        let path = PathBuf::from(path);
+        let deadline = Instant::now() + wait;
+        loop {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                // Never follow a symlink planted in a shared directory such as /tmp.
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)?;
+            loop {
+                match flock_exclusive_nonblocking(&file) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                        // Blocking briefly is acceptable here: holders keep the lock for well
+                        // under a millisecond unless a probe connect has to time out.
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let held = file.metadata()?;
+            match fs::symlink_metadata(&path) {
+                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
+                    return Ok(NameLock { file, path });
+                }
+                // The previous holder deleted the file we locked: retry on the current one.
+                Ok(_) | Err(_) if Instant::now() < deadline => continue,
+                Ok(_) => return Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Deletes the lock file, then releases the lock (closing the file).
+    fn remove(self) {
+        let _ = fs::remove_file(&self.path);
+        drop(self.file);
+    }
+}
+
+fn flock_exclusive_nonblocking(file: &fs::File) -> io::Result<()> {
+    #[allow(unsafe_code)]
+    // SAFETY: the descriptor is open for the whole call (borrowed from `file`); flock reads no
+    // memory of ours.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Removes the listener's socket file on drop, under the name lock and only if the file is
+/// still the one this listener created (same device and inode). interprocess's own
+/// `reclaim_name` unlinks whatever is at the path, after closing the socket.
+#[derive(Debug)]
+pub(crate) struct Reclaim {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for Reclaim {
+    fn drop(&mut self) {
+        let Ok(lock) = NameLock::acquire(&self.path, LOCK_WAIT_DROP) else {
+            tracing::debug!(path = %self.path.display(), "name lock busy; leaving socket file");
+            return;
+        };
+        match fs::symlink_metadata(&self.path) {
+            Ok(md) if md.dev() == self.dev && md.ino() == self.ino => {
+                let _ = fs::remove_file(&self.path);
+                lock.remove();
+            }
+            // Gone: nobody needs the lock file either.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => lock.remove(),
+            // Another server's socket: its lock file stays for it.
+            _ => {}
+        }
+    }
+}
+
+/// What a connect to an existing socket file says about it.
+enum Probe {
+    /// Someone accepted or queued the connection (or the backlog is full): a live server.
+    Live,
+    /// `ECONNREFUSED`: the file is left over from a server that is gone.
+    Stale,
+    /// The file disappeared in the meantime.
+    Gone,
+    Failed(io::Error),
+}
+
+fn probe(addr: &Path) -> Probe {
+    let name = match addr.to_fs_name::<GenericFilePath>() {
+        Ok(n) => n,
+        Err(e) => return Probe::Failed(e),
+    };
+    // A nonblocking connect bounded by a timeout: a plain blocking connect to a live server
+    // whose backlog is full would wait until the server accepts, possibly forever.
+    let result = IpConnectOptions::new().name(name).wait_mode(ConnectWaitMode::Timeout(PROBE_TIMEOUT)).connect_sync();
+    match result {
+        Ok(_stream) => Probe::Live,
+        Err(e) => match e.kind() {
+            io::ErrorKind::ConnectionRefused => Probe::Stale,
+            io::ErrorKind::NotFound => Probe::Gone,
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Probe::Live,
+            _ => Probe::Failed(e),
+        },
+    }
+}
+
+fn io_error(name: &PipeName, addr: &Path, what: &str, e: io::Error) -> Error {
+    let kind = if e.kind() == io::ErrorKind::PermissionDenied { ErrorKind::PermissionDenied } else { ErrorKind::Io };
+    Error::new(kind, format!("cannot {what} pipe `{}` at {}: {e}", name.as_str(), addr.display()))
+        .with_name(name)
+        .with_source(e)
+}
+
+fn name_in_use(name: &PipeName, addr: &Path) -> Error {
+    Error::new(
+        ErrorKind::NameInUse,
+        format!("another server is listening on pipe `{}` at {}", name.as_str(), addr.display()),
+    )
+    .with_name(name)
+}
+
+/// Removes a stale socket file at `addr`; refuses to touch a live one or a non-socket.
+/// Must be called with the name lock held.
+fn clear_stale(name: &PipeName, addr: &Path) -> Result<(), Error> {
+    let md = match fs::symlink_metadata(addr) {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(name, addr, "inspect", e)),
+    };
+    if !md.file_type().is_socket() {
+        return Err(Error::new(
+            ErrorKind::NameInUse,
+            format!(
+                "cannot listen on pipe `{}`: {} exists and is not a socket; refusing to replace it",
+                name.as_str(),
+                addr.display()
+            ),
+        )
+        .with_name(name));
+    }
+    match probe(addr) {
+        Probe::Live => Err(name_in_use(name, addr)),
+        Probe::Gone => Ok(()),
+        Probe::Stale => match fs::remove_file(addr) {
+            Ok(()) => {
+                tracing::debug!(path = %addr.display(), "removed stale socket file");
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(name, addr, "remove the stale socket file of", e)),
+        },
+        Probe::Failed(e) => Err(io_error(name, addr, "probe the existing socket file of", e)),
+    }
+}
+
+pub(crate) fn bind(name: &PipeName, addr: &Path, opts: &ListenOptions) -> Result<(Listener, Reclaim), Error> {
+    if name.is_plain() {
+        if let Some(dir) = addr.parent() {
+            ensure_private_dir(dir, true)
+                .map_err(|e| e.context(format_args!("cannot listen on pipe `{}`", name.as_str())).with_name(name))?;
+        }
+    }
+    let lock = NameLock::acquire(addr, LOCK_WAIT_BIND).map_err(|e| {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            Error::new(
+                ErrorKind::NameInUse,
+                format!(
+                    "cannot listen on pipe `{}` at {}: another process has held its lock file for \
+                     over {} ms",
+                    name.as_str(),
+                    addr.display(),
+                    LOCK_WAIT_BIND.as_millis()
+                ),
+            )
+            .with_name(name)
+            .with_source(e)
+        } else {
+            io_error(name, addr, "open the lock file of", e)
+        }
+    })?;
+    match clear_and_listen(name, addr, opts) {
+        Ok(listener) => {
+            let md = fs::symlink_metadata(addr).map_err(|e| io_error(name, addr, "inspect", e))?;
+            // The lock file stays until `Reclaim` removes it with the socket.
+            Ok((listener, Reclaim { path: addr.to_owned(), dev: md.dev(), ino: md.ino() }))
+        }
+        Err(e) => {
+            // Keep the lock file while a socket (someone else's) exists at the path.
+            if fs::symlink_metadata(addr).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+                lock.remove();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The part of `bind` done under the name lock.
+fn clear_and_listen(name: &PipeName, addr: &Path, opts: &ListenOptions) -> Result<Listener, Error> {
+    clear_stale(name, addr)?;
+    let fs_name = addr.to_fs_name::<GenericFilePath>().map_err(|e| io_error(name, addr, "use", e))?;
+    ListenerOptions::new()
+        .name(fs_name)
+        // Applied with fchmod before bind, so the file never exists with a looser mode.
+        .mode((opts.mode & 0o777) as libc::mode_t)
+        // Our `Reclaim` unlinks on drop instead (under the lock, only our own file).
+        .reclaim_name(false)
+        // Never displace a live listener; stale files were handled above.
+        .try_overwrite(false)
+        .create_tokio()
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                // Someone that does not take our lock bound the path in between.
+                name_in_use(name, addr).with_source(e)
+            } else {
+                io_error(name, addr, "listen on", e)
+            }
+        })
+}
+
+/// Client-side check before each attempt: for plain names, the directory must be private to us
+/// (else a squatter could impersonate the server). A missing directory just means "not running".
+pub(crate) fn check_client_dir(name: &PipeName, addr: &Path) -> Result<(), Error> {
+    if name.is_plain() {
+        if let Some(dir) = addr.parent() {
+            ensure_private_dir(dir, false)
+                .map_err(|e| e.context(format_args!("cannot connect to pipe `{}`", name.as_str())).with_name(name))?;
+        }
+    }
+    Ok(())
+}
+
+/// One connection attempt. tokio's connect (unlike interprocess's) reports a full backlog as
+/// `WouldBlock` (EAGAIN): interprocess treats EAGAIN as "in progress", waits for writability,
+/// which an unconnected Unix socket reports at once, and returns a stream that is not connected.
+pub(crate) async fn connect_once(addr: &Path) -> io::Result<Stream> {
+    let stream = tokio::net::UnixStream::connect(addr).await?;
+    Ok(Stream::from(uds_local_socket::tokio::Stream::from(stream)))
+}
+
+pub(crate) fn classify(e: &io::Error) -> ConnectFailure {
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ConnectFailure::NotRunning,
+        io::ErrorKind::WouldBlock => ConnectFailure::Busy,
+        io::ErrorKind::PermissionDenied => ConnectFailure::PermissionDenied,
+        _ => ConnectFailure::Other,
+    }
+}
+
+pub(crate) const BUSY_REASON: &str = "the server's listen backlog is full";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sun_path_size_matches_the_platform() {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        assert_eq!(SUN_PATH_MAX, 108);
+        #[cfg(any(target_os = "macos", target_os = "freebsd", target_os = "openbsd"))]
+        assert_eq!(SUN_PATH_MAX, 104);
+    }
+
+    #[test]
+    fn plain_dir_prefers_an_existing_absolute_xdg_runtime_dir() {
+        let temp = std::env::temp_dir();
+        let existing = temp.clone().into_os_string();
+        assert_eq!(plain_name_dir(Some(existing), Path::new("/t"), 7), temp.join("pipe-rpc"));
+        // Missing, relative or unset: fall back to the per-uid temp directory.
+        for xdg in [Some("/nonexistent/xdg-dir".into()), Some("relative".into()), None] {
+            assert_eq!(plain_name_dir(xdg, Path::new("/t"), 7), Path::new("/t/pipe-rpc-7"));
+        }
+    }
+
+    #[test]
+    fn plain_names_map_to_sock_files() {
+        let addr = PipeName::new("abc").resolve().unwrap();
+        assert_eq!(addr.file_name().unwrap(), "abc.sock");
+        let dir = addr.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+        assert!(dir == "pipe-rpc" || dir == format!("pipe-rpc-{}", current_uid()), "{dir}");
+    }
+
+    #[test]
+    fn overlong_socket_path_names_the_limit() {
+        let long = PipeName::path(format!("/tmp/{}", "p".repeat(SUN_PATH_MAX)));
+        let e = long.resolve().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidName);
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("limit of {} bytes", SUN_PATH_MAX - 1)), "{msg}");
+        assert!(msg.contains("PipeName::path"), "{msg}");
+        // Exactly at the limit is fine.
+        let max = format!("/tmp/{}", "p".repeat(SUN_PATH_MAX - 1 - "/tmp/".len()));
+        PipeName::path(max).resolve().unwrap();
+        // NUL bytes cannot be passed to the kernel.
+        assert_eq!(PipeName::path("/tmp/a\0b").resolve().unwrap_err().kind(), ErrorKind::InvalidName);
+    }
+
+    fn scratch_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tp-unit-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn private_dir_is_created_0700() {
+        let base = scratch_dir("create");
+        let dir = base.join("sub");
+        assert!(!ensure_private_dir(&dir, false).unwrap());
+        assert!(ensure_private_dir(&dir, true).unwrap());
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o7777, 0o700);
+        assert!(ensure_private_dir(&dir, false).unwrap());
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn writable_or_symlinked_dirs_are_refused() {
+        let base = scratch_dir("refuse");
+        let open = base.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = ensure_private_dir(&open, true).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("world-writable (mode 0777)"), "{e}");
+
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&open, &link).unwrap();
+        let e = ensure_private_dir(&link, true).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        fs::remove_dir_all(&base).unwrap();
+    }
+}
