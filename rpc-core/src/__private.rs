@@ -33,9 +33,6 @@ pub const fn assert_wire<T: Wire>() {}
 pub trait AbsorbsRpcError: From<RpcError> {}
 impl<E: From<RpcError>> AbsorbsRpcError for E {}
 
-/// See [`AbsorbsRpcError`].
-pub const fn assert_absorbs_rpc_error<E: AbsorbsRpcError>() {}
-
 fn unexpected(method: &'static str) -> RpcError {
     TransportError::Protocol { detail: format!("the server answered `{method}` with the response of another method") }
         .into()
@@ -54,7 +51,7 @@ pub fn plain<Resp, T>(
 /// Client side of a method returning `Result<T, E>`: transport and call errors are
 /// converted into `E`, so the caller sees one `Result<T, E>`.
 #[inline]
-pub fn fallible<Resp, T, E: From<RpcError>>(
+pub fn fallible<Resp, T, E: AbsorbsRpcError>(
     result: Result<Resp, RpcError>,
     method: &'static str,
     pick: impl FnOnce(Resp) -> Option<Result<T, E>>,

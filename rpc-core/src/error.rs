@@ -75,6 +75,29 @@ pub enum RpcError {
 }
 
 impl RpcError {
+    /// The transport-layer error, if this is one.
+    pub fn transport(&self) -> Option<&TransportError> {
+        match self {
+            RpcError::Transport(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// True if no server was listening (for the whole connect timeout).
+    pub fn is_not_running(&self) -> bool {
+        matches!(self, RpcError::Transport(TransportError::NotRunning { .. }))
+    }
+
+    /// True if the call's deadline passed (on either side).
+    pub fn is_deadline_exceeded(&self) -> bool {
+        matches!(self, RpcError::DeadlineExceeded { .. })
+    }
+
+    /// True if the connection was lost: the outcome of calls in flight is unknown.
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, RpcError::Transport(TransportError::Disconnected { .. }))
+    }
+
     /// True if the call certainly did not run on the server, so retrying cannot
     /// run it twice.
     pub fn is_safe_to_retry(&self) -> bool {

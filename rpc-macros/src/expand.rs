@@ -1,6 +1,6 @@
 //! Code generation: one method per emitted item, assembled in [`ToTokens`].
 
-use proc_macro2::{Ident, Literal, Span, TokenStream};
+use proc_macro2::{Delimiter, Ident, Literal, Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::ItemTrait;
 use syn::ext::IdentExt;
@@ -227,7 +227,7 @@ impl<'a> ServiceGenerator<'a> {
             #cfgs
             impl<#param> ::core::clone::Clone for #server<#param> {
                 fn clone(&self) -> Self {
-                    Self { inner: #private::std::sync::Arc::clone(&self.inner) }
+                    Self { inner: ::core::clone::Clone::clone(&self.inner) }
                 }
             }
 
@@ -267,7 +267,7 @@ impl<'a> ServiceGenerator<'a> {
             quote!(match #req {})
         } else {
             quote! {
-                let #svc = #private::std::sync::Arc::clone(&self.inner);
+                let #svc = ::core::clone::Clone::clone(&self.inner);
                 #private::std::boxed::Box::pin(async move {
                     match #req { #(#arms)* }
                 })
@@ -409,7 +409,12 @@ impl<'a> ServiceGenerator<'a> {
         };
         let (ret, body) = match &def.output {
             Output::Fallible { ok, err, .. } => {
-                (quote!(::core::result::Result<#ok, #err>), quote!(#private::fallible(#call, #name, #pick)))
+                // The call expression (path and parentheses) is spanned at `E`: if `E`
+                // cannot absorb `RpcError`, this error lands there too.
+                let fallible = respan(quote!(#private::fallible), err.span());
+                let mut args = proc_macro2::Group::new(Delimiter::Parenthesis, quote!(#call, #name, #pick));
+                args.set_span(err.span());
+                (quote!(::core::result::Result<#ok, #err>), quote!(#fallible #args))
             }
             output => {
                 let ty = output.handler_type();
@@ -426,7 +431,7 @@ impl<'a> ServiceGenerator<'a> {
         }
     }
 
-    /// `Wire`/`AbsorbsRpcError` assertions, each spanned at the user's type.
+    /// `Wire` assertions, each spanned at the user's type.
     fn type_checks(&self) -> TokenStream {
         let Self { private, cfgs: trait_cfgs, .. } = self;
         let mut out = TokenStream::new();
@@ -441,11 +446,9 @@ impl<'a> ServiceGenerator<'a> {
             out.extend(m.tys.iter().map(|ty| wire(ty)));
             match &m.def.output {
                 Output::Fallible { ok, err, .. } => {
+                    // `E: AbsorbsRpcError` is checked by the client method's call to
+                    // `fallible`, which is spanned at `E`.
                     out.extend([wire(ok), wire(err)]);
-                    out.extend(quote_spanned! {err.span()=>
-                        #trait_cfgs #cfgs
-                        const _: () = #private::assert_absorbs_rpc_error::<#err>();
-                    });
                 }
                 Output::Plain(ty) | Output::Unit(Some(ty)) => out.extend(wire(ty)),
                 Output::Unit(None) => {}
@@ -453,6 +456,24 @@ impl<'a> ServiceGenerator<'a> {
         }
         out
     }
+}
+
+/// `tokens` with every span set to `span`, so that rustc reports errors about the
+/// whole expression at `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let proc_macro2::TokenTree::Group(g) = &tree {
+                let mut group = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                group.set_span(span);
+                tree = group.into();
+            } else {
+                tree.set_span(span);
+            }
+            tree
+        })
+        .collect()
 }
 
 /// A method that passed validation, with the pieces every generated item needs.
@@ -468,13 +489,15 @@ impl ToTokens for ServiceGenerator<'_> {
     fn to_tokens(&self, out: &mut TokenStream) {
         out.extend([
             self.service_trait(),
+            // First, so that a type that cannot cross the pipe is reported by these
+            // checks before the follow-on errors of the serde derives.
+            self.type_checks(),
             self.request_enum(),
             self.response_enum(),
             self.server_struct(),
             self.service_impl(),
             self.client_struct(),
             self.client_impl(),
-            self.type_checks(),
         ]);
     }
 }

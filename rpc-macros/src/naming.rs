@@ -14,6 +14,7 @@ pub(crate) const RESERVED: &[&str] = &[
     "new",
     "into_inner",
     "clone",
+    "ID",
 ];
 
 /// `snake_case` (or anything else) to `CamelCase`: every `_`-separated part gets its

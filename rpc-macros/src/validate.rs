@@ -1,7 +1,7 @@
 //! Every rule a `#[service]` trait must follow. All problems are collected, each at the
 //! user's offending token, and reported together.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use proc_macro2::Span;
 use quote::ToTokens;
@@ -230,7 +230,7 @@ fn check_receiver(m: &MethodDef<'_>, errors: &mut Errors) {
 }
 
 fn check_args(m: &MethodDef<'_>, errors: &mut Errors) {
-    let mut seen: HashMap<String, ()> = HashMap::new();
+    let mut seen = HashSet::new();
     for arg in &m.args {
         for attr in &arg.arg.attrs {
             errors.spanned(attr, "attributes on RPC arguments are not supported; remove it");
@@ -238,7 +238,7 @@ fn check_args(m: &MethodDef<'_>, errors: &mut Errors) {
         match arg.ident {
             Some(ident) => {
                 let name = syn::ext::IdentExt::unraw(ident).to_string();
-                if seen.insert(name.clone(), ()).is_some() {
+                if !seen.insert(name.clone()) {
                     errors.spanned(ident, format!("duplicate argument `{name}`; rename it"));
                 }
             }

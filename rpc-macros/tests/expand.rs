@@ -31,7 +31,7 @@ pub enum QueueError {
 pub type Reply = Result<u32, String>;
 
 /// Work queues.
-#[rpc_macros::service]
+#[rpc_core::service]
 pub trait WorkQueues {
     /// Creates a queue in the stopped state.
     async fn create(&self, name: String) -> Result<QueueInfo, QueueError>;

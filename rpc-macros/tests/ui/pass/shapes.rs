@@ -33,6 +33,11 @@ impl From<RpcError> for AppError {
 /// Naming `Result` through an alias keeps it whole: the client returns `Result<Reply, RpcError>`.
 pub type Reply = Result<u32, String>;
 
+/// A one-argument `Result` alias is a plain type too.
+pub mod io {
+    pub type Result<T> = std::result::Result<T, String>;
+}
+
 #[rpc_core::service]
 pub trait Shapes {
     async fn structs(&self, p: Point) -> Point;
@@ -48,7 +53,7 @@ pub trait Shapes {
     async fn fallible_unit(&self) -> std::result::Result<(), AppError>;
     async fn fallible_core(&self) -> ::core::result::Result<u8, AppError>;
     async fn alias(&self) -> Reply;
-    async fn io_result(&self) -> std::io::Result<u8>;
+    async fn io_result(&self) -> io::Result<u8>;
     async fn nested(&self) -> Option<Result<u8, String>>;
     async fn many(&self, a: u8, b: u16, c: u32, d: u64, e: i8, f: i16, g: i32, h: i64) -> u128;
 }
@@ -91,7 +96,7 @@ impl Shapes for Impl {
     async fn alias(&self) -> Reply {
         Err("no".into())
     }
-    async fn io_result(&self) -> std::io::Result<u8> {
+    async fn io_result(&self) -> io::Result<u8> {
         Ok(1)
     }
     async fn nested(&self) -> Option<Result<u8, String>> {
@@ -115,7 +120,7 @@ async fn client_signatures(c: ShapesClient) {
     let _: Result<(), AppError> = c.fallible_unit().await;
     let _: Result<u8, AppError> = c.fallible_core().await;
     let _: Result<Reply, RpcError> = c.alias().await;
-    let _: Result<std::io::Result<u8>, RpcError> = c.io_result().await;
+    let _: Result<io::Result<u8>, RpcError> = c.io_result().await;
     let _: Result<Option<Result<u8, String>>, RpcError> = c.nested().await;
     let _: Result<u128, RpcError> = c.many(1, 2, 3, 4, 5, 6, 7, 8).await;
 }
