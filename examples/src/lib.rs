@@ -146,11 +146,10 @@ impl QueueError {
     }
 }
 
-// TEMP: `rpc_macros::service` until rpc-core's re-export is restored; then `rpc_core::service`.
 /// Management and use of work queues.
 ///
 /// Queue names are 1 to 64 characters from `A-Z a-z 0-9 - _ .`.
-#[rpc_macros::service]
+#[rpc_core::service]
 pub trait WorkQueues {
     /// Creates a queue in the stopped state.
     async fn create(&self, name: String) -> Result<QueueInfo, QueueError>;

@@ -84,8 +84,22 @@ fn taken(t: &Option<(u64, WorkItem)>) -> String {
 ///
 /// The first call whose outcome differs from the script's expectation.
 pub async fn run(client: &WorkQueuesClient) -> Result<(), SessionError> {
-    let q = || QUEUE.to_owned();
+    scenario(client).await?;
+    typed_errors(client).await?;
+    stopped_queue_accumulates(client).await?;
+    start_and_take(client).await?;
+    waiting_worker(client).await?;
+    deadline(client).await?;
+    concurrent_calls(client).await?;
+    clean_up(client).await
+}
 
+fn q() -> String {
+    QUEUE.to_owned()
+}
+
+/// The seed article's scenario, step by step.
+async fn scenario(client: &WorkQueuesClient) -> Result<(), SessionError> {
     println!("Scenario: create a work queue");
     println!("  given the work queue does not exist");
     match client.delete(q()).await {
@@ -99,16 +113,20 @@ pub async fn run(client: &WorkQueuesClient) -> Result<(), SessionError> {
     println!("  then the work queue will be created, and stopped");
     let all = client.list().await?;
     show("list()", format_args!("{} queue(s): {}", all.len(), names(&all)));
-    ensure(info.state == QueueState::Stopped && all.iter().any(|i| i.name == QUEUE), "create", &all)?;
+    ensure(info.state == QueueState::Stopped && all.iter().any(|i| i.name == QUEUE), "create", &all)
+}
 
+async fn typed_errors(client: &WorkQueuesClient) -> Result<(), SessionError> {
     println!("\nErrors are typed values, not strings to parse");
     expect_err(format!("create({QUEUE:?}) again"), client.create(q()).await, |e| {
         matches!(e, QueueError::AlreadyExists { .. })
     })?;
     expect_err("create(\"no spaces\")".into(), client.create("no spaces".into()).await, |e| {
         matches!(e, QueueError::InvalidName { .. })
-    })?;
+    })
+}
 
+async fn stopped_queue_accumulates(client: &WorkQueuesClient) -> Result<(), SessionError> {
     println!("\nA stopped queue accumulates work");
     for photo in ["photo-1.jpg", "photo-2.jpg"] {
         let work = item("resize", photo);
@@ -117,15 +135,23 @@ pub async fn run(client: &WorkQueuesClient) -> Result<(), SessionError> {
     }
     expect_err(format!("take_work({QUEUE:?}, 0)"), client.take_work(q(), 0).await, |e| {
         matches!(e, QueueError::Stopped { .. })
-    })?;
+    })
+}
 
+async fn start_and_take(client: &WorkQueuesClient) -> Result<(), SessionError> {
     println!("\nStart it; work comes out oldest first");
     show(format!("start({QUEUE:?})"), client.start(q()).await?);
-    for _ in 0..3 {
+    for expected in [Some("photo-1.jpg"), Some("photo-2.jpg"), None] {
         let t = client.take_work(q(), 0).await?;
         show(format!("take_work({QUEUE:?}, 0)"), taken(&t));
+        let payload = t.as_ref().map(|(_, item)| item.payload.as_slice());
+        ensure(payload == expected.map(str::as_bytes), "take_work", &t)?;
     }
+    Ok(())
+}
 
+/// A take that waits, and the add that satisfies it, in flight together on one connection.
+async fn waiting_worker(client: &WorkQueuesClient) -> Result<(), SessionError> {
     println!("\nA worker waits for work; calls share one connection");
     let start = Instant::now();
     let (t, added) = tokio::join!(client.take_work(q(), 2_000), async {
@@ -137,40 +163,49 @@ pub async fn run(client: &WorkQueuesClient) -> Result<(), SessionError> {
         format!("take_work({QUEUE:?}, 2000), add 100 ms later"),
         format_args!("{} after {} ms", taken(&t), start.elapsed().as_millis()),
     );
-    ensure(t.as_ref().map(|(id, _)| *id) == Some(added), "waiting take_work", &t)?;
+    ensure(t.as_ref().map(|(id, _)| *id) == Some(added), "waiting take_work", &t)
+}
 
+async fn deadline(client: &WorkQueuesClient) -> Result<(), SessionError> {
     println!("\nDeadlines: every call has one, and the server drops the call when it passes");
     let start = Instant::now();
+    // The queue is empty, so this take would wait 5 s; its 50 ms deadline ends it first.
     let result = client.with_timeout(Duration::from_millis(50)).take_work(q(), 5_000).await;
     let call = format!("with_timeout(50 ms).take_work({QUEUE:?}, 5000)");
     match result {
         Err(QueueError::Rpc(e @ RpcError::DeadlineExceeded { .. })) => {
             show(call, format_args!("{e} (after {} ms)", start.elapsed().as_millis()));
+            Ok(())
         }
-        other => return Err(SessionError::Unexpected { step: call, got: format!("{other:?}") }),
+        other => Err(SessionError::Unexpected { step: call, got: format!("{other:?}") }),
     }
+}
 
+async fn concurrent_calls(client: &WorkQueuesClient) -> Result<(), SessionError> {
     println!("\n100 concurrent calls on one connection");
     let start = Instant::now();
     let mut calls = JoinSet::new();
     for n in 0..100 {
-        // Clones share the connection; each call is a separate task.
+        // Clones share the connection; each call runs as its own task.
         let client = client.clone();
-        calls.spawn(async move { client.add_work(QUEUE.to_owned(), item("thumbnail", &format!("page-{n}"))).await });
+        calls.spawn(async move { client.add_work(q(), item("thumbnail", &format!("page-{n}"))).await });
     }
     let mut ids = Vec::with_capacity(100);
     while let Some(id) = calls.join_next().await {
         ids.push(id.expect("add_work task panicked")?);
     }
+    let elapsed = start.elapsed();
     ids.sort_unstable();
     ids.dedup();
-    let elapsed = start.elapsed();
+    ensure(ids.len() == 100, "100 x add_work", &ids)?;
     show(
         "100 x add_work, all in flight at once",
-        format_args!("{} distinct ids {}..={} in {:.1} ms", ids.len(), ids[0], ids[ids.len() - 1], ms(elapsed)),
+        format_args!("{} distinct ids {}..={} in {:.1} ms", ids.len(), ids[0], ids[99], ms(elapsed)),
     );
-    ensure(ids.len() == 100, "100 x add_work", &ids)?;
+    Ok(())
+}
 
+async fn clean_up(client: &WorkQueuesClient) -> Result<(), SessionError> {
     println!("\nList, stop, and clean up");
     for info in client.list().await? {
         show("list()", info);

@@ -150,7 +150,6 @@ fn demo_runs_client_and_server_as_two_processes() {
     for text in [
         "[server] listening on wq-demo-",
         "(a separate process)",
-        "(the pid from the handshake is the child process this demo started)",
         "-> jobs (stopped, 0 pending, 0 taken)",
         "ERROR already-exists: queue `jobs` already exists",
         "ERROR stopped: queue `jobs` is stopped",

@@ -73,6 +73,12 @@ impl ClientConfig {
         self.max_message = bytes;
         self
     }
+    /// Sets [`handshake_timeout`](Self::handshake_timeout).
+    #[must_use]
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.handshake_timeout = t;
+        self
+    }
     /// Sets [`codec`](Self::codec).
     #[must_use]
     pub fn codec(mut self, codec: Codec) -> Self {
@@ -111,7 +117,7 @@ pub struct PeerInfo {
 pub(crate) type Reply<Resp> = oneshot::Sender<Result<Resp, RpcError>>;
 
 pub(crate) enum Command<Req, Resp> {
-    Call { id: u64, timeout: Duration, body: Req, reply: Reply<Resp> },
+    Call { id: u64, deadline: Instant, timeout: Duration, body: Req, reply: Reply<Resp> },
     Cancel { id: u64 },
     Close,
 }
@@ -209,24 +215,16 @@ impl<Req, Resp> Channel<Req, Resp> {
         }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, response) = oneshot::channel();
-        let sent =
-            shared.commands.send(Command::Call { id, timeout: deadline.saturating_duration_since(now), body, reply });
-        if sent.is_err() {
+        // The driver enforces the deadline (one timer per connection, not one per call)
+        // and always answers: with the response, an error, or `DeadlineExceeded`.
+        let timeout = deadline.saturating_duration_since(now);
+        if shared.commands.send(Command::Call { id, deadline, timeout, body, reply }).is_err() {
             return Err(self.closed_error());
         }
         let mut guard = CancelOnDrop { commands: &shared.commands, id, armed: true };
-        match tokio::time::timeout_at(deadline.into(), response).await {
-            Ok(Ok(result)) => {
-                guard.armed = false;
-                result
-            }
-            Ok(Err(_)) => {
-                guard.armed = false;
-                Err(self.closed_error())
-            }
-            // The guard tells the server to stop the handler.
-            Err(_) => Err(RpcError::DeadlineExceeded { timeout: deadline.saturating_duration_since(now) }),
-        }
+        let result = response.await;
+        guard.armed = false;
+        result.unwrap_or_else(|_| Err(self.closed_error()))
     }
 
     /// Closes the connection now. Calls in flight fail with [`RpcError::Cancelled`];
@@ -257,7 +255,8 @@ impl<Req, Resp> Channel<Req, Resp> {
     }
 }
 
-/// Tells the driver (and through it the server) that nobody waits for call `id` any more.
+/// Tells the driver (and through it the server) that nobody waits for call `id` any more:
+/// the caller dropped the call's future.
 struct CancelOnDrop<'a, Req, Resp> {
     commands: &'a mpsc::UnboundedSender<Command<Req, Resp>>,
     id: u64,

@@ -20,7 +20,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 
 use bincode::Options;
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// A serialization format for frames.
@@ -65,24 +65,39 @@ impl Codec {
     }
 
     /// Encodes `item`, refusing to build anything larger than `limit` bytes.
-    pub fn encode<T: Serialize + ?Sized>(self, item: &T, limit: usize) -> Result<Vec<u8>, EncodeError> {
+    pub fn encode<T: Serialize + ?Sized>(self, item: &T, limit: usize) -> Result<Bytes, EncodeError> {
+        self.encode_into(item, limit, &mut BytesMut::new())
+    }
+
+    /// Encodes `item` at the end of `buf` and splits it off. Once the returned `Bytes` is
+    /// dropped, `buf` can reuse the same memory for the next frame: no allocation (and, for
+    /// large frames, no fresh page faults) per message.
+    fn encode_into<T: Serialize + ?Sized>(
+        self,
+        item: &T,
+        limit: usize,
+        buf: &mut BytesMut,
+    ) -> Result<Bytes, EncodeError> {
+        let serde = |e: &dyn std::fmt::Display| EncodeError::Serde(e.to_string());
+        // The exact size first: an oversized message is refused before it is built, with
+        // its real size in the error. (bincode walks the value this way anyway when a limit
+        // is set; for byte buffers the walk is O(1).)
         let size = match self {
-            Codec::Bincode => Self::bincode().serialized_size(item).map_err(|e| EncodeError::Serde(e.to_string()))?,
-            Codec::Postcard => {
-                postcard::experimental::serialized_size(item).map_err(|e| EncodeError::Serde(e.to_string()))? as u64
-            }
+            Codec::Bincode => Self::bincode().serialized_size(item).map_err(|e| serde(&e))?,
+            Codec::Postcard => postcard::experimental::serialized_size(item).map_err(|e| serde(&e))? as u64,
         };
         if size > limit as u64 {
             return Err(EncodeError::TooLarge(TooLarge { size, limit: limit as u64 }));
         }
+        buf.reserve(size as usize);
+        let writer = (&mut *buf).writer();
         match self {
-            Codec::Bincode => {
-                let mut out = Vec::with_capacity(size as usize);
-                Self::bincode().serialize_into(&mut out, item).map_err(|e| EncodeError::Serde(e.to_string()))?;
-                Ok(out)
+            Codec::Bincode => Self::bincode().serialize_into(writer, item).map_err(|e| serde(&e))?,
+            Codec::Postcard => {
+                postcard::to_io(item, writer).map_err(|e| serde(&e))?;
             }
-            Codec::Postcard => postcard::to_allocvec(item).map_err(|e| EncodeError::Serde(e.to_string())),
         }
+        Ok(buf.split().freeze())
     }
 
     /// Decodes one complete value; trailing bytes are an error.
@@ -160,13 +175,15 @@ impl<'de, T: Deserialize<'de>, H> Deserialize<'de> for Inbound<T, H> {
 pub struct FrameCodec<H> {
     codec: Codec,
     send_limit: usize,
+    /// Reused for every frame encoded (see [`Codec::encode_into`]).
+    buf: BytesMut,
     _head: PhantomData<fn() -> H>,
 }
 
 impl<H> FrameCodec<H> {
     /// A codec that refuses to encode messages over `send_limit` bytes.
     pub fn new(codec: Codec, send_limit: usize) -> Self {
-        FrameCodec { codec, send_limit, _head: PhantomData }
+        FrameCodec { codec, send_limit, buf: BytesMut::new(), _head: PhantomData }
     }
 }
 
@@ -174,9 +191,9 @@ impl<T: Serialize, H> tokio_serde::Serializer<T> for FrameCodec<H> {
     type Error = io::Error;
 
     fn serialize(self: Pin<&mut Self>, item: &T) -> Result<Bytes, io::Error> {
-        self.codec
-            .encode(item, self.send_limit)
-            .map(Bytes::from)
+        let this = self.get_mut();
+        this.codec
+            .encode_into(item, this.send_limit, &mut this.buf)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
     }
 }
@@ -256,7 +273,7 @@ mod tests {
     #[test]
     fn trailing_bytes_are_rejected() {
         for c in [Codec::Bincode, Codec::Postcard] {
-            let mut bytes = c.encode(&5u32, 100).unwrap();
+            let mut bytes = c.encode(&5u32, 100).unwrap().to_vec();
             bytes.push(0);
             assert!(c.decode::<u32>(&bytes).is_err(), "{c:?}");
         }

@@ -107,6 +107,7 @@
 pub mod client;
 pub mod codec;
 pub mod context;
+mod deadlines;
 pub mod error;
 mod handshake;
 pub mod server;

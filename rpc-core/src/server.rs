@@ -93,6 +93,18 @@ impl ServerConfig {
         self.max_message = bytes;
         self
     }
+    /// Sets [`max_deadline`](Self::max_deadline).
+    #[must_use]
+    pub fn max_deadline(mut self, d: Duration) -> Self {
+        self.max_deadline = d;
+        self
+    }
+    /// Sets [`handshake_timeout`](Self::handshake_timeout).
+    #[must_use]
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
     /// Sets [`shutdown_grace`](Self::shutdown_grace).
     #[must_use]
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
@@ -202,6 +214,15 @@ impl<S: Service> BoundServer<S> {
     /// Serves until `signal` completes (or the shutdown handle fires), then shuts down
     /// gracefully: stop accepting and release the name, let calls in flight finish
     /// within the grace period, then close every connection.
+    ///
+    /// ## Platform-specific behavior
+    ///
+    /// On Unix the socket file is removed as soon as the shutdown starts, so new clients
+    /// see "not running" and a replacement server can bind the name while this one
+    /// drains. On Windows a pipe name lives as long as any of its instances, including
+    /// the connected ones being drained: until they close, new clients see the pipe as
+    /// busy (and keep retrying within their connect timeout), and a replacement server
+    /// cannot bind the name.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
         let BoundServer { listener, service, config, shutdown } = self;
         let config = Arc::new(config);

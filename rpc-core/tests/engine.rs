@@ -342,11 +342,11 @@ async fn malformed_request_gets_bad_request_and_the_connection_goes_on() {
         let bad = Codec::Bincode
             .encode(&ClientFrame::Call { id: 41, timeout_us: 1_000_000, body: (99u32, 1u8) }, 1 << 20)
             .unwrap();
-        framed.send(Bytes::from(bad)).await.unwrap();
+        framed.send(bad).await.unwrap();
         let good = Codec::Bincode
             .encode(&ClientFrame::Call { id: 42, timeout_us: 1_000_000, body: Req::Echo(vec![1, 2]) }, 1 << 20)
             .unwrap();
-        framed.send(Bytes::from(good)).await.unwrap();
+        framed.send(good).await.unwrap();
         let f1: ServerFrame<Resp> = Codec::Bincode.decode(&framed.next().await.unwrap().unwrap()).unwrap();
         let f2: ServerFrame<Resp> = Codec::Bincode.decode(&framed.next().await.unwrap().unwrap()).unwrap();
         match f1 {

@@ -20,6 +20,7 @@
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --quick   # tiny counts, for CI (< 20 s)
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --check   # exit 1 if a bar is missed
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --only rpc  # one mode (e.g. for profiling)
+//! cargo bench -p pipe-rpc-tests --bench pipe -- --only rpc --pipelined-only  # profile one path
 //! ```
 //!
 //! Every reply is checked (length and content) so a broken path cannot pass as a fast one.
@@ -36,7 +37,7 @@ use futures::stream::FuturesUnordered;
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::sync::{Semaphore, oneshot};
-use transport_pipe::{ConnectOptions, PipeListener, PipeName, PipeStream};
+use transport_pipe::{ConnectOptions, PipeListener, PipeStream};
 
 /// Calls in flight in the pipelined workload.
 const WINDOW: usize = 128;
@@ -110,7 +111,11 @@ fn main() -> ExitCode {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .map(|m| Mode::parse(m).unwrap_or_else(|| panic!("--only: unknown mode `{m}`")));
-    let counts = if quick { QUICK } else { FULL };
+    let mut counts = if quick { QUICK } else { FULL };
+    // `--pipelined-only`: for profiling the pipelined path (the other workloads are skipped).
+    if args.iter().any(|a| a == "--pipelined-only") {
+        counts = Counts { seq_warmup: 0, seq: 0, bulk_warmup: 0, bulk: 0, ..counts };
+    }
     let modes: Vec<Mode> = Mode::ALL.into_iter().filter(|m| only.is_none_or(|o| o == *m)).collect();
 
     println!(
@@ -292,9 +297,11 @@ fn run_mode(mode: Mode, counts: Counts) -> Figures {
 }
 
 async fn workloads(c: &mut impl BenchClient, counts: Counts) -> Figures {
-    let (seq_p50_us, seq_p99_us) = sequential(c, counts.seq_warmup, counts.seq).await;
+    // A workload with no calls is skipped (`--pipelined-only`) and reports NaN.
+    let (seq_p50_us, seq_p99_us) =
+        if counts.seq == 0 { (f64::NAN, f64::NAN) } else { sequential(c, counts.seq_warmup, counts.seq).await };
     let pipelined_calls_per_s = pipelined(c, counts.pipelined_warmup, counts.pipelined).await;
-    let bulk_gb_per_s = bulk(c, counts.bulk_warmup, counts.bulk).await;
+    let bulk_gb_per_s = if counts.bulk == 0 { f64::NAN } else { bulk(c, counts.bulk_warmup, counts.bulk).await };
     Figures { seq_p50_us, seq_p99_us, pipelined_calls_per_s, bulk_gb_per_s }
 }
 
@@ -370,17 +377,23 @@ where
 // Payloads and reply checks
 // ---------------------------------------------------------------------------------------------
 
-/// 16 bytes that differ per call, so a reply to the wrong call is caught.
-fn small_payload(i: usize) -> Vec<u8> {
+/// 16 bytes that differ per call, so a reply to the wrong call is caught. On the stack:
+/// the harness should not allocate where it does not have to (checks run on every reply).
+fn small_bytes(i: usize) -> [u8; SMALL] {
     let i = i as u64;
-    let mut v = vec![0; SMALL];
-    v[..8].copy_from_slice(&i.to_le_bytes());
-    v[8..].copy_from_slice(&(!i).to_le_bytes());
-    v
+    let mut b = [0; SMALL];
+    b[..8].copy_from_slice(&i.to_le_bytes());
+    b[8..].copy_from_slice(&(!i).to_le_bytes());
+    b
+}
+
+/// The owned request the RPC APIs take.
+fn small_payload(i: usize) -> Vec<u8> {
+    small_bytes(i).to_vec()
 }
 
 fn check_small(reply: &[u8], i: usize) {
-    assert!(reply == small_payload(i), "call {i}: wrong reply {reply:?}");
+    assert!(reply == small_bytes(i), "call {i}: wrong reply {reply:?}");
 }
 
 fn bulk_byte(p: usize) -> u8 {
@@ -506,7 +519,7 @@ impl BenchClient for RawClient {
                     }
                 };
                 permit.forget();
-                put_frame(wr, out, &small_payload(i)).await.expect("raw: write");
+                put_frame(wr, out, &small_bytes(i)).await.expect("raw: write");
             }
             flush_frames(wr, out).await.expect("raw: write");
         };
@@ -751,6 +764,7 @@ impl ServerProcess {
         match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(line) if line.trim() == "ready" => server,
             Ok(line) => {
+                let _ = server.child.kill();
                 let status = server.child.wait();
                 panic!("{} server did not start: said {line:?}, exit {status:?}", mode.name())
             }
@@ -768,28 +782,12 @@ impl Drop for ServerProcess {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             match self.child.try_wait() {
-                Ok(Some(_)) => return self.remove_lock_file(),
+                Ok(Some(_)) => return,
                 Ok(None) => std::thread::sleep(Duration::from_millis(5)),
                 Err(_) => break,
             }
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-impl ServerProcess {
-    /// transport-pipe leaves `<socket>.lock` behind by design (deleting lock files races with
-    /// other binders). Our names are unique to this process and the server has exited, so
-    /// nobody else can want this one; remove it rather than leave one file per run behind.
-    fn remove_lock_file(&self) {
-        if !cfg!(unix) {
-            return;
-        }
-        if let Ok(path) = PipeName::new(self.name.as_str()).resolve() {
-            let mut lock = path.into_os_string();
-            lock.push(".lock");
-            let _ = std::fs::remove_file(lock);
-        }
     }
 }

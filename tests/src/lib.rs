@@ -136,8 +136,7 @@ impl TagStats {
 }
 
 /// The service of the test server.
-// TEMP: `rpc_macros::service` until rpc-core re-exports it as `rpc_core::service` again.
-#[rpc_macros::service]
+#[rpc_core::service]
 pub trait Probe {
     /// Does nothing: the unit shape.
     async fn unit(&self);
@@ -494,7 +493,11 @@ impl ServerProcess {
         stdin.flush().await.expect("flush the server's stdin");
         // Keep the pipe open: closing it is also a shutdown request, but say it once.
         self.stdin = Some(stdin);
-        assert!(self.wait_for_line("shutting-down").await, "the server exited without `shutting-down`: {:?}", self.stdout);
+        assert!(
+            self.wait_for_line("shutting-down").await,
+            "the server exited without `shutting-down`: {:?}",
+            self.stdout
+        );
     }
 
     /// Closes the server's stdin, which it takes as a shutdown request (as when the test
@@ -527,6 +530,28 @@ impl ServerProcess {
         };
         ServerExit { status, stdout: std::mem::take(&mut self.stdout), stderr }
     }
+}
+
+/// True when running as a Windows program under wine (the suite also runs there), whose
+/// named pipes differ from Windows in a few documented ways; tests that depend on them
+/// skip with a printed reason.
+pub fn under_wine() -> bool {
+    cfg!(windows)
+        && (std::env::var_os("WINEPREFIX").is_some()
+            || std::env::var_os("WINELOADER").is_some()
+            || std::path::Path::new(r"C:\windows\system32\winecfg.exe").exists())
+}
+
+/// If [`under_wine`], prints why the calling test is skipped and returns true: use as
+/// `if skip_under_wine("reason") { return; }`.
+pub fn skip_under_wine(reason: &str) -> bool {
+    let skip = under_wine();
+    if skip {
+        // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED under wine: {reason}");
+    }
+    skip
 }
 
 /// True if `e` is [`rpc_core::TransportError::Disconnected`].

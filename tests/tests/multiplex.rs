@@ -44,7 +44,11 @@ async fn a_thousand_concurrent_calls_on_one_connection() {
         assert!(out_of_order > 0, "every call completed in issue order");
         // The server ran many sleeps at once.
         let stats = c.stats(SLEEP_TAG).await.unwrap();
-        assert_eq!((stats.started, stats.finished, stats.dropped_unfinished, stats.running), (250, 250, 0, 0), "{stats:?}");
+        assert_eq!(
+            (stats.started, stats.finished, stats.dropped_unfinished, stats.running),
+            (250, 250, 0, 0),
+            "{stats:?}"
+        );
         assert!(stats.max_concurrent > 1, "the server never ran two calls of one connection at once: {stats:?}");
     })
     .await;

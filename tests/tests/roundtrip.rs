@@ -2,9 +2,7 @@
 
 use std::collections::HashMap;
 
-use pipe_rpc_tests::{
-    ProbeError, ServerProcess, Shape, connect, pattern_byte, sample_record, unique_name, watchdog,
-};
+use pipe_rpc_tests::{ProbeError, ServerProcess, Shape, connect, pattern_byte, sample_record, unique_name, watchdog};
 use rpc_core::{Codec, RpcError};
 use serde_bytes::ByteBuf;
 

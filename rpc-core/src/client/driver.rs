@@ -5,13 +5,17 @@
 //! reading responses, or client and server can deadlock each waiting for the other to
 //! read), and one poll drains everything that is ready in both directions before a
 //! single flush, which is what batches many pipelined calls into few writes.
+//!
+//! Calls' deadlines are enforced here, behind one timer per connection (see
+//! [`DeadlineQueue`]), rather than by a timer in each caller: per-call timers were a fifth
+//! of a pipelined client's time.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -21,12 +25,13 @@ use transport_pipe::Transport;
 
 use super::{Command, Reply};
 use crate::codec::{EncodeError, FrameCodec, Inbound, encode_error};
+use crate::deadlines::{DeadlineQueue, IdMap};
 use crate::error::{Direction, RpcError, ServerErrorKind, TransportError, connection_error};
 use crate::handshake::Negotiated;
 use crate::wire::{ClientFrame, ServerFrame, ServerHead};
 
-/// Items moved per direction before yielding to the runtime, so one busy connection
-/// cannot starve other tasks on the same worker.
+/// Items moved per direction in one pass, so one busy connection cannot starve other
+/// tasks on the same worker.
 const BUDGET: usize = 128;
 /// Passes over both directions per poll before yielding.
 const ROUNDS: usize = 8;
@@ -34,14 +39,30 @@ const ROUNDS: usize = 8;
 type ClientTransport<S, Req, Resp> =
     Transport<S, Inbound<ServerFrame<Resp>, ServerHead>, ClientFrame<Req>, FrameCodec<ServerHead>>;
 
+/// A call whose caller still waits.
+struct Pending<Resp> {
+    reply: Reply<Resp>,
+    deadline: Instant,
+    /// The time the caller gave, for the `DeadlineExceeded` error.
+    timeout: Duration,
+    /// Whether its frame has been written (so a cancel must be sent too).
+    sent: bool,
+}
+
+/// A frame waiting for room in the pipe.
+enum Outgoing<Req> {
+    Call { id: u64, body: Req },
+    Cancel { id: u64 },
+}
+
 pub(crate) struct Driver<S, Req, Resp> {
-    /// Boxed so the connection is `Unpin` whatever the message types are.
+    /// Boxed so the driver is `Unpin` whatever the message types are.
     transport: Pin<Box<ClientTransport<S, Req, Resp>>>,
     commands: mpsc::UnboundedReceiver<Command<Req, Resp>>,
     commands_open: bool,
-    /// Calls written and not yet answered, with their timeouts (to report a server-side
-    /// expiry with the caller's own figure).
-    pending: HashMap<u64, (Reply<Resp>, Duration)>,
+    pending: IdMap<Pending<Resp>>,
+    outgoing: VecDeque<Outgoing<Req>>,
+    deadlines: DeadlineQueue,
     needs_flush: bool,
     closed: Arc<OnceLock<RpcError>>,
 }
@@ -63,16 +84,18 @@ where
             transport: Box::pin(transport_pipe::serde_transport(framed, codec)),
             commands,
             commands_open: true,
-            pending: HashMap::new(),
+            pending: IdMap::default(),
+            outgoing: VecDeque::new(),
+            deadlines: DeadlineQueue::new(),
             needs_flush: false,
             closed,
         }
     }
 
     fn complete(&mut self, id: u64, result: Result<Resp, RpcError>) {
-        if let Some((reply, _)) = self.pending.remove(&id) {
+        if let Some(p) = self.pending.remove(&id) {
             // The caller may have given up in the meantime; nothing to do then.
-            let _ = reply.send(result);
+            let _ = p.reply.send(result);
         }
     }
 
@@ -81,7 +104,7 @@ where
             Inbound::Frame(ServerFrame::Reply { id, body }) => self.complete(id, Ok(body)),
             Inbound::Frame(ServerFrame::Error { id, error }) => {
                 let err = if error.kind == ServerErrorKind::DeadlineExceeded {
-                    RpcError::DeadlineExceeded { timeout: self.pending.get(&id).map(|p| p.1).unwrap_or_default() }
+                    RpcError::DeadlineExceeded { timeout: self.pending.get(&id).map(|p| p.timeout).unwrap_or_default() }
                 } else {
                     RpcError::Server(error)
                 };
@@ -108,68 +131,100 @@ where
 
     fn on_command(&mut self, cmd: Command<Req, Resp>) -> Result<(), RpcError> {
         match cmd {
-            Command::Call { id, timeout, body, reply } => {
+            Command::Call { id, deadline, timeout, body, reply } => {
                 if reply.is_closed() {
                     return Ok(()); // the caller is gone already
                 }
-                let timeout_us = u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX);
-                let frame = ClientFrame::Call { id, timeout_us, body };
-                match self.transport.as_mut().start_send(frame) {
-                    Ok(()) => {
-                        self.pending.insert(id, (reply, timeout));
-                        self.needs_flush = true;
-                    }
-                    // Encoding failed before anything was written: only this call fails.
-                    Err(e) => match encode_error(&e) {
-                        Some(EncodeError::TooLarge(t)) => {
-                            let err = TransportError::MessageTooLarge {
-                                size: t.size,
-                                limit: t.limit,
-                                direction: Direction::Request,
-                            };
-                            let _ = reply.send(Err(err.into()));
-                        }
-                        Some(EncodeError::Serde(msg)) => {
-                            let err = TransportError::Protocol { detail: format!("cannot encode the request: {msg}") };
-                            let _ = reply.send(Err(err.into()));
-                        }
-                        None => return Err(connection_error(&e, "server").into()),
-                    },
-                }
+                self.pending.insert(id, Pending { reply, deadline, timeout, sent: false });
+                self.deadlines.push(deadline, id);
+                self.outgoing.push_back(Outgoing::Call { id, body });
             }
-            Command::Cancel { id } => {
-                if self.pending.remove(&id).is_some() {
-                    self.transport
-                        .as_mut()
-                        .start_send(ClientFrame::Cancel { id })
-                        .map_err(|e| RpcError::from(connection_error(&e, "server")))?;
-                    self.needs_flush = true;
-                }
-            }
+            Command::Cancel { id } => self.cancel(id),
             Command::Close => return Err(RpcError::Cancelled),
         }
         Ok(())
     }
 
+    /// Forgets a call; tells the server only if it has seen the call.
+    fn cancel(&mut self, id: u64) {
+        if let Some(p) = self.pending.remove(&id)
+            && p.sent
+        {
+            self.outgoing.push_back(Outgoing::Cancel { id });
+        }
+    }
+
+    /// Writes one queued frame, which `poll_ready` has made room for.
+    fn write(&mut self, out: Outgoing<Req>) -> Result<(), RpcError> {
+        let (id, frame) = match out {
+            Outgoing::Cancel { id } => (id, ClientFrame::Cancel { id }),
+            Outgoing::Call { id, body } => {
+                // Cancelled or expired while queued: nothing to send.
+                let Some(p) = self.pending.get_mut(&id) else { return Ok(()) };
+                p.sent = true;
+                // Time remaining now, not when the call was made: queueing counts.
+                let remaining = p.deadline.saturating_duration_since(Instant::now());
+                let timeout_us = u64::try_from(remaining.as_micros()).unwrap_or(u64::MAX);
+                (id, ClientFrame::Call { id, timeout_us, body })
+            }
+        };
+        let is_call = matches!(frame, ClientFrame::Call { .. });
+        match self.transport.as_mut().start_send(frame) {
+            Ok(()) => self.needs_flush = true,
+            // Encoding failed before anything was written: only this call fails.
+            Err(e) => {
+                let err: RpcError = match encode_error(&e) {
+                    Some(EncodeError::TooLarge(t)) if is_call => {
+                        TransportError::MessageTooLarge { size: t.size, limit: t.limit, direction: Direction::Request }
+                            .into()
+                    }
+                    Some(EncodeError::Serde(msg)) if is_call => {
+                        TransportError::Protocol { detail: format!("cannot encode the request: {msg}") }.into()
+                    }
+                    _ => return Err(connection_error(&e, "server").into()),
+                };
+                self.complete(id, Err(err));
+            }
+        }
+        Ok(())
+    }
+
+    fn expire(&mut self, deadline: Instant, id: u64) {
+        // Entries are removed lazily: only a call still waiting with this deadline expires.
+        if self.pending.get(&id).is_some_and(|p| p.deadline == deadline) {
+            let timeout = self.pending[&id].timeout;
+            // Tell the server to stop the handler, then fail the call.
+            self.cancel_then_fail(id, RpcError::DeadlineExceeded { timeout });
+        }
+    }
+
+    fn cancel_then_fail(&mut self, id: u64, err: RpcError) {
+        if let Some(p) = self.pending.remove(&id) {
+            if p.sent {
+                self.outgoing.push_back(Outgoing::Cancel { id });
+            }
+            let _ = p.reply.send(Err(err));
+        }
+    }
+
     /// Runs the connection; ends with why it ended ([`RpcError::Cancelled`] for a polite
     /// close: every handle dropped, or `close()` called).
     fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<RpcError> {
-        // Keep going while either direction moves (a response read may free a caller who
-        // queues the next call at once); after a few rounds, yield to other tasks.
+        // Keep going while anything moves (a response read may free a caller who queues
+        // the next call at once); after a few rounds, yield to other tasks.
         for _ in 0..ROUNDS {
             match self.poll_pass(cx) {
                 Poll::Ready(Ok(true)) => continue,
-                Poll::Ready(Ok(false)) => return Poll::Pending,
+                Poll::Ready(Ok(false)) | Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(e),
-                Poll::Pending => return Poll::Pending,
             }
         }
         cx.waker().wake_by_ref();
         Poll::Pending
     }
 
-    /// One pass over both directions: `Ready(Ok(made_progress))`, `Pending` while a
-    /// polite close is still flushing, `Ready(Err(why))` once the connection is over.
+    /// One pass over everything: `Ready(Ok(made_progress))`, `Pending` while a polite
+    /// close is still flushing, `Ready(Err(why))` once the connection is over.
     fn poll_pass(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, RpcError>> {
         let mut progress = false;
         for _ in 0..BUDGET {
@@ -186,14 +241,10 @@ where
                 Poll::Pending => break,
             }
         }
+        // Take calls off the queue even when the pipe is full, so their deadlines run.
         for _ in 0..BUDGET {
             if !self.commands_open {
                 break;
-            }
-            match self.transport.as_mut().poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(connection_error(&e, "server").into())),
-                Poll::Pending => break,
             }
             match self.commands.poll_recv(cx) {
                 Poll::Ready(Some(cmd)) => {
@@ -207,6 +258,26 @@ where
                 Poll::Pending => break,
             }
         }
+        let mut expired = Vec::new();
+        if self.deadlines.poll_expired(cx, |deadline, id| expired.push((deadline, id))) {
+            for (deadline, id) in expired {
+                self.expire(deadline, id);
+            }
+            progress = true;
+        }
+        if self.deadlines.needs_compaction(self.pending.len()) {
+            self.deadlines.rebuild(self.pending.iter().map(|(&id, p)| (p.deadline, id)));
+        }
+        while !self.outgoing.is_empty() {
+            match self.transport.as_mut().poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(connection_error(&e, "server").into())),
+                Poll::Pending => break,
+            }
+            let out = self.outgoing.pop_front().expect("outgoing is not empty");
+            self.write(out)?;
+            progress = true;
+        }
         if self.needs_flush {
             match self.transport.as_mut().poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.needs_flush = false,
@@ -214,7 +285,7 @@ where
                 Poll::Pending => {}
             }
         }
-        if !self.commands_open && self.pending.is_empty() {
+        if !self.commands_open && self.pending.is_empty() && self.outgoing.is_empty() {
             // Every handle is gone and nothing is owed: close politely.
             return match self.transport.as_mut().poll_close(cx) {
                 Poll::Pending => Poll::Pending,
@@ -244,8 +315,8 @@ where
                 tracing::debug!(error = %err, "client connection ended");
                 let _ = this.closed.set(err.clone());
                 // Fail everything still waiting now, not at its deadline.
-                for (_, (reply, _)) in this.pending.drain() {
-                    let _ = reply.send(Err(err.clone()));
+                for (_, p) in this.pending.drain() {
+                    let _ = p.reply.send(Err(err.clone()));
                 }
                 this.commands.close();
                 while let Ok(cmd) = this.commands.try_recv() {

@@ -5,7 +5,7 @@
 //! that stops reading responses stalls only its own connection, and a burst of pipelined
 //! requests is answered with one flush.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -24,6 +24,7 @@ use transport_pipe::Transport;
 use super::ServerConfig;
 use crate::codec::{EncodeError, FrameCodec, Inbound, encode_error};
 use crate::context::{self, Context as CallContext};
+use crate::deadlines::{DeadlineQueue, IdMap};
 use crate::error::{ServerError, ServerErrorKind, TransportError, connection_error, fmt_duration};
 use crate::handshake;
 use crate::service::{BoxFuture, Service};
@@ -59,7 +60,8 @@ where
         shutdown: Box::pin(shutdown.cancelled_owned()),
         draining: false,
         handlers: FuturesUnordered::new(),
-        aborts: HashMap::new(),
+        running: IdMap::default(),
+        deadlines: DeadlineQueue::new(),
         outbox: VecDeque::new(),
         needs_flush: false,
     }
@@ -81,7 +83,8 @@ struct Connection<IO, S: Service> {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     draining: bool,
     handlers: FuturesUnordered<Abortable<InFlight<S::Response>>>,
-    aborts: HashMap<u64, AbortHandle>,
+    running: IdMap<Running>,
+    deadlines: DeadlineQueue,
     /// Responses ready to write; bounded because a call counts against the in-flight
     /// limit until its response is written.
     outbox: VecDeque<ServerFrame<S::Response>>,
@@ -91,16 +94,13 @@ struct Connection<IO, S: Service> {
 enum Outcome<R> {
     Done(R),
     Panicked(String),
-    Expired(Duration),
 }
 
 pin_project_lite::pin_project! {
-    /// One running call: the handler, raced against its deadline.
+    /// One running call: the handler, in the call's context, with panics caught.
+    /// Its deadline is kept by the connection ([`DeadlineQueue`]), not here.
     struct InFlight<R> {
         id: u64,
-        timeout: Duration,
-        #[pin]
-        deadline: tokio::time::Sleep,
         #[pin]
         call: CatchUnwind<AssertUnwindSafe<tokio::task::futures::TaskLocalFuture<CallContext, BoxFuture<R>>>>,
     }
@@ -111,18 +111,21 @@ impl<R> Future for InFlight<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(result) = this.call.poll(cx) {
+        this.call.poll(cx).map(|result| {
             let outcome = match result {
                 Ok(r) => Outcome::Done(r),
                 Err(panic) => Outcome::Panicked(panic_message(panic.as_ref())),
             };
-            return Poll::Ready((*this.id, outcome));
-        }
-        match this.deadline.poll(cx) {
-            Poll::Ready(()) => Poll::Ready((*this.id, Outcome::Expired(*this.timeout))),
-            Poll::Pending => Poll::Pending,
-        }
+            (*this.id, outcome)
+        })
     }
+}
+
+/// What the connection keeps per running call.
+struct Running {
+    abort: AbortHandle,
+    deadline: Instant,
+    timeout: Duration,
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -156,15 +159,15 @@ where
                 if self.draining {
                     let detail = "the server is shutting down; the call was not started".to_owned();
                     self.refuse(id, ServerErrorKind::ShuttingDown, detail);
-                } else if self.aborts.contains_key(&id) {
+                } else if self.running.contains_key(&id) {
                     self.refuse(id, ServerErrorKind::BadRequest, format!("request id {id} is already in flight"));
                 } else {
                     self.start(id, timeout_us, body);
                 }
             }
             Inbound::Frame(ClientFrame::Cancel { id }) => {
-                if let Some(handle) = self.aborts.remove(&id) {
-                    handle.abort();
+                if let Some(r) = self.running.remove(&id) {
+                    r.abort.abort();
                 }
             }
             Inbound::Malformed { head: Some(ClientHead::Call { id }), error } => {
@@ -188,25 +191,34 @@ where
         let deadline = Instant::now() + timeout;
         let ctx = CallContext { deadline, request_id: id, method: S::method_name(&body) };
         let call = AssertUnwindSafe(context::scoped(ctx, self.service.call(body))).catch_unwind();
-        let (handle, registration) = AbortHandle::new_pair();
-        self.aborts.insert(id, handle);
-        self.handlers.push(Abortable::new(
-            InFlight { id, timeout, deadline: tokio::time::sleep_until(deadline.into()), call },
-            registration,
-        ));
+        let (abort, registration) = AbortHandle::new_pair();
+        self.running.insert(id, Running { abort, deadline, timeout });
+        self.deadlines.push(deadline, id);
+        self.handlers.push(Abortable::new(InFlight { id, call }, registration));
+    }
+
+    /// The deadline of a running call passed: stop the handler and say so, so a caller
+    /// whose own deadline is later (the server caps deadlines) does not wait in silence.
+    fn expire(&mut self, deadline: Instant, id: u64) {
+        // Entries are removed lazily: only a call still running with this deadline expires.
+        if self.running.get(&id).is_some_and(|r| r.deadline == deadline) {
+            let r = self.running.remove(&id).expect("checked above");
+            r.abort.abort();
+            let detail = format!("the call's deadline of {} passed on the server", fmt_duration(r.timeout));
+            self.outbox.push_back(ServerFrame::Error {
+                id,
+                error: ServerError::new(ServerErrorKind::DeadlineExceeded, detail),
+            });
+        }
     }
 
     fn on_outcome(&mut self, id: u64, outcome: Outcome<S::Response>) {
-        self.aborts.remove(&id);
+        self.running.remove(&id);
         let frame = match outcome {
             Outcome::Done(body) => ServerFrame::Reply { id, body },
             Outcome::Panicked(msg) => {
                 tracing::error!(id, panic = %msg, "handler panicked");
                 ServerFrame::Error { id, error: ServerError::new(ServerErrorKind::HandlerPanicked, msg) }
-            }
-            Outcome::Expired(t) => {
-                let detail = format!("the call's deadline of {} passed on the server", fmt_duration(t));
-                ServerFrame::Error { id, error: ServerError::new(ServerErrorKind::DeadlineExceeded, detail) }
             }
         };
         self.outbox.push_back(frame);
@@ -283,6 +295,17 @@ where
                 Poll::Ready(None) | Poll::Pending => break,
             }
         }
+        // Deadlines.
+        let mut expired = Vec::new();
+        if self.deadlines.poll_expired(cx, |deadline, id| expired.push((deadline, id))) {
+            for (deadline, id) in expired {
+                self.expire(deadline, id);
+            }
+            progress = true;
+        }
+        if self.deadlines.needs_compaction(self.running.len()) {
+            self.deadlines.rebuild(self.running.iter().map(|(&id, r)| (r.deadline, id)));
+        }
         // Responses.
         while !self.outbox.is_empty() {
             match self.transport.as_mut().poll_ready(cx) {
@@ -326,7 +349,7 @@ where
     }
 }
 
-// No field is ever pinned in place: the transport and the shutdown future are boxed, the
-// handlers live in `FuturesUnordered` (which pins them itself), and queued frames are
-// plain data.
+// No field is ever pinned in place: the transport, the shutdown future and the deadline
+// timer are boxed, the handlers live in `FuturesUnordered` (which pins them itself), and
+// queued frames are plain data.
 impl<IO, S: Service> Unpin for Connection<IO, S> {}

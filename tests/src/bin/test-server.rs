@@ -56,8 +56,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let bound = match Server::new(ProbeServer::new(ProbeImpl::default())).config(args.config).bind(args.name.as_str())
-    {
+    let bound = match Server::new(ProbeServer::new(ProbeImpl::default())).config(args.config).bind(args.name.as_str()) {
         Ok(b) => b,
         Err(e) => {
             let kind = match &e {

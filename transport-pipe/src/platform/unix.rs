@@ -283,7 +283,7 @@ fn io_error(name: &PipeName, addr: &Path, what: &str, e: io::Error) -> Error {
 fn name_in_use(name: &PipeName, addr: &Path) -> Error {
     Error::new(
         ErrorKind::NameInUse,
-        format!("another server is listening on pipe `{}` at {}", name.as_str(), addr.display()),
+        format!("name in use: another server is listening on pipe `{}` at {}", name.as_str(), addr.display()),
     )
     .with_name(name)
 }
@@ -408,7 +408,13 @@ pub(crate) async fn connect_once(addr: &Path) -> io::Result<Stream> {
 
 pub(crate) fn classify(e: &io::Error) -> ConnectFailure {
     match e.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ConnectFailure::NotRunning,
+        // A reset or abort during connect means the listener closed while our connection
+        // sat in its backlog: a server shutting down or restarting. Keep trying, as for a
+        // server that is not up yet.
+        io::ErrorKind::NotFound
+        | io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted => ConnectFailure::NotRunning,
         io::ErrorKind::WouldBlock => ConnectFailure::Busy,
         io::ErrorKind::PermissionDenied => ConnectFailure::PermissionDenied,
         _ => ConnectFailure::Other,
@@ -420,6 +426,15 @@ pub(crate) const BUSY_REASON: &str = "the server's listen backlog is full";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listener_closing_during_connect_counts_as_not_running() {
+        for kind in [io::ErrorKind::ConnectionReset, io::ErrorKind::ConnectionAborted, io::ErrorKind::ConnectionRefused]
+        {
+            assert_eq!(classify(&io::Error::from(kind)), ConnectFailure::NotRunning, "{kind:?}");
+        }
+        assert_eq!(classify(&io::Error::from(io::ErrorKind::WouldBlock)), ConnectFailure::Busy);
+    }
 
     #[test]
     fn sun_path_size_matches_the_platform() {

@@ -81,7 +81,7 @@ pub(crate) fn bind(name: &PipeName, addr: &Path, _opts: &ListenOptions) -> Resul
         Some(ERROR_ACCESS_DENIED | ERROR_PIPE_BUSY) => Error::new(
             ErrorKind::NameInUse,
             format!(
-                "another server is listening on pipe `{}` at {} (or another process holds \
+                "name in use: another server is listening on pipe `{}` at {} (or another process holds \
                      that pipe name)",
                 name.as_str(),
                 addr.display()
