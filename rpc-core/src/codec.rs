@@ -79,22 +79,31 @@ impl Codec {
         buf: &mut BytesMut,
     ) -> Result<Bytes, EncodeError> {
         let serde = |e: &dyn std::fmt::Display| EncodeError::Serde(e.to_string());
-        // The exact size first: an oversized message is refused before it is built, with
-        // its real size in the error. (bincode walks the value this way anyway when a limit
-        // is set; for byte buffers the walk is O(1).)
-        let size = match self {
-            Codec::Bincode => Self::bincode().serialized_size(item).map_err(|e| serde(&e))?,
-            Codec::Postcard => postcard::experimental::serialized_size(item).map_err(|e| serde(&e))? as u64,
-        };
-        if size > limit as u64 {
-            return Err(EncodeError::TooLarge(TooLarge { size, limit: limit as u64 }));
-        }
-        buf.reserve(size as usize);
-        let writer = (&mut *buf).writer();
+        buf.clear();
         match self {
-            Codec::Bincode => Self::bincode().serialize_into(writer, item).map_err(|e| serde(&e))?,
+            Codec::Bincode => {
+                // Write directly, stopping at the limit; the exact size is only computed
+                // (a second walk of the value) on the rare oversized path, for the error.
+                let writer = LimitedWriter { buf: &mut *buf, remaining: limit };
+                if let Err(e) = Self::bincode().serialize_into(writer, item) {
+                    buf.clear();
+                    return match *e {
+                        bincode::ErrorKind::Io(ref io) if io.kind() == io::ErrorKind::WriteZero => {
+                            let size = Self::bincode().serialized_size(item).map_err(|e| serde(&e))?;
+                            Err(EncodeError::TooLarge(TooLarge { size, limit: limit as u64 }))
+                        }
+                        ref other => Err(serde(other)),
+                    };
+                }
+            }
             Codec::Postcard => {
-                postcard::to_io(item, writer).map_err(|e| serde(&e))?;
+                // postcard has no bounded writer: size first, so nothing oversized is built.
+                let size = postcard::experimental::serialized_size(item).map_err(|e| serde(&e))? as u64;
+                if size > limit as u64 {
+                    return Err(EncodeError::TooLarge(TooLarge { size, limit: limit as u64 }));
+                }
+                buf.reserve(size as usize);
+                postcard::to_io(item, (&mut *buf).writer()).map_err(|e| serde(&e))?;
             }
         }
         Ok(buf.split().freeze())
@@ -120,6 +129,36 @@ impl Codec {
             Codec::Bincode => Self::bincode().allow_trailing_bytes().deserialize(bytes).ok(),
             Codec::Postcard => postcard::take_from_bytes(bytes).ok().map(|(v, _)| v),
         }
+    }
+}
+
+/// `io::Write` into a frame buffer that refuses to grow the frame past `remaining` bytes.
+///
+/// bincode writes each field separately, mostly 1 to 9 bytes; with every step inlined the
+/// compiler sees those lengths and copies without a `memcpy` call per field.
+struct LimitedWriter<'a> {
+    buf: &'a mut BytesMut,
+    remaining: usize,
+}
+
+impl io::Write for LimitedWriter<'_> {
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.write_all(bytes).map(|()| bytes.len())
+    }
+
+    #[inline(always)]
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.len() > self.remaining {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.remaining -= bytes.len();
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

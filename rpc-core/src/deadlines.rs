@@ -41,41 +41,39 @@ impl DeadlineQueue {
         self.heap.push(Reverse((deadline, id)));
     }
 
-    /// True when stale entries dominate: rebuild with [`Self::rebuild`].
-    pub(crate) fn needs_compaction(&self, live: usize) -> bool {
-        self.heap.len() > 2 * live + 1024
+    /// Rebuilds the heap from the owner's `live` calls when stale entries (left by calls
+    /// that completed) outnumber them, keeping memory proportional to calls in flight.
+    pub(crate) fn compact<I: Iterator<Item = (Instant, u64)>>(&mut self, live_len: usize, live: impl FnOnce() -> I) {
+        if self.heap.len() > 2 * live_len + 1024 {
+            self.heap = live().map(Reverse).collect();
+        }
     }
 
-    /// Replaces the entries with `live` ones.
-    pub(crate) fn rebuild(&mut self, live: impl Iterator<Item = (Instant, u64)>) {
-        self.heap = live.map(Reverse).collect();
-    }
-
-    /// Pops every entry whose deadline has passed, handing each to `expire`, and arms
-    /// the timer (registering `cx`) for the next one. Returns whether anything expired.
-    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>, mut expire: impl FnMut(Instant, u64)) -> bool {
-        let mut any = false;
+    /// Pops every entry whose deadline has passed and arms the timer (registering `cx`)
+    /// for the next one. The owner checks each `(deadline, id)` against its own table:
+    /// entries of calls that already completed are stale.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Vec<(Instant, u64)> {
+        let mut expired = Vec::new();
         loop {
             let Some(&Reverse((next, _))) = self.heap.peek() else {
                 self.armed = None;
-                return any;
+                return expired;
             };
             if self.armed != Some(next) {
                 self.timer.as_mut().reset(next.into());
                 self.armed = Some(next);
             }
             if self.timer.as_mut().poll(cx).is_pending() {
-                return any;
+                return expired;
             }
             // The timer fired: everything due by now goes.
             let now = Instant::now();
-            while let Some(&Reverse((deadline, id))) = self.heap.peek() {
-                if deadline > now {
+            while let Some(&Reverse(entry)) = self.heap.peek() {
+                if entry.0 > now {
                     break;
                 }
                 self.heap.pop();
-                expire(deadline, id);
-                any = true;
+                expired.push(entry);
             }
         }
     }
@@ -120,10 +118,12 @@ mod tests {
         q.push(t0 + Duration::from_millis(20), 2);
         let mut got = Vec::new();
         while got.len() < 3 {
-            std::future::poll_fn(|cx| {
-                if q.poll_expired(cx, |_, id| got.push(id)) { Poll::Ready(()) } else { Poll::Pending }
+            let batch = std::future::poll_fn(|cx| {
+                let expired = q.poll_expired(cx);
+                if expired.is_empty() { Poll::Pending } else { Poll::Ready(expired) }
             })
             .await;
+            got.extend(batch.into_iter().map(|(_, id)| id));
         }
         assert_eq!(got, [1, 2, 3]);
         assert!(Instant::now() >= t0 + Duration::from_millis(30));
@@ -138,9 +138,10 @@ mod tests {
         for id in 0..5000 {
             q.push(t, id);
         }
-        assert!(q.needs_compaction(10));
-        q.rebuild((0..10).map(|id| (t, id)));
-        assert!(!q.needs_compaction(10));
+        q.compact(10, || (0..10).map(|id| (t, id)));
+        assert_eq!(q.heap.len(), 10);
+        // Below the threshold nothing is rebuilt.
+        q.compact(0, std::iter::empty);
         assert_eq!(q.heap.len(), 10);
     }
 }

@@ -258,16 +258,11 @@ where
                 Poll::Pending => break,
             }
         }
-        let mut expired = Vec::new();
-        if self.deadlines.poll_expired(cx, |deadline, id| expired.push((deadline, id))) {
-            for (deadline, id) in expired {
-                self.expire(deadline, id);
-            }
+        for (deadline, id) in self.deadlines.poll_expired(cx) {
+            self.expire(deadline, id);
             progress = true;
         }
-        if self.deadlines.needs_compaction(self.pending.len()) {
-            self.deadlines.rebuild(self.pending.iter().map(|(&id, p)| (p.deadline, id)));
-        }
+        self.deadlines.compact(self.pending.len(), || self.pending.iter().map(|(&id, p)| (p.deadline, id)));
         while !self.outgoing.is_empty() {
             match self.transport.as_mut().poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}

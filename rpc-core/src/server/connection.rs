@@ -296,16 +296,11 @@ where
             }
         }
         // Deadlines.
-        let mut expired = Vec::new();
-        if self.deadlines.poll_expired(cx, |deadline, id| expired.push((deadline, id))) {
-            for (deadline, id) in expired {
-                self.expire(deadline, id);
-            }
+        for (deadline, id) in self.deadlines.poll_expired(cx) {
+            self.expire(deadline, id);
             progress = true;
         }
-        if self.deadlines.needs_compaction(self.running.len()) {
-            self.deadlines.rebuild(self.running.iter().map(|(&id, r)| (r.deadline, id)));
-        }
+        self.deadlines.compact(self.running.len(), || self.running.iter().map(|(&id, r)| (r.deadline, id)));
         // Responses.
         while !self.outbox.is_empty() {
             match self.transport.as_mut().poll_ready(cx) {
