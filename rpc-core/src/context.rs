@@ -50,3 +50,9 @@ pub(crate) fn scoped<F: std::future::Future>(
 ) -> tokio::task::futures::TaskLocalFuture<Context, F> {
     CURRENT.scope(ctx, fut)
 }
+
+/// Runs `f` with `ctx` as the current context: the server polls each new handler once
+/// inline this way, before deciding whether it needs a task slot of its own.
+pub(crate) fn sync_scoped<R>(ctx: Context, f: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(ctx, f)
+}

@@ -101,6 +101,12 @@
 //! and the server drops the handler when it passes. Dropping a call's future cancels the
 //! call on the server too. A call made from inside a handler never outlives the call
 //! being served ([`context::current`]).
+//!
+//! # Runtime
+//!
+//! Clients and servers run on tokio and need its I/O and time drivers (`#[tokio::main]`
+//! and `#[tokio::test]` enable both; with `runtime::Builder`, call `enable_all()`). Either
+//! runtime flavor works; each connection is one task on each side.
 
 #![warn(missing_docs)]
 

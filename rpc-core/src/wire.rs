@@ -34,8 +34,9 @@ pub enum ClientFrame<Req> {
     Call {
         /// Unique among this connection's calls in flight.
         id: u64,
-        /// Time the caller will wait, in microseconds from when the server reads the
-        /// frame. Relative, so the two processes' clocks never need to agree.
+        /// Time the caller waits, in microseconds; the server's deadline is this long
+        /// after it reads the frame, so never earlier than the caller's. Relative, so the
+        /// two processes' clocks never need to agree.
         timeout_us: u64,
         /// The service's request enum.
         body: Req,

@@ -153,7 +153,11 @@ where
         self.outbox.push_back(ServerFrame::Error { id, error: ServerError::new(kind, detail) });
     }
 
-    fn on_frame(&mut self, inbound: Inbound<ClientFrame<S::Request>, ClientHead>) -> Result<(), TransportError> {
+    fn on_frame(
+        &mut self,
+        inbound: Inbound<ClientFrame<S::Request>, ClientHead>,
+        cx: &mut Context<'_>,
+    ) -> Result<(), TransportError> {
         match inbound {
             Inbound::Frame(ClientFrame::Call { id, timeout_us, body }) => {
                 if self.draining {
@@ -162,7 +166,7 @@ where
                 } else if self.running.contains_key(&id) {
                     self.refuse(id, ServerErrorKind::BadRequest, format!("request id {id} is already in flight"));
                 } else {
-                    self.start(id, timeout_us, body);
+                    self.start(id, timeout_us, body, cx);
                 }
             }
             Inbound::Frame(ClientFrame::Cancel { id }) => {
@@ -186,11 +190,29 @@ where
         Ok(())
     }
 
-    fn start(&mut self, id: u64, timeout_us: u64, body: S::Request) {
+    fn start(&mut self, id: u64, timeout_us: u64, body: S::Request, cx: &mut Context<'_>) {
         let timeout = Duration::from_micros(timeout_us).min(self.config.max_deadline);
+        if timeout.is_zero() {
+            // The caller's deadline passed before the call reached us: nobody waits.
+            let detail = "the call's deadline had passed when it reached the server".to_owned();
+            self.refuse(id, ServerErrorKind::DeadlineExceeded, detail);
+            return;
+        }
         let deadline = Instant::now() + timeout;
         let ctx = CallContext { deadline, request_id: id, method: S::method_name(&body) };
-        let call = AssertUnwindSafe(context::scoped(ctx, self.service.call(body))).catch_unwind();
+        let mut call = self.service.call(body);
+        // Most handlers finish without waiting (in-memory work). Poll once right here and
+        // answer at once; only a handler that waits gets a task slot, an abort handle and
+        // a deadline entry. (If it waits, it registered this connection's waker, which is
+        // harmless: `FuturesUnordered` polls it again with its own waker.)
+        let first =
+            std::panic::catch_unwind(AssertUnwindSafe(|| context::sync_scoped(ctx.clone(), || call.as_mut().poll(cx))));
+        match first {
+            Ok(Poll::Ready(body)) => return self.outbox.push_back(ServerFrame::Reply { id, body }),
+            Err(panic) => return self.on_outcome(id, Outcome::Panicked(panic_message(panic.as_ref()))),
+            Ok(Poll::Pending) => {}
+        }
+        let call = AssertUnwindSafe(context::scoped(ctx, call)).catch_unwind();
         let (abort, registration) = AbortHandle::new_pair();
         self.running.insert(id, Running { abort, deadline, timeout });
         self.deadlines.push(deadline, id);
@@ -273,7 +295,7 @@ where
             }
             match self.transport.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let Err(e) = self.on_frame(frame) {
+                    if let Err(e) = self.on_frame(frame, cx) {
                         return Poll::Ready(Err(Err(e)));
                     }
                     progress = true;
