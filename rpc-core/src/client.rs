@@ -203,7 +203,7 @@ impl<Req, Resp> Channel<Req, Resp> {
     /// Makes one call and waits for its response, at most until its deadline.
     ///
     /// Dropping the returned future cancels the call: the server is told to stop the
-    /// handler. The deadline travels to the server as time remaining.
+    /// handler. The deadline travels to the server as a relative timeout.
     pub async fn call(&self, options: &CallOptions, body: Req) -> Result<Resp, RpcError> {
         let shared = &*self.shared;
         let timeout = options.timeout.unwrap_or(shared.config.default_timeout);

@@ -17,7 +17,7 @@ tokio::task_local! {
 #[non_exhaustive]
 pub struct Context {
     /// When the caller stops waiting. In process this is an absolute instant; on the wire
-    /// it travels as time remaining, so the two processes' clocks never need to agree.
+    /// it travels as a relative timeout, so the two processes' clocks never need to agree.
     pub deadline: Instant,
     /// The request id, unique among the calls in flight on one connection.
     pub request_id: u64,

@@ -97,7 +97,7 @@
 //! # Deadlines and cancellation
 //!
 //! Every call has a deadline ([`ClientConfig::default_timeout`], 10 s unless changed;
-//! per call with `FooClient::with_timeout`). It travels to the server as time remaining,
+//! per call with `FooClient::with_timeout`). It travels to the server as a relative timeout,
 //! and the server drops the handler when it passes. Dropping a call's future cancels the
 //! call on the server too. A call made from inside a handler never outlives the call
 //! being served ([`context::current`]).

@@ -103,8 +103,17 @@ async fn connect() -> WorkQueuesClient {
     WorkQueuesClient::from_channel(channel)
 }
 
+/// Fails the test instead of hanging it.
+async fn watchdog<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), f).await.expect("test hung: watchdog fired")
+}
+
 #[tokio::test]
 async fn round_trip() {
+    watchdog(round_trip_body()).await;
+}
+
+async fn round_trip_body() {
     let q = connect().await;
     let info = q.create("jobs".into()).await.unwrap();
     assert_eq!(info, QueueInfo { name: "jobs".into(), running: false });
@@ -122,6 +131,10 @@ async fn round_trip() {
 
 #[tokio::test]
 async fn timeouts_and_clones() {
+    watchdog(timeouts_and_clones_body()).await;
+}
+
+async fn timeouts_and_clones_body() {
     let q = connect().await;
     let quick = q.with_timeout(Duration::from_millis(50));
     assert!(matches!(quick.slow().await, Err(RpcError::DeadlineExceeded { .. })));
