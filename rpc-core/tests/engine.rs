@@ -412,3 +412,21 @@ async fn in_flight_limit_applies_backpressure_not_errors() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_client_that_never_speaks_is_dropped_at_the_handshake_timeout() {
+    watchdog(async {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = Server::new(Svc(Arc::default()))
+            .config(ServerConfig::default().handshake_timeout(Duration::from_millis(100)));
+        let t0 = std::time::Instant::now();
+        let ended = server.serve_connection(b).await;
+        match ended {
+            Err(TransportError::Protocol { detail }) => assert!(detail.contains("no handshake"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(t0.elapsed() >= Duration::from_millis(100), "{:?}", t0.elapsed());
+        drop(a); // held open (and silent) until here
+    })
+    .await;
+}
