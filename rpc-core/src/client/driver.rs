@@ -62,6 +62,8 @@ pub(crate) struct Driver<S, Req, Resp> {
     commands_open: bool,
     pending: IdMap<Pending<Resp>>,
     outgoing: VecDeque<Outgoing<Req>>,
+    /// Reused buffer for draining the command queue.
+    batch: Vec<Command<Req, Resp>>,
     deadlines: DeadlineQueue,
     needs_flush: bool,
     closed: Arc<OnceLock<RpcError>>,
@@ -86,6 +88,7 @@ where
             commands_open: true,
             pending: IdMap::default(),
             outgoing: VecDeque::new(),
+            batch: Vec::new(),
             deadlines: DeadlineQueue::new(),
             needs_flush: false,
             closed,
@@ -132,7 +135,7 @@ where
     fn on_command(&mut self, cmd: Command<Req, Resp>) -> Result<(), RpcError> {
         match cmd {
             Command::Call { id, deadline, timeout, body, reply } => {
-                if reply.is_closed() {
+                if reply.is_canceled() {
                     return Ok(()); // the caller is gone already
                 }
                 self.pending.insert(id, Pending { reply, deadline, timeout, sent: false });
@@ -242,22 +245,24 @@ where
                 Poll::Pending => break,
             }
         }
-        // Take calls off the queue even when the pipe is full, so their deadlines run.
-        for _ in 0..BUDGET {
-            if !self.commands_open {
-                break;
-            }
-            match self.commands.poll_recv(cx) {
-                Poll::Ready(Some(cmd)) => {
-                    self.on_command(cmd)?;
-                    progress = true;
-                }
-                Poll::Ready(None) => {
+        // Take calls off the queue even when the pipe is full, so their deadlines run; in
+        // batches, which costs fewer atomic operations than one receive per call.
+        if self.commands_open {
+            let mut batch = std::mem::take(&mut self.batch);
+            match self.commands.poll_recv_many(cx, &mut batch, BUDGET) {
+                Poll::Ready(0) => {
                     self.commands_open = false;
                     progress = true;
                 }
-                Poll::Pending => break,
+                Poll::Ready(_) => {
+                    progress = true;
+                    for cmd in batch.drain(..) {
+                        self.on_command(cmd)?;
+                    }
+                }
+                Poll::Pending => {}
             }
+            self.batch = batch;
         }
         for (deadline, id) in self.deadlines.poll_expired(cx) {
             self.expire(deadline, id);
