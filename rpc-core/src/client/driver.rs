@@ -142,19 +142,21 @@ where
                 self.deadlines.push(deadline, id);
                 self.outgoing.push_back(Outgoing::Call { id, body });
             }
-            Command::Cancel { id } => self.cancel(id),
+            Command::Cancel { id } => drop(self.cancel(id)),
             Command::Close => return Err(RpcError::Cancelled),
         }
         Ok(())
     }
 
     /// Forgets a call; tells the server only if it has seen the call.
-    fn cancel(&mut self, id: u64) {
-        if let Some(p) = self.pending.remove(&id)
-            && p.sent
-        {
+    /// Forgets a call, telling the server only if it has seen the call; returns the reply
+    /// slot so the caller can still be told why.
+    fn cancel(&mut self, id: u64) -> Option<Reply<Resp>> {
+        let p = self.pending.remove(&id)?;
+        if p.sent {
             self.outgoing.push_back(Outgoing::Cancel { id });
         }
+        Some(p.reply)
     }
 
     /// Writes one queued frame, which `poll_ready` has made room for.
@@ -195,19 +197,14 @@ where
 
     fn expire(&mut self, deadline: Instant, id: u64) {
         // Entries are removed lazily: only a call still waiting with this deadline expires.
-        if self.pending.get(&id).is_some_and(|p| p.deadline == deadline) {
-            let timeout = self.pending[&id].timeout;
+        if let Some(p) = self.pending.get(&id)
+            && p.deadline == deadline
+        {
+            let timeout = p.timeout;
             // Tell the server to stop the handler, then fail the call.
-            self.cancel_then_fail(id, RpcError::DeadlineExceeded { timeout });
-        }
-    }
-
-    fn cancel_then_fail(&mut self, id: u64, err: RpcError) {
-        if let Some(p) = self.pending.remove(&id) {
-            if p.sent {
-                self.outgoing.push_back(Outgoing::Cancel { id });
+            if let Some(reply) = self.cancel(id) {
+                let _ = reply.send(Err(RpcError::DeadlineExceeded { timeout }));
             }
-            let _ = p.reply.send(Err(err));
         }
     }
 

@@ -208,7 +208,7 @@ where
         let first =
             std::panic::catch_unwind(AssertUnwindSafe(|| context::sync_scoped(ctx.clone(), || call.as_mut().poll(cx))));
         match first {
-            Ok(Poll::Ready(body)) => return self.outbox.push_back(ServerFrame::Reply { id, body }),
+            Ok(Poll::Ready(body)) => return self.on_outcome(id, Outcome::Done(body)),
             Err(panic) => return self.on_outcome(id, Outcome::Panicked(panic_message(panic.as_ref()))),
             Ok(Poll::Pending) => {}
         }
@@ -223,10 +223,13 @@ where
     /// whose own deadline is later (the server caps deadlines) does not wait in silence.
     fn expire(&mut self, deadline: Instant, id: u64) {
         // Entries are removed lazily: only a call still running with this deadline expires.
-        if self.running.get(&id).is_some_and(|r| r.deadline == deadline) {
-            let r = self.running.remove(&id).expect("checked above");
+        if let Some(r) = self.running.get(&id)
+            && r.deadline == deadline
+        {
             r.abort.abort();
-            let detail = format!("the call's deadline of {} passed on the server", fmt_duration(r.timeout));
+            let timeout = r.timeout;
+            self.running.remove(&id);
+            let detail = format!("the call's deadline of {} passed on the server", fmt_duration(timeout));
             self.outbox.push_back(ServerFrame::Error {
                 id,
                 error: ServerError::new(ServerErrorKind::DeadlineExceeded, detail),
