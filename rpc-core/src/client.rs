@@ -8,19 +8,23 @@
 //!
 //! Generated clients (`{Trait}Client`) wrap a `Channel` and add one method per RPC.
 
+mod calls;
 mod driver;
 
+use calls::{Calls, CloseRequest};
+
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::channel::oneshot;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use transport_pipe::{ConnectOptions, PipeName};
 
 use crate::codec::Codec;
-use crate::error::{RpcError, TransportError};
+use crate::error::RpcError;
 use crate::service::ServiceId;
 
 /// Client settings. Start from `ClientConfig::default()` and change fields.
@@ -115,21 +119,12 @@ pub struct PeerInfo {
     pub codec: Codec,
 }
 
-pub(crate) type Reply<Resp> = oneshot::Sender<Result<Resp, RpcError>>;
-
-pub(crate) enum Command<Req, Resp> {
-    Call { id: u64, deadline: Instant, timeout: Duration, body: Req, reply: Reply<Resp> },
-    Cancel { id: u64 },
-    Close,
-}
-
 struct Shared<Req, Resp> {
-    commands: mpsc::UnboundedSender<Command<Req, Resp>>,
-    next_id: AtomicU64,
+    calls: Calls<Req, Resp>,
+    /// Live `Channel` handles; the last one to go asks the driver to close.
+    handles: AtomicUsize,
     config: ClientConfig,
     peer: PeerInfo,
-    /// Why the connection ended, once it has; later calls report this.
-    closed: Arc<std::sync::OnceLock<RpcError>>,
 }
 
 /// A connection to one service, shared by any number of concurrent calls.
@@ -143,13 +138,24 @@ pub struct Channel<Req, Resp> {
 
 impl<Req, Resp> Clone for Channel<Req, Resp> {
     fn clone(&self) -> Self {
+        self.shared.handles.fetch_add(1, Ordering::Relaxed);
         Channel { shared: self.shared.clone() }
+    }
+}
+
+impl<Req, Resp> Drop for Channel<Req, Resp> {
+    fn drop(&mut self) {
+        // The last handle: no call can be in flight (calls borrow a handle), so the
+        // driver may close as soon as what was queued is written.
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.calls.request_close(CloseRequest::Polite);
+        }
     }
 }
 
 impl<Req, Resp> std::fmt::Debug for Channel<Req, Resp> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel").field("peer", &self.shared.peer).field("closed", &self.shared.closed.get()).finish()
+        f.debug_struct("Channel").field("peer", &self.shared.peer).field("closed", &self.shared.calls.closed()).finish()
     }
 }
 
@@ -180,23 +186,18 @@ where
         let mut framed = transport_pipe::length_delimited(io, max);
         let negotiated =
             crate::handshake::client(&mut framed, service, config.codec, max, config.handshake_timeout).await?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let closed = Arc::new(std::sync::OnceLock::new());
-        let driver = driver::Driver::new(framed, negotiated, rx, closed.clone());
-        tokio::spawn(driver);
-        Ok(Channel {
-            shared: Arc::new(Shared {
-                commands: tx,
-                next_id: AtomicU64::new(1),
-                peer: PeerInfo {
-                    server_pid: negotiated.peer_pid,
-                    max_message: negotiated.send_limit,
-                    codec: negotiated.codec,
-                },
-                config,
-                closed,
-            }),
-        })
+        let shared = Arc::new(Shared {
+            calls: Calls::new(),
+            handles: AtomicUsize::new(1),
+            peer: PeerInfo {
+                server_pid: negotiated.peer_pid,
+                max_message: negotiated.send_limit,
+                codec: negotiated.codec,
+            },
+            config,
+        });
+        tokio::spawn(driver::Driver::new(framed, negotiated, shared.clone()));
+        Ok(Channel { shared })
     }
 }
 
@@ -214,29 +215,21 @@ impl<Req, Resp> Channel<Req, Resp> {
         if let Some(outer) = crate::context::current_deadline() {
             deadline = deadline.min(outer);
         }
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply, response) = oneshot::channel();
         // The driver enforces the deadline (one timer per connection, not one per call)
         // and always answers: with the response, an error, or `DeadlineExceeded`.
         let timeout = deadline.saturating_duration_since(now);
-        if shared.commands.send(Command::Call { id, deadline, timeout, body, reply }).is_err() {
-            return Err(self.closed_error());
-        }
-        let mut guard = CancelOnDrop { commands: &shared.commands, id, armed: true };
-        let result = response.await;
-        guard.armed = false;
-        result.unwrap_or_else(|_| Err(self.closed_error()))
+        CallFuture { calls: &shared.calls, start: Some((body, deadline, timeout)), id: None }.await
     }
 
     /// Closes the connection now. Calls in flight fail with [`RpcError::Cancelled`];
     /// later calls fail at once.
     pub fn close(&self) {
-        let _ = self.shared.commands.send(Command::Close);
+        self.shared.calls.request_close(CloseRequest::Now);
     }
 
     /// True once the connection has ended (closed, or the server went away).
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.get().is_some() || self.shared.commands.is_closed()
+        self.shared.calls.closed().is_some()
     }
 
     /// What the server announced in the handshake.
@@ -248,26 +241,47 @@ impl<Req, Resp> Channel<Req, Resp> {
     pub fn config(&self) -> &ClientConfig {
         &self.shared.config
     }
+}
 
-    fn closed_error(&self) -> RpcError {
-        self.shared.closed.get().cloned().unwrap_or_else(|| {
-            TransportError::Disconnected { detail: "the connection to the server has ended".into() }.into()
-        })
+/// One call: starts on its first poll, then waits for the driver to fill its slot in.
+/// Dropped before that, it gives the slot up and the server is told to stop the handler.
+struct CallFuture<'a, Req, Resp> {
+    calls: &'a Calls<Req, Resp>,
+    start: Option<(Req, Instant, Duration)>,
+    id: Option<u64>,
+}
+
+// The request is only ever moved, never pinned.
+impl<Req, Resp> Unpin for CallFuture<'_, Req, Resp> {}
+
+impl<Req, Resp> Future for CallFuture<'_, Req, Resp> {
+    type Output = Result<Resp, RpcError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some((body, deadline, timeout)) = this.start.take() {
+            // Starting registers this waker too: one lock, and the next poll is the wake.
+            return match this.calls.start(body, deadline, timeout, cx.waker()) {
+                Ok(id) => {
+                    this.id = Some(id);
+                    Poll::Pending
+                }
+                Err(e) => Poll::Ready(Err(e)),
+            };
+        }
+        let id = this.id.expect("CallFuture polled after completion");
+        let done = this.calls.poll_done(id, cx);
+        if done.is_ready() {
+            this.id = None;
+        }
+        done
     }
 }
 
-/// Tells the driver (and through it the server) that nobody waits for call `id` any more:
-/// the caller dropped the call's future.
-struct CancelOnDrop<'a, Req, Resp> {
-    commands: &'a mpsc::UnboundedSender<Command<Req, Resp>>,
-    id: u64,
-    armed: bool,
-}
-
-impl<Req, Resp> Drop for CancelOnDrop<'_, Req, Resp> {
+impl<Req, Resp> Drop for CallFuture<'_, Req, Resp> {
     fn drop(&mut self) {
-        if self.armed {
-            let _ = self.commands.send(Command::Cancel { id: self.id });
+        if let Some(id) = self.id {
+            self.calls.abandon(id);
         }
     }
 }

@@ -430,3 +430,153 @@ async fn a_client_that_never_speaks_is_dropped_at_the_handshake_timeout() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The client against a scripted server: handshake by hand, then frames chosen by the test.
+// ---------------------------------------------------------------------------------------------
+
+const MAX: usize = 1 << 20;
+
+/// Answers the client's `Hello` with an `Ok` and hands back the raw framed pipe.
+async fn scripted_server(io: tokio::io::DuplexStream) -> RawFramed {
+    let mut framed = rpc_core::pipe::length_delimited(io, MAX);
+    let hello = Hello::decode(&framed.next().await.unwrap().unwrap()).unwrap();
+    let welcome = Welcome {
+        version: PROTOCOL_VERSION,
+        status: rpc_core::wire::HandshakeStatus::Ok,
+        codec: hello.codec,
+        max_message: MAX as u32,
+        fingerprint: 0xfeed,
+        server_pid: 1,
+        service: "Test".into(),
+        message: String::new(),
+    };
+    framed.send(Bytes::from(welcome.encode())).await.unwrap();
+    framed
+}
+
+async fn next_client_frame(framed: &mut RawFramed) -> ClientFrame<Req> {
+    Codec::Bincode.decode(&framed.next().await.expect("client frame").unwrap()).unwrap()
+}
+
+fn server_frame(f: &ServerFrame<Resp>) -> Bytes {
+    Codec::Bincode.encode(f, MAX).unwrap()
+}
+
+fn call_id(f: &ClientFrame<Req>) -> u64 {
+    match f {
+        ClientFrame::Call { id, .. } | ClientFrame::Cancel { id } => *id,
+    }
+}
+
+#[tokio::test]
+async fn responses_that_arrive_with_the_servers_close_are_still_delivered() {
+    watchdog(async {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            let mut framed = scripted_server(b).await;
+            let (f1, f2) = (next_client_frame(&mut framed).await, next_client_frame(&mut framed).await);
+            // Both replies and the end of the stream reach the client in one read: this
+            // (current-thread) runtime does not poll the client between these writes.
+            for f in [&f2, &f1] {
+                framed
+                    .feed(server_frame(&ServerFrame::Reply { id: call_id(f), body: Resp::Slept(call_id(f)) }))
+                    .await
+                    .unwrap();
+            }
+            SinkExt::<Bytes>::flush(&mut framed).await.unwrap();
+            (call_id(&f1), call_id(&f2))
+        });
+        let ch = Channel::<Req, Resp>::from_io(a, ID, ClientConfig::default()).await.unwrap();
+        let opts = CallOptions::default();
+        let (r1, r2) = tokio::join!(ch.call(&opts, Req::Sleep(1)), ch.call(&opts, Req::Sleep(2)));
+        let (id1, id2) = server.await.unwrap();
+        let mut got = [r1.unwrap(), r2.unwrap()];
+        got.sort_by_key(|r| match r {
+            Resp::Slept(id) => *id,
+            Resp::Echo(_) => 0,
+        });
+        let mut want = [Resp::Slept(id1), Resp::Slept(id2)];
+        want.sort_by_key(|r| match r {
+            Resp::Slept(id) => *id,
+            Resp::Echo(_) => 0,
+        });
+        assert_eq!(got, want);
+        // And the connection is known to be over.
+        let later = ch.call(&opts, Req::Echo(vec![])).await;
+        assert!(matches!(later, Err(RpcError::Transport(TransportError::Disconnected { .. }))), "{later:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_late_response_to_an_abandoned_call_never_reaches_a_later_call() {
+    watchdog(async {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (ids_tx, ids_rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            let mut framed = scripted_server(b).await;
+            let first = next_client_frame(&mut framed).await;
+            let cancel = next_client_frame(&mut framed).await;
+            assert!(matches!(cancel, ClientFrame::Cancel { id } if id == call_id(&first)), "{cancel:?}");
+            let second = next_client_frame(&mut framed).await;
+            ids_tx.send((call_id(&first), call_id(&second))).unwrap();
+            // The abandoned call's response comes late, right before the new call's.
+            framed.feed(server_frame(&ServerFrame::Reply { id: call_id(&first), body: Resp::Slept(1) })).await.unwrap();
+            framed
+                .feed(server_frame(&ServerFrame::Reply { id: call_id(&second), body: Resp::Slept(2) }))
+                .await
+                .unwrap();
+            SinkExt::<Bytes>::flush(&mut framed).await.unwrap();
+            framed
+        });
+        let ch = Channel::<Req, Resp>::from_io(a, ID, ClientConfig::default()).await.unwrap();
+        // The first call gives up after its request went out.
+        let first = ch.call(&CallOptions::with_timeout(Duration::from_millis(50)), Req::Sleep(1)).await;
+        assert!(matches!(first, Err(RpcError::DeadlineExceeded { .. })), "{first:?}");
+        let second = ch.call(&CallOptions::default(), Req::Sleep(2)).await;
+        assert_eq!(second, Ok(Resp::Slept(2)));
+        let (id1, id2) = ids_rx.await.unwrap();
+        // The point of the test: the second call reused the first one's slot, so only the
+        // id (slot generation) tells the two responses apart.
+        assert_ne!(id1, id2);
+        assert_eq!(id1 & 0xffff_ffff, id2 & 0xffff_ffff, "expected slot reuse: {id1:#x} {id2:#x}");
+        drop(server.await.unwrap());
+    })
+    .await;
+}
+
+#[test]
+fn calls_fail_when_the_runtime_running_their_connection_shuts_down() {
+    // The connection's driver runs on `conn_rt`; the caller and the server live elsewhere,
+    // so only the driver goes away when `conn_rt` is dropped.
+    let conn_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let other_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    let server = other_rt.spawn(async move {
+        let mut framed = scripted_server(b).await;
+        let f = next_client_frame(&mut framed).await;
+        seen_tx.send(call_id(&f)).unwrap();
+        // Never answers; keeps the pipe open.
+        std::future::pending::<()>().await;
+        drop(framed);
+    });
+    let ch = conn_rt.block_on(Channel::<Req, Resp>::from_io(a, ID, ClientConfig::default())).unwrap();
+    let call = other_rt.spawn(async move {
+        let t0 = std::time::Instant::now();
+        (ch.call(&CallOptions::with_timeout(Duration::from_secs(60)), Req::Sleep(1)).await, t0.elapsed())
+    });
+    other_rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), seen_rx).await.unwrap().unwrap() });
+    drop(conn_rt);
+    let (res, waited) =
+        other_rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), call).await }).unwrap().unwrap();
+    match &res {
+        Err(RpcError::Transport(TransportError::Disconnected { detail })) => {
+            assert!(detail.contains("runtime"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(waited < Duration::from_secs(20), "{waited:?}");
+    server.abort();
+}

@@ -13,20 +13,19 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use futures::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use transport_pipe::Transport;
 
-use super::{Command, Reply};
+use super::Shared;
+use super::calls::{CloseRequest, Outgoing, Table};
 use crate::codec::{EncodeError, FrameCodec, Inbound, encode_error};
-use crate::deadlines::{DeadlineQueue, IdMap};
-use crate::error::{Direction, RpcError, ServerErrorKind, TransportError, connection_error};
+use crate::deadlines::DeadlineQueue;
+use crate::error::{Direction, RpcError, ServerError, ServerErrorKind, TransportError, connection_error};
 use crate::handshake::Negotiated;
 use crate::wire::{ClientFrame, ServerFrame, ServerHead};
 
@@ -39,34 +38,27 @@ const ROUNDS: usize = 8;
 type ClientTransport<S, Req, Resp> =
     Transport<S, Inbound<ServerFrame<Resp>, ServerHead>, ClientFrame<Req>, FrameCodec<ServerHead>>;
 
-/// A call whose caller still waits.
-struct Pending<Resp> {
-    reply: Reply<Resp>,
-    deadline: Instant,
-    /// The time the caller gave, for the `DeadlineExceeded` error.
-    timeout: Duration,
-    /// Whether its frame has been written (so a cancel must be sent too).
-    sent: bool,
-}
-
-/// A frame waiting for room in the pipe.
-enum Outgoing<Req> {
-    Call { id: u64, body: Req },
-    Cancel { id: u64 },
+/// A response read from the pipe, before the lock is taken to hand it over.
+enum Arrival<Resp> {
+    Reply(Resp),
+    Error(ServerError),
+    Failed(RpcError),
 }
 
 pub(crate) struct Driver<S, Req, Resp> {
     /// Boxed so the driver is `Unpin` whatever the message types are.
     transport: Pin<Box<ClientTransport<S, Req, Resp>>>,
-    commands: mpsc::UnboundedReceiver<Command<Req, Resp>>,
-    commands_open: bool,
-    pending: IdMap<Pending<Resp>>,
+    shared: Arc<Shared<Req, Resp>>,
+    /// Frames waiting for room in the pipe.
     outgoing: VecDeque<Outgoing<Req>>,
-    /// Reused buffer for draining the command queue.
-    batch: Vec<Command<Req, Resp>>,
+    /// Responses read in this pass, handed to their callers under one lock.
+    arrived: Vec<(u64, Arrival<Resp>)>,
+    /// Callers to wake once the lock is released.
+    wakers: Vec<Waker>,
     deadlines: DeadlineQueue,
     needs_flush: bool,
-    closed: Arc<OnceLock<RpcError>>,
+    /// Set once the connection is over and every caller has been told.
+    finished: bool,
 }
 
 impl<S, Req, Resp> Driver<S, Req, Resp>
@@ -78,48 +70,34 @@ where
     pub(crate) fn new(
         framed: Framed<S, LengthDelimitedCodec>,
         negotiated: Negotiated,
-        commands: mpsc::UnboundedReceiver<Command<Req, Resp>>,
-        closed: Arc<OnceLock<RpcError>>,
+        shared: Arc<Shared<Req, Resp>>,
     ) -> Self {
         let codec = FrameCodec::new(negotiated.codec, negotiated.send_limit);
         Driver {
             transport: Box::pin(transport_pipe::serde_transport(framed, codec)),
-            commands,
-            commands_open: true,
-            pending: IdMap::default(),
+            shared,
             outgoing: VecDeque::new(),
-            batch: Vec::new(),
+            arrived: Vec::new(),
+            wakers: Vec::new(),
             deadlines: DeadlineQueue::new(),
             needs_flush: false,
-            closed,
+            finished: false,
         }
     }
 
-    fn complete(&mut self, id: u64, result: Result<Resp, RpcError>) {
-        if let Some(p) = self.pending.remove(&id) {
-            // The caller may have given up in the meantime; nothing to do then.
-            let _ = p.reply.send(result);
-        }
-    }
-
+    /// Files a frame from the server under its call id; `Err` if the stream can no longer
+    /// be trusted.
     fn on_frame(&mut self, inbound: Inbound<ServerFrame<Resp>, ServerHead>) -> Result<(), RpcError> {
-        match inbound {
-            Inbound::Frame(ServerFrame::Reply { id, body }) => self.complete(id, Ok(body)),
-            Inbound::Frame(ServerFrame::Error { id, error }) => {
-                let err = if error.kind == ServerErrorKind::DeadlineExceeded {
-                    RpcError::DeadlineExceeded { timeout: self.pending.get(&id).map(|p| p.timeout).unwrap_or_default() }
-                } else {
-                    RpcError::Server(error)
-                };
-                self.complete(id, Err(err));
-            }
+        let (id, arrival) = match inbound {
+            Inbound::Frame(ServerFrame::Reply { id, body }) => (id, Arrival::Reply(body)),
+            Inbound::Frame(ServerFrame::Error { id, error }) => (id, Arrival::Error(error)),
             Inbound::Frame(ServerFrame::TooLarge { id, size, limit }) => {
                 let err = TransportError::MessageTooLarge { size, limit, direction: Direction::Response };
-                self.complete(id, Err(err.into()));
+                (id, Arrival::Failed(err.into()))
             }
             Inbound::Malformed { head: Some(head), error } => {
                 let err = TransportError::Protocol { detail: format!("malformed response: {error}") };
-                self.complete(head.id(), Err(err.into()));
+                (head.id(), Arrival::Failed(err.into()))
             }
             // Without an id we cannot tell whose response this was: the stream is not
             // trustworthy any more.
@@ -128,49 +106,42 @@ where
                     TransportError::Protocol { detail: format!("unreadable frame from the server: {error}") }.into()
                 );
             }
-        }
+        };
+        self.arrived.push((id, arrival));
         Ok(())
     }
 
-    fn on_command(&mut self, cmd: Command<Req, Resp>) -> Result<(), RpcError> {
-        match cmd {
-            Command::Call { id, deadline, timeout, body, reply } => {
-                if reply.is_canceled() {
-                    return Ok(()); // the caller is gone already
+    /// Under the lock: hands this pass's responses to their callers.
+    fn deliver(arrived: &mut Vec<(u64, Arrival<Resp>)>, t: &mut Table<Req, Resp>, wakers: &mut Vec<Waker>) {
+        for (id, arrival) in arrived.drain(..) {
+            let result = match arrival {
+                Arrival::Reply(body) => Ok(body),
+                // The server's deadline fired: report it as the caller's own deadline.
+                Arrival::Error(e) if e.kind == ServerErrorKind::DeadlineExceeded => {
+                    Err(RpcError::DeadlineExceeded { timeout: t.timeout_of(id).unwrap_or_default() })
                 }
-                self.pending.insert(id, Pending { reply, deadline, timeout, sent: false });
-                self.deadlines.push(deadline, id);
-                self.outgoing.push_back(Outgoing::Call { id, body });
-            }
-            Command::Cancel { id } => drop(self.cancel(id)),
-            Command::Close => return Err(RpcError::Cancelled),
+                Arrival::Error(e) => Err(RpcError::Server(e)),
+                Arrival::Failed(e) => Err(e),
+            };
+            t.complete(id, result, wakers);
         }
-        Ok(())
     }
 
-    /// Forgets a call; tells the server only if it has seen the call.
-    /// Forgets a call, telling the server only if it has seen the call; returns the reply
-    /// slot so the caller can still be told why.
-    fn cancel(&mut self, id: u64) -> Option<Reply<Resp>> {
-        let p = self.pending.remove(&id)?;
-        if p.sent {
-            self.outgoing.push_back(Outgoing::Cancel { id });
-        }
-        Some(p.reply)
+    /// Fails one call whose request could not be encoded.
+    fn fail_call(&mut self, id: u64, err: RpcError) {
+        self.shared.calls.lock().complete(id, Err(err), &mut self.wakers);
+        self.wakers.drain(..).for_each(Waker::wake);
     }
 
     /// Writes one queued frame, which `poll_ready` has made room for.
     fn write(&mut self, out: Outgoing<Req>) -> Result<(), RpcError> {
         let (id, frame) = match out {
             Outgoing::Cancel { id } => (id, ClientFrame::Cancel { id }),
-            Outgoing::Call { id, body } => {
-                // Cancelled or expired while queued: nothing to send.
-                let Some(p) = self.pending.get_mut(&id) else { return Ok(()) };
-                p.sent = true;
-                // The caller's whole timeout, not the time left now: this driver enforces the
-                // exact deadline itself, the server only needs one no earlier than the
-                // caller's, and it saves a clock read per call.
-                let timeout_us = u64::try_from(p.timeout.as_micros()).unwrap_or(u64::MAX);
+            // The caller's whole timeout, not the time left now: this driver enforces the
+            // exact deadline itself, the server only needs one no earlier than the
+            // caller's, and it saves a clock read per call.
+            Outgoing::Call { id, timeout, body } => {
+                let timeout_us = u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX);
                 (id, ClientFrame::Call { id, timeout_us, body })
             }
         };
@@ -189,23 +160,10 @@ where
                     }
                     _ => return Err(connection_error(&e, "server").into()),
                 };
-                self.complete(id, Err(err));
+                self.fail_call(id, err);
             }
         }
         Ok(())
-    }
-
-    fn expire(&mut self, deadline: Instant, id: u64) {
-        // Entries are removed lazily: only a call still waiting with this deadline expires.
-        if let Some(p) = self.pending.get(&id)
-            && p.deadline == deadline
-        {
-            let timeout = p.timeout;
-            // Tell the server to stop the handler, then fail the call.
-            if let Some(reply) = self.cancel(id) {
-                let _ = reply.send(Err(RpcError::DeadlineExceeded { timeout }));
-            }
-        }
     }
 
     /// Runs the connection; ends with why it ended ([`RpcError::Cancelled`] for a polite
@@ -228,44 +186,70 @@ where
     /// close is still flushing, `Ready(Err(why))` once the connection is over.
     fn poll_pass(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, RpcError>> {
         let mut progress = false;
+        // Why the connection ended, if it did during this read; responses that arrived
+        // before that are still delivered first.
+        let mut ended: Option<RpcError> = None;
         for _ in 0..BUDGET {
             match self.transport.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    self.on_frame(frame)?;
+                    if let Err(e) = self.on_frame(frame) {
+                        ended = Some(e);
+                        break;
+                    }
                     progress = true;
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(connection_error(&e, "server").into())),
+                Poll::Ready(Some(Err(e))) => {
+                    ended = Some(connection_error(&e, "server").into());
+                    break;
+                }
                 Poll::Ready(None) => {
                     let detail = "the server closed the connection".to_owned();
-                    return Poll::Ready(Err(TransportError::Disconnected { detail }.into()));
+                    ended = Some(TransportError::Disconnected { detail }.into());
+                    break;
                 }
                 Poll::Pending => break,
             }
         }
-        // Take calls off the queue even when the pipe is full, so their deadlines run; in
-        // batches, which costs fewer atomic operations than one receive per call.
-        if self.commands_open {
-            let mut batch = std::mem::take(&mut self.batch);
-            match self.commands.poll_recv_many(cx, &mut batch, BUDGET) {
-                Poll::Ready(0) => {
-                    self.commands_open = false;
-                    progress = true;
-                }
-                Poll::Ready(_) => {
-                    progress = true;
-                    for cmd in batch.drain(..) {
-                        self.on_command(cmd)?;
-                    }
-                }
-                Poll::Pending => {}
+        if let Some(why) = ended {
+            if !self.arrived.is_empty() {
+                Self::deliver(&mut self.arrived, &mut self.shared.calls.lock(), &mut self.wakers);
+                self.wakers.drain(..).for_each(Waker::wake);
             }
-            self.batch = batch;
+            return Poll::Ready(Err(why));
         }
-        for (deadline, id) in self.deadlines.poll_expired(cx) {
-            self.expire(deadline, id);
-            progress = true;
+        let expired = self.deadlines.poll_expired(cx);
+        // Registered before the queue is looked at: a call queued after the look wakes us.
+        self.shared.calls.register_driver(cx.waker());
+        let close = {
+            // One lock for everything this pass: responses in, deadlines, new calls out.
+            let mut t = self.shared.calls.lock();
+            if !self.arrived.is_empty() {
+                Self::deliver(&mut self.arrived, &mut t, &mut self.wakers);
+            }
+            for (deadline, id) in expired {
+                // Tell the server to stop the handler, then fail the call.
+                if t.expire(deadline, id, &mut self.wakers) {
+                    self.outgoing.push_back(Outgoing::Cancel { id });
+                }
+                progress = true;
+            }
+            // Take calls off the queue even when the pipe is full, so their deadlines run.
+            if t.has_queued() {
+                t.take_queue(&mut self.outgoing, &mut self.deadlines);
+                progress = true;
+            }
+            let waiting = t.in_use();
+            self.deadlines.compact(waiting, || t.live_deadlines());
+            match t.close_request() {
+                CloseRequest::Polite if waiting == 0 => CloseRequest::Polite,
+                CloseRequest::Polite => CloseRequest::None,
+                other => other,
+            }
+        };
+        self.wakers.drain(..).for_each(Waker::wake);
+        if close == CloseRequest::Now {
+            return Poll::Ready(Err(RpcError::Cancelled));
         }
-        self.deadlines.compact(self.pending.len(), || self.pending.iter().map(|(&id, p)| (p.deadline, id)));
         while !self.outgoing.is_empty() {
             match self.transport.as_mut().poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
@@ -283,7 +267,7 @@ where
                 Poll::Pending => {}
             }
         }
-        if !self.commands_open && self.pending.is_empty() && self.outgoing.is_empty() {
+        if close == CloseRequest::Polite && self.outgoing.is_empty() {
             // Every handle is gone and nothing is owed: close politely.
             return match self.transport.as_mut().poll_close(cx) {
                 Poll::Pending => Poll::Pending,
@@ -291,6 +275,20 @@ where
             };
         }
         Poll::Ready(Ok(progress))
+    }
+
+    /// The connection is over: everyone still waiting, and everyone who calls later, is
+    /// told `why`.
+    fn finish(&mut self, why: &RpcError) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let dropped = self.shared.calls.lock().fail_all(why, &mut self.wakers);
+        // Requests nobody will send are dropped outside the lock.
+        drop(dropped);
+        self.outgoing.clear();
+        self.wakers.drain(..).for_each(Waker::wake);
     }
 }
 
@@ -311,19 +309,27 @@ where
             Poll::Pending => Poll::Pending,
             Poll::Ready(err) => {
                 tracing::debug!(error = %err, "client connection ended");
-                let _ = this.closed.set(err.clone());
                 // Fail everything still waiting now, not at its deadline.
-                for (_, p) in this.pending.drain() {
-                    let _ = p.reply.send(Err(err.clone()));
-                }
-                this.commands.close();
-                while let Ok(cmd) = this.commands.try_recv() {
-                    if let Command::Call { reply, .. } = cmd {
-                        let _ = reply.send(Err(err.clone()));
-                    }
-                }
+                this.finish(&err);
                 Poll::Ready(())
             }
+        }
+    }
+}
+
+impl<S, Req, Resp> Drop for Driver<S, Req, Resp> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Dropped unfinished: the runtime that ran this task shut down. Callers on
+            // other runtimes must not wait for a response that can no longer arrive.
+            self.finished = true;
+            let why: RpcError = TransportError::Disconnected {
+                detail: "the client's connection task stopped (its tokio runtime shut down)".into(),
+            }
+            .into();
+            let dropped = self.shared.calls.lock().fail_all(&why, &mut self.wakers);
+            drop(dropped);
+            self.wakers.drain(..).for_each(Waker::wake);
         }
     }
 }

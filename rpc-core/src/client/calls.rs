@@ -1,0 +1,314 @@
+//! The table of a connection's calls, shared by every caller and the driver under one lock.
+//!
+//! Each call owns a slot from the moment it starts until its future completes or is
+//! dropped; the driver only ever fills a slot in (with the response or an error) and
+//! wakes its caller. The slot index is the low half of the call's wire id and a per-slot
+//! generation the high half, so a late response to a call that gave up (the slot may
+//! already serve another call) is recognised by its id and dropped.
+//!
+//! Why this and not a command channel plus a oneshot per call (the first design): that
+//! cost an allocation per call for the oneshot, half a dozen atomic operations between
+//! channel and oneshot, and a hash map of pending calls in the driver. Here a call takes
+//! the (almost always uncontended) lock twice, once to start and once to collect its
+//! result, and the driver takes it once per batch of responses and requests; no
+//! allocation per call once the table has grown to the number of calls in flight.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures::task::AtomicWaker;
+
+use crate::deadlines::DeadlineQueue;
+use crate::error::{RpcError, TransportError};
+
+/// The shared half of a connection: call table plus the driver's waker.
+pub(crate) struct Calls<Req, Resp> {
+    table: Mutex<Table<Req, Resp>>,
+    driver: AtomicWaker,
+}
+
+/// How the connection is to end, as asked by the handles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CloseRequest {
+    /// Keep going.
+    None,
+    /// Every handle is gone: close once nothing is owed.
+    Polite,
+    /// `Channel::close()`: fail what is in flight and close now.
+    Now,
+}
+
+pub(crate) struct Table<Req, Resp> {
+    slots: Vec<Slot<Resp>>,
+    /// Indexes of free slots; reused last-in first-out, so hot slots stay hot.
+    free: Vec<u32>,
+    /// Started calls and cancellations for the driver, in the order they happened.
+    queue: Vec<Queued<Req>>,
+    /// Why the connection ended, once it has: calls started later fail with this at once.
+    closed: Option<RpcError>,
+    close: CloseRequest,
+}
+
+struct Slot<Resp> {
+    /// Wire id of the call in this slot (generation << 32 | index).
+    id: u64,
+    state: State<Resp>,
+    deadline: Instant,
+    /// The time the caller gave, for `DeadlineExceeded`.
+    timeout: Duration,
+    /// The driver has taken the call for writing, so a cancel must go to the server too.
+    sent: bool,
+}
+
+enum State<Resp> {
+    Free,
+    Waiting(Option<Waker>),
+    Done(Result<Resp, RpcError>),
+}
+
+/// What callers hand the driver.
+pub(crate) enum Queued<Req> {
+    Call { id: u64, deadline: Instant, body: Req },
+    Cancel { id: u64 },
+}
+
+/// A frame the driver will write, once the pipe has room.
+pub(crate) enum Outgoing<Req> {
+    Call { id: u64, timeout: Duration, body: Req },
+    Cancel { id: u64 },
+}
+
+fn index(id: u64) -> usize {
+    (id & u64::from(u32::MAX)) as usize
+}
+
+impl<Req, Resp> Calls<Req, Resp> {
+    pub(crate) fn new() -> Self {
+        Calls {
+            table: Mutex::new(Table {
+                slots: Vec::new(),
+                free: Vec::new(),
+                queue: Vec::new(),
+                closed: None,
+                close: CloseRequest::None,
+            }),
+            driver: AtomicWaker::new(),
+        }
+    }
+
+    /// The lock. Nothing panics while holding it, but a poisoned table is still
+    /// consistent (every update is a single assignment), so poisoning is ignored.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Table<Req, Resp>> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The driver's waker; registered before it looks at the queue, so a call queued
+    /// after that look always wakes it.
+    pub(crate) fn register_driver(&self, waker: &Waker) {
+        self.driver.register(waker);
+    }
+
+    fn wake_driver(&self) {
+        self.driver.wake();
+    }
+
+    /// Starts a call: takes a slot and queues the request for the driver. Returns the
+    /// call's id, or why the connection cannot take calls (`body` is then dropped, after
+    /// the lock is released).
+    pub(crate) fn start(
+        &self,
+        body: Req,
+        deadline: Instant,
+        timeout: Duration,
+        waker: &Waker,
+    ) -> Result<u64, RpcError> {
+        let mut t = self.lock();
+        if let Some(why) = &t.closed {
+            return Err(why.clone());
+        }
+        if t.close == CloseRequest::Now {
+            return Err(RpcError::Cancelled);
+        }
+        let state = State::Waiting(Some(waker.clone()));
+        let id = match t.free.pop() {
+            Some(i) => {
+                let slot = &mut t.slots[i as usize];
+                // Next generation of this slot: ids of earlier calls in it never match again.
+                let id = slot.id.wrapping_add(1 << 32);
+                *slot = Slot { id, state, deadline, timeout, sent: false };
+                id
+            }
+            None => {
+                let id = t.slots.len() as u64;
+                if id > u64::from(u32::MAX) {
+                    // 4 billion calls in flight on one connection: not a real program.
+                    let detail = "more than 2^32 calls in flight on one connection".to_owned();
+                    return Err(TransportError::Protocol { detail }.into());
+                }
+                t.slots.push(Slot { id, state, deadline, timeout, sent: false });
+                id
+            }
+        };
+        t.queue.push(Queued::Call { id, deadline, body });
+        // Only the push onto an empty queue wakes the driver: a non-empty queue has a wake
+        // outstanding that the driver has not acted on yet.
+        let wake = t.queue.len() == 1;
+        drop(t);
+        if wake {
+            self.wake_driver();
+        }
+        Ok(id)
+    }
+
+    /// The caller's poll: the result once it is in, else registers the caller's waker.
+    pub(crate) fn poll_done(&self, id: u64, cx: &mut Context<'_>) -> Poll<Result<Resp, RpcError>> {
+        let mut t = self.lock();
+        let i = index(id);
+        let slot = &mut t.slots[i];
+        debug_assert_eq!(slot.id, id, "a slot is only freed by its own call");
+        match &mut slot.state {
+            State::Waiting(waker) => {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            State::Done(_) => {
+                let State::Done(result) = std::mem::replace(&mut slot.state, State::Free) else { unreachable!() };
+                t.free.push(i as u32);
+                Poll::Ready(result)
+            }
+            State::Free => Poll::Ready(Err(TransportError::Protocol {
+                detail: "internal: a call's slot was freed while it waited".to_owned(),
+            }
+            .into())),
+        }
+    }
+
+    /// The caller dropped an unfinished call: frees its slot and, if the server has or
+    /// will have seen the call, queues a cancel.
+    pub(crate) fn abandon(&self, id: u64) {
+        let mut t = self.lock();
+        let i = index(id);
+        let slot = &mut t.slots[i];
+        let state = std::mem::replace(&mut slot.state, State::Free);
+        let cancel = matches!(state, State::Waiting(_)) && slot.sent;
+        t.free.push(i as u32);
+        let mut wake = false;
+        if cancel && t.closed.is_none() {
+            t.queue.push(Queued::Cancel { id });
+            wake = t.queue.len() == 1;
+        }
+        drop(t);
+        // The waker or result is dropped out here, not under the lock.
+        drop(state);
+        if wake {
+            self.wake_driver();
+        }
+    }
+
+    /// A handle asks for the connection to close ([`CloseRequest::Polite`] or
+    /// [`CloseRequest::Now`]).
+    pub(crate) fn request_close(&self, how: CloseRequest) {
+        let mut t = self.lock();
+        if t.close != CloseRequest::Now {
+            t.close = how;
+        }
+        drop(t);
+        self.wake_driver();
+    }
+
+    /// Why the connection ended, if it has.
+    pub(crate) fn closed(&self) -> Option<RpcError> {
+        self.lock().closed.clone()
+    }
+}
+
+impl<Req, Resp> Table<Req, Resp> {
+    fn waiting(&mut self, id: u64) -> Option<&mut Slot<Resp>> {
+        self.slots.get_mut(index(id)).filter(|s| s.id == id && matches!(s.state, State::Waiting(_)))
+    }
+
+    /// The timeout the caller of `id` gave, if it still waits.
+    pub(crate) fn timeout_of(&mut self, id: u64) -> Option<Duration> {
+        self.waiting(id).map(|s| s.timeout)
+    }
+
+    /// Hands `result` to the caller of `id` if it still waits (else it gave up, or the
+    /// id is not ours: either way there is nobody to tell). Its waker goes to `wakers`,
+    /// to be woken once the lock is released.
+    pub(crate) fn complete(&mut self, id: u64, result: Result<Resp, RpcError>, wakers: &mut Vec<Waker>) {
+        if let Some(slot) = self.waiting(id)
+            && let State::Waiting(waker) = std::mem::replace(&mut slot.state, State::Done(result))
+        {
+            wakers.extend(waker);
+        }
+    }
+
+    /// Fails the call `id` with `DeadlineExceeded` if it still waits with this deadline
+    /// (heap entries are removed lazily). Returns whether the server must be told.
+    pub(crate) fn expire(&mut self, deadline: Instant, id: u64, wakers: &mut Vec<Waker>) -> bool {
+        let Some(slot) = self.waiting(id).filter(|s| s.deadline == deadline) else { return false };
+        let sent = slot.sent;
+        let timeout = slot.timeout;
+        self.complete(id, Err(RpcError::DeadlineExceeded { timeout }), wakers);
+        sent
+    }
+
+    /// Moves what callers queued to the driver's `outgoing` frames, marking calls as sent
+    /// and entering their deadlines. Calls given up before the driver saw them are dropped.
+    pub(crate) fn take_queue(&mut self, outgoing: &mut VecDeque<Outgoing<Req>>, deadlines: &mut DeadlineQueue) {
+        let mut queue = std::mem::take(&mut self.queue);
+        for q in queue.drain(..) {
+            match q {
+                Queued::Call { id, deadline, body } => {
+                    if let Some(slot) = self.waiting(id) {
+                        slot.sent = true;
+                        let timeout = slot.timeout;
+                        deadlines.push(deadline, id);
+                        outgoing.push_back(Outgoing::Call { id, timeout, body });
+                    }
+                }
+                Queued::Cancel { id } => outgoing.push_back(Outgoing::Cancel { id }),
+            }
+        }
+        // Hand the (now empty) allocation back for the next batch.
+        self.queue = queue;
+    }
+
+    /// True if callers queued anything since the last [`take_queue`](Self::take_queue).
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Slots owned by calls (waiting or with an uncollected result).
+    pub(crate) fn in_use(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// The (deadline, id) of every call still waiting, for rebuilding the deadline heap.
+    pub(crate) fn live_deadlines(&self) -> impl Iterator<Item = (Instant, u64)> + '_ {
+        self.slots.iter().filter(|s| matches!(s.state, State::Waiting(_))).map(|s| (s.deadline, s.id))
+    }
+
+    pub(crate) fn close_request(&self) -> CloseRequest {
+        self.close
+    }
+
+    /// The connection is over: every waiting call fails with `why`, queued requests are
+    /// dropped, and later calls fail at once.
+    pub(crate) fn fail_all(&mut self, why: &RpcError, wakers: &mut Vec<Waker>) -> Vec<Queued<Req>> {
+        if self.closed.is_none() {
+            self.closed = Some(why.clone());
+        }
+        for slot in &mut self.slots {
+            if let State::Waiting(waker) = &mut slot.state {
+                wakers.extend(waker.take());
+                slot.state = State::Done(Err(why.clone()));
+            }
+        }
+        std::mem::take(&mut self.queue)
+    }
+}
