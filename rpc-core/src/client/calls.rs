@@ -70,7 +70,7 @@ enum State<Resp> {
 
 /// What callers hand the driver.
 pub(crate) enum Queued<Req> {
-    Call { id: u64, deadline: Instant, body: Req },
+    Call { id: u64, body: Req },
     Cancel { id: u64 },
 }
 
@@ -151,7 +151,7 @@ impl<Req, Resp> Calls<Req, Resp> {
                 id
             }
         };
-        t.queue.push(Queued::Call { id, deadline, body });
+        t.queue.push(Queued::Call { id, body });
         // Only the push onto an empty queue wakes the driver: a non-empty queue has a wake
         // outstanding that the driver has not acted on yet.
         let wake = t.queue.len() == 1;
@@ -263,11 +263,11 @@ impl<Req, Resp> Table<Req, Resp> {
         let mut queue = std::mem::take(&mut self.queue);
         for q in queue.drain(..) {
             match q {
-                Queued::Call { id, deadline, body } => {
+                Queued::Call { id, body } => {
                     if let Some(slot) = self.waiting(id) {
                         slot.sent = true;
                         let timeout = slot.timeout;
-                        deadlines.push(deadline, id);
+                        deadlines.push(slot.deadline, id);
                         outgoing.push_back(Outgoing::Call { id, timeout, body });
                     }
                 }
