@@ -276,20 +276,6 @@ where
         }
         Poll::Ready(Ok(progress))
     }
-
-    /// The connection is over: everyone still waiting, and everyone who calls later, is
-    /// told `why`.
-    fn finish(&mut self, why: &RpcError) {
-        if self.finished {
-            return;
-        }
-        self.finished = true;
-        let dropped = self.shared.calls.lock().fail_all(why, &mut self.wakers);
-        // Requests nobody will send are dropped outside the lock.
-        drop(dropped);
-        self.outgoing.clear();
-        self.wakers.drain(..).for_each(Waker::wake);
-    }
 }
 
 // No field is ever pinned in place (the transport is boxed; the rest is plain data).
@@ -317,19 +303,33 @@ where
     }
 }
 
+impl<S, Req, Resp> Driver<S, Req, Resp> {
+    /// The connection is over: everyone still waiting, and everyone who calls later, is
+    /// told `why`.
+    fn finish(&mut self, why: &RpcError) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let dropped = self.shared.calls.lock().fail_all(why, &mut self.wakers);
+        // Requests nobody will send are dropped outside the lock.
+        drop(dropped);
+        self.outgoing.clear();
+        self.wakers.drain(..).for_each(Waker::wake);
+    }
+}
+
 impl<S, Req, Resp> Drop for Driver<S, Req, Resp> {
     fn drop(&mut self) {
-        if !self.finished {
-            // Dropped unfinished: the runtime that ran this task shut down. Callers on
-            // other runtimes must not wait for a response that can no longer arrive.
-            self.finished = true;
-            let why: RpcError = TransportError::Disconnected {
-                detail: "the client's connection task stopped (its tokio runtime shut down)".into(),
-            }
-            .into();
-            let dropped = self.shared.calls.lock().fail_all(&why, &mut self.wakers);
-            drop(dropped);
-            self.wakers.drain(..).for_each(Waker::wake);
+        if self.finished {
+            return;
         }
+        // Dropped unfinished: the runtime that ran this task shut down. Callers on other
+        // runtimes must not wait for a response that can no longer arrive.
+        let why: RpcError = TransportError::Disconnected {
+            detail: "the client's connection task stopped (its tokio runtime shut down)".into(),
+        }
+        .into();
+        self.finish(&why);
     }
 }
