@@ -1,17 +1,14 @@
 //! The client: one [`Channel`] multiplexes any number of concurrent calls over one pipe.
 //!
-//! A `Channel` is a cheap, cloneable handle. Behind it one driver task owns the
-//! connection: it writes the calls queued by every handle (batched into as few writes as
-//! the pipe allows), reads responses in whatever order the server finishes them, and
-//! hands each to its caller by request id. Callers never touch the pipe, so a slow or
-//! huge call does not hold up others beyond its own bytes.
+//! A `Channel` is a cheap, cloneable handle. Behind it one task runs the connection's
+//! engine (`crate::engine`): it writes the calls queued by every handle (batched into as
+//! few writes as the pipe allows), reads responses in whatever order the server finishes
+//! them, and hands each to its caller by request id. Callers never touch the pipe, so a
+//! slow or huge call does not hold up others beyond its own bytes.
 //!
 //! Generated clients (`{Trait}Client`) wrap a `Channel` and add one method per RPC.
 
-mod calls;
-mod driver;
-
-use calls::{Calls, CloseRequest};
+use crate::engine::calls::{Calls, CloseRequest};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -117,10 +114,18 @@ pub struct PeerInfo {
     pub max_message: usize,
     /// The codec in use.
     pub codec: Codec,
+    /// The protocol version agreed in the handshake.
+    pub protocol_version: u16,
+    /// The capability bits both sides announced ([`crate::wire::caps`]).
+    pub capabilities: u32,
+    /// Calls the server admits at once on this connection; further calls wait in the
+    /// client (their deadlines running) until one is answered.
+    pub max_in_flight: usize,
 }
 
-struct Shared<Req, Resp> {
-    calls: Calls<Req, Resp>,
+/// What every handle of a connection shares with its engine.
+pub(crate) struct Shared<Req, Resp> {
+    pub(crate) calls: Calls<Req, Resp>,
     /// Live `Channel` handles; the last one to go asks the driver to close.
     handles: AtomicUsize,
     config: ClientConfig,
@@ -193,10 +198,26 @@ where
                 server_pid: negotiated.peer_pid,
                 max_message: negotiated.send_limit,
                 codec: negotiated.codec,
+                protocol_version: negotiated.version,
+                capabilities: negotiated.capabilities,
+                max_in_flight: negotiated.window,
             },
             config,
         });
-        tokio::spawn(driver::Driver::new(framed, negotiated, shared.clone()));
+        let transport = crate::engine::pipe(framed, negotiated.codec, negotiated.send_limit);
+        let caller = crate::engine::Caller::new(shared.clone(), negotiated.window);
+        let engine = crate::engine::Engine::<_, crate::engine::NoService, Req, Resp>::new(
+            transport,
+            "server",
+            Some(caller),
+            None,
+        );
+        tokio::spawn(async move {
+            // The engine has told every caller how it ended; this is for the log.
+            if let Err(e) = engine.await {
+                tracing::debug!(error = %e, "client connection failed");
+            }
+        });
         Ok(Channel { shared })
     }
 }

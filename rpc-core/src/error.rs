@@ -271,3 +271,14 @@ impl From<transport_pipe::Error> for RpcError {
 pub(crate) fn fmt_duration(d: Duration) -> String {
     if d >= Duration::from_secs(1) { format!("{:.3} s", d.as_secs_f64()) } else { format!("{} ms", d.as_millis()) }
 }
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}

@@ -10,7 +10,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use crate::codec::Codec;
 use crate::error::{RpcError, TransportError};
 use crate::service::ServiceId;
-use crate::wire::{HandshakeStatus, Hello, PROTOCOL_VERSION, Welcome, codec_name};
+use crate::wire::{HandshakeStatus, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Welcome, caps, codec_name};
 
 /// What a finished handshake settled.
 #[derive(Clone, Copy, Debug)]
@@ -19,6 +19,12 @@ pub(crate) struct Negotiated {
     /// Largest message this side may send: the smaller of both sides' limits.
     pub(crate) send_limit: usize,
     pub(crate) peer_pid: u32,
+    /// The protocol version in force.
+    pub(crate) version: u16,
+    /// The capabilities both sides announced.
+    pub(crate) capabilities: u32,
+    /// Calls the peer admits at once (the server's `max_in_flight_per_connection`).
+    pub(crate) window: usize,
 }
 
 fn io_to_transport(e: std::io::Error, during: &str) -> TransportError {
@@ -44,6 +50,8 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Negotiated, RpcError> {
     let hello = Hello {
         version: PROTOCOL_VERSION,
+        min_version: MIN_PROTOCOL_VERSION,
+        capabilities: caps::SUPPORTED,
         codec: codec.id(),
         max_message: max_message as u32,
         fingerprint: service.fingerprint,
@@ -79,7 +87,8 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
         HandshakeStatus::Ok => {}
         HandshakeStatus::VersionUnsupported => {
             return Err(refused(format!(
-                "protocol version mismatch: client speaks v{PROTOCOL_VERSION}, server speaks v{}",
+                "protocol version mismatch: client speaks v{MIN_PROTOCOL_VERSION} to v{PROTOCOL_VERSION}, \
+                 server speaks up to v{}",
                 welcome.version
             )));
         }
@@ -116,7 +125,27 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
             codec.name()
         )));
     }
-    Ok(Negotiated { codec, send_limit: max_message.min(welcome.max_message as usize), peer_pid: welcome.server_pid })
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&welcome.version) {
+        return Err(refused(format!(
+            "the server chose protocol v{}, the client speaks v{MIN_PROTOCOL_VERSION} to v{PROTOCOL_VERSION}",
+            welcome.version
+        )));
+    }
+    if welcome.capabilities & !caps::SUPPORTED != 0 {
+        return Err(refused(format!(
+            "the server enabled capabilities {:#x} the client did not announce (it announced {:#x})",
+            welcome.capabilities,
+            caps::SUPPORTED
+        )));
+    }
+    Ok(Negotiated {
+        codec,
+        send_limit: max_message.min(welcome.max_message as usize),
+        peer_pid: welcome.server_pid,
+        version: welcome.version,
+        capabilities: welcome.capabilities,
+        window: welcome.max_in_flight.max(1) as usize,
+    })
 }
 
 /// Server side: read `Hello` within `timeout`, answer `Welcome`. `refuse` forces a refusal
@@ -125,6 +154,7 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S, LengthDelimitedCodec>,
     service: ServiceId,
     max_message: usize,
+    max_in_flight: usize,
     timeout: Duration,
     refuse: Option<(HandshakeStatus, String)>,
 ) -> Result<Negotiated, TransportError> {
@@ -139,10 +169,15 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Some(Ok(frame))) => Hello::decode(&frame).map_err(|e| TransportError::Protocol { detail: e.to_string() })?,
     };
     let codec = Codec::from_id(hello.codec);
+    // The newest version both speak, if it is one both accept.
+    let version = hello.version.min(PROTOCOL_VERSION);
     let (status, message) = if let Some(r) = refuse {
         r
-    } else if hello.version != PROTOCOL_VERSION {
-        (HandshakeStatus::VersionUnsupported, format!("server speaks protocol v{PROTOCOL_VERSION} only"))
+    } else if version < hello.min_version.max(MIN_PROTOCOL_VERSION) {
+        (
+            HandshakeStatus::VersionUnsupported,
+            format!("server speaks protocol v{MIN_PROTOCOL_VERSION} to v{PROTOCOL_VERSION}"),
+        )
     } else if hello.service != service.name {
         (HandshakeStatus::WrongService, format!("this pipe serves `{}`", service.name))
     } else if hello.fingerprint != service.fingerprint {
@@ -152,8 +187,13 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     } else {
         (HandshakeStatus::Ok, String::new())
     };
+    let ok = status == HandshakeStatus::Ok;
+    let capabilities = hello.capabilities & caps::SUPPORTED;
+    let max_in_flight = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
     let welcome = Welcome {
-        version: PROTOCOL_VERSION,
+        version: if ok { version } else { PROTOCOL_VERSION },
+        capabilities,
+        max_in_flight,
         status,
         codec: hello.codec,
         max_message: max_message as u32,
@@ -168,9 +208,14 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| TransportError::Protocol { detail: "the client did not read the handshake answer".into() })?
         .map_err(|e| io_to_transport(e, "the handshake"))?;
     match (status, codec) {
-        (HandshakeStatus::Ok, Some(codec)) => {
-            Ok(Negotiated { codec, send_limit: max_message.min(hello.max_message as usize), peer_pid: 0 })
-        }
+        (HandshakeStatus::Ok, Some(codec)) => Ok(Negotiated {
+            codec,
+            send_limit: max_message.min(hello.max_message as usize),
+            peer_pid: 0,
+            version,
+            capabilities,
+            window: usize::MAX,
+        }),
         _ => Err(TransportError::Incompatible { detail: format!("refused client: {status:?} {message}") }),
     }
 }

@@ -114,6 +114,7 @@ pub mod client;
 pub mod codec;
 pub mod context;
 mod deadlines;
+mod engine;
 pub mod error;
 mod handshake;
 pub mod server;

@@ -1,112 +1,43 @@
-//! The wire protocol: a handshake, then typed frames.
+//! The wire protocol: a handshake, then frames.
 //!
 //! Every message is one length-delimited frame (4-byte big-endian length, then the body),
 //! carried by `tarpc::serde_transport` over the pipe (see `transport-pipe`).
 //!
 //! 1. **Handshake** (fixed binary layout, codec-independent, so a mismatch of codec or
 //!    version is reported instead of misread): the client sends [`Hello`], the server
-//!    answers [`Welcome`]. Only after a `Welcome` with [`HandshakeStatus::Ok`] do the
-//!    two sides exchange frames.
-//! 2. **Frames**, encoded by the negotiated [`Codec`]: the client sends
-//!    [`ClientFrame`]s, the server sends [`ServerFrame`]s. Calls are matched by id, so
-//!    many run at once on one pipe and complete in any order.
+//!    answers [`Welcome`]. They agree on a protocol version from both sides' ranges, on
+//!    the capabilities both announce ([`caps`]), on the message limit and on the server's
+//!    admission window. Only after a `Welcome` with [`HandshakeStatus::Ok`] do the two
+//!    sides exchange frames.
+//! 2. **Frames** ([`Frame`]): a fixed binary header (kind, flags, exchange id) and a body
+//!    encoded by the negotiated [`Codec`]. Exchanges are matched by id, so many run at
+//!    once on one pipe and complete in any order.
 //!
-//! Evolution: a new frame kind is a new enum variant appended at the end, and is only
-//! sent to a peer whose handshake announced a protocol version that knows it. Variant
-//! order is part of the protocol and never changes.
+//! Evolution: a new frame kind gets a new code, and is only sent to a peer whose
+//! handshake announced the capability that covers it; a peer that receives a kind it did
+//! not negotiate closes the connection as a protocol violation.
 
-use serde::{Deserialize, Serialize};
+mod frame;
+
+pub use frame::{FLAG_OPENER, Frame, FrameError, HEADER_LEN, Kind, Never};
 
 use crate::codec::Codec;
-use crate::error::ServerError;
 
 /// First bytes of both handshake messages.
 pub const MAGIC: [u8; 4] = *b"PRPC";
 
-/// The protocol version this build speaks. Peers with a different version refuse each
-/// other in the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 2;
 
-/// A frame from client to server.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ClientFrame<Req> {
-    /// Start a call.
-    Call {
-        /// Unique among this connection's calls in flight.
-        id: u64,
-        /// Time the caller waits, in microseconds; the server's deadline is this long
-        /// after it reads the frame, so never earlier than the caller's. Relative, so the
-        /// two processes' clocks never need to agree.
-        timeout_us: u64,
-        /// The service's request enum.
-        body: Req,
-    },
-    /// The caller stopped waiting (dropped its future or hit its deadline): stop the
-    /// handler. No response follows.
-    Cancel {
-        /// The call to cancel.
-        id: u64,
-    },
-    // Reserved for later protocol versions, in this order: one-way calls, client
-    // stream items and stream ends, stream credits, callback replies.
-}
+/// The oldest protocol version this build speaks. Version 1 (bincode-encoded frame enums,
+/// no capabilities) is not spoken any more.
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 
-/// A frame from server to client.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ServerFrame<Resp> {
-    /// The handler's result.
-    Reply {
-        /// The call answered.
-        id: u64,
-        /// The service's response enum.
-        body: Resp,
-    },
-    /// The server refused or failed the call.
-    Error {
-        /// The call answered.
-        id: u64,
-        /// Why.
-        error: ServerError,
-    },
-    /// The handler's response was larger than the message limit; the connection goes on.
-    TooLarge {
-        /// The call answered.
-        id: u64,
-        /// Encoded size of the response.
-        size: u64,
-        /// The limit in force.
-        limit: u64,
-    },
-    // Reserved for later protocol versions: server push, stream items, callbacks.
-}
-
-/// Enough of a [`ClientFrame`] to identify the call when the rest does not decode.
-/// Shares the variant layout of `ClientFrame`; decoded with trailing bytes allowed.
-#[derive(Debug, Deserialize)]
-pub(crate) enum ClientHead {
-    Call {
-        id: u64,
-    },
-    Cancel {
-        #[allow(dead_code)]
-        id: u64,
-    },
-}
-
-/// Enough of a [`ServerFrame`] to identify the call when the rest does not decode.
-#[derive(Debug, Deserialize)]
-pub(crate) enum ServerHead {
-    Reply { id: u64 },
-    Error { id: u64 },
-    TooLarge { id: u64 },
-}
-
-impl ServerHead {
-    pub(crate) fn id(&self) -> u64 {
-        match *self {
-            ServerHead::Reply { id } | ServerHead::Error { id } | ServerHead::TooLarge { id } => id,
-        }
-    }
+/// Capability bits announced in the handshake. A frame kind outside the base set
+/// (calls, cancels, replies, errors) is sent only when both ends announced its bit.
+pub mod caps {
+    /// The capabilities this build announces.
+    pub const SUPPORTED: u32 = 0;
 }
 
 /// Outcome of a handshake, sent in [`Welcome`].
@@ -159,12 +90,18 @@ impl HandshakeStatus {
 /// The client's opening message.
 ///
 /// Layout (little-endian): magic `PRPC`, version u16, codec u8, flags u8 (zero),
-/// max message u32, fingerprint u64, service-name length u16, service name (UTF-8).
-/// Later versions may append fields; readers ignore trailing bytes.
+/// max message u32, fingerprint u64, service-name length u16, service name (UTF-8),
+/// min version u16, capabilities u32. Later versions may append fields; readers ignore
+/// trailing bytes, and a reader of a shorter (older) message takes `min_version =
+/// version` and no capabilities.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
-    /// Protocol version of the client.
+    /// The newest protocol version the client speaks.
     pub version: u16,
+    /// The oldest protocol version the client speaks.
+    pub min_version: u16,
+    /// The client's capability bits ([`caps`]).
+    pub capabilities: u32,
     /// Codec id the client will use ([`Codec::id`]).
     pub codec: u8,
     /// Largest message the client accepts.
@@ -179,11 +116,17 @@ pub struct Hello {
 ///
 /// Layout (little-endian): magic `PRPC`, version u16, status u8, codec u8, max message u32,
 /// fingerprint u64, server process id u32, service-name length u16, service name,
-/// message length u16, message (UTF-8, why a refusal happened).
+/// message length u16, message (UTF-8, why a refusal happened), capabilities u32,
+/// max in flight u32. Readers ignore trailing bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Welcome {
-    /// Protocol version of the server.
+    /// The protocol version chosen (on a version refusal: the newest the server speaks).
     pub version: u16,
+    /// The capabilities in force: those both sides announced.
+    pub capabilities: u32,
+    /// Calls the server admits at once on this connection; the client holds further
+    /// calls back until one is answered.
+    pub max_in_flight: u32,
     /// Whether the connection proceeds.
     pub status: HandshakeStatus,
     /// Codec id the server will use (the client's, when status is Ok).
@@ -222,6 +165,8 @@ impl Hello {
         b.extend_from_slice(&self.max_message.to_le_bytes());
         b.extend_from_slice(&self.fingerprint.to_le_bytes());
         put_str(&mut b, &self.service);
+        b.extend_from_slice(&self.min_version.to_le_bytes());
+        b.extend_from_slice(&self.capabilities.to_le_bytes());
         b
     }
 
@@ -231,7 +176,10 @@ impl Hello {
         let version = r.u16()?;
         let codec = r.u8()?;
         let _flags = r.u8()?;
-        Ok(Hello { version, codec, max_message: r.u32()?, fingerprint: r.u64()?, service: r.str()? })
+        let (max_message, fingerprint, service) = (r.u32()?, r.u64()?, r.str()?);
+        let min_version = r.opt_u16()?.unwrap_or(version);
+        let capabilities = r.opt_u32()?.unwrap_or(0);
+        Ok(Hello { version, min_version, capabilities, codec, max_message, fingerprint, service })
     }
 }
 
@@ -248,6 +196,8 @@ impl Welcome {
         b.extend_from_slice(&self.server_pid.to_le_bytes());
         put_str(&mut b, &self.service);
         put_str(&mut b, &self.message);
+        b.extend_from_slice(&self.capabilities.to_le_bytes());
+        b.extend_from_slice(&self.max_in_flight.to_le_bytes());
         b
     }
 
@@ -256,15 +206,21 @@ impl Welcome {
         let mut r = Reader::new(buf)?;
         let version = r.u16()?;
         let status = HandshakeStatus::from_u8(r.u8()?).ok_or(HandshakeDecodeError::Malformed("unknown status"))?;
+        let (codec, max_message, fingerprint, server_pid) = (r.u8()?, r.u32()?, r.u64()?, r.u32()?);
+        let (service, message) = (r.str()?, r.str()?);
+        let capabilities = r.opt_u32()?.unwrap_or(0);
+        let max_in_flight = r.opt_u32()?.unwrap_or(u32::MAX);
         Ok(Welcome {
             version,
+            capabilities,
+            max_in_flight,
             status,
-            codec: r.u8()?,
-            max_message: r.u32()?,
-            fingerprint: r.u64()?,
-            server_pid: r.u32()?,
-            service: r.str()?,
-            message: r.str()?,
+            codec,
+            max_message,
+            fingerprint,
+            server_pid,
+            service,
+            message,
         })
     }
 }
@@ -313,6 +269,13 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Result<u64, HandshakeDecodeError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
+    /// A trailing field that older peers do not send: `None` at the end of the message.
+    fn opt_u16(&mut self) -> Result<Option<u16>, HandshakeDecodeError> {
+        if self.0.is_empty() { Ok(None) } else { self.u16().map(Some) }
+    }
+    fn opt_u32(&mut self) -> Result<Option<u32>, HandshakeDecodeError> {
+        if self.0.is_empty() { Ok(None) } else { self.u32().map(Some) }
+    }
     fn str(&mut self) -> Result<String, HandshakeDecodeError> {
         let n = self.u16()? as usize;
         let bytes = self.take(n)?;
@@ -327,7 +290,9 @@ mod tests {
     #[test]
     fn hello_round_trips_and_ignores_trailing_fields() {
         let h = Hello {
-            version: 1,
+            version: 3,
+            min_version: 2,
+            capabilities: 0b101,
             codec: 0,
             max_message: 4 << 20,
             fingerprint: 0xdead_beef_0102_0304,
@@ -342,7 +307,9 @@ mod tests {
     #[test]
     fn welcome_round_trips() {
         let w = Welcome {
-            version: 1,
+            version: 2,
+            capabilities: 1,
+            max_in_flight: 128,
             status: HandshakeStatus::FingerprintMismatch,
             codec: 1,
             max_message: 1024,
@@ -352,6 +319,22 @@ mod tests {
             message: "différent".into(),
         };
         assert_eq!(Welcome::decode(&w.encode()).unwrap(), w);
+    }
+
+    #[test]
+    fn a_hello_without_the_version_range_reads_as_one_version_without_capabilities() {
+        let h = Hello {
+            version: 1,
+            min_version: 1,
+            capabilities: 0,
+            codec: 0,
+            max_message: 10,
+            fingerprint: 1,
+            service: "S".into(),
+        };
+        let mut bytes = h.encode();
+        bytes.truncate(bytes.len() - 6);
+        assert_eq!(Hello::decode(&bytes).unwrap(), h);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use rpc_core::service::BoxFuture;
-use rpc_core::wire::{ClientFrame, Hello, PROTOCOL_VERSION, ServerFrame, Welcome};
+use rpc_core::wire::{Frame, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Welcome, caps};
 use rpc_core::{
     CallOptions, Channel, ClientConfig, Codec, Direction, RpcError, Server, ServerConfig, ServerErrorKind, Service,
     ServiceId, TransportError,
@@ -23,18 +23,27 @@ enum Req {
     Big(usize),
     Sleep(u64),
     Panic,
+    /// Burns CPU for `min_ms`, then on until another `Spin` runs at the same time or
+    /// `overlap_ms` pass; answers the most `Spin`s seen running at once.
+    Spin {
+        min_ms: u64,
+        overlap_ms: u64,
+    },
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 enum Resp {
     Echo(#[serde(with = "serde_bytes")] Vec<u8>),
     Slept(u64),
+    Concurrency(usize),
 }
 
 #[derive(Default)]
 struct Probe {
     started: AtomicUsize,
     dropped_unfinished: AtomicUsize,
+    spinning: AtomicUsize,
+    max_spinning: AtomicUsize,
     notify: Notify,
 }
 
@@ -63,6 +72,7 @@ impl Service for Svc {
             Req::Big(_) => "big",
             Req::Sleep(_) => "sleep",
             Req::Panic => "panic",
+            Req::Spin { .. } => "spin",
         }
     }
     fn call(&self, r: Req) -> BoxFuture<Resp> {
@@ -80,6 +90,20 @@ impl Service for Svc {
                     Resp::Slept(ms)
                 }
                 Req::Panic => panic!("handler exploded"),
+                Req::Spin { min_ms, overlap_ms } => {
+                    let now = probe.spinning.fetch_add(1, Ordering::SeqCst) + 1;
+                    probe.max_spinning.fetch_max(now, Ordering::SeqCst);
+                    let t0 = std::time::Instant::now();
+                    while t0.elapsed() < Duration::from_millis(min_ms)
+                        || (probe.max_spinning.load(Ordering::SeqCst) < 2
+                            && t0.elapsed() < Duration::from_millis(overlap_ms))
+                    {
+                        std::hint::spin_loop();
+                    }
+                    probe.max_spinning.fetch_max(probe.spinning.load(Ordering::SeqCst), Ordering::SeqCst);
+                    probe.spinning.fetch_sub(1, Ordering::SeqCst);
+                    Resp::Concurrency(probe.max_spinning.load(Ordering::SeqCst))
+                }
             }
         })
     }
@@ -323,6 +347,8 @@ async fn raw_client(max: usize) -> (RawFramed, ServerTask) {
     let mut framed = rpc_core::pipe::length_delimited(a, max);
     let hello = Hello {
         version: PROTOCOL_VERSION,
+        min_version: MIN_PROTOCOL_VERSION,
+        capabilities: caps::SUPPORTED,
         codec: 0,
         max_message: max as u32,
         fingerprint: 0xfeed,
@@ -339,24 +365,20 @@ async fn malformed_request_gets_bad_request_and_the_connection_goes_on() {
     watchdog(async {
         let (mut framed, _task) = raw_client(1 << 20).await;
         // A call frame whose body is not a `Req`: the variant index is out of range.
-        let bad = Codec::Bincode
-            .encode(&ClientFrame::Call { id: 41, timeout_us: 1_000_000, body: (99u32, 1u8) }, 1 << 20)
-            .unwrap();
-        framed.send(bad).await.unwrap();
-        let good = Codec::Bincode
-            .encode(&ClientFrame::Call { id: 42, timeout_us: 1_000_000, body: Req::Echo(vec![1, 2]) }, 1 << 20)
-            .unwrap();
-        framed.send(good).await.unwrap();
-        let f1: ServerFrame<Resp> = Codec::Bincode.decode(&framed.next().await.unwrap().unwrap()).unwrap();
-        let f2: ServerFrame<Resp> = Codec::Bincode.decode(&framed.next().await.unwrap().unwrap()).unwrap();
+        let bad = Frame::<_, ()>::Call { id: 41, timeout_us: 1_000_000, body: (99u32, 1u8) };
+        framed.send(bad.encode(Codec::Bincode, 1 << 20).unwrap()).await.unwrap();
+        let good = Frame::<_, ()>::Call { id: 42, timeout_us: 1_000_000, body: Req::Echo(vec![1, 2]) };
+        framed.send(good.encode(Codec::Bincode, 1 << 20).unwrap()).await.unwrap();
+        let f1: Frame<(), Resp> = Frame::decode(Codec::Bincode, &framed.next().await.unwrap().unwrap()).unwrap();
+        let f2: Frame<(), Resp> = Frame::decode(Codec::Bincode, &framed.next().await.unwrap().unwrap()).unwrap();
         match f1 {
-            ServerFrame::Error { id: 41, error } => {
+            Frame::Error { id: 41, error } => {
                 assert_eq!(error.kind, ServerErrorKind::BadRequest);
                 assert!(error.detail.contains("Test"), "{}", error.detail);
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(f2, ServerFrame::Reply { id: 42, body: Resp::Echo(ref v) } if v == &[1, 2]), "{f2:?}");
+        assert!(matches!(f2, Frame::Reply { id: 42, body: Resp::Echo(ref v) } if v == &[1, 2]), "{f2:?}");
     })
     .await;
 }
@@ -409,6 +431,8 @@ async fn in_flight_limit_applies_backpressure_not_errors() {
         let results = futures::future::join_all(calls).await;
         assert!(results.iter().all(|r| r == &Ok(Resp::Slept(20))));
         assert_eq!(probe.started.load(Ordering::SeqCst), 20);
+        // The client learnt the window in the handshake and held the rest back itself.
+        assert_eq!(ch.peer().max_in_flight, 4);
     })
     .await;
 }
@@ -443,6 +467,8 @@ async fn scripted_server(io: tokio::io::DuplexStream) -> RawFramed {
     let hello = Hello::decode(&framed.next().await.unwrap().unwrap()).unwrap();
     let welcome = Welcome {
         version: PROTOCOL_VERSION,
+        capabilities: 0,
+        max_in_flight: 128,
         status: rpc_core::wire::HandshakeStatus::Ok,
         codec: hello.codec,
         max_message: MAX as u32,
@@ -455,18 +481,16 @@ async fn scripted_server(io: tokio::io::DuplexStream) -> RawFramed {
     framed
 }
 
-async fn next_client_frame(framed: &mut RawFramed) -> ClientFrame<Req> {
-    Codec::Bincode.decode(&framed.next().await.expect("client frame").unwrap()).unwrap()
+async fn next_client_frame(framed: &mut RawFramed) -> Frame<Req, Resp> {
+    Frame::decode(Codec::Bincode, &framed.next().await.expect("client frame").unwrap()).unwrap()
 }
 
-fn server_frame(f: &ServerFrame<Resp>) -> Bytes {
-    Codec::Bincode.encode(f, MAX).unwrap()
+fn server_frame(f: &Frame<Req, Resp>) -> Bytes {
+    f.encode(Codec::Bincode, MAX).unwrap()
 }
 
-fn call_id(f: &ClientFrame<Req>) -> u64 {
-    match f {
-        ClientFrame::Call { id, .. } | ClientFrame::Cancel { id } => *id,
-    }
+fn call_id(f: &Frame<Req, Resp>) -> u64 {
+    f.id()
 }
 
 #[tokio::test]
@@ -480,7 +504,7 @@ async fn responses_that_arrive_with_the_servers_close_are_still_delivered() {
             // (current-thread) runtime does not poll the client between these writes.
             for f in [&f2, &f1] {
                 framed
-                    .feed(server_frame(&ServerFrame::Reply { id: call_id(f), body: Resp::Slept(call_id(f)) }))
+                    .feed(server_frame(&Frame::Reply { id: call_id(f), body: Resp::Slept(call_id(f)) }))
                     .await
                     .unwrap();
             }
@@ -494,12 +518,12 @@ async fn responses_that_arrive_with_the_servers_close_are_still_delivered() {
         let mut got = [r1.unwrap(), r2.unwrap()];
         got.sort_by_key(|r| match r {
             Resp::Slept(id) => *id,
-            Resp::Echo(_) => 0,
+            _ => 0,
         });
         let mut want = [Resp::Slept(id1), Resp::Slept(id2)];
         want.sort_by_key(|r| match r {
             Resp::Slept(id) => *id,
-            Resp::Echo(_) => 0,
+            _ => 0,
         });
         assert_eq!(got, want);
         // And the connection is known to be over.
@@ -518,15 +542,12 @@ async fn a_late_response_to_an_abandoned_call_never_reaches_a_later_call() {
             let mut framed = scripted_server(b).await;
             let first = next_client_frame(&mut framed).await;
             let cancel = next_client_frame(&mut framed).await;
-            assert!(matches!(cancel, ClientFrame::Cancel { id } if id == call_id(&first)), "{cancel:?}");
+            assert!(matches!(cancel, Frame::Cancel { id } if id == call_id(&first)), "{cancel:?}");
             let second = next_client_frame(&mut framed).await;
             ids_tx.send((call_id(&first), call_id(&second))).unwrap();
             // The abandoned call's response comes late, right before the new call's.
-            framed.feed(server_frame(&ServerFrame::Reply { id: call_id(&first), body: Resp::Slept(1) })).await.unwrap();
-            framed
-                .feed(server_frame(&ServerFrame::Reply { id: call_id(&second), body: Resp::Slept(2) }))
-                .await
-                .unwrap();
+            framed.feed(server_frame(&Frame::Reply { id: call_id(&first), body: Resp::Slept(1) })).await.unwrap();
+            framed.feed(server_frame(&Frame::Reply { id: call_id(&second), body: Resp::Slept(2) })).await.unwrap();
             SinkExt::<Bytes>::flush(&mut framed).await.unwrap();
             framed
         });
@@ -579,4 +600,148 @@ fn calls_fail_when_the_runtime_running_their_connection_shuts_down() {
     }
     assert!(waited < Duration::from_secs(20), "{waited:?}");
     server.abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine's rules: reading never stops, cancelled work is never sent, panics in user
+// `Deserialize` impls fail one exchange, long handlers run in parallel.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn cancels_reach_the_server_while_its_window_is_full() {
+    watchdog(async {
+        let (probe, client, _t) =
+            pair(ServerConfig::default().max_in_flight_per_connection(2), ClientConfig::default());
+        let ch = client.await;
+        let (c1, c2) = (ch.clone(), ch.clone());
+        let long1 = tokio::spawn(async move { c1.call(&CallOptions::default(), Req::Sleep(60_000)).await });
+        let long2 = tokio::spawn(async move { c2.call(&CallOptions::default(), Req::Sleep(60_000)).await });
+        until(&probe, |p| p.started.load(Ordering::SeqCst) == 2).await;
+        // The window is full: this call waits in the client.
+        let c3 = ch.clone();
+        let waiting = tokio::spawn(async move { c3.call(&CallOptions::default(), Req::Echo(vec![6])).await });
+        // Giving up on the long calls must stop them now, not at their deadlines.
+        long1.abort();
+        long2.abort();
+        until(&probe, |p| p.dropped_unfinished.load(Ordering::SeqCst) == 2).await;
+        assert_eq!(waiting.await.unwrap().unwrap(), Resp::Echo(vec![6]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_call_cancelled_after_its_reply_was_queued_gets_no_reply() {
+    watchdog(async {
+        // A raw client that does not read: the 200 kB reply to call 1 fills the pipe, so
+        // the reply to call 2 waits in the server when call 2's cancel arrives.
+        let (mut framed, _task) = raw_client(1 << 20).await;
+        let send = |f: Frame<Req, ()>| f.encode(Codec::Bincode, 1 << 20).unwrap();
+        framed.send(send(Frame::Call { id: 1, timeout_us: 10_000_000, body: Req::Big(200_000) })).await.unwrap();
+        framed.send(send(Frame::Call { id: 2, timeout_us: 10_000_000, body: Req::Echo(vec![2]) })).await.unwrap();
+        framed.send(send(Frame::Cancel { id: 2 })).await.unwrap();
+        framed.send(send(Frame::Call { id: 3, timeout_us: 10_000_000, body: Req::Echo(vec![3]) })).await.unwrap();
+        let mut ids = Vec::new();
+        while ids.len() < 2 {
+            let f: Frame<(), Resp> = Frame::decode(Codec::Bincode, &framed.next().await.unwrap().unwrap()).unwrap();
+            ids.push(f.id());
+        }
+        assert_eq!(ids, [1, 3], "the cancelled call 2 was answered");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_call_that_expires_while_the_pipe_is_full_is_never_written() {
+    watchdog(async {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let mut framed = scripted_server(b).await;
+            // Read nothing until the client's short call has expired.
+            go_rx.await.unwrap();
+            let mut seen = Vec::new();
+            while seen.len() < 2 {
+                let f = next_client_frame(&mut framed).await;
+                seen.push((f.kind(), f.id()));
+                if let Frame::Call { id, body: Req::Echo(v), .. } = f
+                    && v.len() == 1
+                {
+                    framed.send(server_frame(&Frame::Reply { id, body: Resp::Echo(v) })).await.unwrap();
+                }
+            }
+            seen
+        });
+        let ch = Channel::<Req, Resp>::from_io(a, ID, ClientConfig::default()).await.unwrap();
+        let opts = CallOptions::with_timeout(Duration::from_secs(20));
+        // 300 kB: more than the pipe holds, so what follows waits in the client. Polled
+        // once, so it is queued before the short call.
+        let mut big = std::pin::pin!(ch.call(&opts, Req::Echo(vec![0; 300_000])));
+        assert!(futures::poll!(&mut big).is_pending());
+        let short = ch.call(&CallOptions::with_timeout(Duration::from_millis(50)), Req::Echo(vec![1, 1])).await;
+        assert!(matches!(short, Err(RpcError::DeadlineExceeded { .. })), "{short:?}");
+        go_tx.send(()).unwrap();
+        let after = ch.call(&CallOptions::default(), Req::Echo(vec![3])).await;
+        assert_eq!(after.unwrap(), Resp::Echo(vec![3]));
+        let seen = server.await.unwrap();
+        // The big call, then the one after the expired call: neither it nor a cancel for it.
+        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), [rpc_core::wire::Kind::Call; 2], "{seen:?}");
+    })
+    .await;
+}
+
+/// A response type whose `Deserialize` panics on the value 13.
+#[derive(Debug, PartialEq, Serialize)]
+struct Touchy(u8);
+
+impl<'de> Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u8::deserialize(d)?;
+        assert_ne!(v, 13, "unlucky number");
+        Ok(Touchy(v))
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_response_deserialize_fails_only_that_call() {
+    watchdog(async {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            let mut framed = scripted_server(b).await;
+            for value in [13u8, 1] {
+                let id = next_client_frame(&mut framed).await.id();
+                let reply = Frame::<(), u8>::Reply { id, body: value }.encode(Codec::Bincode, MAX).unwrap();
+                framed.send(reply).await.unwrap();
+            }
+            framed
+        });
+        let ch = Channel::<Req, Touchy>::from_io(a, ID, ClientConfig::default()).await.unwrap();
+        let first = ch.call(&CallOptions::default(), Req::Echo(vec![])).await;
+        match &first {
+            Err(RpcError::Transport(TransportError::Protocol { detail })) => {
+                assert!(detail.contains("panicked") && detail.contains("unlucky number"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ch.call(&CallOptions::default(), Req::Echo(vec![])).await, Ok(Touchy(1)));
+        drop(server.await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_running_handlers_of_one_connection_run_in_parallel() {
+    watchdog(async {
+        let (probe, client, _t) = pair(ServerConfig::default(), ClientConfig::default());
+        let ch = client.await;
+        let opts = CallOptions::default();
+        // The first call of a method that burns CPU runs inline and marks it as long-running.
+        assert_eq!(ch.call(&opts, Req::Spin { min_ms: 2, overlap_ms: 0 }).await, Ok(Resp::Concurrency(1)));
+        // Each of these spins until it sees another one running, for up to 5 s; run one
+        // after another, none would.
+        let calls = (0..4).map(|_| ch.call(&opts, Req::Spin { min_ms: 1, overlap_ms: 5_000 }));
+        let results = futures::future::join_all(calls).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert!(probe.max_spinning.load(Ordering::SeqCst) >= 2, "the handlers ran one at a time");
+    })
+    .await;
 }

@@ -9,7 +9,7 @@ use pipe_rpc_tests::{
 };
 use rpc_core::codec::Codec;
 use rpc_core::pipe::{ConnectOptions, PipeStream};
-use rpc_core::wire::{ClientFrame, HandshakeStatus, Hello, PROTOCOL_VERSION, ServerFrame, Welcome};
+use rpc_core::wire::{Frame, HandshakeStatus, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Welcome, caps};
 use rpc_core::{RpcError, ServerErrorKind, TransportError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -125,6 +125,8 @@ async fn raw_handshake(name: &rpc_core::PipeName) -> PipeStream {
     let mut io = raw_connect(name).await;
     let hello = Hello {
         version: PROTOCOL_VERSION,
+        min_version: MIN_PROTOCOL_VERSION,
+        capabilities: caps::SUPPORTED,
         codec: Codec::Bincode.id(),
         max_message: 1 << 20,
         fingerprint: ProbeClient::ID.fingerprint,
@@ -190,13 +192,12 @@ async fn a_call_that_does_not_decode_gets_bad_request_and_the_connection_goes_on
         let _server = ServerProcess::spawn(EXE, &name, &[]).await;
         let mut io = raw_handshake(&name).await;
         // A call frame whose body is no `ProbeRequest`: the variant index is out of range.
-        let bad =
-            Codec::Bincode.encode(&ClientFrame::Call { id: 41, timeout_us: 5_000_000, body: (999u32, 1u8) }, 1 << 20);
-        write_frame(&mut io, &bad.unwrap()).await;
-        let frame: ServerFrame<pipe_rpc_tests::ProbeResponse> =
-            Codec::Bincode.decode(&read_frame(&mut io).await).unwrap();
+        let bad = Frame::<_, ()>::Call { id: 41, timeout_us: 5_000_000, body: (999u32, 1u8) };
+        write_frame(&mut io, &bad.encode(Codec::Bincode, 1 << 20).unwrap()).await;
+        let frame: Frame<(), pipe_rpc_tests::ProbeResponse> =
+            Frame::decode(Codec::Bincode, &read_frame(&mut io).await).unwrap();
         match frame {
-            ServerFrame::Error { id: 41, error } => {
+            Frame::Error { id: 41, error } => {
                 assert_eq!(error.kind, ServerErrorKind::BadRequest, "{error:?}");
                 assert!(error.detail.contains("Probe"), "{error:?}");
             }
@@ -204,22 +205,21 @@ async fn a_call_that_does_not_decode_gets_bad_request_and_the_connection_goes_on
         }
         // The same connection still works.
         let good = pipe_rpc_tests::ProbeRequest::EchoString { s: "raw".into() };
-        let good = Codec::Bincode.encode(&ClientFrame::Call { id: 42, timeout_us: 5_000_000, body: good }, 1 << 20);
-        write_frame(&mut io, &good.unwrap()).await;
-        let frame: ServerFrame<pipe_rpc_tests::ProbeResponse> =
-            Codec::Bincode.decode(&read_frame(&mut io).await).unwrap();
+        let good = Frame::<_, ()>::Call { id: 42, timeout_us: 5_000_000, body: good };
+        write_frame(&mut io, &good.encode(Codec::Bincode, 1 << 20).unwrap()).await;
+        let frame: Frame<(), pipe_rpc_tests::ProbeResponse> =
+            Frame::decode(Codec::Bincode, &read_frame(&mut io).await).unwrap();
         match frame {
-            ServerFrame::Reply { id: 42, body: pipe_rpc_tests::ProbeResponse::EchoString(s) } => assert_eq!(s, "raw"),
+            Frame::Reply { id: 42, body: pipe_rpc_tests::ProbeResponse::EchoString(s) } => assert_eq!(s, "raw"),
             other => panic!("expected the reply to call 42, got {:?}", frame_kind(&other)),
         }
     })
     .await;
 }
 
-fn frame_kind<R>(f: &ServerFrame<R>) -> String {
+fn frame_kind<R>(f: &Frame<(), R>) -> String {
     match f {
-        ServerFrame::Reply { id, .. } => format!("Reply {{ id: {id} }}"),
-        ServerFrame::Error { id, error } => format!("Error {{ id: {id}, error: {error:?} }}"),
-        ServerFrame::TooLarge { id, size, limit } => format!("TooLarge {{ id: {id}, size: {size}, limit: {limit} }}"),
+        Frame::Error { id, error } => format!("Error {{ id: {id}, error: {error:?} }}"),
+        other => format!("{:?} {{ id: {} }}", other.kind(), other.id()),
     }
 }

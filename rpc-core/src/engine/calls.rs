@@ -1,16 +1,17 @@
-//! The table of a connection's calls, shared by every caller and the driver under one lock.
+//! The table of a connection's outgoing calls, shared by every caller and the engine under
+//! one lock.
 //!
 //! Each call owns a slot from the moment it starts until its future completes or is
-//! dropped; the driver only ever fills a slot in (with the response or an error) and
+//! dropped; the engine only ever fills a slot in (with the response or an error) and
 //! wakes its caller. The slot index is the low half of the call's wire id and a per-slot
 //! generation the high half, so a late response to a call that gave up (the slot may
 //! already serve another call) is recognised by its id and dropped.
 //!
 //! Why this and not a command channel plus a oneshot per call (the first design): that
 //! cost an allocation per call for the oneshot, half a dozen atomic operations between
-//! channel and oneshot, and a hash map of pending calls in the driver. Here a call takes
+//! channel and oneshot, and a hash map of pending calls in the engine. Here a call takes
 //! the (almost always uncontended) lock twice, once to start and once to collect its
-//! result, and the driver takes it once per batch of responses and requests; no
+//! result, and the engine takes it once per batch of responses and requests; no
 //! allocation per call once the table has grown to the number of calls in flight.
 
 use std::collections::VecDeque;
@@ -23,10 +24,10 @@ use futures::task::AtomicWaker;
 use crate::deadlines::DeadlineQueue;
 use crate::error::{RpcError, TransportError};
 
-/// The shared half of a connection: call table plus the driver's waker.
+/// The shared half of a connection's outgoing calls: the table plus the engine's waker.
 pub(crate) struct Calls<Req, Resp> {
     table: Mutex<Table<Req, Resp>>,
-    driver: AtomicWaker,
+    engine: AtomicWaker,
 }
 
 /// How the connection is to end, as asked by the handles.
@@ -44,7 +45,7 @@ pub(crate) struct Table<Req, Resp> {
     slots: Vec<Slot<Resp>>,
     /// Indexes of free slots; reused last-in first-out, so hot slots stay hot.
     free: Vec<u32>,
-    /// Started calls and cancellations for the driver, in the order they happened.
+    /// Started calls and cancellations for the engine, in the order they happened.
     queue: Vec<Queued<Req>>,
     /// Why the connection ended, once it has: calls started later fail with this at once.
     closed: Option<RpcError>,
@@ -58,7 +59,7 @@ struct Slot<Resp> {
     deadline: Instant,
     /// The time the caller gave, for `DeadlineExceeded`.
     timeout: Duration,
-    /// The driver has taken the call for writing, so a cancel must go to the server too.
+    /// The engine has taken the call for writing, so a cancel must go to the server too.
     sent: bool,
 }
 
@@ -68,19 +69,20 @@ enum State<Resp> {
     Done(Result<Resp, RpcError>),
 }
 
-/// What callers hand the driver.
+/// What callers hand the engine.
 pub(crate) enum Queued<Req> {
     Call { id: u64, body: Req },
     Cancel { id: u64 },
 }
 
-/// A frame the driver will write, once the pipe has room.
-pub(crate) enum Outgoing<Req> {
-    Call { id: u64, timeout: Duration, body: Req },
-    Cancel { id: u64 },
+/// A call the engine will write, once the pipe has room and the callee's window admits it.
+pub(crate) struct OutCall<Req> {
+    pub(crate) id: u64,
+    pub(crate) timeout: Duration,
+    pub(crate) body: Req,
 }
 
-fn index(id: u64) -> usize {
+pub(crate) fn index(id: u64) -> usize {
     (id & u64::from(u32::MAX)) as usize
 }
 
@@ -94,7 +96,7 @@ impl<Req, Resp> Calls<Req, Resp> {
                 closed: None,
                 close: CloseRequest::None,
             }),
-            driver: AtomicWaker::new(),
+            engine: AtomicWaker::new(),
         }
     }
 
@@ -104,17 +106,17 @@ impl<Req, Resp> Calls<Req, Resp> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The driver's waker; registered before it looks at the queue, so a call queued
+    /// The engine's waker; registered before it looks at the queue, so a call queued
     /// after that look always wakes it.
-    pub(crate) fn register_driver(&self, waker: &Waker) {
-        self.driver.register(waker);
+    pub(crate) fn register_engine(&self, waker: &Waker) {
+        self.engine.register(waker);
     }
 
-    fn wake_driver(&self) {
-        self.driver.wake();
+    fn wake_engine(&self) {
+        self.engine.wake();
     }
 
-    /// Starts a call: takes a slot and queues the request for the driver. Returns the
+    /// Starts a call: takes a slot and queues the request for the engine. Returns the
     /// call's id, or why the connection cannot take calls (`body` is then dropped, after
     /// the lock is released).
     pub(crate) fn start(
@@ -152,12 +154,12 @@ impl<Req, Resp> Calls<Req, Resp> {
             }
         };
         t.queue.push(Queued::Call { id, body });
-        // Only the push onto an empty queue wakes the driver: a non-empty queue has a wake
-        // outstanding that the driver has not acted on yet.
+        // Only the push onto an empty queue wakes the engine: a non-empty queue has a wake
+        // outstanding that the engine has not acted on yet.
         let wake = t.queue.len() == 1;
         drop(t);
         if wake {
-            self.wake_driver();
+            self.wake_engine();
         }
         Ok(id)
     }
@@ -205,7 +207,7 @@ impl<Req, Resp> Calls<Req, Resp> {
         // The waker or result is dropped out here, not under the lock.
         drop(state);
         if wake {
-            self.wake_driver();
+            self.wake_engine();
         }
     }
 
@@ -217,7 +219,7 @@ impl<Req, Resp> Calls<Req, Resp> {
             t.close = how;
         }
         drop(t);
-        self.wake_driver();
+        self.wake_engine();
     }
 
     /// Why the connection ended, if it has.
@@ -257,9 +259,15 @@ impl<Req, Resp> Table<Req, Resp> {
         sent
     }
 
-    /// Moves what callers queued to the driver's `outgoing` frames, marking calls as sent
-    /// and entering their deadlines. Calls given up before the driver saw them are dropped.
-    pub(crate) fn take_queue(&mut self, outgoing: &mut VecDeque<Outgoing<Req>>, deadlines: &mut DeadlineQueue) {
+    /// Moves what callers queued to the engine: calls to `outgoing` (marked as sent, their
+    /// deadlines entered), cancels to `cancels`. Calls given up before the engine saw them
+    /// are dropped.
+    pub(crate) fn take_queue(
+        &mut self,
+        outgoing: &mut VecDeque<OutCall<Req>>,
+        cancels: &mut Vec<u64>,
+        deadlines: &mut DeadlineQueue,
+    ) {
         let mut queue = std::mem::take(&mut self.queue);
         for q in queue.drain(..) {
             match q {
@@ -268,10 +276,10 @@ impl<Req, Resp> Table<Req, Resp> {
                         slot.sent = true;
                         let timeout = slot.timeout;
                         deadlines.push(slot.deadline, id);
-                        outgoing.push_back(Outgoing::Call { id, timeout, body });
+                        outgoing.push_back(OutCall { id, timeout, body });
                     }
                 }
-                Queued::Cancel { id } => outgoing.push_back(Outgoing::Cancel { id }),
+                Queued::Cancel { id } => cancels.push(id),
             }
         }
         // Hand the (now empty) allocation back for the next batch.

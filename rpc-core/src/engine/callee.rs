@@ -1,0 +1,277 @@
+//! The serving half of a connection: calls the peer makes to this end's service.
+//!
+//! Each call is polled once inline as soon as its frame is decoded: most handlers finish
+//! without waiting, and are answered without a task, an abort handle or a deadline entry.
+//! A handler that waits, or whose method once took longer than [`HEAVY`] in that first
+//! poll, gets a tokio task of its own, so it never holds up the connection's other calls
+//! and, on a multi-thread runtime, runs in parallel with them. Finished tasks hand their
+//! results back through [`Finished`] and wake the engine.
+//!
+//! Admission: at most `max_in_flight_per_connection` calls run or wait to be written at
+//! once. A conforming caller never exceeds it (the window is announced in the handshake);
+//! a call beyond it is refused with `Overloaded`, and the frames after it are still read.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::task::AtomicWaker;
+use tokio::task::AbortHandle;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::context::{self, Context as CallContext};
+use crate::deadlines::{DeadlineQueue, IdMap};
+use crate::error::{ServerError, ServerErrorKind, fmt_duration, panic_message};
+use crate::server::ServerConfig;
+use crate::service::Service;
+
+/// A first poll longer than this marks its method as long-running: its later calls start
+/// in a task of their own instead of inline.
+pub(crate) const HEAVY: Duration = Duration::from_micros(500);
+
+/// A frame the serving half wants written.
+pub(crate) enum Answer<R> {
+    Reply { id: u64, body: R },
+    Error { id: u64, error: ServerError },
+}
+
+impl<R> Answer<R> {
+    fn id(&self) -> u64 {
+        match self {
+            Answer::Reply { id, .. } | Answer::Error { id, .. } => *id,
+        }
+    }
+}
+
+enum Outcome<R> {
+    Done(R),
+    Panicked(String),
+}
+
+/// Results of handlers that ran in their own tasks.
+struct Finished<R> {
+    list: Mutex<Vec<(u64, u64, Outcome<R>)>>,
+    engine: AtomicWaker,
+}
+
+impl<R> Finished<R> {
+    fn push(&self, id: u64, seq: u64, outcome: Outcome<R>) {
+        self.list.lock().unwrap_or_else(PoisonError::into_inner).push((id, seq, outcome));
+        self.engine.wake();
+    }
+}
+
+/// What the connection keeps per handler running in a task.
+struct Running {
+    abort: AbortHandle,
+    /// Tells this handler's result from that of an earlier call with the same id.
+    seq: u64,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+pub(crate) struct Callee<S: Service> {
+    service: Arc<S>,
+    config: Arc<ServerConfig>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    pub(crate) draining: bool,
+    running: IdMap<Running>,
+    seq: u64,
+    finished: Arc<Finished<S::Response>>,
+    /// Taken from `finished` under its lock, handled outside it.
+    taken: Vec<(u64, u64, Outcome<S::Response>)>,
+    deadlines: DeadlineQueue,
+    outbox: VecDeque<Answer<S::Response>>,
+    /// Methods whose first poll took longer than [`HEAVY`].
+    heavy: HashSet<&'static str>,
+}
+
+impl<S: Service> Callee<S> {
+    pub(crate) fn new(service: Arc<S>, config: Arc<ServerConfig>, shutdown: CancellationToken) -> Self {
+        Callee {
+            service,
+            config,
+            shutdown: Box::pin(shutdown.cancelled_owned()),
+            draining: false,
+            running: IdMap::default(),
+            seq: 0,
+            finished: Arc::new(Finished { list: Mutex::new(Vec::new()), engine: AtomicWaker::new() }),
+            taken: Vec::new(),
+            deadlines: DeadlineQueue::new(),
+            outbox: VecDeque::new(),
+            heavy: HashSet::new(),
+        }
+    }
+
+    fn refuse(&mut self, id: u64, kind: ServerErrorKind, detail: String) {
+        self.outbox.push_back(Answer::Error { id, error: ServerError::new(kind, detail) });
+    }
+
+    /// The peer sent more answers' worth of frames than it reads: stop reading until it
+    /// reads what it is owed (the only time reading stops).
+    pub(crate) fn outbox_full(&self) -> bool {
+        self.outbox.len() >= 2 * self.config.max_in_flight_per_connection
+    }
+
+    /// A call frame arrived.
+    pub(crate) fn on_call(&mut self, id: u64, timeout_us: u64, body: S::Request, cx: &mut Context<'_>) {
+        let limit = self.config.max_in_flight_per_connection;
+        if self.draining {
+            self.refuse(
+                id,
+                ServerErrorKind::ShuttingDown,
+                "the server is shutting down; the call was not started".into(),
+            );
+        } else if self.running.contains_key(&id) {
+            self.refuse(id, ServerErrorKind::BadRequest, format!("request id {id} is already in flight"));
+        } else if self.running.len() + self.outbox.len() >= limit {
+            let detail = format!(
+                "the connection already has {limit} calls in flight, the server's limit per connection \
+                 (announced in the handshake); the call was not started"
+            );
+            self.refuse(id, ServerErrorKind::Overloaded, detail);
+        } else {
+            self.start(id, timeout_us, body, cx);
+        }
+    }
+
+    /// A call frame whose body does not decode.
+    pub(crate) fn on_bad_call(&mut self, id: u64, error: &str) {
+        let detail = format!("the request does not decode as a call of `{}`: {error}", S::ID.name);
+        self.refuse(id, ServerErrorKind::BadRequest, detail);
+    }
+
+    /// The caller gave up on `id`: stop its handler and drop its unwritten answer, if any.
+    pub(crate) fn on_cancel(&mut self, id: u64) {
+        if let Some(r) = self.running.remove(&id) {
+            r.abort.abort();
+        } else if self.outbox.iter().any(|a| a.id() == id) {
+            // Answered inline or just finished, not written yet: the caller no longer wants it.
+            self.outbox.retain(|a| a.id() != id);
+        }
+    }
+
+    fn start(&mut self, id: u64, timeout_us: u64, body: S::Request, cx: &mut Context<'_>) {
+        let timeout = Duration::from_micros(timeout_us).min(self.config.max_deadline);
+        if timeout.is_zero() {
+            // The caller's deadline passed before the call reached us: nobody waits.
+            let detail = "the call's deadline had passed when it reached the server".to_owned();
+            self.refuse(id, ServerErrorKind::DeadlineExceeded, detail);
+            return;
+        }
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let method = S::method_name(&body);
+        let ctx = CallContext { deadline, request_id: id, method };
+        let mut call = self.service.call(body);
+        if self.heavy.is_empty() || !self.heavy.contains(method) {
+            // Poll once right here. If it waits, it registered this connection's waker,
+            // which is harmless: its task polls it again with its own.
+            let first = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                context::sync_scoped(ctx.clone(), || call.as_mut().poll(cx))
+            }));
+            if started.elapsed() > HEAVY {
+                self.heavy.insert(method);
+            }
+            match first {
+                Ok(Poll::Ready(body)) => return self.answer(id, Outcome::Done(body)),
+                Err(panic) => return self.answer(id, Outcome::Panicked(panic_message(panic.as_ref()))),
+                Ok(Poll::Pending) => {}
+            }
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        let finished = self.finished.clone();
+        let task = tokio::spawn(async move {
+            let outcome = match AssertUnwindSafe(context::scoped(ctx, call)).catch_unwind().await {
+                Ok(body) => Outcome::Done(body),
+                Err(panic) => Outcome::Panicked(panic_message(panic.as_ref())),
+            };
+            finished.push(id, seq, outcome);
+        });
+        self.running.insert(id, Running { abort: task.abort_handle(), seq, deadline, timeout });
+        self.deadlines.push(deadline, id);
+    }
+
+    fn answer(&mut self, id: u64, outcome: Outcome<S::Response>) {
+        let answer = match outcome {
+            Outcome::Done(body) => Answer::Reply { id, body },
+            Outcome::Panicked(msg) => {
+                tracing::error!(id, panic = %msg, "handler panicked");
+                Answer::Error { id, error: ServerError::new(ServerErrorKind::HandlerPanicked, msg) }
+            }
+        };
+        self.outbox.push_back(answer);
+    }
+
+    /// The deadline of a running call passed: stop the handler and say so, so a caller
+    /// whose own deadline is later (the server caps deadlines) does not wait in silence.
+    fn expire(&mut self, deadline: Instant, id: u64) {
+        // Entries are removed lazily: only a call still running with this deadline expires.
+        if self.running.get(&id).is_some_and(|r| r.deadline == deadline) {
+            let r = self.running.remove(&id).expect("checked above");
+            r.abort.abort();
+            let detail = format!("the call's deadline of {} passed on the server", fmt_duration(r.timeout));
+            self.refuse(id, ServerErrorKind::DeadlineExceeded, detail);
+        }
+    }
+
+    /// Shutdown, finished tasks, deadlines. Returns whether anything moved.
+    pub(crate) fn pass(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
+            self.draining = true;
+            progress = true;
+        }
+        // Once any task was spawned, its result may be waiting (even a cancelled call's).
+        if self.seq > 0 {
+            self.finished.engine.register(cx.waker());
+            std::mem::swap(&mut *self.finished.list.lock().unwrap_or_else(PoisonError::into_inner), &mut self.taken);
+            let mut taken = std::mem::take(&mut self.taken);
+            for (id, seq, outcome) in taken.drain(..) {
+                // Cancelled or expired meanwhile (or an earlier call with this id): drop it.
+                if self.running.get(&id).is_some_and(|r| r.seq == seq) {
+                    self.running.remove(&id);
+                    self.answer(id, outcome);
+                    progress = true;
+                }
+            }
+            self.taken = taken;
+        }
+        for (deadline, id) in self.deadlines.poll_expired(cx) {
+            self.expire(deadline, id);
+            progress = true;
+        }
+        self.deadlines.compact(self.running.len(), || self.running.iter().map(|(&id, r)| (r.deadline, id)));
+        progress
+    }
+
+    /// The next answer to write.
+    pub(crate) fn next(&mut self) -> Option<Answer<S::Response>> {
+        self.outbox.pop_front()
+    }
+
+    /// True if answers wait to be written.
+    pub(crate) fn has_answers(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// Every call that started has been answered.
+    pub(crate) fn drained(&self) -> bool {
+        self.running.is_empty() && self.outbox.is_empty()
+    }
+}
+
+impl<S: Service> Drop for Callee<S> {
+    fn drop(&mut self) {
+        // The connection is over: nobody waits for the handlers still running.
+        for r in self.running.values() {
+            r.abort.abort();
+        }
+    }
+}

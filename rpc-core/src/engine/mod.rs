@@ -1,0 +1,378 @@
+//! The connection engine: one hand-polled task per connection, the same on both ends.
+//!
+//! An engine has a calling half ([`Caller`]: the calls this end makes) and a serving half
+//! ([`Callee`]: calls the peer makes to this end's service); a client has the first, a
+//! server the second, and an end that is called back will have both. Each pass:
+//!
+//! 1. **Read** up to [`READ_BATCH`] frames and act on each at once: calls start (their
+//!    handler polled inline), cancels stop handlers, replies are filed for their callers.
+//!    Reading never waits for handlers or for the window; it pauses only while the peer
+//!    leaves more than twice the in-flight limit of our answers unread.
+//! 2. **Calling half**: under one lock, hand replies to callers, expire deadlines, take
+//!    new calls and cancels.
+//! 3. **Serving half**: shutdown, handlers that finished in their own tasks, deadlines.
+//! 4. **Write** answers, then cancels, then calls (while the callee's window has room),
+//!    as long as the pipe takes them, and flush once.
+//!
+//! Reading and writing progress independently inside one `poll`: a full outgoing pipe
+//! never stops us from reading (which would let two ends deadlock, each waiting for the
+//! other to read), and many pipelined frames go out with one flush. Why a pass reads at
+//! most 32 frames: with one flush per burst of 128 pipelined calls, client and server took
+//! turns (each idle while the other worked through the burst); flushing every 32 lets them
+//! overlap (0.45 → 0.66 M calls/s with 128 in flight, for one write per 32 answers).
+
+mod callee;
+mod caller;
+pub(crate) mod calls;
+mod transport;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use serde::{Serialize, de::DeserializeOwned};
+
+pub(crate) use callee::Callee;
+pub(crate) use caller::Caller;
+pub(crate) use transport::{FrameTransport, Inbound, Outbound, pipe};
+
+use self::callee::Answer;
+use self::calls::CloseRequest;
+use crate::codec::{EncodeError, encode_error};
+use crate::error::{Direction, RpcError, ServerError, ServerErrorKind, TransportError, connection_error};
+use crate::service::Service;
+use crate::wire::{Frame, FrameError, Kind};
+
+/// Frames read per pass; each pass ends with a flush of what it produced.
+const READ_BATCH: usize = 32;
+/// Passes per poll before yielding, so one busy connection cannot starve other tasks.
+const ROUNDS: usize = 16;
+
+/// How a connection ended.
+enum Ended {
+    /// The peer closed the pipe.
+    PeerLeft,
+    /// Shutdown: every call that started was answered.
+    Drained,
+    /// This end closed it (every handle dropped, or `close()`).
+    Closed,
+    /// The pipe failed or the peer broke the protocol.
+    Failed(TransportError),
+}
+
+/// One connection. `S` is the service this end serves, `Req`/`Resp` the request and
+/// response enums of the service it calls (an end that serves or calls nothing uses
+/// [`NoService`] and [`Never`](crate::wire::Never)).
+pub(crate) struct Engine<T, S: Service, Req, Resp> {
+    /// Boxed so the engine is `Unpin` whatever the carrier is.
+    transport: Pin<Box<T>>,
+    /// Who is at the other end, for messages: "server" or "client".
+    peer: &'static str,
+    caller: Option<Caller<Req, Resp>>,
+    callee: Option<Callee<S>>,
+    needs_flush: bool,
+    /// Set once the connection is over and every caller has been told.
+    finished: bool,
+}
+
+impl<T, S, Req, Resp> Engine<T, S, Req, Resp>
+where
+    T: FrameTransport<Inbound<S::Request, Resp>, Outbound<Req, S::Response>>,
+    S: Service,
+    Req: Serialize,
+    Resp: DeserializeOwned,
+{
+    pub(crate) fn new(
+        transport: T,
+        peer: &'static str,
+        caller: Option<Caller<Req, Resp>>,
+        callee: Option<Callee<S>>,
+    ) -> Self {
+        Engine { transport: Box::pin(transport), peer, caller, callee, needs_flush: false, finished: false }
+    }
+
+    fn protocol(&self, detail: String) -> TransportError {
+        TransportError::Protocol { detail: format!("{detail} (from the {})", self.peer) }
+    }
+
+    /// Acts on one frame; `Err` if the stream can no longer be trusted.
+    fn on_frame(&mut self, inbound: Inbound<S::Request, Resp>, cx: &mut Context<'_>) -> Result<(), TransportError> {
+        let frame = match inbound.0 {
+            Ok(frame) => frame,
+            Err(FrameError::Header(e)) => return Err(self.protocol(format!("unreadable frame: {e}"))),
+            Err(FrameError::Body { kind: Kind::Call, id, error }) if self.callee.is_some() => {
+                self.callee.as_mut().expect("checked").on_bad_call(id, &error);
+                return Ok(());
+            }
+            Err(FrameError::Body { kind: Kind::Reply | Kind::Error, id, error }) if self.caller.is_some() => {
+                let err = TransportError::Protocol { detail: format!("malformed response: {error}") };
+                self.caller.as_mut().expect("checked").on_reply(id, caller::Arrival::Failed(err.into()));
+                return Ok(());
+            }
+            Err(e @ FrameError::Body { .. }) => return Err(self.protocol(e.to_string())),
+        };
+        match frame {
+            Frame::Call { id, timeout_us, body } => match &mut self.callee {
+                Some(c) => c.on_call(id, timeout_us, body, cx),
+                None => return Err(self.protocol("a call, but this end serves no calls".into())),
+            },
+            Frame::Cancel { id } => {
+                if let Some(c) = &mut self.callee {
+                    c.on_cancel(id);
+                }
+            }
+            Frame::Reply { id, body } => self.arrival(id, caller::Arrival::Reply(body))?,
+            Frame::Error { id, error } => self.arrival(id, caller::Arrival::Error(error))?,
+            Frame::TooLarge { id, size, limit } => {
+                let err = TransportError::MessageTooLarge { size, limit, direction: Direction::Response };
+                self.arrival(id, caller::Arrival::Failed(err.into()))?;
+            }
+            // Not announced in this build's handshake: a conforming peer never sends them.
+            f @ (Frame::OneWay { .. } | Frame::Credit { .. }) => {
+                return Err(self.protocol(format!("a {:?} frame, which this end did not negotiate", f.kind())));
+            }
+        }
+        Ok(())
+    }
+
+    fn arrival(&mut self, id: u64, arrival: caller::Arrival<Resp>) -> Result<(), TransportError> {
+        match &mut self.caller {
+            Some(c) => {
+                c.on_reply(id, arrival);
+                Ok(())
+            }
+            None => Err(self.protocol("a reply, but this end made no calls".into())),
+        }
+    }
+
+    /// Writes one frame, which `poll_ready` has made room for.
+    fn send(&mut self, next: Pending<Req, S::Response>) -> Result<(), TransportError> {
+        let (id, frame) = match next {
+            Pending::Answer(Answer::Reply { id, body }) => (id, Frame::Reply { id, body }),
+            Pending::Answer(Answer::Error { id, error }) => (id, Frame::Error { id, error }),
+            Pending::Call(caller::Next::Cancel(id)) => (id, Frame::Cancel { id }),
+            Pending::Call(caller::Next::Call(call)) => {
+                let id = call.id;
+                (id, Frame::Call { id, timeout_us: caller::timeout_us(call.timeout), body: call.body })
+            }
+        };
+        let kind = frame.kind();
+        let e = match self.transport.as_mut().start_send(Outbound(frame)) {
+            Ok(()) => {
+                self.needs_flush = true;
+                if kind == Kind::Call {
+                    self.caller.as_mut().expect("only the calling half writes calls").on_written(id);
+                }
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        // Encoding failed before anything was written: only this exchange fails.
+        let Some(why) = encode_error(&e) else { return Err(connection_error(&e, self.peer)) };
+        match kind {
+            Kind::Call => {
+                let err: RpcError = match why {
+                    EncodeError::TooLarge(t) => {
+                        TransportError::MessageTooLarge { size: t.size, limit: t.limit, direction: Direction::Request }
+                            .into()
+                    }
+                    EncodeError::Serde(msg) => {
+                        TransportError::Protocol { detail: format!("cannot encode the request: {msg}") }.into()
+                    }
+                };
+                self.caller.as_mut().expect("only the calling half writes calls").fail_call(id, err);
+            }
+            Kind::Reply | Kind::Error => {
+                let replacement = match why {
+                    EncodeError::TooLarge(t) => Frame::TooLarge { id, size: t.size, limit: t.limit },
+                    EncodeError::Serde(msg) => Frame::Error {
+                        id,
+                        error: ServerError::new(
+                            ServerErrorKind::Internal,
+                            format!("cannot encode the response: {msg}"),
+                        ),
+                    },
+                };
+                self.transport
+                    .as_mut()
+                    .start_send(Outbound(replacement))
+                    .map_err(|e| connection_error(&e, self.peer))?;
+                self.needs_flush = true;
+            }
+            _ => return Err(connection_error(&e, self.peer)),
+        }
+        Ok(())
+    }
+
+    /// The next frame to write: answers first (they free the peer's callers and our
+    /// admission slots), then cancels and calls.
+    fn next_pending(&mut self) -> Option<Pending<Req, S::Response>> {
+        if let Some(a) = self.callee.as_mut().and_then(Callee::next) {
+            return Some(Pending::Answer(a));
+        }
+        self.caller.as_mut().and_then(Caller::next).map(Pending::Call)
+    }
+
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
+        // Keep going while anything moves (a reply read may free a caller who queues the
+        // next call at once); after a few rounds, yield to other tasks.
+        for _ in 0..ROUNDS {
+            match self.poll_pass(cx) {
+                Poll::Ready(Ok(true)) => continue,
+                Poll::Ready(Ok(false)) | Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(e),
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// One pass over everything: `Ready(Ok(made_progress))`, `Pending` while closing,
+    /// `Ready(Err(how))` once the connection is over.
+    fn poll_pass(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Ended>> {
+        let mut progress = false;
+        for _ in 0..READ_BATCH {
+            if self.callee.as_ref().is_some_and(Callee::outbox_full) {
+                break;
+            }
+            match self.transport.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Err(e) = self.on_frame(frame, cx) {
+                        return Poll::Ready(Err(Ended::Failed(e)));
+                    }
+                    progress = true;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Ended::Failed(connection_error(&e, self.peer)))),
+                Poll::Ready(None) => return Poll::Ready(Err(Ended::PeerLeft)),
+                Poll::Pending => break,
+            }
+        }
+        let mut close = CloseRequest::None;
+        if let Some(c) = &mut self.caller {
+            let pass = c.pass(cx);
+            progress |= pass.progress;
+            close = pass.close;
+        }
+        if close == CloseRequest::Now {
+            return Poll::Ready(Err(Ended::Closed));
+        }
+        if let Some(c) = &mut self.callee {
+            progress |= c.pass(cx);
+        }
+        loop {
+            let has_next = self.callee.as_ref().is_some_and(Callee::has_answers)
+                || self.caller.as_ref().is_some_and(Caller::has_next);
+            if !has_next {
+                break;
+            }
+            match self.transport.as_mut().poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Ended::Failed(connection_error(&e, self.peer)))),
+                Poll::Pending => break,
+            }
+            let Some(next) = self.next_pending() else { break };
+            if let Err(e) = self.send(next) {
+                return Poll::Ready(Err(Ended::Failed(e)));
+            }
+            progress = true;
+        }
+        if self.needs_flush {
+            match self.transport.as_mut().poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Ended::Failed(connection_error(&e, self.peer)))),
+                Poll::Pending => {}
+            }
+        }
+        let caller_done = self.caller.as_ref().is_none_or(Caller::idle);
+        let polite = close == CloseRequest::Polite && caller_done;
+        let drained = self.callee.as_ref().is_some_and(|c| c.draining && c.drained()) && caller_done;
+        if (polite || drained) && !self.needs_flush {
+            return match self.transport.as_mut().poll_close(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(_) => Poll::Ready(Err(if drained { Ended::Drained } else { Ended::Closed })),
+            };
+        }
+        Poll::Ready(Ok(progress))
+    }
+}
+
+/// A frame waiting to be written, from either half.
+enum Pending<Req, R> {
+    Answer(Answer<R>),
+    Call(caller::Next<Req>),
+}
+
+impl<T, S: Service, Req, Resp> Engine<T, S, Req, Resp> {
+    /// The connection is over: everyone still waiting on the calling half, and everyone
+    /// who calls later, is told `why`.
+    fn finish(&mut self, why: &RpcError) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if let Some(c) = &mut self.caller {
+            c.finish(why);
+        }
+    }
+}
+
+// No field is ever pinned in place: the transport is boxed, the rest is plain data.
+impl<T, S: Service, Req, Resp> Unpin for Engine<T, S, Req, Resp> {}
+
+impl<T, S, Req, Resp> Future for Engine<T, S, Req, Resp>
+where
+    T: FrameTransport<Inbound<S::Request, Resp>, Outbound<Req, S::Response>>,
+    S: Service,
+    Req: Serialize,
+    Resp: DeserializeOwned,
+{
+    type Output = Result<(), TransportError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let ended = std::task::ready!(this.poll_io(cx));
+        let (why, result): (RpcError, _) = match ended {
+            Ended::PeerLeft => {
+                let detail = format!("the {} closed the connection", this.peer);
+                (TransportError::Disconnected { detail }.into(), Ok(()))
+            }
+            Ended::Drained | Ended::Closed => (RpcError::Cancelled, Ok(())),
+            Ended::Failed(e) => (e.clone().into(), Err(e)),
+        };
+        tracing::debug!(error = %why, peer = this.peer, "connection ended");
+        // Fail everything still waiting now, not at its deadline.
+        this.finish(&why);
+        Poll::Ready(result)
+    }
+}
+
+impl<T, S: Service, Req, Resp> Drop for Engine<T, S, Req, Resp> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Dropped unfinished: the task panicked, or the runtime that ran it shut down.
+        // Callers on other runtimes must not wait for a reply that can no longer arrive.
+        let detail = if std::thread::panicking() {
+            "the connection's task panicked".to_owned()
+        } else {
+            "the connection's task stopped (its tokio runtime shut down)".to_owned()
+        };
+        self.finish(&TransportError::Disconnected { detail }.into());
+    }
+}
+
+/// The service of an end that serves nothing (a client without callbacks).
+pub(crate) struct NoService;
+
+impl Service for NoService {
+    type Request = crate::wire::Never;
+    type Response = crate::wire::Never;
+    const ID: crate::ServiceId = crate::ServiceId::new("", 0);
+    fn method_name(request: &Self::Request) -> &'static str {
+        match *request {}
+    }
+    fn call(&self, request: Self::Request) -> crate::service::BoxFuture<Self::Response> {
+        match request {}
+    }
+}

@@ -1,0 +1,391 @@
+//! Frames after the handshake: a fixed binary header, then (for some kinds) a codec-encoded
+//! body.
+//!
+//! ```text
+//! byte 0      kind (Kind)
+//! byte 1      flags (FLAG_OPENER; other bits are zero)
+//! bytes 2..10 exchange id, u64 little-endian
+//! then        the kind's fixed fields (little-endian), then its body
+//! ```
+//!
+//! | kind | code | fixed fields | body | sent by |
+//! |---|---|---|---|---|
+//! | `Call` | 1 | timeout_us u64 | request enum | the caller (opener) |
+//! | `OneWay` | 2 | – | request enum | the caller (opener) |
+//! | `Cancel` | 3 | – | – | the caller (opener) |
+//! | `Reply` | 4 | – | response enum | the callee |
+//! | `Error` | 5 | – | [`ServerError`] | the callee |
+//! | `TooLarge` | 6 | size u64, limit u64 | – | the callee |
+//! | `Credit` | 7 | grant u32 | – | the callee of one-way calls (exchange id 0) |
+//!
+//! Routing, cancels, credits and errors therefore never depend on decoding a user type: a
+//! frame whose body does not decode still names its kind and exchange, so only that
+//! exchange fails. A frame whose header does not parse (too short, unknown kind) means
+//! the stream can no longer be trusted and the connection closes.
+
+use std::panic::AssertUnwindSafe;
+
+use bytes::{Bytes, BytesMut};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::codec::{Codec, EncodeError};
+use crate::error::ServerError;
+
+/// Bytes of the header common to every frame.
+pub const HEADER_LEN: usize = 10;
+
+/// Header flag: the frame was sent by the side that opened the exchange (the caller).
+/// Lets both sides open exchanges without their ids colliding.
+pub const FLAG_OPENER: u8 = 0x01;
+
+/// The kind of a frame: its first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kind {
+    /// Start a call that expects a reply.
+    Call,
+    /// A one-way call: no reply of any kind follows.
+    OneWay,
+    /// The caller stopped waiting; no reply follows.
+    Cancel,
+    /// The handler's result.
+    Reply,
+    /// The callee refused or failed the call.
+    Error,
+    /// The reply was larger than the message limit.
+    TooLarge,
+    /// The callee admits `grant` more one-way calls.
+    Credit,
+}
+
+impl Kind {
+    /// The code on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            Kind::Call => 1,
+            Kind::OneWay => 2,
+            Kind::Cancel => 3,
+            Kind::Reply => 4,
+            Kind::Error => 5,
+            Kind::TooLarge => 6,
+            Kind::Credit => 7,
+        }
+    }
+
+    /// The kind with wire code `code`, if this build knows it.
+    pub fn from_code(code: u8) -> Option<Kind> {
+        Some(match code {
+            1 => Kind::Call,
+            2 => Kind::OneWay,
+            3 => Kind::Cancel,
+            4 => Kind::Reply,
+            5 => Kind::Error,
+            6 => Kind::TooLarge,
+            7 => Kind::Credit,
+            _ => return None,
+        })
+    }
+
+    /// Bytes of fixed fields after the header.
+    fn fixed_len(self) -> usize {
+        match self {
+            Kind::Call => 8,
+            Kind::TooLarge => 16,
+            Kind::Credit => 4,
+            Kind::OneWay | Kind::Cancel | Kind::Reply | Kind::Error => 0,
+        }
+    }
+
+    /// True for the kinds only the exchange's opener sends.
+    fn sent_by_opener(self) -> bool {
+        matches!(self, Kind::Call | Kind::OneWay | Kind::Cancel)
+    }
+}
+
+/// One frame, typed: `C` is the request enum of the service being called, `R` its response
+/// enum. Each end sends `Frame<TheirRequest, MyResponse>` and receives the mirror.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame<C, R> {
+    /// Start a call.
+    Call {
+        /// Unique among the caller's exchanges in flight on this connection.
+        id: u64,
+        /// Time the caller waits, in microseconds: relative, so clocks need not agree.
+        timeout_us: u64,
+        /// The request.
+        body: C,
+    },
+    /// A one-way call; the callee sends nothing back for it.
+    OneWay {
+        /// The caller's sequence number, for logs.
+        id: u64,
+        /// The request.
+        body: C,
+    },
+    /// The caller stopped waiting: stop the handler. No reply follows.
+    Cancel {
+        /// The call cancelled.
+        id: u64,
+    },
+    /// The handler's result.
+    Reply {
+        /// The call answered.
+        id: u64,
+        /// The response.
+        body: R,
+    },
+    /// The callee refused or failed the call.
+    Error {
+        /// The call answered.
+        id: u64,
+        /// Why.
+        error: ServerError,
+    },
+    /// The reply exceeded the message limit; the connection goes on.
+    TooLarge {
+        /// The call answered.
+        id: u64,
+        /// Encoded size of the reply frame.
+        size: u64,
+        /// The limit in force.
+        limit: u64,
+    },
+    /// The callee admits `grant` more one-way calls (on exchange id 0).
+    Credit {
+        /// 0: the connection's one-way window.
+        id: u64,
+        /// How many more.
+        grant: u32,
+    },
+}
+
+/// A frame that could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The header is unreadable (too short, unknown kind): nothing in the stream can be
+    /// trusted any more.
+    #[error("unreadable frame header: {0}")]
+    Header(String),
+    /// The header is fine but the body does not decode: only exchange `id` fails.
+    #[error("the {kind:?} frame of exchange {id} does not decode: {error}")]
+    Body {
+        /// The frame's kind.
+        kind: Kind,
+        /// Its exchange.
+        id: u64,
+        /// The decoder's complaint.
+        error: String,
+    },
+}
+
+impl<C, R> Frame<C, R> {
+    /// The frame's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Frame::Call { .. } => Kind::Call,
+            Frame::OneWay { .. } => Kind::OneWay,
+            Frame::Cancel { .. } => Kind::Cancel,
+            Frame::Reply { .. } => Kind::Reply,
+            Frame::Error { .. } => Kind::Error,
+            Frame::TooLarge { .. } => Kind::TooLarge,
+            Frame::Credit { .. } => Kind::Credit,
+        }
+    }
+
+    /// The exchange the frame belongs to.
+    pub fn id(&self) -> u64 {
+        match *self {
+            Frame::Call { id, .. }
+            | Frame::OneWay { id, .. }
+            | Frame::Cancel { id }
+            | Frame::Reply { id, .. }
+            | Frame::Error { id, .. }
+            | Frame::TooLarge { id, .. }
+            | Frame::Credit { id, .. } => id,
+        }
+    }
+}
+
+/// The header and fixed fields of a frame: at most 26 bytes, on the stack.
+struct Prefix {
+    bytes: [u8; HEADER_LEN + 16],
+    len: usize,
+}
+
+impl Prefix {
+    fn new(kind: Kind, id: u64) -> Self {
+        let mut bytes = [0u8; HEADER_LEN + 16];
+        bytes[0] = kind.code();
+        bytes[1] = if kind.sent_by_opener() { FLAG_OPENER } else { 0 };
+        bytes[2..10].copy_from_slice(&id.to_le_bytes());
+        Prefix { bytes, len: HEADER_LEN }
+    }
+
+    fn u64(mut self, v: u64) -> Self {
+        self.bytes[self.len..self.len + 8].copy_from_slice(&v.to_le_bytes());
+        self.len += 8;
+        self
+    }
+
+    fn u32(mut self, v: u32) -> Self {
+        self.bytes[self.len..self.len + 4].copy_from_slice(&v.to_le_bytes());
+        self.len += 4;
+        self
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl<C: Serialize, R: Serialize> Frame<C, R> {
+    /// Encodes the frame, refusing to build one larger than `limit` bytes.
+    pub fn encode(&self, codec: Codec, limit: usize) -> Result<Bytes, EncodeError> {
+        self.encode_into(codec, limit, &mut BytesMut::new())
+    }
+
+    /// Encodes at the end of `buf` and splits the frame off (see [`Codec`]'s buffer reuse).
+    pub(crate) fn encode_into(&self, codec: Codec, limit: usize, buf: &mut BytesMut) -> Result<Bytes, EncodeError> {
+        let prefix = Prefix::new(self.kind(), self.id());
+        match self {
+            Frame::Call { timeout_us, body, .. } => {
+                codec.encode_into(prefix.u64(*timeout_us).as_slice(), body, limit, buf)
+            }
+            Frame::OneWay { body, .. } => codec.encode_into(prefix.as_slice(), body, limit, buf),
+            Frame::Reply { body, .. } => codec.encode_into(prefix.as_slice(), body, limit, buf),
+            Frame::Error { error, .. } => codec.encode_into(prefix.as_slice(), error, limit, buf),
+            Frame::Cancel { .. } => codec.encode_into(prefix.as_slice(), &(), limit, buf),
+            Frame::TooLarge { size, limit: l, .. } => {
+                codec.encode_into(prefix.u64(*size).u64(*l).as_slice(), &(), limit, buf)
+            }
+            Frame::Credit { grant, .. } => codec.encode_into(prefix.u32(*grant).as_slice(), &(), limit, buf),
+        }
+    }
+}
+
+impl<C: DeserializeOwned, R: DeserializeOwned> Frame<C, R> {
+    /// Decodes one complete frame. A panic in a body's `Deserialize` impl is caught and
+    /// reported as a body that does not decode.
+    pub fn decode(codec: Codec, bytes: &[u8]) -> Result<Self, FrameError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(FrameError::Header(format!(
+                "{} bytes, shorter than the {HEADER_LEN}-byte header",
+                bytes.len()
+            )));
+        }
+        let kind = Kind::from_code(bytes[0])
+            .ok_or_else(|| FrameError::Header(format!("unknown frame kind {:#04x}", bytes[0])))?;
+        let id = u64::from_le_bytes(bytes[2..10].try_into().expect("8 bytes"));
+        let fixed = kind.fixed_len();
+        let Some(fields) = bytes.get(HEADER_LEN..HEADER_LEN + fixed) else {
+            return Err(FrameError::Header(format!("a {kind:?} frame needs {fixed} bytes of fixed fields")));
+        };
+        let body = &bytes[HEADER_LEN + fixed..];
+        let u64_at = |i: usize| u64::from_le_bytes(fields[i..i + 8].try_into().expect("8 bytes"));
+        let fail = |error: String| FrameError::Body { kind, id, error };
+        let empty = |body: &[u8]| {
+            if body.is_empty() {
+                Ok(())
+            } else {
+                Err(fail(format!("{} unexpected bytes after the header", body.len())))
+            }
+        };
+        Ok(match kind {
+            Kind::Call => Frame::Call { id, timeout_us: u64_at(0), body: decode_body(codec, body).map_err(fail)? },
+            Kind::OneWay => Frame::OneWay { id, body: decode_body(codec, body).map_err(fail)? },
+            Kind::Cancel => {
+                empty(body)?;
+                Frame::Cancel { id }
+            }
+            Kind::Reply => Frame::Reply { id, body: decode_body(codec, body).map_err(fail)? },
+            Kind::Error => Frame::Error { id, error: decode_body(codec, body).map_err(fail)? },
+            Kind::TooLarge => {
+                empty(body)?;
+                Frame::TooLarge { id, size: u64_at(0), limit: u64_at(8) }
+            }
+            Kind::Credit => {
+                empty(body)?;
+                Frame::Credit { id, grant: u32::from_le_bytes(fields[..4].try_into().expect("4 bytes")) }
+            }
+        })
+    }
+}
+
+/// Decodes a body, turning a panic in a user `Deserialize` impl into an error: a hostile
+/// or buggy peer must not be able to unwind through the connection's task.
+fn decode_body<T: DeserializeOwned>(codec: Codec, body: &[u8]) -> Result<T, String> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| codec.decode::<T>(body))) {
+        Ok(r) => r,
+        Err(panic) => Err(format!("its Deserialize impl panicked: {}", crate::error::panic_message(panic.as_ref()))),
+    }
+}
+
+/// An uninhabited request or response type: what an end that serves (or calls) nothing
+/// receives. Decoding one always fails, so a frame for it is answered as a bad request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Never {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ServerErrorKind;
+
+    type F = Frame<(u8, String), Vec<u32>>;
+
+    #[test]
+    fn every_kind_round_trips_with_both_codecs() {
+        let frames: Vec<F> = vec![
+            Frame::Call { id: u64::MAX, timeout_us: 1_000_000, body: (7, "x".into()) },
+            Frame::OneWay { id: 3, body: (1, String::new()) },
+            Frame::Cancel { id: 9 },
+            Frame::Reply { id: 1 << 40, body: vec![1, 2, 3] },
+            Frame::Error { id: 2, error: ServerError::new(ServerErrorKind::Overloaded, "full") },
+            Frame::TooLarge { id: 4, size: 5 << 20, limit: 4 << 20 },
+            Frame::Credit { id: 0, grant: 64 },
+        ];
+        for codec in [Codec::Bincode, Codec::Postcard] {
+            for f in &frames {
+                let bytes = f.encode(codec, 1 << 20).unwrap();
+                assert_eq!(bytes[0], f.kind().code());
+                assert_eq!(&Frame::decode(codec, &bytes).unwrap(), f, "{codec:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_body_still_names_its_exchange() {
+        let bytes = Frame::<u8, ()>::Call { id: 99, timeout_us: 5, body: 7 }.encode(Codec::Bincode, 100).unwrap();
+        let got = Frame::<bool, ()>::decode(Codec::Bincode, &bytes).unwrap_err();
+        assert!(matches!(got, FrameError::Body { kind: Kind::Call, id: 99, .. }), "{got:?}");
+    }
+
+    #[test]
+    fn short_or_unknown_headers_are_header_errors() {
+        assert!(matches!(F::decode(Codec::Bincode, &[1, 0, 0]), Err(FrameError::Header(_))));
+        assert!(matches!(F::decode(Codec::Bincode, &[0xee; 12]), Err(FrameError::Header(_))));
+        // A call without its timeout field.
+        assert!(matches!(F::decode(Codec::Bincode, &[1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 5]), Err(FrameError::Header(_))));
+    }
+
+    #[test]
+    fn the_size_limit_covers_the_whole_frame() {
+        let f = Frame::<(), serde_bytes::ByteBuf>::Reply { id: 1, body: serde_bytes::ByteBuf::from(vec![0; 100]) };
+        let len = f.encode(Codec::Bincode, 1000).unwrap().len();
+        let err = f.encode(Codec::Bincode, len - 1).unwrap_err();
+        assert_eq!(err, EncodeError::TooLarge(crate::codec::TooLarge { size: len as u64, limit: len as u64 - 1 }));
+    }
+
+    #[test]
+    fn a_panicking_deserialize_is_a_body_error() {
+        #[derive(Debug)]
+        struct Bomb;
+        impl<'de> serde::Deserialize<'de> for Bomb {
+            fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+                panic!("bomb")
+            }
+        }
+        let bytes = Frame::<(), u8>::Reply { id: 5, body: 1 }.encode(Codec::Bincode, 100).unwrap();
+        let err = Frame::<(), Bomb>::decode(Codec::Bincode, &bytes).unwrap_err();
+        assert!(matches!(&err, FrameError::Body { id: 5, error, .. } if error.contains("panicked: bomb")), "{err:?}");
+    }
+}
