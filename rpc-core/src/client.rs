@@ -13,7 +13,7 @@ use crate::engine::calls::{Calls, CloseRequest};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use transport_pipe::{ConnectOptions, PipeName};
 
 use crate::codec::Codec;
-use crate::error::RpcError;
+use crate::codec::EncodeError;
+use crate::error::{Direction, RpcError, TransportError};
 use crate::service::ServiceId;
 
 /// Client settings. Start from `ClientConfig::default()` and change fields.
@@ -42,6 +43,10 @@ pub struct ClientConfig {
     pub codec: Codec,
     /// Time allowed for the handshake after the pipe connects. Default: 10 s.
     pub handshake_timeout: Duration,
+    /// One-way calls this client queues while the server's credit is used up. A one-way
+    /// call made while the queue is full waits for room, at most for its timeout.
+    /// Default: 1024.
+    pub max_queued_oneway: usize,
 }
 
 impl Default for ClientConfig {
@@ -52,6 +57,7 @@ impl Default for ClientConfig {
             max_message: transport_pipe::DEFAULT_MAX_FRAME,
             codec: Codec::default(),
             handshake_timeout: Duration::from_secs(10),
+            max_queued_oneway: 1024,
         }
     }
 }
@@ -79,6 +85,12 @@ impl ClientConfig {
     #[must_use]
     pub fn handshake_timeout(mut self, t: Duration) -> Self {
         self.handshake_timeout = t;
+        self
+    }
+    /// Sets [`max_queued_oneway`](Self::max_queued_oneway).
+    #[must_use]
+    pub fn max_queued_oneway(mut self, n: usize) -> Self {
+        self.max_queued_oneway = n.max(1);
         self
     }
     /// Sets [`codec`](Self::codec).
@@ -121,13 +133,17 @@ pub struct PeerInfo {
     /// Calls the server admits at once on this connection; further calls wait in the
     /// client (their deadlines running) until one is answered.
     pub max_in_flight: usize,
+    /// One-way calls the server admits before it grants more credit.
+    pub max_oneway: u32,
 }
 
 /// What every handle of a connection shares with its engine.
 pub(crate) struct Shared<Req, Resp> {
     pub(crate) calls: Calls<Req, Resp>,
-    /// Live `Channel` handles; the last one to go asks the driver to close.
+    /// Live `Channel` handles; the last one to go asks the engine to close.
     handles: AtomicUsize,
+    /// Sequence number of the next one-way call (for the server's logs).
+    oneway_seq: AtomicU64,
     config: ClientConfig,
     peer: PeerInfo,
 }
@@ -194,6 +210,7 @@ where
         let shared = Arc::new(Shared {
             calls: Calls::new(),
             handles: AtomicUsize::new(1),
+            oneway_seq: AtomicU64::new(0),
             peer: PeerInfo {
                 server_pid: negotiated.peer_pid,
                 max_message: negotiated.send_limit,
@@ -201,14 +218,16 @@ where
                 protocol_version: negotiated.version,
                 capabilities: negotiated.capabilities,
                 max_in_flight: negotiated.window,
+                max_oneway: negotiated.oneway_window,
             },
             config,
         });
         let transport = crate::engine::pipe(framed, negotiated.codec, negotiated.send_limit);
-        let caller = crate::engine::Caller::new(shared.clone(), negotiated.window);
+        let caller = crate::engine::Caller::new(shared.clone(), negotiated.window, negotiated.oneway_window);
         let engine = crate::engine::Engine::<_, crate::engine::NoService, Req, Resp>::new(
             transport,
             "server",
+            negotiated.capabilities,
             Some(caller),
             None,
         );
@@ -220,6 +239,58 @@ where
         });
         Ok(Channel { shared })
     }
+
+    /// Makes a one-way call: sends `body` and expects nothing back. Returns once the
+    /// message is queued for the pipe, in order with this connection's other one-way
+    /// calls; the server runs their handlers in that order, and never answers.
+    ///
+    /// It fails at once if the message cannot be encoded or is over the message limit,
+    /// if the connection is closed, or if the server does not accept one-way calls. While
+    /// the server's credit is used up, up to [`ClientConfig::max_queued_oneway`] calls
+    /// queue here; a call made when that queue is full waits for room, at most for its
+    /// timeout. A one-way call still queued when the connection fails is lost, as a
+    /// message in flight would be.
+    pub async fn oneway(&self, options: &CallOptions, body: Req) -> Result<(), RpcError> {
+        let shared = &*self.shared;
+        if shared.peer.capabilities & crate::wire::caps::ONEWAY == 0 {
+            let detail = "the server does not accept one-way calls (it did not announce the capability)".into();
+            return Err(TransportError::Incompatible { detail }.into());
+        }
+        let id = shared.oneway_seq.fetch_add(1, Ordering::Relaxed);
+        let frame = crate::wire::Frame::<Req, crate::wire::Never>::OneWay { id, body };
+        // Encoded here, by the caller: an unencodable or oversized message fails this
+        // call now, and the encoding work is spread over the callers' threads.
+        let encoded = ONEWAY_SCRATCH
+            .with(|buf| frame.encode_into(shared.peer.codec, shared.peer.max_message, &mut buf.borrow_mut()));
+        let mut frame = Some(encoded.map_err(|e| match e {
+            EncodeError::TooLarge(t) => RpcError::from(TransportError::MessageTooLarge {
+                size: t.size,
+                limit: t.limit,
+                direction: Direction::Request,
+            }),
+            EncodeError::Serde(msg) => {
+                TransportError::Protocol { detail: format!("cannot encode the request: {msg}") }.into()
+            }
+        })?);
+        let max = shared.config.max_queued_oneway;
+        let mut push =
+            std::pin::pin!(std::future::poll_fn(|cx| shared.calls.poll_push_oneway(&mut frame, max, cx.waker())));
+        if let Poll::Ready(r) = futures::poll!(&mut push) {
+            return r;
+        }
+        // The queue is full: wait for room, within the call's timeout.
+        let timeout = options.timeout.unwrap_or(shared.config.default_timeout);
+        match tokio::time::timeout(timeout, push).await {
+            Ok(r) => r,
+            Err(_) => Err(RpcError::DeadlineExceeded { timeout }),
+        }
+    }
+}
+
+thread_local! {
+    /// Where one-way calls are encoded: frames are split off it, so small ones need no
+    /// allocation of their own.
+    static ONEWAY_SCRATCH: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
 }
 
 impl<Req, Resp> Channel<Req, Resp> {

@@ -25,6 +25,8 @@ pub(crate) struct Negotiated {
     pub(crate) capabilities: u32,
     /// Calls the peer admits at once (the server's `max_in_flight_per_connection`).
     pub(crate) window: usize,
+    /// One-way calls the peer admits before it grants more credit.
+    pub(crate) oneway_window: u32,
 }
 
 fn io_to_transport(e: std::io::Error, during: &str) -> TransportError {
@@ -145,6 +147,7 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
         version: welcome.version,
         capabilities: welcome.capabilities,
         window: welcome.max_in_flight.max(1) as usize,
+        oneway_window: welcome.max_oneway,
     })
 }
 
@@ -155,6 +158,7 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     service: ServiceId,
     max_message: usize,
     max_in_flight: usize,
+    max_oneway: usize,
     timeout: Duration,
     refuse: Option<(HandshakeStatus, String)>,
 ) -> Result<Negotiated, TransportError> {
@@ -190,7 +194,9 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     let ok = status == HandshakeStatus::Ok;
     let capabilities = hello.capabilities & caps::SUPPORTED;
     let max_in_flight = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
+    let max_oneway = u32::try_from(max_oneway).unwrap_or(u32::MAX);
     let welcome = Welcome {
+        max_oneway,
         version: if ok { version } else { PROTOCOL_VERSION },
         capabilities,
         max_in_flight,
@@ -215,6 +221,7 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
             version,
             capabilities,
             window: usize::MAX,
+            oneway_window: 0,
         }),
         _ => Err(TransportError::Incompatible { detail: format!("refused client: {status:?} {message}") }),
     }

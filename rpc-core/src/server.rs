@@ -38,10 +38,15 @@ use crate::wire::HandshakeStatus;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// Calls one connection may have running (or answered but not yet written). When
-    /// reached, the server stops reading that connection's pipe until one finishes, so a
-    /// client cannot make it queue unbounded work. Default: 128.
+    /// Calls one connection may have running (or answered but not yet written). The
+    /// client learns it in the handshake and holds further calls back until one is
+    /// answered; a call beyond it (from a client that ignores the limit) is refused with
+    /// [`ServerErrorKind::Overloaded`](crate::ServerErrorKind::Overloaded). Default: 128.
     pub max_in_flight_per_connection: usize,
+    /// One-way calls one connection may have running at once: the credit the client is
+    /// granted in the handshake and given back as each finishes. A client at its credit
+    /// holds further one-way calls back. Default: 128.
+    pub max_oneway_per_connection: usize,
     /// Connections served at once. A client beyond this is answered `Overloaded` in the
     /// handshake (its client sees [`TransportError::Busy`]). Default: 256.
     pub max_connections: usize,
@@ -64,6 +69,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_in_flight_per_connection: 128,
+            max_oneway_per_connection: 128,
             max_connections: 256,
             max_message: transport_pipe::DEFAULT_MAX_FRAME,
             max_deadline: Duration::from_secs(300),
@@ -79,6 +85,12 @@ impl ServerConfig {
     #[must_use]
     pub fn max_in_flight_per_connection(mut self, n: usize) -> Self {
         self.max_in_flight_per_connection = n.max(1);
+        self
+    }
+    /// Sets [`max_oneway_per_connection`](Self::max_oneway_per_connection).
+    #[must_use]
+    pub fn max_oneway_per_connection(mut self, n: usize) -> Self {
+        self.max_oneway_per_connection = n.max(1);
         self
     }
     /// Sets [`max_connections`](Self::max_connections).

@@ -36,8 +36,10 @@ pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// Capability bits announced in the handshake. A frame kind outside the base set
 /// (calls, cancels, replies, errors) is sent only when both ends announced its bit.
 pub mod caps {
+    /// One-way calls (`Kind::OneWay`) and their credits (`Kind::Credit`).
+    pub const ONEWAY: u32 = 1 << 0;
     /// The capabilities this build announces.
-    pub const SUPPORTED: u32 = 0;
+    pub const SUPPORTED: u32 = ONEWAY;
 }
 
 /// Outcome of a handshake, sent in [`Welcome`].
@@ -117,7 +119,7 @@ pub struct Hello {
 /// Layout (little-endian): magic `PRPC`, version u16, status u8, codec u8, max message u32,
 /// fingerprint u64, server process id u32, service-name length u16, service name,
 /// message length u16, message (UTF-8, why a refusal happened), capabilities u32,
-/// max in flight u32. Readers ignore trailing bytes.
+/// max in flight u32, max one-way u32. Readers ignore trailing bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Welcome {
     /// The protocol version chosen (on a version refusal: the newest the server speaks).
@@ -127,6 +129,8 @@ pub struct Welcome {
     /// Calls the server admits at once on this connection; the client holds further
     /// calls back until one is answered.
     pub max_in_flight: u32,
+    /// One-way calls the client may send before the server grants more credit.
+    pub max_oneway: u32,
     /// Whether the connection proceeds.
     pub status: HandshakeStatus,
     /// Codec id the server will use (the client's, when status is Ok).
@@ -198,6 +202,7 @@ impl Welcome {
         put_str(&mut b, &self.message);
         b.extend_from_slice(&self.capabilities.to_le_bytes());
         b.extend_from_slice(&self.max_in_flight.to_le_bytes());
+        b.extend_from_slice(&self.max_oneway.to_le_bytes());
         b
     }
 
@@ -210,10 +215,12 @@ impl Welcome {
         let (service, message) = (r.str()?, r.str()?);
         let capabilities = r.opt_u32()?.unwrap_or(0);
         let max_in_flight = r.opt_u32()?.unwrap_or(u32::MAX);
+        let max_oneway = r.opt_u32()?.unwrap_or(0);
         Ok(Welcome {
             version,
             capabilities,
             max_in_flight,
+            max_oneway,
             status,
             codec,
             max_message,
@@ -310,6 +317,7 @@ mod tests {
             version: 2,
             capabilities: 1,
             max_in_flight: 128,
+            max_oneway: 64,
             status: HandshakeStatus::FingerprintMismatch,
             codec: 1,
             max_message: 1024,

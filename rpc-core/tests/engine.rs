@@ -469,6 +469,7 @@ async fn scripted_server(io: tokio::io::DuplexStream) -> RawFramed {
         version: PROTOCOL_VERSION,
         capabilities: 0,
         max_in_flight: 128,
+        max_oneway: 0,
         status: rpc_core::wire::HandshakeStatus::Ok,
         codec: hello.codec,
         max_message: MAX as u32,

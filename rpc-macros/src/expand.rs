@@ -92,7 +92,12 @@ impl<'a> ServiceGenerator<'a> {
             .map(|m| MethodText {
                 name: m.name.clone(),
                 args: m.args.iter().map(|a| fingerprint::type_text(a.ty)).collect(),
-                output: fingerprint::type_text(&m.output.handler_type()),
+                // A one-way method is a different exchange on the wire: both ends must agree.
+                output: if m.is_oneway() {
+                    "oneway".to_owned()
+                } else {
+                    fingerprint::type_text(&m.output.handler_type())
+                },
             })
             .collect();
         fingerprint::fingerprint(&self.def.name, &methods)
@@ -112,7 +117,7 @@ impl<'a> ServiceGenerator<'a> {
     fn service_trait(&self) -> TokenStream {
         let ItemTrait { attrs, vis, trait_token, ident, .. } = self.def.item;
         let methods = self.methods().map(|m| {
-            let attrs = &m.def.item.attrs;
+            let attrs = m.def.emitted_attrs();
             let name = m.def.ident;
             let fn_token = m.def.sig.fn_token;
             let receiver = m.def.receiver;
@@ -387,13 +392,19 @@ impl<'a> ServiceGenerator<'a> {
         let Method { def, variant, args, tys, cfgs } = m;
         let ident = def.ident;
         let name = &def.name;
-        let docs = if def.docs.is_empty() {
+        let mut docs = if def.docs.is_empty() {
             let doc = format!("Calls `{name}` of [`{trait_ident}`] on the server.");
             quote!(#[doc = #doc])
         } else {
             let docs = &def.docs;
             quote!(#(#docs)*)
         };
+        if def.is_oneway() {
+            docs.extend(quote! {
+                #[doc = ""]
+                #[doc = "One-way: returns once the message is queued for the pipe; the server sends no reply. See `Channel::oneway`."]
+            });
+        }
         let deprecated = &def.deprecated;
         let resp = Self::local("__rpc_response");
         let value = Self::local("__rpc_value");
@@ -408,6 +419,10 @@ impl<'a> ServiceGenerator<'a> {
             }
         };
         let (ret, body) = match &def.output {
+            _ if def.is_oneway() => (
+                quote!(::core::result::Result<(), #private::RpcError>),
+                quote!(self.channel.oneway(&self.options, #request::#variant { #(#args),* }).await),
+            ),
             Output::Fallible { ok, err, .. } => {
                 // The call expression (path and parentheses) is spanned at `E`: if `E`
                 // cannot absorb `RpcError`, this error lands there too.

@@ -14,6 +14,8 @@ pub(crate) fn expand(errors: syn::Error, item: &ItemTrait) -> TokenStream {
     item.auto_token = None;
     for trait_item in &mut item.items {
         let TraitItem::Fn(f) = trait_item else { continue };
+        // Our own method attributes mean nothing to rustc.
+        f.attrs.retain(|a| !crate::model::is_own_attr(a));
         f.sig.constness = None;
         f.sig.variadic = None;
         if f.default.is_some() {

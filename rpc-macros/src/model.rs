@@ -40,6 +40,8 @@ pub(crate) struct MethodDef<'a> {
     pub(crate) cfgs: Vec<&'a Attribute>,
     pub(crate) docs: Vec<&'a Attribute>,
     pub(crate) deprecated: Vec<&'a Attribute>,
+    /// `#[oneway]`: fire and forget, no reply. Removed from the emitted trait.
+    pub(crate) oneway: Vec<&'a Attribute>,
 }
 
 pub(crate) struct ArgDef<'a> {
@@ -119,6 +121,11 @@ fn result_args(path: &Path) -> Option<(&Type, &Type)> {
     }
 }
 
+/// Attributes `#[service]` reads on methods and does not pass on.
+pub(crate) fn is_own_attr(attr: &Attribute) -> bool {
+    attr.path().is_ident("oneway")
+}
+
 fn attrs_named<'a>(attrs: &'a [Attribute], name: &str) -> Vec<&'a Attribute> {
     attrs.iter().filter(|a| a.path().is_ident(name)).collect()
 }
@@ -180,7 +187,18 @@ impl<'a> MethodDef<'a> {
             cfgs: attrs_named(&item.attrs, "cfg"),
             docs: attrs_named(&item.attrs, "doc"),
             deprecated: attrs_named(&item.attrs, "deprecated"),
+            oneway: attrs_named(&item.attrs, "oneway"),
         }
+    }
+
+    /// True for a `#[oneway]` method.
+    pub(crate) fn is_oneway(&self) -> bool {
+        !self.oneway.is_empty()
+    }
+
+    /// The method's attributes as emitted on the trait: ours (`#[oneway]`) removed.
+    pub(crate) fn emitted_attrs(&self) -> impl Iterator<Item = &'a Attribute> {
+        self.item.attrs.iter().filter(|a| !is_own_attr(a))
     }
 
     /// Span for errors about the method as a whole.

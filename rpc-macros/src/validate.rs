@@ -8,7 +8,7 @@ use quote::ToTokens;
 use syn::visit::{self, Visit};
 use syn::{Error, GenericParam, Lifetime, Pat, TraitItem, Type, TypeParamBound, TypeReference};
 
-use crate::model::{MethodDef, ServiceDef};
+use crate::model::{MethodDef, Output, ServiceDef};
 use crate::naming;
 
 /// Accumulates errors so one expansion reports all of them.
@@ -173,8 +173,29 @@ fn check_method(m: &MethodDef<'_>, client: &proc_macro2::Ident, errors: &mut Err
     }
     check_receiver(m, errors);
     check_args(m, errors);
+    check_oneway(m, errors);
     if let Some(ty) = m.output.written() {
         TypeCheck { errors, position: Position::Return }.visit_type(ty);
+    }
+}
+
+fn check_oneway(m: &MethodDef<'_>, errors: &mut Errors) {
+    for (i, attr) in m.oneway.iter().enumerate() {
+        if i > 0 {
+            errors.spanned(attr, "`#[oneway]` is given more than once; keep one");
+        } else if !matches!(attr.meta, syn::Meta::Path(_)) {
+            errors.spanned(attr, "`#[oneway]` takes no arguments: write `#[oneway]`");
+        }
+    }
+    if m.is_oneway()
+        && let Output::Plain(ty) | Output::Fallible { whole: ty, .. } = m.output
+    {
+        errors.spanned(
+            ty,
+            "a `#[oneway]` method returns nothing: the server sends no reply to a one-way call; \
+             remove the return type (the client method returns `Result<(), RpcError>` once the message is queued), \
+             or remove `#[oneway]` to get a reply",
+        );
     }
 }
 
@@ -418,6 +439,17 @@ mod tests {
         one("trait T { async fn a(&self) -> &str; }", "return `String` instead of `&str`");
         one("trait T { async fn a(&self) -> impl Clone; }", "return a concrete type");
         one("trait T { async fn a(&self) -> !; }", "`!`");
+    }
+
+    #[test]
+    fn oneway() {
+        assert!(
+            errors("trait T { #[oneway] async fn a(&self, x: u8); #[oneway] async fn b(&self) -> (); }").is_empty()
+        );
+        one("trait T { #[oneway] async fn a(&self) -> u8; }", "a `#[oneway]` method returns nothing");
+        one("trait T { #[oneway] async fn a(&self) -> Result<(), E>; }", "returns nothing");
+        one("trait T { #[oneway(fast)] async fn a(&self); }", "takes no arguments");
+        one("trait T { #[oneway] #[oneway] async fn a(&self); }", "more than once");
     }
 
     #[test]

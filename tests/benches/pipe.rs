@@ -1,16 +1,36 @@
 //! Performance bench: pipe-rpc side by side with a raw baseline and stock tarpc.
 //!
-//! Every mode runs the same three workloads against an echo server in a separate process
-//! (this binary re-executed with `--server <mode> <pipe-name>`):
+//! Every mode runs the same workloads against a server in a separate process (this binary
+//! re-executed with `--server <mode> <pipe-name> [<workers>]`; no `<workers>` means a
+//! current-thread runtime):
 //!
 //! - `raw`: the floor. A `PipeStream` (a Unix domain socket on Unix) with a hand-written
 //!   4-byte big-endian length prefix; the server echoes each frame.
 //! - `tarpc`: stock tarpc over the same `PipeStream`, bincode in length-delimited frames.
 //! - `rpc`: pipe-rpc (`#[rpc_core::service]`).
 //!
-//! Workloads: (a) sequential 16-byte echo, p50/p99 latency; (b) 128 calls in flight on one
-//! connection, 16-byte payloads, calls/s; (c) sequential 1 MiB echo, GB/s. Each workload
-//! gets a fresh server process and connection (see [`run_mode`]).
+//! Workloads (the names are those of the `--json` lines):
+//!
+//! - `call_16b`: sequential 16-byte echo, p50/p99 latency;
+//! - `pipelined_128`: 128 calls in flight on one connection, 16-byte payloads, calls/s;
+//! - `bulk_1mib`: sequential 1 MiB echo, GB/s;
+//! - `stream_16b`, `stream_64kib`, raw only for now: the one-way baseline. The client writes
+//!   length-prefixed frames of 16 B (frames/s) or 64 KiB (GB/s) through a 64 KiB tokio
+//!   `BufWriter`; the server reads them through a 64 KiB `BufReader`, counts them and answers
+//!   one small acknowledgement at the end, which the client waits for. It is also the
+//!   baseline of the future `oneway_16b` and `upload_16b` (16 B) and `upload_64kib` (64 KiB);
+//! - `parallel_cpu`, rpc only: the server on a 2-worker multi-thread runtime, a method that
+//!   spins 2 ms of CPU without awaiting, 8 calls at once on one connection against the same
+//!   8 one after another (after a warm-up, so the server has marked the method long-running
+//!   and gives each call its own task); bar: concurrent/sequential <= 0.6.
+//!
+//! Each workload gets a fresh server process and connection (see [`run_mode`]). In full mode
+//! each measured part is repeated until it has lasted at least [`MIN_MEASURE`], so that CPU
+//! times, read in 10 ms clock ticks, mean something.
+//!
+//! CPU per operation (`cpu µs/op`, client + server): user + system time of this process
+//! (`/proc/self/stat`) and of the server child (`/proc/<pid>/stat`) across the measured part,
+//! divided by its operations. Linux only; "n/a" (JSON `null`) elsewhere.
 //!
 //! The machine is shared and noisy, so figures are only compared within one run: the modes run
 //! interleaved (raw, tarpc, rpc, raw, ...) three times, the table shows medians, and the bars
@@ -18,66 +38,71 @@
 //!
 //! ```text
 //! cargo bench -p pipe-rpc-tests --bench pipe              # full run
-//! cargo bench -p pipe-rpc-tests --bench pipe -- --quick   # tiny counts, for CI (< 20 s)
+//! cargo bench -p pipe-rpc-tests --bench pipe -- --quick   # tiny counts, for CI (< 30 s)
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --check   # exit 1 if a bar is missed
+//! cargo bench -p pipe-rpc-tests --bench pipe -- --json    # also one JSON object per line
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --only rpc  # one mode (e.g. for profiling)
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --only rpc --pipelined-only  # profile one path
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --only rpc --bulk-only       # (or --pipelined-only)
-//! cargo bench -p pipe-rpc-tests --bench pipe -- --shared-server  # all workloads on one server
+//! cargo bench -p pipe-rpc-tests --bench pipe -- --shared-server  # echo workloads on one server
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --multi-thread   # client on a 2-worker runtime
 //! ```
+//!
+//! `--json` lines (`grep '^{'`), one per workload and mode: `workload`, `mode`, `p50_us`,
+//! `p99_us`, `per_s`, `bytes_per_s`, `ratio_to_raw`, `cpu_us_per_op`, `null` where a field
+//! does not apply. `ratio_to_raw` is p50 over raw's p50 for `call_16b`, p99 over raw's for
+//! `fairness`, and the rate over raw's rate otherwise (1 for raw itself).
 //!
 //! Every reply is checked (length and content) so a broken path cannot pass as a fast one.
 
 use std::future::Future;
 use std::io::{self, BufRead, BufReader as StdBufReader, Read, Write};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde_bytes::ByteBuf;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
 use tokio::sync::{Semaphore, oneshot};
 use transport_pipe::{ConnectOptions, PipeListener, PipeStream};
 
 /// Calls in flight in the pipelined workload.
 const WINDOW: usize = 128;
-/// Size of the small echo payload.
+/// Size of the small echo payload (and of the small one-way frames).
 const SMALL: usize = 16;
 /// Size of the bulk echo payload.
 const BULK: usize = 1 << 20;
+/// Size of the large one-way frames.
+const STREAM_FRAME: usize = 64 << 10;
+/// Capacity of the one-way writer's `BufWriter` and of the server's `BufReader`.
+const ONEWAY_BUF: usize = 64 << 10;
+/// Calls at once in `parallel_cpu`.
+const PARALLEL: usize = 8;
+/// Wall time each `parallel_cpu` call spins in the server.
+const BURN: Duration = Duration::from_millis(2);
+/// Worker threads of the `parallel_cpu` server.
+const PARALLEL_WORKERS: usize = 2;
 /// How many times each mode runs; the table shows medians.
 const ROUNDS: usize = 3;
+/// In full mode, each measured part is repeated until it has run at least this long.
+const MIN_MEASURE: Duration = Duration::from_millis(300);
 /// Largest frame either side accepts (the bulk payload plus envelope fits easily).
 const MAX_FRAME: usize = 8 << 20;
 /// Frames up to this size are copied into one write buffer (one syscall for a batch);
 /// larger ones are written straight from the caller's buffer to avoid the copy.
 const COALESCE_MAX: usize = 64 << 10;
+/// Raw protocol: a frame head with this length, as a connection's first frame, switches the
+/// raw server to one-way mode; in one-way mode it ends a batch (the server acknowledges).
+const ONEWAY_MARK: u32 = u32::MAX;
 
 /// `--multi-thread`: the client side runs on a 2-worker runtime instead of a current-thread
 /// one (what `#[tokio::main]` gives an application), so callers and the connection's task
 /// may run on different threads.
-static MULTI_THREAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Operation counts of one run.
-#[derive(Clone, Copy)]
-struct Counts {
-    seq_warmup: usize,
-    seq: usize,
-    pipelined_warmup: usize,
-    pipelined: usize,
-    bulk_warmup: usize,
-    bulk: usize,
-}
-
-const FULL: Counts =
-    Counts { seq_warmup: 2_000, seq: 20_000, pipelined_warmup: 10_000, pipelined: 300_000, bulk_warmup: 10, bulk: 200 };
-
-const QUICK: Counts =
-    Counts { seq_warmup: 50, seq: 200, pipelined_warmup: 256, pipelined: 3_000, bulk_warmup: 2, bulk: 5 };
+static MULTI_THREAD: AtomicBool = AtomicBool::new(false);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -102,62 +127,217 @@ impl Mode {
     }
 }
 
+/// Every workload the bench knows by name, including those no mode runs yet. Adding one:
+/// give it a [`count`](Workload::count), say which modes [`have`](Workload::has) it, add
+/// its arm in [`run_workloads`], and (optionally) a table row in [`report`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Workload {
+    Call16b,
+    Pipelined128,
+    Bulk1Mib,
+    ParallelCpu,
+    Oneway16b,
+    Stream16b,
+    Stream64Kib,
+    Upload16b,
+    Upload64Kib,
+    Fairness,
+}
+
+/// What `ratio_to_raw` compares.
+#[derive(Clone, Copy)]
+enum Metric {
+    P50,
+    P99,
+    Rate,
+}
+
+/// Operations of one workload: `warmup` unmeasured, then batches of `n` measured ones
+/// (`parallel_cpu`: `n` pairs of one sequential and one concurrent batch of [`PARALLEL`]
+/// calls).
+#[derive(Clone, Copy, Debug)]
+struct Count {
+    warmup: usize,
+    n: usize,
+}
+
+const fn count(warmup: usize, n: usize) -> Option<Count> {
+    Some(Count { warmup, n })
+}
+
+impl Workload {
+    const ALL: [Workload; 10] = [
+        Workload::Call16b,
+        Workload::Pipelined128,
+        Workload::Bulk1Mib,
+        Workload::ParallelCpu,
+        Workload::Oneway16b,
+        Workload::Stream16b,
+        Workload::Stream64Kib,
+        Workload::Upload16b,
+        Workload::Upload64Kib,
+        Workload::Fairness,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Call16b => "call_16b",
+            Workload::Pipelined128 => "pipelined_128",
+            Workload::Bulk1Mib => "bulk_1mib",
+            Workload::ParallelCpu => "parallel_cpu",
+            Workload::Oneway16b => "oneway_16b",
+            Workload::Stream16b => "stream_16b",
+            Workload::Stream64Kib => "stream_64kib",
+            Workload::Upload16b => "upload_16b",
+            Workload::Upload64Kib => "upload_64kib",
+            Workload::Fairness => "fairness",
+        }
+    }
+
+    /// Operation counts, full or `--quick`; `None` for a workload not written yet.
+    fn count(self, quick: bool) -> Option<Count> {
+        match (self, quick) {
+            (Workload::Call16b, false) => count(2_000, 20_000),
+            (Workload::Call16b, true) => count(50, 200),
+            (Workload::Pipelined128, false) => count(10_000, 300_000),
+            (Workload::Pipelined128, true) => count(256, 3_000),
+            (Workload::Bulk1Mib, false) => count(10, 200),
+            (Workload::Bulk1Mib, true) => count(2, 5),
+            (Workload::Stream16b, false) => count(100_000, 2_000_000),
+            (Workload::Stream16b, true) => count(1_000, 20_000),
+            (Workload::Stream64Kib, false) => count(100, 4_000),
+            (Workload::Stream64Kib, true) => count(4, 100),
+            (Workload::ParallelCpu, false) => count(4, 12),
+            (Workload::ParallelCpu, true) => count(2, 2),
+            (Workload::Oneway16b | Workload::Upload16b | Workload::Upload64Kib | Workload::Fairness, _) => None,
+        }
+    }
+
+    /// Whether `mode` has this workload (yet).
+    fn has(self, mode: Mode) -> bool {
+        match self {
+            Workload::Call16b | Workload::Pipelined128 | Workload::Bulk1Mib => true,
+            // The rpc rows come with one-way calls and streams.
+            Workload::Stream16b | Workload::Stream64Kib => mode == Mode::Raw,
+            Workload::ParallelCpu => mode == Mode::Rpc,
+            Workload::Oneway16b | Workload::Upload16b | Workload::Upload64Kib | Workload::Fairness => false,
+        }
+    }
+
+    /// The workload whose raw row is this one's baseline.
+    fn baseline(self) -> Workload {
+        match self {
+            Workload::Oneway16b | Workload::Upload16b => Workload::Stream16b,
+            Workload::Upload64Kib => Workload::Stream64Kib,
+            w => w,
+        }
+    }
+
+    fn metric(self) -> Metric {
+        match self {
+            Workload::Call16b => Metric::P50,
+            Workload::Fairness => Metric::P99,
+            _ => Metric::Rate,
+        }
+    }
+
+    /// Payload bytes per operation, for `bytes_per_s`.
+    fn payload(self) -> Option<usize> {
+        match self {
+            Workload::Call16b
+            | Workload::Pipelined128
+            | Workload::Oneway16b
+            | Workload::Stream16b
+            | Workload::Upload16b
+            | Workload::Fairness => Some(SMALL),
+            Workload::Bulk1Mib => Some(BULK),
+            Workload::Stream64Kib | Workload::Upload64Kib => Some(STREAM_FRAME),
+            Workload::ParallelCpu => None,
+        }
+    }
+
+    /// Worker threads of the server runtime it needs; `None`: current-thread.
+    fn server_workers(self) -> Option<usize> {
+        match self {
+            Workload::ParallelCpu => Some(PARALLEL_WORKERS),
+            _ => None,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--server") {
         let (Some(mode), Some(name)) = (args.get(1).and_then(|m| Mode::parse(m)), args.get(2)) else {
-            eprintln!("usage: pipe --server raw|tarpc|rpc <pipe-name>");
+            eprintln!("usage: pipe --server raw|tarpc|rpc <pipe-name> [<worker-threads>]");
             return ExitCode::from(2);
         };
-        server_main(mode, name);
+        let workers = args.get(3).map(|w| w.parse::<usize>().expect("--server: worker threads"));
+        server_main(mode, name, workers);
         return ExitCode::SUCCESS;
     }
     // cargo adds `--bench`; unknown arguments are ignored.
-    let quick = args.iter().any(|a| a == "--quick");
-    let check = args.iter().any(|a| a == "--check");
-    let shared_server = args.iter().any(|a| a == "--shared-server");
-    let multi_thread = args.iter().any(|a| a == "--multi-thread");
-    MULTI_THREAD.store(multi_thread, std::sync::atomic::Ordering::Relaxed);
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let quick = flag("--quick");
+    let check = flag("--check");
+    let json = flag("--json");
+    let shared_server = flag("--shared-server");
+    let multi_thread = flag("--multi-thread");
+    MULTI_THREAD.store(multi_thread, Ordering::Relaxed);
     let only = args
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .map(|m| Mode::parse(m).unwrap_or_else(|| panic!("--only: unknown mode `{m}`")));
-    let mut counts = if quick { QUICK } else { FULL };
-    // `--pipelined-only`: for profiling the pipelined path (the other workloads are skipped).
-    if args.iter().any(|a| a == "--pipelined-only") {
-        counts = Counts { seq_warmup: 0, seq: 0, bulk_warmup: 0, bulk: 0, ..counts };
-    }
-    // `--bulk-only`: the same for the 1 MiB echo.
-    if args.iter().any(|a| a == "--bulk-only") {
-        counts = Counts { seq_warmup: 0, seq: 0, pipelined_warmup: 0, pipelined: 0, ..counts };
-    }
+    // `--pipelined-only` / `--bulk-only`: for profiling one path (the other workloads are skipped).
+    let (pipelined_only, bulk_only) = (flag("--pipelined-only"), flag("--bulk-only"));
+    let wanted = |w: Workload| {
+        !(pipelined_only || bulk_only)
+            || (pipelined_only && w == Workload::Pipelined128)
+            || (bulk_only && w == Workload::Bulk1Mib)
+    };
+    let plan: Vec<(Workload, Count)> =
+        Workload::ALL.into_iter().filter(|&w| wanted(w)).filter_map(|w| Some((w, w.count(quick)?))).collect();
+    let min_measure = if quick { Duration::ZERO } else { MIN_MEASURE };
     let modes: Vec<Mode> = Mode::ALL.into_iter().filter(|m| only.is_none_or(|o| o == *m)).collect();
 
     println!(
-        "pipe bench ({}): echo server in a child process, {} client runtime, current_thread server \
-         runtime, {ROUNDS} interleaved rounds, medians",
+        "pipe bench ({}): server in a child process, {} client runtime, current_thread server \
+         runtime ({PARALLEL_WORKERS}-worker for parallel_cpu), {ROUNDS} interleaved rounds, medians",
         if quick { "quick" } else { "full" },
         if multi_thread { "2-worker multi-thread" } else { "current_thread" }
     );
-    let mut runs: Vec<(Mode, Figures)> = Vec::new();
+    let mut runs: Vec<(Mode, Workload, Measurement)> = Vec::new();
     for round in 1..=ROUNDS {
         for &mode in &modes {
-            let f = run_mode(mode, counts, shared_server);
-            println!("  round {round} {:>5}: {f}", mode.name());
-            runs.push((mode, f));
+            for (w, m) in run_mode(mode, &plan, shared_server, min_measure) {
+                println!("  round {round} {:>5} {:<13} {}", mode.name(), w.name(), m.describe(w));
+                runs.push((mode, w, m));
+            }
         }
     }
-    let median = |mode: Mode| -> Option<Figures> {
-        let of_mode: Vec<&Figures> = runs.iter().filter(|(m, _)| *m == mode).map(|(_, f)| f).collect();
-        (!of_mode.is_empty()).then(|| Figures::median(&of_mode))
-    };
-    let all_met = report(median(Mode::Raw), median(Mode::Tarpc), median(Mode::Rpc));
+    let mut medians: Vec<(Mode, Workload, Measurement)> = Vec::new();
+    for &(w, _) in &plan {
+        for mode in Mode::ALL {
+            let of: Vec<Measurement> =
+                runs.iter().filter(|(m, rw, _)| *m == mode && *rw == w).map(|(_, _, f)| *f).collect();
+            if !of.is_empty() {
+                medians.push((mode, w, Measurement::median(&of)));
+            }
+        }
+    }
+    let results = Results(medians);
+    let all_met = report(&results);
     if quick {
         println!(
-            "note: --quick uses counts too small to judge the bars; this run only proves every \
-             mode still works. Run without --quick for figures."
+            "note: --quick uses counts too small to judge the bars (and CPU times in 10 ms ticks); \
+             this run only proves every mode still works. Run without --quick for figures."
         );
+    }
+    if json {
+        for (mode, w, m) in &results.0 {
+            println!("{}", json_line(*w, *mode, m, results.get(Mode::Raw, w.baseline())));
+        }
     }
     if check && !all_met {
         return ExitCode::FAILURE;
@@ -166,56 +346,131 @@ fn main() -> ExitCode {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Figures and the report
+// Measurements and the report
 // ---------------------------------------------------------------------------------------------
 
-/// What one run of one mode measured.
-#[derive(Clone, Copy, Debug)]
-struct Figures {
-    seq_p50_us: f64,
-    seq_p99_us: f64,
-    pipelined_calls_per_s: f64,
-    bulk_gb_per_s: f64,
+/// What one run of one workload in one mode measured; `None` where it does not apply.
+#[derive(Clone, Copy, Debug, Default)]
+struct Measurement {
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    /// Operations (calls, frames) per second.
+    per_s: Option<f64>,
+    /// Payload bytes per second (one direction).
+    bytes_per_s: Option<f64>,
+    /// CPU per operation of this process.
+    cpu_client_us: Option<f64>,
+    /// CPU per operation of the server process.
+    cpu_server_us: Option<f64>,
+    /// `parallel_cpu`: one batch of calls made one after another.
+    sequential_ms: Option<f64>,
+    /// `parallel_cpu`: the same batch, all at once.
+    concurrent_ms: Option<f64>,
 }
 
-impl Figures {
-    /// Median of each figure separately.
-    fn median(runs: &[&Figures]) -> Figures {
-        let med = |get: fn(&Figures) -> f64| {
-            let mut v: Vec<f64> = runs.iter().map(|f| get(f)).collect();
+impl Measurement {
+    /// Client plus server CPU per operation.
+    fn cpu_us(&self) -> Option<f64> {
+        Some(self.cpu_client_us? + self.cpu_server_us?)
+    }
+
+    /// `parallel_cpu`'s figure: concurrent over sequential time.
+    fn concurrency_ratio(&self) -> Option<f64> {
+        Some(self.concurrent_ms? / self.sequential_ms?)
+    }
+
+    /// Median of each figure separately (over the runs that have it).
+    fn median(runs: &[Measurement]) -> Measurement {
+        let med = |get: fn(&Measurement) -> Option<f64>| {
+            let mut v: Vec<f64> = runs.iter().filter_map(get).collect();
             v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
+            (!v.is_empty()).then(|| v[v.len() / 2])
         };
-        Figures {
-            seq_p50_us: med(|f| f.seq_p50_us),
-            seq_p99_us: med(|f| f.seq_p99_us),
-            pipelined_calls_per_s: med(|f| f.pipelined_calls_per_s),
-            bulk_gb_per_s: med(|f| f.bulk_gb_per_s),
+        Measurement {
+            p50_us: med(|m| m.p50_us),
+            p99_us: med(|m| m.p99_us),
+            per_s: med(|m| m.per_s),
+            bytes_per_s: med(|m| m.bytes_per_s),
+            cpu_client_us: med(|m| m.cpu_client_us),
+            cpu_server_us: med(|m| m.cpu_server_us),
+            sequential_ms: med(|m| m.sequential_ms),
+            concurrent_ms: med(|m| m.concurrent_ms),
         }
+    }
+
+    /// One line for a round.
+    fn describe(&self, w: Workload) -> String {
+        let mut parts = Vec::new();
+        if let (Some(p50), Some(p99)) = (self.p50_us, self.p99_us) {
+            parts.push(format!("p50 {p50:7.1} µs  p99 {p99:7.1} µs"));
+        } else if let (Some(s), Some(c)) = (self.sequential_ms, self.concurrent_ms) {
+            parts.push(format!("{PARALLEL} calls: sequential {s:6.2} ms, concurrent {c:6.2} ms ({:.2}x)", c / s));
+        } else if let (Some(b), true) = (self.bytes_per_s, w.payload().is_some_and(|p| p > SMALL)) {
+            parts.push(format!("{:7.3} GB/s", b / 1e9));
+        } else if let Some(r) = self.per_s {
+            parts.push(format!("{:7.3} M/s", r / 1e6));
+        }
+        parts.push(match (self.cpu_client_us, self.cpu_server_us) {
+            (Some(c), Some(s)) => format!("cpu {} + {} µs/op (client + server)", fmt_cpu(c), fmt_cpu(s)),
+            _ => "cpu n/a".into(),
+        });
+        parts.join("  |  ")
     }
 }
 
-impl std::fmt::Display for Figures {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "16 B p50 {:7.1} µs  p99 {:7.1} µs | {WINDOW} in flight {:6.3} M calls/s | 1 MiB {:6.3} GB/s",
-            self.seq_p50_us,
-            self.seq_p99_us,
-            self.pipelined_calls_per_s / 1e6,
-            self.bulk_gb_per_s
-        )
+/// CPU µs, with fewer decimals as it grows.
+fn fmt_cpu(us: f64) -> String {
+    if us < 10.0 {
+        format!("{us:.2}")
+    } else if us < 1000.0 {
+        format!("{us:.1}")
+    } else {
+        format!("{us:.0}")
+    }
+}
+
+/// Medians, per mode and workload, in plan order.
+struct Results(Vec<(Mode, Workload, Measurement)>);
+
+impl Results {
+    fn get(&self, mode: Mode, w: Workload) -> Option<&Measurement> {
+        self.0.iter().find(|(m, rw, _)| *m == mode && *rw == w).map(|(_, _, f)| f)
+    }
+
+    fn has(&self, w: Workload) -> bool {
+        self.0.iter().any(|(_, rw, _)| *rw == w)
     }
 }
 
 /// Prints the table and the bars; returns whether every bar that could be judged was met.
-fn report(raw: Option<Figures>, tarpc: Option<Figures>, rpc: Option<Figures>) -> bool {
-    type Row = (&'static str, fn(&Figures) -> f64, &'static str);
-    let rows: [Row; 4] = [
-        ("16 B call p50 (µs)", |f| f.seq_p50_us, "lower is better"),
-        ("16 B call p99 (µs)", |f| f.seq_p99_us, "lower is better"),
-        ("128 in flight (M calls/s)", |f| f.pipelined_calls_per_s / 1e6, "higher is better"),
-        ("1 MiB echo (GB/s)", |f| f.bulk_gb_per_s, "higher is better"),
+fn report(res: &Results) -> bool {
+    type Get = fn(&Measurement) -> Option<f64>;
+    // (label, workload, figure, decimals, note, show its CPU on this row)
+    type Row = (&'static str, Workload, Get, usize, &'static str, bool);
+    let rows: [Row; 9] = [
+        ("16 B call p50 (µs)", Workload::Call16b, |m| m.p50_us, 2, "lower is better", true),
+        ("16 B call p99 (µs)", Workload::Call16b, |m| m.p99_us, 2, "lower is better", false),
+        ("128 in flight (M calls/s)", Workload::Pipelined128, |m| Some(m.per_s? / 1e6), 3, "higher is better", true),
+        ("1 MiB echo (GB/s)", Workload::Bulk1Mib, |m| Some(m.bytes_per_s? / 1e9), 2, "higher is better", true),
+        ("raw one-way 16 B frames/s (M)", Workload::Stream16b, |m| Some(m.per_s? / 1e6), 2, "higher is better", true),
+        ("raw one-way 64 KiB GB/s", Workload::Stream64Kib, |m| Some(m.bytes_per_s? / 1e9), 2, "higher is better", true),
+        ("8 x 2 ms CPU calls, sequential (ms)", Workload::ParallelCpu, |m| m.sequential_ms, 2, "one connection", true),
+        (
+            "8 x 2 ms CPU calls, concurrent (ms)",
+            Workload::ParallelCpu,
+            |m| m.concurrent_ms,
+            2,
+            "2-worker server",
+            false,
+        ),
+        (
+            "8 x 2 ms CPU, concurrent/sequential",
+            Workload::ParallelCpu,
+            Measurement::concurrency_ratio,
+            2,
+            "lower is better",
+            false,
+        ),
     ];
     let cell = |v: Option<f64>, prec: usize| v.map_or_else(|| "-".to_string(), |v| format!("{v:.prec$}"));
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
@@ -223,39 +478,75 @@ fn report(raw: Option<Figures>, tarpc: Option<Figures>, rpc: Option<Figures>) ->
 
     println!();
     println!(
-        "{:<27} {:>9} {:>9} {:>9} {:>13} {:>15}",
-        "workload", "raw", "tarpc", "pipe-rpc", "pipe-rpc/raw", "pipe-rpc/tarpc"
+        "{:<36} {:>9} {:>9} {:>9} {:>13} {:>15}  {:>24}",
+        "workload", "raw", "tarpc", "pipe-rpc", "pipe-rpc/raw", "pipe-rpc/tarpc", "cpu µs/op raw/tarpc/rpc"
     );
-    for (label, get, note) in rows {
-        let (r, t, p) = (raw.as_ref().map(get), tarpc.as_ref().map(get), rpc.as_ref().map(get));
-        let prec = if label.contains("M calls") { 3 } else { 2 };
+    for (label, w, get, prec, note, show_cpu) in rows {
+        if !res.has(w) {
+            continue;
+        }
+        let fig = |mode: Mode, w: Workload| res.get(mode, w).and_then(get);
+        let (r, t, p) = (fig(Mode::Raw, w.baseline()), fig(Mode::Tarpc, w), fig(Mode::Rpc, w));
+        let cpu = if show_cpu {
+            Mode::ALL
+                .map(|mode| match res.get(mode, w) {
+                    None => "-".to_string(),
+                    Some(m) => m.cpu_us().map_or_else(|| "n/a".to_string(), fmt_cpu),
+                })
+                .join("/")
+        } else {
+            String::new()
+        };
         println!(
-            "{:<27} {:>9} {:>9} {:>9} {:>13} {:>15}   ({note})",
+            "{:<36} {:>9} {:>9} {:>9} {:>13} {:>15}  {:>24}   ({note})",
             label,
             cell(r, prec),
             cell(t, prec),
             cell(p, prec),
             times(ratio(p, r)),
             times(ratio(p, t)),
+            cpu,
         );
     }
+    println!(
+        "cpu µs/op: user + system time of client and server processes over the measured part, per \
+         operation ({})",
+        match proc_cpu_ticks("/proc/self/stat") {
+            Some(_) => format!("/proc, {} clock ticks/s", clock_ticks_per_s()),
+            None => "not available on this system".to_string(),
+        }
+    );
 
-    // The bars of the issue, judged as ratios measured in this run.
+    // The bars of the issues, judged as ratios measured in this run.
+    let fig = |mode: Mode, w: Workload, get: fn(&Measurement) -> Option<f64>| res.get(mode, w).and_then(get);
     type Bar = (&'static str, Option<f64>, fn(f64) -> bool);
-    let bars: [Bar; 3] = [
+    let bars: [Bar; 4] = [
         (
             "sequential 16 B call p50 <= 1.6x raw",
-            ratio(rpc.map(|f| f.seq_p50_us), raw.map(|f| f.seq_p50_us)),
+            ratio(fig(Mode::Rpc, Workload::Call16b, |m| m.p50_us), fig(Mode::Raw, Workload::Call16b, |m| m.p50_us)),
             |x: f64| x <= 1.6,
         ),
         (
             "128 in flight >= 4x stock tarpc",
-            ratio(rpc.map(|f| f.pipelined_calls_per_s), tarpc.map(|f| f.pipelined_calls_per_s)),
+            ratio(
+                fig(Mode::Rpc, Workload::Pipelined128, |m| m.per_s),
+                fig(Mode::Tarpc, Workload::Pipelined128, |m| m.per_s),
+            ),
             |x: f64| x >= 4.0,
         ),
-        ("1 MiB byte echo >= 0.4x raw", ratio(rpc.map(|f| f.bulk_gb_per_s), raw.map(|f| f.bulk_gb_per_s)), |x: f64| {
-            x >= 0.4
-        }),
+        (
+            "1 MiB byte echo >= 0.4x raw",
+            ratio(
+                fig(Mode::Rpc, Workload::Bulk1Mib, |m| m.bytes_per_s),
+                fig(Mode::Raw, Workload::Bulk1Mib, |m| m.bytes_per_s),
+            ),
+            |x: f64| x >= 0.4,
+        ),
+        (
+            "parallel_cpu concurrent/sequential <= 0.6x",
+            fig(Mode::Rpc, Workload::ParallelCpu, Measurement::concurrency_ratio),
+            |x: f64| x <= 0.6,
+        ),
     ];
     println!();
     let mut all_met = true;
@@ -264,14 +555,14 @@ fn report(raw: Option<Figures>, tarpc: Option<Figures>, rpc: Option<Figures>) ->
             Some(x) => {
                 let ok = met(x);
                 all_met &= ok;
-                println!("bar: {label:<40} measured {x:6.2}x  {}", if ok { "MET" } else { "MISSED" });
+                println!("bar: {label:<44} measured {x:6.2}x  {}", if ok { "MET" } else { "MISSED" });
             }
-            None => println!("bar: {label:<40} not judged (mode not run)"),
+            None => println!("bar: {label:<44} not judged (mode or workload not run)"),
         }
     }
     // The issue's absolute target, for information only: absolute rates depend on the machine.
-    if let Some(f) = rpc {
-        let m = f.pipelined_calls_per_s / 1e6;
+    if let Some(r) = fig(Mode::Rpc, Workload::Pipelined128, |m| m.per_s) {
+        let m = r / 1e6;
         println!(
             "info: 128 in flight absolute: {m:.3} M calls/s (issue target >= 0.5 M calls/s: {})",
             if m >= 0.5 { "met" } else { "missed" }
@@ -280,12 +571,107 @@ fn report(raw: Option<Figures>, tarpc: Option<Figures>, rpc: Option<Figures>) ->
     all_met
 }
 
+/// One `--json` line. `raw` is the raw-mode median of this workload's baseline, if it ran.
+fn json_line(w: Workload, mode: Mode, m: &Measurement, raw: Option<&Measurement>) -> String {
+    let num = |v: Option<f64>| match v {
+        Some(x) if x.is_finite() => format!("{x:.3}"),
+        _ => "null".to_string(),
+    };
+    let key = |m: &Measurement| match w.metric() {
+        Metric::P50 => m.p50_us,
+        Metric::P99 => m.p99_us,
+        Metric::Rate => m.per_s,
+    };
+    let ratio = raw.and_then(|r| Some(key(m)? / key(r)?));
+    format!(
+        "{{\"workload\":\"{}\",\"mode\":\"{}\",\"p50_us\":{},\"p99_us\":{},\"per_s\":{},\"bytes_per_s\":{},\
+         \"ratio_to_raw\":{},\"cpu_us_per_op\":{}}}",
+        w.name(),
+        mode.name(),
+        num(m.p50_us),
+        num(m.p99_us),
+        num(m.per_s),
+        num(m.bytes_per_s),
+        num(ratio),
+        num(m.cpu_us()),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU time from /proc
+// ---------------------------------------------------------------------------------------------
+
+/// `utime + stime` of a process, in clock ticks, from a `/proc/<pid>/stat` file; `None` where
+/// there is no such file (not Linux) or it does not parse.
+fn proc_cpu_ticks(path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) is in parentheses and may contain anything; fields after
+    // it start with field 3 (state). utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(14 - 3);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, asked once), 100 if that fails.
+fn clock_ticks_per_s() -> u64 {
+    static HZ: OnceLock<u64> = OnceLock::new();
+    *HZ.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|&hz| hz > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// CPU consumed so far by this process and the server child.
+#[derive(Clone, Copy)]
+struct CpuMark {
+    server_pid: u32,
+    client: Option<u64>,
+    server: Option<u64>,
+}
+
+impl CpuMark {
+    fn now(server_pid: u32) -> CpuMark {
+        CpuMark {
+            server_pid,
+            client: proc_cpu_ticks("/proc/self/stat"),
+            server: proc_cpu_ticks(&format!("/proc/{server_pid}/stat")),
+        }
+    }
+
+    /// CPU per operation since this mark, µs: (client, server).
+    fn per_op(self, ops: usize) -> (Option<f64>, Option<f64>) {
+        let now = CpuMark::now(self.server_pid);
+        let us = 1e6 / clock_ticks_per_s() as f64;
+        let per = |a: Option<u64>, b: Option<u64>| {
+            let d = b?.checked_sub(a?)?;
+            (ops > 0).then(|| d as f64 * us / ops as f64)
+        };
+        (per(self.client, now.client), per(self.server, now.server))
+    }
+
+    /// Fills in a measurement's CPU figures.
+    fn finish(self, ops: usize, m: Measurement) -> Measurement {
+        let (cpu_client_us, cpu_server_us) = self.per_op(ops);
+        Measurement { cpu_client_us, cpu_server_us, ..m }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The client side: one trait, one impl per mode, workloads written once
 // ---------------------------------------------------------------------------------------------
 
-/// A connected client of one mode.
-trait BenchClient {
+/// A connected echo client of one mode.
+trait BenchClient: Sized {
+    async fn connect(name: &str) -> Self;
+
     /// One echo round trip. Takes and returns the buffer by value so no mode pays for a copy
     /// the API does not force on it (the bulk loop sends each reply back as the next request).
     async fn echo(&mut self, data: Vec<u8>) -> Vec<u8>;
@@ -294,42 +680,47 @@ trait BenchClient {
     async fn pipelined(&mut self, calls: usize, window: usize);
 }
 
-/// Runs one mode: by default each workload against its own server process and connection,
-/// so one workload's leftovers cannot change another's figure. They did: after 300,000
-/// pipelined calls, glibc's heap in the server process was laid out so that every later
-/// 1 MiB echo freed two big buffers at the top of the heap, which glibc then returned to
-/// the OS and faulted back in (~480 page faults per echo); bulk throughput halved, for
-/// stock tarpc and pipe-rpc alike. `--shared-server` runs all workloads on one server, to
-/// see that effect.
-fn run_mode(mode: Mode, counts: Counts, shared_server: bool) -> Figures {
-    if shared_server {
-        return run_session(mode, counts);
-    }
-    let none = Counts { seq_warmup: 0, seq: 0, pipelined_warmup: 0, pipelined: 0, bulk_warmup: 0, bulk: 0 };
-    let parts = [
-        Counts { seq_warmup: counts.seq_warmup, seq: counts.seq, ..none },
-        Counts { pipelined_warmup: counts.pipelined_warmup, pipelined: counts.pipelined, ..none },
-        Counts { bulk_warmup: counts.bulk_warmup, bulk: counts.bulk, ..none },
-    ];
-    let nan = f64::NAN;
-    let mut figures = Figures { seq_p50_us: nan, seq_p99_us: nan, pipelined_calls_per_s: nan, bulk_gb_per_s: nan };
-    for part in parts.into_iter().filter(|p| p.seq + p.pipelined + p.bulk > 0) {
-        let f = run_session(mode, part);
-        let pick = |a: f64, b: f64| if b.is_nan() { a } else { b };
-        figures = Figures {
-            seq_p50_us: pick(figures.seq_p50_us, f.seq_p50_us),
-            seq_p99_us: pick(figures.seq_p99_us, f.seq_p99_us),
-            pipelined_calls_per_s: pick(figures.pipelined_calls_per_s, f.pipelined_calls_per_s),
-            bulk_gb_per_s: pick(figures.bulk_gb_per_s, f.bulk_gb_per_s),
-        };
-    }
-    figures
+/// What a workload needs to know about its session.
+struct Session {
+    /// The server's pipe name.
+    name: String,
+    /// The server process, for its CPU time.
+    server_pid: u32,
+    /// Repeat measured batches until they have run this long.
+    min_measure: Duration,
 }
 
-/// Starts one server process for `mode`, connects, and runs the workloads `counts` asks for.
-fn run_session(mode: Mode, counts: Counts) -> Figures {
-    let server = ServerProcess::spawn(mode);
-    let rt = if MULTI_THREAD.load(std::sync::atomic::Ordering::Relaxed) {
+/// Runs one mode's share of the plan: by default each workload against its own server process
+/// and connection, so one workload's leftovers cannot change another's figure. They did:
+/// after 300,000 pipelined calls, glibc's heap in the server process was laid out so that
+/// every later 1 MiB echo freed two big buffers at the top of the heap, which glibc then
+/// returned to the OS and faulted back in (~480 page faults per echo); bulk throughput halved,
+/// for stock tarpc and pipe-rpc alike. `--shared-server` runs all workloads that need the same
+/// kind of server on one server (and the echo workloads on one connection), to see that effect.
+fn run_mode(
+    mode: Mode,
+    plan: &[(Workload, Count)],
+    shared_server: bool,
+    min_measure: Duration,
+) -> Vec<(Workload, Measurement)> {
+    let mut sessions: Vec<Vec<(Workload, Count)>> = Vec::new();
+    for &(w, k) in plan.iter().filter(|(w, _)| w.has(mode)) {
+        match sessions.iter_mut().find(|s| shared_server && s[0].0.server_workers() == w.server_workers()) {
+            Some(s) => s.push((w, k)),
+            None => sessions.push(vec![(w, k)]),
+        }
+    }
+    let mut out: Vec<(Workload, Measurement)> =
+        sessions.iter().flat_map(|s| run_session(mode, s, min_measure)).collect();
+    // Plan order, whatever the grouping.
+    out.sort_by_key(|(w, _)| plan.iter().position(|(p, _)| p == w));
+    out
+}
+
+/// Starts one server process for `mode`, connects, and runs the workloads `plan` lists.
+fn run_session(mode: Mode, plan: &[(Workload, Count)], min_measure: Duration) -> Vec<(Workload, Measurement)> {
+    let server = ServerProcess::spawn(mode, plan[0].0.server_workers());
+    let rt = if MULTI_THREAD.load(Ordering::Relaxed) {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
     } else {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
@@ -337,13 +728,13 @@ fn run_session(mode: Mode, counts: Counts) -> Figures {
     .expect("runtime");
     // Generous watchdog: a hang must fail loudly, not stall CI until its own timeout.
     let limit = Duration::from_secs(600);
-    let name = server.name.clone();
-    let figures = rt.block_on(async move {
+    let session = Session { name: server.name.clone(), server_pid: server.child.id(), min_measure };
+    let out = rt.block_on(async {
         let work = async {
             match mode {
-                Mode::Raw => workloads(&mut RawClient::connect(&name).await, counts).await,
-                Mode::Tarpc => workloads(&mut tarpc_mode::Client::connect(&name).await, counts).await,
-                Mode::Rpc => workloads(&mut rpc_mode::Client::connect(&name).await, counts).await,
+                Mode::Raw => run_workloads::<RawClient>(mode, &session, plan).await,
+                Mode::Tarpc => run_workloads::<tarpc_mode::Client>(mode, &session, plan).await,
+                Mode::Rpc => run_workloads::<rpc_mode::Client>(mode, &session, plan).await,
             }
         };
         tokio::time::timeout(limit, work)
@@ -353,60 +744,180 @@ fn run_session(mode: Mode, counts: Counts) -> Figures {
     // Runtime first (closes the connection and the client tasks), then the server process.
     drop(rt);
     drop(server);
-    figures
+    out
 }
 
-async fn workloads(c: &mut impl BenchClient, counts: Counts) -> Figures {
-    // A workload with no calls is skipped (`--pipelined-only`, `--bulk-only`) and reports NaN.
-    let (seq_p50_us, seq_p99_us) =
-        if counts.seq == 0 { (f64::NAN, f64::NAN) } else { sequential(c, counts.seq_warmup, counts.seq).await };
-    let pipelined_calls_per_s =
-        if counts.pipelined == 0 { f64::NAN } else { pipelined(c, counts.pipelined_warmup, counts.pipelined).await };
-    let bulk_gb_per_s = if counts.bulk == 0 { f64::NAN } else { bulk(c, counts.bulk_warmup, counts.bulk).await };
-    Figures { seq_p50_us, seq_p99_us, pipelined_calls_per_s, bulk_gb_per_s }
+/// Runs `plan` in one session; the echo workloads share one connection (made at first use).
+async fn run_workloads<C: BenchClient>(
+    mode: Mode,
+    s: &Session,
+    plan: &[(Workload, Count)],
+) -> Vec<(Workload, Measurement)> {
+    let mut echo: Option<C> = None;
+    let mut out = Vec::new();
+    for &(w, k) in plan {
+        let m = match (w, mode) {
+            (Workload::Call16b, _) => sequential(connected(&mut echo, s).await, s, k).await,
+            (Workload::Pipelined128, _) => pipelined(connected(&mut echo, s).await, s, k).await,
+            (Workload::Bulk1Mib, _) => bulk(connected(&mut echo, s).await, s, k).await,
+            (Workload::Stream16b, Mode::Raw) => raw_oneway(s, SMALL, k).await,
+            (Workload::Stream64Kib, Mode::Raw) => raw_oneway(s, STREAM_FRAME, k).await,
+            (Workload::ParallelCpu, Mode::Rpc) => rpc_mode::parallel_cpu(s, k).await,
+            _ => unreachable!("mode {} has no workload {}", mode.name(), w.name()),
+        };
+        out.push((w, m));
+    }
+    out
 }
 
-/// (a) One 16-byte call at a time; returns (p50, p99) in µs.
-async fn sequential(c: &mut impl BenchClient, warmup: usize, n: usize) -> (f64, f64) {
-    for i in 0..warmup {
+/// The session's echo client, connected on first use.
+async fn connected<'a, C: BenchClient>(slot: &'a mut Option<C>, s: &Session) -> &'a mut C {
+    if slot.is_none() {
+        *slot = Some(C::connect(&s.name).await);
+    }
+    slot.as_mut().expect("connected just now")
+}
+
+/// `call_16b`: one 16-byte call at a time; p50 and p99 latency.
+async fn sequential(c: &mut impl BenchClient, s: &Session, k: Count) -> Measurement {
+    for i in 0..k.warmup {
         check_small(&c.echo(small_payload(i)).await, i);
     }
-    let mut lat = Vec::with_capacity(n);
-    for i in warmup..warmup + n {
-        let data = small_payload(i);
-        let t = Instant::now();
-        let reply = c.echo(data).await;
-        lat.push(t.elapsed());
-        check_small(&reply, i);
+    let mut lat = Vec::with_capacity(k.n);
+    let mut i = k.warmup;
+    let cpu = CpuMark::now(s.server_pid);
+    let start = Instant::now();
+    loop {
+        for _ in 0..k.n {
+            let data = small_payload(i);
+            let t = Instant::now();
+            let reply = c.echo(data).await;
+            lat.push(t.elapsed());
+            check_small(&reply, i);
+            i += 1;
+        }
+        if start.elapsed() >= s.min_measure {
+            break;
+        }
     }
+    let secs = start.elapsed().as_secs_f64();
+    let ops = lat.len();
     lat.sort();
     let at = |q: usize| lat[(lat.len() * q / 100).min(lat.len() - 1)].as_secs_f64() * 1e6;
-    (at(50), at(99))
+    let per_s = ops as f64 / secs;
+    cpu.finish(
+        ops,
+        Measurement {
+            p50_us: Some(at(50)),
+            p99_us: Some(at(99)),
+            per_s: Some(per_s),
+            bytes_per_s: Some(per_s * SMALL as f64),
+            ..Measurement::default()
+        },
+    )
 }
 
-/// (b) 16-byte calls with `WINDOW` in flight on one connection; returns calls/s.
-async fn pipelined(c: &mut impl BenchClient, warmup: usize, n: usize) -> f64 {
-    c.pipelined(warmup, WINDOW).await;
-    let t = Instant::now();
-    c.pipelined(n, WINDOW).await;
-    n as f64 / t.elapsed().as_secs_f64()
+/// `pipelined_128`: 16-byte calls with `WINDOW` in flight on one connection; calls/s.
+async fn pipelined(c: &mut impl BenchClient, s: &Session, k: Count) -> Measurement {
+    c.pipelined(k.warmup, WINDOW).await;
+    let mut ops = 0;
+    let cpu = CpuMark::now(s.server_pid);
+    let start = Instant::now();
+    loop {
+        c.pipelined(k.n, WINDOW).await;
+        ops += k.n;
+        if start.elapsed() >= s.min_measure {
+            break;
+        }
+    }
+    let per_s = ops as f64 / start.elapsed().as_secs_f64();
+    cpu.finish(
+        ops,
+        Measurement { per_s: Some(per_s), bytes_per_s: Some(per_s * SMALL as f64), ..Measurement::default() },
+    )
 }
 
-/// (c) One 1 MiB call at a time; returns payload GB/s (payload bytes / round-trip time).
-async fn bulk(c: &mut impl BenchClient, warmup: usize, n: usize) -> f64 {
+/// `bulk_1mib`: one 1 MiB call at a time; payload bytes / round-trip time.
+async fn bulk(c: &mut impl BenchClient, s: &Session, k: Count) -> Measurement {
     let mut buf = bulk_payload();
-    for i in 0..warmup {
+    for i in 0..k.warmup {
         stamp_bulk(&mut buf, i);
         buf = c.echo(buf).await;
         check_bulk(&buf, i);
     }
-    let t = Instant::now();
-    for i in warmup..warmup + n {
-        stamp_bulk(&mut buf, i);
-        buf = c.echo(buf).await;
-        check_bulk(&buf, i);
+    let mut i = k.warmup;
+    let cpu = CpuMark::now(s.server_pid);
+    let start = Instant::now();
+    loop {
+        for _ in 0..k.n {
+            stamp_bulk(&mut buf, i);
+            buf = c.echo(buf).await;
+            check_bulk(&buf, i);
+            i += 1;
+        }
+        if start.elapsed() >= s.min_measure {
+            break;
+        }
     }
-    (n * BULK) as f64 / t.elapsed().as_secs_f64() / 1e9
+    let ops = i - k.warmup;
+    let per_s = ops as f64 / start.elapsed().as_secs_f64();
+    cpu.finish(
+        ops,
+        Measurement { per_s: Some(per_s), bytes_per_s: Some(per_s * BULK as f64), ..Measurement::default() },
+    )
+}
+
+/// `stream_16b` / `stream_64kib`, raw: frames of `size` bytes one way through a 64 KiB
+/// `BufWriter`, in batches that end with the server's acknowledgement (see
+/// [`serve_oneway`]); frames/s and payload bytes/s.
+async fn raw_oneway(s: &Session, size: usize, k: Count) -> Measurement {
+    let stream = transport_pipe::connect(s.name.as_str(), &ConnectOptions::default()).await.expect("raw: connect");
+    let mut w = BufWriter::with_capacity(ONEWAY_BUF, stream);
+    // Switches the server's side of this connection to one-way mode (sent with the first batch).
+    w.write_all(&ONEWAY_MARK.to_be_bytes()).await.expect("raw one-way: write");
+    let mut payload: Vec<u8> = (0..size).map(bulk_byte).collect();
+    let mut next = 0;
+    if k.warmup > 0 {
+        oneway_batch(&mut w, &mut payload, next, k.warmup).await;
+        next += k.warmup;
+    }
+    let cpu = CpuMark::now(s.server_pid);
+    let start = Instant::now();
+    loop {
+        oneway_batch(&mut w, &mut payload, next, k.n).await;
+        next += k.n;
+        if start.elapsed() >= s.min_measure {
+            break;
+        }
+    }
+    let ops = next - k.warmup;
+    let per_s = ops as f64 / start.elapsed().as_secs_f64();
+    cpu.finish(
+        ops,
+        Measurement { per_s: Some(per_s), bytes_per_s: Some(per_s * size as f64), ..Measurement::default() },
+    )
+}
+
+/// Frames `first..first + n`, each stamped with its number in its first 8 bytes, then the
+/// end mark; waits for the server's count and checks it.
+async fn oneway_batch(w: &mut BufWriter<PipeStream>, payload: &mut [u8], first: usize, n: usize) {
+    let head = u32::try_from(payload.len()).expect("frame size").to_be_bytes();
+    let mut sum = 0u64;
+    for i in first..first + n {
+        let stamp = i as u64;
+        payload[..8].copy_from_slice(&stamp.to_le_bytes());
+        sum = sum.wrapping_add(stamp);
+        w.write_all(&head).await.expect("raw one-way: write");
+        w.write_all(payload).await.expect("raw one-way: write");
+    }
+    w.write_all(&ONEWAY_MARK.to_be_bytes()).await.expect("raw one-way: write");
+    w.flush().await.expect("raw one-way: write");
+    let mut ack = [0u8; 24];
+    w.get_mut().read_exact(&mut ack).await.expect("raw one-way: read the acknowledgement");
+    let field = |i: usize| u64::from_le_bytes(ack[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    assert_eq!(field(0), n as u64, "raw one-way: frames counted");
+    assert_eq!(field(1), (n * payload.len()) as u64, "raw one-way: bytes counted");
+    assert_eq!(field(2), sum, "raw one-way: stamps");
 }
 
 /// Keeps `window` futures from `call(i)` in flight until `n` completed; checks each reply.
@@ -513,29 +1024,77 @@ async fn flush_frames<W: AsyncWrite + Unpin>(w: &mut W, out: &mut Vec<u8>) -> io
 
 /// Reads one frame into `buf` (reusing its allocation). `Ok(false)` on a clean end of stream.
 async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<bool> {
-    let len = match r.read_u32().await {
-        Ok(len) => len as usize,
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
-        Err(e) => return Err(e),
-    };
+    match read_head(r).await? {
+        Some(len) => read_body(r, len, buf).await.map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// Reads a frame's length prefix. `Ok(None)` on a clean end of stream.
+async fn read_head<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<u32>> {
+    match r.read_u32().await {
+        Ok(len) => Ok(Some(len)),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a frame's `len` payload bytes into `buf` (reusing its allocation).
+async fn read_body<R: tokio::io::AsyncRead + Unpin>(r: &mut R, len: u32, buf: &mut Vec<u8>) -> io::Result<()> {
+    let len = len as usize;
     if len > MAX_FRAME {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
     }
     buf.resize(len, 0);
     r.read_exact(buf).await?;
-    Ok(true)
+    Ok(())
 }
 
 /// Echoes frames. Replies are batched the way a real server would: flushed once every request
 /// already received has been answered, so a pipelining client gets few large writes.
+/// A connection whose first frame head is [`ONEWAY_MARK`] is served by [`serve_oneway`].
 async fn serve_raw_connection(stream: PipeStream) -> io::Result<()> {
     let mut rd = BufReader::with_capacity(COALESCE_MAX, stream);
     let mut out = Vec::with_capacity(COALESCE_MAX);
     let mut buf = Vec::new();
-    while read_frame(&mut rd, &mut buf).await? {
+    let mut first = true;
+    while let Some(len) = read_head(&mut rd).await? {
+        if first && len == ONEWAY_MARK {
+            return serve_oneway(rd).await;
+        }
+        first = false;
+        read_body(&mut rd, len, &mut buf).await?;
         put_frame(rd.get_mut(), &mut out, &buf).await?;
         if rd.buffer().is_empty() {
             flush_frames(rd.get_mut(), &mut out).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The raw one-way baseline's server side: reads frames through a 64 KiB `BufReader` and
+/// counts them; at each [`ONEWAY_MARK`] answers one 24-byte acknowledgement (frames, payload
+/// bytes, and the wrapping sum of each frame's first 8 bytes read as a little-endian `u64`,
+/// all little-endian) and starts counting again.
+async fn serve_oneway(rd: BufReader<PipeStream>) -> io::Result<()> {
+    let mut rd = BufReader::with_capacity(ONEWAY_BUF, rd.into_inner());
+    let mut buf = Vec::new();
+    let (mut frames, mut bytes, mut sum) = (0u64, 0u64, 0u64);
+    while let Some(len) = read_head(&mut rd).await? {
+        if len == ONEWAY_MARK {
+            let mut ack = [0u8; 24];
+            ack[..8].copy_from_slice(&frames.to_le_bytes());
+            ack[8..16].copy_from_slice(&bytes.to_le_bytes());
+            ack[16..].copy_from_slice(&sum.to_le_bytes());
+            rd.get_mut().write_all(&ack).await?;
+            (frames, bytes, sum) = (0, 0, 0);
+            continue;
+        }
+        read_body(&mut rd, len, &mut buf).await?;
+        frames += 1;
+        bytes += u64::from(len);
+        if let Some(stamp) = buf.first_chunk::<8>() {
+            sum = sum.wrapping_add(u64::from_le_bytes(*stamp));
         }
     }
     Ok(())
@@ -548,15 +1107,13 @@ struct RawClient {
     out: Vec<u8>,
 }
 
-impl RawClient {
+impl BenchClient for RawClient {
     async fn connect(name: &str) -> RawClient {
         let stream = transport_pipe::connect(name, &ConnectOptions::default()).await.expect("raw: connect");
         let (rd, wr) = tokio::io::split(stream);
         RawClient { rd: BufReader::with_capacity(COALESCE_MAX, rd), wr, out: Vec::with_capacity(COALESCE_MAX) }
     }
-}
 
-impl BenchClient for RawClient {
     async fn echo(&mut self, mut data: Vec<u8>) -> Vec<u8> {
         put_frame(&mut self.wr, &mut self.out, &data).await.expect("raw: write");
         flush_frames(&mut self.wr, &mut self.out).await.expect("raw: write");
@@ -650,15 +1207,6 @@ mod tarpc_mode {
 
     pub(super) struct Client(EchoClient);
 
-    impl Client {
-        pub(super) async fn connect(name: &str) -> Client {
-            let stream = transport_pipe::connect(name, &ConnectOptions::default()).await.expect("tarpc: connect");
-            let transport =
-                tarpc::serde_transport::new(tarpc::tokio_util::codec::Framed::new(stream, codec()), Bincode::default());
-            Client(EchoClient::new(tarpc::client::Config::default(), transport).spawn())
-        }
-    }
-
     /// A context whose deadline never interferes with the bench (the default is 10 s).
     fn ctx() -> Context {
         let mut ctx = tarpc::context::current();
@@ -667,6 +1215,13 @@ mod tarpc_mode {
     }
 
     impl super::BenchClient for Client {
+        async fn connect(name: &str) -> Client {
+            let stream = transport_pipe::connect(name, &ConnectOptions::default()).await.expect("tarpc: connect");
+            let transport =
+                tarpc::serde_transport::new(tarpc::tokio_util::codec::Framed::new(stream, codec()), Bincode::default());
+            Client(EchoClient::new(tarpc::client::Config::default(), transport).spawn())
+        }
+
         async fn echo(&mut self, data: Vec<u8>) -> Vec<u8> {
             self.0.echo(ctx(), ByteBuf::from(data)).await.expect("tarpc: call").into_vec()
         }
@@ -694,6 +1249,9 @@ mod rpc_mode {
     pub trait Echo {
         /// Returns its argument.
         async fn echo(&self, data: ByteBuf) -> ByteBuf;
+        /// Spins for `micros` µs without awaiting (CPU-bound work that never yields); returns
+        /// `micros`.
+        async fn burn(&self, micros: u64) -> u64;
     }
 
     struct EchoImpl;
@@ -701,6 +1259,14 @@ mod rpc_mode {
     impl Echo for EchoImpl {
         async fn echo(&self, data: ByteBuf) -> ByteBuf {
             data
+        }
+
+        async fn burn(&self, micros: u64) -> u64 {
+            let until = Instant::now() + Duration::from_micros(micros);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            micros
         }
     }
 
@@ -719,13 +1285,11 @@ mod rpc_mode {
 
     pub(super) struct Client(EchoClient);
 
-    impl Client {
-        pub(super) async fn connect(name: &str) -> Client {
+    impl super::BenchClient for Client {
+        async fn connect(name: &str) -> Client {
             Client(EchoClient::connect(name).await.expect("rpc: connect"))
         }
-    }
 
-    impl super::BenchClient for Client {
         async fn echo(&mut self, data: Vec<u8>) -> Vec<u8> {
             self.0.echo(ByteBuf::from(data)).await.expect("rpc: call").into_vec()
         }
@@ -740,6 +1304,55 @@ mod rpc_mode {
             .await;
         }
     }
+
+    async fn burn(client: &EchoClient) {
+        let us = BURN.as_micros() as u64;
+        assert_eq!(client.burn(us).await.expect("rpc: burn"), us, "rpc: burn reply");
+    }
+
+    /// `parallel_cpu`: [`PARALLEL`] calls of `burn` on one connection, one after another and
+    /// then all at once, `k.n` times (interleaved, so noise hits both alike); the medians.
+    pub(super) async fn parallel_cpu(s: &Session, k: Count) -> Measurement {
+        let client = EchoClient::connect(s.name.as_str()).await.expect("rpc: connect");
+        // The first call's first poll spins 2 ms, which marks `burn` long-running on this
+        // connection: its later calls get tasks of their own, which the 2 workers run in parallel.
+        for _ in 0..k.warmup.max(1) {
+            burn(&client).await;
+        }
+        let (mut sequential, mut concurrent) = (Vec::new(), Vec::new());
+        let cpu = CpuMark::now(s.server_pid);
+        let start = Instant::now();
+        loop {
+            for _ in 0..k.n {
+                let t = Instant::now();
+                for _ in 0..PARALLEL {
+                    burn(&client).await;
+                }
+                sequential.push(t.elapsed());
+                let t = Instant::now();
+                futures::future::join_all((0..PARALLEL).map(|_| burn(&client))).await;
+                concurrent.push(t.elapsed());
+            }
+            if start.elapsed() >= s.min_measure {
+                break;
+            }
+        }
+        let ops = (sequential.len() + concurrent.len()) * PARALLEL;
+        let median_ms = |mut v: Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2].as_secs_f64() * 1e3
+        };
+        let (seq_ms, conc_ms) = (median_ms(sequential), median_ms(concurrent));
+        cpu.finish(
+            ops,
+            Measurement {
+                per_s: Some(PARALLEL as f64 / (conc_ms / 1e3)),
+                sequential_ms: Some(seq_ms),
+                concurrent_ms: Some(conc_ms),
+                ..Measurement::default()
+            },
+        )
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -747,9 +1360,14 @@ mod rpc_mode {
 // ---------------------------------------------------------------------------------------------
 
 /// The child: binds, prints `ready`, serves until its stdin reaches EOF (the parent closed it
-/// or died), then shuts down cleanly so the socket file is removed.
-fn server_main(mode: Mode, name: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+/// or died), then shuts down cleanly so the socket file is removed. `workers`: a multi-thread
+/// runtime with that many workers; `None`: current-thread.
+fn server_main(mode: Mode, name: &str, workers: Option<usize>) {
+    let rt = match workers {
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+        None => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    }
+    .expect("runtime");
     let (stop_tx, stop_rx) = oneshot::channel();
     std::thread::spawn(move || {
         let _ = io::stdin().read_to_end(&mut Vec::new());
@@ -801,13 +1419,14 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn spawn(mode: Mode) -> ServerProcess {
+    fn spawn(mode: Mode, workers: Option<usize>) -> ServerProcess {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let name =
             format!("pipe-bench-{}-{}-{}", std::process::id(), mode.name(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let exe = std::env::current_exe().expect("current_exe");
         let mut child = Command::new(exe)
             .args(["--server", mode.name(), &name])
+            .args(workers.map(|n| n.to_string()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -19,6 +19,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rpc_core::{ClientConfig, PipeName, RpcError};
+
+pub mod raw;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -179,6 +181,15 @@ pub trait Probe {
     async fn boom(&self, msg: String) -> u32;
     /// The server's process id.
     async fn pid(&self) -> u32;
+    /// One-way: records `seq` under `tag` as its handler starts, sleeps `ms`, and counts
+    /// into the stats of `tag` like [`Probe::sleep_ms`].
+    #[oneway]
+    async fn note(&self, tag: u64, seq: u64, ms: u64);
+    /// One-way: takes bytes and drops them (for the message limit).
+    #[oneway]
+    async fn sink(&self, b: ByteBuf);
+    /// The `seq`s of the [`Probe::note`]s of `tag`, in the order their handlers started.
+    async fn notes(&self, tag: u64) -> Vec<u64>;
 }
 
 /// The byte at offset `i` of [`Probe::make_bytes`]'s output.
@@ -190,13 +201,14 @@ pub fn pattern_byte(i: usize) -> u8 {
 #[derive(Debug)]
 pub struct ProbeImpl {
     tags: Mutex<HashMap<u64, TagStats>>,
+    notes: Mutex<HashMap<u64, Vec<u64>>>,
     /// Bumped on every change of `tags`; `wait_stats` waits on it.
     changed: watch::Sender<u64>,
 }
 
 impl Default for ProbeImpl {
     fn default() -> Self {
-        ProbeImpl { tags: Mutex::default(), changed: watch::channel(0).0 }
+        ProbeImpl { tags: Mutex::default(), notes: Mutex::default(), changed: watch::channel(0).0 }
     }
 }
 
@@ -337,6 +349,21 @@ impl Probe for ProbeImpl {
 
     async fn pid(&self) -> u32 {
         std::process::id()
+    }
+
+    async fn note(&self, tag: u64, seq: u64, ms: u64) {
+        self.notes.lock().unwrap().entry(tag).or_default().push(seq);
+        let mut guard = SleepGuard::new(self, tag);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        guard.finished = true;
+    }
+
+    async fn sink(&self, _b: ByteBuf) {}
+
+    async fn notes(&self, tag: u64) -> Vec<u64> {
+        self.notes.lock().unwrap().get(&tag).cloned().unwrap_or_default()
     }
 }
 

@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
+use pipe_rpc_tests::raw::{expect_closed, raw_connect, raw_handshake, read_frame, write_frame};
 use pipe_rpc_tests::{
     ProbeClient, ServerProcess, TagStats, client_config, connect, skip_under_wine, unique_name, wait_stats, watchdog,
 };
 use rpc_core::codec::Codec;
-use rpc_core::pipe::{ConnectOptions, PipeStream};
-use rpc_core::wire::{Frame, HandshakeStatus, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Welcome, caps};
+use rpc_core::wire::Frame;
 use rpc_core::{RpcError, ServerErrorKind, TransportError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const EXE: &str = env!("CARGO_BIN_EXE_test-server");
 
@@ -91,51 +91,6 @@ async fn another_service_is_refused_in_the_handshake() {
         assert_eq!(connect(&name).await.echo_string("ok".into()).await.unwrap(), "ok");
     })
     .await;
-}
-
-async fn write_frame(io: &mut PipeStream, body: &[u8]) {
-    io.write_all(&u32::try_from(body.len()).unwrap().to_be_bytes()).await.unwrap();
-    io.write_all(body).await.unwrap();
-    io.flush().await.unwrap();
-}
-
-async fn read_frame(io: &mut PipeStream) -> Vec<u8> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await.expect("read a frame length");
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    io.read_exact(&mut body).await.expect("read a frame body");
-    body
-}
-
-/// Reads until the server closes the connection; panics if it sends anything.
-async fn expect_closed(io: &mut PipeStream, what: &str) {
-    let mut buf = [0u8; 256];
-    match io.read(&mut buf).await {
-        Ok(0) | Err(_) => {}
-        Ok(n) => panic!("after {what} the server sent {:?} instead of closing", &buf[..n]),
-    }
-}
-
-async fn raw_connect(name: &rpc_core::PipeName) -> PipeStream {
-    rpc_core::pipe::connect(name.clone(), &ConnectOptions::default().timeout(Duration::from_secs(20))).await.unwrap()
-}
-
-/// A raw client that completed the handshake as `Probe`.
-async fn raw_handshake(name: &rpc_core::PipeName) -> PipeStream {
-    let mut io = raw_connect(name).await;
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        min_version: MIN_PROTOCOL_VERSION,
-        capabilities: caps::SUPPORTED,
-        codec: Codec::Bincode.id(),
-        max_message: 1 << 20,
-        fingerprint: ProbeClient::ID.fingerprint,
-        service: ProbeClient::ID.name.to_owned(),
-    };
-    write_frame(&mut io, &hello.encode()).await;
-    let welcome = Welcome::decode(&read_frame(&mut io).await).unwrap();
-    assert_eq!(welcome.status, HandshakeStatus::Ok, "{welcome:?}");
-    io
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,14 +36,23 @@ pub(crate) const HEAVY: Duration = Duration::from_micros(500);
 
 /// A frame the serving half wants written.
 pub(crate) enum Answer<R> {
-    Reply { id: u64, body: R },
-    Error { id: u64, error: ServerError },
+    Reply {
+        id: u64,
+        body: R,
+    },
+    Error {
+        id: u64,
+        error: ServerError,
+    },
+    /// The caller may make this many more one-way calls.
+    Credit(u32),
 }
 
 impl<R> Answer<R> {
-    fn id(&self) -> u64 {
+    fn id(&self) -> Option<u64> {
         match self {
-            Answer::Reply { id, .. } | Answer::Error { id, .. } => *id,
+            Answer::Reply { id, .. } | Answer::Error { id, .. } => Some(*id),
+            Answer::Credit(_) => None,
         }
     }
 }
@@ -53,15 +62,23 @@ enum Outcome<R> {
     Panicked(String),
 }
 
+/// A handler that ran in its own task has finished.
+enum Done<R> {
+    /// A call: its id, its [`Running::seq`] and what it returned.
+    Call(u64, u64, Outcome<R>),
+    /// A one-way call: its credit can go back to the caller.
+    OneWay,
+}
+
 /// Results of handlers that ran in their own tasks.
 struct Finished<R> {
-    list: Mutex<Vec<(u64, u64, Outcome<R>)>>,
+    list: Mutex<Vec<Done<R>>>,
     engine: AtomicWaker,
 }
 
 impl<R> Finished<R> {
-    fn push(&self, id: u64, seq: u64, outcome: Outcome<R>) {
-        self.list.lock().unwrap_or_else(PoisonError::into_inner).push((id, seq, outcome));
+    fn push(&self, done: Done<R>) {
+        self.list.lock().unwrap_or_else(PoisonError::into_inner).push(done);
         self.engine.wake();
     }
 }
@@ -84,7 +101,11 @@ pub(crate) struct Callee<S: Service> {
     seq: u64,
     finished: Arc<Finished<S::Response>>,
     /// Taken from `finished` under its lock, handled outside it.
-    taken: Vec<(u64, u64, Outcome<S::Response>)>,
+    taken: Vec<Done<S::Response>>,
+    /// One-way handlers running in their own tasks.
+    oneways_running: usize,
+    /// One-way calls finished since the last credit frame.
+    credit_due: u32,
     deadlines: DeadlineQueue,
     outbox: VecDeque<Answer<S::Response>>,
     /// Methods whose first poll took longer than [`HEAVY`].
@@ -102,6 +123,8 @@ impl<S: Service> Callee<S> {
             seq: 0,
             finished: Arc::new(Finished { list: Mutex::new(Vec::new()), engine: AtomicWaker::new() }),
             taken: Vec::new(),
+            oneways_running: 0,
+            credit_due: 0,
             deadlines: DeadlineQueue::new(),
             outbox: VecDeque::new(),
             heavy: HashSet::new(),
@@ -150,10 +173,71 @@ impl<S: Service> Callee<S> {
     pub(crate) fn on_cancel(&mut self, id: u64) {
         if let Some(r) = self.running.remove(&id) {
             r.abort.abort();
-        } else if self.outbox.iter().any(|a| a.id() == id) {
+        } else if self.outbox.iter().any(|a| a.id() == Some(id)) {
             // Answered inline or just finished, not written yet: the caller no longer wants it.
-            self.outbox.retain(|a| a.id() != id);
+            self.outbox.retain(|a| a.id() != Some(id));
         }
+    }
+
+    /// A one-way call arrived. `Err` if the caller exceeded the credit it was granted: a
+    /// conforming caller never does.
+    pub(crate) fn on_oneway(&mut self, id: u64, body: S::Request, cx: &mut Context<'_>) -> Result<(), String> {
+        let limit = self.config.max_oneway_per_connection;
+        if self.oneways_running >= limit {
+            return Err(format!(
+                "more one-way calls at once than the {limit} the server granted (max_oneway_per_connection)"
+            ));
+        }
+        // A one-way handler is not tied to the caller's wait (nobody waits): it may run up
+        // to the server's deadline cap, and finishes even if the connection closes.
+        let timeout = self.config.max_deadline;
+        let started = Instant::now();
+        let method = S::method_name(&body);
+        let ctx = CallContext { deadline: started + timeout, request_id: id, method };
+        let mut call = self.service.call(body);
+        if self.heavy.is_empty() || !self.heavy.contains(method) {
+            let first = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                context::sync_scoped(ctx.clone(), || call.as_mut().poll(cx))
+            }));
+            if started.elapsed() > HEAVY {
+                self.heavy.insert(method);
+            }
+            match first {
+                Ok(Poll::Ready(_)) => {
+                    self.credit_due += 1;
+                    return Ok(());
+                }
+                Err(panic) => {
+                    tracing::error!(id, method, panic = %panic_message(panic.as_ref()), "one-way handler panicked");
+                    self.credit_due += 1;
+                    return Ok(());
+                }
+                Ok(Poll::Pending) => {}
+            }
+        }
+        self.oneways_running += 1;
+        // Counted once any task exists, so `pass` collects its completion.
+        self.seq += 1;
+        let finished = self.finished.clone();
+        tokio::spawn(async move {
+            let run = AssertUnwindSafe(context::scoped(ctx, call)).catch_unwind();
+            match tokio::time::timeout(timeout, run).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(panic)) => {
+                    tracing::error!(id, method, panic = %panic_message(panic.as_ref()), "one-way handler panicked");
+                }
+                Err(_) => tracing::warn!(id, method, "one-way handler stopped at the server's deadline cap"),
+            }
+            finished.push(Done::OneWay);
+        });
+        Ok(())
+    }
+
+    /// A one-way call whose body does not decode: nobody to tell but the log; its credit
+    /// goes back.
+    pub(crate) fn on_bad_oneway(&mut self, id: u64, error: &str) {
+        tracing::warn!(id, %error, "dropping a one-way call that does not decode as a call of `{}`", S::ID.name);
+        self.credit_due += 1;
     }
 
     fn start(&mut self, id: u64, timeout_us: u64, body: S::Request, cx: &mut Context<'_>) {
@@ -192,7 +276,7 @@ impl<S: Service> Callee<S> {
                 Ok(body) => Outcome::Done(body),
                 Err(panic) => Outcome::Panicked(panic_message(panic.as_ref())),
             };
-            finished.push(id, seq, outcome);
+            finished.push(Done::Call(id, seq, outcome));
         });
         self.running.insert(id, Running { abort: task.abort_handle(), seq, deadline, timeout });
         self.deadlines.push(deadline, id);
@@ -233,15 +317,28 @@ impl<S: Service> Callee<S> {
             self.finished.engine.register(cx.waker());
             std::mem::swap(&mut *self.finished.list.lock().unwrap_or_else(PoisonError::into_inner), &mut self.taken);
             let mut taken = std::mem::take(&mut self.taken);
-            for (id, seq, outcome) in taken.drain(..) {
-                // Cancelled or expired meanwhile (or an earlier call with this id): drop it.
-                if self.running.get(&id).is_some_and(|r| r.seq == seq) {
-                    self.running.remove(&id);
-                    self.answer(id, outcome);
-                    progress = true;
+            for done in taken.drain(..) {
+                match done {
+                    // Cancelled or expired meanwhile (or an earlier call with this id): drop it.
+                    Done::Call(id, seq, outcome) => {
+                        if self.running.get(&id).is_some_and(|r| r.seq == seq) {
+                            self.running.remove(&id);
+                            self.answer(id, outcome);
+                            progress = true;
+                        }
+                    }
+                    Done::OneWay => {
+                        self.oneways_running -= 1;
+                        self.credit_due += 1;
+                    }
                 }
             }
             self.taken = taken;
+        }
+        // One credit frame per pass for every one-way call finished since the last.
+        if self.credit_due > 0 {
+            self.outbox.push_back(Answer::Credit(std::mem::take(&mut self.credit_due)));
+            progress = true;
         }
         for (deadline, id) in self.deadlines.poll_expired(cx) {
             self.expire(deadline, id);

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::calls::{CloseRequest, OutCall, Table, index};
 use crate::client::Shared;
 use crate::deadlines::DeadlineQueue;
@@ -45,6 +47,10 @@ pub(crate) struct Caller<Req, Resp> {
     on_wire: usize,
     /// The callee's admission limit.
     window: usize,
+    /// Encoded one-way calls taken from the table, at most as many as `credit` admits.
+    oneways: VecDeque<Bytes>,
+    /// One-way calls the callee admits now (its window, replenished by credit frames).
+    credit: u64,
 }
 
 /// What one pass of the calling half found.
@@ -54,7 +60,7 @@ pub(crate) struct CallerPass {
 }
 
 impl<Req, Resp> Caller<Req, Resp> {
-    pub(crate) fn new(shared: Arc<Shared<Req, Resp>>, window: usize) -> Self {
+    pub(crate) fn new(shared: Arc<Shared<Req, Resp>>, window: usize, oneway_window: u32) -> Self {
         Caller {
             shared,
             outgoing: VecDeque::new(),
@@ -67,7 +73,14 @@ impl<Req, Resp> Caller<Req, Resp> {
             wire: Vec::new(),
             on_wire: 0,
             window: window.max(1),
+            oneways: VecDeque::new(),
+            credit: u64::from(oneway_window),
         }
+    }
+
+    /// The callee admits `grant` more one-way calls.
+    pub(crate) fn on_credit(&mut self, grant: u32) {
+        self.credit = self.credit.saturating_add(u64::from(grant));
     }
 
     /// A reply (or error) for call `id` arrived; it reaches its caller at the next pass.
@@ -130,10 +143,18 @@ impl<Req, Resp> Caller<Req, Resp> {
                 t.take_queue(&mut self.outgoing, &mut self.taken_cancels, &mut self.deadlines);
                 progress = true;
             }
+            // One-way calls only as far as the callee's credit goes; the rest stay in the
+            // table, which bounds them and makes their callers wait for room.
+            let room = usize::try_from(self.credit).unwrap_or(usize::MAX).saturating_sub(self.oneways.len());
+            if room > 0 && t.take_oneways(room, &mut self.oneways, &mut self.wakers) {
+                progress = true;
+            }
             let waiting = t.in_use();
             self.deadlines.compact(waiting, || t.live_deadlines());
             match t.close_request() {
-                CloseRequest::Polite if waiting == 0 => CloseRequest::Polite,
+                // Every handle is gone: close once no call waits and every one-way call
+                // made before is written.
+                CloseRequest::Polite if waiting == 0 && !t.has_oneways() => CloseRequest::Polite,
                 CloseRequest::Polite => CloseRequest::None,
                 other => other,
             }
@@ -147,15 +168,21 @@ impl<Req, Resp> Caller<Req, Resp> {
         CallerPass { progress, close }
     }
 
-    /// The next frame to write: a cancel, else a call if the window has room.
+    /// The next frame to write: a cancel, else a one-way call the callee has credit for,
+    /// else a call if the window has room.
     pub(crate) fn next(&mut self) -> Option<Next<Req>> {
-        if let Some(id) = self.cancels.pop_front() {
+        while let Some(id) = self.cancels.pop_front() {
             // Still unanswered: from now on it does not count against the window (the
             // callee reads this cancel before any later call).
             if self.unwire(id) {
                 return Some(Next::Cancel(id));
             }
-            return self.next();
+        }
+        if self.credit > 0
+            && let Some(frame) = self.oneways.pop_front()
+        {
+            self.credit -= 1;
+            return Some(Next::OneWay(frame));
         }
         while self.on_wire < self.window {
             let call = self.outgoing.pop_front()?;
@@ -169,12 +196,14 @@ impl<Req, Resp> Caller<Req, Resp> {
 
     /// True if [`next`](Self::next) may have a frame.
     pub(crate) fn has_next(&self) -> bool {
-        !self.cancels.is_empty() || (!self.outgoing.is_empty() && self.on_wire < self.window)
+        !self.cancels.is_empty()
+            || (self.credit > 0 && !self.oneways.is_empty())
+            || (!self.outgoing.is_empty() && self.on_wire < self.window)
     }
 
-    /// True when nothing is waiting to be written.
+    /// True when nothing taken from the table is waiting to be written.
     pub(crate) fn idle(&self) -> bool {
-        self.cancels.is_empty() && self.outgoing.is_empty()
+        self.cancels.is_empty() && self.outgoing.is_empty() && self.oneways.is_empty()
     }
 
     /// Fails one call whose request could not be encoded.
@@ -194,6 +223,7 @@ impl<Req, Resp> Caller<Req, Resp> {
         // Requests nobody will send are dropped outside the lock.
         drop(dropped);
         self.outgoing.clear();
+        self.oneways.clear();
         self.wakers.drain(..).for_each(Waker::wake);
     }
 }
@@ -217,6 +247,8 @@ fn deliver<Req, Resp>(arrived: &mut Vec<(u64, Arrival<Resp>)>, t: &mut Table<Req
 /// A frame the calling half wants written.
 pub(crate) enum Next<Req> {
     Cancel(u64),
+    /// Encoded by its caller.
+    OneWay(Bytes),
     Call(OutCall<Req>),
 }
 

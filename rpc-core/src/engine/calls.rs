@@ -19,6 +19,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::task::AtomicWaker;
 
 use crate::deadlines::DeadlineQueue;
@@ -50,6 +51,10 @@ pub(crate) struct Table<Req, Resp> {
     /// Why the connection ended, once it has: calls started later fail with this at once.
     closed: Option<RpcError>,
     close: CloseRequest,
+    /// One-way calls, already encoded by their callers, in the order they were made.
+    oneways: VecDeque<Bytes>,
+    /// Callers waiting for room in `oneways`.
+    room: Vec<Waker>,
 }
 
 struct Slot<Resp> {
@@ -95,6 +100,8 @@ impl<Req, Resp> Calls<Req, Resp> {
                 queue: Vec::new(),
                 closed: None,
                 close: CloseRequest::None,
+                oneways: VecDeque::new(),
+                room: Vec::new(),
             }),
             engine: AtomicWaker::new(),
         }
@@ -222,6 +229,37 @@ impl<Req, Resp> Calls<Req, Resp> {
         self.wake_engine();
     }
 
+    /// Queues an encoded one-way call if fewer than `max` wait; else registers `waker`
+    /// to be woken when there is room. `Ready(Err)` once the connection cannot send.
+    pub(crate) fn poll_push_oneway(
+        &self,
+        frame: &mut Option<Bytes>,
+        max: usize,
+        waker: &Waker,
+    ) -> Poll<Result<(), RpcError>> {
+        let mut t = self.lock();
+        if let Some(why) = &t.closed {
+            return Poll::Ready(Err(why.clone()));
+        }
+        if t.close == CloseRequest::Now {
+            return Poll::Ready(Err(RpcError::Cancelled));
+        }
+        if t.oneways.len() >= max {
+            if !t.room.iter().any(|w| w.will_wake(waker)) {
+                t.room.push(waker.clone());
+            }
+            return Poll::Pending;
+        }
+        t.oneways.push_back(frame.take().expect("pushed once"));
+        // As for calls: only the push that makes the queues non-empty wakes the engine.
+        let wake = t.oneways.len() == 1 && t.queue.is_empty();
+        drop(t);
+        if wake {
+            self.wake_engine();
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Why the connection ended, if it has.
     pub(crate) fn closed(&self) -> Option<RpcError> {
         self.lock().closed.clone()
@@ -291,6 +329,21 @@ impl<Req, Resp> Table<Req, Resp> {
         !self.queue.is_empty()
     }
 
+    /// True if one-way calls wait in the table.
+    pub(crate) fn has_oneways(&self) -> bool {
+        !self.oneways.is_empty()
+    }
+
+    /// Takes up to `n` one-way calls, in order, and wakes callers waiting for room.
+    pub(crate) fn take_oneways(&mut self, n: usize, into: &mut VecDeque<Bytes>, wakers: &mut Vec<Waker>) -> bool {
+        let n = n.min(self.oneways.len());
+        into.extend(self.oneways.drain(..n));
+        if n > 0 {
+            wakers.append(&mut self.room);
+        }
+        n > 0
+    }
+
     /// Slots owned by calls (waiting or with an uncollected result).
     pub(crate) fn in_use(&self) -> usize {
         self.slots.len() - self.free.len()
@@ -317,6 +370,10 @@ impl<Req, Resp> Table<Req, Resp> {
                 slot.state = State::Done(Err(why.clone()));
             }
         }
+        // One-way calls not yet written are lost: their callers were told "queued", and
+        // later calls learn why the connection ended.
+        self.oneways.clear();
+        wakers.append(&mut self.room);
         std::mem::take(&mut self.queue)
     }
 }

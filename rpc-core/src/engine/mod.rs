@@ -41,7 +41,7 @@ use self::calls::CloseRequest;
 use crate::codec::{EncodeError, encode_error};
 use crate::error::{Direction, RpcError, ServerError, ServerErrorKind, TransportError, connection_error};
 use crate::service::Service;
-use crate::wire::{Frame, FrameError, Kind};
+use crate::wire::{Frame, FrameError, Kind, caps};
 
 /// Frames read per pass; each pass ends with a flush of what it produced.
 const READ_BATCH: usize = 32;
@@ -70,6 +70,8 @@ pub(crate) struct Engine<T, S: Service, Req, Resp> {
     peer: &'static str,
     caller: Option<Caller<Req, Resp>>,
     callee: Option<Callee<S>>,
+    /// The capability bits negotiated in the handshake.
+    capabilities: u32,
     needs_flush: bool,
     /// Set once the connection is over and every caller has been told.
     finished: bool,
@@ -85,10 +87,32 @@ where
     pub(crate) fn new(
         transport: T,
         peer: &'static str,
+        capabilities: u32,
         caller: Option<Caller<Req, Resp>>,
         callee: Option<Callee<S>>,
     ) -> Self {
-        Engine { transport: Box::pin(transport), peer, caller, callee, needs_flush: false, finished: false }
+        Engine {
+            transport: Box::pin(transport),
+            peer,
+            caller,
+            callee,
+            capabilities,
+            needs_flush: false,
+            finished: false,
+        }
+    }
+
+    /// Whether `kind`, which needs a capability, was negotiated.
+    fn negotiated(&self, kind: Kind) -> Result<(), TransportError> {
+        let needs = match kind {
+            Kind::OneWay | Kind::Credit => caps::ONEWAY,
+            _ => 0,
+        };
+        if self.capabilities & needs == needs {
+            Ok(())
+        } else {
+            Err(self.protocol(format!("a {kind:?} frame, which this connection did not negotiate")))
+        }
     }
 
     fn protocol(&self, detail: String) -> TransportError {
@@ -102,6 +126,11 @@ where
             Err(FrameError::Header(e)) => return Err(self.protocol(format!("unreadable frame: {e}"))),
             Err(FrameError::Body { kind: Kind::Call, id, error }) if self.callee.is_some() => {
                 self.callee.as_mut().expect("checked").on_bad_call(id, &error);
+                return Ok(());
+            }
+            Err(FrameError::Body { kind: Kind::OneWay, id, error }) if self.callee.is_some() => {
+                self.negotiated(Kind::OneWay)?;
+                self.callee.as_mut().expect("checked").on_bad_oneway(id, &error);
                 return Ok(());
             }
             Err(FrameError::Body { kind: Kind::Reply | Kind::Error, id, error }) if self.caller.is_some() => {
@@ -127,9 +156,19 @@ where
                 let err = TransportError::MessageTooLarge { size, limit, direction: Direction::Response };
                 self.arrival(id, caller::Arrival::Failed(err.into()))?;
             }
-            // Not announced in this build's handshake: a conforming peer never sends them.
-            f @ (Frame::OneWay { .. } | Frame::Credit { .. }) => {
-                return Err(self.protocol(format!("a {:?} frame, which this end did not negotiate", f.kind())));
+            Frame::OneWay { id, body } => {
+                self.negotiated(Kind::OneWay)?;
+                match &mut self.callee {
+                    Some(c) => c.on_oneway(id, body, cx).map_err(|detail| self.protocol(detail))?,
+                    None => return Err(self.protocol("a one-way call, but this end serves no calls".into())),
+                }
+            }
+            Frame::Credit { grant, .. } => {
+                self.negotiated(Kind::Credit)?;
+                match &mut self.caller {
+                    Some(c) => c.on_credit(grant),
+                    None => return Err(self.protocol("a credit, but this end made no calls".into())),
+                }
             }
         }
         Ok(())
@@ -150,14 +189,23 @@ where
         let (id, frame) = match next {
             Pending::Answer(Answer::Reply { id, body }) => (id, Frame::Reply { id, body }),
             Pending::Answer(Answer::Error { id, error }) => (id, Frame::Error { id, error }),
+            Pending::Answer(Answer::Credit(grant)) => (0, Frame::Credit { id: 0, grant }),
             Pending::Call(caller::Next::Cancel(id)) => (id, Frame::Cancel { id }),
+            Pending::Call(caller::Next::OneWay(bytes)) => {
+                self.transport
+                    .as_mut()
+                    .start_send(Outbound::Encoded(bytes))
+                    .map_err(|e| connection_error(&e, self.peer))?;
+                self.needs_flush = true;
+                return Ok(());
+            }
             Pending::Call(caller::Next::Call(call)) => {
                 let id = call.id;
                 (id, Frame::Call { id, timeout_us: caller::timeout_us(call.timeout), body: call.body })
             }
         };
         let kind = frame.kind();
-        let e = match self.transport.as_mut().start_send(Outbound(frame)) {
+        let e = match self.transport.as_mut().start_send(Outbound::Frame(frame)) {
             Ok(()) => {
                 self.needs_flush = true;
                 if kind == Kind::Call {
@@ -195,7 +243,7 @@ where
                 };
                 self.transport
                     .as_mut()
-                    .start_send(Outbound(replacement))
+                    .start_send(Outbound::Frame(replacement))
                     .map_err(|e| connection_error(&e, self.peer))?;
                 self.needs_flush = true;
             }

@@ -19,8 +19,12 @@ use crate::wire::{Frame, FrameError};
 /// A frame read from the peer, or why it could not be read (header or body).
 pub(crate) struct Inbound<C, R>(pub(crate) Result<Frame<C, R>, FrameError>);
 
-/// A frame to send.
-pub(crate) struct Outbound<C, R>(pub(crate) Frame<C, R>);
+/// A frame to send: typed, or already encoded (one-way calls are encoded by their callers,
+/// so an oversized or unencodable one fails in the caller, at once).
+pub(crate) enum Outbound<C, R> {
+    Frame(Frame<C, R>),
+    Encoded(Bytes),
+}
 
 // tarpc's serde transport requires `Item: Deserialize` and `SinkItem: Serialize`; the real
 // work is done by `FrameCodec`'s `tokio_serde` impls below, which never call these.
@@ -58,9 +62,12 @@ impl<C: Serialize, R: Serialize> tokio_serde::Serializer<Outbound<C, R>> for Fra
 
     fn serialize(self: Pin<&mut Self>, item: &Outbound<C, R>) -> Result<Bytes, io::Error> {
         let this = self.get_mut();
-        item.0
-            .encode_into(this.codec, this.send_limit, &mut this.buf)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        match item {
+            Outbound::Frame(frame) => frame
+                .encode_into(this.codec, this.send_limit, &mut this.buf)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e)),
+            Outbound::Encoded(bytes) => Ok(bytes.clone()),
+        }
     }
 }
 

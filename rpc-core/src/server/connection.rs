@@ -34,11 +34,12 @@ where
         S::ID,
         max,
         config.max_in_flight_per_connection,
+        config.max_oneway_per_connection,
         config.handshake_timeout,
         refuse,
     )
     .await?;
     let transport = crate::engine::pipe(framed, negotiated.codec, negotiated.send_limit);
     let callee = Callee::new(service, config, shutdown);
-    Engine::<_, S, Never, Never>::new(transport, "client", None, Some(callee)).await
+    Engine::<_, S, Never, Never>::new(transport, "client", negotiated.capabilities, None, Some(callee)).await
 }

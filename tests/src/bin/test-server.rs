@@ -1,7 +1,7 @@
 //! The server process of the cross-process tests: serves `Probe` on a pipe.
 //!
 //! ```text
-//! test-server NAME [--max-message N] [--max-in-flight N] [--max-connections N] [--shutdown-grace-ms N]
+//! test-server NAME [--max-message N] [--max-in-flight N] [--max-oneway N] [--max-connections N] [--shutdown-grace-ms N]
 //!             [--max-deadline-ms N]
 //! ```
 //!
@@ -35,6 +35,7 @@ fn parse_args() -> Result<Args, String> {
         config = match flag.as_str() {
             "--max-message" => config.max_message(size),
             "--max-in-flight" => config.max_in_flight_per_connection(size),
+            "--max-oneway" => config.max_oneway_per_connection(size),
             "--max-connections" => config.max_connections(size),
             "--shutdown-grace-ms" => config.shutdown_grace(Duration::from_millis(n)),
             "--max-deadline-ms" => {

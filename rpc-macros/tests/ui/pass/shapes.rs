@@ -56,6 +56,8 @@ pub trait Shapes {
     async fn io_result(&self) -> io::Result<u8>;
     async fn nested(&self) -> Option<Result<u8, String>>;
     async fn many(&self, a: u8, b: u16, c: u32, d: u64, e: i8, f: i16, g: i32, h: i64) -> u128;
+    #[oneway]
+    async fn fire(&self, p: Point);
 }
 
 struct Impl;
@@ -106,6 +108,7 @@ impl Shapes for Impl {
     async fn many(&self, a: u8, b: u16, c: u32, d: u64, e: i8, f: i16, g: i32, h: i64) -> u128 {
         u128::from(a) + u128::from(b) + u128::from(c) + u128::from(d) + (e + f as i8) as u128 + (g as i64 + h) as u128
     }
+    async fn fire(&self, _p: Point) {}
 }
 
 // The client signature of each shape.
@@ -123,6 +126,7 @@ async fn client_signatures(c: ShapesClient) {
     let _: Result<io::Result<u8>, RpcError> = c.io_result().await;
     let _: Result<Option<Result<u8, String>>, RpcError> = c.nested().await;
     let _: Result<u128, RpcError> = c.many(1, 2, 3, 4, 5, 6, 7, 8).await;
+    let _: Result<(), RpcError> = c.fire(Point { x: 0, y: 0 }).await;
 }
 
 // Client futures can be spawned: they are `Send + 'static` once they own the client.

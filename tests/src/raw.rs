@@ -1,0 +1,59 @@
+//! A raw client for tests that write frames by hand: the handshake done by hand, then
+//! length-delimited frames in and out.
+
+use std::time::Duration;
+
+use rpc_core::codec::Codec;
+use rpc_core::pipe::{ConnectOptions, PipeStream};
+use rpc_core::wire::{HandshakeStatus, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Welcome, caps};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::ProbeClient;
+
+/// Writes one length-delimited frame.
+pub async fn write_frame(io: &mut PipeStream, body: &[u8]) {
+    io.write_all(&u32::try_from(body.len()).unwrap().to_be_bytes()).await.unwrap();
+    io.write_all(body).await.unwrap();
+    io.flush().await.unwrap();
+}
+
+/// Reads one length-delimited frame.
+pub async fn read_frame(io: &mut PipeStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await.expect("read a frame length");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    io.read_exact(&mut body).await.expect("read a frame body");
+    body
+}
+
+/// Reads until the server closes the connection; panics if it sends anything.
+pub async fn expect_closed(io: &mut PipeStream, what: &str) {
+    let mut buf = [0u8; 256];
+    match io.read(&mut buf).await {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("after {what} the server sent {:?} instead of closing", &buf[..n]),
+    }
+}
+
+/// Connects to `name` without a handshake.
+pub async fn raw_connect(name: &rpc_core::PipeName) -> PipeStream {
+    rpc_core::pipe::connect(name.clone(), &ConnectOptions::default().timeout(Duration::from_secs(20))).await.unwrap()
+}
+
+/// A raw client that completed the handshake as `Probe`.
+pub async fn raw_handshake(name: &rpc_core::PipeName) -> PipeStream {
+    let mut io = raw_connect(name).await;
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        min_version: MIN_PROTOCOL_VERSION,
+        capabilities: caps::SUPPORTED,
+        codec: Codec::Bincode.id(),
+        max_message: 1 << 20,
+        fingerprint: ProbeClient::ID.fingerprint,
+        service: ProbeClient::ID.name.to_owned(),
+    };
+    write_frame(&mut io, &hello.encode()).await;
+    let welcome = Welcome::decode(&read_frame(&mut io).await).unwrap();
+    assert_eq!(welcome.status, HandshakeStatus::Ok, "{welcome:?}");
+    io
+}
