@@ -3,7 +3,9 @@
 
 pub use crate::client::{CallOptions, Channel, ClientConfig};
 pub use crate::error::RpcError;
-pub use crate::service::{BoxFuture, Service, ServiceId};
+pub use crate::error::ServerError;
+pub use crate::service::{BoxFuture, CallStreams, Reply, Service, ServiceId, Shape};
+pub use crate::stream::RpcStream;
 pub use ::serde;
 pub use ::std;
 pub use transport_pipe::PipeName;
@@ -32,6 +34,14 @@ pub const fn assert_wire<T: Wire>() {}
 )]
 pub trait AbsorbsRpcError: From<RpcError> {}
 impl<E: From<RpcError>> AbsorbsRpcError for E {}
+
+/// The server's answer to a stream item sent as if it were a call.
+pub fn not_a_call(method: &'static str) -> ServerError {
+    ServerError::new(
+        crate::ServerErrorKind::BadRequest,
+        format!("a stream item of `{method}` was sent as a call; items belong to an open exchange"),
+    )
+}
 
 fn unexpected(method: &'static str) -> RpcError {
     TransportError::Protocol { detail: format!("the server answered `{method}` with the response of another method") }

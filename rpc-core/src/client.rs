@@ -8,7 +8,11 @@
 //!
 //! Generated clients (`{Trait}Client`) wrap a `Channel` and add one method per RPC.
 
-use crate::engine::calls::{Calls, CloseRequest};
+use futures::stream::BoxStream;
+
+use crate::engine::calls::{CallStreams, Calls, CloseRequest};
+use crate::engine::streams::{Inbox, Remote, StreamControl};
+use crate::stream::RpcStream;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,6 +51,10 @@ pub struct ClientConfig {
     /// call made while the queue is full waits for room, at most for its timeout.
     /// Default: 1024.
     pub max_queued_oneway: usize,
+    /// Bytes of a server stream's items one stream may hold unread here; the server's
+    /// producer pauses until the consumer reads. Memory per inbound stream is at most
+    /// this plus one message. Default: 256 KiB.
+    pub stream_window: u32,
 }
 
 impl Default for ClientConfig {
@@ -58,6 +66,7 @@ impl Default for ClientConfig {
             codec: Codec::default(),
             handshake_timeout: Duration::from_secs(10),
             max_queued_oneway: 1024,
+            stream_window: crate::server::DEFAULT_STREAM_WINDOW,
         }
     }
 }
@@ -91,6 +100,12 @@ impl ClientConfig {
     #[must_use]
     pub fn max_queued_oneway(mut self, n: usize) -> Self {
         self.max_queued_oneway = n.max(1);
+        self
+    }
+    /// Sets [`stream_window`](Self::stream_window) (at least 1 KiB).
+    #[must_use]
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.stream_window = bytes.max(1024);
         self
     }
     /// Sets [`codec`](Self::codec).
@@ -144,6 +159,8 @@ pub(crate) struct Shared<Req, Resp> {
     handles: AtomicUsize,
     /// Sequence number of the next one-way call (for the server's logs).
     oneway_seq: AtomicU64,
+    /// Where this connection's stream consumers send their credit.
+    pub(crate) ctl: Arc<StreamControl>,
     config: ClientConfig,
     peer: PeerInfo,
 }
@@ -205,12 +222,20 @@ where
     {
         let max = config.max_message.clamp(1024, transport_pipe::MAX_FRAME_CEILING);
         let mut framed = transport_pipe::length_delimited(io, max);
-        let negotiated =
-            crate::handshake::client(&mut framed, service, config.codec, max, config.handshake_timeout).await?;
+        let negotiated = crate::handshake::client(
+            &mut framed,
+            service,
+            config.codec,
+            max,
+            config.stream_window,
+            config.handshake_timeout,
+        )
+        .await?;
         let shared = Arc::new(Shared {
             calls: Calls::new(),
             handles: AtomicUsize::new(1),
             oneway_seq: AtomicU64::new(0),
+            ctl: Arc::default(),
             peer: PeerInfo {
                 server_pid: negotiated.peer_pid,
                 max_message: negotiated.send_limit,
@@ -223,11 +248,23 @@ where
             config,
         });
         let transport = crate::engine::pipe(framed, negotiated.codec, negotiated.send_limit);
-        let caller = crate::engine::Caller::new(shared.clone(), negotiated.window, negotiated.oneway_window);
+        let limits = crate::engine::CallerLimits {
+            window: negotiated.window,
+            oneway_window: negotiated.oneway_window,
+            up_window: negotiated.peer_stream_window,
+            down_window: shared.config.stream_window,
+            max_message: max,
+        };
+        let caller = crate::engine::Caller::new(shared.clone(), limits);
+        let settings = crate::engine::Settings {
+            peer: "server",
+            capabilities: negotiated.capabilities,
+            codec: negotiated.codec,
+            send_limit: negotiated.send_limit,
+        };
         let engine = crate::engine::Engine::<_, crate::engine::NoService, Req, Resp>::new(
             transport,
-            "server",
-            negotiated.capabilities,
+            settings,
             Some(caller),
             None,
         );
@@ -310,7 +347,74 @@ impl<Req, Resp> Channel<Req, Resp> {
         // The driver enforces the deadline (one timer per connection, not one per call)
         // and always answers: with the response, an error, or `DeadlineExceeded`.
         let timeout = deadline.saturating_duration_since(now);
-        CallFuture { calls: &shared.calls, start: Some((body, deadline, timeout)), id: None }.await
+        CallFuture { calls: &shared.calls, start: Some((body, Some(deadline), timeout, None)), id: None }.await
+    }
+
+    /// A stream's deadline: the one the caller set, if any (streams have none by
+    /// default), never later than the call being served.
+    fn stream_deadline(options: &CallOptions) -> (Option<Instant>, Duration) {
+        let now = Instant::now();
+        let mut deadline = options.timeout.map(|t| now + t);
+        if let Some(outer) = crate::context::current_deadline() {
+            deadline = Some(deadline.map_or(outer, |d| d.min(outer)));
+        }
+        (deadline, deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(now)))
+    }
+
+    /// Makes a call that streams `up` to the handler and waits for its reply. The stream is
+    /// sent as the server's credit allows; a reply (or error) stops it. The call has no
+    /// deadline unless `options` sets one.
+    #[doc(hidden)]
+    pub async fn call_upload(
+        &self,
+        options: &CallOptions,
+        body: Req,
+        up: BoxStream<'static, Result<Req, RpcError>>,
+    ) -> Result<Resp, RpcError>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        self.streams_supported()?;
+        let (deadline, timeout) = Self::stream_deadline(options);
+        let streams = Box::new(CallStreams { up: Some(up), down: None });
+        CallFuture { calls: &self.shared.calls, start: Some((body, deadline, timeout, Some(streams))), id: None }.await
+    }
+
+    /// Starts a call whose handler streams items back (and, with `up`, takes a stream
+    /// too); `pick` takes the item out of each response. Returns once the call is queued;
+    /// the stream reports everything after that. Dropping the stream cancels the call.
+    /// No deadline unless `options` sets one.
+    #[doc(hidden)]
+    pub async fn call_download<T: Send + 'static>(
+        &self,
+        options: &CallOptions,
+        body: Req,
+        up: Option<BoxStream<'static, Result<Req, RpcError>>>,
+        pick: fn(Resp) -> Option<T>,
+    ) -> Result<RpcStream<T>, RpcError>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        self.streams_supported()?;
+        let (deadline, timeout) = Self::stream_deadline(options);
+        let inbox = Inbox::new();
+        let streams = Box::new(CallStreams { up, down: Some(inbox.clone()) });
+        // Nobody waits on the slot: the stream reads the inbox.
+        let id = self.shared.calls.start(body, deadline, timeout, Some(streams), std::task::Waker::noop())?;
+        let window = self.shared.config.stream_window;
+        let remote = Remote::new(id, inbox, self.shared.ctl.clone(), window, false);
+        let down = ClientDown { channel: self.clone(), id, remote };
+        Ok(RpcStream::from_results(crate::stream::pick_items(down, pick)))
+    }
+
+    fn streams_supported(&self) -> Result<(), RpcError> {
+        if self.shared.peer.capabilities & crate::wire::caps::STREAMS == 0 {
+            let detail = "the server does not accept streams (it did not announce the capability)".into();
+            return Err(TransportError::Incompatible { detail }.into());
+        }
+        Ok(())
     }
 
     /// Closes the connection now. Calls in flight fail with [`RpcError::Cancelled`];
@@ -335,13 +439,41 @@ impl<Req, Resp> Channel<Req, Resp> {
     }
 }
 
-/// One call: starts on its first poll, then waits for the driver to fill its slot in.
+/// One call: starts on its first poll, then waits for the engine to fill its slot in.
 /// Dropped before that, it gives the slot up and the server is told to stop the handler.
 struct CallFuture<'a, Req, Resp> {
     calls: &'a Calls<Req, Resp>,
-    start: Option<(Req, Instant, Duration)>,
+    start: Option<CallStart<Req, Resp>>,
     id: Option<u64>,
 }
+
+type CallStart<Req, Resp> = (Req, Option<Instant>, Duration, Option<Box<CallStreams<Req, Resp>>>);
+
+/// The client's end of a call's inbound stream. Dropping it cancels the call if it is
+/// still going (and frees its slot either way).
+struct ClientDown<Req, Resp> {
+    channel: Channel<Req, Resp>,
+    id: u64,
+    remote: Remote<Resp>,
+}
+
+impl<Req, Resp> futures::Stream for ClientDown<Req, Resp> {
+    type Item = Result<Resp, RpcError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.get_mut().remote).poll_next(cx)
+    }
+}
+
+impl<Req, Resp> Drop for ClientDown<Req, Resp> {
+    fn drop(&mut self) {
+        let _ = self.remote.is_done();
+        self.channel.shared.calls.abandon(self.id);
+    }
+}
+
+// Only moved, never pinned in place.
+impl<Req, Resp> Unpin for ClientDown<Req, Resp> {}
 
 // The request is only ever moved, never pinned.
 impl<Req, Resp> Unpin for CallFuture<'_, Req, Resp> {}
@@ -351,9 +483,9 @@ impl<Req, Resp> Future for CallFuture<'_, Req, Resp> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Some((body, deadline, timeout)) = this.start.take() {
+        if let Some((body, deadline, timeout, streams)) = this.start.take() {
             // Starting registers this waker too: one lock, and the next poll is the wake.
-            return match this.calls.start(body, deadline, timeout, cx.waker()) {
+            return match this.calls.start(body, deadline, timeout, streams, cx.waker()) {
                 Ok(id) => {
                     this.id = Some(id);
                     Poll::Pending

@@ -27,6 +27,8 @@ pub(crate) struct Negotiated {
     pub(crate) window: usize,
     /// One-way calls the peer admits before it grants more credit.
     pub(crate) oneway_window: u32,
+    /// Bytes of our stream items the peer accepts before it gives credit.
+    pub(crate) peer_stream_window: u32,
 }
 
 fn io_to_transport(e: std::io::Error, during: &str) -> TransportError {
@@ -48,12 +50,14 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     service: ServiceId,
     codec: Codec,
     max_message: usize,
+    stream_window: u32,
     timeout: Duration,
 ) -> Result<Negotiated, RpcError> {
     let hello = Hello {
         version: PROTOCOL_VERSION,
         min_version: MIN_PROTOCOL_VERSION,
         capabilities: caps::SUPPORTED,
+        stream_window,
         codec: codec.id(),
         max_message: max_message as u32,
         fingerprint: service.fingerprint,
@@ -148,7 +152,17 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
         capabilities: welcome.capabilities,
         window: welcome.max_in_flight.max(1) as usize,
         oneway_window: welcome.max_oneway,
+        peer_stream_window: welcome.stream_window,
     })
+}
+
+/// The limits a server announces in its `Welcome`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ServerOffer {
+    pub(crate) max_message: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_oneway: usize,
+    pub(crate) stream_window: u32,
 }
 
 /// Server side: read `Hello` within `timeout`, answer `Welcome`. `refuse` forces a refusal
@@ -156,9 +170,7 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
 pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S, LengthDelimitedCodec>,
     service: ServiceId,
-    max_message: usize,
-    max_in_flight: usize,
-    max_oneway: usize,
+    offer: ServerOffer,
     timeout: Duration,
     refuse: Option<(HandshakeStatus, String)>,
 ) -> Result<Negotiated, TransportError> {
@@ -172,6 +184,7 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Some(Err(e))) => return Err(io_to_transport(e, "the handshake")),
         Ok(Some(Ok(frame))) => Hello::decode(&frame).map_err(|e| TransportError::Protocol { detail: e.to_string() })?,
     };
+    let ServerOffer { max_message, max_in_flight, max_oneway, stream_window } = offer;
     let codec = Codec::from_id(hello.codec);
     // The newest version both speak, if it is one both accept.
     let version = hello.version.min(PROTOCOL_VERSION);
@@ -197,6 +210,7 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     let max_oneway = u32::try_from(max_oneway).unwrap_or(u32::MAX);
     let welcome = Welcome {
         max_oneway,
+        stream_window,
         version: if ok { version } else { PROTOCOL_VERSION },
         capabilities,
         max_in_flight,
@@ -222,6 +236,7 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
             capabilities,
             window: usize::MAX,
             oneway_window: 0,
+            peer_stream_window: hello.stream_window,
         }),
         _ => Err(TransportError::Incompatible { detail: format!("refused client: {status:?} {message}") }),
     }

@@ -119,6 +119,7 @@ pub mod error;
 mod handshake;
 pub mod server;
 pub mod service;
+pub mod stream;
 pub mod wire;
 
 #[doc(hidden)]
@@ -132,6 +133,7 @@ pub use error::{Direction, RpcError, ServeError, ServerError, ServerErrorKind, T
 pub use rpc_macros::service;
 pub use server::{BoundServer, Server, ServerConfig, ShutdownHandle};
 pub use service::{Service, ServiceId};
+pub use stream::RpcStream;
 /// The pipe layer: names, listener, connect options and their platform rules.
 pub use transport_pipe as pipe;
 pub use transport_pipe::{ConnectOptions, PipeName};

@@ -61,6 +61,10 @@ pub struct ServerConfig {
     /// On shutdown, how long in-flight calls may take to finish before they are
     /// dropped. Default: 30 s.
     pub shutdown_grace: Duration,
+    /// Bytes of a client's stream items (an `RpcStream` argument) one exchange may hold
+    /// unread by its handler; the client's producer pauses until the handler reads.
+    /// Memory per inbound stream is at most this plus one message. Default: 256 KiB.
+    pub stream_window: u32,
     /// Options for the listening pipe (Unix socket mode, ...).
     pub listen: ListenOptions,
 }
@@ -75,6 +79,7 @@ impl Default for ServerConfig {
             max_deadline: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            stream_window: DEFAULT_STREAM_WINDOW,
             listen: ListenOptions::default(),
         }
     }
@@ -117,6 +122,12 @@ impl ServerConfig {
         self.handshake_timeout = d;
         self
     }
+    /// Sets [`stream_window`](Self::stream_window) (at least 1 KiB).
+    #[must_use]
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.stream_window = bytes.max(1024);
+        self
+    }
     /// Sets [`shutdown_grace`](Self::shutdown_grace).
     #[must_use]
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
@@ -127,6 +138,11 @@ impl ServerConfig {
         self.max_message.clamp(1024, transport_pipe::MAX_FRAME_CEILING)
     }
 }
+
+/// The default stream window, both ends: 256 KiB (gRPC's HTTP/2 starts at 64 KiB per
+/// stream and grows; a fixed 256 KiB keeps 64 KiB items flowing without a round trip per
+/// item).
+pub const DEFAULT_STREAM_WINDOW: u32 = 256 * 1024;
 
 /// A service and its settings, ready to bind.
 pub struct Server<S> {

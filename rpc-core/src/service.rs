@@ -5,6 +5,9 @@ use std::pin::Pin;
 
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::error::RpcError;
+use crate::stream::RpcStream;
+
 /// A boxed, sendable future: what a [`Service`] returns for one call.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -43,7 +46,76 @@ pub trait Service: Send + Sync + 'static {
     const ID: ServiceId;
     /// The method a request calls, for logs and errors.
     fn method_name(request: &Self::Request) -> &'static str;
-    /// Runs one call. The future owns what it needs (it is `'static`), so the runtime
-    /// can drop it at any await point to cancel the call.
-    fn call(&self, request: Self::Request) -> BoxFuture<Self::Response>;
+    /// Which directions of the call `request` starts carry a stream. Requests that are
+    /// stream items (not calls) may answer anything: the runtime never asks for them.
+    fn shape(request: &Self::Request) -> Shape {
+        let _ = request;
+        Shape::UNARY
+    }
+    /// Runs one call; `streams` holds its inbound stream if its shape has one. The future
+    /// owns what it needs (it is `'static`), so the runtime can drop it at any await point
+    /// to cancel the call.
+    fn call(&self, request: Self::Request, streams: CallStreams<Self::Request>) -> BoxFuture<Reply<Self::Response>>;
+}
+
+/// Which directions of a call carry a stream, by method.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Shape {
+    /// The caller streams items to the handler (an `RpcStream` argument).
+    pub upload: bool,
+    /// The handler streams items back (an `RpcStream` return type).
+    pub download: bool,
+}
+
+impl Shape {
+    /// A plain call: one request, one reply.
+    pub const UNARY: Shape = Shape { upload: false, download: false };
+    /// A shape with the given directions.
+    pub const fn new(upload: bool, download: bool) -> Shape {
+        Shape { upload, download }
+    }
+}
+
+/// What a handler produced: one value, or a stream of values (for a method returning
+/// `RpcStream`), each wrapped in the service's response enum.
+pub enum Reply<R> {
+    /// The reply.
+    Value(R),
+    /// The items of a download stream.
+    Stream(futures::stream::BoxStream<'static, Result<R, RpcError>>),
+    /// The request was not a call the service takes (a stream item sent as a call).
+    Error(crate::ServerError),
+}
+
+/// The inbound stream of a call that takes one (an `RpcStream` argument), as the runtime
+/// hands it to [`Service::call`].
+pub struct CallStreams<Req> {
+    pub(crate) up: Option<crate::engine::streams::Remote<Req>>,
+}
+
+impl<Req: Send + 'static> CallStreams<Req> {
+    /// No inbound stream.
+    pub fn none() -> Self {
+        CallStreams { up: None }
+    }
+
+    /// The call's inbound stream, its items picked out of the request enum by `pick`. A
+    /// call without one gets a stream that fails with a protocol error.
+    pub fn upload<T: Send + 'static>(&mut self, pick: fn(Req) -> Option<T>) -> RpcStream<T> {
+        match self.up.take() {
+            Some(remote) => RpcStream::from_results(crate::stream::pick_items(remote, pick)),
+            None => {
+                let err: RpcError =
+                    crate::TransportError::Protocol { detail: "this call has no inbound stream".to_owned() }.into();
+                RpcStream::from_results(futures::stream::iter([Err(err)]))
+            }
+        }
+    }
+}
+
+impl<Req> std::fmt::Debug for CallStreams<Req> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallStreams").field("upload", &self.up.is_some()).finish()
+    }
 }

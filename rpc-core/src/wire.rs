@@ -38,8 +38,10 @@ pub const MIN_PROTOCOL_VERSION: u16 = 2;
 pub mod caps {
     /// One-way calls (`Kind::OneWay`) and their credits (`Kind::Credit`).
     pub const ONEWAY: u32 = 1 << 0;
+    /// Streams in both directions (`Kind::UpItem` to `Kind::UpStop`).
+    pub const STREAMS: u32 = 1 << 1;
     /// The capabilities this build announces.
-    pub const SUPPORTED: u32 = ONEWAY;
+    pub const SUPPORTED: u32 = ONEWAY | STREAMS;
 }
 
 /// Outcome of a handshake, sent in [`Welcome`].
@@ -93,9 +95,9 @@ impl HandshakeStatus {
 ///
 /// Layout (little-endian): magic `PRPC`, version u16, codec u8, flags u8 (zero),
 /// max message u32, fingerprint u64, service-name length u16, service name (UTF-8),
-/// min version u16, capabilities u32. Later versions may append fields; readers ignore
-/// trailing bytes, and a reader of a shorter (older) message takes `min_version =
-/// version` and no capabilities.
+/// min version u16, capabilities u32, stream window u32. Later versions may append fields;
+/// readers ignore trailing bytes, and a reader of a shorter (older) message takes
+/// `min_version = version`, no capabilities and no stream window.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
     /// The newest protocol version the client speaks.
@@ -104,6 +106,8 @@ pub struct Hello {
     pub min_version: u16,
     /// The client's capability bits ([`caps`]).
     pub capabilities: u32,
+    /// Bytes of a server stream's items the client accepts before it gives credit.
+    pub stream_window: u32,
     /// Codec id the client will use ([`Codec::id`]).
     pub codec: u8,
     /// Largest message the client accepts.
@@ -119,7 +123,7 @@ pub struct Hello {
 /// Layout (little-endian): magic `PRPC`, version u16, status u8, codec u8, max message u32,
 /// fingerprint u64, server process id u32, service-name length u16, service name,
 /// message length u16, message (UTF-8, why a refusal happened), capabilities u32,
-/// max in flight u32, max one-way u32. Readers ignore trailing bytes.
+/// max in flight u32, max one-way u32, stream window u32. Readers ignore trailing bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Welcome {
     /// The protocol version chosen (on a version refusal: the newest the server speaks).
@@ -131,6 +135,8 @@ pub struct Welcome {
     pub max_in_flight: u32,
     /// One-way calls the client may send before the server grants more credit.
     pub max_oneway: u32,
+    /// Bytes of a client stream's items the server accepts before it gives credit.
+    pub stream_window: u32,
     /// Whether the connection proceeds.
     pub status: HandshakeStatus,
     /// Codec id the server will use (the client's, when status is Ok).
@@ -171,6 +177,7 @@ impl Hello {
         put_str(&mut b, &self.service);
         b.extend_from_slice(&self.min_version.to_le_bytes());
         b.extend_from_slice(&self.capabilities.to_le_bytes());
+        b.extend_from_slice(&self.stream_window.to_le_bytes());
         b
     }
 
@@ -183,7 +190,8 @@ impl Hello {
         let (max_message, fingerprint, service) = (r.u32()?, r.u64()?, r.str()?);
         let min_version = r.opt_u16()?.unwrap_or(version);
         let capabilities = r.opt_u32()?.unwrap_or(0);
-        Ok(Hello { version, min_version, capabilities, codec, max_message, fingerprint, service })
+        let stream_window = r.opt_u32()?.unwrap_or(0);
+        Ok(Hello { version, min_version, capabilities, stream_window, codec, max_message, fingerprint, service })
     }
 }
 
@@ -203,6 +211,7 @@ impl Welcome {
         b.extend_from_slice(&self.capabilities.to_le_bytes());
         b.extend_from_slice(&self.max_in_flight.to_le_bytes());
         b.extend_from_slice(&self.max_oneway.to_le_bytes());
+        b.extend_from_slice(&self.stream_window.to_le_bytes());
         b
     }
 
@@ -216,11 +225,13 @@ impl Welcome {
         let capabilities = r.opt_u32()?.unwrap_or(0);
         let max_in_flight = r.opt_u32()?.unwrap_or(u32::MAX);
         let max_oneway = r.opt_u32()?.unwrap_or(0);
+        let stream_window = r.opt_u32()?.unwrap_or(0);
         Ok(Welcome {
             version,
             capabilities,
             max_in_flight,
             max_oneway,
+            stream_window,
             status,
             codec,
             max_message,
@@ -300,6 +311,7 @@ mod tests {
             version: 3,
             min_version: 2,
             capabilities: 0b101,
+            stream_window: 1 << 18,
             codec: 0,
             max_message: 4 << 20,
             fingerprint: 0xdead_beef_0102_0304,
@@ -318,6 +330,7 @@ mod tests {
             capabilities: 1,
             max_in_flight: 128,
             max_oneway: 64,
+            stream_window: 1 << 18,
             status: HandshakeStatus::FingerprintMismatch,
             codec: 1,
             max_message: 1024,
@@ -335,13 +348,14 @@ mod tests {
             version: 1,
             min_version: 1,
             capabilities: 0,
+            stream_window: 0,
             codec: 0,
             max_message: 10,
             fingerprint: 1,
             service: "S".into(),
         };
         let mut bytes = h.encode();
-        bytes.truncate(bytes.len() - 6);
+        bytes.truncate(bytes.len() - 10);
         assert_eq!(Hello::decode(&bytes).unwrap(), h);
     }
 

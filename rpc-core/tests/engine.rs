@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use rpc_core::service::BoxFuture;
+use rpc_core::service::{BoxFuture, CallStreams, Reply};
 use rpc_core::wire::{Frame, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Welcome, caps};
 use rpc_core::{
     CallOptions, Channel, ClientConfig, Codec, Direction, RpcError, Server, ServerConfig, ServerErrorKind, Service,
@@ -75,10 +75,10 @@ impl Service for Svc {
             Req::Spin { .. } => "spin",
         }
     }
-    fn call(&self, r: Req) -> BoxFuture<Resp> {
+    fn call(&self, r: Req, _streams: CallStreams<Req>) -> BoxFuture<Reply<Resp>> {
         let probe = self.0.clone();
         Box::pin(async move {
-            match r {
+            Reply::Value(match r {
                 Req::Echo(v) => Resp::Echo(v),
                 Req::Big(n) => Resp::Echo(vec![7; n]),
                 Req::Sleep(ms) => {
@@ -104,7 +104,7 @@ impl Service for Svc {
                     probe.spinning.fetch_sub(1, Ordering::SeqCst);
                     Resp::Concurrency(probe.max_spinning.load(Ordering::SeqCst))
                 }
-            }
+            })
         })
     }
 }
@@ -349,6 +349,7 @@ async fn raw_client(max: usize) -> (RawFramed, ServerTask) {
         version: PROTOCOL_VERSION,
         min_version: MIN_PROTOCOL_VERSION,
         capabilities: caps::SUPPORTED,
+        stream_window: 1 << 18,
         codec: 0,
         max_message: max as u32,
         fingerprint: 0xfeed,
@@ -470,6 +471,7 @@ async fn scripted_server(io: tokio::io::DuplexStream) -> RawFramed {
         capabilities: 0,
         max_in_flight: 128,
         max_oneway: 0,
+        stream_window: 1 << 18,
         status: rpc_core::wire::HandshakeStatus::Ok,
         codec: hello.codec,
         max_message: MAX as u32,

@@ -108,8 +108,12 @@ impl<'a> ServiceGenerator<'a> {
             let variant = m.variant.as_ref().ok()?;
             let args = m.args.iter().filter_map(|a| a.ident).collect();
             let tys = m.args.iter().map(|a| a.ty).collect();
+            let plain = m.args.iter().filter(|a| a.stream.is_none());
+            let wire_args = plain.clone().filter_map(|a| a.ident).collect();
+            let wire_tys = plain.map(|a| a.ty).collect();
+            let upload = m.upload().and_then(|a| Some((a.ident?, a.stream?, format_ident!("__{}Item", variant))));
             let cfgs = &m.cfgs;
-            Some(Method { def: m, variant, args, tys, cfgs: quote!(#(#cfgs)*) })
+            Some(Method { def: m, variant, args, tys, wire_args, wire_tys, upload, cfgs: quote!(#(#cfgs)*) })
         })
     }
 
@@ -157,15 +161,21 @@ impl<'a> ServiceGenerator<'a> {
              The variant order is the wire format."
         );
         let variants = self.methods().map(|m| {
-            let Method { variant, args, tys, cfgs, .. } = &m;
-            quote!(#cfgs #variant { #(#args: #tys),* })
+            let Method { variant, wire_args, wire_tys, cfgs, .. } = &m;
+            quote!(#cfgs #variant { #(#wire_args: #wire_tys),* })
+        });
+        // The items of streams from the caller, after every call variant.
+        let items = self.methods().filter_map(|m| {
+            let (_, item, item_variant) = m.upload.as_ref()?;
+            let cfgs = &m.cfgs;
+            Some(quote!(#[doc(hidden)] #cfgs #item_variant(#item)))
         });
         quote! {
             #[doc = #doc]
             #serde
             #[allow(missing_docs, non_camel_case_types, missing_debug_implementations, clippy::large_enum_variant, clippy::enum_variant_names)]
             #cfgs
-            #vis enum #request { #(#variants,)* }
+            #vis enum #request { #(#variants,)* #(#items,)* }
         }
     }
 
@@ -174,12 +184,12 @@ impl<'a> ServiceGenerator<'a> {
         let vis = &self.def.item.vis;
         let serde = self.serde_attrs();
         let doc = format!(
-            "Wire response of [`{trait_ident}`]: one variant per method, holding its result. \
-             The variant order is the wire format."
+            "Wire response of [`{trait_ident}`]: one variant per method, holding its result \
+             (or one item of its stream). The variant order is the wire format."
         );
         let variants = self.methods().map(|m| {
             let Method { variant, cfgs, .. } = &m;
-            let output = m.def.output.handler_type();
+            let output = m.def.output.wire_type();
             quote!(#cfgs #variant(#output))
         });
         quote! {
@@ -250,21 +260,51 @@ impl<'a> ServiceGenerator<'a> {
         let allow = allow_lints();
         let req = Self::local("__rpc_request");
         let svc = Self::local("__rpc_service");
+        let streams = Self::local("__rpc_streams");
+        let item = Self::local("__rpc_item");
         let names = self.methods().map(|m| {
             let Method { variant, cfgs, .. } = &m;
             let name = &m.def.name;
-            quote!(#cfgs #request::#variant { .. } => #name,)
+            let item_name = m.upload.as_ref().map(|(_, _, iv)| quote!(#cfgs #request::#iv(..) => #name,));
+            quote!(#cfgs #request::#variant { .. } => #name, #item_name)
         });
+        let shapes: Vec<_> = self
+            .methods()
+            .filter(|m| m.upload.is_some() || m.def.is_download())
+            .map(|m| {
+                let Method { variant, cfgs, .. } = &m;
+                let (up, down) = (m.upload.is_some(), m.def.is_download());
+                quote!(#cfgs #request::#variant { .. } => #private::Shape::new(#up, #down),)
+            })
+            .collect();
         let arms: Vec<_> = self
             .methods()
             .map(|m| {
-                let Method { variant, args, cfgs, .. } = &m;
+                let Method { variant, args, wire_args, cfgs, .. } = &m;
                 let method = m.def.ident;
+                let take_up = m.upload.as_ref().map(|(ident, _, iv)| {
+                    quote! {
+                        let #ident = #streams.upload(|#item| match #item {
+                            #request::#iv(#item) => ::core::option::Option::Some(#item),
+                            #[allow(unreachable_patterns)]
+                            _ => ::core::option::Option::None,
+                        });
+                    }
+                });
+                let run = quote!(<#param as #trait_ident>::#method(&*#svc #(, #args)*).await);
+                let reply = if m.def.is_download() {
+                    quote!(#private::Reply::Stream(#private::RpcStream::into_wire(#run, #response::#variant)))
+                } else {
+                    quote!(#private::Reply::Value(#response::#variant(#run)))
+                };
+                let item_arm = m.upload.as_ref().map(|(_, _, iv)| {
+                    let name = &m.def.name;
+                    quote!(#cfgs #request::#iv(_) => #private::Reply::Error(#private::not_a_call(#name)),)
+                });
                 quote! {
                     #cfgs
-                    #request::#variant { #(#args),* } => #response::#variant(
-                        <#param as #trait_ident>::#method(&*#svc #(, #args)*).await
-                    ),
+                    #request::#variant { #(#wire_args),* } => { #take_up #reply }
+                    #item_arm
                 }
             })
             .collect();
@@ -273,9 +313,24 @@ impl<'a> ServiceGenerator<'a> {
         } else {
             quote! {
                 let #svc = ::core::clone::Clone::clone(&self.inner);
+                #[allow(unused_mut)]
+                let mut #streams = #streams;
                 #private::std::boxed::Box::pin(async move {
                     match #req { #(#arms)* }
                 })
+            }
+        };
+        let shape = if shapes.is_empty() {
+            quote!()
+        } else {
+            quote! {
+                fn shape(#req: &Self::Request) -> #private::Shape {
+                    match *#req {
+                        #(#shapes)*
+                        #[allow(unreachable_patterns)]
+                        _ => #private::Shape::UNARY,
+                    }
+                }
             }
         };
         quote! {
@@ -290,7 +345,13 @@ impl<'a> ServiceGenerator<'a> {
                     match *#req { #(#names)* }
                 }
 
-                fn call(&self, #req: Self::Request) -> #private::BoxFuture<Self::Response> {
+                #shape
+
+                fn call(
+                    &self,
+                    #req: Self::Request,
+                    #streams: #private::CallStreams<Self::Request>,
+                ) -> #private::BoxFuture<#private::Reply<Self::Response>> {
                     #call
                 }
             }
@@ -389,7 +450,7 @@ impl<'a> ServiceGenerator<'a> {
 
     fn client_method(&self, m: &Method<'_>) -> TokenStream {
         let Self { private, request, response, trait_ident, .. } = self;
-        let Method { def, variant, args, tys, cfgs } = m;
+        let Method { def, variant, args, tys, wire_args, upload, cfgs, .. } = m;
         let ident = def.ident;
         let name = &def.name;
         let mut docs = if def.docs.is_empty() {
@@ -408,8 +469,12 @@ impl<'a> ServiceGenerator<'a> {
         let deprecated = &def.deprecated;
         let resp = Self::local("__rpc_response");
         let value = Self::local("__rpc_value");
-        let call = quote! {
-            self.channel.call(&self.options, #request::#variant { #(#args),* }).await
+        let body = quote!(#request::#variant { #(#wire_args),* });
+        // The caller's stream, each item wrapped in the method's item variant.
+        let up = upload.as_ref().map(|(ident, _, iv)| quote!(#private::RpcStream::into_wire(#ident, #request::#iv)));
+        let call = match &up {
+            Some(up) => quote!(self.channel.call_upload(&self.options, #body, #up).await),
+            None => quote!(self.channel.call(&self.options, #body).await),
         };
         let pick = quote! {
             |#resp| match #resp {
@@ -421,8 +486,18 @@ impl<'a> ServiceGenerator<'a> {
         let (ret, body) = match &def.output {
             _ if def.is_oneway() => (
                 quote!(::core::result::Result<(), #private::RpcError>),
-                quote!(self.channel.oneway(&self.options, #request::#variant { #(#args),* }).await),
+                quote!(self.channel.oneway(&self.options, #body).await),
             ),
+            Output::Stream { whole, .. } => {
+                let up = match &up {
+                    Some(up) => quote!(::core::option::Option::Some(#up)),
+                    None => quote!(::core::option::Option::None),
+                };
+                (
+                    quote!(::core::result::Result<#whole, #private::RpcError>),
+                    quote!(self.channel.call_download(&self.options, #body, #up, #pick).await),
+                )
+            }
             Output::Fallible { ok, err, .. } => {
                 // The call expression (path and parentheses) is spanned at `E`: if `E`
                 // cannot absorb `RpcError`, this error lands there too.
@@ -458,8 +533,10 @@ impl<'a> ServiceGenerator<'a> {
                     const _: () = #private::assert_wire::<#ty>();
                 }
             };
-            out.extend(m.tys.iter().map(|ty| wire(ty)));
+            // A stream is checked by what it carries.
+            out.extend(m.def.args.iter().map(|a| wire(a.stream.unwrap_or(a.ty))));
             match &m.def.output {
+                Output::Stream { item, .. } => out.extend(wire(item)),
                 Output::Fallible { ok, err, .. } => {
                     // `E: AbsorbsRpcError` is checked by the client method's call to
                     // `fallible`, which is spanned at `E`.
@@ -495,8 +572,14 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
 struct Method<'a> {
     def: &'a MethodDef<'a>,
     variant: &'a Ident,
+    /// Every argument, in order (the trait's and the client's signatures).
     args: Vec<&'a Ident>,
     tys: Vec<&'a syn::Type>,
+    /// The arguments that travel in the call frame: all but the stream.
+    wire_args: Vec<&'a Ident>,
+    wire_tys: Vec<&'a syn::Type>,
+    /// The stream argument: its name, item type and item variant in the request enum.
+    upload: Option<(&'a Ident, &'a syn::Type, Ident)>,
     cfgs: TokenStream,
 }
 

@@ -49,6 +49,8 @@ pub(crate) struct ArgDef<'a> {
     /// The argument name when the pattern is a plain identifier.
     pub(crate) ident: Option<&'a Ident>,
     pub(crate) ty: &'a Type,
+    /// `T` when the argument is an `RpcStream<T>`: a stream from the caller.
+    pub(crate) stream: Option<&'a Type>,
 }
 
 pub(crate) enum Output<'a> {
@@ -58,6 +60,8 @@ pub(crate) enum Output<'a> {
     Plain(&'a Type),
     /// `Result<T, E>`: the client returns `Result<T, E>` and needs `E: From<RpcError>`.
     Fallible { whole: &'a Type, ok: &'a Type, err: &'a Type },
+    /// `RpcStream<T>`: the handler streams items back; the client gets the stream.
+    Stream { whole: &'a Type, item: &'a Type },
 }
 
 impl<'a> Output<'a> {
@@ -66,6 +70,9 @@ impl<'a> Output<'a> {
             ReturnType::Default => return Output::Unit(None),
             ReturnType::Type(_, ty) => &**ty,
         };
+        if let Some(item) = stream_item(ty) {
+            return Output::Stream { whole: ty, item };
+        }
         match peel(ty) {
             Type::Tuple(t) if t.elems.is_empty() => Output::Unit(Some(ty)),
             Type::Path(p) if p.qself.is_none() => match result_args(&p.path) {
@@ -76,11 +83,22 @@ impl<'a> Output<'a> {
         }
     }
 
-    /// The type the handler returns (and the response variant holds).
+    /// The type the handler returns.
     pub(crate) fn handler_type(&self) -> Type {
         match *self {
-            Output::Unit(Some(ty)) | Output::Plain(ty) | Output::Fallible { whole: ty, .. } => ty.clone(),
+            Output::Unit(Some(ty))
+            | Output::Plain(ty)
+            | Output::Fallible { whole: ty, .. }
+            | Output::Stream { whole: ty, .. } => ty.clone(),
             Output::Unit(None) => parse_quote!(()),
+        }
+    }
+
+    /// What the response variant holds: the handler's result, or one item of its stream.
+    pub(crate) fn wire_type(&self) -> Type {
+        match *self {
+            Output::Stream { item, .. } => item.clone(),
+            _ => self.handler_type(),
         }
     }
 
@@ -88,8 +106,25 @@ impl<'a> Output<'a> {
     pub(crate) fn written(&self) -> Option<&'a Type> {
         match *self {
             Output::Unit(ty) => ty,
-            Output::Plain(ty) | Output::Fallible { whole: ty, .. } => Some(ty),
+            Output::Plain(ty) | Output::Fallible { whole: ty, .. } | Output::Stream { whole: ty, .. } => Some(ty),
         }
+    }
+}
+
+/// `T` if `ty` is `RpcStream<T>` (any path ending in that segment, one type argument).
+pub(crate) fn stream_item(ty: &Type) -> Option<&Type> {
+    let Type::Path(p) = peel(ty) else { return None };
+    if p.qself.is_some() {
+        return None;
+    }
+    let last = p.path.segments.last()?;
+    if last.ident != "RpcStream" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    match (args.args.len(), args.args.first()) {
+        (1, Some(GenericArgument::Type(t))) => Some(t),
+        _ => None,
     }
 }
 
@@ -172,6 +207,7 @@ impl<'a> MethodDef<'a> {
                         _ => None,
                     },
                     ty: &arg.ty,
+                    stream: stream_item(&arg.ty),
                 }),
             }
         }
@@ -189,6 +225,16 @@ impl<'a> MethodDef<'a> {
             deprecated: attrs_named(&item.attrs, "deprecated"),
             oneway: attrs_named(&item.attrs, "oneway"),
         }
+    }
+
+    /// The argument that is a stream from the caller, if any (the first, if several).
+    pub(crate) fn upload(&self) -> Option<&ArgDef<'a>> {
+        self.args.iter().find(|a| a.stream.is_some())
+    }
+
+    /// True if the handler streams items back.
+    pub(crate) fn is_download(&self) -> bool {
+        matches!(self.output, Output::Stream { .. })
     }
 
     /// True for a `#[oneway]` method.
@@ -220,6 +266,7 @@ mod tests {
             Output::Fallible { ok, err, .. } => {
                 format!("fallible {} / {}", ok.to_token_stream(), err.to_token_stream())
             }
+            Output::Stream { item, .. } => format!("stream {}", item.to_token_stream()),
         }
     }
 
@@ -233,6 +280,8 @@ mod tests {
         assert_eq!(output("async fn f(&self) -> ::core::result::Result<A, B>;"), "fallible A / B");
         assert_eq!(output("async fn f(&self) -> io::Result<u8>;"), "plain io :: Result < u8 >");
         assert_eq!(output("async fn f(&self) -> Reply;"), "plain Reply");
+        assert_eq!(output("async fn f(&self) -> RpcStream<u8>;"), "stream u8");
+        assert_eq!(output("async fn f(&self) -> rpc_core::RpcStream<Result<u8, E>>;"), "stream Result < u8 , E >");
         assert_eq!(output("async fn f(&self) -> Option<Result<u8, E>>;"), "plain Option < Result < u8 , E > >");
         assert_eq!(output("async fn f(&self) -> <X as Y>::Result<u8, E>;"), "plain < X as Y > :: Result < u8 , E >");
     }

@@ -174,8 +174,14 @@ fn check_method(m: &MethodDef<'_>, client: &proc_macro2::Ident, errors: &mut Err
     check_receiver(m, errors);
     check_args(m, errors);
     check_oneway(m, errors);
-    if let Some(ty) = m.output.written() {
-        TypeCheck { errors, position: Position::Return }.visit_type(ty);
+    match m.output {
+        // The stream itself is fine; what it carries is checked like any wire type.
+        Output::Stream { item, .. } => TypeCheck { errors, position: Position::Return }.visit_type(item),
+        _ => {
+            if let Some(ty) = m.output.written() {
+                TypeCheck { errors, position: Position::Return }.visit_type(ty);
+            }
+        }
     }
 }
 
@@ -188,7 +194,16 @@ fn check_oneway(m: &MethodDef<'_>, errors: &mut Errors) {
         }
     }
     if m.is_oneway()
-        && let Output::Plain(ty) | Output::Fallible { whole: ty, .. } = m.output
+        && let Some(arg) = m.upload()
+    {
+        errors.spanned(
+            arg.ty,
+            "a `#[oneway]` method cannot take a stream: a one-way call is a single message; \
+             remove `#[oneway]` to stream items to the server",
+        );
+    }
+    if m.is_oneway()
+        && let Output::Plain(ty) | Output::Fallible { whole: ty, .. } | Output::Stream { whole: ty, .. } = m.output
     {
         errors.spanned(
             ty,
@@ -282,7 +297,19 @@ fn check_args(m: &MethodDef<'_>, errors: &mut Errors) {
                 ),
             },
         }
-        TypeCheck { errors, position: Position::Argument }.visit_type(arg.ty);
+        match arg.stream {
+            Some(item) => {
+                if m.upload().is_some_and(|first| !std::ptr::eq(first.arg, arg.arg)) {
+                    errors.spanned(
+                        arg.ty,
+                        "a method takes at most one `RpcStream` argument: a call has one stream in each direction; \
+                         merge the streams into one of an enum",
+                    );
+                }
+                TypeCheck { errors, position: Position::Argument }.visit_type(item);
+            }
+            None => TypeCheck { errors, position: Position::Argument }.visit_type(arg.ty),
+        }
     }
 }
 
@@ -362,6 +389,13 @@ impl<'ast> Visit<'ast> for TypeCheck<'_> {
         if let Some(first) = path.segments.first().filter(|s| s.ident == "Self") {
             self.errors.spanned(&first.ident, "`Self` cannot appear in an RPC signature: name the concrete type");
         }
+        if let Some(last) = path.segments.last().filter(|s| s.ident == "RpcStream") {
+            self.errors.spanned(
+                &last.ident,
+                "an `RpcStream` must be a whole argument or the whole return type (`-> RpcStream<T>`), \
+                 not inside another type; an application error mid-stream is an item: `RpcStream<Result<T, E>>`",
+            );
+        }
         visit::visit_path(self, path);
     }
 }
@@ -439,6 +473,23 @@ mod tests {
         one("trait T { async fn a(&self) -> &str; }", "return `String` instead of `&str`");
         one("trait T { async fn a(&self) -> impl Clone; }", "return a concrete type");
         one("trait T { async fn a(&self) -> !; }", "`!`");
+    }
+
+    #[test]
+    fn streams() {
+        assert!(
+            errors(
+                "trait T { async fn a(&self, x: u8) -> RpcStream<u8>; async fn b(&self, s: RpcStream<u8>) -> u64; \
+                 async fn c(&self, s: rpc_core::RpcStream<String>) -> RpcStream<Result<u8, E>>; }"
+            )
+            .is_empty()
+        );
+        one("trait T { async fn a(&self, s: RpcStream<u8>, t: RpcStream<u8>); }", "at most one `RpcStream`");
+        one("trait T { async fn a(&self) -> Result<RpcStream<u8>, E>; }", "whole argument or the whole return type");
+        one("trait T { async fn a(&self, v: Vec<RpcStream<u8>>); }", "not inside another type");
+        one("trait T { async fn a(&self) -> RpcStream<&str>; }", "`String` instead of `&str`");
+        one("trait T { #[oneway] async fn a(&self, s: RpcStream<u8>); }", "cannot take a stream");
+        one("trait T { #[oneway] async fn a(&self) -> RpcStream<u8>; }", "returns nothing");
     }
 
     #[test]

@@ -18,7 +18,8 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rpc_core::{ClientConfig, PipeName, RpcError};
+use futures::StreamExt;
+use rpc_core::{ClientConfig, PipeName, RpcError, RpcStream};
 
 pub mod raw;
 use serde::{Deserialize, Serialize};
@@ -190,6 +191,26 @@ pub trait Probe {
     async fn sink(&self, b: ByteBuf);
     /// The `seq`s of the [`Probe::note`]s of `tag`, in the order their handlers started.
     async fn notes(&self, tag: u64) -> Vec<u64>;
+    /// Streams `from`, `from + 1`, ... (`n` items), waiting `delay_ms` before each.
+    async fn count(&self, from: u64, n: u64, delay_ms: u64) -> RpcStream<u64>;
+    /// Streams `n` items of `size` bytes following [`pattern_byte`].
+    async fn blobs(&self, n: u64, size: u64) -> RpcStream<ByteBuf>;
+    /// Streams `n` items, then an application error.
+    async fn fail_after(&self, n: u64) -> RpcStream<Result<u64, ProbeError>>;
+    /// Streams 64 KiB items from a producer task until the consumer goes away, counting in
+    /// the stats of `tag`: `started` per item produced, `max_concurrent` set to 1 each
+    /// time the producer finds the channel full (it waits for the consumer), and
+    /// `dropped_unfinished` once it learns the consumer is gone.
+    async fn endless(&self, tag: u64) -> RpcStream<ByteBuf>;
+    /// The sum of the caller's items.
+    async fn sum(&self, items: RpcStream<u64>) -> u64;
+    /// Reads `n` of the caller's items and returns them, leaving the rest unread.
+    async fn take(&self, n: u64, items: RpcStream<u64>) -> Vec<u64>;
+    /// The caller's bytes, counted: total length, and whether every byte follows
+    /// [`pattern_byte`] (offsets counted across items).
+    async fn upload_check(&self, items: RpcStream<ByteBuf>) -> (u64, bool);
+    /// Each of the caller's items, doubled, as they come.
+    async fn double(&self, items: RpcStream<u64>) -> RpcStream<u64>;
 }
 
 /// The byte at offset `i` of [`Probe::make_bytes`]'s output.
@@ -200,6 +221,12 @@ pub fn pattern_byte(i: usize) -> u8 {
 /// The implementation of [`Probe`] that `test-server` serves.
 #[derive(Debug)]
 pub struct ProbeImpl {
+    inner: std::sync::Arc<ProbeState>,
+}
+
+/// The state of [`ProbeImpl`], shared with the tasks its handlers start.
+#[derive(Debug)]
+pub struct ProbeState {
     tags: Mutex<HashMap<u64, TagStats>>,
     notes: Mutex<HashMap<u64, Vec<u64>>>,
     /// Bumped on every change of `tags`; `wait_stats` waits on it.
@@ -208,11 +235,25 @@ pub struct ProbeImpl {
 
 impl Default for ProbeImpl {
     fn default() -> Self {
-        ProbeImpl { tags: Mutex::default(), notes: Mutex::default(), changed: watch::channel(0).0 }
+        let state = ProbeState { tags: Mutex::default(), notes: Mutex::default(), changed: watch::channel(0).0 };
+        ProbeImpl { inner: std::sync::Arc::new(state) }
+    }
+}
+
+impl std::ops::Deref for ProbeImpl {
+    type Target = ProbeState;
+    fn deref(&self) -> &ProbeState {
+        &self.inner
     }
 }
 
 impl ProbeImpl {
+    fn probe_handle(&self) -> std::sync::Arc<ProbeState> {
+        self.inner.clone()
+    }
+}
+
+impl ProbeState {
     fn update(&self, tag: u64, f: impl FnOnce(&mut TagStats)) {
         f(self.tags.lock().unwrap().entry(tag).or_default());
         self.changed.send_modify(|v| *v += 1);
@@ -364,6 +405,88 @@ impl Probe for ProbeImpl {
 
     async fn notes(&self, tag: u64) -> Vec<u64> {
         self.notes.lock().unwrap().get(&tag).cloned().unwrap_or_default()
+    }
+
+    async fn count(&self, from: u64, n: u64, delay_ms: u64) -> RpcStream<u64> {
+        let (tx, rx) = RpcStream::channel(16);
+        tokio::spawn(async move {
+            for i in from..from.saturating_add(n) {
+                if delay_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                }
+                if tx.send(i).await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    async fn blobs(&self, n: u64, size: u64) -> RpcStream<ByteBuf> {
+        let size = usize::try_from(size).unwrap();
+        let mut offset = 0usize;
+        RpcStream::new(futures::stream::iter(0..n).map(move |_| {
+            let item: Vec<u8> = (offset..offset + size).map(pattern_byte).collect();
+            offset += size;
+            ByteBuf::from(item)
+        }))
+    }
+
+    async fn fail_after(&self, n: u64) -> RpcStream<Result<u64, ProbeError>> {
+        RpcStream::iter((0..n).map(Ok).chain([Err(ProbeError::Overflow)]))
+    }
+
+    async fn endless(&self, tag: u64) -> RpcStream<ByteBuf> {
+        let (tx, rx) = RpcStream::channel(2);
+        let probe = self.probe_handle();
+        tokio::spawn(async move {
+            loop {
+                if tx.capacity() == 0 {
+                    probe.update(tag, |s| s.max_concurrent = 1);
+                }
+                if tx.send(ByteBuf::from(vec![7u8; 64 * 1024])).await.is_err() {
+                    probe.update(tag, |s| s.dropped_unfinished += 1);
+                    return;
+                }
+                probe.update(tag, |s| s.started += 1);
+            }
+        });
+        rx
+    }
+
+    async fn sum(&self, mut items: RpcStream<u64>) -> u64 {
+        let mut total = 0u64;
+        while let Some(item) = items.next().await {
+            match item {
+                Ok(v) => total = total.wrapping_add(v),
+                Err(e) => panic!("the upload failed: {e}"),
+            }
+        }
+        total
+    }
+
+    async fn take(&self, n: u64, mut items: RpcStream<u64>) -> Vec<u64> {
+        let mut out = Vec::new();
+        while (out.len() as u64) < n {
+            match items.next().await {
+                Some(Ok(v)) => out.push(v),
+                _ => break,
+            }
+        }
+        out
+    }
+
+    async fn upload_check(&self, mut items: RpcStream<ByteBuf>) -> (u64, bool) {
+        let (mut len, mut ok) = (0usize, true);
+        while let Some(Ok(item)) = items.next().await {
+            ok &= item.iter().enumerate().all(|(i, &b)| b == pattern_byte(len + i));
+            len += item.len();
+        }
+        (len as u64, ok)
+    }
+
+    async fn double(&self, items: RpcStream<u64>) -> RpcStream<u64> {
+        RpcStream::new(items.filter_map(|r| async move { r.ok().map(|v| v * 2) }))
     }
 }
 

@@ -47,6 +47,7 @@ pub async fn raw_handshake(name: &rpc_core::PipeName) -> PipeStream {
         version: PROTOCOL_VERSION,
         min_version: MIN_PROTOCOL_VERSION,
         capabilities: caps::SUPPORTED,
+        stream_window: 1 << 18,
         codec: Codec::Bincode.id(),
         max_message: 1 << 20,
         fingerprint: ProbeClient::ID.fingerprint,

@@ -135,7 +135,10 @@ async fn a_one_way_call_gets_no_reply_frame_only_credit() {
                 Frame::decode(Codec::Bincode, &read_frame(&mut io).await).unwrap();
             kinds.push((f.kind(), f.id()));
             if let Frame::Reply { id: 8, body } = f {
-                assert!(matches!(body, pipe_rpc_tests::ProbeResponse::Notes(ref v) if v == &[0]), "the notes of tag 6 are not [0]");
+                assert!(
+                    matches!(body, pipe_rpc_tests::ProbeResponse::Notes(ref v) if v == &[0]),
+                    "the notes of tag 6 are not [0]"
+                );
                 break;
             }
         }

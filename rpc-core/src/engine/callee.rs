@@ -26,13 +26,21 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::context::{self, Context as CallContext};
 use crate::deadlines::{DeadlineQueue, IdMap};
-use crate::error::{ServerError, ServerErrorKind, fmt_duration, panic_message};
+use crate::error::{RpcError, ServerError, ServerErrorKind, fmt_duration, panic_message};
 use crate::server::ServerConfig;
-use crate::service::Service;
+use crate::service::{CallStreams, Reply, Service};
+
+use super::streams::{Ctl, Inbox, OutStream, OverCredit, Remote, StreamControl};
 
 /// A first poll longer than this marks its method as long-running: its later calls start
 /// in a task of their own instead of inline.
 pub(crate) const HEAVY: Duration = Duration::from_micros(500);
+
+/// What "no deadline" means in a handler's context: far enough never to matter, near
+/// enough that adding it to an `Instant` cannot overflow.
+const NO_DEADLINE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+const SHUTTING_DOWN: &str = "the server is shutting down";
 
 /// A frame the serving half wants written.
 pub(crate) enum Answer<R> {
@@ -46,12 +54,24 @@ pub(crate) enum Answer<R> {
     },
     /// The caller may make this many more one-way calls.
     Credit(u32),
+    /// Room for `grant` more bytes of the caller's stream items.
+    UpCredit {
+        id: u64,
+        grant: u32,
+    },
+    /// The handler dropped the caller's stream: stop sending.
+    UpStop {
+        id: u64,
+    },
 }
 
 impl<R> Answer<R> {
     fn id(&self) -> Option<u64> {
         match self {
-            Answer::Reply { id, .. } | Answer::Error { id, .. } => Some(*id),
+            Answer::Reply { id, .. }
+            | Answer::Error { id, .. }
+            | Answer::UpCredit { id, .. }
+            | Answer::UpStop { id } => Some(*id),
             Answer::Credit(_) => None,
         }
     }
@@ -65,7 +85,7 @@ enum Outcome<R> {
 /// A handler that ran in its own task has finished.
 enum Done<R> {
     /// A call: its id, its [`Running::seq`] and what it returned.
-    Call(u64, u64, Outcome<R>),
+    Call(u64, u64, Outcome<Reply<R>>),
     /// A one-way call: its credit can go back to the caller.
     OneWay,
 }
@@ -88,7 +108,8 @@ struct Running {
     abort: AbortHandle,
     /// Tells this handler's result from that of an earlier call with the same id.
     seq: u64,
-    deadline: Instant,
+    /// `None`: a stream without a deadline.
+    deadline: Option<Instant>,
     timeout: Duration,
 }
 
@@ -110,10 +131,33 @@ pub(crate) struct Callee<S: Service> {
     outbox: VecDeque<Answer<S::Response>>,
     /// Methods whose first poll took longer than [`HEAVY`].
     heavy: HashSet<&'static str>,
+    /// Inbound (caller to handler) streams, by exchange.
+    ups: IdMap<Arc<Inbox<S::Request>>>,
+    /// Outbound (handler to caller) streams, by exchange: polled by the engine.
+    pub(crate) downs: IdMap<OutStream<S::Response>>,
+    /// What the handlers' inbound streams said (credit to give, dropped).
+    ctl: Arc<StreamControl>,
+    ctl_taken: Vec<Ctl>,
+    limits: StreamLimits,
+}
+
+/// The stream windows the handshake settled, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamLimits {
+    /// Ours: the caller may send this much of a stream before we give credit.
+    pub(crate) up_window: u32,
+    /// The caller's: we may send this much of a stream before it gives credit.
+    pub(crate) down_window: u32,
+    pub(crate) max_message: usize,
 }
 
 impl<S: Service> Callee<S> {
-    pub(crate) fn new(service: Arc<S>, config: Arc<ServerConfig>, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(
+        service: Arc<S>,
+        config: Arc<ServerConfig>,
+        shutdown: CancellationToken,
+        limits: StreamLimits,
+    ) -> Self {
         Callee {
             service,
             config,
@@ -128,6 +172,11 @@ impl<S: Service> Callee<S> {
             deadlines: DeadlineQueue::new(),
             outbox: VecDeque::new(),
             heavy: HashSet::new(),
+            ups: IdMap::default(),
+            downs: IdMap::default(),
+            ctl: Arc::new(StreamControl::default()),
+            ctl_taken: Vec::new(),
+            limits,
         }
     }
 
@@ -152,7 +201,7 @@ impl<S: Service> Callee<S> {
             );
         } else if self.running.contains_key(&id) {
             self.refuse(id, ServerErrorKind::BadRequest, format!("request id {id} is already in flight"));
-        } else if self.running.len() + self.outbox.len() >= limit {
+        } else if self.running.len() + self.downs.len() + self.outbox.len() >= limit {
             let detail = format!(
                 "the connection already has {limit} calls in flight, the server's limit per connection \
                  (announced in the handshake); the call was not started"
@@ -169,8 +218,11 @@ impl<S: Service> Callee<S> {
         self.refuse(id, ServerErrorKind::BadRequest, detail);
     }
 
-    /// The caller gave up on `id`: stop its handler and drop its unwritten answer, if any.
+    /// The caller gave up on `id`: stop its handler and its streams, and drop its unwritten
+    /// answer, if any.
     pub(crate) fn on_cancel(&mut self, id: u64) {
+        self.downs.remove(&id);
+        self.end_up(id, Err(RpcError::Cancelled));
         if let Some(r) = self.running.remove(&id) {
             r.abort.abort();
         } else if self.outbox.iter().any(|a| a.id() == Some(id)) {
@@ -194,7 +246,7 @@ impl<S: Service> Callee<S> {
         let started = Instant::now();
         let method = S::method_name(&body);
         let ctx = CallContext { deadline: started + timeout, request_id: id, method };
-        let mut call = self.service.call(body);
+        let mut call = self.service.call(body, CallStreams::none());
         if self.heavy.is_empty() || !self.heavy.contains(method) {
             let first = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 context::sync_scoped(ctx.clone(), || call.as_mut().poll(cx))
@@ -241,18 +293,30 @@ impl<S: Service> Callee<S> {
     }
 
     fn start(&mut self, id: u64, timeout_us: u64, body: S::Request, cx: &mut Context<'_>) {
-        let timeout = Duration::from_micros(timeout_us).min(self.config.max_deadline);
-        if timeout.is_zero() {
+        let shape = S::shape(&body);
+        let streaming = shape.upload || shape.download;
+        // A stream the caller gave no deadline has none here either (`u64::MAX`); every
+        // other deadline is capped.
+        let timeout = (!streaming || timeout_us != u64::MAX)
+            .then(|| Duration::from_micros(timeout_us).min(self.config.max_deadline));
+        if timeout.is_some_and(|t| t.is_zero()) {
             // The caller's deadline passed before the call reached us: nobody waits.
             let detail = "the call's deadline had passed when it reached the server".to_owned();
             self.refuse(id, ServerErrorKind::DeadlineExceeded, detail);
             return;
         }
         let started = Instant::now();
-        let deadline = started + timeout;
+        let deadline = timeout.map(|t| started + t);
         let method = S::method_name(&body);
-        let ctx = CallContext { deadline, request_id: id, method };
-        let mut call = self.service.call(body);
+        // The context always has a deadline: for a stream without one, the far future.
+        let ctx = CallContext { deadline: deadline.unwrap_or_else(|| started + NO_DEADLINE), request_id: id, method };
+        let mut streams = CallStreams::none();
+        if shape.upload {
+            let inbox = Inbox::new();
+            self.ups.insert(id, inbox.clone());
+            streams.up = Some(Remote::new(id, inbox, self.ctl.clone(), self.limits.up_window, true));
+        }
+        let mut call = self.service.call(body, streams);
         if self.heavy.is_empty() || !self.heavy.contains(method) {
             // Poll once right here. If it waits, it registered this connection's waker,
             // which is harmless: its task polls it again with its own.
@@ -263,8 +327,8 @@ impl<S: Service> Callee<S> {
                 self.heavy.insert(method);
             }
             match first {
-                Ok(Poll::Ready(body)) => return self.answer(id, Outcome::Done(body)),
-                Err(panic) => return self.answer(id, Outcome::Panicked(panic_message(panic.as_ref()))),
+                Ok(Poll::Ready(body)) => return self.answer(id, Outcome::Done(body), deadline),
+                Err(panic) => return self.answer(id, Outcome::Panicked(panic_message(panic.as_ref())), deadline),
                 Ok(Poll::Pending) => {}
             }
         }
@@ -278,31 +342,108 @@ impl<S: Service> Callee<S> {
             };
             finished.push(Done::Call(id, seq, outcome));
         });
+        let timeout = timeout.unwrap_or(NO_DEADLINE);
         self.running.insert(id, Running { abort: task.abort_handle(), seq, deadline, timeout });
-        self.deadlines.push(deadline, id);
+        if let Some(d) = deadline {
+            self.deadlines.push(d, id);
+        }
     }
 
-    fn answer(&mut self, id: u64, outcome: Outcome<S::Response>) {
+    fn answer(&mut self, id: u64, outcome: Outcome<Reply<S::Response>>, deadline: Option<Instant>) {
         let answer = match outcome {
-            Outcome::Done(body) => Answer::Reply { id, body },
+            Outcome::Done(Reply::Value(body)) => Answer::Reply { id, body },
+            Outcome::Done(Reply::Stream(stream)) => {
+                // The exchange goes on as the handler's stream, under the call's deadline.
+                let credit = i64::from(self.limits.down_window);
+                self.downs.insert(id, OutStream { stream, credit, deadline });
+                if let Some(d) = deadline {
+                    self.deadlines.push(d, id);
+                }
+                return;
+            }
+            Outcome::Done(Reply::Error(error)) => Answer::Error { id, error },
             Outcome::Panicked(msg) => {
                 tracing::error!(id, panic = %msg, "handler panicked");
                 Answer::Error { id, error: ServerError::new(ServerErrorKind::HandlerPanicked, msg) }
             }
         };
+        // The handler is done with the caller's stream, if it had one.
+        self.end_up(id, Err(RpcError::Cancelled));
         self.outbox.push_back(answer);
+    }
+
+    /// Ends the inbound stream of exchange `id`, if it has one.
+    fn end_up(&mut self, id: u64, how: Result<(), RpcError>) {
+        if let Some(inbox) = self.ups.remove(&id) {
+            match how {
+                Ok(()) => inbox.finish(Ok(())),
+                Err(e) => inbox.fail(e),
+            }
+        }
+    }
+
+    /// An item of exchange `id`'s inbound stream. `Err` if the caller sent more than the
+    /// credit it was given: a conforming caller never does.
+    pub(crate) fn on_up_item(&mut self, id: u64, item: S::Request, len: u32) -> Result<(), String> {
+        let limit = self.limits.up_window as usize + self.limits.max_message;
+        match self.ups.get(&id) {
+            Some(inbox) => inbox.push(item, len, limit).map_err(|OverCredit| {
+                format!("stream items beyond the credit granted (a stream may hold {limit} bytes)")
+            }),
+            // A late item of an exchange that is over.
+            None => Ok(()),
+        }
+    }
+
+    /// An item of exchange `id`'s inbound stream that does not decode: the handler's
+    /// stream fails with why, and the caller is told to stop sending.
+    pub(crate) fn on_bad_up_item(&mut self, id: u64, error: &str) {
+        if self.ups.contains_key(&id) {
+            let detail = format!("a stream item does not decode: {error}");
+            self.end_up(id, Err(crate::TransportError::Protocol { detail }.into()));
+            self.outbox.push_back(Answer::UpStop { id });
+        }
+    }
+
+    /// The caller's stream of exchange `id` ended normally.
+    pub(crate) fn on_up_end(&mut self, id: u64) {
+        self.end_up(id, Ok(()));
+    }
+
+    /// The caller has room for `grant` more bytes of exchange `id`'s items.
+    pub(crate) fn on_down_credit(&mut self, id: u64, grant: u32) {
+        if let Some(down) = self.downs.get_mut(&id) {
+            down.credit = down.credit.saturating_add(i64::from(grant));
+        }
+    }
+
+    /// The handler's stream of exchange `id` ended (its end frame is written): the
+    /// exchange is over.
+    pub(crate) fn down_ended(&mut self, id: u64) {
+        self.end_up(id, Err(RpcError::Cancelled));
     }
 
     /// The deadline of a running call passed: stop the handler and say so, so a caller
     /// whose own deadline is later (the server caps deadlines) does not wait in silence.
     fn expire(&mut self, deadline: Instant, id: u64) {
         // Entries are removed lazily: only a call still running with this deadline expires.
-        if self.running.get(&id).is_some_and(|r| r.deadline == deadline) {
+        let timeout = if self.running.get(&id).is_some_and(|r| r.deadline == Some(deadline)) {
             let r = self.running.remove(&id).expect("checked above");
             r.abort.abort();
-            let detail = format!("the call's deadline of {} passed on the server", fmt_duration(r.timeout));
-            self.refuse(id, ServerErrorKind::DeadlineExceeded, detail);
-        }
+            r.timeout
+        } else if self.downs.get(&id).is_some_and(|d| d.deadline == Some(deadline)) {
+            self.downs.remove(&id);
+            Duration::ZERO
+        } else {
+            return;
+        };
+        self.end_up(id, Err(RpcError::DeadlineExceeded { timeout }));
+        let detail = if timeout.is_zero() {
+            "the stream's deadline passed on the server".to_owned()
+        } else {
+            format!("the call's deadline of {} passed on the server", fmt_duration(timeout))
+        };
+        self.refuse(id, ServerErrorKind::DeadlineExceeded, detail);
     }
 
     /// Shutdown, finished tasks, deadlines. Returns whether anything moved.
@@ -310,6 +451,26 @@ impl<S: Service> Callee<S> {
         let mut progress = false;
         if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
             self.draining = true;
+            progress = true;
+            // Open streams end now, with a reason; calls get the grace period.
+            let ids: Vec<u64> = self.downs.keys().copied().collect();
+            for id in ids {
+                self.downs.remove(&id);
+                self.end_up(id, Err(RpcError::Server(ServerError::new(ServerErrorKind::ShuttingDown, SHUTTING_DOWN))));
+                self.refuse(id, ServerErrorKind::ShuttingDown, SHUTTING_DOWN.to_owned());
+            }
+        }
+        self.ctl.take(cx.waker(), &mut self.ctl_taken);
+        for ctl in std::mem::take(&mut self.ctl_taken) {
+            match ctl {
+                Ctl::Credit { id, grant } if self.ups.contains_key(&id) => {
+                    self.outbox.push_back(Answer::UpCredit { id, grant });
+                }
+                Ctl::Dropped { id } if self.ups.remove(&id).is_some() => {
+                    self.outbox.push_back(Answer::UpStop { id });
+                }
+                _ => {}
+            }
             progress = true;
         }
         // Once any task was spawned, its result may be waiting (even a cancelled call's).
@@ -322,8 +483,8 @@ impl<S: Service> Callee<S> {
                     // Cancelled or expired meanwhile (or an earlier call with this id): drop it.
                     Done::Call(id, seq, outcome) => {
                         if self.running.get(&id).is_some_and(|r| r.seq == seq) {
-                            self.running.remove(&id);
-                            self.answer(id, outcome);
+                            let r = self.running.remove(&id).expect("checked above");
+                            self.answer(id, outcome, r.deadline);
                             progress = true;
                         }
                     }
@@ -344,7 +505,14 @@ impl<S: Service> Callee<S> {
             self.expire(deadline, id);
             progress = true;
         }
-        self.deadlines.compact(self.running.len(), || self.running.iter().map(|(&id, r)| (r.deadline, id)));
+        let live = self.running.len() + self.downs.len();
+        let (running, downs) = (&self.running, &self.downs);
+        self.deadlines.compact(live, || {
+            running
+                .iter()
+                .filter_map(|(&id, r)| r.deadline.map(|d| (d, id)))
+                .chain(downs.iter().filter_map(|(&id, d)| d.deadline.map(|dl| (dl, id))))
+        });
         progress
     }
 
@@ -360,7 +528,7 @@ impl<S: Service> Callee<S> {
 
     /// Every call that started has been answered.
     pub(crate) fn drained(&self) -> bool {
-        self.running.is_empty() && self.outbox.is_empty()
+        self.running.is_empty() && self.downs.is_empty() && self.outbox.is_empty()
     }
 }
 

@@ -6,6 +6,10 @@
 //! `max_in_flight`, announced in the handshake) has room; the rest wait here, deadlines
 //! running, so a conforming caller never makes the callee refuse a call. Cancels bypass
 //! that queue: they are what frees the window.
+//!
+//! Streams ride on calls: a call's outbound items ([`OutStream`]) are pumped once its call
+//! frame is written, while the callee's credit lasts; its inbound items go to the
+//! [`Inbox`] its `RpcStream` reads.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -14,29 +18,39 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::calls::{CloseRequest, OutCall, Table, index};
+use super::calls::{CallStreams, CloseRequest, OutCall, Table, TakenStreams, index};
+use super::streams::{Ctl, Inbox, OutStream, OverCredit, StreamControl};
 use crate::client::Shared;
-use crate::deadlines::DeadlineQueue;
-use crate::error::{RpcError, ServerError, ServerErrorKind};
+use crate::deadlines::{DeadlineQueue, IdHasher, IdMap};
+use crate::error::{RpcError, ServerError, ServerErrorKind, TransportError};
 
 /// A reply read from the pipe, before the lock is taken to hand it over.
 pub(crate) enum Arrival<Resp> {
     Reply(Resp),
     Error(ServerError),
     Failed(RpcError),
+    /// A download stream ended; its slot just needs to be marked done.
+    StreamDone,
+}
+
+/// An inbound stream of one of our calls.
+struct Down<Resp> {
+    inbox: Arc<Inbox<Resp>>,
+    timeout: Option<Duration>,
 }
 
 pub(crate) struct Caller<Req, Resp> {
     pub(crate) shared: Arc<Shared<Req, Resp>>,
     /// Calls taken from the table, waiting for the pipe or the window.
     outgoing: VecDeque<OutCall<Req>>,
-    /// Cancels of calls already written, to write before any call.
-    cancels: VecDeque<u64>,
+    /// Control frames (cancels, stream credits), written before any call.
+    control: VecDeque<Next<Req>>,
     /// Cancels taken from the table this pass, not yet sorted into written and unwritten.
     taken_cancels: Vec<u64>,
+    taken_streams: TakenStreams<Req, Resp>,
     /// Calls cancelled or expired after the engine took them but before they were written:
     /// skipped when their turn comes, so the callee never sees them.
-    withdrawn: HashSet<u64, std::hash::BuildHasherDefault<crate::deadlines::IdHasher>>,
+    withdrawn: HashSet<u64, std::hash::BuildHasherDefault<IdHasher>>,
     /// Replies read in this pass, handed to their callers under one lock.
     arrived: Vec<(u64, Arrival<Resp>)>,
     /// Callers to wake once the lock is released.
@@ -51,6 +65,19 @@ pub(crate) struct Caller<Req, Resp> {
     oneways: VecDeque<Bytes>,
     /// One-way calls the callee admits now (its window, replenished by credit frames).
     credit: u64,
+    /// Outbound streams whose call is not written yet.
+    pending_ups: IdMap<OutStream<Req>>,
+    /// Outbound streams being pumped.
+    pub(crate) ups: IdMap<OutStream<Req>>,
+    /// Inbound streams.
+    downs: IdMap<Down<Resp>>,
+    /// What our streams' consumers said.
+    ctl: Arc<StreamControl>,
+    ctl_taken: Vec<Ctl>,
+    /// The callee's window for our outbound items, in bytes.
+    up_window: u32,
+    /// Our window for inbound items, and the most a stream may hold (window + message).
+    down_limit: usize,
 }
 
 /// What one pass of the calling half found.
@@ -59,22 +86,40 @@ pub(crate) struct CallerPass {
     pub(crate) close: CloseRequest,
 }
 
+/// Limits the handshake settled for the calling half.
+pub(crate) struct CallerLimits {
+    pub(crate) window: usize,
+    pub(crate) oneway_window: u32,
+    pub(crate) up_window: u32,
+    pub(crate) down_window: u32,
+    pub(crate) max_message: usize,
+}
+
 impl<Req, Resp> Caller<Req, Resp> {
-    pub(crate) fn new(shared: Arc<Shared<Req, Resp>>, window: usize, oneway_window: u32) -> Self {
+    pub(crate) fn new(shared: Arc<Shared<Req, Resp>>, limits: CallerLimits) -> Self {
+        let ctl = shared.ctl.clone();
         Caller {
             shared,
             outgoing: VecDeque::new(),
-            cancels: VecDeque::new(),
+            control: VecDeque::new(),
             taken_cancels: Vec::new(),
+            taken_streams: Vec::new(),
             withdrawn: HashSet::default(),
             arrived: Vec::new(),
             wakers: Vec::new(),
             deadlines: DeadlineQueue::new(),
             wire: Vec::new(),
             on_wire: 0,
-            window: window.max(1),
+            window: limits.window.max(1),
             oneways: VecDeque::new(),
-            credit: u64::from(oneway_window),
+            credit: u64::from(limits.oneway_window),
+            pending_ups: IdMap::default(),
+            ups: IdMap::default(),
+            downs: IdMap::default(),
+            ctl,
+            ctl_taken: Vec::new(),
+            up_window: limits.up_window,
+            down_limit: limits.down_window as usize + limits.max_message,
         }
     }
 
@@ -83,10 +128,54 @@ impl<Req, Resp> Caller<Req, Resp> {
         self.credit = self.credit.saturating_add(u64::from(grant));
     }
 
-    /// A reply (or error) for call `id` arrived; it reaches its caller at the next pass.
+    /// A reply, error or end for call `id` arrived; it reaches its caller at the next pass.
     pub(crate) fn on_reply(&mut self, id: u64, arrival: Arrival<Resp>) {
         self.unwire(id);
+        // The exchange is over: its outbound stream stops, its inbound stream ends.
+        self.ups.remove(&id);
+        self.pending_ups.remove(&id);
+        let arrival = match self.downs.remove(&id) {
+            None => arrival,
+            Some(down) => {
+                match arrival {
+                    Arrival::StreamDone => down.inbox.finish(Ok(())),
+                    Arrival::Error(e) if e.kind == ServerErrorKind::DeadlineExceeded => {
+                        down.inbox.fail(RpcError::DeadlineExceeded { timeout: down.timeout.unwrap_or_default() });
+                    }
+                    Arrival::Error(e) => down.inbox.fail(RpcError::Server(e)),
+                    Arrival::Failed(e) => down.inbox.fail(e),
+                    Arrival::Reply(_) => down
+                        .inbox
+                        .fail(TransportError::Protocol { detail: "a reply to a streaming call".to_owned() }.into()),
+                }
+                Arrival::StreamDone
+            }
+        };
         self.arrived.push((id, arrival));
+    }
+
+    /// An item of call `id`'s inbound stream. `Err` if it exceeds the credit we gave.
+    pub(crate) fn on_down_item(&mut self, id: u64, item: Resp, len: u32) -> Result<(), OverCredit> {
+        match self.downs.get(&id) {
+            Some(down) => down.inbox.push(item, len, self.down_limit),
+            // A late item of a call we gave up on.
+            None => Ok(()),
+        }
+    }
+
+    /// The callee has room for `grant` more bytes of call `id`'s outbound items.
+    pub(crate) fn on_up_credit(&mut self, id: u64, grant: u32) {
+        for map in [&mut self.ups, &mut self.pending_ups] {
+            if let Some(up) = map.get_mut(&id) {
+                up.credit = up.credit.saturating_add(i64::from(grant));
+            }
+        }
+    }
+
+    /// The callee stopped reading call `id`'s outbound stream.
+    pub(crate) fn on_up_stop(&mut self, id: u64) {
+        self.ups.remove(&id);
+        self.pending_ups.remove(&id);
     }
 
     /// Call `id` no longer counts against the window (answered or cancelled). Returns
@@ -102,7 +191,7 @@ impl<Req, Resp> Caller<Req, Resp> {
         }
     }
 
-    /// The call `id` was handed to the pipe.
+    /// The call `id` was handed to the pipe: its outbound stream may start.
     pub(crate) fn on_written(&mut self, id: u64) {
         let i = index(id);
         if self.wire.len() <= i {
@@ -110,12 +199,18 @@ impl<Req, Resp> Caller<Req, Resp> {
         }
         self.wire[i] = Some(id);
         self.on_wire += 1;
+        if let Some(up) = self.pending_ups.remove(&id) {
+            self.ups.insert(id, up);
+        }
     }
 
     /// Stops call `id` on the wire: a cancel if the callee has it, else it is never written.
     fn withdraw(&mut self, id: u64) {
+        self.ups.remove(&id);
+        self.pending_ups.remove(&id);
+        self.downs.remove(&id);
         if self.wire.get(index(id)).is_some_and(|w| *w == Some(id)) {
-            self.cancels.push_back(id);
+            self.control.push_back(Next::Cancel(id));
         } else {
             self.withdrawn.insert(id);
         }
@@ -133,14 +228,14 @@ impl<Req, Resp> Caller<Req, Resp> {
             let mut t = self.shared.calls.lock();
             deliver(&mut self.arrived, &mut t, &mut self.wakers);
             for (deadline, id) in expired {
-                if t.expire(deadline, id, &mut self.wakers) {
-                    expired_ids.push(id);
+                if let Some(timeout) = t.expire(deadline, id, &mut self.wakers) {
+                    expired_ids.push((id, timeout));
                 }
                 progress = true;
             }
             // Take calls off the queue even when the pipe is full, so their deadlines run.
             if t.has_queued() {
-                t.take_queue(&mut self.outgoing, &mut self.taken_cancels, &mut self.deadlines);
+                t.take_queue(&mut self.outgoing, &mut self.taken_cancels, &mut self.taken_streams, &mut self.deadlines);
                 progress = true;
             }
             // One-way calls only as far as the callee's credit goes; the rest stay in the
@@ -160,22 +255,48 @@ impl<Req, Resp> Caller<Req, Resp> {
             }
         };
         self.wakers.drain(..).for_each(Waker::wake);
+        for (id, streams, timeout) in self.taken_streams.drain(..) {
+            let CallStreams { up, down } = *streams;
+            if let Some(stream) = up {
+                self.pending_ups.insert(id, OutStream { stream, credit: i64::from(self.up_window), deadline: None });
+            }
+            if let Some(inbox) = down {
+                self.downs.insert(id, Down { inbox, timeout });
+            }
+        }
         let mut cancels = std::mem::take(&mut self.taken_cancels);
-        for id in cancels.drain(..).chain(expired_ids) {
+        for id in cancels.drain(..) {
             self.withdraw(id);
         }
         self.taken_cancels = cancels;
+        for (id, timeout) in expired_ids {
+            if let Some(down) = self.downs.get(&id) {
+                down.inbox.fail(RpcError::DeadlineExceeded { timeout });
+            }
+            self.withdraw(id);
+        }
+        // Credit for the items our consumers took.
+        self.ctl.take(cx.waker(), &mut self.ctl_taken);
+        for ctl in self.ctl_taken.drain(..) {
+            if let Ctl::Credit { id, grant } = ctl
+                && self.downs.contains_key(&id)
+            {
+                self.control.push_back(Next::DownCredit(id, grant));
+                progress = true;
+            }
+        }
         CallerPass { progress, close }
     }
 
-    /// The next frame to write: a cancel, else a one-way call the callee has credit for,
-    /// else a call if the window has room.
+    /// The next frame to write: control (cancels, credits), else a one-way call the callee
+    /// has credit for, else a call if the window has room.
     pub(crate) fn next(&mut self) -> Option<Next<Req>> {
-        while let Some(id) = self.cancels.pop_front() {
-            // Still unanswered: from now on it does not count against the window (the
-            // callee reads this cancel before any later call).
-            if self.unwire(id) {
-                return Some(Next::Cancel(id));
+        while let Some(next) = self.control.pop_front() {
+            match next {
+                // Still unanswered: from now on it does not count against the window (the
+                // callee reads this cancel before any later call).
+                Next::Cancel(id) if !self.unwire(id) => continue,
+                other => return Some(other),
             }
         }
         if self.credit > 0
@@ -196,18 +317,23 @@ impl<Req, Resp> Caller<Req, Resp> {
 
     /// True if [`next`](Self::next) may have a frame.
     pub(crate) fn has_next(&self) -> bool {
-        !self.cancels.is_empty()
+        !self.control.is_empty()
             || (self.credit > 0 && !self.oneways.is_empty())
             || (!self.outgoing.is_empty() && self.on_wire < self.window)
     }
 
     /// True when nothing taken from the table is waiting to be written.
     pub(crate) fn idle(&self) -> bool {
-        self.cancels.is_empty() && self.outgoing.is_empty() && self.oneways.is_empty()
+        self.control.is_empty() && self.outgoing.is_empty() && self.oneways.is_empty() && self.ups.is_empty()
     }
 
-    /// Fails one call whose request could not be encoded.
+    /// Fails one call whose request (or an item of its stream) could not be encoded; the
+    /// callee is told to stop it if it has it.
     pub(crate) fn fail_call(&mut self, id: u64, err: RpcError) {
+        if let Some(down) = self.downs.get(&id) {
+            down.inbox.fail(err.clone());
+        }
+        self.withdraw(id);
         self.shared.calls.lock().complete(id, Err(err), &mut self.wakers);
         self.wakers.drain(..).for_each(Waker::wake);
     }
@@ -215,6 +341,9 @@ impl<Req, Resp> Caller<Req, Resp> {
     /// Delivers what arrived before the connection ended, then fails every call still
     /// waiting (and every later one) with `why`.
     pub(crate) fn finish(&mut self, why: &RpcError) {
+        for (_, down) in self.downs.drain() {
+            down.inbox.fail(why.clone());
+        }
         let dropped = {
             let mut t = self.shared.calls.lock();
             deliver(&mut self.arrived, &mut t, &mut self.wakers);
@@ -224,6 +353,8 @@ impl<Req, Resp> Caller<Req, Resp> {
         drop(dropped);
         self.outgoing.clear();
         self.oneways.clear();
+        self.ups.clear();
+        self.pending_ups.clear();
         self.wakers.drain(..).for_each(Waker::wake);
     }
 }
@@ -239,6 +370,9 @@ fn deliver<Req, Resp>(arrived: &mut Vec<(u64, Arrival<Resp>)>, t: &mut Table<Req
             }
             Arrival::Error(e) => Err(RpcError::Server(e)),
             Arrival::Failed(e) => Err(e),
+            // A streaming call's slot only marks the exchange as over; nobody reads it (its
+            // stream reported the outcome).
+            Arrival::StreamDone => Err(RpcError::Cancelled),
         };
         t.complete(id, result, wakers);
     }
@@ -247,6 +381,7 @@ fn deliver<Req, Resp>(arrived: &mut Vec<(u64, Arrival<Resp>)>, t: &mut Table<Req
 /// A frame the calling half wants written.
 pub(crate) enum Next<Req> {
     Cancel(u64),
+    DownCredit(u64, u32),
     /// Encoded by its caller.
     OneWay(Bytes),
     Call(OutCall<Req>),
@@ -254,7 +389,8 @@ pub(crate) enum Next<Req> {
 
 /// The timeout to announce for a call: the caller's whole timeout, not the time left now.
 /// The engine enforces the exact deadline itself; the callee only needs one no earlier
-/// than the caller's, and it saves a clock read per call.
-pub(crate) fn timeout_us(timeout: Duration) -> u64 {
-    u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX)
+/// than the caller's, and it saves a clock read per call. `u64::MAX`: no deadline (a
+/// stream without one).
+pub(crate) fn timeout_us(timeout: Option<Duration>) -> u64 {
+    timeout.map_or(u64::MAX, |t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX - 1))
 }

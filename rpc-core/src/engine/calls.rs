@@ -15,12 +15,15 @@
 //! allocation per call once the table has grown to the number of calls in flight.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::task::AtomicWaker;
+
+use super::streams::Inbox;
 
 use crate::deadlines::DeadlineQueue;
 use crate::error::{RpcError, TransportError};
@@ -47,7 +50,7 @@ pub(crate) struct Table<Req, Resp> {
     /// Indexes of free slots; reused last-in first-out, so hot slots stay hot.
     free: Vec<u32>,
     /// Started calls and cancellations for the engine, in the order they happened.
-    queue: Vec<Queued<Req>>,
+    queue: Vec<Queued<Req, Resp>>,
     /// Why the connection ended, once it has: calls started later fail with this at once.
     closed: Option<RpcError>,
     close: CloseRequest,
@@ -61,7 +64,8 @@ struct Slot<Resp> {
     /// Wire id of the call in this slot (generation << 32 | index).
     id: u64,
     state: State<Resp>,
-    deadline: Instant,
+    /// `None` for a stream without a deadline.
+    deadline: Option<Instant>,
     /// The time the caller gave, for `DeadlineExceeded`.
     timeout: Duration,
     /// The engine has taken the call for writing, so a cancel must go to the server too.
@@ -75,15 +79,27 @@ enum State<Resp> {
 }
 
 /// What callers hand the engine.
-pub(crate) enum Queued<Req> {
-    Call { id: u64, body: Req },
+pub(crate) enum Queued<Req, Resp> {
+    Call { id: u64, body: Req, streams: Option<Box<CallStreams<Req, Resp>>> },
     Cancel { id: u64 },
+}
+
+/// Calls' streams taken from the queue, with each call's timeout.
+pub(crate) type TakenStreams<Req, Resp> = Vec<(u64, Box<CallStreams<Req, Resp>>, Option<Duration>)>;
+
+/// The streams of a call that has any.
+pub(crate) struct CallStreams<Req, Resp> {
+    /// The caller's items, wrapped in the request enum.
+    pub(crate) up: Option<BoxStream<'static, Result<Req, RpcError>>>,
+    /// Where the callee's items go.
+    pub(crate) down: Option<Arc<Inbox<Resp>>>,
 }
 
 /// A call the engine will write, once the pipe has room and the callee's window admits it.
 pub(crate) struct OutCall<Req> {
     pub(crate) id: u64,
-    pub(crate) timeout: Duration,
+    /// `None`: a stream without a deadline.
+    pub(crate) timeout: Option<Duration>,
     pub(crate) body: Req,
 }
 
@@ -129,8 +145,9 @@ impl<Req, Resp> Calls<Req, Resp> {
     pub(crate) fn start(
         &self,
         body: Req,
-        deadline: Instant,
+        deadline: Option<Instant>,
         timeout: Duration,
+        streams: Option<Box<CallStreams<Req, Resp>>>,
         waker: &Waker,
     ) -> Result<u64, RpcError> {
         let mut t = self.lock();
@@ -160,7 +177,7 @@ impl<Req, Resp> Calls<Req, Resp> {
                 id
             }
         };
-        t.queue.push(Queued::Call { id, body });
+        t.queue.push(Queued::Call { id, body, streams });
         // Only the push onto an empty queue wakes the engine: a non-empty queue has a wake
         // outstanding that the engine has not acted on yet.
         let wake = t.queue.len() == 1;
@@ -288,13 +305,12 @@ impl<Req, Resp> Table<Req, Resp> {
     }
 
     /// Fails the call `id` with `DeadlineExceeded` if it still waits with this deadline
-    /// (heap entries are removed lazily). Returns whether the server must be told.
-    pub(crate) fn expire(&mut self, deadline: Instant, id: u64, wakers: &mut Vec<Waker>) -> bool {
-        let Some(slot) = self.waiting(id).filter(|s| s.deadline == deadline) else { return false };
-        let sent = slot.sent;
+    /// (heap entries are removed lazily). Returns whether it expired, and the timeout.
+    pub(crate) fn expire(&mut self, deadline: Instant, id: u64, wakers: &mut Vec<Waker>) -> Option<Duration> {
+        let slot = self.waiting(id).filter(|s| s.deadline == Some(deadline))?;
         let timeout = slot.timeout;
         self.complete(id, Err(RpcError::DeadlineExceeded { timeout }), wakers);
-        sent
+        Some(timeout)
     }
 
     /// Moves what callers queued to the engine: calls to `outgoing` (marked as sent, their
@@ -304,16 +320,22 @@ impl<Req, Resp> Table<Req, Resp> {
         &mut self,
         outgoing: &mut VecDeque<OutCall<Req>>,
         cancels: &mut Vec<u64>,
+        streams: &mut TakenStreams<Req, Resp>,
         deadlines: &mut DeadlineQueue,
     ) {
         let mut queue = std::mem::take(&mut self.queue);
         for q in queue.drain(..) {
             match q {
-                Queued::Call { id, body } => {
+                Queued::Call { id, body, streams: s } => {
                     if let Some(slot) = self.waiting(id) {
                         slot.sent = true;
-                        let timeout = slot.timeout;
-                        deadlines.push(slot.deadline, id);
+                        let timeout = slot.deadline.map(|d| {
+                            deadlines.push(d, id);
+                            slot.timeout
+                        });
+                        if let Some(s) = s {
+                            streams.push((id, s, timeout));
+                        }
                         outgoing.push_back(OutCall { id, timeout, body });
                     }
                 }
@@ -351,7 +373,7 @@ impl<Req, Resp> Table<Req, Resp> {
 
     /// The (deadline, id) of every call still waiting, for rebuilding the deadline heap.
     pub(crate) fn live_deadlines(&self) -> impl Iterator<Item = (Instant, u64)> + '_ {
-        self.slots.iter().filter(|s| matches!(s.state, State::Waiting(_))).map(|s| (s.deadline, s.id))
+        self.slots.iter().filter(|s| matches!(s.state, State::Waiting(_))).filter_map(|s| s.deadline.map(|d| (d, s.id)))
     }
 
     pub(crate) fn close_request(&self) -> CloseRequest {
@@ -360,7 +382,7 @@ impl<Req, Resp> Table<Req, Resp> {
 
     /// The connection is over: every waiting call fails with `why`, queued requests are
     /// dropped, and later calls fail at once.
-    pub(crate) fn fail_all(&mut self, why: &RpcError, wakers: &mut Vec<Waker>) -> Vec<Queued<Req>> {
+    pub(crate) fn fail_all(&mut self, why: &RpcError, wakers: &mut Vec<Waker>) -> Vec<Queued<Req, Resp>> {
         if self.closed.is_none() {
             self.closed = Some(why.clone());
         }

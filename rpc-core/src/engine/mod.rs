@@ -24,21 +24,25 @@
 mod callee;
 mod caller;
 pub(crate) mod calls;
+pub(crate) mod streams;
 mod transport;
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use serde::{Serialize, de::DeserializeOwned};
 
-pub(crate) use callee::Callee;
-pub(crate) use caller::Caller;
+pub(crate) use callee::{Callee, StreamLimits};
+pub(crate) use caller::{Caller, CallerLimits};
 pub(crate) use transport::{FrameTransport, Inbound, Outbound, pipe};
+
+use bytes::{Bytes, BytesMut};
 
 use self::callee::Answer;
 use self::calls::CloseRequest;
-use crate::codec::{EncodeError, encode_error};
+use crate::codec::{Codec, EncodeError, encode_error};
 use crate::error::{Direction, RpcError, ServerError, ServerErrorKind, TransportError, connection_error};
 use crate::service::Service;
 use crate::wire::{Frame, FrameError, Kind, caps};
@@ -72,9 +76,23 @@ pub(crate) struct Engine<T, S: Service, Req, Resp> {
     callee: Option<Callee<S>>,
     /// The capability bits negotiated in the handshake.
     capabilities: u32,
+    /// For stream items, which the engine encodes itself (their size is their credit).
+    codec: Codec,
+    send_limit: usize,
+    item_buf: BytesMut,
+    /// Reused list of streams to pump.
+    order: Vec<u64>,
     needs_flush: bool,
     /// Set once the connection is over and every caller has been told.
     finished: bool,
+}
+
+/// What the handshake settled that the engine itself needs.
+pub(crate) struct Settings {
+    pub(crate) peer: &'static str,
+    pub(crate) capabilities: u32,
+    pub(crate) codec: Codec,
+    pub(crate) send_limit: usize,
 }
 
 impl<T, S, Req, Resp> Engine<T, S, Req, Resp>
@@ -86,26 +104,36 @@ where
 {
     pub(crate) fn new(
         transport: T,
-        peer: &'static str,
-        capabilities: u32,
+        settings: Settings,
         caller: Option<Caller<Req, Resp>>,
         callee: Option<Callee<S>>,
     ) -> Self {
         Engine {
             transport: Box::pin(transport),
-            peer,
+            peer: settings.peer,
             caller,
             callee,
-            capabilities,
+            capabilities: settings.capabilities,
+            codec: settings.codec,
+            send_limit: settings.send_limit,
+            item_buf: BytesMut::new(),
+            order: Vec::new(),
             needs_flush: false,
             finished: false,
         }
     }
 
-    /// Whether `kind`, which needs a capability, was negotiated.
+    /// Whether `kind`, which may need a capability, was negotiated.
     fn negotiated(&self, kind: Kind) -> Result<(), TransportError> {
         let needs = match kind {
             Kind::OneWay | Kind::Credit => caps::ONEWAY,
+            Kind::UpItem
+            | Kind::DownItem
+            | Kind::UpEnd
+            | Kind::DownEnd
+            | Kind::UpCredit
+            | Kind::DownCredit
+            | Kind::UpStop => caps::STREAMS,
             _ => 0,
         };
         if self.capabilities & needs == needs {
@@ -119,69 +147,85 @@ where
         TransportError::Protocol { detail: format!("{detail} (from the {})", self.peer) }
     }
 
-    /// Acts on one frame; `Err` if the stream can no longer be trusted.
-    fn on_frame(&mut self, inbound: Inbound<S::Request, Resp>, cx: &mut Context<'_>) -> Result<(), TransportError> {
-        let frame = match inbound.0 {
-            Ok(frame) => frame,
-            Err(FrameError::Header(e)) => return Err(self.protocol(format!("unreadable frame: {e}"))),
-            Err(FrameError::Body { kind: Kind::Call, id, error }) if self.callee.is_some() => {
-                self.callee.as_mut().expect("checked").on_bad_call(id, &error);
-                return Ok(());
-            }
-            Err(FrameError::Body { kind: Kind::OneWay, id, error }) if self.callee.is_some() => {
-                self.negotiated(Kind::OneWay)?;
-                self.callee.as_mut().expect("checked").on_bad_oneway(id, &error);
-                return Ok(());
-            }
-            Err(FrameError::Body { kind: Kind::Reply | Kind::Error, id, error }) if self.caller.is_some() => {
-                let err = TransportError::Protocol { detail: format!("malformed response: {error}") };
-                self.caller.as_mut().expect("checked").on_reply(id, caller::Arrival::Failed(err.into()));
-                return Ok(());
-            }
-            Err(e @ FrameError::Body { .. }) => return Err(self.protocol(e.to_string())),
-        };
-        match frame {
-            Frame::Call { id, timeout_us, body } => match &mut self.callee {
-                Some(c) => c.on_call(id, timeout_us, body, cx),
-                None => return Err(self.protocol("a call, but this end serves no calls".into())),
-            },
-            Frame::Cancel { id } => {
-                if let Some(c) = &mut self.callee {
-                    c.on_cancel(id);
-                }
-            }
-            Frame::Reply { id, body } => self.arrival(id, caller::Arrival::Reply(body))?,
-            Frame::Error { id, error } => self.arrival(id, caller::Arrival::Error(error))?,
-            Frame::TooLarge { id, size, limit } => {
-                let err = TransportError::MessageTooLarge { size, limit, direction: Direction::Response };
-                self.arrival(id, caller::Arrival::Failed(err.into()))?;
-            }
-            Frame::OneWay { id, body } => {
-                self.negotiated(Kind::OneWay)?;
-                match &mut self.callee {
-                    Some(c) => c.on_oneway(id, body, cx).map_err(|detail| self.protocol(detail))?,
-                    None => return Err(self.protocol("a one-way call, but this end serves no calls".into())),
-                }
-            }
-            Frame::Credit { grant, .. } => {
-                self.negotiated(Kind::Credit)?;
-                match &mut self.caller {
-                    Some(c) => c.on_credit(grant),
-                    None => return Err(self.protocol("a credit, but this end made no calls".into())),
-                }
-            }
+    fn callee(&mut self, what: &str) -> Result<&mut Callee<S>, TransportError> {
+        if self.callee.is_none() {
+            return Err(self.protocol(format!("{what}, but this end serves no calls")));
         }
-        Ok(())
+        Ok(self.callee.as_mut().expect("checked"))
     }
 
-    fn arrival(&mut self, id: u64, arrival: caller::Arrival<Resp>) -> Result<(), TransportError> {
-        match &mut self.caller {
-            Some(c) => {
-                c.on_reply(id, arrival);
-                Ok(())
-            }
-            None => Err(self.protocol("a reply, but this end made no calls".into())),
+    fn caller(&mut self, what: &str) -> Result<&mut Caller<Req, Resp>, TransportError> {
+        if self.caller.is_none() {
+            return Err(self.protocol(format!("{what}, but this end made no calls")));
         }
+        Ok(self.caller.as_mut().expect("checked"))
+    }
+
+    /// Acts on one frame; `Err` if the stream can no longer be trusted.
+    fn on_frame(&mut self, inbound: Inbound<S::Request, Resp>, cx: &mut Context<'_>) -> Result<(), TransportError> {
+        let len = inbound.len;
+        let frame = match inbound.frame {
+            Ok(frame) => frame,
+            Err(FrameError::Header(e)) => return Err(self.protocol(format!("unreadable frame: {e}"))),
+            Err(FrameError::Body { kind, id, error }) => {
+                self.negotiated(kind)?;
+                match kind {
+                    Kind::Call => self.callee("a call")?.on_bad_call(id, &error),
+                    Kind::OneWay => self.callee("a one-way call")?.on_bad_oneway(id, &error),
+                    Kind::UpItem => self.callee("a stream item")?.on_bad_up_item(id, &error),
+                    // The callee answered; only the answer is unreadable.
+                    Kind::Reply | Kind::Error => {
+                        let err = TransportError::Protocol { detail: format!("malformed response: {error}") };
+                        self.caller("a reply")?.on_reply(id, caller::Arrival::Failed(err.into()));
+                    }
+                    // An unreadable item: the stream fails and the callee is told to stop.
+                    Kind::DownItem => {
+                        let err = TransportError::Protocol { detail: format!("malformed stream item: {error}") };
+                        self.caller("a stream item")?.fail_call(id, err.into());
+                    }
+                    _ => return Err(self.protocol(format!("a {kind:?} frame that does not decode: {error}"))),
+                }
+                return Ok(());
+            }
+        };
+        self.negotiated(frame.kind())?;
+        match frame {
+            Frame::Call { id, timeout_us, body } => self.callee("a call")?.on_call(id, timeout_us, body, cx),
+            Frame::OneWay { id, body } => {
+                let peer = self.peer;
+                self.callee("a one-way call")?
+                    .on_oneway(id, body, cx)
+                    .map_err(|d| TransportError::Protocol { detail: format!("{d} (from the {peer})") })?;
+            }
+            Frame::Cancel { id } => self.callee("a cancel")?.on_cancel(id),
+            Frame::UpItem { id, body } => {
+                let peer = self.peer;
+                self.callee("a stream item")?
+                    .on_up_item(id, body, len)
+                    .map_err(|d| TransportError::Protocol { detail: format!("{d} (from the {peer})") })?;
+            }
+            Frame::UpEnd { id } => self.callee("a stream end")?.on_up_end(id),
+            Frame::DownCredit { id, grant } => self.callee("a stream credit")?.on_down_credit(id, grant),
+            Frame::Reply { id, body } => self.caller("a reply")?.on_reply(id, caller::Arrival::Reply(body)),
+            Frame::Error { id, error } => self.caller("an error")?.on_reply(id, caller::Arrival::Error(error)),
+            Frame::TooLarge { id, size, limit } => {
+                let err = TransportError::MessageTooLarge { size, limit, direction: Direction::Response };
+                self.caller("a reply")?.on_reply(id, caller::Arrival::Failed(err.into()));
+            }
+            Frame::DownItem { id, body } => {
+                let peer = self.peer;
+                self.caller("a stream item")?.on_down_item(id, body, len).map_err(|streams::OverCredit| {
+                    TransportError::Protocol {
+                        detail: format!("stream items beyond the credit granted (from the {peer})"),
+                    }
+                })?;
+            }
+            Frame::DownEnd { id } => self.caller("a stream end")?.on_reply(id, caller::Arrival::StreamDone),
+            Frame::UpCredit { id, grant } => self.caller("a stream credit")?.on_up_credit(id, grant),
+            Frame::UpStop { id } => self.caller("a stream stop")?.on_up_stop(id),
+            Frame::Credit { grant, .. } => self.caller("a credit")?.on_credit(grant),
+        }
+        Ok(())
     }
 
     /// Writes one frame, which `poll_ready` has made room for.
@@ -190,15 +234,11 @@ where
             Pending::Answer(Answer::Reply { id, body }) => (id, Frame::Reply { id, body }),
             Pending::Answer(Answer::Error { id, error }) => (id, Frame::Error { id, error }),
             Pending::Answer(Answer::Credit(grant)) => (0, Frame::Credit { id: 0, grant }),
+            Pending::Answer(Answer::UpCredit { id, grant }) => (id, Frame::UpCredit { id, grant }),
+            Pending::Answer(Answer::UpStop { id }) => (id, Frame::UpStop { id }),
             Pending::Call(caller::Next::Cancel(id)) => (id, Frame::Cancel { id }),
-            Pending::Call(caller::Next::OneWay(bytes)) => {
-                self.transport
-                    .as_mut()
-                    .start_send(Outbound::Encoded(bytes))
-                    .map_err(|e| connection_error(&e, self.peer))?;
-                self.needs_flush = true;
-                return Ok(());
-            }
+            Pending::Call(caller::Next::DownCredit(id, grant)) => (id, Frame::DownCredit { id, grant }),
+            Pending::Call(caller::Next::OneWay(bytes)) => return self.write_encoded(bytes),
             Pending::Call(caller::Next::Call(call)) => {
                 let id = call.id;
                 (id, Frame::Call { id, timeout_us: caller::timeout_us(call.timeout), body: call.body })
@@ -219,28 +259,11 @@ where
         let Some(why) = encode_error(&e) else { return Err(connection_error(&e, self.peer)) };
         match kind {
             Kind::Call => {
-                let err: RpcError = match why {
-                    EncodeError::TooLarge(t) => {
-                        TransportError::MessageTooLarge { size: t.size, limit: t.limit, direction: Direction::Request }
-                            .into()
-                    }
-                    EncodeError::Serde(msg) => {
-                        TransportError::Protocol { detail: format!("cannot encode the request: {msg}") }.into()
-                    }
-                };
+                let err = request_encode_error(why);
                 self.caller.as_mut().expect("only the calling half writes calls").fail_call(id, err);
             }
             Kind::Reply | Kind::Error => {
-                let replacement = match why {
-                    EncodeError::TooLarge(t) => Frame::TooLarge { id, size: t.size, limit: t.limit },
-                    EncodeError::Serde(msg) => Frame::Error {
-                        id,
-                        error: ServerError::new(
-                            ServerErrorKind::Internal,
-                            format!("cannot encode the response: {msg}"),
-                        ),
-                    },
-                };
+                let replacement = answer_encode_error(id, why);
                 self.transport
                     .as_mut()
                     .start_send(Outbound::Frame(replacement))
@@ -252,6 +275,12 @@ where
         Ok(())
     }
 
+    fn write_encoded(&mut self, bytes: Bytes) -> Result<(), TransportError> {
+        self.transport.as_mut().start_send(Outbound::Encoded(bytes)).map_err(|e| connection_error(&e, self.peer))?;
+        self.needs_flush = true;
+        Ok(())
+    }
+
     /// The next frame to write: answers first (they free the peer's callers and our
     /// admission slots), then cancels and calls.
     fn next_pending(&mut self) -> Option<Pending<Req, S::Response>> {
@@ -259,6 +288,48 @@ where
             return Some(Pending::Answer(a));
         }
         self.caller.as_mut().and_then(Caller::next).map(Pending::Call)
+    }
+
+    /// Pumps both halves' outbound streams while the pipe has room.
+    fn pump_streams(&mut self, cx: &mut Context<'_>) -> Result<bool, TransportError> {
+        let mut progress = false;
+        if let Some(callee) = &mut self.callee
+            && !callee.downs.is_empty()
+        {
+            let mut sink = Pipe {
+                transport: &mut self.transport,
+                needs_flush: &mut self.needs_flush,
+                codec: self.codec,
+                limit: self.send_limit,
+                buf: &mut self.item_buf,
+                peer: self.peer,
+                ended: Vec::new(),
+                failed: Vec::new(),
+            };
+            progress |= streams::pump(&mut callee.downs, &mut self.order, cx, &mut DownSink(&mut sink, PhantomData))?;
+            for id in sink.ended {
+                callee.down_ended(id);
+            }
+        }
+        if let Some(caller) = &mut self.caller
+            && !caller.ups.is_empty()
+        {
+            let mut sink = Pipe {
+                transport: &mut self.transport,
+                needs_flush: &mut self.needs_flush,
+                codec: self.codec,
+                limit: self.send_limit,
+                buf: &mut self.item_buf,
+                peer: self.peer,
+                ended: Vec::new(),
+                failed: Vec::new(),
+            };
+            progress |= streams::pump(&mut caller.ups, &mut self.order, cx, &mut UpSink(&mut sink, PhantomData))?;
+            for (id, err) in sink.failed {
+                caller.fail_call(id, err);
+            }
+        }
+        Ok(progress)
     }
 
     fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
@@ -307,6 +378,8 @@ where
         if let Some(c) = &mut self.callee {
             progress |= c.pass(cx);
         }
+        // Answers, control frames and calls first: small and latency-bound, they must not
+        // wait behind a stream's items. Then the streams, as far as the pipe takes them.
         loop {
             let has_next = self.callee.as_ref().is_some_and(Callee::has_answers)
                 || self.caller.as_ref().is_some_and(Caller::has_next);
@@ -322,6 +395,14 @@ where
             if let Err(e) = self.send(next) {
                 return Poll::Ready(Err(Ended::Failed(e)));
             }
+            progress = true;
+        }
+        match self.pump_streams(cx) {
+            Ok(p) => progress |= p,
+            Err(e) => return Poll::Ready(Err(Ended::Failed(e))),
+        }
+        // Ending a stream may have queued an answer (an error frame); write it next pass.
+        if self.callee.as_ref().is_some_and(Callee::has_answers) {
             progress = true;
         }
         if self.needs_flush {
@@ -341,6 +422,154 @@ where
             };
         }
         Poll::Ready(Ok(progress))
+    }
+}
+
+/// The error a call gets when its request (or an item of its stream) cannot be encoded.
+fn request_encode_error(why: &EncodeError) -> RpcError {
+    match why {
+        EncodeError::TooLarge(t) => {
+            TransportError::MessageTooLarge { size: t.size, limit: t.limit, direction: Direction::Request }.into()
+        }
+        EncodeError::Serde(msg) => {
+            TransportError::Protocol { detail: format!("cannot encode the request: {msg}") }.into()
+        }
+    }
+}
+
+/// The frame sent instead of an answer (or a stream item) that cannot be encoded.
+fn answer_encode_error<C, R>(id: u64, why: &EncodeError) -> Frame<C, R> {
+    match why {
+        EncodeError::TooLarge(t) => Frame::TooLarge { id, size: t.size, limit: t.limit },
+        EncodeError::Serde(msg) => Frame::Error {
+            id,
+            error: ServerError::new(ServerErrorKind::Internal, format!("cannot encode the response: {msg}")),
+        },
+    }
+}
+
+/// The pipe as the stream pumps see it.
+struct Pipe<'a, T> {
+    transport: &'a mut Pin<Box<T>>,
+    needs_flush: &'a mut bool,
+    codec: Codec,
+    limit: usize,
+    buf: &'a mut BytesMut,
+    peer: &'static str,
+    /// Outbound streams that ended (their end frame is written).
+    ended: Vec<u64>,
+    /// Calls whose outbound stream failed.
+    failed: Vec<(u64, RpcError)>,
+}
+
+impl<T> Pipe<'_, T> {
+    fn ready<In, Out>(&mut self, cx: &mut Context<'_>) -> Result<bool, TransportError>
+    where
+        T: FrameTransport<In, Out>,
+    {
+        match self.transport.as_mut().poll_ready(cx) {
+            Poll::Ready(Ok(())) => Ok(true),
+            Poll::Ready(Err(e)) => Err(connection_error(&e, self.peer)),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    fn write<In, C, R>(&mut self, out: Outbound<C, R>) -> Result<(), TransportError>
+    where
+        T: FrameTransport<In, Outbound<C, R>>,
+    {
+        self.transport.as_mut().start_send(out).map_err(|e| connection_error(&e, self.peer))?;
+        *self.needs_flush = true;
+        Ok(())
+    }
+}
+
+/// Writes the serving half's outbound stream items (`DownItem`); `In`, `Req` and `R` are
+/// the carrier's frame types.
+struct DownSink<'p, 'a, T, In, Req, R>(&'p mut Pipe<'a, T>, Carrier<In, Req, R>);
+
+/// The carrier's frame types, for the sinks' trait bounds.
+type Carrier<In, Req, R> = PhantomData<fn() -> (In, Req, R)>;
+
+impl<T, In, Req, R> streams::PumpSink<R> for DownSink<'_, '_, T, In, Req, R>
+where
+    T: FrameTransport<In, Outbound<Req, R>>,
+    R: Serialize,
+    Req: Serialize,
+{
+    fn ready(&mut self, cx: &mut Context<'_>) -> Result<bool, TransportError> {
+        self.0.ready(cx)
+    }
+
+    fn item(&mut self, id: u64, item: R) -> Result<Option<u32>, TransportError> {
+        let p = &mut *self.0;
+        let frame = Frame::<(), R>::DownItem { id, body: item };
+        match frame.encode_into(p.codec, p.limit, p.buf) {
+            Ok(bytes) => {
+                let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                p.write(Outbound::<Req, R>::Encoded(bytes))?;
+                Ok(Some(len))
+            }
+            Err(why) => {
+                // The item cannot cross: the exchange ends with why, the connection goes on.
+                p.write(Outbound::<Req, R>::Frame(answer_encode_error(id, &why)))?;
+                p.ended.push(id);
+                Ok(None)
+            }
+        }
+    }
+
+    fn end(&mut self, id: u64, how: Result<(), RpcError>) -> Result<(), TransportError> {
+        let frame = match how {
+            Ok(()) => Frame::DownEnd { id },
+            Err(RpcError::Server(error)) => Frame::Error { id, error },
+            Err(e) => Frame::Error { id, error: ServerError::new(ServerErrorKind::Internal, e.to_string()) },
+        };
+        self.0.write(Outbound::<Req, R>::Frame(frame))?;
+        self.0.ended.push(id);
+        Ok(())
+    }
+}
+
+/// Writes the calling half's outbound stream items (`UpItem`).
+struct UpSink<'p, 'a, T, In, Req, R>(&'p mut Pipe<'a, T>, Carrier<In, Req, R>);
+
+impl<T, In, Req, R> streams::PumpSink<Req> for UpSink<'_, '_, T, In, Req, R>
+where
+    T: FrameTransport<In, Outbound<Req, R>>,
+    R: Serialize,
+    Req: Serialize,
+{
+    fn ready(&mut self, cx: &mut Context<'_>) -> Result<bool, TransportError> {
+        self.0.ready(cx)
+    }
+
+    fn item(&mut self, id: u64, item: Req) -> Result<Option<u32>, TransportError> {
+        let p = &mut *self.0;
+        let frame = Frame::<Req, ()>::UpItem { id, body: item };
+        match frame.encode_into(p.codec, p.limit, p.buf) {
+            Ok(bytes) => {
+                let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                p.write(Outbound::<Req, R>::Encoded(bytes))?;
+                Ok(Some(len))
+            }
+            Err(why) => {
+                // The call fails with why (and is cancelled on the callee).
+                p.failed.push((id, request_encode_error(&why)));
+                Ok(None)
+            }
+        }
+    }
+
+    fn end(&mut self, id: u64, how: Result<(), RpcError>) -> Result<(), TransportError> {
+        match how {
+            Ok(()) => self.0.write(Outbound::<Req, R>::Frame(Frame::UpEnd { id })),
+            // A stream passed through from elsewhere failed: so does this call.
+            Err(e) => {
+                self.0.failed.push((id, e));
+                Ok(())
+            }
+        }
     }
 }
 
@@ -420,7 +649,11 @@ impl Service for NoService {
     fn method_name(request: &Self::Request) -> &'static str {
         match *request {}
     }
-    fn call(&self, request: Self::Request) -> crate::service::BoxFuture<Self::Response> {
+    fn call(
+        &self,
+        request: Self::Request,
+        _: crate::service::CallStreams<Self::Request>,
+    ) -> crate::service::BoxFuture<crate::service::Reply<Self::Response>> {
         match request {}
     }
 }

@@ -16,8 +16,12 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use crate::codec::Codec;
 use crate::wire::{Frame, FrameError};
 
-/// A frame read from the peer, or why it could not be read (header or body).
-pub(crate) struct Inbound<C, R>(pub(crate) Result<Frame<C, R>, FrameError>);
+/// A frame read from the peer, or why it could not be read (header or body), and its size
+/// in bytes (streams' credit is counted in frame bytes).
+pub(crate) struct Inbound<C, R> {
+    pub(crate) frame: Result<Frame<C, R>, FrameError>,
+    pub(crate) len: u32,
+}
 
 /// A frame to send: typed, or already encoded (one-way calls are encoded by their callers,
 /// so an oversized or unencodable one fails in the caller, at once).
@@ -75,7 +79,9 @@ impl<C: DeserializeOwned, R: DeserializeOwned> tokio_serde::Deserializer<Inbound
     type Error = io::Error;
 
     fn deserialize(self: Pin<&mut Self>, src: &BytesMut) -> Result<Inbound<C, R>, io::Error> {
-        Ok(Inbound(Frame::decode(self.codec, src)))
+        // The length-delimited codec caps frames far below 4 GiB.
+        let len = u32::try_from(src.len()).unwrap_or(u32::MAX);
+        Ok(Inbound { frame: Frame::decode(self.codec, src), len })
     }
 }
 

@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::ServerConfig;
-use crate::engine::{Callee, Engine};
+use crate::engine::{Callee, Engine, Settings, StreamLimits};
 use crate::error::TransportError;
 use crate::handshake;
 use crate::service::Service;
@@ -29,17 +29,22 @@ where
     let refuse = refuse.or_else(|| {
         shutdown.is_cancelled().then(|| (HandshakeStatus::ShuttingDown, "the server is shutting down".to_owned()))
     });
-    let negotiated = handshake::server(
-        &mut framed,
-        S::ID,
-        max,
-        config.max_in_flight_per_connection,
-        config.max_oneway_per_connection,
-        config.handshake_timeout,
-        refuse,
-    )
-    .await?;
+    let offer = handshake::ServerOffer {
+        max_message: max,
+        max_in_flight: config.max_in_flight_per_connection,
+        max_oneway: config.max_oneway_per_connection,
+        stream_window: config.stream_window,
+    };
+    let negotiated = handshake::server(&mut framed, S::ID, offer, config.handshake_timeout, refuse).await?;
     let transport = crate::engine::pipe(framed, negotiated.codec, negotiated.send_limit);
-    let callee = Callee::new(service, config, shutdown);
-    Engine::<_, S, Never, Never>::new(transport, "client", negotiated.capabilities, None, Some(callee)).await
+    let limits =
+        StreamLimits { up_window: config.stream_window, down_window: negotiated.peer_stream_window, max_message: max };
+    let callee = Callee::new(service, config, shutdown, limits);
+    let settings = Settings {
+        peer: "client",
+        capabilities: negotiated.capabilities,
+        codec: negotiated.codec,
+        send_limit: negotiated.send_limit,
+    };
+    Engine::<_, S, Never, Never>::new(transport, settings, None, Some(callee)).await
 }

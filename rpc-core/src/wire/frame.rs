@@ -17,6 +17,13 @@
 //! | `Error` | 5 | – | [`ServerError`] | the callee |
 //! | `TooLarge` | 6 | size u64, limit u64 | – | the callee |
 //! | `Credit` | 7 | grant u32 | – | the callee of one-way calls (exchange id 0) |
+//! | `UpItem` | 8 | – | request enum (the method's item variant) | the caller |
+//! | `DownItem` | 9 | – | response enum (the method's variant) | the callee |
+//! | `UpEnd` | 10 | – | – | the caller: its stream ended |
+//! | `DownEnd` | 11 | – | – | the callee: its stream ended, the exchange is over |
+//! | `UpCredit` | 12 | grant u32 | – | the callee: room for more caller items, in bytes |
+//! | `DownCredit` | 13 | grant u32 | – | the caller: room for more callee items, in bytes |
+//! | `UpStop` | 14 | – | – | the callee: stop sending items (the handler dropped the stream) |
 //!
 //! Routing, cancels, credits and errors therefore never depend on decoding a user type: a
 //! frame whose body does not decode still names its kind and exchange, so only that
@@ -56,6 +63,20 @@ pub enum Kind {
     TooLarge,
     /// The callee admits `grant` more one-way calls.
     Credit,
+    /// An item of the caller's stream.
+    UpItem,
+    /// An item of the callee's stream.
+    DownItem,
+    /// The caller's stream ended.
+    UpEnd,
+    /// The callee's stream ended; the exchange is over.
+    DownEnd,
+    /// The callee has room for `grant` more bytes of the caller's items.
+    UpCredit,
+    /// The caller has room for `grant` more bytes of the callee's items.
+    DownCredit,
+    /// The callee no longer reads the caller's stream.
+    UpStop,
 }
 
 impl Kind {
@@ -69,6 +90,13 @@ impl Kind {
             Kind::Error => 5,
             Kind::TooLarge => 6,
             Kind::Credit => 7,
+            Kind::UpItem => 8,
+            Kind::DownItem => 9,
+            Kind::UpEnd => 10,
+            Kind::DownEnd => 11,
+            Kind::UpCredit => 12,
+            Kind::DownCredit => 13,
+            Kind::UpStop => 14,
         }
     }
 
@@ -82,6 +110,13 @@ impl Kind {
             5 => Kind::Error,
             6 => Kind::TooLarge,
             7 => Kind::Credit,
+            8 => Kind::UpItem,
+            9 => Kind::DownItem,
+            10 => Kind::UpEnd,
+            11 => Kind::DownEnd,
+            12 => Kind::UpCredit,
+            13 => Kind::DownCredit,
+            14 => Kind::UpStop,
             _ => return None,
         })
     }
@@ -91,14 +126,22 @@ impl Kind {
         match self {
             Kind::Call => 8,
             Kind::TooLarge => 16,
-            Kind::Credit => 4,
-            Kind::OneWay | Kind::Cancel | Kind::Reply | Kind::Error => 0,
+            Kind::Credit | Kind::UpCredit | Kind::DownCredit => 4,
+            Kind::OneWay
+            | Kind::Cancel
+            | Kind::Reply
+            | Kind::Error
+            | Kind::UpItem
+            | Kind::DownItem
+            | Kind::UpEnd
+            | Kind::DownEnd
+            | Kind::UpStop => 0,
         }
     }
 
     /// True for the kinds only the exchange's opener sends.
     fn sent_by_opener(self) -> bool {
-        matches!(self, Kind::Call | Kind::OneWay | Kind::Cancel)
+        matches!(self, Kind::Call | Kind::OneWay | Kind::Cancel | Kind::UpItem | Kind::UpEnd | Kind::DownCredit)
     }
 }
 
@@ -157,6 +200,49 @@ pub enum Frame<C, R> {
         /// How many more.
         grant: u32,
     },
+    /// An item of the caller's stream.
+    UpItem {
+        /// The exchange.
+        id: u64,
+        /// The item, as the request enum's item variant of the method.
+        body: C,
+    },
+    /// An item of the callee's stream.
+    DownItem {
+        /// The exchange.
+        id: u64,
+        /// The item, as the response enum's variant of the method.
+        body: R,
+    },
+    /// The caller's stream ended normally.
+    UpEnd {
+        /// The exchange.
+        id: u64,
+    },
+    /// The callee's stream ended normally; the exchange is over.
+    DownEnd {
+        /// The exchange.
+        id: u64,
+    },
+    /// Room for `grant` more bytes of the caller's items.
+    UpCredit {
+        /// The exchange.
+        id: u64,
+        /// Bytes of frames.
+        grant: u32,
+    },
+    /// Room for `grant` more bytes of the callee's items.
+    DownCredit {
+        /// The exchange.
+        id: u64,
+        /// Bytes of frames.
+        grant: u32,
+    },
+    /// The callee stopped reading the caller's stream.
+    UpStop {
+        /// The exchange.
+        id: u64,
+    },
 }
 
 /// A frame that could not be read.
@@ -189,6 +275,13 @@ impl<C, R> Frame<C, R> {
             Frame::Error { .. } => Kind::Error,
             Frame::TooLarge { .. } => Kind::TooLarge,
             Frame::Credit { .. } => Kind::Credit,
+            Frame::UpItem { .. } => Kind::UpItem,
+            Frame::DownItem { .. } => Kind::DownItem,
+            Frame::UpEnd { .. } => Kind::UpEnd,
+            Frame::DownEnd { .. } => Kind::DownEnd,
+            Frame::UpCredit { .. } => Kind::UpCredit,
+            Frame::DownCredit { .. } => Kind::DownCredit,
+            Frame::UpStop { .. } => Kind::UpStop,
         }
     }
 
@@ -201,7 +294,14 @@ impl<C, R> Frame<C, R> {
             | Frame::Reply { id, .. }
             | Frame::Error { id, .. }
             | Frame::TooLarge { id, .. }
-            | Frame::Credit { id, .. } => id,
+            | Frame::Credit { id, .. }
+            | Frame::UpItem { id, .. }
+            | Frame::DownItem { id, .. }
+            | Frame::UpEnd { id }
+            | Frame::DownEnd { id }
+            | Frame::UpCredit { id, .. }
+            | Frame::DownCredit { id, .. }
+            | Frame::UpStop { id } => id,
         }
     }
 }
@@ -258,7 +358,14 @@ impl<C: Serialize, R: Serialize> Frame<C, R> {
             Frame::TooLarge { size, limit: l, .. } => {
                 codec.encode_into(prefix.u64(*size).u64(*l).as_slice(), &(), limit, buf)
             }
-            Frame::Credit { grant, .. } => codec.encode_into(prefix.u32(*grant).as_slice(), &(), limit, buf),
+            Frame::Credit { grant, .. } | Frame::UpCredit { grant, .. } | Frame::DownCredit { grant, .. } => {
+                codec.encode_into(prefix.u32(*grant).as_slice(), &(), limit, buf)
+            }
+            Frame::UpItem { body, .. } => codec.encode_into(prefix.as_slice(), body, limit, buf),
+            Frame::DownItem { body, .. } => codec.encode_into(prefix.as_slice(), body, limit, buf),
+            Frame::UpEnd { .. } | Frame::DownEnd { .. } | Frame::UpStop { .. } => {
+                codec.encode_into(prefix.as_slice(), &(), limit, buf)
+            }
         }
     }
 }
@@ -303,9 +410,24 @@ impl<C: DeserializeOwned, R: DeserializeOwned> Frame<C, R> {
                 empty(body)?;
                 Frame::TooLarge { id, size: u64_at(0), limit: u64_at(8) }
             }
-            Kind::Credit => {
+            Kind::Credit | Kind::UpCredit | Kind::DownCredit => {
                 empty(body)?;
-                Frame::Credit { id, grant: u32::from_le_bytes(fields[..4].try_into().expect("4 bytes")) }
+                let grant = u32::from_le_bytes(fields[..4].try_into().expect("4 bytes"));
+                match kind {
+                    Kind::Credit => Frame::Credit { id, grant },
+                    Kind::UpCredit => Frame::UpCredit { id, grant },
+                    _ => Frame::DownCredit { id, grant },
+                }
+            }
+            Kind::UpItem => Frame::UpItem { id, body: decode_body(codec, body).map_err(fail)? },
+            Kind::DownItem => Frame::DownItem { id, body: decode_body(codec, body).map_err(fail)? },
+            Kind::UpEnd | Kind::DownEnd | Kind::UpStop => {
+                empty(body)?;
+                match kind {
+                    Kind::UpEnd => Frame::UpEnd { id },
+                    Kind::DownEnd => Frame::DownEnd { id },
+                    _ => Frame::UpStop { id },
+                }
             }
         })
     }
@@ -342,6 +464,13 @@ mod tests {
             Frame::Error { id: 2, error: ServerError::new(ServerErrorKind::Overloaded, "full") },
             Frame::TooLarge { id: 4, size: 5 << 20, limit: 4 << 20 },
             Frame::Credit { id: 0, grant: 64 },
+            Frame::UpItem { id: 5, body: (2, "item".into()) },
+            Frame::DownItem { id: 5, body: vec![9] },
+            Frame::UpEnd { id: 5 },
+            Frame::DownEnd { id: 5 },
+            Frame::UpCredit { id: 5, grant: 1 << 18 },
+            Frame::DownCredit { id: 5, grant: 1 << 18 },
+            Frame::UpStop { id: 5 },
         ];
         for codec in [Codec::Bincode, Codec::Postcard] {
             for f in &frames {

@@ -1,0 +1,289 @@
+//! Stream machinery shared by both halves: the queue of an inbound stream ([`Inbox`]) and
+//! its consumer handle ([`Remote`]), the consumers' messages to the engine
+//! ([`StreamControl`]), and the engine's side of an outbound stream ([`OutStream`]).
+//!
+//! Flow control is credit-based and counted in frame bytes. The receiver of a stream
+//! announces a window (in the handshake); the sender may send an item while its credit
+//! is positive, so it overshoots by at most one item. As the consumer takes items, the
+//! bytes it took go back to the sender in credit frames, a quarter of the window at a
+//! time. An inbound stream therefore never holds more than its window plus one message,
+//! and a slow consumer pauses the producer: the engine stops polling a producer without
+//! credit, so a channel feeding it fills and its sender waits.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use futures::Stream;
+use futures::stream::BoxStream;
+use futures::task::AtomicWaker;
+
+use crate::error::{RpcError, TransportError};
+
+/// What consumers of inbound streams tell the engine.
+pub(crate) enum Ctl {
+    /// Give the sender of exchange `id` this many bytes of credit.
+    Credit { id: u64, grant: u32 },
+    /// The consumer of exchange `id` dropped its stream.
+    Dropped { id: u64 },
+}
+
+/// The consumers' mailbox to the engine of one connection.
+#[derive(Default)]
+pub(crate) struct StreamControl {
+    queue: Mutex<Vec<Ctl>>,
+    engine: AtomicWaker,
+}
+
+impl StreamControl {
+    fn push(&self, ctl: Ctl) {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).push(ctl);
+        self.engine.wake();
+    }
+
+    /// Registers the engine's waker and takes what consumers said since the last look.
+    pub(crate) fn take(&self, waker: &Waker, into: &mut Vec<Ctl>) {
+        self.engine.register(waker);
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if !q.is_empty() {
+            std::mem::swap(&mut *q, into);
+        }
+    }
+}
+
+/// The queue of one inbound stream: filled by the engine, drained by its consumer.
+pub(crate) struct Inbox<M> {
+    inner: Mutex<InboxInner<M>>,
+}
+
+struct InboxInner<M> {
+    items: VecDeque<(M, u32)>,
+    /// Bytes queued and not yet consumed.
+    held: usize,
+    /// Bytes consumed since the last credit was sent.
+    consumed: u32,
+    /// How the stream ended, once it has; reported after the queued items.
+    end: Option<Result<(), RpcError>>,
+    waker: Option<Waker>,
+}
+
+/// The sender sent more than its credit allows.
+pub(crate) struct OverCredit;
+
+impl<M> Inbox<M> {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Inbox {
+            inner: Mutex::new(InboxInner { items: VecDeque::new(), held: 0, consumed: 0, end: None, waker: None }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, InboxInner<M>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues an item of `len` frame bytes; refuses it if the queue would hold more than
+    /// `limit` bytes (the window plus one message: a conforming sender never gets there).
+    pub(crate) fn push(&self, item: M, len: u32, limit: usize) -> Result<(), OverCredit> {
+        let mut s = self.lock();
+        if s.end.is_some() {
+            return Ok(());
+        }
+        if s.held + len as usize > limit {
+            return Err(OverCredit);
+        }
+        s.held += len as usize;
+        s.items.push_back((item, len));
+        let waker = s.waker.take();
+        drop(s);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: the consumer gets what is queued, then `how`.
+    pub(crate) fn finish(&self, how: Result<(), RpcError>) {
+        let mut s = self.lock();
+        if s.end.is_none() {
+            s.end = Some(how);
+        }
+        let waker = s.waker.take();
+        drop(s);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Ends the stream with `why` at once, dropping what is queued (the connection is
+    /// gone or the exchange failed: queued items would only delay the error).
+    pub(crate) fn fail(&self, why: RpcError) {
+        let mut s = self.lock();
+        if s.end.is_none() {
+            s.end = Some(Err(why));
+        }
+        let dropped = std::mem::take(&mut s.items);
+        let waker = s.waker.take();
+        drop(s);
+        drop(dropped);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// The consumer's handle on an inbound stream.
+pub(crate) struct Remote<M> {
+    pub(crate) id: u64,
+    pub(crate) inbox: Arc<Inbox<M>>,
+    pub(crate) ctl: Arc<StreamControl>,
+    /// The window this end announced; credit goes back a quarter of it at a time.
+    pub(crate) window: u32,
+    /// Set once the end was reported.
+    done: bool,
+    /// Whether dropping the handle must tell the engine (false on the client, whose
+    /// stream handle cancels the exchange through its call slot instead).
+    notify_drop: bool,
+}
+
+impl<M> Remote<M> {
+    pub(crate) fn new(id: u64, inbox: Arc<Inbox<M>>, ctl: Arc<StreamControl>, window: u32, notify_drop: bool) -> Self {
+        Remote { id, inbox, ctl, window, done: false, notify_drop }
+    }
+
+    /// True once the stream's end was reported to the consumer.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+impl<M> Stream for Remote<M> {
+    type Item = Result<M, RpcError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let mut s = this.inbox.lock();
+        if let Some((item, len)) = s.items.pop_front() {
+            s.held -= len as usize;
+            s.consumed += len;
+            let grant =
+                (s.consumed >= (this.window / 4).max(1) && s.end.is_none()).then(|| std::mem::take(&mut s.consumed));
+            drop(s);
+            if let Some(grant) = grant {
+                this.ctl.push(Ctl::Credit { id: this.id, grant });
+            }
+            return Poll::Ready(Some(Ok(item)));
+        }
+        match s.end.take() {
+            Some(end) => {
+                drop(s);
+                this.done = true;
+                Poll::Ready(end.err().map(Err))
+            }
+            None => {
+                if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    s.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<M> Drop for Remote<M> {
+    fn drop(&mut self) {
+        if self.notify_drop && !self.done {
+            self.ctl.push(Ctl::Dropped { id: self.id });
+        }
+    }
+}
+
+/// An outbound stream: a local producer the engine polls while the receiver's credit is
+/// positive.
+pub(crate) struct OutStream<M> {
+    pub(crate) stream: BoxStream<'static, Result<M, RpcError>>,
+    pub(crate) credit: i64,
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// Where [`pump`] writes: the engine's pipe, seen from one half.
+pub(crate) trait PumpSink<M> {
+    /// True if the pipe has room for a frame now.
+    fn ready(&mut self, cx: &mut Context<'_>) -> Result<bool, TransportError>;
+    /// Writes item `item` of exchange `id`: `Some(frame bytes)`, or `None` if it could
+    /// not be encoded (the sink has ended the exchange with an error).
+    fn item(&mut self, id: u64, item: M) -> Result<Option<u32>, TransportError>;
+    /// Writes the end of exchange `id`'s stream: normal, or with an error.
+    fn end(&mut self, id: u64, how: Result<(), RpcError>) -> Result<(), TransportError>;
+}
+
+/// Polls the producers in `streams` round-robin, one item each per turn, while they have
+/// credit and the pipe has room, so streams interleave fairly. Producers that ended,
+/// failed or whose item could not be encoded are removed.
+pub(crate) fn pump<M>(
+    streams: &mut crate::deadlines::IdMap<OutStream<M>>,
+    order: &mut Vec<u64>,
+    cx: &mut Context<'_>,
+    sink: &mut impl PumpSink<M>,
+) -> Result<bool, TransportError> {
+    let mut progress = false;
+    order.clear();
+    order.extend(streams.iter().filter(|(_, s)| s.credit > 0).map(|(&id, _)| id));
+    while !order.is_empty() {
+        let mut i = 0;
+        while i < order.len() {
+            if !sink.ready(cx)? {
+                return Ok(progress);
+            }
+            let id = order[i];
+            let s = streams.get_mut(&id).expect("listed from the map");
+            // A producer is user code running on the connection's task: a panic in it
+            // ends its stream, not the connection.
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.stream.as_mut().poll_next(cx)));
+            let item = match polled {
+                Ok(Poll::Pending) => {
+                    order.swap_remove(i);
+                    continue;
+                }
+                Ok(Poll::Ready(item)) => item,
+                Err(panic) => {
+                    let msg = crate::error::panic_message(panic.as_ref());
+                    tracing::error!(id, panic = %msg, "stream producer panicked");
+                    let error = crate::ServerError::new(crate::ServerErrorKind::HandlerPanicked, msg);
+                    Some(Err(RpcError::Server(error)))
+                }
+            };
+            progress = true;
+            let keep = match item {
+                Some(Ok(m)) => match sink.item(id, m)? {
+                    Some(len) => {
+                        s.credit -= i64::from(len);
+                        true
+                    }
+                    None => false,
+                },
+                Some(Err(e)) => {
+                    sink.end(id, Err(e))?;
+                    false
+                }
+                None => {
+                    sink.end(id, Ok(()))?;
+                    false
+                }
+            };
+            if !keep {
+                streams.remove(&id);
+                order.swap_remove(i);
+            } else if streams[&id].credit <= 0 {
+                order.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+    Ok(progress)
+}

@@ -1,0 +1,274 @@
+//! Streams across processes, in both directions: order, the four ways a stream ends
+//! (normally, a typed error item, the deadline, the server going away), flow control
+//! (a slow consumer pauses the producer), and teardown (a consumer that drops its stream
+//! stops the producer; server shutdown ends open streams with a reason).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use pipe_rpc_tests::{
+    ProbeClient, ProbeError, ServerProcess, TagStats, client_config, connect, pattern_byte, unique_name, wait_stats,
+    watchdog,
+};
+use rpc_core::{Direction, RpcError, RpcStream, ServerErrorKind, TransportError};
+use serde_bytes::ByteBuf;
+
+const EXE: &str = env!("CARGO_BIN_EXE_test-server");
+
+/// Every item of `stream`, then how it ended (`None`: normally).
+async fn drain<T>(mut stream: RpcStream<T>) -> (Vec<T>, Option<RpcError>) {
+    let mut items = Vec::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(v) => items.push(v),
+            Err(e) => {
+                assert!(stream.next().await.is_none(), "a stream goes on after its error");
+                return (items, Some(e));
+            }
+        }
+    }
+    (items, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stream_delivers_every_item_in_order_then_ends() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        let (items, end) = drain(c.count(5, 2000, 0).await.unwrap()).await;
+        assert_eq!(end, None);
+        assert_eq!(items, (5..2005).collect::<Vec<_>>());
+        // The connection carries on.
+        assert_eq!(c.echo_string("after".into()).await.unwrap(), "after");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stream_reaches_the_handler_in_order_and_its_reply_comes_back() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        assert_eq!(c.sum(RpcStream::iter(1..=10_000u64)).await.unwrap(), 50_005_000);
+        // 8 MiB in 64 KiB items: more than the stream window many times over.
+        let mut offset = 0usize;
+        let chunks = (0..128).map(move |_| {
+            let v: Vec<u8> = (offset..offset + 65536).map(pattern_byte).collect();
+            offset += 65536;
+            ByteBuf::from(v)
+        });
+        assert_eq!(c.upload_check(RpcStream::iter(chunks)).await.unwrap(), (128 * 65536, true));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bidirectional_stream_answers_items_as_they_come() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        let (tx, input) = RpcStream::channel(4);
+        let mut output = c.double(input).await.unwrap();
+        // Lock-step: each answer arrives before the next item is sent.
+        for i in 0..50u64 {
+            tx.send(i).await.unwrap();
+            assert_eq!(output.next().await.unwrap().unwrap(), i * 2);
+        }
+        drop(tx);
+        assert!(output.next().await.is_none(), "the stream did not end after the input did");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_error_mid_stream_is_a_typed_item() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        let (items, end) = drain(c.fail_after(3).await.unwrap()).await;
+        assert_eq!(end, None);
+        assert_eq!(items, vec![Ok(0), Ok(1), Ok(2), Err(ProbeError::Overflow)]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_past_its_deadline_ends_with_deadline_exceeded() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        let stream = c.with_timeout(Duration::from_millis(300)).count(0, 1000, 50).await.unwrap();
+        let (items, end) = drain(stream).await;
+        assert_eq!(end, Some(RpcError::DeadlineExceeded { timeout: Duration::from_millis(300) }));
+        assert!(items.len() < 1000, "{} items", items.len());
+        assert_eq!(items, (0..items.len() as u64).collect::<Vec<_>>());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_server_dies_ends_with_disconnected_at_once() {
+    watchdog(async {
+        let name = unique_name!();
+        let server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        let mut stream = c.count(0, u64::MAX, 10).await.unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap(), 0);
+        server.kill().await;
+        let t0 = std::time::Instant::now();
+        let end = loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break e,
+                None => panic!("the stream ended normally although its server died"),
+            }
+        };
+        assert!(end.is_disconnected(), "{end:?}");
+        assert!(t0.elapsed() < Duration::from_secs(10), "noticed only after {:?}", t0.elapsed());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_stream_stops_its_producer_on_the_server() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        let observer = connect(&name).await;
+        let mut stream = c.endless(1).await.unwrap();
+        for _ in 0..3 {
+            stream.next().await.unwrap().unwrap();
+        }
+        drop(stream);
+        wait_stats(&observer, 1, TagStats::min_dropped(1)).await;
+        assert_eq!(c.echo_string("still here".into()).await.unwrap(), "still here");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_pauses_the_producer_within_the_window() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        let observer = connect(&name).await;
+        let mut stream = c.endless(2).await.unwrap();
+        for _ in 0..10 {
+            stream.next().await.unwrap().unwrap();
+        }
+        // Now the consumer reads nothing. Beyond the 10 items read, the producer may fill
+        // the window (256 KiB: four 64 KiB items, the last one overshooting) and its channel
+        // (2), and hold one more: 10 + 4 + 2 + 1 items, 17 at most (19 allowed). Without flow
+        // control it would reach 20 within microseconds; it must not within a second.
+        let bound = 19;
+        let over = observer.with_timeout(Duration::from_secs(1)).wait_stats(2, TagStats::min_started(bound + 1)).await;
+        assert!(matches!(over, Err(RpcError::DeadlineExceeded { .. })), "the producer ran ahead: {over:?}");
+        let stalled = observer.stats(2).await.unwrap();
+        assert!(
+            stalled.started >= 11 && stalled.max_concurrent == 1,
+            "the producer did not fill the window: {stalled:?}"
+        );
+        // Reading again resumes it.
+        for _ in 0..20 {
+            stream.next().await.unwrap().unwrap();
+        }
+        wait_stats(&observer, 2, TagStats { started: stalled.started + 10, ..TagStats::default() }).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_stops_reading_stops_the_clients_producer() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        let (tx, input) = RpcStream::channel(1);
+        let feeder = tokio::spawn(async move {
+            let mut sent = 0u64;
+            while tx.send(sent).await.is_ok() {
+                sent += 1;
+            }
+            sent
+        });
+        assert_eq!(c.take(5, input).await.unwrap(), vec![0, 1, 2, 3, 4]);
+        // The reply ended the exchange: the client stopped pulling from the channel and
+        // dropped it, so the feeder's next send failed.
+        let sent = feeder.await.unwrap();
+        assert!(sent >= 5, "{sent}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_shutdown_ends_open_streams_with_shutting_down() {
+    watchdog(async {
+        let name = unique_name!();
+        let mut server = ServerProcess::spawn(EXE, &name, &["--shutdown-grace-ms", "5000"]).await;
+        let c = connect(&name).await;
+        let mut stream = c.endless(3).await.unwrap();
+        stream.next().await.unwrap().unwrap();
+        server.begin_shutdown().await;
+        let end = loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break e,
+                None => panic!("the stream ended normally at shutdown"),
+            }
+        };
+        match &end {
+            RpcError::Server(e) => assert_eq!(e.kind, ServerErrorKind::ShuttingDown, "{e:?}"),
+            other => panic!("expected ShuttingDown, got {other:?}"),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_over_the_message_limit_fails_its_stream_and_the_connection_goes_on() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = ProbeClient::connect_with(name.clone(), client_config().max_message(64 * 1024)).await.unwrap();
+        let (items, end) = drain(c.blobs(3, 100_000).await.unwrap()).await;
+        assert!(items.is_empty());
+        match end {
+            Some(RpcError::Transport(TransportError::MessageTooLarge { limit, direction, .. })) => {
+                assert_eq!((limit, direction), (64 * 1024, Direction::Response));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.echo_string("fine".into()).await.unwrap(), "fine");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_complete_while_a_large_stream_flows_on_the_same_pipe() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        let mut stream = c.blobs(2000, 65536).await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut n = 0;
+            while let Some(item) = stream.next().await {
+                item.unwrap();
+                n += 1;
+            }
+            n
+        });
+        for i in 0..200 {
+            assert_eq!(c.echo_string(format!("call {i}")).await.unwrap(), format!("call {i}"));
+        }
+        assert_eq!(reader.await.unwrap(), 2000);
+    })
+    .await;
+}
