@@ -253,7 +253,8 @@ where
             oneway_window: negotiated.oneway_window,
             up_window: negotiated.peer_stream_window,
             down_window: shared.config.stream_window,
-            max_message: max,
+            // The largest item either side may send: the most a stream overshoots its credit.
+            max_message: negotiated.send_limit,
         };
         let caller = crate::engine::Caller::new(shared.clone(), limits);
         let settings = crate::engine::Settings {

@@ -211,6 +211,8 @@ pub trait Probe {
     async fn upload_check(&self, items: RpcStream<ByteBuf>) -> (u64, bool);
     /// Each of the caller's items, doubled, as they come.
     async fn double(&self, items: RpcStream<u64>) -> RpcStream<u64>;
+    /// Holds the caller's stream for `ms` milliseconds without reading it, then returns 0.
+    async fn hold(&self, items: RpcStream<u64>, ms: u64) -> u64;
 }
 
 /// The byte at offset `i` of [`Probe::make_bytes`]'s output.
@@ -483,6 +485,12 @@ impl Probe for ProbeImpl {
             len += item.len();
         }
         (len as u64, ok)
+    }
+
+    async fn hold(&self, items: RpcStream<u64>, ms: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        drop(items);
+        0
     }
 
     async fn double(&self, items: RpcStream<u64>) -> RpcStream<u64> {

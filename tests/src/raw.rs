@@ -17,6 +17,13 @@ pub async fn write_frame(io: &mut PipeStream, body: &[u8]) {
     io.flush().await.unwrap();
 }
 
+/// Writes one length-delimited frame, reporting a pipe the peer closed instead of panicking.
+pub async fn write_frame_checked(io: &mut PipeStream, body: &[u8]) -> std::io::Result<()> {
+    io.write_all(&u32::try_from(body.len()).unwrap().to_be_bytes()).await?;
+    io.write_all(body).await?;
+    io.flush().await
+}
+
 /// Reads one length-delimited frame.
 pub async fn read_frame(io: &mut PipeStream) -> Vec<u8> {
     let mut len = [0u8; 4];
@@ -42,11 +49,32 @@ pub async fn raw_connect(name: &rpc_core::PipeName) -> PipeStream {
 
 /// A raw client that completed the handshake as `Probe`.
 pub async fn raw_handshake(name: &rpc_core::PipeName) -> PipeStream {
+    raw_handshake_with(name, caps::SUPPORTED).await
+}
+
+/// Reads frames until the server closes the connection; returns them.
+pub async fn frames_until_closed(io: &mut PipeStream) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    loop {
+        let mut len = [0u8; 4];
+        if io.read_exact(&mut len).await.is_err() {
+            return frames;
+        }
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        if io.read_exact(&mut body).await.is_err() {
+            return frames;
+        }
+        frames.push(body);
+    }
+}
+
+/// A raw client that completed the handshake as `Probe`, announcing `capabilities`.
+pub async fn raw_handshake_with(name: &rpc_core::PipeName, capabilities: u32) -> PipeStream {
     let mut io = raw_connect(name).await;
     let hello = Hello {
         version: PROTOCOL_VERSION,
         min_version: MIN_PROTOCOL_VERSION,
-        capabilities: caps::SUPPORTED,
+        capabilities,
         stream_window: 1 << 18,
         codec: Codec::Bincode.id(),
         max_message: 1 << 20,

@@ -272,3 +272,91 @@ async fn calls_complete_while_a_large_stream_flows_on_the_same_pipe() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile peers: raw frames written by hand.
+// ---------------------------------------------------------------------------------------------
+
+use pipe_rpc_tests::ProbeRequest;
+use pipe_rpc_tests::raw::{frames_until_closed, raw_handshake, raw_handshake_with, write_frame, write_frame_checked};
+use rpc_core::codec::Codec;
+use rpc_core::wire::{Frame, Kind};
+
+fn frame(f: Frame<ProbeRequest, ()>) -> Vec<u8> {
+    f.encode(Codec::Bincode, 1 << 20).unwrap().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_items_beyond_the_granted_credit_close_only_that_connection() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let bystander = connect(&name).await;
+        let mut io = raw_handshake(&name).await;
+        write_frame(
+            &mut io,
+            &frame(Frame::Call { id: 1, timeout_us: 30_000_000, body: ProbeRequest::Hold { ms: 20_000 } }),
+        )
+        .await;
+        // Items without waiting for credit: the window (256 KiB) plus one message (1 MiB,
+        // the limit this client announced) is all a stream may hold; this sends 2 MiB of
+        // item frames, which the handler never reads.
+        let item = frame(Frame::UpItem { id: 1, body: ProbeRequest::__HoldItem(7) });
+        for _ in 0..(2 << 20) / item.len() {
+            if write_frame_checked(&mut io, &item).await.is_err() {
+                break; // closed while we were still writing: what the test expects
+            }
+        }
+        let frames = frames_until_closed(&mut io).await;
+        let kinds: Vec<Kind> = frames.iter().map(|f| Kind::from_code(f[0]).unwrap()).collect();
+        assert!(!kinds.contains(&Kind::Reply), "the call was answered instead of the connection closed: {kinds:?}");
+        assert_eq!(bystander.echo_string("unaffected".into()).await.unwrap(), "unaffected");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_frames_on_a_connection_that_did_not_negotiate_streams_close_it() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let mut io = raw_handshake_with(&name, 0).await;
+        write_frame(&mut io, &frame(Frame::UpItem { id: 1, body: ProbeRequest::__SumItem(1) })).await;
+        assert!(frames_until_closed(&mut io).await.is_empty());
+        // Nor one-way calls.
+        let mut io = raw_handshake_with(&name, 0).await;
+        write_frame(&mut io, &frame(Frame::OneWay { id: 1, body: ProbeRequest::Note { tag: 9, seq: 0, ms: 0 } })).await;
+        assert!(frames_until_closed(&mut io).await.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_item_sent_as_a_call_is_a_bad_request_and_stray_stream_frames_are_ignored() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let mut io = raw_handshake(&name).await;
+        // Stream frames for exchanges that do not exist (late, after the exchange ended).
+        write_frame(&mut io, &frame(Frame::UpItem { id: 77, body: ProbeRequest::__SumItem(1) })).await;
+        write_frame(&mut io, &frame(Frame::UpEnd { id: 77 })).await;
+        write_frame(&mut io, &frame(Frame::DownCredit { id: 77, grant: 1 << 20 })).await;
+        // An item variant as a call.
+        write_frame(&mut io, &frame(Frame::Call { id: 3, timeout_us: 5_000_000, body: ProbeRequest::__SumItem(1) }))
+            .await;
+        let reply = pipe_rpc_tests::raw::read_frame(&mut io).await;
+        match Frame::<(), pipe_rpc_tests::ProbeResponse>::decode(Codec::Bincode, &reply).unwrap() {
+            Frame::Error { id: 3, error } => {
+                assert_eq!(error.kind, ServerErrorKind::BadRequest);
+                assert!(error.detail.contains("sum"), "{error:?}");
+            }
+            other => panic!("expected a bad request for call 3, got {:?}", other.kind()),
+        }
+        // The connection still serves calls.
+        write_frame(&mut io, &frame(Frame::Call { id: 4, timeout_us: 5_000_000, body: ProbeRequest::Pid {} })).await;
+        let reply = pipe_rpc_tests::raw::read_frame(&mut io).await;
+        let f = Frame::<(), pipe_rpc_tests::ProbeResponse>::decode(Codec::Bincode, &reply).unwrap();
+        assert!(matches!(f, Frame::Reply { id: 4, .. }), "{:?}", f.kind());
+    })
+    .await;
+}

@@ -38,7 +38,12 @@ where
     let negotiated = handshake::server(&mut framed, S::ID, offer, config.handshake_timeout, refuse).await?;
     let transport = crate::engine::pipe(framed, negotiated.codec, negotiated.send_limit);
     let limits =
-        StreamLimits { up_window: config.stream_window, down_window: negotiated.peer_stream_window, max_message: max };
+        // The largest item either side may send is what a stream may overshoot its credit by.
+        StreamLimits {
+            up_window: config.stream_window,
+            down_window: negotiated.peer_stream_window,
+            max_message: negotiated.send_limit,
+        };
     let callee = Callee::new(service, config, shutdown, limits);
     let settings = Settings {
         peer: "client",
