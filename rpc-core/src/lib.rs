@@ -73,14 +73,21 @@
 //! | `FooServer<S>` | the server adapter: `FooServer::new(impl Foo)` gives a [`Service`] for [`Server::new`]. |
 //! | `FooRequest`, `FooResponse` | the wire enums, one variant per method. |
 //!
-//! # Client signature of each method shape
+//! # Client and server signature of each method shape
 //!
-//! | trait method | client method |
-//! |---|---|
-//! | `async fn f(&self, a: A) -> T` | `async fn f(&self, a: A) -> Result<T, RpcError>` |
-//! | `async fn f(&self, a: A)` | `async fn f(&self, a: A) -> Result<(), RpcError>` |
-//! | `async fn f(&self, a: A) -> Result<T, E>` | `async fn f(&self, a: A) -> Result<T, E>`; `E: From<RpcError>` is required and checked at compile time, so one `?` handles application and transport errors alike |
-//! | `async fn f(&self, a: A) -> Reply` with `type Reply = Result<T, E>` | `async fn f(&self, a: A) -> Result<Reply, RpcError>`: naming the result through an alias opts out of flattening, for error types that cannot absorb [`RpcError`] (such as `String`) |
+//! | trait method | the handler returns | client method |
+//! |---|---|---|
+//! | `async fn f(&self, a: A) -> T` | `T` | `async fn f(&self, a: A) -> Result<T, RpcError>` |
+//! | `async fn f(&self, a: A)` | `()` | `async fn f(&self, a: A) -> Result<(), RpcError>` |
+//! | `async fn f(&self, a: A) -> Result<T, E>` | `Result<T, E>` | `async fn f(&self, a: A) -> Result<T, E>`; `E: From<RpcError>` is required and checked at compile time, so one `?` handles application and transport errors alike |
+//! | `async fn f(&self, a: A) -> Reply` with `type Reply = Result<T, E>` | `Reply` | `async fn f(&self, a: A) -> Result<Reply, RpcError>`: naming the result through an alias opts out of flattening, for error types that cannot absorb [`RpcError`] (such as `String`) |
+//! | `#[oneway] async fn f(&self, a: A)` | `()` (nothing is sent back) | `async fn f(&self, a: A) -> Result<(), RpcError>`: returns once the message is queued for the pipe ([`Channel::oneway`]) |
+//! | `async fn f(&self, a: A) -> RpcStream<T>` | an [`RpcStream<T>`] it produces | `async fn f(&self, a: A) -> Result<RpcStream<T>, RpcError>`, read as a `Stream` of `Result<T, RpcError>`; dropping it cancels the call |
+//! | `async fn f(&self, a: A, s: RpcStream<U>) -> R` (any of the returns above but one-way) | `R`, reading `s` as a `Stream` of `Result<U, RpcError>` | `async fn f(&self, a: A, s: RpcStream<U>) -> ..` with an `RpcStream<U>` the client produces |
+//!
+//! A method takes at most one `RpcStream` argument; streams in both directions make a
+//! bidirectional exchange. See [`stream`] for how a stream ends, its flow control and its
+//! deadline (none unless the client handle sets one).
 //!
 //! Arguments and results are any serde types (`Serialize + DeserializeOwned + Send +
 //! 'static`). For bulk bytes use `serde_bytes::ByteBuf` (or `#[serde(with =

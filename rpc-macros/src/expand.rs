@@ -650,6 +650,42 @@ mod tests {
     }
 
     #[test]
+    fn making_a_method_one_way_changes_the_fingerprint() {
+        let fp = |item: TokenStream| {
+            let out = expand(quote!(), item);
+            let i = out.find("ServiceId :: new (\"T\" , ").expect("the id") + 24;
+            out[i..].split(' ').next().unwrap().to_owned()
+        };
+        let call = fp(quote!(
+            trait T {
+                async fn log(&self, line: String);
+            }
+        ));
+        let oneway = fp(quote!(
+            trait T {
+                #[oneway]
+                async fn log(&self, line: String);
+            }
+        ));
+        assert_ne!(call, oneway);
+    }
+
+    #[test]
+    fn a_one_way_attribute_does_not_reach_the_emitted_trait() {
+        let out = expand(
+            quote!(),
+            quote!(
+                trait T {
+                    #[oneway]
+                    async fn log(&self, line: String);
+                }
+            ),
+        );
+        assert!(!out.contains("# [oneway]"), "{out}");
+        assert!(out.contains("channel . oneway"), "{out}");
+    }
+
+    #[test]
     fn errors_keep_the_trait() {
         let out = expand(
             quote!(bogus = 1),

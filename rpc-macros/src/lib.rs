@@ -92,6 +92,15 @@ mod validate;
 /// | `async fn f(&self, a: A) -> Result<T, E>` | `async fn f(&self, a: A) -> Result<T, E>`: transport and call errors arrive as `E::from(RpcError)`, so `E: From<RpcError>` is required (checked at compile time, reported at `E`) |
 /// | `async fn f(&self) -> Reply` with `type Reply = Result<T, E>` | `async fn f(&self) -> Result<Reply, RpcError>`: an alias opts out of flattening, for an `E` that cannot hold an `RpcError` (such as `String`) |
 /// | `async fn f(&self) -> io::Result<T>` (one type argument) | `async fn f(&self) -> Result<io::Result<T>, RpcError>` |
+/// | `#[oneway] async fn f(&self, a: A)` | `async fn f(&self, a: A) -> Result<(), RpcError>`: returns once the message is queued; no reply |
+/// | `async fn f(&self, a: A) -> RpcStream<T>` | `async fn f(&self, a: A) -> Result<RpcStream<T>, RpcError>`: the handler's items as they come |
+/// | `async fn f(&self, s: RpcStream<U>) -> R` | `async fn f(&self, s: RpcStream<U>) -> ..` as for `R`: the client's items reach the handler as a stream |
+///
+/// `RpcStream` is recognised by its last path segment (`RpcStream<T>`, `rpc_core::RpcStream<T>`),
+/// as a whole argument (at most one per method) or the whole return type; elsewhere it is an
+/// error. A `#[oneway]` method returns nothing and takes no stream. The wire enums gain one
+/// hidden `__{Variant}Item(U)` request variant per method that takes a stream, after all
+/// the method variants.
 ///
 /// A fallible method's `Result` is taken to be `core::result::Result` whatever path
 /// spells it.
@@ -109,7 +118,7 @@ mod validate;
 ///   `unsafe`, `extern` or variadic methods.
 /// - Arguments are plain names (`name: Type`; raw names such as `r#in` are fine), not
 ///   patterns, `_` or `mut x`, without attributes, and unique.
-/// - Argument and return types are owned wire types: no references (`&str` → `String`,
+/// - Argument and return types (and what an `RpcStream` carries) are owned wire types: no references (`&str` → `String`,
 ///   `&[T]` → `Vec<T>`), no lifetimes other than `'static`, no `impl Trait`, `_`, `!` or
 ///   `Self`. Each must be `Serialize + DeserializeOwned + Send + 'static`; that is
 ///   checked at compile time and reported at the type. For bulk bytes use
@@ -161,8 +170,9 @@ mod validate;
 /// ```
 ///
 /// with the methods in declaration order, method names without `r#`, argument names
-/// left out, each type's tokens as written with all whitespace removed, and `()` for a
-/// missing return type. For `WorkQueues` above:
+/// left out, each type's tokens as written with all whitespace removed, `()` for a
+/// missing return type and `oneway` as the return type of a `#[oneway]` method. For
+/// `WorkQueues` above:
 /// `WorkQueues:create(String)->Result<QueueInfo,QueueError>;list()->Vec<QueueInfo>;clear()->();`.
 /// It is conservative: respelling a type (`String` as `std::string::String`) changes it
 /// although the wire format does not change. Methods under `#[cfg(..)]` count as
