@@ -1,6 +1,7 @@
 //! Paths used by code that `#[service]` generates. Not a public API: names here may
 //! change in any release.
 
+pub use crate::callback::{Callback, Client, erase as erase_callback, mix_fingerprints};
 pub use crate::client::{CallOptions, Channel, ClientConfig};
 pub use crate::error::RpcError;
 pub use crate::error::ServerError;
@@ -24,6 +25,18 @@ impl<T: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static> Wir
 
 /// See [`Wire`].
 pub const fn assert_wire<T: Wire>() {}
+
+/// Compile-time check that the type in `Callback<C>` is a generated client.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not the client of a `#[rpc_core::service]` trait",
+    label = "a `Callback` takes the generated client of the callback trait",
+    note = "write `Callback<EventsClient>` for a trait `Events` declared with `#[rpc_core::service]`"
+)]
+pub trait IsClient: crate::Client {}
+impl<C: crate::Client> IsClient for C {}
+
+/// See [`IsClient`].
+pub const fn assert_client<C: IsClient>() {}
 
 /// Compile-time check that the error type of a method returning `Result<T, E>` can carry
 /// transport and call errors, since the generated client returns `Result<T, E>`.

@@ -10,6 +10,7 @@
 
 use futures::stream::BoxStream;
 
+use crate::callback::{CallbackLink, CallbackRouter, Registry};
 use crate::engine::calls::{CallStreams, Calls, CloseRequest};
 use crate::engine::streams::{Inbox, Remote, StreamControl};
 use crate::stream::RpcStream;
@@ -172,12 +173,16 @@ pub(crate) struct Shared<Req, Resp> {
 /// or at once with [`Channel::close`].
 pub struct Channel<Req, Resp> {
     shared: Arc<Shared<Req, Resp>>,
+    /// Set on a callback channel (a server's way back to its client): its calls travel
+    /// through the link instead of `shared`'s table. `Some(None)`: the client did not
+    /// announce callbacks, so every call fails.
+    bridge: Option<Arc<Option<CallbackLink>>>,
 }
 
 impl<Req, Resp> Clone for Channel<Req, Resp> {
     fn clone(&self) -> Self {
         self.shared.handles.fetch_add(1, Ordering::Relaxed);
-        Channel { shared: self.shared.clone() }
+        Channel { shared: self.shared.clone(), bridge: self.bridge.clone() }
     }
 }
 
@@ -231,22 +236,8 @@ where
             config.handshake_timeout,
         )
         .await?;
-        let shared = Arc::new(Shared {
-            calls: Calls::new(),
-            handles: AtomicUsize::new(1),
-            oneway_seq: AtomicU64::new(0),
-            ctl: Arc::default(),
-            peer: PeerInfo {
-                server_pid: negotiated.peer_pid,
-                max_message: negotiated.send_limit,
-                codec: negotiated.codec,
-                protocol_version: negotiated.version,
-                capabilities: negotiated.capabilities,
-                max_in_flight: negotiated.window,
-                max_oneway: negotiated.oneway_window,
-            },
-            config,
-        });
+        let registry = Arc::new(Registry::default());
+        let shared = Shared::new(registry.clone(), PeerInfo::of(&negotiated), config);
         let transport = crate::engine::pipe(framed, negotiated.codec, negotiated.send_limit);
         let limits = crate::engine::CallerLimits {
             window: negotiated.window,
@@ -263,19 +254,87 @@ where
             codec: negotiated.codec,
             send_limit: negotiated.send_limit,
         };
-        let engine = crate::engine::Engine::<_, crate::engine::NoService, Req, Resp>::new(
-            transport,
-            settings,
-            Some(caller),
-            None,
+        // Every client connection can be called back: the router hands callback calls to the
+        // object of the call they belong to (and refuses them once that call is over).
+        let router = CallbackRouter { registry, codec: negotiated.codec, limit: negotiated.send_limit };
+        let stream_limits = crate::engine::StreamLimits {
+            up_window: shared.config.stream_window,
+            down_window: negotiated.peer_stream_window,
+            max_message: negotiated.send_limit,
+        };
+        let callee = crate::engine::Callee::new(
+            Arc::new(router),
+            Arc::new(crate::ServerConfig::default()),
+            tokio_util::sync::CancellationToken::new(),
+            stream_limits,
         );
+        let engine =
+            crate::engine::Engine::<_, CallbackRouter, Req, Resp>::new(transport, settings, Some(caller), Some(callee));
         tokio::spawn(async move {
             // The engine has told every caller how it ended; this is for the log.
             if let Err(e) = engine.await {
                 tracing::debug!(error = %e, "client connection failed");
             }
         });
-        Ok(Channel { shared })
+        Ok(Channel { shared, bridge: None })
+    }
+
+    /// A handle on an engine's calling half that has no connection of its own to close:
+    /// the server's way to call its client back. Returns the engine's side too.
+    pub(crate) fn for_engine(peer: PeerInfo, config: ClientConfig) -> (Self, Arc<Shared<Req, Resp>>) {
+        let shared = Shared::new(Arc::default(), peer, config);
+        (Channel { shared: shared.clone(), bridge: None }, shared)
+    }
+
+    /// A callback channel: its calls go through `link` (the call being served and its
+    /// connection). `None`: the client cannot be called back.
+    pub(crate) fn bridge(link: Option<CallbackLink>) -> Self {
+        let peer = PeerInfo {
+            server_pid: 0,
+            max_message: link.as_ref().map_or(0, |l| l.limit),
+            codec: link.as_ref().map_or(Codec::default(), |l| l.codec),
+            protocol_version: crate::wire::PROTOCOL_VERSION,
+            capabilities: 0,
+            max_in_flight: 0,
+            max_oneway: 0,
+        };
+        let shared = Shared::new(Arc::default(), peer, ClientConfig::default());
+        Channel { shared, bridge: Some(Arc::new(link)) }
+    }
+
+    /// Makes one call and waits for its response, at most until its deadline.
+    ///
+    /// Dropping the returned future cancels the call: the server is told to stop the
+    /// handler. The deadline travels to the server as a relative timeout.
+    pub async fn call(&self, options: &CallOptions, body: Req) -> Result<Resp, RpcError> {
+        match &self.bridge {
+            None => self.call_direct(options, body).await,
+            Some(link) => match &**link {
+                Some(link) => link.call(options, body).await,
+                None => {
+                    let detail = "the client cannot be called back (it did not announce the capability)".into();
+                    Err(TransportError::Incompatible { detail }.into())
+                }
+            },
+        }
+    }
+
+    /// A call that hands over a callback object (`callback`) the server may call while
+    /// the call is open. No deadline unless `options` sets one.
+    #[doc(hidden)]
+    pub async fn call_with_callback(
+        &self,
+        options: &CallOptions,
+        body: Req,
+        callback: Arc<dyn crate::callback::ErasedCallback>,
+    ) -> Result<Resp, RpcError> {
+        if self.shared.peer.capabilities & crate::wire::caps::CALLBACKS == 0 {
+            let detail = "the server does not make callbacks (it did not announce the capability)".into();
+            return Err(TransportError::Incompatible { detail }.into());
+        }
+        let (deadline, timeout) = Self::stream_deadline(options);
+        let streams = Box::new(CallStreams { up: None, down: None, callback: Some(callback) });
+        CallFuture { calls: &self.shared.calls, start: Some((body, deadline, timeout, Some(streams))), id: None }.await
     }
 
     /// Makes a one-way call: sends `body` and expects nothing back. Returns once the
@@ -331,12 +390,36 @@ thread_local! {
     static ONEWAY_SCRATCH: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
 }
 
+impl<Req, Resp> Shared<Req, Resp> {
+    fn new(registry: Arc<Registry>, peer: PeerInfo, config: ClientConfig) -> Arc<Self> {
+        Arc::new(Shared {
+            calls: Calls::new(registry),
+            handles: AtomicUsize::new(1),
+            oneway_seq: AtomicU64::new(0),
+            ctl: Arc::default(),
+            peer,
+            config,
+        })
+    }
+}
+
+impl PeerInfo {
+    pub(crate) fn of(negotiated: &crate::handshake::Negotiated) -> Self {
+        PeerInfo {
+            server_pid: negotiated.peer_pid,
+            max_message: negotiated.send_limit,
+            codec: negotiated.codec,
+            protocol_version: negotiated.version,
+            capabilities: negotiated.capabilities,
+            max_in_flight: negotiated.window,
+            max_oneway: negotiated.oneway_window,
+        }
+    }
+}
+
 impl<Req, Resp> Channel<Req, Resp> {
-    /// Makes one call and waits for its response, at most until its deadline.
-    ///
-    /// Dropping the returned future cancels the call: the server is told to stop the
-    /// handler. The deadline travels to the server as a relative timeout.
-    pub async fn call(&self, options: &CallOptions, body: Req) -> Result<Resp, RpcError> {
+    /// A call on this connection's own engine.
+    pub(crate) async fn call_direct(&self, options: &CallOptions, body: Req) -> Result<Resp, RpcError> {
         let shared = &*self.shared;
         let timeout = options.timeout.unwrap_or(shared.config.default_timeout);
         let now = Instant::now();
@@ -378,7 +461,7 @@ impl<Req, Resp> Channel<Req, Resp> {
     {
         self.streams_supported()?;
         let (deadline, timeout) = Self::stream_deadline(options);
-        let streams = Box::new(CallStreams { up: Some(up), down: None });
+        let streams = Box::new(CallStreams { up: Some(up), down: None, callback: None });
         CallFuture { calls: &self.shared.calls, start: Some((body, deadline, timeout, Some(streams))), id: None }.await
     }
 
@@ -401,7 +484,7 @@ impl<Req, Resp> Channel<Req, Resp> {
         self.streams_supported()?;
         let (deadline, timeout) = Self::stream_deadline(options);
         let inbox = Inbox::new();
-        let streams = Box::new(CallStreams { up, down: Some(inbox.clone()) });
+        let streams = Box::new(CallStreams { up, down: Some(inbox.clone()), callback: None });
         // Nobody waits on the slot: the stream reads the inbox.
         let id = self.shared.calls.start(body, deadline, timeout, Some(streams), std::task::Waker::noop())?;
         let window = self.shared.config.stream_window;

@@ -117,6 +117,7 @@
 
 #![warn(missing_docs)]
 
+pub mod callback;
 pub mod client;
 pub mod codec;
 pub mod context;
@@ -132,6 +133,7 @@ pub mod wire;
 #[doc(hidden)]
 pub mod __private;
 
+pub use callback::{Callback, Client};
 pub use client::{CallOptions, Channel, ClientConfig, PeerInfo};
 pub use codec::Codec;
 pub use error::{Direction, RpcError, ServeError, ServerError, ServerErrorKind, TransportError};

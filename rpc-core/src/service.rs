@@ -44,6 +44,9 @@ pub trait Service: Send + Sync + 'static {
     type Response: Serialize + DeserializeOwned + Send + 'static;
     /// Name and fingerprint announced in the handshake.
     const ID: ServiceId;
+    /// True if some method takes a `Callback`: the server then keeps a way to call the
+    /// client back on each connection that supports it.
+    const CALLBACKS: bool = false;
     /// The method a request calls, for logs and errors.
     fn method_name(request: &Self::Request) -> &'static str;
     /// Which directions of the call `request` starts carry a stream. Requests that are
@@ -66,15 +69,19 @@ pub struct Shape {
     pub upload: bool,
     /// The handler streams items back (an `RpcStream` return type).
     pub download: bool,
+    /// The handler gets a `Callback` to the caller.
+    pub callback: bool,
 }
 
 impl Shape {
     /// A plain call: one request, one reply.
-    pub const UNARY: Shape = Shape { upload: false, download: false };
+    pub const UNARY: Shape = Shape { upload: false, download: false, callback: false };
     /// A shape with the given directions.
     pub const fn new(upload: bool, download: bool) -> Shape {
-        Shape { upload, download }
+        Shape { upload, download, callback: false }
     }
+    /// A call whose handler gets a `Callback` to the caller.
+    pub const CALLBACK: Shape = Shape { upload: false, download: false, callback: true };
 }
 
 /// What a handler produced: one value, or a stream of values (for a method returning
@@ -92,12 +99,13 @@ pub enum Reply<R> {
 /// hands it to [`Service::call`].
 pub struct CallStreams<Req> {
     pub(crate) up: Option<crate::engine::streams::Remote<Req>>,
+    pub(crate) callback: Option<crate::callback::CallbackLink>,
 }
 
 impl<Req: Send + 'static> CallStreams<Req> {
     /// No inbound stream.
     pub fn none() -> Self {
-        CallStreams { up: None }
+        CallStreams { up: None, callback: None }
     }
 
     /// The call's inbound stream, its items picked out of the request enum by `pick`. A

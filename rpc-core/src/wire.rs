@@ -40,8 +40,21 @@ pub mod caps {
     pub const ONEWAY: u32 = 1 << 0;
     /// Streams in both directions (`Kind::UpItem` to `Kind::UpStop`).
     pub const STREAMS: u32 = 1 << 1;
+    /// Callbacks: the server sends `Call` frames whose body is a [`CallbackCall`](super::CallbackCall).
+    pub const CALLBACKS: u32 = 1 << 2;
     /// The capabilities this build announces.
-    pub const SUPPORTED: u32 = ONEWAY | STREAMS;
+    pub const SUPPORTED: u32 = ONEWAY | STREAMS | CALLBACKS;
+}
+
+/// The body of a callback call (a `Call` frame from the server): the call it belongs to and
+/// the callback's request, encoded with the connection's codec. The client answers with
+/// the encoded response as a byte string.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CallbackCall {
+    /// The client's call that handed the callback over.
+    pub parent: u64,
+    /// The callback trait's request enum, encoded.
+    pub call: serde_bytes::ByteBuf,
 }
 
 /// Outcome of a handshake, sent in [`Welcome`].

@@ -108,12 +108,13 @@ impl<'a> ServiceGenerator<'a> {
             let variant = m.variant.as_ref().ok()?;
             let args = m.args.iter().filter_map(|a| a.ident).collect();
             let tys = m.args.iter().map(|a| a.ty).collect();
-            let plain = m.args.iter().filter(|a| a.stream.is_none());
+            let plain = m.args.iter().filter(|a| a.stream.is_none() && a.callback.is_none());
             let wire_args = plain.clone().filter_map(|a| a.ident).collect();
             let wire_tys = plain.map(|a| a.ty).collect();
             let upload = m.upload().and_then(|a| Some((a.ident?, a.stream?, format_ident!("__{}Item", variant))));
+            let callback = m.callback().and_then(|a| Some((a.ident?, a.callback?)));
             let cfgs = &m.cfgs;
-            Some(Method { def: m, variant, args, tys, wire_args, wire_tys, upload, cfgs: quote!(#(#cfgs)*) })
+            Some(Method { def: m, variant, args, tys, wire_args, wire_tys, upload, callback, cfgs: quote!(#(#cfgs)*) })
         })
     }
 
@@ -270,44 +271,52 @@ impl<'a> ServiceGenerator<'a> {
         });
         let shapes: Vec<_> = self
             .methods()
-            .filter(|m| m.upload.is_some() || m.def.is_download())
+            .filter(|m| m.upload.is_some() || m.def.is_download() || m.callback.is_some())
             .map(|m| {
                 let Method { variant, cfgs, .. } = &m;
+                if m.callback.is_some() {
+                    return quote!(#cfgs #request::#variant { .. } => #private::Shape::CALLBACK,);
+                }
                 let (up, down) = (m.upload.is_some(), m.def.is_download());
                 quote!(#cfgs #request::#variant { .. } => #private::Shape::new(#up, #down),)
             })
             .collect();
-        let arms: Vec<_> = self
-            .methods()
-            .map(|m| {
-                let Method { variant, args, wire_args, cfgs, .. } = &m;
-                let method = m.def.ident;
-                let take_up = m.upload.as_ref().map(|(ident, _, iv)| {
+        let uses_callbacks = self.methods().any(|m| m.callback.is_some());
+        let arms: Vec<_> =
+            self.methods()
+                .map(|m| {
+                    let Method { variant, args, wire_args, cfgs, .. } = &m;
+                    let method = m.def.ident;
+                    let take_up = m.upload.as_ref().map(|(ident, _, iv)| {
+                        quote! {
+                            let #ident = #streams.upload(|#item| match #item {
+                                #request::#iv(#item) => ::core::option::Option::Some(#item),
+                                #[allow(unreachable_patterns)]
+                                _ => ::core::option::Option::None,
+                            });
+                        }
+                    });
+                    let take_callback = m.callback.as_ref().map(
+                        |(ident, client)| quote!(let #ident = #private::Callback::<#client>::bind(&mut #streams);),
+                    );
+                    let take_up = quote!(#take_up #take_callback);
+                    let run = quote!(<#param as #trait_ident>::#method(&*#svc #(, #args)*).await);
+                    let reply = if m.def.is_download() {
+                        quote!(#private::Reply::Stream(#private::RpcStream::into_wire(#run, #response::#variant)))
+                    } else {
+                        quote!(#private::Reply::Value(#response::#variant(#run)))
+                    };
+                    let item_arm = m.upload.as_ref().map(|(_, _, iv)| {
+                        let name = &m.def.name;
+                        quote!(#cfgs #request::#iv(_) => #private::Reply::Error(#private::not_a_call(#name)),)
+                    });
                     quote! {
-                        let #ident = #streams.upload(|#item| match #item {
-                            #request::#iv(#item) => ::core::option::Option::Some(#item),
-                            #[allow(unreachable_patterns)]
-                            _ => ::core::option::Option::None,
-                        });
+                        #cfgs
+                        #request::#variant { #(#wire_args),* } => { #take_up #reply }
+                        #item_arm
                     }
-                });
-                let run = quote!(<#param as #trait_ident>::#method(&*#svc #(, #args)*).await);
-                let reply = if m.def.is_download() {
-                    quote!(#private::Reply::Stream(#private::RpcStream::into_wire(#run, #response::#variant)))
-                } else {
-                    quote!(#private::Reply::Value(#response::#variant(#run)))
-                };
-                let item_arm = m.upload.as_ref().map(|(_, _, iv)| {
-                    let name = &m.def.name;
-                    quote!(#cfgs #request::#iv(_) => #private::Reply::Error(#private::not_a_call(#name)),)
-                });
-                quote! {
-                    #cfgs
-                    #request::#variant { #(#wire_args),* } => { #take_up #reply }
-                    #item_arm
-                }
-            })
-            .collect();
+                })
+                .collect();
         let call = if self.def.methods.is_empty() {
             quote!(match #req {})
         } else {
@@ -340,6 +349,7 @@ impl<'a> ServiceGenerator<'a> {
                 type Request = #request;
                 type Response = #response;
                 const ID: #private::ServiceId = #client::ID;
+                const CALLBACKS: bool = #uses_callbacks;
 
                 fn method_name(#req: &Self::Request) -> &'static str {
                     match *#req { #(#names)* }
@@ -383,12 +393,18 @@ impl<'a> ServiceGenerator<'a> {
         let fingerprint = Literal::u64_suffixed(self.fingerprint());
         let channel = quote!(#private::Channel<#request, #response>);
         let methods = self.methods().map(|m| self.client_method(&m));
+        // Both ends must agree on the callback traits too, not only on their names.
+        let callback_fps: Vec<_> = self
+            .methods()
+            .filter_map(|m| m.callback.map(|(_, client)| quote!(<#client as #private::Client>::ID.fingerprint)))
+            .collect();
         quote! {
             #cfgs
             #allow
             impl #client {
                 /// Name and fingerprint of this service, checked when a connection opens.
-                pub const ID: #private::ServiceId = #private::ServiceId::new(#name, #fingerprint);
+                pub const ID: #private::ServiceId =
+                    #private::ServiceId::new(#name, #private::mix_fingerprints(#fingerprint, &[#(#callback_fps),*]));
 
                 /// Connects to the server listening on the pipe `name` with the default
                 /// `ClientConfig`, retrying while the server is not up yet, and checks that
@@ -445,12 +461,23 @@ impl<'a> ServiceGenerator<'a> {
 
                 #(#methods)*
             }
+
+            #cfgs
+            #allow
+            impl #private::Client for #client {
+                type Request = #request;
+                type Response = #response;
+                const ID: #private::ServiceId = #client::ID;
+                fn from_channel(channel: #channel) -> Self {
+                    #client::from_channel(channel)
+                }
+            }
         }
     }
 
     fn client_method(&self, m: &Method<'_>) -> TokenStream {
         let Self { private, request, response, trait_ident, .. } = self;
-        let Method { def, variant, args, tys, wire_args, upload, cfgs, .. } = m;
+        let Method { def, variant, args, tys, wire_args, upload, callback, cfgs, .. } = m;
         let ident = def.ident;
         let name = &def.name;
         let mut docs = if def.docs.is_empty() {
@@ -472,10 +499,27 @@ impl<'a> ServiceGenerator<'a> {
         let body = quote!(#request::#variant { #(#wire_args),* });
         // The caller's stream, each item wrapped in the method's item variant.
         let up = upload.as_ref().map(|(ident, _, iv)| quote!(#private::RpcStream::into_wire(#ident, #request::#iv)));
-        let call = match &up {
-            Some(up) => quote!(self.channel.call_upload(&self.options, #body, #up).await),
-            None => quote!(self.channel.call(&self.options, #body).await),
+        let call = match (&up, callback) {
+            (Some(up), _) => quote!(self.channel.call_upload(&self.options, #body, #up).await),
+            (None, Some((ident, _))) => quote! {
+                self.channel.call_with_callback(&self.options, #body, #private::erase_callback(#ident)).await
+            },
+            (None, None) => quote!(self.channel.call(&self.options, #body).await),
         };
+        // The client hands over an object serving the callback trait, not the callback's client.
+        let tys: Vec<TokenStream> = args
+            .iter()
+            .zip(tys)
+            .map(|(arg, ty)| match callback {
+                Some((ident, client)) if ident == arg => quote! {
+                    impl #private::Service<
+                        Request = <#client as #private::Client>::Request,
+                        Response = <#client as #private::Client>::Response,
+                    >
+                },
+                _ => quote!(#ty),
+            })
+            .collect();
         let pick = quote! {
             |#resp| match #resp {
                 #response::#variant(#value) => ::core::option::Option::Some(#value),
@@ -533,8 +577,16 @@ impl<'a> ServiceGenerator<'a> {
                     const _: () = #private::assert_wire::<#ty>();
                 }
             };
-            // A stream is checked by what it carries.
-            out.extend(m.def.args.iter().map(|a| wire(a.stream.unwrap_or(a.ty))));
+            // A stream is checked by what it carries, a callback by being a generated client.
+            for a in &m.def.args {
+                match a.callback {
+                    Some(client) => out.extend(quote_spanned! {client.span()=>
+                        #trait_cfgs #cfgs
+                        const _: () = #private::assert_client::<#client>();
+                    }),
+                    None => out.extend(wire(a.stream.unwrap_or(a.ty))),
+                }
+            }
             match &m.def.output {
                 Output::Stream { item, .. } => out.extend(wire(item)),
                 Output::Fallible { ok, err, .. } => {
@@ -580,6 +632,8 @@ struct Method<'a> {
     wire_tys: Vec<&'a syn::Type>,
     /// The stream argument: its name, item type and item variant in the request enum.
     upload: Option<(&'a Ident, &'a syn::Type, Ident)>,
+    /// The callback argument: its name and client type.
+    callback: Option<(&'a Ident, &'a syn::Type)>,
     cfgs: TokenStream,
 }
 
@@ -653,7 +707,7 @@ mod tests {
     fn making_a_method_one_way_changes_the_fingerprint() {
         let fp = |item: TokenStream| {
             let out = expand(quote!(), item);
-            let i = out.find("ServiceId :: new (\"T\" , ").expect("the id") + 24;
+            let i = out.find("mix_fingerprints (").expect("the id") + 18;
             out[i..].split(' ').next().unwrap().to_owned()
         };
         let call = fp(quote!(

@@ -51,6 +51,8 @@ pub(crate) struct ArgDef<'a> {
     pub(crate) ty: &'a Type,
     /// `T` when the argument is an `RpcStream<T>`: a stream from the caller.
     pub(crate) stream: Option<&'a Type>,
+    /// `C` when the argument is a `Callback<C>`: a client of a trait the caller serves.
+    pub(crate) callback: Option<&'a Type>,
 }
 
 pub(crate) enum Output<'a> {
@@ -113,12 +115,17 @@ impl<'a> Output<'a> {
 
 /// `T` if `ty` is `RpcStream<T>` (any path ending in that segment, one type argument).
 pub(crate) fn stream_item(ty: &Type) -> Option<&Type> {
+    wrapped(ty, "RpcStream")
+}
+
+/// `T` if `ty` is `{name}<T>` (any path ending in that segment, one type argument).
+fn wrapped<'t>(ty: &'t Type, name: &str) -> Option<&'t Type> {
     let Type::Path(p) = peel(ty) else { return None };
     if p.qself.is_some() {
         return None;
     }
     let last = p.path.segments.last()?;
-    if last.ident != "RpcStream" {
+    if last.ident != name {
         return None;
     }
     let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
@@ -208,6 +215,7 @@ impl<'a> MethodDef<'a> {
                     },
                     ty: &arg.ty,
                     stream: stream_item(&arg.ty),
+                    callback: wrapped(&arg.ty, "Callback"),
                 }),
             }
         }
@@ -230,6 +238,11 @@ impl<'a> MethodDef<'a> {
     /// The argument that is a stream from the caller, if any (the first, if several).
     pub(crate) fn upload(&self) -> Option<&ArgDef<'a>> {
         self.args.iter().find(|a| a.stream.is_some())
+    }
+
+    /// The argument that is a callback to the caller, if any (the first, if several).
+    pub(crate) fn callback(&self) -> Option<&ArgDef<'a>> {
+        self.args.iter().find(|a| a.callback.is_some())
     }
 
     /// True if the handler streams items back.

@@ -297,6 +297,30 @@ fn check_args(m: &MethodDef<'_>, errors: &mut Errors) {
                 ),
             },
         }
+        if let Some(client) = arg.callback {
+            if m.callback().is_some_and(|first| !std::ptr::eq(first.arg, arg.arg)) {
+                errors.spanned(
+                    arg.ty,
+                    "a method takes at most one `Callback` argument; put the methods in one callback trait",
+                );
+            }
+            if m.is_oneway() {
+                errors.spanned(
+                    arg.ty,
+                    "a `#[oneway]` method cannot take a `Callback`: callbacks are valid while their call is open, \
+                     and a one-way call is never open; remove `#[oneway]`",
+                );
+            }
+            if m.upload().is_some() || m.is_download() {
+                errors.spanned(
+                    arg.ty,
+                    "a method with a `Callback` argument cannot also stream: take the callback or the streams; \
+                     a callback method can carry the items instead",
+                );
+            }
+            TypeCheck { errors, position: Position::Argument }.visit_type(client);
+            continue;
+        }
         match arg.stream {
             Some(item) => {
                 if m.upload().is_some_and(|first| !std::ptr::eq(first.arg, arg.arg)) {
@@ -388,6 +412,12 @@ impl<'ast> Visit<'ast> for TypeCheck<'_> {
     fn visit_path(&mut self, path: &'ast syn::Path) {
         if let Some(first) = path.segments.first().filter(|s| s.ident == "Self") {
             self.errors.spanned(&first.ident, "`Self` cannot appear in an RPC signature: name the concrete type");
+        }
+        if let Some(last) = path.segments.last().filter(|s| s.ident == "Callback") {
+            self.errors.spanned(
+                &last.ident,
+                "a `Callback` must be a whole argument (`events: Callback<EventsClient>`), not inside another type",
+            );
         }
         if let Some(last) = path.segments.last().filter(|s| s.ident == "RpcStream") {
             self.errors.spanned(
@@ -490,6 +520,16 @@ mod tests {
         one("trait T { async fn a(&self) -> RpcStream<&str>; }", "`String` instead of `&str`");
         one("trait T { #[oneway] async fn a(&self, s: RpcStream<u8>); }", "cannot take a stream");
         one("trait T { #[oneway] async fn a(&self) -> RpcStream<u8>; }", "returns nothing");
+    }
+
+    #[test]
+    fn callbacks() {
+        assert!(errors("trait T { async fn a(&self, x: u8, c: Callback<EvClient>) -> Result<(), E>; }").is_empty());
+        one("trait T { async fn a(&self, c: Callback<A>, d: Callback<B>); }", "at most one `Callback`");
+        one("trait T { #[oneway] async fn a(&self, c: Callback<A>); }", "cannot take a `Callback`");
+        one("trait T { async fn a(&self, c: Callback<A>) -> RpcStream<u8>; }", "cannot also stream");
+        one("trait T { async fn a(&self, c: Option<Callback<A>>); }", "whole argument");
+        one("trait T { async fn a(&self) -> Callback<A>; }", "whole argument");
     }
 
     #[test]

@@ -51,7 +51,9 @@
 //! `--json` lines (`grep '^{'`), one per workload and mode: `workload`, `mode`, `p50_us`,
 //! `p99_us`, `per_s`, `bytes_per_s`, `ratio_to_raw`, `cpu_us_per_op`, `null` where a field
 //! does not apply. `ratio_to_raw` is p50 over raw's p50 for `call_16b`, p99 over raw's for
-//! `fairness`, and the rate over raw's rate otherwise (1 for raw itself).
+//! `fairness`, and the rate over raw's rate otherwise (1 for raw itself). For `parallel_cpu`,
+//! `per_s` is the concurrent batches' calls/s; its concurrent/sequential ratio is in the table
+//! and on its bar line.
 //!
 //! Every reply is checked (length and content) so a broken path cannot pass as a fast one.
 
@@ -207,7 +209,7 @@ impl Workload {
             (Workload::Stream16b, true) => count(1_000, 20_000),
             (Workload::Stream64Kib, false) => count(100, 4_000),
             (Workload::Stream64Kib, true) => count(4, 100),
-            (Workload::ParallelCpu, false) => count(4, 12),
+            (Workload::ParallelCpu, false) => count(4, 14),
             (Workload::ParallelCpu, true) => count(2, 2),
             (Workload::Oneway16b | Workload::Upload16b | Workload::Upload64Kib | Workload::Fairness, _) => None,
         }
@@ -310,8 +312,7 @@ fn main() -> ExitCode {
     let mut runs: Vec<(Mode, Workload, Measurement)> = Vec::new();
     for round in 1..=ROUNDS {
         for &mode in &modes {
-            for (w, m) in run_mode(mode, &plan, shared_server, min_measure) {
-                println!("  round {round} {:>5} {:<13} {}", mode.name(), w.name(), m.describe(w));
+            for (w, m) in run_mode(round, mode, &plan, shared_server, min_measure) {
                 runs.push((mode, w, m));
             }
         }
@@ -682,6 +683,8 @@ trait BenchClient: Sized {
 
 /// What a workload needs to know about its session.
 struct Session {
+    /// Which of the [`ROUNDS`] this is, for the progress lines.
+    round: usize,
     /// The server's pipe name.
     name: String,
     /// The server process, for its CPU time.
@@ -698,6 +701,7 @@ struct Session {
 /// for stock tarpc and pipe-rpc alike. `--shared-server` runs all workloads that need the same
 /// kind of server on one server (and the echo workloads on one connection), to see that effect.
 fn run_mode(
+    round: usize,
     mode: Mode,
     plan: &[(Workload, Count)],
     shared_server: bool,
@@ -711,14 +715,20 @@ fn run_mode(
         }
     }
     let mut out: Vec<(Workload, Measurement)> =
-        sessions.iter().flat_map(|s| run_session(mode, s, min_measure)).collect();
+        sessions.iter().flat_map(|s| run_session(round, mode, s, min_measure)).collect();
     // Plan order, whatever the grouping.
     out.sort_by_key(|(w, _)| plan.iter().position(|(p, _)| p == w));
     out
 }
 
 /// Starts one server process for `mode`, connects, and runs the workloads `plan` lists.
-fn run_session(mode: Mode, plan: &[(Workload, Count)], min_measure: Duration) -> Vec<(Workload, Measurement)> {
+/// Prints each workload's figures as it finishes.
+fn run_session(
+    round: usize,
+    mode: Mode,
+    plan: &[(Workload, Count)],
+    min_measure: Duration,
+) -> Vec<(Workload, Measurement)> {
     let server = ServerProcess::spawn(mode, plan[0].0.server_workers());
     let rt = if MULTI_THREAD.load(Ordering::Relaxed) {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
@@ -728,7 +738,7 @@ fn run_session(mode: Mode, plan: &[(Workload, Count)], min_measure: Duration) ->
     .expect("runtime");
     // Generous watchdog: a hang must fail loudly, not stall CI until its own timeout.
     let limit = Duration::from_secs(600);
-    let session = Session { name: server.name.clone(), server_pid: server.child.id(), min_measure };
+    let session = Session { round, name: server.name.clone(), server_pid: server.child.id(), min_measure };
     let out = rt.block_on(async {
         let work = async {
             match mode {
@@ -765,6 +775,7 @@ async fn run_workloads<C: BenchClient>(
             (Workload::ParallelCpu, Mode::Rpc) => rpc_mode::parallel_cpu(s, k).await,
             _ => unreachable!("mode {} has no workload {}", mode.name(), w.name()),
         };
+        println!("  round {} {:>5} {:<13} {}", s.round, mode.name(), w.name(), m.describe(w));
         out.push((w, m));
     }
     out
@@ -1072,12 +1083,14 @@ async fn serve_raw_connection(stream: PipeStream) -> io::Result<()> {
     Ok(())
 }
 
+// The one-way server reads through the echo loop's reader (what it has buffered included).
+const _: () = assert!(COALESCE_MAX == ONEWAY_BUF, "the one-way server's reader is the echo loop's");
+
 /// The raw one-way baseline's server side: reads frames through a 64 KiB `BufReader` and
 /// counts them; at each [`ONEWAY_MARK`] answers one 24-byte acknowledgement (frames, payload
 /// bytes, and the wrapping sum of each frame's first 8 bytes read as a little-endian `u64`,
 /// all little-endian) and starts counting again.
-async fn serve_oneway(rd: BufReader<PipeStream>) -> io::Result<()> {
-    let mut rd = BufReader::with_capacity(ONEWAY_BUF, rd.into_inner());
+async fn serve_oneway(mut rd: BufReader<PipeStream>) -> io::Result<()> {
     let mut buf = Vec::new();
     let (mut frames, mut bytes, mut sum) = (0u64, 0u64, 0u64);
     while let Some(len) = read_head(&mut rd).await? {

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
-use rpc_core::{ClientConfig, PipeName, RpcError, RpcStream};
+use rpc_core::{Callback, ClientConfig, PipeName, RpcError, RpcStream};
 
 pub mod raw;
 use serde::{Deserialize, Serialize};
@@ -138,6 +138,14 @@ impl TagStats {
     }
 }
 
+/// The callback trait of [`Probe::run_ticks`] and friends: served by the test's client.
+#[rpc_core::service]
+pub trait Ticks {
+    /// Answers `n * 10`. By convention `n == 999` never answers (to test deadlines and
+    /// cancellation of callback calls).
+    async fn tick(&self, n: u64) -> u64;
+}
+
 /// The service of the test server.
 #[rpc_core::service]
 pub trait Probe {
@@ -213,6 +221,14 @@ pub trait Probe {
     async fn double(&self, items: RpcStream<u64>) -> RpcStream<u64>;
     /// Holds the caller's stream for `ms` milliseconds without reading it, then returns 0.
     async fn hold(&self, items: RpcStream<u64>, ms: u64) -> u64;
+    /// Calls `ticks.tick(i)` for `i` in `0..n`, one after another, and returns the answers.
+    async fn run_ticks(&self, n: u64, ticks: Callback<TicksClient>) -> Result<Vec<u64>, ProbeError>;
+    /// Keeps `ticks` beyond this call (for [`Probe::tick_kept`]) and returns at once.
+    async fn keep_ticks(&self, ticks: Callback<TicksClient>) -> u64;
+    /// Calls `tick(n)` on the callback [`Probe::keep_ticks`] kept, after its call ended.
+    async fn tick_kept(&self, n: u64) -> Result<u64, ProbeError>;
+    /// Calls `tick(n)` with a timeout of `ms` milliseconds.
+    async fn tick_with_timeout(&self, n: u64, ms: u64, ticks: Callback<TicksClient>) -> Result<u64, ProbeError>;
 }
 
 /// The byte at offset `i` of [`Probe::make_bytes`]'s output.
@@ -230,6 +246,8 @@ pub struct ProbeImpl {
 #[derive(Debug)]
 pub struct ProbeState {
     tags: Mutex<HashMap<u64, TagStats>>,
+    /// The callback [`Probe::keep_ticks`] kept.
+    kept: Mutex<Option<TicksClient>>,
     notes: Mutex<HashMap<u64, Vec<u64>>>,
     /// Bumped on every change of `tags`; `wait_stats` waits on it.
     changed: watch::Sender<u64>,
@@ -237,7 +255,12 @@ pub struct ProbeState {
 
 impl Default for ProbeImpl {
     fn default() -> Self {
-        let state = ProbeState { tags: Mutex::default(), notes: Mutex::default(), changed: watch::channel(0).0 };
+        let state = ProbeState {
+            tags: Mutex::default(),
+            kept: Mutex::default(),
+            notes: Mutex::default(),
+            changed: watch::channel(0).0,
+        };
         ProbeImpl { inner: std::sync::Arc::new(state) }
     }
 }
@@ -485,6 +508,31 @@ impl Probe for ProbeImpl {
             len += item.len();
         }
         (len as u64, ok)
+    }
+
+    async fn run_ticks(&self, n: u64, ticks: Callback<TicksClient>) -> Result<Vec<u64>, ProbeError> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            out.push(ticks.tick(i).await?);
+        }
+        Ok(out)
+    }
+
+    async fn keep_ticks(&self, ticks: Callback<TicksClient>) -> u64 {
+        *self.kept.lock().unwrap() = Some(ticks.into_inner());
+        0
+    }
+
+    async fn tick_kept(&self, n: u64) -> Result<u64, ProbeError> {
+        let kept = self.kept.lock().unwrap().clone();
+        match kept {
+            Some(ticks) => Ok(ticks.tick(n).await?),
+            None => Err(ProbeError::Overflow),
+        }
+    }
+
+    async fn tick_with_timeout(&self, n: u64, ms: u64, ticks: Callback<TicksClient>) -> Result<u64, ProbeError> {
+        Ok(ticks.with_timeout(Duration::from_millis(ms)).tick(n).await?)
     }
 
     async fn hold(&self, items: RpcStream<u64>, ms: u64) -> u64 {

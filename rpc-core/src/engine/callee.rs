@@ -24,11 +24,16 @@ use futures::task::AtomicWaker;
 use tokio::task::AbortHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::callback::CallbackLink;
+use crate::client::Channel;
+use crate::codec::Codec;
 use crate::context::{self, Context as CallContext};
 use crate::deadlines::{DeadlineQueue, IdMap};
 use crate::error::{RpcError, ServerError, ServerErrorKind, fmt_duration, panic_message};
 use crate::server::ServerConfig;
 use crate::service::{CallStreams, Reply, Service};
+use crate::wire::CallbackCall;
+use serde_bytes::ByteBuf;
 
 use super::streams::{Ctl, Inbox, OutStream, OverCredit, Remote, StreamControl};
 
@@ -139,6 +144,8 @@ pub(crate) struct Callee<S: Service> {
     ctl: Arc<StreamControl>,
     ctl_taken: Vec<Ctl>,
     limits: StreamLimits,
+    /// The way back to the client, for handlers that take a `Callback`.
+    callbacks: Option<CallbackLink>,
 }
 
 /// The stream windows the handshake settled, in bytes.
@@ -177,7 +184,13 @@ impl<S: Service> Callee<S> {
             ctl: Arc::new(StreamControl::default()),
             ctl_taken: Vec::new(),
             limits,
+            callbacks: None,
         }
+    }
+
+    /// Gives handlers that take a `Callback` a way back to the client.
+    pub(crate) fn set_callbacks(&mut self, channel: Channel<CallbackCall, ByteBuf>, codec: Codec, limit: usize) {
+        self.callbacks = Some(CallbackLink { channel, parent: 0, codec, limit });
     }
 
     fn refuse(&mut self, id: u64, kind: ServerErrorKind, detail: String) {
@@ -294,7 +307,7 @@ impl<S: Service> Callee<S> {
 
     fn start(&mut self, id: u64, timeout_us: u64, body: S::Request, cx: &mut Context<'_>) {
         let shape = S::shape(&body);
-        let streaming = shape.upload || shape.download;
+        let streaming = shape.upload || shape.download || shape.callback;
         // A stream the caller gave no deadline has none here either (`u64::MAX`); every
         // other deadline is capped.
         let timeout = (!streaming || timeout_us != u64::MAX)
@@ -311,6 +324,9 @@ impl<S: Service> Callee<S> {
         // The context always has a deadline: for a stream without one, the far future.
         let ctx = CallContext { deadline: deadline.unwrap_or_else(|| started + NO_DEADLINE), request_id: id, method };
         let mut streams = CallStreams::none();
+        if shape.callback {
+            streams.callback = self.callbacks.clone().map(|link| CallbackLink { parent: id, ..link });
+        }
         if shape.upload {
             let inbox = Inbox::new();
             self.ups.insert(id, inbox.clone());

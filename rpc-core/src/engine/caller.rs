@@ -256,7 +256,7 @@ impl<Req, Resp> Caller<Req, Resp> {
         };
         self.wakers.drain(..).for_each(Waker::wake);
         for (id, streams, timeout) in self.taken_streams.drain(..) {
-            let CallStreams { up, down } = *streams;
+            let CallStreams { up, down, .. } = *streams;
             if let Some(stream) = up {
                 self.pending_ups.insert(id, OutStream { stream, credit: i64::from(self.up_window), deadline: None });
             }

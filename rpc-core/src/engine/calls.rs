@@ -24,6 +24,7 @@ use futures::stream::BoxStream;
 use futures::task::AtomicWaker;
 
 use super::streams::Inbox;
+use crate::callback::{ErasedCallback, Registry};
 
 use crate::deadlines::DeadlineQueue;
 use crate::error::{RpcError, TransportError};
@@ -31,6 +32,8 @@ use crate::error::{RpcError, TransportError};
 /// The shared half of a connection's outgoing calls: the table plus the engine's waker.
 pub(crate) struct Calls<Req, Resp> {
     table: Mutex<Table<Req, Resp>>,
+    /// Callback objects of open calls, by call id (shared with the connection's router).
+    callbacks: Arc<Registry>,
     engine: AtomicWaker,
 }
 
@@ -70,6 +73,8 @@ struct Slot<Resp> {
     timeout: Duration,
     /// The engine has taken the call for writing, so a cancel must go to the server too.
     sent: bool,
+    /// A callback object is registered under this call's id.
+    callback: bool,
 }
 
 enum State<Resp> {
@@ -93,6 +98,8 @@ pub(crate) struct CallStreams<Req, Resp> {
     pub(crate) up: Option<BoxStream<'static, Result<Req, RpcError>>>,
     /// Where the callee's items go.
     pub(crate) down: Option<Arc<Inbox<Resp>>>,
+    /// The object the callee may call back while the call is open.
+    pub(crate) callback: Option<Arc<dyn ErasedCallback>>,
 }
 
 /// A call the engine will write, once the pipe has room and the callee's window admits it.
@@ -108,8 +115,9 @@ pub(crate) fn index(id: u64) -> usize {
 }
 
 impl<Req, Resp> Calls<Req, Resp> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(callbacks: Arc<Registry>) -> Self {
         Calls {
+            callbacks,
             table: Mutex::new(Table {
                 slots: Vec::new(),
                 free: Vec::new(),
@@ -163,7 +171,7 @@ impl<Req, Resp> Calls<Req, Resp> {
                 let slot = &mut t.slots[i as usize];
                 // Next generation of this slot: ids of earlier calls in it never match again.
                 let id = slot.id.wrapping_add(1 << 32);
-                *slot = Slot { id, state, deadline, timeout, sent: false };
+                *slot = Slot { id, state, deadline, timeout, sent: false, callback: false };
                 id
             }
             None => {
@@ -173,10 +181,16 @@ impl<Req, Resp> Calls<Req, Resp> {
                     let detail = "more than 2^32 calls in flight on one connection".to_owned();
                     return Err(TransportError::Protocol { detail }.into());
                 }
-                t.slots.push(Slot { id, state, deadline, timeout, sent: false });
+                t.slots.push(Slot { id, state, deadline, timeout, sent: false, callback: false });
                 id
             }
         };
+        // Registered before the call can be written: the callee may call back at once.
+        let mut streams = streams;
+        if let Some(callback) = streams.as_mut().and_then(|s| s.callback.take()) {
+            t.slots[index(id)].callback = true;
+            self.callbacks.insert(id, callback);
+        }
         t.queue.push(Queued::Call { id, body, streams });
         // Only the push onto an empty queue wakes the engine: a non-empty queue has a wake
         // outstanding that the engine has not acted on yet.
@@ -203,7 +217,12 @@ impl<Req, Resp> Calls<Req, Resp> {
             }
             State::Done(_) => {
                 let State::Done(result) = std::mem::replace(&mut slot.state, State::Free) else { unreachable!() };
+                let callback = std::mem::take(&mut slot.callback);
                 t.free.push(i as u32);
+                drop(t);
+                if callback {
+                    self.callbacks.remove(id);
+                }
                 Poll::Ready(result)
             }
             State::Free => Poll::Ready(Err(TransportError::Protocol {
@@ -221,6 +240,7 @@ impl<Req, Resp> Calls<Req, Resp> {
         let slot = &mut t.slots[i];
         let state = std::mem::replace(&mut slot.state, State::Free);
         let cancel = matches!(state, State::Waiting(_)) && slot.sent;
+        let callback = std::mem::take(&mut slot.callback);
         t.free.push(i as u32);
         let mut wake = false;
         if cancel && t.closed.is_none() {
@@ -228,6 +248,9 @@ impl<Req, Resp> Calls<Req, Resp> {
             wake = t.queue.len() == 1;
         }
         drop(t);
+        if callback {
+            self.callbacks.remove(id);
+        }
         // The waker or result is dropped out here, not under the lock.
         drop(state);
         if wake {

@@ -426,7 +426,7 @@ where
 }
 
 /// The error a call gets when its request (or an item of its stream) cannot be encoded.
-fn request_encode_error(why: &EncodeError) -> RpcError {
+pub(crate) fn request_encode_error(why: &EncodeError) -> RpcError {
     match why {
         EncodeError::TooLarge(t) => {
             TransportError::MessageTooLarge { size: t.size, limit: t.limit, direction: Direction::Request }.into()
@@ -636,24 +636,5 @@ impl<T, S: Service, Req, Resp> Drop for Engine<T, S, Req, Resp> {
             "the connection's task stopped (its tokio runtime shut down)".to_owned()
         };
         self.finish(&TransportError::Disconnected { detail }.into());
-    }
-}
-
-/// The service of an end that serves nothing (a client without callbacks).
-pub(crate) struct NoService;
-
-impl Service for NoService {
-    type Request = crate::wire::Never;
-    type Response = crate::wire::Never;
-    const ID: crate::ServiceId = crate::ServiceId::new("", 0);
-    fn method_name(request: &Self::Request) -> &'static str {
-        match *request {}
-    }
-    fn call(
-        &self,
-        request: Self::Request,
-        _: crate::service::CallStreams<Self::Request>,
-    ) -> crate::service::BoxFuture<crate::service::Reply<Self::Response>> {
-        match request {}
     }
 }

@@ -7,11 +7,18 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::ServerConfig;
-use crate::engine::{Callee, Engine, Settings, StreamLimits};
+use serde_bytes::ByteBuf;
+
+use crate::client::{Channel, ClientConfig, PeerInfo};
+use crate::engine::{Callee, Caller, CallerLimits, Engine, Settings, StreamLimits};
 use crate::error::TransportError;
 use crate::handshake;
 use crate::service::Service;
-use crate::wire::{HandshakeStatus, Never};
+use crate::wire::{CallbackCall, HandshakeStatus, caps};
+
+/// Callback calls a server has in flight toward one client at once (the client's serving
+/// half admits as many).
+const CALLBACK_WINDOW: usize = 128;
 
 pub(crate) async fn serve<IO, S>(
     io: IO,
@@ -44,12 +51,27 @@ where
             down_window: negotiated.peer_stream_window,
             max_message: negotiated.send_limit,
         };
-    let callee = Callee::new(service, config, shutdown, limits);
+    let mut callee = Callee::new(service, config, shutdown, limits);
+    // A service with callback methods gets a calling half toward a client that can be
+    // called back; its handlers reach it through their `Callback` arguments.
+    let caller = (S::CALLBACKS && negotiated.capabilities & caps::CALLBACKS != 0).then(|| {
+        let (channel, shared) =
+            Channel::<CallbackCall, ByteBuf>::for_engine(PeerInfo::of(&negotiated), ClientConfig::default());
+        callee.set_callbacks(channel, negotiated.codec, negotiated.send_limit);
+        let limits = CallerLimits {
+            window: CALLBACK_WINDOW,
+            oneway_window: 0,
+            up_window: 0,
+            down_window: 0,
+            max_message: negotiated.send_limit,
+        };
+        Caller::new(shared, limits)
+    });
     let settings = Settings {
         peer: "client",
         capabilities: negotiated.capabilities,
         codec: negotiated.codec,
         send_limit: negotiated.send_limit,
     };
-    Engine::<_, S, Never, Never>::new(transport, settings, None, Some(callee)).await
+    Engine::<_, S, CallbackCall, ByteBuf>::new(transport, settings, caller, Some(callee)).await
 }
