@@ -49,6 +49,11 @@ use crate::wire::CallbackCall;
 
 /// Implemented by every generated client (`FooClient`): what a [`Callback`] needs to build
 /// one over a callback channel.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not the client of a `#[rpc_core::service]` trait",
+    label = "a `Callback` takes the generated client of the callback trait",
+    note = "write `Callback<EventsClient>` for a trait `Events` declared with `#[rpc_core::service]`"
+)]
 pub trait Client: Sized + Send + Sync + 'static {
     /// The service's request enum.
     type Request: Serialize + DeserializeOwned + Send + 'static;

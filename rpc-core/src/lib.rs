@@ -85,6 +85,8 @@
 //! | `async fn f(&self, a: A) -> RpcStream<T>` | an [`RpcStream<T>`] it produces | `async fn f(&self, a: A) -> Result<RpcStream<T>, RpcError>`, read as a `Stream` of `Result<T, RpcError>`; dropping it cancels the call |
 //! | `async fn f(&self, a: A, s: RpcStream<U>) -> R` (any of the returns above but one-way) | `R`, reading `s` as a `Stream` of `Result<U, RpcError>` | `async fn f(&self, a: A, s: RpcStream<U>) -> ..` with an `RpcStream<U>` the client produces |
 //!
+//! | `async fn f(&self, a: A, c: Callback<EventsClient>) -> R` | `R`; it may call `c.method(..)` (an `EventsClient`) while the call is open | `async fn f(&self, a: A, c: impl Service<..>) -> ..`: pass `EventsServer::new(handler)`; see [`callback`] |
+//!
 //! A method takes at most one `RpcStream` argument; streams in both directions make a
 //! bidirectional exchange. See [`stream`] for how a stream ends, its flow control and its
 //! deadline (none unless the client handle sets one).

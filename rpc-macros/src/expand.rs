@@ -297,7 +297,7 @@ impl<'a> ServiceGenerator<'a> {
                         }
                     });
                     let take_callback = m.callback.as_ref().map(
-                        |(ident, client)| quote!(let #ident = #private::Callback::<#client>::bind(&mut #streams);),
+                        |(ident, client)| quote_spanned!(client.span()=> let #ident = #private::Callback::<#client>::bind(&mut #streams);),
                     );
                     let take_up = quote!(#take_up #take_callback);
                     let run = quote!(<#param as #trait_ident>::#method(&*#svc #(, #args)*).await);
@@ -396,7 +396,10 @@ impl<'a> ServiceGenerator<'a> {
         // Both ends must agree on the callback traits too, not only on their names.
         let callback_fps: Vec<_> = self
             .methods()
-            .filter_map(|m| m.callback.map(|(_, client)| quote!(<#client as #private::Client>::ID.fingerprint)))
+            .filter_map(|m| {
+                m.callback
+                    .map(|(_, client)| quote_spanned!(client.span()=> <#client as #private::Client>::ID.fingerprint))
+            })
             .collect();
         quote! {
             #cfgs
@@ -511,7 +514,7 @@ impl<'a> ServiceGenerator<'a> {
             .iter()
             .zip(tys)
             .map(|(arg, ty)| match callback {
-                Some((ident, client)) if ident == arg => quote! {
+                Some((ident, client)) if ident == arg => quote_spanned! {client.span()=>
                     impl #private::Service<
                         Request = <#client as #private::Client>::Request,
                         Response = <#client as #private::Client>::Response,

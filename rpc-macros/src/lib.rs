@@ -96,6 +96,8 @@ mod validate;
 /// | `async fn f(&self, a: A) -> RpcStream<T>` | `async fn f(&self, a: A) -> Result<RpcStream<T>, RpcError>`: the handler's items as they come |
 /// | `async fn f(&self, s: RpcStream<U>) -> R` | `async fn f(&self, s: RpcStream<U>) -> ..` as for `R`: the client's items reach the handler as a stream |
 ///
+/// | `async fn f(&self, c: Callback<EventsClient>) -> R` | `async fn f(&self, c: impl Service<Request = EventsRequest, Response = EventsResponse>) -> ..`: pass `EventsServer::new(handler)`; the handler of `f` calls `c` back while the call is open |
+///
 /// `RpcStream` is recognised by its last path segment (`RpcStream<T>`, `rpc_core::RpcStream<T>`),
 /// as a whole argument (at most one per method) or the whole return type; elsewhere it is an
 /// error. A `#[oneway]` method returns nothing and takes no stream. The wire enums gain one

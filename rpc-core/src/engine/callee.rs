@@ -31,7 +31,7 @@ use crate::context::{self, Context as CallContext};
 use crate::deadlines::{DeadlineQueue, IdMap};
 use crate::error::{RpcError, ServerError, ServerErrorKind, fmt_duration, panic_message};
 use crate::server::ServerConfig;
-use crate::service::{CallStreams, Reply, Service};
+use crate::service::{BoxFuture, CallStreams, Reply, Service};
 use crate::wire::CallbackCall;
 use serde_bytes::ByteBuf;
 
@@ -260,25 +260,17 @@ impl<S: Service> Callee<S> {
         let method = S::method_name(&body);
         let ctx = CallContext { deadline: started + timeout, request_id: id, method };
         let mut call = self.service.call(body, CallStreams::none());
-        if self.heavy.is_empty() || !self.heavy.contains(method) {
-            let first = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                context::sync_scoped(ctx.clone(), || call.as_mut().poll(cx))
-            }));
-            if started.elapsed() > HEAVY {
-                self.heavy.insert(method);
+        match self.poll_inline(&mut call, &ctx, started, cx) {
+            Some(Outcome::Done(_)) => {
+                self.credit_due += 1;
+                return Ok(());
             }
-            match first {
-                Ok(Poll::Ready(_)) => {
-                    self.credit_due += 1;
-                    return Ok(());
-                }
-                Err(panic) => {
-                    tracing::error!(id, method, panic = %panic_message(panic.as_ref()), "one-way handler panicked");
-                    self.credit_due += 1;
-                    return Ok(());
-                }
-                Ok(Poll::Pending) => {}
+            Some(Outcome::Panicked(msg)) => {
+                tracing::error!(id, method, panic = %msg, "one-way handler panicked");
+                self.credit_due += 1;
+                return Ok(());
             }
+            None => {}
         }
         self.oneways_running += 1;
         // Counted once any task exists, so `pass` collects its completion.
@@ -333,20 +325,8 @@ impl<S: Service> Callee<S> {
             streams.up = Some(Remote::new(id, inbox, self.ctl.clone(), self.limits.up_window, true));
         }
         let mut call = self.service.call(body, streams);
-        if self.heavy.is_empty() || !self.heavy.contains(method) {
-            // Poll once right here. If it waits, it registered this connection's waker,
-            // which is harmless: its task polls it again with its own.
-            let first = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                context::sync_scoped(ctx.clone(), || call.as_mut().poll(cx))
-            }));
-            if started.elapsed() > HEAVY {
-                self.heavy.insert(method);
-            }
-            match first {
-                Ok(Poll::Ready(body)) => return self.answer(id, Outcome::Done(body), deadline),
-                Err(panic) => return self.answer(id, Outcome::Panicked(panic_message(panic.as_ref())), deadline),
-                Ok(Poll::Pending) => {}
-            }
+        if let Some(outcome) = self.poll_inline(&mut call, &ctx, started, cx) {
+            return self.answer(id, outcome, deadline);
         }
         self.seq += 1;
         let seq = self.seq;
@@ -362,6 +342,32 @@ impl<S: Service> Callee<S> {
         self.running.insert(id, Running { abort: task.abort_handle(), seq, deadline, timeout });
         if let Some(d) = deadline {
             self.deadlines.push(d, id);
+        }
+    }
+
+    /// Polls a new handler once, right here, unless its method is known to run long; a
+    /// first poll that took long marks the method. `None`: it waits (or runs long) and
+    /// goes on in a task of its own. If it waited, it registered this connection's waker,
+    /// which is harmless: its task polls it again with its own.
+    fn poll_inline(
+        &mut self,
+        call: &mut BoxFuture<Reply<S::Response>>,
+        ctx: &CallContext,
+        started: Instant,
+        cx: &mut Context<'_>,
+    ) -> Option<Outcome<Reply<S::Response>>> {
+        if !self.heavy.is_empty() && self.heavy.contains(ctx.method) {
+            return None;
+        }
+        let first =
+            std::panic::catch_unwind(AssertUnwindSafe(|| context::sync_scoped(ctx.clone(), || call.as_mut().poll(cx))));
+        if started.elapsed() > HEAVY {
+            self.heavy.insert(ctx.method);
+        }
+        match first {
+            Ok(Poll::Ready(body)) => Some(Outcome::Done(body)),
+            Err(panic) => Some(Outcome::Panicked(panic_message(panic.as_ref()))),
+            Ok(Poll::Pending) => None,
         }
     }
 

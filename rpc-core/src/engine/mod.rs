@@ -292,40 +292,31 @@ where
 
     /// Pumps both halves' outbound streams while the pipe has room.
     fn pump_streams(&mut self, cx: &mut Context<'_>) -> Result<bool, TransportError> {
+        let downs = self.callee.as_ref().is_some_and(|c| !c.downs.is_empty());
+        let ups = self.caller.as_ref().is_some_and(|c| !c.ups.is_empty());
+        if !downs && !ups {
+            return Ok(false);
+        }
         let mut progress = false;
-        if let Some(callee) = &mut self.callee
-            && !callee.downs.is_empty()
-        {
-            let mut sink = Pipe {
-                transport: &mut self.transport,
-                needs_flush: &mut self.needs_flush,
-                codec: self.codec,
-                limit: self.send_limit,
-                buf: &mut self.item_buf,
-                peer: self.peer,
-                ended: Vec::new(),
-                failed: Vec::new(),
-            };
+        let mut sink = Pipe {
+            transport: &mut self.transport,
+            needs_flush: &mut self.needs_flush,
+            codec: self.codec,
+            limit: self.send_limit,
+            buf: &mut self.item_buf,
+            peer: self.peer,
+            ended: Vec::new(),
+            failed: Vec::new(),
+        };
+        if let Some(callee) = self.callee.as_mut().filter(|_| downs) {
             progress |= streams::pump(&mut callee.downs, &mut self.order, cx, &mut DownSink(&mut sink, PhantomData))?;
-            for id in sink.ended {
+            for id in sink.ended.drain(..) {
                 callee.down_ended(id);
             }
         }
-        if let Some(caller) = &mut self.caller
-            && !caller.ups.is_empty()
-        {
-            let mut sink = Pipe {
-                transport: &mut self.transport,
-                needs_flush: &mut self.needs_flush,
-                codec: self.codec,
-                limit: self.send_limit,
-                buf: &mut self.item_buf,
-                peer: self.peer,
-                ended: Vec::new(),
-                failed: Vec::new(),
-            };
+        if let Some(caller) = self.caller.as_mut().filter(|_| ups) {
             progress |= streams::pump(&mut caller.ups, &mut self.order, cx, &mut UpSink(&mut sink, PhantomData))?;
-            for (id, err) in sink.failed {
+            for (id, err) in sink.failed.drain(..) {
                 caller.fail_call(id, err);
             }
         }
