@@ -12,14 +12,26 @@
 //! - [`server::serve`]: runs it on a pipe until told to stop (used by the
 //!   `work-queue-server` and `demo` binaries).
 //! - [`session::run`]: a scripted client session (used by `work-queue-client` and `demo`).
+//! - [`WorkQueues::watch`] streams a queue's events as they happen (`wq watch QUEUE`), and
+//!   [`WorkQueues::log`] is a one-way call (`wq log TEXT`).
 //!
 //! Run the whole thing, server and client as two processes, with
 //! `cargo run -p pipe-rpc-examples --bin demo`.
+//!
+//! The crate's other programs show the remaining exchange patterns, each in one file:
+//!
+//! | program | pattern |
+//! |---|---|
+//! | `push-lines` | server-to-client stream: a server pushes each line typed on its console to every follower ([`fanout`]) |
+//! | `file-transfer` | client-to-server and server-to-client byte streams: upload and download of files of any size in bounded memory |
+//! | `pubsub` | tarpc's publish/subscribe example, with one stream per subscription instead of a reverse connection |
 
 use std::fmt;
 
+use rpc_core::RpcStream;
 use serde::{Deserialize, Serialize};
 
+pub mod fanout;
 mod memory;
 pub mod server;
 pub mod session;
@@ -90,6 +102,59 @@ impl fmt::Display for WorkItem {
         match std::str::from_utf8(&self.payload) {
             Ok(text) => write!(f, "{} {text:?}", self.kind),
             Err(_) => write!(f, "{} <{} bytes>", self.kind, self.payload.len()),
+        }
+    }
+}
+
+/// What happened to a queue, as [`WorkQueues::watch`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueEvent {
+    /// The first item of every watch: the queue as it is now, `None` if it does not exist
+    /// (yet). Every event after it happened after this snapshot.
+    Watching(Option<QueueInfo>),
+    /// The queue was created (stopped).
+    Created,
+    /// The queue was deleted, with `discarded` items still in it.
+    Deleted {
+        /// Items that were pending.
+        discarded: u64,
+    },
+    /// The queue was started (it was stopped).
+    Started,
+    /// The queue was stopped (it was running).
+    Stopped,
+    /// A work item was added.
+    Added {
+        /// The item's id.
+        id: u64,
+        /// The item.
+        item: WorkItem,
+    },
+    /// A worker took an item.
+    Taken {
+        /// The item's id.
+        id: u64,
+    },
+    /// The watcher read too slowly and the server skipped events to keep up: `missed`
+    /// events (of all queues) were not delivered.
+    Lagged {
+        /// Events skipped.
+        missed: u64,
+    },
+}
+
+impl fmt::Display for QueueEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueueEvent::Watching(Some(info)) => write!(f, "now: {info}"),
+            QueueEvent::Watching(None) => f.write_str("now: does not exist"),
+            QueueEvent::Created => f.write_str("created"),
+            QueueEvent::Deleted { discarded } => write!(f, "deleted ({discarded} pending item(s) discarded)"),
+            QueueEvent::Started => f.write_str("started"),
+            QueueEvent::Stopped => f.write_str("stopped"),
+            QueueEvent::Added { id, item } => write!(f, "added item {id}: {item}"),
+            QueueEvent::Taken { id } => write!(f, "took item {id}"),
+            QueueEvent::Lagged { missed } => write!(f, "fell behind: {missed} event(s) skipped"),
         }
     }
 }
@@ -169,4 +234,16 @@ pub trait WorkQueues {
     /// `Ok(None)` if none arrived in time. The call's own deadline must leave room for
     /// the wait (see `WorkQueuesClient::with_timeout`).
     async fn take_work(&self, queue: String, wait_ms: u64) -> Result<Option<(u64, WorkItem)>, QueueError>;
+    /// Watches a queue: first [`QueueEvent::Watching`] (the queue now), then each change
+    /// as it happens, until the caller drops the stream. The queue need not exist: its
+    /// creation is an event too, and the watch outlives a delete.
+    ///
+    /// Watchers never slow the service down: one that reads too slowly misses events and
+    /// is told so with [`QueueEvent::Lagged`]. Like every stream, a watch has no deadline
+    /// unless the client handle sets one.
+    async fn watch(&self, queue: String) -> RpcStream<QueueEvent>;
+    /// One-way: appends a line to the server's log. The client's call returns once the
+    /// line is queued for the pipe; nothing comes back, not even an error from the server.
+    #[oneway]
+    async fn log(&self, line: String);
 }

@@ -4,23 +4,58 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use rpc_core::RpcStream;
+use tokio::sync::{Notify, broadcast};
 
-use crate::{QueueError, QueueInfo, QueueState, WorkItem, WorkQueues};
+use crate::{QueueError, QueueEvent, QueueInfo, QueueState, WorkItem, WorkQueues};
 
 /// Longest queue name, in characters.
 const NAME_MAX: usize = 64;
+
+/// Events the server holds for watchers that have not read them yet, all queues together.
+/// A watcher further behind than this skips ahead and gets [`QueueEvent::Lagged`].
+const EVENT_BUFFER: usize = 1024;
+
+/// Log lines kept (the oldest go first).
+const LOG_KEPT: usize = 100;
+
+/// Where log lines go besides the kept ones.
+type LogSink = Box<dyn Fn(&str) + Send + Sync>;
 
 /// An in-memory [`WorkQueues`]: queues live as long as the value does.
 ///
 /// One mutex guards all queues; every method holds it only for a few map operations and
 /// never across an `.await`, so a `std` mutex is the right tool (and cheaper than an async
-/// one).
-#[derive(Debug, Default)]
+/// one). Events for [`watch`](WorkQueues::watch) are published while it is held, so every
+/// watcher sees them in the order the changes happened.
 pub struct MemoryQueues {
     state: Mutex<State>,
     /// Wakes waiting `take_work` calls whenever a queue gains work or changes state.
     changed: Notify,
+    /// Every queue's events, tagged with the queue's name. A broadcast channel: a slow
+    /// watcher loses events (and is told) instead of holding the service up.
+    events: broadcast::Sender<(String, QueueEvent)>,
+    /// The last [`LOG_KEPT`] log lines.
+    log: Mutex<VecDeque<String>>,
+    log_sink: Option<LogSink>,
+}
+
+impl Default for MemoryQueues {
+    fn default() -> Self {
+        MemoryQueues {
+            state: Mutex::default(),
+            changed: Notify::new(),
+            events: broadcast::channel(EVENT_BUFFER).0,
+            log: Mutex::default(),
+            log_sink: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for MemoryQueues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryQueues").field("state", &self.state).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +85,27 @@ impl MemoryQueues {
         Self::default()
     }
 
+    /// Also hands every [`log`](WorkQueues::log) line to `sink` (the server prints them).
+    #[must_use]
+    pub fn with_log_sink(mut self, sink: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.log_sink = Some(Box::new(sink));
+        self
+    }
+
+    /// The last log lines received, oldest first (at most 100).
+    pub fn recent_log(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect()
+    }
+
+    /// Tells watchers of `queue`; `event` is only built if anyone watches. Call with the
+    /// state lock held, so events keep the order of the changes.
+    fn emit(&self, queue: &str, event: impl FnOnce() -> QueueEvent) {
+        if self.events.receiver_count() > 0 {
+            // Fails only if every watcher left meanwhile: nobody to tell.
+            let _ = self.events.send((queue.to_owned(), event()));
+        }
+    }
+
     /// Number of queues and of items pending in all of them.
     pub fn totals(&self) -> (usize, u64) {
         let state = self.lock();
@@ -72,7 +128,10 @@ impl MemoryQueues {
 
     fn set_state(&self, name: &str, new: QueueState) -> Result<QueueInfo, QueueError> {
         let info = self.with_queue(name, |q| {
-            q.state = new;
+            if q.state != new {
+                q.state = new;
+                self.emit(name, || if new == QueueState::Running { QueueEvent::Started } else { QueueEvent::Stopped });
+            }
             q.info(name)
         })?;
         // Waiting takers re-check: they may now take work, or must report `Stopped`.
@@ -104,12 +163,17 @@ impl WorkQueues for MemoryQueues {
         }
         let queue = Queue { state: QueueState::Stopped, items: VecDeque::new(), taken: 0 };
         let info = queue.info(&name);
+        self.emit(&name, || QueueEvent::Created);
         state.queues.insert(name, queue);
         Ok(info)
     }
 
     async fn delete(&self, name: String) -> Result<(), QueueError> {
-        self.lock().queues.remove(&name).ok_or(QueueError::NotFound { name })?;
+        {
+            let mut state = self.lock();
+            let queue = state.queues.remove(&name).ok_or_else(|| QueueError::NotFound { name: name.clone() })?;
+            self.emit(&name, || QueueEvent::Deleted { discarded: queue.items.len() as u64 });
+        }
         // Waiting takers on it report `NotFound` now instead of at their timeout.
         self.changed.notify_waiters();
         Ok(())
@@ -131,7 +195,8 @@ impl WorkQueues for MemoryQueues {
         let id = {
             let mut state = self.lock();
             let id = state.next_id + 1;
-            let q = state.queues.get_mut(&queue).ok_or(QueueError::NotFound { name: queue })?;
+            let q = state.queues.get_mut(&queue).ok_or_else(|| QueueError::NotFound { name: queue.clone() })?;
+            self.emit(&queue, || QueueEvent::Added { id, item: item.clone() });
             q.items.push_back((id, item));
             state.next_id = id;
             id
@@ -154,7 +219,10 @@ impl WorkQueues for MemoryQueues {
                 QueueState::Stopped => Err(QueueError::Stopped { name: queue.clone() }),
                 QueueState::Running => {
                     let item = q.items.pop_front();
-                    q.taken += u64::from(item.is_some());
+                    if let Some((id, _)) = &item {
+                        q.taken += 1;
+                        self.emit(&queue, || QueueEvent::Taken { id: *id });
+                    }
                     Ok(item)
                 }
             })??;
@@ -166,6 +234,42 @@ impl WorkQueues for MemoryQueues {
                 return Ok(None);
             }
         }
+    }
+
+    async fn watch(&self, queue: String) -> RpcStream<QueueEvent> {
+        // Subscribe and look under the lock: no change can fall between the snapshot and
+        // the first event.
+        let (events, now) = {
+            let state = self.lock();
+            (self.events.subscribe(), state.queues.get(&queue).map(|q| q.info(&queue)))
+        };
+        let later = futures::stream::unfold((events, queue), |(mut events, queue)| async move {
+            loop {
+                match events.recv().await {
+                    Ok((name, event)) if name == queue => return Some((event, (events, queue))),
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        return Some((QueueEvent::Lagged { missed }, (events, queue)));
+                    }
+                    // The service is gone: so is the server.
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        // The engine polls this stream only while the watcher has room, on the connection's
+        // task; `recv` never blocks, so no task of its own is needed.
+        RpcStream::new(futures::StreamExt::chain(futures::stream::iter([QueueEvent::Watching(now)]), later))
+    }
+
+    async fn log(&self, line: String) {
+        if let Some(sink) = &self.log_sink {
+            sink(&line);
+        }
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        if log.len() == LOG_KEPT {
+            log.pop_front();
+        }
+        log.push_back(line);
     }
 }
 
@@ -275,6 +379,72 @@ mod tests {
         let start = tokio::time::Instant::now();
         assert_eq!(qs.take_work("jobs".into(), 250).await, Ok(None));
         assert_eq!(start.elapsed(), Duration::from_millis(250));
+    }
+
+    #[tokio::test]
+    async fn a_watch_starts_with_a_snapshot_then_reports_each_change_of_its_queue() {
+        use futures::StreamExt;
+        let qs = MemoryQueues::new();
+        let mut watch = qs.watch("jobs".into()).await;
+        running(&qs, "other").await;
+        qs.create("jobs".into()).await.unwrap();
+        qs.add_work("jobs".into(), item("a")).await.unwrap();
+        qs.add_work("other".into(), item("b")).await.unwrap();
+        qs.start("jobs".into()).await.unwrap();
+        qs.start("jobs".into()).await.unwrap();
+        qs.take_work("jobs".into(), 0).await.unwrap();
+        qs.stop("jobs".into()).await.unwrap();
+        qs.add_work("jobs".into(), item("c")).await.unwrap();
+        qs.delete("jobs".into()).await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..8 {
+            got.push(watch.next().await.unwrap().unwrap());
+        }
+        assert_eq!(
+            got,
+            [
+                QueueEvent::Watching(None),
+                QueueEvent::Created,
+                QueueEvent::Added { id: 1, item: item("a") },
+                QueueEvent::Started,
+                QueueEvent::Taken { id: 1 },
+                QueueEvent::Stopped,
+                QueueEvent::Added { id: 3, item: item("c") },
+                QueueEvent::Deleted { discarded: 1 },
+            ]
+        );
+        let mut again = qs.watch("other".into()).await;
+        let now = QueueInfo { name: "other".into(), state: QueueState::Running, pending: 1, taken: 0 };
+        assert_eq!(again.next().await.unwrap().unwrap(), QueueEvent::Watching(Some(now)));
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_told_how_much_it_missed() {
+        use futures::StreamExt;
+        let qs = MemoryQueues::new();
+        qs.create("jobs".into()).await.unwrap();
+        let mut watch = qs.watch("jobs".into()).await;
+        for _ in 0..EVENT_BUFFER + 10 {
+            qs.add_work("jobs".into(), item("x")).await.unwrap();
+        }
+        assert!(matches!(watch.next().await.unwrap().unwrap(), QueueEvent::Watching(Some(_))));
+        assert_eq!(watch.next().await.unwrap().unwrap(), QueueEvent::Lagged { missed: 10 });
+        assert_eq!(watch.next().await.unwrap().unwrap(), QueueEvent::Added { id: 11, item: item("x") });
+    }
+
+    #[tokio::test]
+    async fn log_lines_are_kept_and_handed_to_the_sink() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let qs = MemoryQueues::new().with_log_sink({
+            let seen = seen.clone();
+            move |line| seen.lock().unwrap().push(line.to_owned())
+        });
+        for n in 0..LOG_KEPT + 1 {
+            qs.log(format!("line {n}")).await;
+        }
+        assert_eq!(seen.lock().unwrap().len(), LOG_KEPT + 1);
+        let kept = qs.recent_log();
+        assert_eq!((kept.len(), kept[0].as_str()), (LOG_KEPT, "line 1"));
     }
 
     #[tokio::test(start_paused = true)]

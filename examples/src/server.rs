@@ -1,6 +1,7 @@
 //! Serving [`MemoryQueues`] on a pipe until asked to stop, with a graceful shutdown.
 //!
-//! Shared by the `work-queue-server` binary and the server half of `demo`.
+//! Shared by the `work-queue-server` binary and the server half of `demo`;
+//! [`stop_requested`] also by the servers of `file-transfer` and `pubsub`.
 
 use std::sync::Arc;
 
@@ -25,14 +26,15 @@ pub enum OnStdinEof {
 /// lets calls in flight finish, and returns.
 ///
 /// Prints `listening on <name>` once the pipe is bound (callers may wait for that line
-/// before connecting), and a line for each step of the shutdown.
+/// before connecting), `log: <line>` for each [`log`](crate::WorkQueues::log) line
+/// received, and a line for each step of the shutdown.
 ///
 /// # Errors
 ///
 /// The name cannot be bound: another server uses it, it is invalid, or access is denied.
 pub async fn serve(name: impl Into<PipeName>, on_eof: OnStdinEof) -> Result<(), ServeError> {
     // Keep a handle on the queues, to report what is left after the server is done.
-    let queues = Arc::new(MemoryQueues::new());
+    let queues = Arc::new(MemoryQueues::new().with_log_sink(|line| println!("log: {line}")));
     let server = Server::new(WorkQueuesServer::from_arc(queues.clone())).bind(name)?;
     println!("listening on {}", server.name());
 
@@ -49,8 +51,9 @@ pub async fn serve(name: impl Into<PipeName>, on_eof: OnStdinEof) -> Result<(), 
     Ok(())
 }
 
-/// Completes when someone asks the server to stop; says who.
-async fn stop_requested(on_eof: OnStdinEof) -> &'static str {
+/// Completes when someone asks the server to stop: Ctrl-C, a `shutdown` line on stdin, or
+/// (per `on_eof`) the end of stdin; says which.
+pub async fn stop_requested(on_eof: OnStdinEof) -> &'static str {
     let stdin = watch_stdin(on_eof);
     tokio::select! {
         // Where Ctrl-C cannot be watched, only stdin can stop the server.

@@ -7,13 +7,20 @@
 use std::fmt::Display;
 use std::time::{Duration, Instant};
 
-use rpc_core::RpcError;
+use futures::StreamExt;
+use rpc_core::{RpcError, RpcStream};
 use tokio::task::JoinSet;
 
-use crate::{QueueError, QueueState, WorkItem, WorkQueuesClient};
+use crate::{QueueError, QueueEvent, QueueState, WorkItem, WorkQueuesClient};
 
 /// The queue the session works on.
 pub const QUEUE: &str = "jobs";
+
+/// The queue the session watches while it creates, uses and deletes it.
+pub const WATCHED: &str = "watched";
+
+/// How long the session waits for an event it caused.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a session failed.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +98,8 @@ pub async fn run(client: &WorkQueuesClient) -> Result<(), SessionError> {
     waiting_worker(client).await?;
     deadline(client).await?;
     concurrent_calls(client).await?;
+    watching(client).await?;
+    one_way(client).await?;
     clean_up(client).await
 }
 
@@ -202,6 +211,65 @@ async fn concurrent_calls(client: &WorkQueuesClient) -> Result<(), SessionError>
         "100 x add_work, all in flight at once",
         format_args!("{} distinct ids {}..={} in {:.1} ms", ids.len(), ids[0], ids[99], ms(elapsed)),
     );
+    Ok(())
+}
+
+/// The next event of a watch, which the session has just caused.
+async fn next_event(events: &mut RpcStream<QueueEvent>) -> Result<QueueEvent, SessionError> {
+    let unexpected = |got: &str| SessionError::Unexpected { step: "watch".into(), got: got.to_owned() };
+    match tokio::time::timeout(EVENT_TIMEOUT, events.next()).await {
+        Ok(Some(Ok(event))) => Ok(event),
+        Ok(Some(Err(e))) => Err(e.into()),
+        Ok(None) => Err(unexpected("the stream ended")),
+        Err(_) => Err(unexpected("no event within 10 s")),
+    }
+}
+
+/// A server-to-client stream: the events of a queue, pushed as they happen.
+async fn watching(client: &WorkQueuesClient) -> Result<(), SessionError> {
+    println!("\nWatching a queue: the server pushes its events as they happen (a stream)");
+    let w = || WATCHED.to_owned();
+    // Left over from an interrupted earlier run?
+    match client.delete(w()).await {
+        Ok(()) | Err(QueueError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut events = client.watch(w()).await?;
+    // The first item is the queue as it is now; every later change arrives as an event.
+    let now = next_event(&mut events).await?;
+    show(format!("watch({WATCHED:?})"), format_args!("stream open; first item: {now}"));
+    ensure(now == QueueEvent::Watching(None), "watch", &now)?;
+
+    client.create(w()).await?;
+    let work = item("resize", "photo-4.jpg");
+    let id = client.add_work(w(), work.clone()).await?;
+    client.start(w()).await?;
+    client.take_work(w(), 0).await?;
+    client.delete(w()).await?;
+    println!("    (create, add_work, start, take_work, delete on {WATCHED:?} from this client; the stream says:)");
+    let expected = [
+        QueueEvent::Created,
+        QueueEvent::Added { id, item: work },
+        QueueEvent::Started,
+        QueueEvent::Taken { id },
+        QueueEvent::Deleted { discarded: 0 },
+    ];
+    for want in expected {
+        let event = next_event(&mut events).await?;
+        show("  event", &event);
+        ensure(event == want, "watch event", &event)?;
+    }
+    // Dropping the stream ends the watch on the server too.
+    drop(events);
+    Ok(())
+}
+
+/// A one-way call: queued for the pipe and never answered.
+async fn one_way(client: &WorkQueuesClient) -> Result<(), SessionError> {
+    println!("\nOne-way calls: sent, never answered");
+    let line = "session: the watch step passed";
+    client.log(line.to_owned()).await?;
+    show(format!("log({line:?})"), "queued for the pipe; no reply (the server prints it)");
     Ok(())
 }
 

@@ -17,10 +17,10 @@ pub async fn write_frame(io: &mut PipeStream, body: &[u8]) {
     io.flush().await.unwrap();
 }
 
-/// Writes one length-delimited frame, reporting a pipe the peer closed instead of panicking.
-pub async fn write_frame_checked(io: &mut PipeStream, body: &[u8]) -> std::io::Result<()> {
-    io.write_all(&u32::try_from(body.len()).unwrap().to_be_bytes()).await?;
-    io.write_all(body).await?;
+/// Writes raw bytes (frames already length-prefixed), reporting a pipe the peer closed
+/// instead of panicking.
+pub async fn write_all_checked(io: &mut PipeStream, bytes: &[u8]) -> std::io::Result<()> {
+    io.write_all(bytes).await?;
     io.flush().await
 }
 

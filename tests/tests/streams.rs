@@ -278,7 +278,7 @@ async fn calls_complete_while_a_large_stream_flows_on_the_same_pipe() {
 // ---------------------------------------------------------------------------------------------
 
 use pipe_rpc_tests::ProbeRequest;
-use pipe_rpc_tests::raw::{frames_until_closed, raw_handshake, raw_handshake_with, write_frame, write_frame_checked};
+use pipe_rpc_tests::raw::{frames_until_closed, raw_handshake, raw_handshake_with, write_all_checked, write_frame};
 use rpc_core::codec::Codec;
 use rpc_core::wire::{Frame, Kind};
 
@@ -302,8 +302,14 @@ async fn stream_items_beyond_the_granted_credit_close_only_that_connection() {
         // the limit this client announced) is all a stream may hold; this sends 2 MiB of
         // item frames, which the handler never reads.
         let item = frame(Frame::UpItem { id: 1, body: ProbeRequest::__HoldItem(7) });
-        for _ in 0..(2 << 20) / item.len() {
-            if write_frame_checked(&mut io, &item).await.is_err() {
+        let mut batch = Vec::new();
+        while batch.len() < 64 * 1024 {
+            batch.extend_from_slice(&u32::try_from(item.len()).unwrap().to_be_bytes());
+            batch.extend_from_slice(&item);
+        }
+        // Written 64 KiB at a time (a write per frame is very slow under wine).
+        for _ in 0..(2 << 20) / batch.len() + 1 {
+            if write_all_checked(&mut io, &batch).await.is_err() {
                 break; // closed while we were still writing: what the test expects
             }
         }

@@ -6,7 +6,12 @@
 //! wq start jobs
 //! wq take jobs --wait-ms 1000
 //! wq list
+//! wq watch jobs        # prints the queue's events as they happen, until Ctrl-C
+//! wq log deploy started
 //! ```
+//!
+//! `watch` is a server-to-client stream: the server pushes each event as it happens, and
+//! the watch has no deadline. `log` is a one-way call: nothing comes back.
 //!
 //! Exit status: 0 on success, 1 if the service refused the request (no such queue, ...),
 //! 2 if the call did not get through (server not running, deadline exceeded, ...),
@@ -15,8 +20,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use futures::StreamExt;
 use pipe_rpc_examples::{DEFAULT_PIPE, QueueError, QueueInfo, WorkItem, WorkQueuesClient};
-use rpc_core::{ClientConfig, RpcError, TransportError};
+use rpc_core::{ClientConfig, RpcError, ServerErrorKind, TransportError};
 
 const USAGE: &str = "\
 usage: wq [--pipe NAME] [--timeout-ms N] <command> [args]
@@ -29,11 +35,15 @@ commands:
   list                      show all queues
   add QUEUE KIND [PAYLOAD]  add a work item (PAYLOAD is text; default empty)
   take QUEUE [--wait-ms N]  take the oldest item, waiting up to N ms (default 0)
+  watch QUEUE               print the queue's events as they happen, until Ctrl-C
+                            (the queue need not exist yet)
+  log TEXT...               append a line to the server's log (one-way: no reply)
 
 options:
   --pipe NAME       the server's pipe (default: work-queues)
   --timeout-ms N    how long to wait for the server to answer, and to come up
-                    if it is not running yet (default: 5000)
+                    if it is not running yet (default: 5000; a watch has no
+                    deadline)
   -h, --help        show this help
 
 exit status: 0 ok, 1 refused by the service, 2 call failed, 64 usage error";
@@ -51,6 +61,8 @@ enum Command {
     List,
     Add { queue: String, item: WorkItem },
     Take { queue: String, wait_ms: u64 },
+    Watch(String),
+    Log(String),
 }
 
 #[derive(Debug)]
@@ -97,6 +109,14 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
             Command::Add { queue, item: WorkItem::new(kind, payload) }
         }
         "take" => Command::Take { queue: queue()?, wait_ms: wait_ms.take().unwrap_or(0) },
+        "watch" => Command::Watch(queue()?),
+        "log" => {
+            let line = words.by_ref().collect::<Vec<_>>().join(" ");
+            if line.is_empty() {
+                return Err("`log` needs the text to log".into());
+            }
+            Command::Log(line)
+        }
         other => return Err(format!("unknown command `{other}`")),
     };
     if let Some(extra) = words.next() {
@@ -131,7 +151,32 @@ async fn run(client: &WorkQueuesClient, timeout: Duration, command: Command) -> 
                 None => format!("no work in {queue} (waited {wait_ms} ms)"),
             }
         }
+        Command::Watch(queue) => return watch(client, queue).await,
+        Command::Log(line) => {
+            client.log(line).await?;
+            // The one-way call returned once the line was queued for the pipe, but this
+            // process is about to exit, which would drop whatever is still queued. One-way
+            // calls are written before later calls, so a reply to a cheap call means the
+            // server has read the line.
+            client.list().await?;
+            "logged (one-way: the server does not answer)".to_owned()
+        }
     })
+}
+
+/// Prints the queue's events as they arrive; returns how the watch ended.
+async fn watch(client: &WorkQueuesClient, queue: String) -> Result<String, QueueError> {
+    let mut events = client.watch(queue.clone()).await?;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => println!("{queue}: {event}"),
+            Err(RpcError::Server(e)) if e.kind == ServerErrorKind::ShuttingDown => {
+                return Ok("watch ended: the server is shutting down".to_owned());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok("watch ended by the server".to_owned())
 }
 
 /// Formats queues as an aligned table.
@@ -211,6 +256,14 @@ mod tests {
     }
 
     #[test]
+    fn log_joins_its_words() {
+        let a = args("log deploy  started -- --now").unwrap().unwrap();
+        assert!(matches!(a.command, Command::Log(ref line) if line == "deploy started --now"));
+        let a = args("watch jobs").unwrap().unwrap();
+        assert!(matches!(a.command, Command::Watch(ref queue) if queue == "jobs"));
+    }
+
+    #[test]
     fn mistakes_are_explained() {
         for (line, why) in [
             ("", "no command"),
@@ -219,6 +272,8 @@ mod tests {
             ("add jobs", "kind of work"),
             ("list extra", "unexpected argument"),
             ("list --wait-ms 5", "only applies to `take`"),
+            ("watch", "needs a queue"),
+            ("log", "needs the text"),
             ("--timeout-ms soon list", "not a number"),
             ("--pipe", "needs a value"),
             ("--verbose list", "unknown option"),

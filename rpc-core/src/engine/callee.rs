@@ -260,7 +260,9 @@ impl<S: Service> Callee<S> {
         let method = S::method_name(&body);
         let ctx = CallContext { deadline: started + timeout, request_id: id, method };
         let mut call = self.service.call(body, CallStreams::none());
-        match self.poll_inline(&mut call, &ctx, started, cx) {
+        // Always polled inline, even for a method marked long-running: that is what starts
+        // one-way handlers in the order they were sent.
+        match self.poll_inline(&mut call, &ctx, started, true, cx) {
             Some(Outcome::Done(_)) => {
                 self.credit_due += 1;
                 return Ok(());
@@ -325,7 +327,7 @@ impl<S: Service> Callee<S> {
             streams.up = Some(Remote::new(id, inbox, self.ctl.clone(), self.limits.up_window, true));
         }
         let mut call = self.service.call(body, streams);
-        if let Some(outcome) = self.poll_inline(&mut call, &ctx, started, cx) {
+        if let Some(outcome) = self.poll_inline(&mut call, &ctx, started, false, cx) {
             return self.answer(id, outcome, deadline);
         }
         self.seq += 1;
@@ -345,18 +347,19 @@ impl<S: Service> Callee<S> {
         }
     }
 
-    /// Polls a new handler once, right here, unless its method is known to run long; a
-    /// first poll that took long marks the method. `None`: it waits (or runs long) and
-    /// goes on in a task of its own. If it waited, it registered this connection's waker,
-    /// which is harmless: its task polls it again with its own.
+    /// Polls a new handler once, right here, unless its method is known to run long (or
+    /// `always`); a first poll that took long marks the method. `None`: it waits (or runs
+    /// long) and goes on in a task of its own. If it waited, it registered this
+    /// connection's waker, which is harmless: its task polls it again with its own.
     fn poll_inline(
         &mut self,
         call: &mut BoxFuture<Reply<S::Response>>,
         ctx: &CallContext,
         started: Instant,
+        always: bool,
         cx: &mut Context<'_>,
     ) -> Option<Outcome<Reply<S::Response>>> {
-        if !self.heavy.is_empty() && self.heavy.contains(ctx.method) {
+        if !always && !self.heavy.is_empty() && self.heavy.contains(ctx.method) {
             return None;
         }
         let first =
