@@ -162,6 +162,8 @@ pub(crate) struct Shared<Req, Resp> {
     oneway_seq: AtomicU64,
     /// Where this connection's stream consumers send their credit.
     pub(crate) ctl: Arc<StreamControl>,
+    /// How many one-way calls the engine has written and flushed to the pipe.
+    pub(crate) oneways_flushed: tokio::sync::watch::Sender<u64>,
     config: ClientConfig,
     peer: PeerInfo,
 }
@@ -346,7 +348,8 @@ where
     /// the server's credit is used up, up to [`ClientConfig::max_queued_oneway`] calls
     /// queue here; a call made when that queue is full waits for room, at most for its
     /// timeout. A one-way call still queued when the connection fails is lost, as a
-    /// message in flight would be.
+    /// message in flight would be; a process that exits right after one-way calls should
+    /// first wait for them with [`flush`](Self::flush).
     pub async fn oneway(&self, options: &CallOptions, body: Req) -> Result<(), RpcError> {
         let shared = &*self.shared;
         if shared.peer.capabilities & crate::wire::caps::ONEWAY == 0 {
@@ -397,6 +400,7 @@ impl<Req, Resp> Shared<Req, Resp> {
             handles: AtomicUsize::new(1),
             oneway_seq: AtomicU64::new(0),
             ctl: Arc::default(),
+            oneways_flushed: tokio::sync::watch::Sender::new(0),
             peer,
             config,
         })
@@ -499,6 +503,26 @@ impl<Req, Resp> Channel<Req, Resp> {
             return Err(TransportError::Incompatible { detail }.into());
         }
         Ok(())
+    }
+
+    /// Waits until every one-way call made on this connection before it has been written
+    /// to the pipe (the server reads it next). Call it before a process that made one-way
+    /// calls exits: a one-way call returns once queued, and queued calls die with the
+    /// process. Fails if the connection ended first (queued calls are then lost).
+    pub async fn flush(&self) -> Result<(), RpcError> {
+        let shared = &*self.shared;
+        let target = shared.calls.oneways_pushed();
+        let mut flushed = shared.oneways_flushed.subscribe();
+        loop {
+            if *flushed.borrow_and_update() >= target {
+                return Ok(());
+            }
+            if let Some(why) = shared.calls.closed() {
+                return Err(why);
+            }
+            // The sender lives as long as `shared`; the engine signals when it ends.
+            let _ = flushed.changed().await;
+        }
     }
 
     /// Closes the connection now. Calls in flight fail with [`RpcError::Cancelled`];

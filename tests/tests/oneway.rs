@@ -148,3 +148,24 @@ async fn a_one_way_call_gets_no_reply_frame_only_credit() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_waits_until_queued_one_way_calls_are_written() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &["--max-oneway", "1"]).await;
+        let c = connect(&name).await;
+        let observer = connect(&name).await;
+        // With a credit of one, most of these wait in the client's queue when `flush` starts.
+        for seq in 0..20 {
+            c.note(7, seq, 5).await.unwrap();
+        }
+        c.channel().flush().await.unwrap();
+        // Written means they are in the pipe: closing at once (which drops whatever is still
+        // queued, as a process exit would) loses none of them.
+        c.channel().close();
+        let stats = wait_stats(&observer, 7, TagStats::min_started(20)).await;
+        assert_eq!(stats.started, 20);
+    })
+    .await;
+}

@@ -155,10 +155,8 @@ async fn run(client: &WorkQueuesClient, timeout: Duration, command: Command) -> 
         Command::Log(line) => {
             client.log(line).await?;
             // The one-way call returned once the line was queued for the pipe, but this
-            // process is about to exit, which would drop whatever is still queued. One-way
-            // calls are written before later calls, so a reply to a cheap call means the
-            // server has read the line.
-            client.list().await?;
+            // process is about to exit, which would drop whatever is still queued.
+            client.channel().flush().await?;
             "logged (one-way: the server does not answer)".to_owned()
         }
     })

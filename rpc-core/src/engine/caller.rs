@@ -65,6 +65,9 @@ pub(crate) struct Caller<Req, Resp> {
     oneways: VecDeque<Bytes>,
     /// One-way calls the callee admits now (its window, replenished by credit frames).
     credit: u64,
+    /// One-way calls handed to the pipe, and how many of those were announced as flushed.
+    oneways_written: u64,
+    oneways_published: u64,
     /// Outbound streams whose call is not written yet.
     pending_ups: IdMap<OutStream<Req>>,
     /// Outbound streams being pumped.
@@ -113,6 +116,8 @@ impl<Req, Resp> Caller<Req, Resp> {
             window: limits.window.max(1),
             oneways: VecDeque::new(),
             credit: u64::from(limits.oneway_window),
+            oneways_written: 0,
+            oneways_published: 0,
             pending_ups: IdMap::default(),
             ups: IdMap::default(),
             downs: IdMap::default(),
@@ -120,6 +125,19 @@ impl<Req, Resp> Caller<Req, Resp> {
             ctl_taken: Vec::new(),
             up_window: limits.up_window,
             down_limit: limits.down_window as usize + limits.max_message,
+        }
+    }
+
+    /// A one-way call was handed to the pipe.
+    pub(crate) fn on_oneway_written(&mut self) {
+        self.oneways_written += 1;
+    }
+
+    /// The pipe was flushed: one-way calls written so far are out (for `Channel::flush`).
+    pub(crate) fn on_flushed(&mut self) {
+        if self.oneways_written > self.oneways_published {
+            self.oneways_published = self.oneways_written;
+            self.shared.oneways_flushed.send_replace(self.oneways_written);
         }
     }
 
@@ -356,6 +374,8 @@ impl<Req, Resp> Caller<Req, Resp> {
         self.ups.clear();
         self.pending_ups.clear();
         self.wakers.drain(..).for_each(Waker::wake);
+        // Wake `flush` callers: they see the connection is over.
+        self.shared.oneways_flushed.send_modify(|_| {});
     }
 }
 

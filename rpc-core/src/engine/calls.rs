@@ -61,6 +61,8 @@ pub(crate) struct Table<Req, Resp> {
     oneways: VecDeque<Bytes>,
     /// Callers waiting for room in `oneways`.
     room: Vec<Waker>,
+    /// One-way calls ever queued (for `Channel::flush`).
+    oneways_pushed: u64,
 }
 
 struct Slot<Resp> {
@@ -126,6 +128,7 @@ impl<Req, Resp> Calls<Req, Resp> {
                 close: CloseRequest::None,
                 oneways: VecDeque::new(),
                 room: Vec::new(),
+                oneways_pushed: 0,
             }),
             engine: AtomicWaker::new(),
         }
@@ -291,6 +294,7 @@ impl<Req, Resp> Calls<Req, Resp> {
             return Poll::Pending;
         }
         t.oneways.push_back(frame.take().expect("pushed once"));
+        t.oneways_pushed += 1;
         // As for calls: only the push that makes the queues non-empty wakes the engine.
         let wake = t.oneways.len() == 1 && t.queue.is_empty();
         drop(t);
@@ -298,6 +302,11 @@ impl<Req, Resp> Calls<Req, Resp> {
             self.wake_engine();
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// How many one-way calls were ever queued.
+    pub(crate) fn oneways_pushed(&self) -> u64 {
+        self.lock().oneways_pushed
     }
 
     /// Why the connection ended, if it has.

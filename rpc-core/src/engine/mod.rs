@@ -238,7 +238,11 @@ where
             Pending::Answer(Answer::UpStop { id }) => (id, Frame::UpStop { id }),
             Pending::Call(caller::Next::Cancel(id)) => (id, Frame::Cancel { id }),
             Pending::Call(caller::Next::DownCredit(id, grant)) => (id, Frame::DownCredit { id, grant }),
-            Pending::Call(caller::Next::OneWay(bytes)) => return self.write_encoded(bytes),
+            Pending::Call(caller::Next::OneWay(bytes)) => {
+                self.write_encoded(bytes)?;
+                self.caller.as_mut().expect("only the calling half writes one-way calls").on_oneway_written();
+                return Ok(());
+            }
             Pending::Call(caller::Next::Call(call)) => {
                 let id = call.id;
                 (id, Frame::Call { id, timeout_us: caller::timeout_us(call.timeout), body: call.body })
@@ -398,7 +402,12 @@ where
         }
         if self.needs_flush {
             match self.transport.as_mut().poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Ok(())) => {
+                    self.needs_flush = false;
+                    if let Some(c) = &mut self.caller {
+                        c.on_flushed();
+                    }
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(Ended::Failed(connection_error(&e, self.peer)))),
                 Poll::Pending => {}
             }
