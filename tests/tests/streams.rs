@@ -366,3 +366,27 @@ async fn a_stream_item_sent_as_a_call_is_a_bad_request_and_stray_stream_frames_a
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_goes_away_stops_the_servers_producers() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        let observer = connect(&name).await;
+        let mut stream = c.endless(4).await.unwrap();
+        stream.next().await.unwrap().unwrap();
+        // The whole connection ends (as when the client process dies), the stream with it.
+        c.channel().close();
+        let end = loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break e,
+                None => panic!("the stream ended normally when its connection closed"),
+            }
+        };
+        assert_eq!(end, RpcError::Cancelled);
+        wait_stats(&observer, 4, TagStats::min_dropped(1)).await;
+    })
+    .await;
+}
