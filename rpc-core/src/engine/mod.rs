@@ -482,6 +482,24 @@ impl<T> Pipe<'_, T> {
         *self.needs_flush = true;
         Ok(())
     }
+
+    /// Encodes a stream item here (its size is what it costs in credit) and writes it:
+    /// `Ok(Ok(frame bytes))`, or `Ok(Err(why))` if it cannot be encoded (nothing written).
+    fn write_item<In, C, R, FC, FR>(&mut self, frame: Frame<FC, FR>) -> Result<Result<u32, EncodeError>, TransportError>
+    where
+        T: FrameTransport<In, Outbound<C, R>>,
+        FC: Serialize,
+        FR: Serialize,
+    {
+        match frame.encode_into(self.codec, self.limit, self.buf) {
+            Ok(bytes) => {
+                let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                self.write(Outbound::<C, R>::Encoded(bytes))?;
+                Ok(Ok(len))
+            }
+            Err(why) => Ok(Err(why)),
+        }
+    }
 }
 
 /// Writes the serving half's outbound stream items (`DownItem`); `In`, `Req` and `R` are
@@ -503,13 +521,8 @@ where
 
     fn item(&mut self, id: u64, item: R) -> Result<Option<u32>, TransportError> {
         let p = &mut *self.0;
-        let frame = Frame::<(), R>::DownItem { id, body: item };
-        match frame.encode_into(p.codec, p.limit, p.buf) {
-            Ok(bytes) => {
-                let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-                p.write(Outbound::<Req, R>::Encoded(bytes))?;
-                Ok(Some(len))
-            }
+        match p.write_item::<In, Req, R, (), R>(Frame::DownItem { id, body: item })? {
+            Ok(len) => Ok(Some(len)),
             Err(why) => {
                 // The item cannot cross: the exchange ends with why, the connection goes on.
                 p.write(Outbound::<Req, R>::Frame(answer_encode_error(id, &why)))?;
@@ -546,13 +559,8 @@ where
 
     fn item(&mut self, id: u64, item: Req) -> Result<Option<u32>, TransportError> {
         let p = &mut *self.0;
-        let frame = Frame::<Req, ()>::UpItem { id, body: item };
-        match frame.encode_into(p.codec, p.limit, p.buf) {
-            Ok(bytes) => {
-                let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-                p.write(Outbound::<Req, R>::Encoded(bytes))?;
-                Ok(Some(len))
-            }
+        match p.write_item::<In, Req, R, Req, ()>(Frame::UpItem { id, body: item })? {
+            Ok(len) => Ok(Some(len)),
             Err(why) => {
                 // The call fails with why (and is cancelled on the callee).
                 p.failed.push((id, request_encode_error(&why)));
