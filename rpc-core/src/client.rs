@@ -267,7 +267,7 @@ where
         let callee = crate::engine::Callee::new(
             Arc::new(router),
             Arc::new(crate::ServerConfig::default()),
-            tokio_util::sync::CancellationToken::new(),
+            None,
             stream_limits,
         );
         let engine =

@@ -121,7 +121,8 @@ struct Running {
 pub(crate) struct Callee<S: Service> {
     service: Arc<S>,
     config: Arc<ServerConfig>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// `None` on a client (its serving half never drains).
+    shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     pub(crate) draining: bool,
     running: IdMap<Running>,
     seq: u64,
@@ -162,13 +163,13 @@ impl<S: Service> Callee<S> {
     pub(crate) fn new(
         service: Arc<S>,
         config: Arc<ServerConfig>,
-        shutdown: CancellationToken,
+        shutdown: Option<CancellationToken>,
         limits: StreamLimits,
     ) -> Self {
         Callee {
             service,
             config,
-            shutdown: Box::pin(shutdown.cancelled_owned()),
+            shutdown: shutdown.map(|t| Box::pin(t.cancelled_owned())),
             draining: false,
             running: IdMap::default(),
             seq: 0,
@@ -474,7 +475,7 @@ impl<S: Service> Callee<S> {
     /// Shutdown, finished tasks, deadlines. Returns whether anything moved.
     pub(crate) fn pass(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
-        if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
+        if !self.draining && self.shutdown.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready()) {
             self.draining = true;
             progress = true;
             // Open streams end now, with a reason; calls get the grace period.

@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -34,21 +35,24 @@ pub(crate) enum Ctl {
 #[derive(Default)]
 pub(crate) struct StreamControl {
     queue: Mutex<Vec<Ctl>>,
+    /// Set when `queue` may be non-empty, so the engine's pass (which looks every time)
+    /// takes the lock only when there is something to take.
+    pending: AtomicBool,
     engine: AtomicWaker,
 }
 
 impl StreamControl {
     fn push(&self, ctl: Ctl) {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner).push(ctl);
+        self.pending.store(true, Ordering::Release);
         self.engine.wake();
     }
 
     /// Registers the engine's waker and takes what consumers said since the last look.
     pub(crate) fn take(&self, waker: &Waker, into: &mut Vec<Ctl>) {
         self.engine.register(waker);
-        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        if !q.is_empty() {
-            std::mem::swap(&mut *q, into);
+        if self.pending.swap(false, Ordering::AcqRel) {
+            std::mem::swap(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner), into);
         }
     }
 }

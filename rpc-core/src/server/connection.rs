@@ -51,7 +51,7 @@ where
             down_window: negotiated.peer_stream_window,
             max_message: negotiated.send_limit,
         };
-    let mut callee = Callee::new(service, config, shutdown, limits);
+    let mut callee = Callee::new(service, config, Some(shutdown), limits);
     // A service with callback methods gets a calling half toward a client that can be
     // called back; its handlers reach it through their `Callback` arguments.
     let caller = (S::CALLBACKS && negotiated.capabilities & caps::CALLBACKS != 0).then(|| {
