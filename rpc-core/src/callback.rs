@@ -27,10 +27,10 @@
 //! (the handler's remaining time unless the handle sets one with `with_timeout`), it is
 //! cancelled when its future is dropped, its errors are typed. Once the call that handed the
 //! callback over has ended, the client refuses callback calls for it: the server gets
-//! [`ServerErrorKind::BadRequest`](crate::ServerErrorKind::BadRequest) saying so.
+//! [`ServerErrorKind::BadRequest`] saying so.
 //!
 //! On the wire a callback call is a `Call` frame sent by the server whose body is a
-//! [`CallbackCall`](crate::wire::CallbackCall): the id of the call it belongs to and the
+//! [`CallbackCall`]: the id of the call it belongs to and the
 //! callback's request, encoded with the connection's codec; the client's reply carries the
 //! encoded response. Both ends must have announced the `CALLBACKS` capability.
 

@@ -264,12 +264,8 @@ where
             down_window: negotiated.peer_stream_window,
             max_message: negotiated.send_limit,
         };
-        let callee = crate::engine::Callee::new(
-            Arc::new(router),
-            Arc::new(crate::ServerConfig::default()),
-            None,
-            stream_limits,
-        );
+        let callee =
+            crate::engine::Callee::new(Arc::new(router), Arc::new(crate::ServerConfig::default()), None, stream_limits);
         let engine =
             crate::engine::Engine::<_, CallbackRouter, Req, Resp>::new(transport, settings, Some(caller), Some(callee));
         tokio::spawn(async move {

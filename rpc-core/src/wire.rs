@@ -19,7 +19,7 @@
 
 mod frame;
 
-pub use frame::{FLAG_OPENER, Frame, FrameError, HEADER_LEN, Kind, Never};
+pub use frame::{FLAG_MORE, FLAG_OPENER, Frame, FrameError, HEADER_LEN, Kind, Never};
 
 use crate::codec::Codec;
 

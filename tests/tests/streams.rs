@@ -392,3 +392,102 @@ async fn a_connection_that_goes_away_stops_the_servers_producers() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_larger_than_a_piece_cross_whole_in_both_directions() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        // 1 MiB items go out as 64 KiB pieces and come back together.
+        let (items, end) = drain(c.blobs(6, 1 << 20).await.unwrap()).await;
+        assert_eq!(end, None);
+        assert_eq!(items.len(), 6);
+        for (k, item) in items.iter().enumerate() {
+            assert_eq!(item.len(), 1 << 20);
+            let offset = k << 20;
+            assert!(item.iter().enumerate().all(|(i, &b)| b == pattern_byte(offset + i)), "item {k} is corrupt");
+        }
+        let mut offset = 0usize;
+        let chunks = (0..6).map(move |_| {
+            let v: Vec<u8> = (offset..offset + (1 << 20) + 17).map(pattern_byte).collect();
+            offset += (1 << 20) + 17;
+            ByteBuf::from(v)
+        });
+        assert_eq!(c.upload_check(RpcStream::iter(chunks)).await.unwrap(), (6 * ((1 << 20) + 17), true));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieces_that_grow_past_the_message_limit_close_only_that_connection() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let bystander = connect(&name).await;
+        let mut io = raw_handshake(&name).await;
+        write_frame(
+            &mut io,
+            &frame(Frame::Call { id: 1, timeout_us: 30_000_000, body: ProbeRequest::Hold { ms: 20_000 } }),
+        )
+        .await;
+        // Pieces of one "item" that never ends: past the 1 MiB limit this client announced.
+        let piece = frame(Frame::Piece { id: 1, from_opener: true, more: true, bytes: vec![0u8; 60_000].into() });
+        let mut batch = Vec::new();
+        for _ in 0..4 {
+            batch.extend_from_slice(&u32::try_from(piece.len()).unwrap().to_be_bytes());
+            batch.extend_from_slice(&piece);
+        }
+        for _ in 0..8 {
+            if write_all_checked(&mut io, &batch).await.is_err() {
+                break;
+            }
+        }
+        let frames = frames_until_closed(&mut io).await;
+        assert!(frames.iter().all(|f| Kind::from_code(f[0]) != Some(Kind::Reply)), "the call was answered");
+        assert_eq!(bystander.echo_string("unaffected".into()).await.unwrap(), "unaffected");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_item_goes_out_as_pieces_of_at_most_64_kib() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let mut io = raw_handshake(&name).await;
+        write_frame(
+            &mut io,
+            &frame(Frame::Call {
+                id: 1,
+                timeout_us: 30_000_000,
+                body: ProbeRequest::Blobs { n: 1, size: (1 << 20) - 64 },
+            }),
+        )
+        .await;
+        let mut pieces = 0;
+        let mut whole = Vec::new();
+        loop {
+            let f = pipe_rpc_tests::raw::read_frame(&mut io).await;
+            match Frame::<(), pipe_rpc_tests::ProbeResponse>::decode(Codec::Bincode, &f).unwrap() {
+                Frame::Piece { id: 1, from_opener: false, more, bytes } => {
+                    assert!(f.len() <= 64 * 1024 + 16, "a piece of {} bytes", f.len());
+                    pieces += 1;
+                    whole.extend_from_slice(&bytes);
+                    if !more {
+                        break;
+                    }
+                }
+                other => panic!("expected pieces, got {:?}", other.kind()),
+            }
+        }
+        assert_eq!(pieces, 16, "just under 1 MiB (the limit this client announced) in 64 KiB pieces");
+        match Frame::<(), pipe_rpc_tests::ProbeResponse>::decode(Codec::Bincode, &whole).unwrap() {
+            Frame::DownItem { id: 1, body: pipe_rpc_tests::ProbeResponse::Blobs(item) } => {
+                assert_eq!(item.len(), (1 << 20) - 64)
+            }
+            other => panic!("the pieces made a {:?}", other.kind()),
+        }
+    })
+    .await;
+}

@@ -35,7 +35,8 @@ use crate::service::{BoxFuture, CallStreams, Reply, Service};
 use crate::wire::CallbackCall;
 use serde_bytes::ByteBuf;
 
-use super::streams::{Ctl, Inbox, OutStream, OverCredit, Remote, StreamControl};
+use super::streams::{Ctl, Inbox, OutStream, OverCredit, Pieces, Remote, StreamControl};
+use bytes::BytesMut;
 
 /// A first poll longer than this marks its method as long-running: its later calls start
 /// in a task of their own instead of inline.
@@ -139,6 +140,8 @@ pub(crate) struct Callee<S: Service> {
     heavy: HashSet<&'static str>,
     /// Inbound (caller to handler) streams, by exchange.
     ups: IdMap<Arc<Inbox<S::Request>>>,
+    /// Their large items, arriving in pieces.
+    up_pieces: Pieces,
     /// Outbound (handler to caller) streams, by exchange: polled by the engine.
     pub(crate) downs: IdMap<OutStream<S::Response>>,
     /// What the handlers' inbound streams said (credit to give, dropped).
@@ -181,6 +184,7 @@ impl<S: Service> Callee<S> {
             outbox: VecDeque::new(),
             heavy: HashSet::new(),
             ups: IdMap::default(),
+            up_pieces: Pieces::default(),
             downs: IdMap::default(),
             ctl: Arc::new(StreamControl::default()),
             ctl_taken: Vec::new(),
@@ -380,8 +384,7 @@ impl<S: Service> Callee<S> {
             Outcome::Done(Reply::Value(body)) => Answer::Reply { id, body },
             Outcome::Done(Reply::Stream(stream)) => {
                 // The exchange goes on as the handler's stream, under the call's deadline.
-                let credit = i64::from(self.limits.down_window);
-                self.downs.insert(id, OutStream { stream, credit, deadline });
+                self.downs.insert(id, OutStream::new(stream, self.limits.down_window, deadline));
                 if let Some(d) = deadline {
                     self.deadlines.push(d, id);
                 }
@@ -398,8 +401,18 @@ impl<S: Service> Callee<S> {
         self.outbox.push_back(answer);
     }
 
+    /// A piece of a large item of exchange `id`'s inbound stream: `Ok(Some(frame))` when
+    /// it completes one. Pieces of an exchange that is over are dropped.
+    pub(crate) fn on_up_piece(&mut self, id: u64, more: bool, bytes: &[u8]) -> Result<Option<BytesMut>, String> {
+        if !self.ups.contains_key(&id) {
+            return Ok(None);
+        }
+        self.up_pieces.add(id, more, bytes, self.limits.max_message)
+    }
+
     /// Ends the inbound stream of exchange `id`, if it has one.
     fn end_up(&mut self, id: u64, how: Result<(), RpcError>) {
+        self.up_pieces.forget(id);
         if let Some(inbox) = self.ups.remove(&id) {
             match how {
                 Ok(()) => inbox.finish(Ok(())),

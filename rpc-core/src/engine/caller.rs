@@ -19,10 +19,11 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::calls::{CallStreams, CloseRequest, OutCall, Table, TakenStreams, index};
-use super::streams::{Ctl, Inbox, OutStream, OverCredit, StreamControl};
+use super::streams::{Ctl, Inbox, OutStream, OverCredit, Pieces, StreamControl};
 use crate::client::Shared;
 use crate::deadlines::{DeadlineQueue, IdHasher, IdMap};
 use crate::error::{RpcError, ServerError, ServerErrorKind, TransportError};
+use bytes::BytesMut;
 
 /// A reply read from the pipe, before the lock is taken to hand it over.
 pub(crate) enum Arrival<Resp> {
@@ -74,6 +75,9 @@ pub(crate) struct Caller<Req, Resp> {
     pub(crate) ups: IdMap<OutStream<Req>>,
     /// Inbound streams.
     downs: IdMap<Down<Resp>>,
+    /// Their large items, arriving in pieces.
+    down_pieces: Pieces,
+    max_message: usize,
     /// What our streams' consumers said.
     ctl: Arc<StreamControl>,
     ctl_taken: Vec<Ctl>,
@@ -121,6 +125,8 @@ impl<Req, Resp> Caller<Req, Resp> {
             pending_ups: IdMap::default(),
             ups: IdMap::default(),
             downs: IdMap::default(),
+            down_pieces: Pieces::default(),
+            max_message: limits.max_message,
             ctl,
             ctl_taken: Vec::new(),
             up_window: limits.up_window,
@@ -152,6 +158,7 @@ impl<Req, Resp> Caller<Req, Resp> {
         // The exchange is over: its outbound stream stops, its inbound stream ends.
         self.ups.remove(&id);
         self.pending_ups.remove(&id);
+        self.down_pieces.forget(id);
         let arrival = match self.downs.remove(&id) {
             None => arrival,
             Some(down) => {
@@ -179,6 +186,15 @@ impl<Req, Resp> Caller<Req, Resp> {
             // A late item of a call we gave up on.
             None => Ok(()),
         }
+    }
+
+    /// A piece of a large item of call `id`'s inbound stream: `Ok(Some(frame))` when it
+    /// completes one. Pieces of a call that is over are dropped.
+    pub(crate) fn on_down_piece(&mut self, id: u64, more: bool, bytes: &[u8]) -> Result<Option<BytesMut>, String> {
+        if !self.downs.contains_key(&id) {
+            return Ok(None);
+        }
+        self.down_pieces.add(id, more, bytes, self.max_message)
     }
 
     /// The callee has room for `grant` more bytes of call `id`'s outbound items.
@@ -227,6 +243,7 @@ impl<Req, Resp> Caller<Req, Resp> {
         self.ups.remove(&id);
         self.pending_ups.remove(&id);
         self.downs.remove(&id);
+        self.down_pieces.forget(id);
         if self.wire.get(index(id)).is_some_and(|w| *w == Some(id)) {
             self.control.push_back(Next::Cancel(id));
         } else {
@@ -276,7 +293,7 @@ impl<Req, Resp> Caller<Req, Resp> {
         for (id, streams, timeout) in self.taken_streams.drain(..) {
             let CallStreams { up, down, .. } = *streams;
             if let Some(stream) = up {
-                self.pending_ups.insert(id, OutStream { stream, credit: i64::from(self.up_window), deadline: None });
+                self.pending_ups.insert(id, OutStream::new(stream, self.up_window, None));
             }
             if let Some(inbox) = down {
                 self.downs.insert(id, Down { inbox, timeout });
@@ -362,6 +379,7 @@ impl<Req, Resp> Caller<Req, Resp> {
         for (_, down) in self.downs.drain() {
             down.inbox.fail(why.clone());
         }
+        self.down_pieces = Pieces::default();
         let dropped = {
             let mut t = self.shared.calls.lock();
             deliver(&mut self.arrived, &mut t, &mut self.wakers);

@@ -133,7 +133,8 @@ where
             | Kind::DownEnd
             | Kind::UpCredit
             | Kind::DownCredit
-            | Kind::UpStop => caps::STREAMS,
+            | Kind::UpStop
+            | Kind::Piece => caps::STREAMS,
             _ => 0,
         };
         if self.capabilities & needs == needs {
@@ -224,6 +225,30 @@ where
             Frame::UpCredit { id, grant } => self.caller("a stream credit")?.on_up_credit(id, grant),
             Frame::UpStop { id } => self.caller("a stream stop")?.on_up_stop(id),
             Frame::Credit { grant, .. } => self.caller("a credit")?.on_credit(grant),
+            Frame::Piece { id, from_opener, more, bytes } => {
+                let peer = self.peer;
+                let protocol = |d: String| TransportError::Protocol { detail: format!("{d} (from the {peer})") };
+                let whole = if from_opener {
+                    self.callee("a stream piece")?.on_up_piece(id, more, &bytes)
+                } else {
+                    self.caller("a stream piece")?.on_down_piece(id, more, &bytes)
+                }
+                .map_err(protocol)?;
+                if let Some(whole) = whole {
+                    // The pieces make one item frame of the same exchange and direction.
+                    let frame = Frame::<S::Request, Resp>::decode(self.codec, &whole);
+                    let expected = if from_opener { Kind::UpItem } else { Kind::DownItem };
+                    match &frame {
+                        Ok(f) if f.kind() == expected && f.id() == id => {}
+                        Err(FrameError::Body { kind, id: fid, .. }) if *kind == expected && *fid == id => {}
+                        _ => {
+                            return Err(self.protocol(format!("the pieces of exchange {id} do not make a stream item")));
+                        }
+                    }
+                    let len = u32::try_from(whole.len()).unwrap_or(u32::MAX);
+                    return self.on_frame(Inbound { frame, len }, cx);
+                }
+            }
         }
         Ok(())
     }
@@ -483,22 +508,44 @@ impl<T> Pipe<'_, T> {
         Ok(())
     }
 
-    /// Encodes a stream item here (its size is what it costs in credit) and writes it:
-    /// `Ok(Ok(frame bytes))`, or `Ok(Err(why))` if it cannot be encoded (nothing written).
-    fn write_item<In, C, R, FC, FR>(&mut self, frame: Frame<FC, FR>) -> Result<Result<u32, EncodeError>, TransportError>
+    /// Encodes a stream item here (its size is what it costs in credit) and writes it, or
+    /// its first piece if it is larger than a piece; `Ok(Err(why))` if it cannot be
+    /// encoded (nothing written).
+    fn write_item<In, C, R, FC, FR>(
+        &mut self,
+        id: u64,
+        from_opener: bool,
+        frame: Frame<FC, FR>,
+    ) -> Result<Result<streams::ItemSent, EncodeError>, TransportError>
     where
         T: FrameTransport<In, Outbound<C, R>>,
         FC: Serialize,
         FR: Serialize,
     {
-        match frame.encode_into(self.codec, self.limit, self.buf) {
-            Ok(bytes) => {
-                let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-                self.write(Outbound::<C, R>::Encoded(bytes))?;
-                Ok(Ok(len))
-            }
-            Err(why) => Ok(Err(why)),
+        let bytes = match frame.encode_into(self.codec, self.limit, self.buf) {
+            Ok(bytes) => bytes,
+            Err(why) => return Ok(Err(why)),
+        };
+        let cost = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        if bytes.len() <= streams::PIECE {
+            self.write(Outbound::<C, R>::Encoded(bytes))?;
+            return Ok(Ok(streams::ItemSent::Whole(cost)));
         }
+        let mut rest = bytes;
+        self.write_piece::<In, C, R>(id, from_opener, &mut rest)?;
+        Ok(Ok(streams::ItemSent::Started { cost, rest }))
+    }
+
+    /// Writes the next piece of a large item (its frame's bytes), taking it off `rest`.
+    fn write_piece<In, C, R>(&mut self, id: u64, from_opener: bool, rest: &mut Bytes) -> Result<(), TransportError>
+    where
+        T: FrameTransport<In, Outbound<C, R>>,
+    {
+        let bytes = rest.split_to(rest.len().min(streams::PIECE));
+        let piece = Frame::<(), ()>::Piece { id, from_opener, more: !rest.is_empty(), bytes };
+        // A piece is at most the piece size plus its header: below any message limit.
+        let encoded = piece.encode_into(self.codec, usize::MAX, self.buf).expect("a piece always encodes");
+        self.write(Outbound::<C, R>::Encoded(encoded))
     }
 }
 
@@ -519,17 +566,21 @@ where
         self.0.ready(cx)
     }
 
-    fn item(&mut self, id: u64, item: R) -> Result<Option<u32>, TransportError> {
+    fn item(&mut self, id: u64, item: R) -> Result<streams::ItemSent, TransportError> {
         let p = &mut *self.0;
-        match p.write_item::<In, Req, R, (), R>(Frame::DownItem { id, body: item })? {
-            Ok(len) => Ok(Some(len)),
+        match p.write_item::<In, Req, R, (), R>(id, false, Frame::DownItem { id, body: item })? {
+            Ok(sent) => Ok(sent),
             Err(why) => {
                 // The item cannot cross: the exchange ends with why, the connection goes on.
                 p.write(Outbound::<Req, R>::Frame(answer_encode_error(id, &why)))?;
                 p.ended.push(id);
-                Ok(None)
+                Ok(streams::ItemSent::Failed)
             }
         }
+    }
+
+    fn piece(&mut self, id: u64, rest: &mut Bytes) -> Result<(), TransportError> {
+        self.0.write_piece::<In, Req, R>(id, false, rest)
     }
 
     fn end(&mut self, id: u64, how: Result<(), RpcError>) -> Result<(), TransportError> {
@@ -557,16 +608,20 @@ where
         self.0.ready(cx)
     }
 
-    fn item(&mut self, id: u64, item: Req) -> Result<Option<u32>, TransportError> {
+    fn item(&mut self, id: u64, item: Req) -> Result<streams::ItemSent, TransportError> {
         let p = &mut *self.0;
-        match p.write_item::<In, Req, R, Req, ()>(Frame::UpItem { id, body: item })? {
-            Ok(len) => Ok(Some(len)),
+        match p.write_item::<In, Req, R, Req, ()>(id, true, Frame::UpItem { id, body: item })? {
+            Ok(sent) => Ok(sent),
             Err(why) => {
                 // The call fails with why (and is cancelled on the callee).
                 p.failed.push((id, request_encode_error(&why)));
-                Ok(None)
+                Ok(streams::ItemSent::Failed)
             }
         }
+    }
+
+    fn piece(&mut self, id: u64, rest: &mut Bytes) -> Result<(), TransportError> {
+        self.0.write_piece::<In, Req, R>(id, true, rest)
     }
 
     fn end(&mut self, id: u64, how: Result<(), RpcError>) -> Result<(), TransportError> {

@@ -212,15 +212,71 @@ pub(crate) struct OutStream<M> {
     pub(crate) stream: BoxStream<'static, Result<M, RpcError>>,
     pub(crate) credit: i64,
     pub(crate) deadline: Option<Instant>,
+    /// The rest of a large item being sent in pieces.
+    pub(crate) partial: Option<bytes::Bytes>,
+}
+
+impl<M> OutStream<M> {
+    pub(crate) fn new(stream: BoxStream<'static, Result<M, RpcError>>, credit: u32, deadline: Option<Instant>) -> Self {
+        OutStream { stream, credit: i64::from(credit), deadline, partial: None }
+    }
+}
+
+/// Stream items whose frame is larger than this go out in pieces of this size, so the
+/// frames of other exchanges (calls, answers, other streams) interleave with them.
+pub(crate) const PIECE: usize = 64 * 1024;
+
+/// What a sink did with an item.
+pub(crate) enum ItemSent {
+    /// Written whole; its frame's size.
+    Whole(u32),
+    /// Its first piece is written; the rest goes out piece by piece. Its whole frame's size.
+    Started { cost: u32, rest: bytes::Bytes },
+    /// It could not be encoded; the sink ended the exchange.
+    Failed,
+}
+
+/// Puts the pieces of large items together, per exchange.
+#[derive(Default)]
+pub(crate) struct Pieces {
+    partial: crate::deadlines::IdMap<bytes::BytesMut>,
+}
+
+impl Pieces {
+    /// Adds a piece: `Ok(Some(frame))` once the last piece is in, `Err` if the item grows
+    /// past `limit` bytes (a conforming sender never sends more than the message limit).
+    pub(crate) fn add(
+        &mut self,
+        id: u64,
+        more: bool,
+        bytes: &[u8],
+        limit: usize,
+    ) -> Result<Option<bytes::BytesMut>, String> {
+        let buf = self.partial.entry(id).or_default();
+        if buf.len() + bytes.len() > limit {
+            self.partial.remove(&id);
+            return Err(format!("a stream item in pieces grew past the {limit}-byte message limit"));
+        }
+        buf.extend_from_slice(bytes);
+        Ok(if more { None } else { self.partial.remove(&id) })
+    }
+
+    /// The exchange is over: drop its unfinished item.
+    pub(crate) fn forget(&mut self, id: u64) {
+        if !self.partial.is_empty() {
+            self.partial.remove(&id);
+        }
+    }
 }
 
 /// Where [`pump`] writes: the engine's pipe, seen from one half.
 pub(crate) trait PumpSink<M> {
     /// True if the pipe has room for a frame now.
     fn ready(&mut self, cx: &mut Context<'_>) -> Result<bool, TransportError>;
-    /// Writes item `item` of exchange `id`: `Some(frame bytes)`, or `None` if it could
-    /// not be encoded (the sink has ended the exchange with an error).
-    fn item(&mut self, id: u64, item: M) -> Result<Option<u32>, TransportError>;
+    /// Writes item `item` of exchange `id` (whole, or its first piece).
+    fn item(&mut self, id: u64, item: M) -> Result<ItemSent, TransportError>;
+    /// Writes the next piece of exchange `id`'s large item, taking it off `rest`.
+    fn piece(&mut self, id: u64, rest: &mut bytes::Bytes) -> Result<(), TransportError>;
     /// Writes the end of exchange `id`'s stream: normal, or with an error.
     fn end(&mut self, id: u64, how: Result<(), RpcError>) -> Result<(), TransportError>;
 }
@@ -236,7 +292,7 @@ pub(crate) fn pump<M>(
 ) -> Result<bool, TransportError> {
     let mut progress = false;
     order.clear();
-    order.extend(streams.iter().filter(|(_, s)| s.credit > 0).map(|(&id, _)| id));
+    order.extend(streams.iter().filter(|(_, s)| s.credit > 0 || s.partial.is_some()).map(|(&id, _)| id));
     while !order.is_empty() {
         let mut i = 0;
         while i < order.len() {
@@ -245,6 +301,20 @@ pub(crate) fn pump<M>(
             }
             let id = order[i];
             let s = streams.get_mut(&id).expect("listed from the map");
+            // One piece per turn of an item already under way (its credit was paid).
+            if let Some(rest) = &mut s.partial {
+                sink.piece(id, rest)?;
+                progress = true;
+                if rest.is_empty() {
+                    s.partial = None;
+                    if s.credit <= 0 {
+                        order.swap_remove(i);
+                        continue;
+                    }
+                }
+                i += 1;
+                continue;
+            }
             // A producer is user code running on the connection's task: a panic in it
             // ends its stream, not the connection.
             let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.stream.as_mut().poll_next(cx)));
@@ -264,11 +334,16 @@ pub(crate) fn pump<M>(
             progress = true;
             let keep = match item {
                 Some(Ok(m)) => match sink.item(id, m)? {
-                    Some(len) => {
+                    ItemSent::Whole(len) => {
                         s.credit -= i64::from(len);
                         true
                     }
-                    None => false,
+                    ItemSent::Started { cost, rest } => {
+                        s.credit -= i64::from(cost);
+                        s.partial = Some(rest);
+                        true
+                    }
+                    ItemSent::Failed => false,
                 },
                 Some(Err(e)) => {
                     sink.end(id, Err(e))?;
@@ -282,7 +357,7 @@ pub(crate) fn pump<M>(
             if !keep {
                 streams.remove(&id);
                 order.swap_remove(i);
-            } else if streams[&id].credit <= 0 {
+            } else if streams[&id].credit <= 0 && streams[&id].partial.is_none() {
                 order.swap_remove(i);
             } else {
                 i += 1;

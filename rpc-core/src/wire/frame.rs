@@ -24,6 +24,7 @@
 //! | `UpCredit` | 12 | grant u32 | – | the callee: room for more caller items, in bytes |
 //! | `DownCredit` | 13 | grant u32 | – | the caller: room for more callee items, in bytes |
 //! | `UpStop` | 14 | – | – | the callee: stop sending items (the handler dropped the stream) |
+//! | `Piece` | 15 | – | raw bytes: a slice of a large item frame | either (flag `FLAG_OPENER` says which); `FLAG_MORE` until the last |
 //!
 //! Routing, cancels, credits and errors therefore never depend on decoding a user type: a
 //! frame whose body does not decode still names its kind and exchange, so only that
@@ -44,6 +45,9 @@ pub const HEADER_LEN: usize = 10;
 /// Header flag: the frame was sent by the side that opened the exchange (the caller).
 /// Lets both sides open exchanges without their ids colliding.
 pub const FLAG_OPENER: u8 = 0x01;
+
+/// Header flag of a `Piece`: more pieces of the same item follow.
+pub const FLAG_MORE: u8 = 0x02;
 
 /// The kind of a frame: its first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,6 +81,8 @@ pub enum Kind {
     DownCredit,
     /// The callee no longer reads the caller's stream.
     UpStop,
+    /// A slice of a large stream item's frame, raw bytes after the header.
+    Piece,
 }
 
 impl Kind {
@@ -97,6 +103,7 @@ impl Kind {
             Kind::UpCredit => 12,
             Kind::DownCredit => 13,
             Kind::UpStop => 14,
+            Kind::Piece => 15,
         }
     }
 
@@ -117,6 +124,7 @@ impl Kind {
             12 => Kind::UpCredit,
             13 => Kind::DownCredit,
             14 => Kind::UpStop,
+            15 => Kind::Piece,
             _ => return None,
         })
     }
@@ -135,7 +143,8 @@ impl Kind {
             | Kind::DownItem
             | Kind::UpEnd
             | Kind::DownEnd
-            | Kind::UpStop => 0,
+            | Kind::UpStop
+            | Kind::Piece => 0,
         }
     }
 
@@ -243,6 +252,19 @@ pub enum Frame<C, R> {
         /// The exchange.
         id: u64,
     },
+    /// A slice of a stream item's frame (an `UpItem` or `DownItem` larger than a piece):
+    /// raw bytes, not encoded by the codec. The receiver puts the pieces of one exchange
+    /// and direction together and reads the whole as one frame.
+    Piece {
+        /// The exchange.
+        id: u64,
+        /// Sent by the exchange's opener (a piece of an `UpItem`), else of a `DownItem`.
+        from_opener: bool,
+        /// More pieces of the same item follow.
+        more: bool,
+        /// The slice.
+        bytes: bytes::Bytes,
+    },
 }
 
 /// A frame that could not be read.
@@ -282,6 +304,7 @@ impl<C, R> Frame<C, R> {
             Frame::UpCredit { .. } => Kind::UpCredit,
             Frame::DownCredit { .. } => Kind::DownCredit,
             Frame::UpStop { .. } => Kind::UpStop,
+            Frame::Piece { .. } => Kind::Piece,
         }
     }
 
@@ -301,7 +324,8 @@ impl<C, R> Frame<C, R> {
             | Frame::DownEnd { id }
             | Frame::UpCredit { id, .. }
             | Frame::DownCredit { id, .. }
-            | Frame::UpStop { id } => id,
+            | Frame::UpStop { id }
+            | Frame::Piece { id, .. } => id,
         }
     }
 }
@@ -366,6 +390,21 @@ impl<C: Serialize, R: Serialize> Frame<C, R> {
             Frame::UpEnd { .. } | Frame::DownEnd { .. } | Frame::UpStop { .. } => {
                 codec.encode_into(prefix.as_slice(), &(), limit, buf)
             }
+            Frame::Piece { from_opener, more, bytes, .. } => {
+                let mut prefix = prefix;
+                prefix.bytes[1] = if *from_opener { FLAG_OPENER } else { 0 } | if *more { FLAG_MORE } else { 0 };
+                let whole = prefix.as_slice().len() + bytes.len();
+                if whole > limit {
+                    return Err(EncodeError::TooLarge(crate::codec::TooLarge {
+                        size: whole as u64,
+                        limit: limit as u64,
+                    }));
+                }
+                buf.clear();
+                buf.extend_from_slice(prefix.as_slice());
+                buf.extend_from_slice(bytes);
+                Ok(buf.split().freeze())
+            }
         }
     }
 }
@@ -421,6 +460,12 @@ impl<C: DeserializeOwned, R: DeserializeOwned> Frame<C, R> {
             }
             Kind::UpItem => Frame::UpItem { id, body: decode_body(codec, body).map_err(fail)? },
             Kind::DownItem => Frame::DownItem { id, body: decode_body(codec, body).map_err(fail)? },
+            Kind::Piece => Frame::Piece {
+                id,
+                from_opener: bytes[1] & FLAG_OPENER != 0,
+                more: bytes[1] & FLAG_MORE != 0,
+                bytes: bytes::Bytes::copy_from_slice(body),
+            },
             Kind::UpEnd | Kind::DownEnd | Kind::UpStop => {
                 empty(body)?;
                 match kind {
@@ -471,6 +516,8 @@ mod tests {
             Frame::UpCredit { id: 5, grant: 1 << 18 },
             Frame::DownCredit { id: 5, grant: 1 << 18 },
             Frame::UpStop { id: 5 },
+            Frame::Piece { id: 5, from_opener: true, more: true, bytes: bytes::Bytes::from_static(b"raw \x00 bytes") },
+            Frame::Piece { id: 5, from_opener: false, more: false, bytes: bytes::Bytes::new() },
         ];
         for codec in [Codec::Bincode, Codec::Postcard] {
             for f in &frames {
