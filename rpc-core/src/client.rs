@@ -191,7 +191,7 @@ impl<Req, Resp> Clone for Channel<Req, Resp> {
 impl<Req, Resp> Drop for Channel<Req, Resp> {
     fn drop(&mut self) {
         // The last handle: no call can be in flight (calls borrow a handle), so the
-        // driver may close as soon as what was queued is written.
+        // engine may close as soon as what was queued is written.
         if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.shared.calls.request_close(CloseRequest::Polite);
         }
@@ -220,7 +220,7 @@ where
         Self::from_io(stream, service, config).await
     }
 
-    /// Runs the handshake over an already-connected byte stream and starts the driver
+    /// Runs the handshake over an already-connected byte stream and starts the connection's engine
     /// task. Any `AsyncRead + AsyncWrite` works: a pipe, or `tokio::io::duplex` in tests.
     /// Must be called inside a tokio runtime.
     pub async fn from_io<S>(io: S, service: ServiceId, config: ClientConfig) -> Result<Self, RpcError>
@@ -428,7 +428,7 @@ impl<Req, Resp> Channel<Req, Resp> {
         if let Some(outer) = crate::context::current_deadline() {
             deadline = deadline.min(outer);
         }
-        // The driver enforces the deadline (one timer per connection, not one per call)
+        // The engine enforces the deadline (one timer per connection, not one per call)
         // and always answers: with the response, an error, or `DeadlineExceeded`.
         let timeout = deadline.saturating_duration_since(now);
         CallFuture { calls: &shared.calls, start: Some((body, Some(deadline), timeout, None)), id: None }.await
