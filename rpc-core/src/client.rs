@@ -571,7 +571,6 @@ impl<Req, Resp> futures::Stream for ClientDown<Req, Resp> {
 
 impl<Req, Resp> Drop for ClientDown<Req, Resp> {
     fn drop(&mut self) {
-        let _ = self.remote.is_done();
         self.channel.shared.calls.abandon(self.id);
     }
 }

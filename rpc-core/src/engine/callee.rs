@@ -413,6 +413,9 @@ impl<S: Service> Callee<S> {
     /// Ends the inbound stream of exchange `id`, if it has one.
     fn end_up(&mut self, id: u64, how: Result<(), RpcError>) {
         self.up_pieces.forget(id);
+        if self.ups.is_empty() {
+            return;
+        }
         if let Some(inbox) = self.ups.remove(&id) {
             match how {
                 Ok(()) => inbox.finish(Ok(())),

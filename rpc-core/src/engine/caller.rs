@@ -155,11 +155,15 @@ impl<Req, Resp> Caller<Req, Resp> {
     /// A reply, error or end for call `id` arrived; it reaches its caller at the next pass.
     pub(crate) fn on_reply(&mut self, id: u64, arrival: Arrival<Resp>) {
         self.unwire(id);
-        // The exchange is over: its outbound stream stops, its inbound stream ends.
-        self.ups.remove(&id);
-        self.pending_ups.remove(&id);
+        // The exchange is over: its outbound stream stops, its inbound stream ends. (Most
+        // calls have no streams: skip the lookups then.)
+        if !self.ups.is_empty() || !self.pending_ups.is_empty() {
+            self.ups.remove(&id);
+            self.pending_ups.remove(&id);
+        }
         self.down_pieces.forget(id);
-        let arrival = match self.downs.remove(&id) {
+        let down = if self.downs.is_empty() { None } else { self.downs.remove(&id) };
+        let arrival = match down {
             None => arrival,
             Some(down) => {
                 match arrival {

@@ -155,11 +155,6 @@ impl<M> Remote<M> {
     pub(crate) fn new(id: u64, inbox: Arc<Inbox<M>>, ctl: Arc<StreamControl>, window: u32, notify_drop: bool) -> Self {
         Remote { id, inbox, ctl, window, done: false, notify_drop }
     }
-
-    /// True once the stream's end was reported to the consumer.
-    pub(crate) fn is_done(&self) -> bool {
-        self.done
-    }
 }
 
 impl<M> Stream for Remote<M> {
