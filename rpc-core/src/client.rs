@@ -240,7 +240,7 @@ where
         .await?;
         let registry = Arc::new(Registry::default());
         let shared = Shared::new(registry.clone(), PeerInfo::of(&negotiated), config);
-        let transport = crate::engine::pipe(framed, negotiated.codec, negotiated.send_limit);
+        let transport = crate::engine::pipe(framed, negotiated.codec);
         let limits = crate::engine::CallerLimits {
             window: negotiated.window,
             oneway_window: negotiated.oneway_window,

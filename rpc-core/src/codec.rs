@@ -80,11 +80,29 @@ impl Codec {
         limit: usize,
         buf: &mut BytesMut,
     ) -> Result<Bytes, EncodeError> {
+        buf.clear();
+        match self.encode_append(prefix, item, limit, buf)? {
+            Placed::Appended(_) => Ok(buf.split().freeze()),
+            Placed::Separate(bytes) => Ok(bytes),
+        }
+    }
+
+    /// Like [`encode_into`](Self::encode_into), but leaves the frame at the end of `buf`
+    /// after what was there (a batch of frames being packed), unless it is too large for
+    /// the shared buffer. On error `buf` is as it was.
+    pub(crate) fn encode_append<T: Serialize + ?Sized>(
+        self,
+        prefix: &[u8],
+        item: &T,
+        limit: usize,
+        buf: &mut BytesMut,
+    ) -> Result<Placed, EncodeError> {
+        let start = buf.len();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.encode_unguarded(prefix, item, limit, buf)))
         {
             Ok(r) => r,
             Err(panic) => {
-                buf.clear();
+                buf.truncate(start);
                 let msg = crate::error::panic_message(panic.as_ref());
                 Err(EncodeError::Serde(format!("its Serialize impl panicked: {msg}")))
             }
@@ -97,10 +115,10 @@ impl Codec {
         item: &T,
         limit: usize,
         buf: &mut BytesMut,
-    ) -> Result<Bytes, EncodeError> {
+    ) -> Result<Placed, EncodeError> {
         let serde = |e: &dyn std::fmt::Display| EncodeError::Serde(e.to_string());
         let too_large = |size: u64| EncodeError::TooLarge(TooLarge { size, limit: limit as u64 });
-        buf.clear();
+        let start = buf.len();
         if prefix.len() > limit {
             return Err(too_large(prefix.len() as u64));
         }
@@ -111,10 +129,10 @@ impl Codec {
                 // at the soft cap, with no sizing pass.
                 let soft = limit.min(SMALL_FRAME) - prefix.len().min(SMALL_FRAME);
                 match Self::bincode().serialize_into(LimitedWriter { buf: &mut *buf, remaining: soft }, item) {
-                    Ok(()) => return Ok(buf.split().freeze()),
-                    Err(e) if is_write_zero(&e) => buf.clear(),
+                    Ok(()) => return Ok(Placed::Appended(buf.len() - start)),
+                    Err(e) if is_write_zero(&e) => buf.truncate(start),
                     Err(e) => {
-                        buf.clear();
+                        buf.truncate(start);
                         return Err(serde(&e));
                     }
                 }
@@ -130,22 +148,30 @@ impl Codec {
                 let mut out = Vec::with_capacity(size as usize);
                 out.extend_from_slice(prefix);
                 Self::bincode().serialize_into(&mut out, item).map_err(|e| serde(&e))?;
-                Ok(Bytes::from(out))
+                Ok(Placed::Separate(Bytes::from(out)))
             }
             Codec::Postcard => {
                 // postcard has no bounded writer: size first, so nothing oversized is built.
                 let size =
                     prefix.len() as u64 + postcard::experimental::serialized_size(item).map_err(|e| serde(&e))? as u64;
                 if size > limit as u64 {
-                    buf.clear();
+                    buf.truncate(start);
                     return Err(too_large(size));
+                }
+                if size as usize > SMALL_FRAME {
+                    // Large: its own allocation, as for bincode.
+                    buf.truncate(start);
+                    let mut out = Vec::with_capacity(size as usize);
+                    out.extend_from_slice(prefix);
+                    postcard::to_io(item, &mut out).map_err(|e| serde(&e))?;
+                    return Ok(Placed::Separate(Bytes::from(out)));
                 }
                 buf.reserve(size as usize - prefix.len());
                 if let Err(e) = postcard::to_io(item, (&mut *buf).writer()) {
-                    buf.clear();
+                    buf.truncate(start);
                     return Err(serde(&e));
                 }
-                Ok(buf.split().freeze())
+                Ok(Placed::Appended(buf.len() - start))
             }
         }
     }
@@ -165,8 +191,19 @@ impl Codec {
     }
 }
 
-/// Frames up to this size are encoded into the connection's reused buffer.
-const SMALL_FRAME: usize = 64 * 1024;
+/// Frames up to this size are encoded into the connection's reused buffer: up to the
+/// largest stream item sent whole (the engine's `WHOLE_MAX`), so streams of large items
+/// reuse one buffer instead of allocating (and page-faulting) one per item.
+const SMALL_FRAME: usize = 128 * 1024;
+
+/// Where [`Codec::encode_append`] put a frame.
+#[derive(Debug)]
+pub(crate) enum Placed {
+    /// At the end of the buffer: this many bytes.
+    Appended(usize),
+    /// Too large for the shared buffer: in its own allocation.
+    Separate(Bytes),
+}
 
 fn is_write_zero(e: &bincode::Error) -> bool {
     matches!(**e, bincode::ErrorKind::Io(ref io) if io.kind() == io::ErrorKind::WriteZero)

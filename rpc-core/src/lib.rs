@@ -142,7 +142,7 @@ pub use error::{Direction, RpcError, ServeError, ServerError, ServerErrorKind, T
 /// Turns a trait into a typed RPC service: client, server adapter and wire types.
 /// See the [crate docs](crate) for what it generates.
 pub use rpc_macros::service;
-pub use server::{BoundServer, Server, ServerConfig, ShutdownHandle};
+pub use server::{BoundServer, DEFAULT_STREAM_WINDOW, Server, ServerConfig, ShutdownHandle};
 pub use service::{Service, ServiceId};
 pub use stream::RpcStream;
 /// The pipe layer: names, listener, connect options and their platform rules.

@@ -139,9 +139,8 @@ impl ServerConfig {
     }
 }
 
-/// The default stream window, both ends: 256 KiB (gRPC's HTTP/2 starts at 64 KiB per
-/// stream and grows; a fixed 256 KiB keeps 64 KiB items flowing without a round trip per
-/// item).
+/// The default stream window, both ends: 256 KiB, four 64 KiB items in flight (see
+/// ARCHITECTURE, "Streams are pulled, not pushed", for why not more).
 pub const DEFAULT_STREAM_WINDOW: u32 = 256 * 1024;
 
 /// A service and its settings, ready to bind.

@@ -19,7 +19,8 @@
 
 mod frame;
 
-pub use frame::{FLAG_MORE, FLAG_OPENER, Frame, FrameError, HEADER_LEN, Kind, Never};
+pub(crate) use frame::next_in_batch;
+pub use frame::{BATCH_ENTRY_LEN, FLAG_MORE, FLAG_OPENER, Frame, FrameError, HEADER_LEN, Kind, Never, split_batch};
 
 use crate::codec::Codec;
 
@@ -42,8 +43,11 @@ pub mod caps {
     pub const STREAMS: u32 = 1 << 1;
     /// Callbacks: the server sends `Call` frames whose body is a [`CallbackCall`](super::CallbackCall).
     pub const CALLBACKS: u32 = 1 << 2;
+    /// `Kind::Batch`: many frames in one pipe message. A peer that reads the wire itself
+    /// can leave this bit out and get every frame on its own.
+    pub const BATCH: u32 = 1 << 3;
     /// The capabilities this build announces.
-    pub const SUPPORTED: u32 = ONEWAY | STREAMS | CALLBACKS;
+    pub const SUPPORTED: u32 = ONEWAY | STREAMS | CALLBACKS | BATCH;
 }
 
 /// The body of a callback call (a `Call` frame from the server): the call it belongs to and

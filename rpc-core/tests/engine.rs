@@ -348,7 +348,7 @@ async fn raw_client(max: usize) -> (RawFramed, ServerTask) {
     let hello = Hello {
         version: PROTOCOL_VERSION,
         min_version: MIN_PROTOCOL_VERSION,
-        capabilities: caps::SUPPORTED,
+        capabilities: caps::SUPPORTED & !caps::BATCH,
         stream_window: 1 << 18,
         codec: 0,
         max_message: max as u32,

@@ -47,9 +47,10 @@ pub async fn raw_connect(name: &rpc_core::PipeName) -> PipeStream {
     rpc_core::pipe::connect(name.clone(), &ConnectOptions::default().timeout(Duration::from_secs(20))).await.unwrap()
 }
 
-/// A raw client that completed the handshake as `Probe`.
+/// A raw client that completed the handshake as `Probe`, announcing every capability but
+/// batches (so each frame it reads is one frame).
 pub async fn raw_handshake(name: &rpc_core::PipeName) -> PipeStream {
-    raw_handshake_with(name, caps::SUPPORTED).await
+    raw_handshake_with(name, caps::SUPPORTED & !caps::BATCH).await
 }
 
 /// Reads frames until the server closes the connection; returns them.

@@ -164,10 +164,11 @@ async fn a_slow_consumer_pauses_the_producer_within_the_window() {
             stream.next().await.unwrap().unwrap();
         }
         // Now the consumer reads nothing. Beyond the 10 items read, the producer may fill
-        // the window (256 KiB: four 64 KiB items, the last one overshooting) and its channel
-        // (2), and hold one more: 10 + 4 + 2 + 1 items, 17 at most (19 allowed). Without flow
-        // control it would reach 20 within microseconds; it must not within a second.
-        let bound = 19;
+        // the window (64 KiB items, a little over 64 KiB framed: the last one overshooting)
+        // and its channel (2), and hold one more (2 more allowed). Without flow control it
+        // would pass that within microseconds; it must not within a second.
+        let window_items = (rpc_core::DEFAULT_STREAM_WINDOW as usize).div_ceil(64 * 1024 + 16);
+        let bound = (10 + window_items + 2 + 1 + 2) as u64;
         let over = observer.with_timeout(Duration::from_secs(1)).wait_stats(2, TagStats::min_started(bound + 1)).await;
         assert!(matches!(over, Err(RpcError::DeadlineExceeded { .. })), "the producer ran ahead: {over:?}");
         let stalled = observer.stats(2).await.unwrap();
@@ -300,9 +301,10 @@ async fn stream_items_beyond_the_granted_credit_close_only_that_connection() {
             &frame(Frame::Call { id: 1, timeout_us: 30_000_000, body: ProbeRequest::Hold { ms: 20_000 } }),
         )
         .await;
-        // Items without waiting for credit: the window (256 KiB) plus one message (1 MiB,
-        // the limit this client announced) is all a stream may hold; this sends 2 MiB of
-        // item frames, which the handler never reads.
+        // Items without waiting for credit: the window this raw client was given (the
+        // server's default) plus one message (1 MiB, the limit this client announced) is all
+        // a stream may hold; this sends 2 MiB more than that, which the handler never reads.
+        let may_hold = rpc_core::DEFAULT_STREAM_WINDOW as usize + (1 << 20);
         let item = frame(Frame::UpItem { id: 1, body: ProbeRequest::__HoldItem(7) });
         let mut batch = Vec::new();
         while batch.len() < 64 * 1024 {
@@ -310,7 +312,7 @@ async fn stream_items_beyond_the_granted_credit_close_only_that_connection() {
             batch.extend_from_slice(&item);
         }
         // Written 64 KiB at a time (a write per frame is very slow under wine).
-        for _ in 0..(2 << 20) / batch.len() + 1 {
+        for _ in 0..(may_hold + (2 << 20)) / batch.len() + 1 {
             if write_all_checked(&mut io, &batch).await.is_err() {
                 break; // closed while we were still writing: what the test expects
             }

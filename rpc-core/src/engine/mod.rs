@@ -24,6 +24,7 @@
 mod callee;
 mod caller;
 pub(crate) mod calls;
+mod outbox;
 pub(crate) mod streams;
 mod transport;
 
@@ -38,17 +39,28 @@ pub(crate) use callee::{Callee, StreamLimits};
 pub(crate) use caller::{Caller, CallerLimits};
 pub(crate) use transport::{FrameTransport, Inbound, Outbound, pipe};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use self::callee::Answer;
 use self::calls::CloseRequest;
-use crate::codec::{Codec, EncodeError, encode_error};
+use self::outbox::{Encoded, Outbox};
+use self::transport::InFrame;
+use crate::codec::{Codec, EncodeError};
 use crate::error::{Direction, RpcError, ServerError, ServerErrorKind, TransportError, connection_error};
 use crate::service::Service;
 use crate::wire::{Frame, FrameError, Kind, caps};
 
-/// Frames read per pass; each pass ends with a flush of what it produced.
+/// Calls (and one-way calls) read per pass; each pass ends with a flush of what it
+/// produced.
 const READ_BATCH: usize = 32;
+/// What a pass may read, in units where a call costs [`CALL_COST`] and any other frame
+/// (stream items, credits, replies) one per [`BYTES_PER_UNIT`] of its size, at least one: a
+/// pass takes 32 calls, or 512 small frames of a batch, or 256 KiB of large stream items,
+/// before it hands replies to their callers, writes and flushes. Counting large items by
+/// size keeps a reply that arrives among them from waiting behind a megabyte of decoding.
+const READ_BUDGET: usize = READ_BATCH * CALL_COST;
+const CALL_COST: usize = 16;
+const BYTES_PER_UNIT: usize = 512;
 /// Passes per poll before yielding, so one busy connection cannot starve other tasks.
 const ROUNDS: usize = 16;
 
@@ -76,10 +88,13 @@ pub(crate) struct Engine<T, S: Service, Req, Resp> {
     callee: Option<Callee<S>>,
     /// The capability bits negotiated in the handshake.
     capabilities: u32,
-    /// For stream items, which the engine encodes itself (their size is their credit).
+    /// Frames are encoded by the engine, with the connection's codec, at most the peer's
+    /// message limit each.
     codec: Codec,
     send_limit: usize,
-    item_buf: BytesMut,
+    outbox: Outbox,
+    /// The rest of a batch being read: its body, and where the next frame starts.
+    batch_in: Option<(Bytes, usize)>,
     /// Reused list of streams to pump.
     order: Vec<u64>,
     needs_flush: bool,
@@ -97,7 +112,7 @@ pub(crate) struct Settings {
 
 impl<T, S, Req, Resp> Engine<T, S, Req, Resp>
 where
-    T: FrameTransport<Inbound<S::Request, Resp>, Outbound<Req, S::Response>>,
+    T: FrameTransport<Inbound<S::Request, Resp>, Outbound>,
     S: Service,
     Req: Serialize,
     Resp: DeserializeOwned,
@@ -116,7 +131,8 @@ where
             capabilities: settings.capabilities,
             codec: settings.codec,
             send_limit: settings.send_limit,
-            item_buf: BytesMut::new(),
+            outbox: Outbox::new(settings.capabilities & caps::BATCH != 0, settings.send_limit),
+            batch_in: None,
             order: Vec::new(),
             needs_flush: false,
             finished: false,
@@ -135,6 +151,7 @@ where
             | Kind::DownCredit
             | Kind::UpStop
             | Kind::Piece => caps::STREAMS,
+            Kind::Batch => caps::BATCH,
             _ => 0,
         };
         if self.capabilities & needs == needs {
@@ -162,8 +179,60 @@ where
         Ok(self.caller.as_mut().expect("checked"))
     }
 
-    /// Acts on one frame; `Err` if the stream can no longer be trusted.
-    fn on_frame(&mut self, inbound: Inbound<S::Request, Resp>, cx: &mut Context<'_>) -> Result<(), TransportError> {
+    /// The next frame of the batch being read, if any: `Err` if the batch is malformed.
+    fn next_batched(&mut self) -> Option<Result<InFrame<S::Request, Resp>, TransportError>> {
+        let (body, at) = self.batch_in.as_mut()?;
+        match crate::wire::next_in_batch(body, at) {
+            None => {
+                self.batch_in = None;
+                None
+            }
+            Some(Ok(range)) => {
+                let len = u32::try_from(range.len()).unwrap_or(u32::MAX);
+                Some(Ok(InFrame { frame: Frame::decode(self.codec, &body[range]), len }))
+            }
+            Some(Err(e)) => {
+                self.batch_in = None;
+                Some(Err(self.protocol(format!("malformed batch: {e}"))))
+            }
+        }
+    }
+
+    /// Acts on one message: a frame, or the start of a batch.
+    fn on_message(
+        &mut self,
+        inbound: Inbound<S::Request, Resp>,
+        cx: &mut Context<'_>,
+    ) -> Result<usize, TransportError> {
+        match inbound {
+            Inbound::One(frame) => self.on_frame(frame, cx),
+            Inbound::Batch(body) => {
+                self.negotiated(Kind::Batch)?;
+                if body.is_empty() {
+                    return Err(self.protocol("an empty batch".into()));
+                }
+                self.batch_in = Some((body, 0));
+                Ok(0)
+            }
+        }
+    }
+
+    /// Acts on one frame; `Err` if the stream can no longer be trusted. Returns what it
+    /// cost of the pass's [`READ_BUDGET`].
+    fn on_frame(&mut self, inbound: InFrame<S::Request, Resp>, cx: &mut Context<'_>) -> Result<usize, TransportError> {
+        let cost = match inbound.frame {
+            Ok(Frame::Call { .. } | Frame::OneWay { .. }) => CALL_COST,
+            _ => (inbound.len as usize / BYTES_PER_UNIT).max(1),
+        };
+        self.on_frame_inner(inbound, cx)?;
+        Ok(cost)
+    }
+
+    fn on_frame_inner(
+        &mut self,
+        inbound: InFrame<S::Request, Resp>,
+        cx: &mut Context<'_>,
+    ) -> Result<(), TransportError> {
         let len = inbound.len;
         let frame = match inbound.frame {
             Ok(frame) => frame,
@@ -246,7 +315,7 @@ where
                         }
                     }
                     let len = u32::try_from(whole.len()).unwrap_or(u32::MAX);
-                    return self.on_frame(Inbound { frame, len }, cx);
+                    return self.on_frame_inner(InFrame { frame, len }, cx);
                 }
             }
         }
@@ -274,40 +343,47 @@ where
             }
         };
         let kind = frame.kind();
-        let e = match self.transport.as_mut().start_send(Outbound::Frame(frame)) {
-            Ok(()) => {
-                self.needs_flush = true;
+        self.needs_flush = true;
+        let why = match self.outbox.push_frame(&frame, self.codec, self.send_limit) {
+            Ok(_) => {
                 if kind == Kind::Call {
                     self.caller.as_mut().expect("only the calling half writes calls").on_written(id);
                 }
                 return Ok(());
             }
-            Err(e) => e,
+            Err(why) => why,
         };
         // Encoding failed before anything was written: only this exchange fails.
-        let Some(why) = encode_error(&e) else { return Err(connection_error(&e, self.peer)) };
         match kind {
             Kind::Call => {
-                let err = request_encode_error(why);
+                let err = request_encode_error(&why);
                 self.caller.as_mut().expect("only the calling half writes calls").fail_call(id, err);
             }
             Kind::Reply | Kind::Error => {
-                let replacement = answer_encode_error(id, why);
-                self.transport
-                    .as_mut()
-                    .start_send(Outbound::Frame(replacement))
-                    .map_err(|e| connection_error(&e, self.peer))?;
-                self.needs_flush = true;
+                let replacement = answer_encode_error::<Req, S::Response>(id, &why);
+                self.outbox
+                    .push_frame(&replacement, self.codec, self.send_limit)
+                    .map_err(|e| self.protocol(format!("cannot encode even an error frame: {e}")))?;
             }
-            _ => return Err(connection_error(&e, self.peer)),
+            _ => return Err(self.protocol(format!("cannot encode a {kind:?} frame: {why}"))),
         }
         Ok(())
     }
 
     fn write_encoded(&mut self, bytes: Bytes) -> Result<(), TransportError> {
-        self.transport.as_mut().start_send(Outbound::Encoded(bytes)).map_err(|e| connection_error(&e, self.peer))?;
+        self.outbox.push_encoded(bytes);
         self.needs_flush = true;
         Ok(())
+    }
+
+    /// Hands what the outbox holds to the carrier (all of it, or only full batches):
+    /// `Ok(true)` if there is room for more frames.
+    fn out_room(&mut self, cx: &mut Context<'_>, all: bool) -> Result<bool, TransportError> {
+        match self.outbox.poll_room(&mut self.transport, cx, all) {
+            Poll::Ready(Ok(())) => Ok(true),
+            Poll::Ready(Err(e)) => Err(connection_error(&e, self.peer)),
+            Poll::Pending => Ok(false),
+        }
     }
 
     /// The next frame to write: answers first (they free the peer's callers and our
@@ -329,22 +405,32 @@ where
         let mut progress = false;
         let mut sink = Pipe {
             transport: &mut self.transport,
+            outbox: &mut self.outbox,
             needs_flush: &mut self.needs_flush,
             codec: self.codec,
             limit: self.send_limit,
-            buf: &mut self.item_buf,
             peer: self.peer,
             ended: Vec::new(),
             failed: Vec::new(),
         };
         if let Some(callee) = self.callee.as_mut().filter(|_| downs) {
-            progress |= streams::pump(&mut callee.downs, &mut self.order, cx, &mut DownSink(&mut sink, PhantomData))?;
+            progress |= streams::pump(
+                &mut callee.downs,
+                &mut self.order,
+                cx,
+                &mut DownSink::<_, _, Req, _>(&mut sink, PhantomData),
+            )?;
             for id in sink.ended.drain(..) {
                 callee.down_ended(id);
             }
         }
         if let Some(caller) = self.caller.as_mut().filter(|_| ups) {
-            progress |= streams::pump(&mut caller.ups, &mut self.order, cx, &mut UpSink(&mut sink, PhantomData))?;
+            progress |= streams::pump(
+                &mut caller.ups,
+                &mut self.order,
+                cx,
+                &mut UpSink::<_, _, _, S::Response>(&mut sink, PhantomData),
+            )?;
             for (id, err) in sink.failed.drain(..) {
                 caller.fail_call(id, err);
             }
@@ -370,21 +456,28 @@ where
     /// `Ready(Err(how))` once the connection is over.
     fn poll_pass(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Ended>> {
         let mut progress = false;
-        for _ in 0..READ_BATCH {
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
             if self.callee.as_ref().is_some_and(Callee::outbox_full) {
                 break;
             }
-            match self.transport.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Err(e) = self.on_frame(frame, cx) {
-                        return Poll::Ready(Err(Ended::Failed(e)));
+            let cost = match self.next_batched() {
+                Some(Ok(frame)) => self.on_frame(frame, cx),
+                Some(Err(e)) => Err(e),
+                None => match self.transport.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(Ok(message))) => self.on_message(message, cx),
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(Ended::Failed(connection_error(&e, self.peer))));
                     }
-                    progress = true;
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Ended::Failed(connection_error(&e, self.peer)))),
-                Poll::Ready(None) => return Poll::Ready(Err(Ended::PeerLeft)),
-                Poll::Pending => break,
+                    Poll::Ready(None) => return Poll::Ready(Err(Ended::PeerLeft)),
+                    Poll::Pending => break,
+                },
+            };
+            match cost {
+                Ok(cost) => budget = budget.saturating_sub(cost.max(1)),
+                Err(e) => return Poll::Ready(Err(Ended::Failed(e))),
             }
+            progress = true;
         }
         let mut close = CloseRequest::None;
         if let Some(c) = &mut self.caller {
@@ -406,10 +499,10 @@ where
             if !has_next {
                 break;
             }
-            match self.transport.as_mut().poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Ended::Failed(connection_error(&e, self.peer)))),
-                Poll::Pending => break,
+            match self.out_room(cx, false) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return Poll::Ready(Err(Ended::Failed(e))),
             }
             let Some(next) = self.next_pending() else { break };
             if let Err(e) = self.send(next) {
@@ -426,6 +519,11 @@ where
             progress = true;
         }
         if self.needs_flush {
+            match self.out_room(cx, true) {
+                Ok(true) => {}
+                Ok(false) => return Poll::Ready(Ok(progress)),
+                Err(e) => return Poll::Ready(Err(Ended::Failed(e))),
+            }
             match self.transport.as_mut().poll_flush(cx) {
                 Poll::Ready(Ok(())) => {
                     self.needs_flush = false;
@@ -440,7 +538,7 @@ where
         let caller_done = self.caller.as_ref().is_none_or(Caller::idle);
         let polite = close == CloseRequest::Polite && caller_done;
         let drained = self.callee.as_ref().is_some_and(|c| c.draining && c.drained()) && caller_done;
-        if (polite || drained) && !self.needs_flush {
+        if (polite || drained) && !self.needs_flush && self.outbox.is_empty() {
             return match self.transport.as_mut().poll_close(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(_) => Poll::Ready(Err(if drained { Ended::Drained } else { Ended::Closed })),
@@ -476,10 +574,10 @@ fn answer_encode_error<C, R>(id: u64, why: &EncodeError) -> Frame<C, R> {
 /// The pipe as the stream pumps see it.
 struct Pipe<'a, T> {
     transport: &'a mut Pin<Box<T>>,
+    outbox: &'a mut Outbox,
     needs_flush: &'a mut bool,
     codec: Codec,
     limit: usize,
-    buf: &'a mut BytesMut,
     peer: &'static str,
     /// Outbound streams that ended (their end frame is written).
     ended: Vec<u64>,
@@ -488,64 +586,53 @@ struct Pipe<'a, T> {
 }
 
 impl<T> Pipe<'_, T> {
-    fn ready<In, Out>(&mut self, cx: &mut Context<'_>) -> Result<bool, TransportError>
+    fn ready<In>(&mut self, cx: &mut Context<'_>) -> Result<bool, TransportError>
     where
-        T: FrameTransport<In, Out>,
+        T: FrameTransport<In, Outbound>,
     {
-        match self.transport.as_mut().poll_ready(cx) {
+        match self.outbox.poll_room(self.transport, cx, false) {
             Poll::Ready(Ok(())) => Ok(true),
             Poll::Ready(Err(e)) => Err(connection_error(&e, self.peer)),
             Poll::Pending => Ok(false),
         }
     }
 
-    fn write<In, C, R>(&mut self, out: Outbound<C, R>) -> Result<(), TransportError>
-    where
-        T: FrameTransport<In, Outbound<C, R>>,
-    {
-        self.transport.as_mut().start_send(out).map_err(|e| connection_error(&e, self.peer))?;
+    /// Queues a control frame (an end, an error), which always encodes.
+    fn write<C: Serialize, R: Serialize>(&mut self, frame: &Frame<C, R>) -> Result<(), TransportError> {
+        self.outbox.push_frame(frame, self.codec, self.limit).map_err(|e| TransportError::Protocol {
+            detail: format!("cannot encode a {:?} frame: {e}", frame.kind()),
+        })?;
         *self.needs_flush = true;
         Ok(())
     }
 
-    /// Encodes a stream item here (its size is what it costs in credit) and writes it, or
-    /// its first piece if it is larger than a piece; `Ok(Err(why))` if it cannot be
-    /// encoded (nothing written).
-    fn write_item<In, C, R, FC, FR>(
+    /// Encodes a stream item here (its size is what it costs in credit) and queues it, or
+    /// its first piece if it is larger than [`streams::WHOLE_MAX`]; `Ok(Err(why))` if it
+    /// cannot be encoded (nothing queued).
+    fn write_item<FC: Serialize, FR: Serialize>(
         &mut self,
         id: u64,
         from_opener: bool,
         frame: Frame<FC, FR>,
-    ) -> Result<Result<streams::ItemSent, EncodeError>, TransportError>
-    where
-        T: FrameTransport<In, Outbound<C, R>>,
-        FC: Serialize,
-        FR: Serialize,
-    {
-        let bytes = match frame.encode_into(self.codec, self.limit, self.buf) {
-            Ok(bytes) => bytes,
-            Err(why) => return Ok(Err(why)),
-        };
-        let cost = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-        if bytes.len() <= streams::PIECE {
-            self.write(Outbound::<C, R>::Encoded(bytes))?;
-            return Ok(Ok(streams::ItemSent::Whole(cost)));
+    ) -> Result<Result<streams::ItemSent, EncodeError>, TransportError> {
+        *self.needs_flush = true;
+        match self.outbox.encode(&frame, self.codec, self.limit) {
+            Ok(Encoded::Queued(len)) => Ok(Ok(streams::ItemSent::Whole(u32::try_from(len).unwrap_or(u32::MAX)))),
+            Ok(Encoded::Large(mut rest)) => {
+                let cost = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+                self.write_piece(id, from_opener, &mut rest)?;
+                Ok(Ok(streams::ItemSent::Started { cost, rest }))
+            }
+            Err(why) => Ok(Err(why)),
         }
-        let mut rest = bytes;
-        self.write_piece::<In, C, R>(id, from_opener, &mut rest)?;
-        Ok(Ok(streams::ItemSent::Started { cost, rest }))
     }
 
-    /// Writes the next piece of a large item (its frame's bytes), taking it off `rest`.
-    fn write_piece<In, C, R>(&mut self, id: u64, from_opener: bool, rest: &mut Bytes) -> Result<(), TransportError>
-    where
-        T: FrameTransport<In, Outbound<C, R>>,
-    {
+    /// Queues the next piece of a large item (its frame's bytes), taking it off `rest`.
+    fn write_piece(&mut self, id: u64, from_opener: bool, rest: &mut Bytes) -> Result<(), TransportError> {
         let bytes = rest.split_to(rest.len().min(streams::PIECE));
         let piece = Frame::<(), ()>::Piece { id, from_opener, more: !rest.is_empty(), bytes };
         // A piece is at most the piece size plus its header: below any message limit.
-        let encoded = piece.encode_into(self.codec, usize::MAX, self.buf).expect("a piece always encodes");
-        self.write(Outbound::<C, R>::Encoded(encoded))
+        self.write(&piece)
     }
 }
 
@@ -553,12 +640,12 @@ impl<T> Pipe<'_, T> {
 /// the carrier's frame types.
 struct DownSink<'p, 'a, T, In, Req, R>(&'p mut Pipe<'a, T>, Carrier<In, Req, R>);
 
-/// The carrier's frame types, for the sinks' trait bounds.
+/// The carrier's inbound message type and the frame types, for the sinks' trait bounds.
 type Carrier<In, Req, R> = PhantomData<fn() -> (In, Req, R)>;
 
 impl<T, In, Req, R> streams::PumpSink<R> for DownSink<'_, '_, T, In, Req, R>
 where
-    T: FrameTransport<In, Outbound<Req, R>>,
+    T: FrameTransport<In, Outbound>,
     R: Serialize,
     Req: Serialize,
 {
@@ -568,11 +655,11 @@ where
 
     fn item(&mut self, id: u64, item: R) -> Result<streams::ItemSent, TransportError> {
         let p = &mut *self.0;
-        match p.write_item::<In, Req, R, (), R>(id, false, Frame::DownItem { id, body: item })? {
+        match p.write_item(id, false, Frame::<(), R>::DownItem { id, body: item })? {
             Ok(sent) => Ok(sent),
             Err(why) => {
                 // The item cannot cross: the exchange ends with why, the connection goes on.
-                p.write(Outbound::<Req, R>::Frame(answer_encode_error(id, &why)))?;
+                p.write(&answer_encode_error::<(), ()>(id, &why))?;
                 p.ended.push(id);
                 Ok(streams::ItemSent::Failed)
             }
@@ -580,16 +667,16 @@ where
     }
 
     fn piece(&mut self, id: u64, rest: &mut Bytes) -> Result<(), TransportError> {
-        self.0.write_piece::<In, Req, R>(id, false, rest)
+        self.0.write_piece(id, false, rest)
     }
 
     fn end(&mut self, id: u64, how: Result<(), RpcError>) -> Result<(), TransportError> {
         let frame = match how {
-            Ok(()) => Frame::DownEnd { id },
+            Ok(()) => Frame::<(), ()>::DownEnd { id },
             Err(RpcError::Server(error)) => Frame::Error { id, error },
             Err(e) => Frame::Error { id, error: ServerError::new(ServerErrorKind::Internal, e.to_string()) },
         };
-        self.0.write(Outbound::<Req, R>::Frame(frame))?;
+        self.0.write(&frame)?;
         self.0.ended.push(id);
         Ok(())
     }
@@ -600,7 +687,7 @@ struct UpSink<'p, 'a, T, In, Req, R>(&'p mut Pipe<'a, T>, Carrier<In, Req, R>);
 
 impl<T, In, Req, R> streams::PumpSink<Req> for UpSink<'_, '_, T, In, Req, R>
 where
-    T: FrameTransport<In, Outbound<Req, R>>,
+    T: FrameTransport<In, Outbound>,
     R: Serialize,
     Req: Serialize,
 {
@@ -610,7 +697,7 @@ where
 
     fn item(&mut self, id: u64, item: Req) -> Result<streams::ItemSent, TransportError> {
         let p = &mut *self.0;
-        match p.write_item::<In, Req, R, Req, ()>(id, true, Frame::UpItem { id, body: item })? {
+        match p.write_item(id, true, Frame::<Req, ()>::UpItem { id, body: item })? {
             Ok(sent) => Ok(sent),
             Err(why) => {
                 // The call fails with why (and is cancelled on the callee).
@@ -621,12 +708,12 @@ where
     }
 
     fn piece(&mut self, id: u64, rest: &mut Bytes) -> Result<(), TransportError> {
-        self.0.write_piece::<In, Req, R>(id, true, rest)
+        self.0.write_piece(id, true, rest)
     }
 
     fn end(&mut self, id: u64, how: Result<(), RpcError>) -> Result<(), TransportError> {
         match how {
-            Ok(()) => self.0.write(Outbound::<Req, R>::Frame(Frame::UpEnd { id })),
+            Ok(()) => self.0.write(&Frame::<(), ()>::UpEnd { id }),
             // A stream passed through from elsewhere failed: so does this call.
             Err(e) => {
                 self.0.failed.push((id, e));
@@ -661,7 +748,7 @@ impl<T, S: Service, Req, Resp> Unpin for Engine<T, S, Req, Resp> {}
 
 impl<T, S, Req, Resp> Future for Engine<T, S, Req, Resp>
 where
-    T: FrameTransport<Inbound<S::Request, Resp>, Outbound<Req, S::Response>>,
+    T: FrameTransport<Inbound<S::Request, Resp>, Outbound>,
     S: Service,
     Req: Serialize,
     Resp: DeserializeOwned,

@@ -8,6 +8,8 @@ use std::io;
 use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
+
+use crate::wire::{HEADER_LEN, Kind};
 use futures::{Sink, Stream};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -16,19 +18,22 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use crate::codec::Codec;
 use crate::wire::{Frame, FrameError};
 
+/// A message read from the peer: one frame, or a batch of them.
+pub(crate) enum Inbound<C, R> {
+    One(InFrame<C, R>),
+    /// The body of a `Batch` frame (after its header), read frame by frame by the engine.
+    Batch(Bytes),
+}
+
 /// A frame read from the peer, or why it could not be read (header or body), and its size
 /// in bytes (streams' credit is counted in frame bytes).
-pub(crate) struct Inbound<C, R> {
+pub(crate) struct InFrame<C, R> {
     pub(crate) frame: Result<Frame<C, R>, FrameError>,
     pub(crate) len: u32,
 }
 
-/// A frame to send: typed, or already encoded (one-way calls are encoded by their callers,
-/// so an oversized or unencodable one fails in the caller, at once).
-pub(crate) enum Outbound<C, R> {
-    Frame(Frame<C, R>),
-    Encoded(Bytes),
-}
+/// An encoded message to send: one frame or a batch (see [`Outbox`](super::outbox::Outbox)).
+pub(crate) struct Outbound(pub(crate) Bytes);
 
 // tarpc's serde transport requires `Item: Deserialize` and `SinkItem: Serialize`; the real
 // work is done by `FrameCodec`'s `tokio_serde` impls below, which never call these.
@@ -38,40 +43,31 @@ impl<'de, C, R> Deserialize<'de> for Inbound<C, R> {
     }
 }
 
-impl<C, R> Serialize for Outbound<C, R> {
+impl Serialize for Outbound {
     fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
         Err(serde::ser::Error::custom("frames are encoded by FrameCodec only"))
     }
 }
 
-/// What the engine needs of a carrier: a stream of inbound frames and a sink of outbound
-/// ones. Errors are I/O errors; an encoding failure in `start_send` wraps an
-/// [`EncodeError`](crate::codec::EncodeError) (find it with
-/// [`encode_error`](crate::codec::encode_error)) and leaves the carrier usable.
+/// What the engine needs of a carrier: a stream of inbound messages and a sink of
+/// outbound ones. Errors are I/O errors.
 pub(crate) trait FrameTransport<In, Out>: Stream<Item = io::Result<In>> + Sink<Out, Error = io::Error> {}
 
 impl<T, In, Out> FrameTransport<In, Out> for T where T: Stream<Item = io::Result<In>> + Sink<Out, Error = io::Error> {}
 
-/// The `tokio_serde` codec of one connection: a [`Codec`] and the send limit negotiated in
-/// the handshake, and one buffer reused for every frame encoded.
+/// The `tokio_serde` codec of one connection. Frames are encoded by the engine (into its
+/// [`Outbox`](super::outbox::Outbox)), so sending only hands the bytes on; reading decodes
+/// a lone frame at once and hands a batch's body to the engine to read frame by frame.
 #[derive(Debug)]
 pub(crate) struct FrameCodec {
     codec: Codec,
-    send_limit: usize,
-    buf: BytesMut,
 }
 
-impl<C: Serialize, R: Serialize> tokio_serde::Serializer<Outbound<C, R>> for FrameCodec {
+impl tokio_serde::Serializer<Outbound> for FrameCodec {
     type Error = io::Error;
 
-    fn serialize(self: Pin<&mut Self>, item: &Outbound<C, R>) -> Result<Bytes, io::Error> {
-        let this = self.get_mut();
-        match item {
-            Outbound::Frame(frame) => frame
-                .encode_into(this.codec, this.send_limit, &mut this.buf)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e)),
-            Outbound::Encoded(bytes) => Ok(bytes.clone()),
-        }
+    fn serialize(self: Pin<&mut Self>, item: &Outbound) -> Result<Bytes, io::Error> {
+        Ok(item.0.clone())
     }
 }
 
@@ -79,24 +75,26 @@ impl<C: DeserializeOwned, R: DeserializeOwned> tokio_serde::Deserializer<Inbound
     type Error = io::Error;
 
     fn deserialize(self: Pin<&mut Self>, src: &BytesMut) -> Result<Inbound<C, R>, io::Error> {
+        if src.len() >= HEADER_LEN && src[0] == Kind::Batch.code() {
+            // One copy of the batch (the framing layer keeps its buffer), then each frame
+            // is decoded from it in place.
+            return Ok(Inbound::Batch(Bytes::copy_from_slice(&src[HEADER_LEN..])));
+        }
         // The length-delimited codec caps frames far below 4 GiB.
         let len = u32::try_from(src.len()).unwrap_or(u32::MAX);
-        Ok(Inbound { frame: Frame::decode(self.codec, src), len })
+        Ok(Inbound::One(InFrame { frame: Frame::decode(self.codec, src), len }))
     }
 }
 
 /// Wraps a handshaken, framed stream into the pipe carrier.
-pub(crate) fn pipe<IO, InC, InR, OutC, OutR>(
+pub(crate) fn pipe<IO, InC, InR>(
     framed: Framed<IO, LengthDelimitedCodec>,
     codec: Codec,
-    send_limit: usize,
-) -> transport_pipe::Transport<IO, Inbound<InC, InR>, Outbound<OutC, OutR>, FrameCodec>
+) -> transport_pipe::Transport<IO, Inbound<InC, InR>, Outbound, FrameCodec>
 where
     IO: AsyncRead + AsyncWrite,
     InC: DeserializeOwned,
     InR: DeserializeOwned,
-    OutC: Serialize,
-    OutR: Serialize,
 {
-    transport_pipe::serde_transport(framed, FrameCodec { codec, send_limit, buf: BytesMut::new() })
+    transport_pipe::serde_transport(framed, FrameCodec { codec })
 }

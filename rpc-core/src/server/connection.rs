@@ -43,7 +43,7 @@ where
         stream_window: config.stream_window,
     };
     let negotiated = handshake::server(&mut framed, S::ID, offer, config.handshake_timeout, refuse).await?;
-    let transport = crate::engine::pipe(framed, negotiated.codec, negotiated.send_limit);
+    let transport = crate::engine::pipe(framed, negotiated.codec);
     let limits =
         // The largest item either side may send is what a stream may overshoot its credit by.
         StreamLimits {

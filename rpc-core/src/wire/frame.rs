@@ -25,7 +25,12 @@
 //! | `DownCredit` | 13 | grant u32 | – | the caller: room for more callee items, in bytes |
 //! | `UpStop` | 14 | – | – | the callee: stop sending items (the handler dropped the stream) |
 //! | `Piece` | 15 | – | raw bytes: a slice of a large item frame | either (flag `FLAG_OPENER` says which); `FLAG_MORE` until the last |
+//! | `Batch` | 16 | – | one or more frames, each after its length (u32) | either, once both announced [`caps::BATCH`](super::caps::BATCH); exchange id 0 |
 //!
+//! A `Batch` carries many small frames in one pipe message, so the per-message costs of
+//! the carrier (length prefix, framing, buffer split) are paid once per batch instead of
+//! once per frame. Its frames are read exactly as if each had come alone, in order;
+//! batches do not nest, and an empty or truncated batch closes the connection.
 //! Routing, cancels, credits and errors therefore never depend on decoding a user type: a
 //! frame whose body does not decode still names its kind and exchange, so only that
 //! exchange fails. A frame whose header does not parse (too short, unknown kind) means
@@ -36,7 +41,7 @@ use std::panic::AssertUnwindSafe;
 use bytes::{Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::codec::{Codec, EncodeError};
+use crate::codec::{Codec, EncodeError, Placed};
 use crate::error::ServerError;
 
 /// Bytes of the header common to every frame.
@@ -83,6 +88,8 @@ pub enum Kind {
     UpStop,
     /// A slice of a large stream item's frame, raw bytes after the header.
     Piece,
+    /// Several frames in one message (see [`split_batch`]).
+    Batch,
 }
 
 impl Kind {
@@ -104,6 +111,7 @@ impl Kind {
             Kind::DownCredit => 13,
             Kind::UpStop => 14,
             Kind::Piece => 15,
+            Kind::Batch => 16,
         }
     }
 
@@ -125,6 +133,7 @@ impl Kind {
             13 => Kind::DownCredit,
             14 => Kind::UpStop,
             15 => Kind::Piece,
+            16 => Kind::Batch,
             _ => return None,
         })
     }
@@ -144,7 +153,8 @@ impl Kind {
             | Kind::UpEnd
             | Kind::DownEnd
             | Kind::UpStop
-            | Kind::Piece => 0,
+            | Kind::Piece
+            | Kind::Batch => 0,
         }
     }
 
@@ -368,27 +378,38 @@ impl<C: Serialize, R: Serialize> Frame<C, R> {
         self.encode_into(codec, limit, &mut BytesMut::new())
     }
 
-    /// Encodes at the end of `buf` and splits the frame off (see [`Codec`]'s buffer reuse).
+    /// Encodes into `buf` and splits the frame off (see [`Codec`]'s buffer reuse).
     pub(crate) fn encode_into(&self, codec: Codec, limit: usize, buf: &mut BytesMut) -> Result<Bytes, EncodeError> {
+        buf.clear();
+        match self.encode_append(codec, limit, buf)? {
+            Placed::Appended(_) => Ok(buf.split().freeze()),
+            Placed::Separate(bytes) => Ok(bytes),
+        }
+    }
+
+    /// Encodes at the end of `buf`, after what is there, unless the frame is too large for
+    /// a shared buffer (then it comes back in its own allocation). On error `buf` is as it
+    /// was.
+    pub(crate) fn encode_append(&self, codec: Codec, limit: usize, buf: &mut BytesMut) -> Result<Placed, EncodeError> {
         let prefix = Prefix::new(self.kind(), self.id());
         match self {
             Frame::Call { timeout_us, body, .. } => {
-                codec.encode_into(prefix.u64(*timeout_us).as_slice(), body, limit, buf)
+                codec.encode_append(prefix.u64(*timeout_us).as_slice(), body, limit, buf)
             }
-            Frame::OneWay { body, .. } => codec.encode_into(prefix.as_slice(), body, limit, buf),
-            Frame::Reply { body, .. } => codec.encode_into(prefix.as_slice(), body, limit, buf),
-            Frame::Error { error, .. } => codec.encode_into(prefix.as_slice(), error, limit, buf),
-            Frame::Cancel { .. } => codec.encode_into(prefix.as_slice(), &(), limit, buf),
+            Frame::OneWay { body, .. } => codec.encode_append(prefix.as_slice(), body, limit, buf),
+            Frame::Reply { body, .. } => codec.encode_append(prefix.as_slice(), body, limit, buf),
+            Frame::Error { error, .. } => codec.encode_append(prefix.as_slice(), error, limit, buf),
+            Frame::Cancel { .. } => codec.encode_append(prefix.as_slice(), &(), limit, buf),
             Frame::TooLarge { size, limit: l, .. } => {
-                codec.encode_into(prefix.u64(*size).u64(*l).as_slice(), &(), limit, buf)
+                codec.encode_append(prefix.u64(*size).u64(*l).as_slice(), &(), limit, buf)
             }
             Frame::Credit { grant, .. } | Frame::UpCredit { grant, .. } | Frame::DownCredit { grant, .. } => {
-                codec.encode_into(prefix.u32(*grant).as_slice(), &(), limit, buf)
+                codec.encode_append(prefix.u32(*grant).as_slice(), &(), limit, buf)
             }
-            Frame::UpItem { body, .. } => codec.encode_into(prefix.as_slice(), body, limit, buf),
-            Frame::DownItem { body, .. } => codec.encode_into(prefix.as_slice(), body, limit, buf),
+            Frame::UpItem { body, .. } => codec.encode_append(prefix.as_slice(), body, limit, buf),
+            Frame::DownItem { body, .. } => codec.encode_append(prefix.as_slice(), body, limit, buf),
             Frame::UpEnd { .. } | Frame::DownEnd { .. } | Frame::UpStop { .. } => {
-                codec.encode_into(prefix.as_slice(), &(), limit, buf)
+                codec.encode_append(prefix.as_slice(), &(), limit, buf)
             }
             Frame::Piece { from_opener, more, bytes, .. } => {
                 let mut prefix = prefix;
@@ -400,10 +421,9 @@ impl<C: Serialize, R: Serialize> Frame<C, R> {
                         limit: limit as u64,
                     }));
                 }
-                buf.clear();
                 buf.extend_from_slice(prefix.as_slice());
                 buf.extend_from_slice(bytes);
-                Ok(buf.split().freeze())
+                Ok(Placed::Appended(whole))
             }
         }
     }
@@ -474,8 +494,53 @@ impl<C: DeserializeOwned, R: DeserializeOwned> Frame<C, R> {
                     _ => Frame::UpStop { id },
                 }
             }
+            Kind::Batch => {
+                return Err(FrameError::Header(
+                    "a Batch frame where one frame was expected (batches do not nest)".into(),
+                ));
+            }
         })
     }
+}
+
+/// Bytes before each frame in a `Batch`: the frame's length, u32 little-endian.
+pub const BATCH_ENTRY_LEN: usize = 4;
+
+/// The first frame of a `Batch` frame's `body` (the bytes after its header), starting at
+/// `*at`: its range in `body`, and `*at` moved past it; `None` at the end. `Err` if the
+/// length is truncated, zero, or runs past the batch.
+pub(crate) fn next_in_batch(body: &[u8], at: &mut usize) -> Option<Result<std::ops::Range<usize>, FrameError>> {
+    let rest = body.get(*at..).filter(|r| !r.is_empty())?;
+    let Some(len) = rest.first_chunk::<BATCH_ENTRY_LEN>().map(|l| u32::from_le_bytes(*l) as usize) else {
+        return Some(Err(FrameError::Header(format!("a batch ends in {} bytes of a frame length", rest.len()))));
+    };
+    let start = *at + BATCH_ENTRY_LEN;
+    if len == 0 || len > body.len() - start {
+        return Some(Err(FrameError::Header(format!(
+            "a batch entry of {len} bytes where {} remain",
+            body.len() - start
+        ))));
+    }
+    *at = start + len;
+    Some(Ok(start..start + len))
+}
+
+/// Splits a whole `Batch` frame (header included) into its frames, for tools and tests
+/// that read the wire themselves.
+pub fn split_batch(frame: &[u8]) -> Result<Vec<&[u8]>, FrameError> {
+    if frame.len() < HEADER_LEN || frame[0] != Kind::Batch.code() {
+        return Err(FrameError::Header("not a Batch frame".into()));
+    }
+    let body = &frame[HEADER_LEN..];
+    let mut at = 0;
+    let mut frames = Vec::new();
+    while let Some(range) = next_in_batch(body, &mut at) {
+        frames.push(&body[range?]);
+    }
+    if frames.is_empty() {
+        return Err(FrameError::Header("an empty batch".into()));
+    }
+    Ok(frames)
 }
 
 /// Decodes a body, turning a panic in a user `Deserialize` impl into an error: a hostile
