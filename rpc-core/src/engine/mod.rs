@@ -590,6 +590,9 @@ impl<T> Pipe<'_, T> {
     where
         T: FrameTransport<In, Outbound>,
     {
+        if self.outbox.has_room() {
+            return Ok(true);
+        }
         match self.outbox.poll_room(self.transport, cx, false) {
             Poll::Ready(Ok(())) => Ok(true),
             Poll::Ready(Err(e)) => Err(connection_error(&e, self.peer)),

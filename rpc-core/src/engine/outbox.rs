@@ -200,6 +200,14 @@ impl Outbox {
         self.frames = 0;
     }
 
+    /// True if a frame can be added without asking the carrier: a batch is under way (the
+    /// carrier had room when it started) and has room. The per-item fast path of
+    /// [`poll_room`](Self::poll_room).
+    #[inline]
+    pub(crate) fn has_room(&self) -> bool {
+        self.frames > 0 && self.buf.len() < BATCH_TARGET && self.sealed.is_empty()
+    }
+
     /// Hands sealed messages to the carrier, sealing the batch first if it is full (or if
     /// `all`). `Ready(Ok)` once nothing sealed waits and there is room for more frames.
     ///

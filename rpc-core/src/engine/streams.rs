@@ -327,8 +327,9 @@ pub(crate) trait PumpSink<M> {
 }
 
 /// Polls the producers in `streams` round-robin, one item each per turn, while they have
-/// credit and the pipe has room, so streams interleave fairly. Producers that ended,
-/// failed or whose item could not be encoded are removed.
+/// credit and the pipe has room, so streams interleave fairly (a lone stream keeps its turn
+/// without being looked up again per item). Producers that ended, failed or whose item
+/// could not be encoded are removed.
 pub(crate) fn pump<M>(
     streams: &mut crate::deadlines::IdMap<OutStream<M>>,
     order: &mut Vec<u64>,
@@ -341,73 +342,103 @@ pub(crate) fn pump<M>(
     while !order.is_empty() {
         let mut i = 0;
         while i < order.len() {
-            if !sink.ready(cx)? {
-                return Ok(progress);
-            }
             let id = order[i];
             let s = streams.get_mut(&id).expect("listed from the map");
-            // One piece per turn of an item already under way (its credit was paid).
-            if let Some(rest) = &mut s.partial {
-                sink.piece(id, rest)?;
+            let turn = loop {
+                if !sink.ready(cx)? {
+                    return Ok(progress);
+                }
+                let turn = turn(id, s, cx, sink)?;
+                if turn != Turn::Again || order.len() > 1 {
+                    break turn;
+                }
                 progress = true;
-                if rest.is_empty() {
-                    s.partial = None;
-                    if s.credit <= 0 {
-                        order.swap_remove(i);
-                        continue;
-                    }
-                }
-                i += 1;
-                continue;
-            }
-            // A producer is user code running on the connection's task: a panic in it
-            // ends its stream, not the connection.
-            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.stream.as_mut().poll_next(cx)));
-            let item = match polled {
-                Ok(Poll::Pending) => {
+            };
+            match turn {
+                Turn::Pending => {
                     order.swap_remove(i);
-                    continue;
                 }
-                Ok(Poll::Ready(item)) => item,
-                Err(panic) => {
-                    let msg = crate::error::panic_message(panic.as_ref());
-                    tracing::error!(id, panic = %msg, "stream producer panicked");
-                    let error = crate::ServerError::new(crate::ServerErrorKind::HandlerPanicked, msg);
-                    Some(Err(RpcError::Server(error)))
+                Turn::Over => {
+                    progress = true;
+                    streams.remove(&id);
+                    order.swap_remove(i);
                 }
-            };
-            progress = true;
-            let keep = match item {
-                Some(Ok(m)) => match sink.item(id, m)? {
-                    ItemSent::Whole(len) => {
-                        s.credit -= i64::from(len);
-                        true
-                    }
-                    ItemSent::Started { cost, rest } => {
-                        s.credit -= i64::from(cost);
-                        s.partial = Some(rest);
-                        true
-                    }
-                    ItemSent::Failed => false,
-                },
-                Some(Err(e)) => {
-                    sink.end(id, Err(e))?;
-                    false
+                Turn::Paused => {
+                    progress = true;
+                    order.swap_remove(i);
                 }
-                None => {
-                    sink.end(id, Ok(()))?;
-                    false
+                Turn::Again => {
+                    progress = true;
+                    i += 1;
                 }
-            };
-            if !keep {
-                streams.remove(&id);
-                order.swap_remove(i);
-            } else if streams[&id].credit <= 0 && streams[&id].partial.is_none() {
-                order.swap_remove(i);
-            } else {
-                i += 1;
             }
         }
     }
     Ok(progress)
+}
+
+/// What one turn of a stream in [`pump`] did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// It sent something and may send more.
+    Again,
+    /// It sent something and is out of credit.
+    Paused,
+    /// Its producer has nothing yet.
+    Pending,
+    /// It ended (or failed): remove it.
+    Over,
+}
+
+/// One turn of stream `id`: the next piece of an item under way, or its producer's next
+/// item, end or error.
+fn turn<M>(
+    id: u64,
+    s: &mut OutStream<M>,
+    cx: &mut Context<'_>,
+    sink: &mut impl PumpSink<M>,
+) -> Result<Turn, TransportError> {
+    // One piece per turn of an item already under way (its credit was paid).
+    if let Some(rest) = &mut s.partial {
+        sink.piece(id, rest)?;
+        if rest.is_empty() {
+            s.partial = None;
+            if s.credit <= 0 {
+                return Ok(Turn::Paused);
+            }
+        }
+        return Ok(Turn::Again);
+    }
+    // A producer is user code running on the connection's task: a panic in it ends its
+    // stream, not the connection.
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.stream.as_mut().poll_next(cx)));
+    let item = match polled {
+        Ok(Poll::Pending) => return Ok(Turn::Pending),
+        Ok(Poll::Ready(item)) => item,
+        Err(panic) => {
+            let msg = crate::error::panic_message(panic.as_ref());
+            tracing::error!(id, panic = %msg, "stream producer panicked");
+            let error = crate::ServerError::new(crate::ServerErrorKind::HandlerPanicked, msg);
+            Some(Err(RpcError::Server(error)))
+        }
+    };
+    match item {
+        Some(Ok(m)) => match sink.item(id, m)? {
+            ItemSent::Whole(len) => s.credit -= i64::from(len),
+            ItemSent::Started { cost, rest } => {
+                s.credit -= i64::from(cost);
+                s.partial = Some(rest);
+            }
+            ItemSent::Failed => return Ok(Turn::Over),
+        },
+        Some(Err(e)) => {
+            sink.end(id, Err(e))?;
+            return Ok(Turn::Over);
+        }
+        None => {
+            sink.end(id, Ok(()))?;
+            return Ok(Turn::Over);
+        }
+    }
+    Ok(if s.credit <= 0 && s.partial.is_none() { Turn::Paused } else { Turn::Again })
 }
