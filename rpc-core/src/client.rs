@@ -10,6 +10,7 @@
 
 use futures::stream::BoxStream;
 
+use crate::access::{PeerCredentials, ServerIdentity};
 use crate::callback::{CallbackLink, CallbackRouter, Registry};
 use crate::engine::calls::{CallStreams, Calls, CloseRequest};
 use crate::engine::streams::{Inbox, Remote, StreamControl};
@@ -56,6 +57,10 @@ pub struct ClientConfig {
     /// producer pauses until the consumer reads. Memory per inbound stream is at most
     /// this plus one message. Default: 256 KiB.
     pub stream_window: u32,
+    /// Whom this client accepts as the server of a pipe it connects to by name, checked
+    /// from the OS's credentials of the pipe's peer before the client sends anything.
+    /// Default: [`ServerIdentity::SameUser`].
+    pub expect_server: ServerIdentity,
 }
 
 impl Default for ClientConfig {
@@ -68,11 +73,18 @@ impl Default for ClientConfig {
             handshake_timeout: Duration::from_secs(10),
             max_queued_oneway: 1024,
             stream_window: crate::server::DEFAULT_STREAM_WINDOW,
+            expect_server: ServerIdentity::default(),
         }
     }
 }
 
 impl ClientConfig {
+    /// Sets [`expect_server`](Self::expect_server).
+    #[must_use]
+    pub fn expect_server(mut self, identity: ServerIdentity) -> Self {
+        self.expect_server = identity;
+        self
+    }
     /// Sets [`default_timeout`](Self::default_timeout).
     #[must_use]
     pub fn default_timeout(mut self, t: Duration) -> Self {
@@ -151,6 +163,9 @@ pub struct PeerInfo {
     pub max_in_flight: usize,
     /// One-way calls the server admits before it grants more credit.
     pub max_oneway: u32,
+    /// The server's credentials as the operating system reports the pipe's peer (`None`
+    /// for a connection made with [`Channel::from_io`], which has no such report).
+    pub server: Option<PeerCredentials>,
 }
 
 /// What every handle of a connection shares with its engine.
@@ -216,14 +231,40 @@ where
         service: ServiceId,
         config: ClientConfig,
     ) -> Result<Self, RpcError> {
-        let stream = transport_pipe::connect(name, &config.connect).await?;
-        Self::from_io(stream, service, config).await
+        let name = name.into();
+        let stream = transport_pipe::connect(name.clone(), &config.connect).await?;
+        // Before a byte is sent: is this the server we expect, or whoever took the name?
+        let server = stream.peer_credentials().map_err(|e| TransportError::ServerIdentity {
+            expected: config.expect_server.describe(&PeerCredentials::current_process()),
+            actual: format!("unknown (the pipe `{}` does not report its server: {e})", name.as_str()),
+        })?;
+        let me = PeerCredentials::current_process();
+        if !config.expect_server.admits(&server, &me) {
+            return Err(TransportError::ServerIdentity {
+                expected: config.expect_server.describe(&me),
+                actual: format!("`{}` is served by {server}", name.as_str()),
+            }
+            .into());
+        }
+        Self::start(stream, Some(server), service, config).await
     }
 
     /// Runs the handshake over an already-connected byte stream and starts the connection's engine
     /// task. Any `AsyncRead + AsyncWrite` works: a pipe, or `tokio::io::duplex` in tests.
     /// Must be called inside a tokio runtime.
     pub async fn from_io<S>(io: S, service: ServiceId, config: ClientConfig) -> Result<Self, RpcError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        Self::start(io, None, service, config).await
+    }
+
+    async fn start<S>(
+        io: S,
+        server: Option<PeerCredentials>,
+        service: ServiceId,
+        config: ClientConfig,
+    ) -> Result<Self, RpcError>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -239,7 +280,7 @@ where
         )
         .await?;
         let registry = Arc::new(Registry::default());
-        let shared = Shared::new(registry.clone(), PeerInfo::of(&negotiated), config);
+        let shared = Shared::new(registry.clone(), PeerInfo { server, ..PeerInfo::of(&negotiated) }, config);
         let transport = crate::engine::pipe(framed, negotiated.codec);
         let limits = crate::engine::CallerLimits {
             window: negotiated.window,
@@ -264,8 +305,13 @@ where
             down_window: negotiated.peer_stream_window,
             max_message: negotiated.send_limit,
         };
-        let callee =
-            crate::engine::Callee::new(Arc::new(router), Arc::new(crate::ServerConfig::default()), None, stream_limits);
+        let callee = crate::engine::Callee::new(
+            Arc::new(router),
+            Arc::new(crate::ServerConfig::default()),
+            None,
+            stream_limits,
+            server,
+        );
         let engine =
             crate::engine::Engine::<_, CallbackRouter, Req, Resp>::new(transport, settings, Some(caller), Some(callee));
         tokio::spawn(async move {
@@ -295,6 +341,7 @@ where
             capabilities: 0,
             max_in_flight: 0,
             max_oneway: 0,
+            server: None,
         };
         let shared = Shared::new(Arc::default(), peer, ClientConfig::default());
         Channel { shared, bridge: Some(Arc::new(link)) }
@@ -413,6 +460,7 @@ impl PeerInfo {
             capabilities: negotiated.capabilities,
             max_in_flight: negotiated.window,
             max_oneway: negotiated.oneway_window,
+            server: None,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The context of the call being served: its deadline and id.
+//! The context of the call being served: its deadline, id and caller.
 //!
 //! The server runs every handler inside a task-local scope holding its [`Context`], so a
 //! handler can read [`current()`] without a parameter in the trait. Calls a handler makes
@@ -23,6 +23,10 @@ pub struct Context {
     pub request_id: u64,
     /// The method being called.
     pub method: &'static str,
+    /// Who is calling, as the operating system reports the pipe's peer (`None` for a
+    /// connection whose transport reports no credentials, such as an in-memory pipe). On a
+    /// client serving callbacks, this is the server.
+    pub peer: Option<crate::access::PeerCredentials>,
 }
 
 impl Context {

@@ -139,6 +139,16 @@ pub enum TransportError {
         /// What was refused.
         detail: String,
     },
+    /// The process serving the pipe is not the one this client expects
+    /// ([`ClientConfig::expect_server`](crate::ClientConfig::expect_server)): another user's
+    /// process may have taken the name. Nothing was sent to it.
+    #[error("server identity: expected a server running as {expected}, but {actual}")]
+    ServerIdentity {
+        /// Whom the client expected.
+        expected: String,
+        /// Who serves the pipe.
+        actual: String,
+    },
     /// The pipe name cannot be used on this platform.
     #[error("invalid pipe name: {detail}")]
     InvalidName {

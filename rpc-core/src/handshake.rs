@@ -123,6 +123,10 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
                 TransportError::NotRunning { detail: format!("server is shutting down: {}", welcome.message) }.into()
             );
         }
+        HandshakeStatus::PermissionDenied => {
+            let detail = format!("the server does not admit this client: {}", welcome.message);
+            return Err(TransportError::PermissionDenied { detail }.into());
+        }
     }
     if welcome.codec != codec.id() {
         return Err(refused(format!(
@@ -165,6 +169,9 @@ pub(crate) struct ServerOffer {
     pub(crate) stream_window: u32,
 }
 
+/// Largest hello a server reads.
+const HELLO_MAX: usize = 64 * 1024;
+
 /// Server side: read `Hello` within `timeout`, answer `Welcome`. `refuse` forces a refusal
 /// (overload, shutdown) after the client has been heard, so it gets a typed reason.
 pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
@@ -174,7 +181,13 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     timeout: Duration,
     refuse: Option<(HandshakeStatus, String)>,
 ) -> Result<Negotiated, TransportError> {
-    let hello = match tokio::time::timeout(timeout, framed.next()).await {
+    // A hello is a few hundred bytes: a client (admitted or not) must not make the server
+    // buffer a whole message's worth before it has even said who it is.
+    let max_frame = framed.codec().max_frame_length();
+    framed.codec_mut().set_max_frame_length(max_frame.min(HELLO_MAX));
+    let hello = tokio::time::timeout(timeout, framed.next()).await;
+    framed.codec_mut().set_max_frame_length(max_frame);
+    let hello = match hello {
         Err(_) => {
             return Err(TransportError::Protocol {
                 detail: format!("the client sent no handshake within {}", crate::error::fmt_duration(timeout)),

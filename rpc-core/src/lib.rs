@@ -119,6 +119,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod callback;
 pub mod client;
 pub mod codec;
@@ -135,6 +136,7 @@ pub mod wire;
 #[doc(hidden)]
 pub mod __private;
 
+pub use access::{AccessPolicy, PeerCredentials, ServerIdentity};
 pub use callback::{Callback, Client};
 pub use client::{CallOptions, Channel, ClientConfig, PeerInfo};
 pub use codec::Codec;

@@ -20,9 +20,10 @@
 
 mod connection;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -30,6 +31,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use transport_pipe::{ListenOptions, PipeListener, PipeName};
 
+use crate::access::{AccessPolicy, PeerCredentials};
 use crate::error::{ServeError, TransportError};
 use crate::service::Service;
 use crate::wire::HandshakeStatus;
@@ -67,6 +69,16 @@ pub struct ServerConfig {
     pub stream_window: u32,
     /// Options for the listening pipe (Unix socket mode, ...).
     pub listen: ListenOptions,
+    /// Which clients are admitted, decided from the OS's credentials of each client right
+    /// after accept, before anything it sent is read. Default:
+    /// [`AccessPolicy::same_user`]. Widening it usually also needs the pipe opened up
+    /// ([`listen`](Self::listen)'s socket mode, in a directory the other users can reach).
+    pub access: AccessPolicy,
+    /// Connections one user (uid) may have at once, within
+    /// [`max_connections`](Self::max_connections); the next one is refused in the handshake
+    /// ([`TransportError::Busy`](crate::TransportError::Busy), naming the limit). Default: 64
+    /// (dbus-broker's per-user default).
+    pub max_connections_per_user: usize,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +93,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             stream_window: DEFAULT_STREAM_WINDOW,
             listen: ListenOptions::default(),
+            access: AccessPolicy::default(),
+            max_connections_per_user: 64,
         }
     }
 }
@@ -102,6 +116,25 @@ impl ServerConfig {
     #[must_use]
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
+        self
+    }
+    /// Sets [`max_connections_per_user`](Self::max_connections_per_user).
+    #[must_use]
+    pub fn max_connections_per_user(mut self, n: usize) -> Self {
+        self.max_connections_per_user = n.max(1);
+        self
+    }
+    /// Sets [`access`](Self::access).
+    #[must_use]
+    pub fn access(mut self, policy: AccessPolicy) -> Self {
+        self.access = policy;
+        self
+    }
+    /// Sets the Unix socket mode of [`listen`](Self::listen) (default `0o600`; ignored on
+    /// Windows).
+    #[must_use]
+    pub fn socket_mode(mut self, mode: u32) -> Self {
+        self.listen = self.listen.mode(mode);
         self
     }
     /// Sets [`max_message`](Self::max_message).
@@ -181,7 +214,10 @@ impl<S: Service> Server<S> {
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        connection::serve(io, self.service.clone(), Arc::new(self.config.clone()), CancellationToken::new(), None).await
+        // A connection handed over by the caller: its peer was vetted (or not) by the caller.
+        let admit = connection::Admission { refuse: None, peer: None };
+        connection::serve(io, self.service.clone(), Arc::new(self.config.clone()), CancellationToken::new(), admit)
+            .await
     }
 }
 
@@ -254,6 +290,8 @@ impl<S: Service> BoundServer<S> {
         let BoundServer { listener, service, config, shutdown } = self;
         let config = Arc::new(config);
         let live = Arc::new(AtomicUsize::new(0));
+        let per_user = Arc::new(Mutex::new(HashMap::new()));
+        let me = PeerCredentials::current_process();
         let mut conns = JoinSet::new();
         let mut accept_failures = 0u32;
         tokio::pin!(signal);
@@ -267,14 +305,12 @@ impl<S: Service> BoundServer<S> {
                 accepted = listener.accept() => match accepted {
                     Ok(stream) => {
                         accept_failures = 0;
-                        let refuse = (live.load(Ordering::Relaxed) >= config.max_connections).then(|| {
-                            (HandshakeStatus::Overloaded, format!("the server is at its limit of {} connections", config.max_connections))
-                        });
+                        let (admit, user_guard) = admission(&stream, &config, &me, &live, &per_user);
                         let guard = LiveGuard::new(live.clone());
                         let (service, config, token) = (service.clone(), config.clone(), shutdown.token.clone());
                         conns.spawn(async move {
-                            let _guard = guard;
-                            if let Err(e) = connection::serve(stream, service, config, token, refuse).await {
+                            let _guards = (guard, user_guard);
+                            if let Err(e) = connection::serve(stream, service, config, token, admit).await {
                                 tracing::debug!(error = %e, "connection ended");
                             }
                         });
@@ -305,6 +341,77 @@ impl<S: Service> BoundServer<S> {
 }
 
 /// Counts a live connection for as long as it exists.
+/// Decides, from the accepted client's credentials, whether its handshake is answered with
+/// a refusal: the access policy, the connection limit and the per-user limit, in that
+/// order. The guard counts the connection against its user while it lives.
+fn admission(
+    stream: &transport_pipe::PipeStream,
+    config: &ServerConfig,
+    me: &PeerCredentials,
+    live: &AtomicUsize,
+    per_user: &Arc<Mutex<HashMap<u32, usize>>>,
+) -> (connection::Admission, Option<UserGuard>) {
+    let peer = match stream.peer_credentials() {
+        Ok(peer) => peer,
+        Err(e) => {
+            // Fail closed: a client we cannot identify is not admitted.
+            let why = format!("the server cannot read this client's credentials: {e}");
+            return (
+                connection::Admission { refuse: Some((HandshakeStatus::PermissionDenied, why)), peer: None },
+                None,
+            );
+        }
+    };
+    let refuse = |status, why: String| (connection::Admission { refuse: Some((status, why)), peer: Some(peer) }, None);
+    if let Err(why) = config.access.check(&peer, me) {
+        tracing::info!(%peer, %why, "client refused");
+        return refuse(HandshakeStatus::PermissionDenied, why);
+    }
+    if live.load(Ordering::Relaxed) >= config.max_connections {
+        return refuse(
+            HandshakeStatus::Overloaded,
+            format!("the server is at its limit of {} connections", config.max_connections),
+        );
+    }
+    let user_guard = match peer.uid {
+        Some(uid) => {
+            let mut counts = per_user.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = counts.entry(uid).or_insert(0);
+            if *n >= config.max_connections_per_user {
+                return refuse(
+                    HandshakeStatus::Overloaded,
+                    format!(
+                        "the server is at its limit of {} connections per user, and uid {uid} has them all",
+                        config.max_connections_per_user
+                    ),
+                );
+            }
+            *n += 1;
+            Some(UserGuard { uid, counts: per_user.clone() })
+        }
+        None => None,
+    };
+    (connection::Admission { refuse: None, peer: Some(peer) }, user_guard)
+}
+
+/// Counts one connection against its user while it lives.
+struct UserGuard {
+    uid: u32,
+    counts: Arc<Mutex<HashMap<u32, usize>>>,
+}
+
+impl Drop for UserGuard {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.uid);
+            }
+        }
+    }
+}
+
 struct LiveGuard(Arc<AtomicUsize>);
 
 impl LiveGuard {

@@ -79,6 +79,8 @@ pub enum HandshakeStatus {
     Overloaded,
     /// The server is shutting down.
     ShuttingDown,
+    /// The server's access policy does not admit this client (the message names the rule).
+    PermissionDenied,
 }
 
 impl HandshakeStatus {
@@ -91,6 +93,7 @@ impl HandshakeStatus {
             HandshakeStatus::CodecUnsupported => 4,
             HandshakeStatus::Overloaded => 5,
             HandshakeStatus::ShuttingDown => 6,
+            HandshakeStatus::PermissionDenied => 7,
         }
     }
 
@@ -103,6 +106,7 @@ impl HandshakeStatus {
             4 => HandshakeStatus::CodecUnsupported,
             5 => HandshakeStatus::Overloaded,
             6 => HandshakeStatus::ShuttingDown,
+            7 => HandshakeStatus::PermissionDenied,
             _ => return None,
         })
     }

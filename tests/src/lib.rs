@@ -153,6 +153,9 @@ pub trait Probe {
     async fn unit(&self);
     /// Returns its argument.
     async fn echo_string(&self, s: String) -> String;
+    /// The caller's credentials as the handler's context reports them: pid, uid, gid
+    /// (`u32::MAX` where unknown).
+    async fn whoami(&self) -> (u32, u32, u32);
     /// Returns its argument.
     async fn echo_struct(&self, v: Record) -> Record;
     /// Returns its argument.
@@ -326,6 +329,11 @@ impl Probe for ProbeImpl {
 
     async fn echo_string(&self, s: String) -> String {
         s
+    }
+
+    async fn whoami(&self) -> (u32, u32, u32) {
+        let peer = rpc_core::context::current().and_then(|c| c.peer).unwrap_or_default();
+        (peer.pid.unwrap_or(u32::MAX), peer.uid.unwrap_or(u32::MAX), peer.gid.unwrap_or(u32::MAX))
     }
 
     async fn echo_struct(&self, v: Record) -> Record {
@@ -633,7 +641,33 @@ impl ServerProcess {
     /// Like [`spawn`](Self::spawn), but returns how the process ended if it exited
     /// before printing `ready`.
     pub async fn try_spawn(exe: &str, name: &PipeName, args: &[&str]) -> Result<ServerProcess, ServerExit> {
-        let mut child = Command::new(exe)
+        Self::try_spawn_via(&[], exe, name, args).await
+    }
+
+    /// Like [`spawn`](Self::spawn), run through `wrapper` (a command and its arguments that
+    /// execs the rest, such as `setpriv --reuid=65534 ...`).
+    pub async fn spawn_via(wrapper: &[&str], exe: &str, name: &PipeName, args: &[&str]) -> ServerProcess {
+        match Self::try_spawn_via(wrapper, exe, name, args).await {
+            Ok(p) => p,
+            Err(exit) => panic!("test-server on {name} via {wrapper:?} failed to start: {exit:?}"),
+        }
+    }
+
+    async fn try_spawn_via(
+        wrapper: &[&str],
+        exe: &str,
+        name: &PipeName,
+        args: &[&str],
+    ) -> Result<ServerProcess, ServerExit> {
+        let mut command = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
             .arg(name.as_str())
             .args(args)
             .stdin(Stdio::piped())

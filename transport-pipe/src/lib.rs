@@ -71,6 +71,7 @@
 //! See [`PipeName`], [`PipeListener`], [`PipeStream`] and [`connect`] for details.
 
 mod connect;
+mod creds;
 mod error;
 mod frame;
 mod listen;
@@ -79,6 +80,7 @@ mod platform;
 mod stream;
 
 pub use connect::{ConnectOptions, connect};
+pub use creds::PeerCredentials;
 pub use error::{Error, ErrorKind};
 pub use frame::{
     DEFAULT_MAX_FRAME, MAX_FRAME_CEILING, Transport, effective_max_frame, length_delimited, length_delimited_codec,

@@ -29,6 +29,10 @@ impl PipeStream {
         PipeStream { inner }
     }
 
+    pub(crate) fn inner(&self) -> &Stream {
+        &self.inner
+    }
+
     /// The value to write through. interprocess's portable `Stream` makes `poll_shutdown` a
     /// no-op on every platform and drops vectored writes; on Unix we bypass it and use the
     /// socket's own implementation so `shutdown` sends EOF and framed writes can be vectored.

@@ -36,6 +36,7 @@ use crate::wire::CallbackCall;
 use serde_bytes::ByteBuf;
 
 use super::streams::{Ctl, Inbox, OutStream, OverCredit, Pieces, Remote, StreamControl};
+use crate::access::PeerCredentials;
 use bytes::BytesMut;
 
 /// A first poll longer than this marks its method as long-running: its later calls start
@@ -150,6 +151,8 @@ pub(crate) struct Callee<S: Service> {
     limits: StreamLimits,
     /// The way back to the client, for handlers that take a `Callback`.
     callbacks: Option<CallbackLink>,
+    /// Who the caller is, for handlers' contexts.
+    peer: Option<PeerCredentials>,
 }
 
 /// The stream windows the handshake settled, in bytes.
@@ -168,8 +171,10 @@ impl<S: Service> Callee<S> {
         config: Arc<ServerConfig>,
         shutdown: Option<CancellationToken>,
         limits: StreamLimits,
+        peer: Option<PeerCredentials>,
     ) -> Self {
         Callee {
+            peer,
             service,
             config,
             shutdown: shutdown.map(|t| Box::pin(t.cancelled_owned())),
@@ -263,7 +268,7 @@ impl<S: Service> Callee<S> {
         let timeout = self.config.max_deadline;
         let started = Instant::now();
         let method = S::method_name(&body);
-        let ctx = CallContext { deadline: started + timeout, request_id: id, method };
+        let ctx = CallContext { deadline: started + timeout, request_id: id, method, peer: self.peer };
         let mut call = self.service.call(body, CallStreams::none());
         // Always polled inline, even for a method marked long-running: that is what starts
         // one-way handlers in the order they were sent.
@@ -321,7 +326,12 @@ impl<S: Service> Callee<S> {
         let deadline = timeout.map(|t| started + t);
         let method = S::method_name(&body);
         // The context always has a deadline: for a stream without one, the far future.
-        let ctx = CallContext { deadline: deadline.unwrap_or_else(|| started + NO_DEADLINE), request_id: id, method };
+        let ctx = CallContext {
+            deadline: deadline.unwrap_or_else(|| started + NO_DEADLINE),
+            request_id: id,
+            method,
+            peer: self.peer,
+        };
         let mut streams = CallStreams::none();
         if shape.callback {
             streams.callback = self.callbacks.clone().map(|link| CallbackLink { parent: id, ..link });

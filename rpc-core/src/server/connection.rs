@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::ServerConfig;
 use serde_bytes::ByteBuf;
 
+use crate::access::PeerCredentials;
 use crate::client::{Channel, ClientConfig, PeerInfo};
 use crate::engine::{Callee, Caller, CallerLimits, Engine, Settings, StreamLimits};
 use crate::error::TransportError;
@@ -20,12 +21,20 @@ use crate::wire::{CallbackCall, HandshakeStatus, caps};
 /// half admits as many).
 const CALLBACK_WINDOW: usize = 128;
 
+/// What the accept loop decided about a connection before its handshake.
+pub(crate) struct Admission {
+    /// Answer the handshake with this refusal.
+    pub(crate) refuse: Option<(HandshakeStatus, String)>,
+    /// The client's credentials, if the pipe reports them; handlers see them.
+    pub(crate) peer: Option<PeerCredentials>,
+}
+
 pub(crate) async fn serve<IO, S>(
     io: IO,
     service: Arc<S>,
     config: Arc<ServerConfig>,
     shutdown: CancellationToken,
-    refuse: Option<(HandshakeStatus, String)>,
+    admit: Admission,
 ) -> Result<(), TransportError>
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -33,6 +42,7 @@ where
 {
     let max = config.effective_max_message();
     let mut framed = transport_pipe::length_delimited(io, max);
+    let Admission { refuse, peer } = admit;
     let refuse = refuse.or_else(|| {
         shutdown.is_cancelled().then(|| (HandshakeStatus::ShuttingDown, "the server is shutting down".to_owned()))
     });
@@ -51,7 +61,7 @@ where
             down_window: negotiated.peer_stream_window,
             max_message: negotiated.send_limit,
         };
-    let mut callee = Callee::new(service, config, Some(shutdown), limits);
+    let mut callee = Callee::new(service, config, Some(shutdown), limits, peer);
     // A service with callback methods gets a calling half toward a client that can be
     // called back; its handlers reach it through their `Callback` arguments.
     let caller = (S::CALLBACKS && negotiated.capabilities & caps::CALLBACKS != 0).then(|| {

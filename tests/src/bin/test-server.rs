@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! test-server NAME [--max-message N] [--max-in-flight N] [--max-oneway N] [--max-connections N] [--shutdown-grace-ms N]
-//!             [--max-deadline-ms N]
+//!             [--max-deadline-ms N] [--max-per-user N] [--access anyone|same-user] [--allow-uid N]
+//!             [--socket-mode OCTAL]
 //! ```
 //!
 //! Prints `ready` on stdout once the pipe is bound (a test may connect from then on).
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pipe_rpc_tests::{ProbeImpl, ProbeServer};
-use rpc_core::{ServeError, Server, ServerConfig};
+use rpc_core::{AccessPolicy, ServeError, Server, ServerConfig};
 
 struct Args {
     name: String,
@@ -30,6 +31,22 @@ fn parse_args() -> Result<Args, String> {
     let mut config = ServerConfig::default();
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--access" => {
+                config = config.access(match value.as_str() {
+                    "anyone" => AccessPolicy::anyone(),
+                    "same-user" => AccessPolicy::same_user(),
+                    other => return Err(format!("--access {other}: anyone or same-user")),
+                });
+                continue;
+            }
+            "--socket-mode" => {
+                config =
+                    config.socket_mode(u32::from_str_radix(&value, 8).map_err(|e| format!("{flag} {value}: {e}"))?);
+                continue;
+            }
+            _ => {}
+        }
         let n: u64 = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?;
         let size = usize::try_from(n).map_err(|e| format!("{flag} {value}: {e}"))?;
         config = match flag.as_str() {
@@ -37,6 +54,8 @@ fn parse_args() -> Result<Args, String> {
             "--max-in-flight" => config.max_in_flight_per_connection(size),
             "--max-oneway" => config.max_oneway_per_connection(size),
             "--max-connections" => config.max_connections(size),
+            "--max-per-user" => config.max_connections_per_user(size),
+            "--allow-uid" => config.access(AccessPolicy::allow([u32::try_from(n).map_err(|e| e.to_string())?], [])),
             "--shutdown-grace-ms" => config.shutdown_grace(Duration::from_millis(n)),
             "--max-deadline-ms" => {
                 config.max_deadline = Duration::from_millis(n);

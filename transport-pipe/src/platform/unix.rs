@@ -46,6 +46,16 @@ pub(crate) fn is_absolute_path_str(s: &str) -> bool {
     s.starts_with('/')
 }
 
+/// This process's effective user and group ids: what the kernel reports to our peers.
+pub(crate) fn effective_ids() -> (u32, u32) {
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid and getegid have no preconditions, touch no memory of ours and cannot
+    // fail.
+    unsafe {
+        (libc::geteuid(), libc::getegid())
+    }
+}
+
 pub(crate) fn current_uid() -> u32 {
     #[allow(unsafe_code)]
     // SAFETY: getuid has no preconditions, touches no memory of ours and cannot fail.
@@ -367,6 +377,25 @@ pub(crate) fn bind(name: &PipeName, addr: &Path, opts: &ListenOptions) -> Result
 fn clear_and_listen(name: &PipeName, addr: &Path, opts: &ListenOptions) -> Result<Listener, Error> {
     clear_stale(name, addr)?;
     let fs_name = addr.to_fs_name::<GenericFilePath>().map_err(|e| io_error(name, addr, "use", e))?;
+    let listener = listen(name, addr, fs_name, opts)?;
+    // `bind` applies the umask on top of the mode set before it, so a mode wider than the
+    // umask allows (a socket meant for other users) is set again, exactly. The file only
+    // ever existed with a stricter mode.
+    let mode = opts.mode & 0o777;
+    let created = fs::metadata(addr).map(|m| m.mode() & 0o777).unwrap_or(mode);
+    if created != mode {
+        fs::set_permissions(addr, fs::Permissions::from_mode(mode))
+            .map_err(|e| io_error(name, addr, "set the mode of", e))?;
+    }
+    Ok(listener)
+}
+
+fn listen(
+    name: &PipeName,
+    addr: &Path,
+    fs_name: interprocess::local_socket::Name<'_>,
+    opts: &ListenOptions,
+) -> Result<Listener, Error> {
     ListenerOptions::new()
         .name(fs_name)
         // Applied with fchmod before bind, so the file never exists with a looser mode.

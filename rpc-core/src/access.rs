@@ -1,0 +1,210 @@
+//! Who may connect to a server ([`AccessPolicy`]) and whom a client accepts as its server
+//! ([`ServerIdentity`]). Both are decided once per connection from the credentials the
+//! operating system reports for the peer ([`PeerCredentials`]), before a byte of a request
+//! is read or written: a server checks right after accept, before it reads the client's
+//! hello; a client checks right after connect, before it sends its own.
+//!
+//! The defaults are the strict ones: a server admits only clients running as its own user,
+//! and a client talks only to a server running as its own user. Either end widens that
+//! with one setting ([`ServerConfig::access`](crate::ServerConfig::access),
+//! [`ClientConfig::expect_server`](crate::ClientConfig::expect_server)).
+//!
+//! ## Platform-specific behavior
+//!
+//! On Unix the user is the effective uid (and group the effective gid) the kernel recorded
+//! at `connect` (the client's) or `listen` (the server's). On Windows user SIDs are not read
+//! yet: the user-based rules cannot be evaluated there and admit the peer (the pipe's own
+//! access control is the only barrier), a known limit.
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use transport_pipe::PeerCredentials;
+
+/// A custom admission check: `Err(why)` refuses the client, and `why` reaches it.
+type CheckFn = dyn Fn(&PeerCredentials) -> Result<(), String> + Send + Sync;
+
+/// Which clients a server admits. Default: [`same_user`](Self::same_user).
+///
+/// A refused client gets [`TransportError::PermissionDenied`](crate::TransportError)
+/// naming the rule, and nothing it sent is decoded. Finer, per-method decisions belong in
+/// handlers, which see the caller's credentials in [`Context::peer`](crate::Context).
+#[derive(Clone)]
+pub struct AccessPolicy {
+    rule: Rule,
+}
+
+#[derive(Clone)]
+enum Rule {
+    SameUser,
+    Anyone,
+    Allow { uids: Vec<u32>, gids: Vec<u32> },
+    Custom(Arc<CheckFn>),
+}
+
+impl Default for AccessPolicy {
+    fn default() -> Self {
+        AccessPolicy::same_user()
+    }
+}
+
+impl fmt::Debug for AccessPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AccessPolicy({})", self.rule_name())
+    }
+}
+
+impl AccessPolicy {
+    /// Only clients running as the server's own (effective) user.
+    pub fn same_user() -> Self {
+        AccessPolicy { rule: Rule::SameUser }
+    }
+
+    /// Every client that can open the pipe. The pipe's permissions are then the only
+    /// barrier: make them match (for example a socket mode of `0o666` in a shared directory).
+    pub fn anyone() -> Self {
+        AccessPolicy { rule: Rule::Anyone }
+    }
+
+    /// The server's own user, plus clients whose user id is in `uids` or whose group id is
+    /// in `gids`.
+    pub fn allow(uids: impl IntoIterator<Item = u32>, gids: impl IntoIterator<Item = u32>) -> Self {
+        AccessPolicy { rule: Rule::Allow { uids: uids.into_iter().collect(), gids: gids.into_iter().collect() } }
+    }
+
+    /// A check of your own: it gets the client's credentials and returns `Err(why)` to
+    /// refuse it (`why` is sent to the client).
+    pub fn custom(check: impl Fn(&PeerCredentials) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        AccessPolicy { rule: Rule::Custom(Arc::new(check)) }
+    }
+
+    /// The rule's name, as refusals quote it.
+    pub fn rule_name(&self) -> String {
+        match &self.rule {
+            Rule::SameUser => "same user only".to_owned(),
+            Rule::Anyone => "anyone".to_owned(),
+            Rule::Allow { uids, gids } => format!("the server's user, uids {uids:?}, gids {gids:?}"),
+            Rule::Custom(_) => "a custom check".to_owned(),
+        }
+    }
+
+    /// Admits or refuses a client with credentials `peer`, for a server running as `me`;
+    /// `Err` says why, naming the rule.
+    pub fn check(&self, peer: &PeerCredentials, me: &PeerCredentials) -> Result<(), String> {
+        let refused = |why: String| Err(format!("refused by the access rule `{}`: {why}", self.rule_name()));
+        match &self.rule {
+            Rule::Anyone => Ok(()),
+            Rule::Custom(check) => check(peer).or_else(refused),
+            Rule::SameUser | Rule::Allow { .. } => {
+                // Without user ids (Windows, for now) the user rules cannot be evaluated.
+                let (Some(uid), Some(my_uid)) = (peer.uid, me.uid) else { return Ok(()) };
+                if uid == my_uid {
+                    return Ok(());
+                }
+                if let Rule::Allow { uids, gids } = &self.rule
+                    && (uids.contains(&uid) || peer.gid.is_some_and(|g| gids.contains(&g)))
+                {
+                    return Ok(());
+                }
+                refused(format!("the client runs as {peer}, the server as uid {my_uid}"))
+            }
+        }
+    }
+}
+
+/// Whom a client accepts as its server. Default: [`same_user`](Self::same_user).
+///
+/// Checked right after connecting, before the client sends anything: a process of another
+/// user that took the pipe's name gets not one byte, and the client gets
+/// [`TransportError::ServerIdentity`](crate::TransportError) naming both users.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerIdentity {
+    /// A server running as the client's own (effective) user.
+    #[default]
+    SameUser,
+    /// A server running as this user id (Unix).
+    User(u32),
+    /// A server running as root (uid 0), for system services.
+    Root,
+    /// Any server (no check).
+    Anyone,
+}
+
+impl ServerIdentity {
+    /// A server running as user `uid`.
+    pub fn user(uid: u32) -> Self {
+        ServerIdentity::User(uid)
+    }
+
+    /// Whom this expects, for messages.
+    pub fn describe(self, me: &PeerCredentials) -> String {
+        match (self, me.uid) {
+            (ServerIdentity::SameUser, Some(uid)) => format!("uid {uid} (the same user as this client)"),
+            (ServerIdentity::SameUser, None) => "the same user as this client".to_owned(),
+            (ServerIdentity::User(uid), _) => format!("uid {uid}"),
+            (ServerIdentity::Root, _) => "uid 0 (root)".to_owned(),
+            (ServerIdentity::Anyone, _) => "any user".to_owned(),
+        }
+    }
+
+    /// Whether a server with credentials `server` is acceptable to a client running as `me`.
+    pub fn admits(self, server: &PeerCredentials, me: &PeerCredentials) -> bool {
+        let Some(uid) = server.uid else {
+            // Without user ids (Windows, for now) only "anyone" can be checked.
+            return true;
+        };
+        match self {
+            ServerIdentity::SameUser => me.uid.is_none_or(|mine| mine == uid),
+            ServerIdentity::User(expected) => uid == expected,
+            ServerIdentity::Root => uid == 0,
+            ServerIdentity::Anyone => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(uid: u32, gid: u32) -> PeerCredentials {
+        PeerCredentials::new(Some(100), Some(uid), Some(gid))
+    }
+
+    #[test]
+    fn same_user_admits_only_the_servers_user_and_names_the_rule() {
+        let me = user(1000, 1000);
+        let p = AccessPolicy::default();
+        assert!(p.check(&user(1000, 5), &me).is_ok());
+        let why = p.check(&user(0, 0), &me).unwrap_err();
+        assert!(why.contains("same user only") && why.contains("uid 0") && why.contains("uid 1000"), "{why}");
+    }
+
+    #[test]
+    fn allow_lists_admit_listed_users_and_groups() {
+        let me = user(1000, 1000);
+        let p = AccessPolicy::allow([2000], [50]);
+        assert!(p.check(&user(1000, 1), &me).is_ok());
+        assert!(p.check(&user(2000, 1), &me).is_ok());
+        assert!(p.check(&user(3000, 50), &me).is_ok());
+        assert!(p.check(&user(3000, 51), &me).is_err());
+    }
+
+    #[test]
+    fn custom_checks_refuse_with_their_own_reason() {
+        let p = AccessPolicy::custom(|c| if c.pid == Some(1) { Ok(()) } else { Err("not init".into()) });
+        let why = p.check(&user(0, 0), &user(0, 0)).unwrap_err();
+        assert!(why.contains("custom check") && why.contains("not init"), "{why}");
+    }
+
+    #[test]
+    fn a_client_accepts_only_the_server_it_expects() {
+        let me = user(1000, 1000);
+        assert!(ServerIdentity::SameUser.admits(&user(1000, 1), &me));
+        assert!(!ServerIdentity::SameUser.admits(&user(1001, 1), &me));
+        assert!(ServerIdentity::Root.admits(&user(0, 0), &me));
+        assert!(!ServerIdentity::Root.admits(&user(1000, 0), &me));
+        assert!(ServerIdentity::user(7).admits(&user(7, 7), &me));
+        assert!(ServerIdentity::Anyone.admits(&user(9, 9), &me));
+    }
+}
