@@ -28,7 +28,7 @@ type CheckFn = dyn Fn(&PeerCredentials) -> Result<(), String> + Send + Sync;
 ///
 /// A refused client gets [`TransportError::PermissionDenied`](crate::TransportError)
 /// naming the rule, and nothing it sent is decoded. Finer, per-method decisions belong in
-/// handlers, which see the caller's credentials in [`Context::peer`](crate::Context).
+/// handlers, which see the caller's credentials in [`Context::peer`](crate::context::Context::peer).
 #[derive(Clone)]
 pub struct AccessPolicy {
     rule: Rule,
@@ -112,7 +112,7 @@ impl AccessPolicy {
     }
 }
 
-/// Whom a client accepts as its server. Default: [`same_user`](Self::same_user).
+/// Whom a client accepts as its server. Default: [`SameUser`](Self::SameUser).
 ///
 /// Checked right after connecting, before the client sends anything: a process of another
 /// user that took the pipe's name gets not one byte, and the client gets

@@ -76,7 +76,7 @@ pub struct ServerConfig {
     pub access: AccessPolicy,
     /// Connections one user (uid) may have at once, within
     /// [`max_connections`](Self::max_connections); the next one is refused in the handshake
-    /// ([`TransportError::Busy`](crate::TransportError::Busy), naming the limit). Default: 64
+    /// ([`crate::TransportError::Busy`] naming the limit). Default: 64
     /// (dbus-broker's per-user default).
     pub max_connections_per_user: usize,
 }
