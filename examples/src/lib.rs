@@ -24,6 +24,7 @@
 //! |---|---|
 //! | `push-lines` | server-to-client stream: a server pushes each line typed on its console to every follower ([`fanout`]) |
 //! | `file-transfer` | client-to-server and server-to-client byte streams: upload and download of files of any size in bounded memory |
+//! | `file-server` | security (seed 004): the client learns who serves it from the OS, and each file is read only if the calling user may read it |
 //! | `pubsub` | tarpc's publish/subscribe example, with one stream per subscription instead of a reverse connection |
 
 use std::fmt;
