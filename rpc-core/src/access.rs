@@ -12,14 +12,25 @@
 //! ## Platform-specific behavior
 //!
 //! On Unix the user is the effective uid (and group the effective gid) the kernel recorded
-//! at `connect` (the client's) or `listen` (the server's). On Windows user SIDs are not read
-//! yet: the user-based rules cannot be evaluated there and admit the peer (the pipe's own
-//! access control is the only barrier), a known limit.
+//! at `connect` (the client's) or `listen` (the server's). On Windows it is the user SID of
+//! the peer process's token, looked up from the pipe's peer process id; uid and gid lists do
+//! not apply there. A peer whose user cannot be read is refused by the user rules (fail
+//! closed).
 
 use std::fmt;
 use std::sync::Arc;
 
-pub use transport_pipe::PeerCredentials;
+pub use transport_pipe::{PeerCredentials, Sid};
+
+/// Whether `a` and `b` run as the same user: by uid where both are known (Unix), else by
+/// user SID (Windows); `None` if neither tells.
+fn same_user(a: &PeerCredentials, b: &PeerCredentials) -> Option<bool> {
+    match ((a.uid, b.uid), (a.sid, b.sid)) {
+        ((Some(x), Some(y)), _) => Some(x == y),
+        (_, (Some(x), Some(y))) => Some(x == y),
+        _ => None,
+    }
+}
 
 /// A custom admission check: `Err(why)` refuses the client, and `why` reaches it.
 type CheckFn = dyn Fn(&PeerCredentials) -> Result<(), String> + Send + Sync;
@@ -96,17 +107,18 @@ impl AccessPolicy {
             Rule::Anyone => Ok(()),
             Rule::Custom(check) => check(peer).or_else(refused),
             Rule::SameUser | Rule::Allow { .. } => {
-                // Without user ids (Windows, for now) the user rules cannot be evaluated.
-                let (Some(uid), Some(my_uid)) = (peer.uid, me.uid) else { return Ok(()) };
-                if uid == my_uid {
-                    return Ok(());
+                match same_user(peer, me) {
+                    Some(true) => return Ok(()),
+                    // Fail closed: a client whose user cannot be read is not admitted.
+                    None => return refused(format!("the client's user cannot be read ({peer})")),
+                    Some(false) => {}
                 }
-                if let Rule::Allow { uids, gids } = &self.rule
+                if let (Rule::Allow { uids, gids }, Some(uid)) = (&self.rule, peer.uid)
                     && (uids.contains(&uid) || peer.gid.is_some_and(|g| gids.contains(&g)))
                 {
                     return Ok(());
                 }
-                refused(format!("the client runs as {peer}, the server as uid {my_uid}"))
+                refused(format!("the client runs as {peer}, the server as {}", user_of(me)))
             }
         }
     }
@@ -139,27 +151,32 @@ impl ServerIdentity {
 
     /// Whom this expects, for messages.
     pub fn describe(self, me: &PeerCredentials) -> String {
-        match (self, me.uid) {
-            (ServerIdentity::SameUser, Some(uid)) => format!("uid {uid} (the same user as this client)"),
-            (ServerIdentity::SameUser, None) => "the same user as this client".to_owned(),
-            (ServerIdentity::User(uid), _) => format!("uid {uid}"),
-            (ServerIdentity::Root, _) => "uid 0 (root)".to_owned(),
-            (ServerIdentity::Anyone, _) => "any user".to_owned(),
+        match self {
+            ServerIdentity::SameUser => format!("{} (the same user as this client)", user_of(me)),
+            ServerIdentity::User(uid) => format!("uid {uid}"),
+            ServerIdentity::Root => "uid 0 (root) or LocalSystem (S-1-5-18)".to_owned(),
+            ServerIdentity::Anyone => "any user".to_owned(),
         }
     }
 
     /// Whether a server with credentials `server` is acceptable to a client running as `me`.
+    /// A server whose user cannot be read is accepted only by [`Anyone`](Self::Anyone).
     pub fn admits(self, server: &PeerCredentials, me: &PeerCredentials) -> bool {
-        let Some(uid) = server.uid else {
-            // Without user ids (Windows, for now) only "anyone" can be checked.
-            return true;
-        };
         match self {
-            ServerIdentity::SameUser => me.uid.is_none_or(|mine| mine == uid),
-            ServerIdentity::User(expected) => uid == expected,
-            ServerIdentity::Root => uid == 0,
+            ServerIdentity::SameUser => same_user(server, me) == Some(true),
+            ServerIdentity::User(expected) => server.uid == Some(expected),
+            ServerIdentity::Root => server.uid == Some(0) || server.sid == Some(Sid::LOCAL_SYSTEM),
             ServerIdentity::Anyone => true,
         }
+    }
+}
+
+/// The user part of `c`, for messages: `uid 1000` or `user S-1-5-21-...`.
+fn user_of(c: &PeerCredentials) -> String {
+    match (c.uid, c.sid) {
+        (Some(uid), _) => format!("uid {uid}"),
+        (None, Some(sid)) => format!("user {sid}"),
+        (None, None) => "an unknown user".to_owned(),
     }
 }
 
@@ -195,6 +212,23 @@ mod tests {
         let p = AccessPolicy::custom(|c| if c.pid == Some(1) { Ok(()) } else { Err("not init".into()) });
         let why = p.check(&user(0, 0), &user(0, 0)).unwrap_err();
         assert!(why.contains("custom check") && why.contains("not init"), "{why}");
+    }
+
+    #[test]
+    fn users_are_compared_by_sid_where_there_are_no_uids() {
+        let sid = |n: u8| Sid::from_bytes(&[1, 1, 0, 0, 0, 0, 0, 5, n, 0, 0, 0]);
+        let me = PeerCredentials::new(Some(1), None, None).with_sid(sid(21));
+        let same = PeerCredentials::new(Some(2), None, None).with_sid(sid(21));
+        let other = PeerCredentials::new(Some(3), None, None).with_sid(sid(22));
+        let unknown = PeerCredentials::new(Some(4), None, None);
+        let p = AccessPolicy::same_user();
+        assert!(p.check(&same, &me).is_ok());
+        assert!(p.check(&other, &me).unwrap_err().contains("S-1-5-22"));
+        assert!(p.check(&unknown, &me).unwrap_err().contains("cannot be read"));
+        assert!(ServerIdentity::SameUser.admits(&same, &me));
+        assert!(!ServerIdentity::SameUser.admits(&other, &me));
+        assert!(!ServerIdentity::SameUser.admits(&unknown, &me));
+        assert!(ServerIdentity::Root.admits(&PeerCredentials::default().with_sid(Some(Sid::LOCAL_SYSTEM)), &me));
     }
 
     #[test]

@@ -136,7 +136,7 @@ pub mod wire;
 #[doc(hidden)]
 pub mod __private;
 
-pub use access::{AccessPolicy, PeerCredentials, ServerIdentity};
+pub use access::{AccessPolicy, PeerCredentials, ServerIdentity, Sid};
 pub use callback::{Callback, Client};
 pub use client::{CallOptions, Channel, ClientConfig, PeerInfo};
 pub use codec::Codec;

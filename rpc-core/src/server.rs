@@ -349,7 +349,7 @@ fn admission(
     config: &ServerConfig,
     me: &PeerCredentials,
     live: &AtomicUsize,
-    per_user: &Arc<Mutex<HashMap<u32, usize>>>,
+    per_user: &Arc<Mutex<HashMap<User, usize>>>,
 ) -> (connection::Admission, Option<UserGuard>) {
     let peer = match stream.peer_credentials() {
         Ok(peer) => peer,
@@ -373,40 +373,61 @@ fn admission(
             format!("the server is at its limit of {} connections", config.max_connections),
         );
     }
-    let user_guard = match peer.uid {
-        Some(uid) => {
+    let user = match (peer.uid, peer.sid) {
+        (Some(uid), _) => Some(User::Uid(uid)),
+        (None, Some(sid)) => Some(User::Sid(sid)),
+        (None, None) => None,
+    };
+    let user_guard = match user {
+        Some(user) => {
             let mut counts = per_user.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let n = counts.entry(uid).or_insert(0);
+            let n = counts.entry(user).or_insert(0);
             if *n >= config.max_connections_per_user {
                 return refuse(
                     HandshakeStatus::Overloaded,
                     format!(
-                        "the server is at its limit of {} connections per user, and uid {uid} has them all",
+                        "the server is at its limit of {} connections per user, and {user} has them all",
                         config.max_connections_per_user
                     ),
                 );
             }
             *n += 1;
-            Some(UserGuard { uid, counts: per_user.clone() })
+            Some(UserGuard { user, counts: per_user.clone() })
         }
         None => None,
     };
     (connection::Admission { refuse: None, peer: Some(peer) }, user_guard)
 }
 
+/// A user, for the per-user limit: a uid (Unix) or a SID (Windows).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum User {
+    Uid(u32),
+    Sid(crate::access::Sid),
+}
+
+impl std::fmt::Display for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            User::Uid(uid) => write!(f, "uid {uid}"),
+            User::Sid(sid) => write!(f, "user {sid}"),
+        }
+    }
+}
+
 /// Counts one connection against its user while it lives.
 struct UserGuard {
-    uid: u32,
-    counts: Arc<Mutex<HashMap<u32, usize>>>,
+    user: User,
+    counts: Arc<Mutex<HashMap<User, usize>>>,
 }
 
 impl Drop for UserGuard {
     fn drop(&mut self) {
         let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = counts.get_mut(&self.uid) {
+        if let Some(n) = counts.get_mut(&self.user) {
             *n -= 1;
             if *n == 0 {
-                counts.remove(&self.uid);
+                counts.remove(&self.user);
             }
         }
     }

@@ -154,8 +154,8 @@ pub trait Probe {
     /// Returns its argument.
     async fn echo_string(&self, s: String) -> String;
     /// The caller's credentials as the handler's context reports them: pid, uid, gid
-    /// (`u32::MAX` where unknown).
-    async fn whoami(&self) -> (u32, u32, u32);
+    /// (`u32::MAX` where unknown) and user SID (empty where unknown).
+    async fn whoami(&self) -> (u32, u32, u32, String);
     /// Returns its argument.
     async fn echo_struct(&self, v: Record) -> Record;
     /// Returns its argument.
@@ -331,9 +331,10 @@ impl Probe for ProbeImpl {
         s
     }
 
-    async fn whoami(&self) -> (u32, u32, u32) {
+    async fn whoami(&self) -> (u32, u32, u32, String) {
         let peer = rpc_core::context::current().and_then(|c| c.peer).unwrap_or_default();
-        (peer.pid.unwrap_or(u32::MAX), peer.uid.unwrap_or(u32::MAX), peer.gid.unwrap_or(u32::MAX))
+        let sid = peer.sid.map(|s| s.to_string()).unwrap_or_default();
+        (peer.pid.unwrap_or(u32::MAX), peer.uid.unwrap_or(u32::MAX), peer.gid.unwrap_or(u32::MAX), sid)
     }
 
     async fn echo_struct(&self, v: Record) -> Record {

@@ -25,12 +25,80 @@ pub struct PeerCredentials {
     pub uid: Option<u32>,
     /// The peer's effective group id (Unix).
     pub gid: Option<u32>,
+    /// The peer's user SID (Windows): the user of its process's token.
+    pub sid: Option<Sid>,
+}
+
+/// A Windows security identifier in its binary form (at most 68 bytes), shown in the usual
+/// `S-1-5-21-...` form.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sid {
+    bytes: [u8; Sid::MAX],
+    len: u8,
+}
+
+impl Sid {
+    /// `SECURITY_MAX_SID_SIZE`.
+    pub const MAX: usize = 68;
+
+    /// The SID of the local system account, `S-1-5-18`.
+    pub const LOCAL_SYSTEM: Sid = {
+        let mut bytes = [0u8; Sid::MAX];
+        // Revision 1, one sub-authority, authority 5 (NT), sub-authority 18.
+        bytes[0] = 1;
+        bytes[1] = 1;
+        bytes[7] = 5;
+        bytes[8] = 18;
+        Sid { bytes, len: 12 }
+    };
+
+    /// A SID from its binary form; `None` if it is not one (wrong length for its
+    /// sub-authority count, or too long).
+    pub fn from_bytes(b: &[u8]) -> Option<Sid> {
+        let count = *b.get(1)? as usize;
+        if b.len() != 8 + 4 * count || b.len() > Sid::MAX {
+            return None;
+        }
+        let mut bytes = [0u8; Sid::MAX];
+        bytes[..b.len()].copy_from_slice(b);
+        Some(Sid { bytes, len: b.len() as u8 })
+    }
+
+    /// The binary form.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl fmt::Display for Sid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.as_bytes();
+        let authority = b[2..8].iter().fold(0u64, |a, &x| (a << 8) | u64::from(x));
+        write!(f, "S-{}-{authority}", b[0])?;
+        for sub in b[8..].chunks_exact(4) {
+            write!(f, "-{}", u32::from_le_bytes([sub[0], sub[1], sub[2], sub[3]]))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Sid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sid({self})")
+    }
 }
 
 impl PeerCredentials {
     /// Credentials with the given fields, for tests and custom transports.
     pub fn new(pid: Option<u32>, uid: Option<u32>, gid: Option<u32>) -> PeerCredentials {
-        PeerCredentials { pid, uid, gid }
+        PeerCredentials { pid, uid, gid, sid: None }
+    }
+
+    /// These credentials with the user SID `sid` (Windows).
+    #[must_use]
+    pub fn with_sid(mut self, sid: Option<Sid>) -> PeerCredentials {
+        self.sid = sid;
+        self
     }
 
     /// This process's own credentials (effective user and group on Unix), the reference
@@ -40,11 +108,15 @@ impl PeerCredentials {
         #[cfg(unix)]
         {
             let (uid, gid) = crate::platform::effective_ids();
-            PeerCredentials { pid, uid: Some(uid), gid: Some(gid) }
+            PeerCredentials { pid, uid: Some(uid), gid: Some(gid), sid: None }
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
         {
-            PeerCredentials { pid, uid: None, gid: None }
+            PeerCredentials { pid, uid: None, gid: None, sid: crate::platform::current_sid().ok() }
+        }
+        #[cfg(not(any(unix, windows)))]
+        {
+            PeerCredentials { pid, uid: None, gid: None, sid: None }
         }
     }
 }
@@ -57,6 +129,10 @@ impl fmt::Display for PeerCredentials {
                 write!(f, "{sep}{label} {v}")?;
                 sep = ", ";
             }
+        }
+        if let Some(sid) = self.sid {
+            write!(f, "{sep}user {sid}")?;
+            sep = ", ";
         }
         if sep.is_empty() {
             f.write_str("unknown credentials")?;
@@ -73,11 +149,19 @@ impl PipeStream {
         let pid = creds.pid().and_then(|p| u32::try_from(p).ok());
         #[cfg(unix)]
         {
-            Ok(PeerCredentials { pid, uid: creds.euid(), gid: creds.egid() })
+            Ok(PeerCredentials { pid, uid: creds.euid(), gid: creds.egid(), sid: None })
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
         {
-            Ok(PeerCredentials { pid, uid: None, gid: None })
+            // The user of the peer process's token. Looked up by pid: the process cannot
+            // exit and be replaced while it holds its end of this connection open (unless it
+            // passed the handle on, which passes its identity with it).
+            let sid = pid.and_then(|p| crate::platform::process_sid(p).ok());
+            Ok(PeerCredentials { pid, uid: None, gid: None, sid })
+        }
+        #[cfg(not(any(unix, windows)))]
+        {
+            Ok(PeerCredentials { pid, uid: None, gid: None, sid: None })
         }
     }
 }
@@ -85,6 +169,17 @@ impl PipeStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sids_read_and_show_in_the_usual_form() {
+        assert_eq!(Sid::LOCAL_SYSTEM.to_string(), "S-1-5-18");
+        let mut b = vec![1u8, 2, 0, 0, 0, 0, 0, 5, 21, 0, 0, 0];
+        b.extend_from_slice(&1000u32.to_le_bytes());
+        let sid = Sid::from_bytes(&b).unwrap();
+        assert_eq!(sid.to_string(), "S-1-5-21-1000");
+        assert_eq!(Sid::from_bytes(sid.as_bytes()), Some(sid));
+        assert_eq!(Sid::from_bytes(&b[..15]), None);
+    }
 
     #[test]
     fn credentials_display_only_what_is_known() {

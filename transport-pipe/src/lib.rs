@@ -80,13 +80,13 @@ mod platform;
 mod stream;
 
 pub use connect::{ConnectOptions, connect};
-pub use creds::PeerCredentials;
+pub use creds::{PeerCredentials, Sid};
 pub use error::{Error, ErrorKind};
 pub use frame::{
     DEFAULT_MAX_FRAME, MAX_FRAME_CEILING, Transport, effective_max_frame, length_delimited, length_delimited_codec,
     serde_transport,
 };
-pub use listen::{ListenOptions, PipeListener};
+pub use listen::{ListenOptions, OWNER_ONLY_SDDL, PipeListener};
 pub use name::{NAME_MAX, PipeName};
 pub use stream::PipeStream;
 

@@ -19,16 +19,26 @@ pub struct ListenOptions {
     ///
     /// Only the permission bits (`0o777`) are used. Connecting to a Unix socket needs write
     /// permission on it, so `0o600` admits only the owner; `0o660` adds the group. The mode is
-    /// set before the file appears (no window with a looser mode), but on Linux the process
-    /// umask is still applied on top: it can remove bits, never add them.
+    /// set before the file appears, and set again exactly once it exists (the umask that
+    /// `bind` applies can only have made it stricter meanwhile).
     ///
-    /// Windows: ignored; the pipe gets the default security descriptor of the process.
+    /// Windows: ignored (see [`windows_sddl`](Self::windows_sddl)).
     pub mode: u32,
+    /// Windows: the pipe's security descriptor, in the security descriptor string format
+    /// (SDDL). Default [`OWNER_ONLY_SDDL`]: full access for SYSTEM and the pipe's owner (the
+    /// server's user), nothing for anyone else. Without it a pipe gets the default DACL,
+    /// which gives Everyone and Anonymous read access. Widen it with an SDDL of your own
+    /// (for example adding `(A;;GRGW;;;AU)` for every authenticated user). Unix: ignored.
+    pub windows_sddl: String,
 }
+
+/// The default [`ListenOptions::windows_sddl`]: a protected DACL (`P`, no inherited entries)
+/// allowing generic-all to SYSTEM (`SY`) and to the owner (`OW`), and to nobody else.
+pub const OWNER_ONLY_SDDL: &str = "D:P(A;;GA;;;SY)(A;;GA;;;OW)";
 
 impl Default for ListenOptions {
     fn default() -> Self {
-        ListenOptions { mode: 0o600 }
+        ListenOptions { mode: 0o600, windows_sddl: OWNER_ONLY_SDDL.to_owned() }
     }
 }
 
@@ -37,6 +47,13 @@ impl ListenOptions {
     #[must_use]
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Sets [`windows_sddl`](Self::windows_sddl).
+    #[must_use]
+    pub fn windows_sddl(mut self, sddl: impl Into<String>) -> Self {
+        self.windows_sddl = sddl.into();
         self
     }
 }

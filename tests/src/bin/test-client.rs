@@ -6,8 +6,8 @@
 //! test-client --impostor PATH
 //! ```
 //!
-//! Prints one line and exits 0: `ok PID UID GID` (the credentials the server's handler saw
-//! for this client), or `err KIND: MESSAGE` with the typed error's variant. Bad arguments
+//! Prints one line and exits 0: `ok PID UID GID SID` (the credentials the server's handler
+//! saw for this client; the SID is empty off Windows), or `err KIND: MESSAGE` with the typed error's variant. Bad arguments
 //! exit 64.
 //!
 //! `--impostor` plays a fake server instead (Unix): it listens on the socket `PATH` (mode
@@ -60,7 +60,7 @@ async fn main() -> ExitCode {
         Err(e) => Err(e),
     };
     match result {
-        Ok((pid, uid, gid)) => println!("ok {pid} {uid} {gid}"),
+        Ok((pid, uid, gid, sid)) => println!("ok {pid} {uid} {gid} {sid}"),
         Err(e) => println!("err {}: {e}", kind(&e)),
     }
     ExitCode::SUCCESS

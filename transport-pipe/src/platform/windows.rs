@@ -1,5 +1,6 @@
 //! Windows: local named pipes `\\.\pipe\NAME`, with interprocess's defaults
-//! (`FILE_FLAG_FIRST_PIPE_INSTANCE`, `PIPE_REJECT_REMOTE_CLIENTS`, default DACL).
+//! (`FILE_FLAG_FIRST_PIPE_INSTANCE`, `PIPE_REJECT_REMOTE_CLIENTS`) and an explicit,
+//! owner-only security descriptor ([`ListenOptions::windows_sddl`]).
 
 use std::{
     io,
@@ -14,7 +15,11 @@ use interprocess::{
         GenericFilePath, ListenerOptions, ToFsName,
         tokio::{Listener, Stream},
     },
-    os::windows::named_pipe::{local_socket as np_local, pipe_mode, tokio::DuplexPipeStream},
+    os::windows::{
+        local_socket::ListenerOptionsExt as _,
+        named_pipe::{local_socket as np_local, pipe_mode, tokio::DuplexPipeStream},
+        security_descriptor::SecurityDescriptor,
+    },
 };
 
 use super::ConnectFailure;
@@ -67,17 +72,27 @@ pub(crate) fn check_address(name: &PipeName, addr: &Path) -> Result<(), Error> {
 #[derive(Debug)]
 pub(crate) struct Reclaim;
 
-pub(crate) fn bind(name: &PipeName, addr: &Path, _opts: &ListenOptions) -> Result<(Listener, Reclaim), Error> {
+pub(crate) fn bind(name: &PipeName, addr: &Path, opts: &ListenOptions) -> Result<(Listener, Reclaim), Error> {
     let io_fail = |e: io::Error| {
         Error::new(ErrorKind::Io, format!("cannot listen on pipe `{}` at {}: {e}", name.as_str(), addr.display()))
             .with_name(name)
             .with_source(e)
     };
     let fs_name = addr.to_fs_name::<GenericFilePath>().map_err(io_fail)?;
+    let sddl = widestring::U16CString::from_str(&opts.windows_sddl).map_err(|e| {
+        Error::new(ErrorKind::Io, format!("the pipe's security descriptor {:?}: {e}", opts.windows_sddl))
+            .with_name(name)
+    })?;
+    let sd = SecurityDescriptor::deserialize(&sddl).map_err(|e| {
+        Error::new(ErrorKind::Io, format!("the pipe's security descriptor {:?} does not parse: {e}", opts.windows_sddl))
+            .with_name(name)
+            .with_source(e)
+    })?;
     // interprocess creates the first instance with FILE_FLAG_FIRST_PIPE_INSTANCE, so a name
     // that any process already serves fails with ERROR_ACCESS_DENIED instead of silently
     // adding our instances to theirs. Named pipes leave no files behind, so nothing is stale.
-    ListenerOptions::new().name(fs_name).create_tokio().map(|l| (l, Reclaim)).map_err(|e| match e.raw_os_error() {
+    let options = ListenerOptions::new().name(fs_name).security_descriptor(sd);
+    options.create_tokio().map(|l| (l, Reclaim)).map_err(|e| match e.raw_os_error() {
         Some(ERROR_ACCESS_DENIED | ERROR_PIPE_BUSY) => Error::new(
             ErrorKind::NameInUse,
             format!(
@@ -128,6 +143,70 @@ pub(crate) fn classify(e: &io::Error) -> ConnectFailure {
     }
 }
 
+/// The user SID of process `pid`'s token.
+pub(crate) fn process_sid(pid: u32) -> io::Result<crate::creds::Sid> {
+    use windows_sys::Win32::System::Threading::{OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION};
+    #[allow(unsafe_code)]
+    // SAFETY: OpenProcess takes no pointers; a null result is checked.
+    let process = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if process.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let process = OwnedHandle(process);
+    token_user_sid(process.0)
+}
+
+/// This process's user SID.
+pub(crate) fn current_sid() -> io::Result<crate::creds::Sid> {
+    #[allow(unsafe_code)]
+    // SAFETY: GetCurrentProcess returns a pseudo-handle that needs no closing.
+    token_user_sid(unsafe { windows_sys::Win32::System::Threading::GetCurrentProcess() })
+}
+
+fn token_user_sid(process: windows_sys::Win32::Foundation::HANDLE) -> io::Result<crate::creds::Sid> {
+    use windows_sys::Win32::Security::{GetLengthSid, GetTokenInformation, TOKEN_QUERY, TOKEN_USER, TokenUser};
+    use windows_sys::Win32::System::Threading::OpenProcessToken;
+    let mut token = std::ptr::null_mut();
+    #[allow(unsafe_code)]
+    // SAFETY: `process` is a valid process handle; `token` is a live out-pointer.
+    if unsafe { OpenProcessToken(process, TOKEN_QUERY, &mut token) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let token = OwnedHandle(token);
+    // TOKEN_USER plus the SID it points to; 256 bytes is ample (a SID is at most 68).
+    let mut buf = [0u64; 32];
+    let mut len = 0u32;
+    #[allow(unsafe_code)]
+    // SAFETY: `buf` is 256 writable, 8-aligned bytes and its size is passed; `len` is a live
+    // out-pointer.
+    let ok = unsafe { GetTokenInformation(token.0, TokenUser, buf.as_mut_ptr().cast(), 256, &mut len) };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: on success `buf` starts with a TOKEN_USER whose `Sid` points into `buf`, at a
+    // valid SID of `GetLengthSid` bytes.
+    let sid = unsafe {
+        let user = &*buf.as_ptr().cast::<TOKEN_USER>();
+        let n = GetLengthSid(user.User.Sid) as usize;
+        std::slice::from_raw_parts(user.User.Sid.cast::<u8>(), n).to_vec()
+    };
+    crate::creds::Sid::from_bytes(&sid).ok_or_else(|| io::Error::other("the token's user SID is malformed"))
+}
+
+/// A handle closed on drop.
+struct OwnedHandle(windows_sys::Win32::Foundation::HANDLE);
+
+impl Drop for OwnedHandle {
+    fn drop(&mut self) {
+        #[allow(unsafe_code)]
+        // SAFETY: the handle is ours and closed once.
+        unsafe {
+            windows_sys::Win32::Foundation::CloseHandle(self.0);
+        }
+    }
+}
+
 pub(crate) const BUSY_REASON: &str = "every instance of the pipe is in use (ERROR_PIPE_BUSY)";
 
 #[cfg(test)]
@@ -150,6 +229,18 @@ mod tests {
         let e = PipeName::new(format!("{max}p")).resolve().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidName);
         assert!(e.to_string().contains("over the limit of 256"), "{e}");
+    }
+
+    #[test]
+    fn the_pipe_gets_the_security_descriptor_asked_for() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let pid = std::process::id();
+            let bad = ListenOptions::default().windows_sddl("not an SDDL");
+            let e = crate::PipeListener::bind_with(format!("sddl-bad-{pid}"), &bad).unwrap_err();
+            assert!(e.to_string().contains("does not parse"), "{e}");
+            crate::PipeListener::bind_with(format!("sddl-default-{pid}"), &ListenOptions::default()).unwrap();
+        });
     }
 
     #[test]
