@@ -6,11 +6,9 @@ use std::{
     io,
     os::windows::ffi::OsStrExt,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use interprocess::{
-    ConnectWaitMode,
     local_socket::{
         GenericFilePath, ListenerOptions, ToFsName,
         tokio::{Listener, Stream},
@@ -112,19 +110,48 @@ pub(crate) fn check_client_dir(_name: &PipeName, _addr: &Path) -> Result<(), Err
     Ok(())
 }
 
-/// One connection attempt that never waits inside interprocess.
+/// One connection attempt: exactly one `CreateFileW`, a busy pipe reported as
+/// `ERROR_PIPE_BUSY`; our caller owns the retry loop.
 ///
-/// interprocess's local-socket connect ignores the wait mode on Windows and, on
-/// `ERROR_PIPE_BUSY`, loops on `WaitNamedPipeW(NMPWAIT_WAIT_FOREVER)` in `spawn_blocking`:
-/// cancelling the future leaves that thread blocked, and a Tokio runtime waits for its blocking
-/// threads when it shuts down. With `Timeout(0)` the named-pipe connect makes exactly one
-/// `CreateFileW` and reports a busy pipe as `TimedOut`; our caller owns the retry loop.
+/// We open the pipe ourselves rather than through interprocess for two reasons. Its
+/// local-socket connect ignores the wait mode on Windows and, on `ERROR_PIPE_BUSY`, loops on
+/// `WaitNamedPipeW(NMPWAIT_WAIT_FOREVER)` in `spawn_blocking`: cancelling the future leaves
+/// that thread blocked, and a Tokio runtime waits for its blocking threads when it shuts
+/// down. And we pass `SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION`: the server may learn
+/// who we are, but cannot act as us (without it, whoever serves the name may impersonate the
+/// client fully, the CVE-2024-4877 class).
 pub(crate) async fn connect_once(addr: &Path) -> io::Result<Stream> {
-    let pipe = DuplexPipeStream::<pipe_mode::Bytes>::connect_by_path_with_wait_mode(
-        addr,
-        ConnectWaitMode::Timeout(Duration::ZERO),
-    )
-    .await?;
+    use std::os::windows::io::{FromRawHandle, OwnedHandle};
+    use windows_sys::Win32::Foundation::{GENERIC_READ, GENERIC_WRITE, INVALID_HANDLE_VALUE};
+    use windows_sys::Win32::Storage::FileSystem::{
+        CreateFileW, FILE_FLAG_OVERLAPPED, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING, SECURITY_IDENTIFICATION,
+        SECURITY_SQOS_PRESENT,
+    };
+    let wide: Vec<u16> = addr.as_os_str().encode_wide().chain([0]).collect();
+    #[allow(unsafe_code)]
+    // SAFETY: `wide` is a NUL-terminated UTF-16 path that outlives the call; the other
+    // pointers are null, which CreateFileW accepts.
+    let handle = unsafe {
+        CreateFileW(
+            wide.as_ptr(),
+            GENERIC_READ | GENERIC_WRITE,
+            FILE_SHARE_READ | FILE_SHARE_WRITE,
+            std::ptr::null(),
+            OPEN_EXISTING,
+            FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION,
+            std::ptr::null_mut(),
+        )
+    };
+    if handle == INVALID_HANDLE_VALUE {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: CreateFileW just returned this handle, and nothing else owns it.
+    let handle = unsafe { OwnedHandle::from_raw_handle(handle) };
+    let pipe = DuplexPipeStream::<pipe_mode::Bytes>::try_from(handle).map_err(|e| {
+        let what = format!("the pipe cannot be used as a byte stream: {:?}", e.details);
+        e.cause.unwrap_or_else(|| io::Error::other(what))
+    })?;
     Ok(Stream::from(np_local::tokio::Stream::from(pipe)))
 }
 
