@@ -234,9 +234,11 @@ where
         let name = name.into();
         let stream = transport_pipe::connect(name.clone(), &config.connect).await?;
         // Before a byte is sent: is this the server we expect, or whoever took the name?
-        let server = stream.peer_credentials().map_err(|e| TransportError::ServerIdentity {
-            expected: config.expect_server.describe(&PeerCredentials::current_process()),
-            actual: format!("unknown (the pipe `{}` does not report its server: {e})", name.as_str()),
+        // A pipe that cannot say who serves it is not used (an I/O failure here is a
+        // connection lost before the handshake, as when the server closed its listener
+        // with this connection still queued).
+        let server = stream.peer_credentials().map_err(|e| TransportError::Disconnected {
+            detail: format!("cannot read who serves `{}` (so nothing was sent): {e}", name.as_str()),
         })?;
         let me = PeerCredentials::current_process();
         if !config.expect_server.admits(&server, &me) {

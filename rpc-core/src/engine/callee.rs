@@ -498,20 +498,28 @@ impl<S: Service> Callee<S> {
         self.refuse(id, ServerErrorKind::DeadlineExceeded, detail);
     }
 
-    /// Shutdown, finished tasks, deadlines. Returns whether anything moved.
-    pub(crate) fn pass(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut progress = false;
-        if !self.draining && self.shutdown.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready()) {
-            self.draining = true;
-            progress = true;
-            // Open streams end now, with a reason; calls get the grace period.
-            let ids: Vec<u64> = self.downs.keys().copied().collect();
-            for id in ids {
-                self.downs.remove(&id);
-                self.end_up(id, Err(RpcError::Server(ServerError::new(ServerErrorKind::ShuttingDown, SHUTTING_DOWN))));
-                self.refuse(id, ServerErrorKind::ShuttingDown, SHUTTING_DOWN.to_owned());
-            }
+    /// Notices a shutdown: from then on new calls are refused. The engine asks before it
+    /// reads each pass, so a call that arrives after the shutdown began is never started,
+    /// however the wake-ups were ordered.
+    pub(crate) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.draining || !self.shutdown.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready()) {
+            return false;
         }
+        self.draining = true;
+        // Open streams end now, with a reason; calls get the grace period.
+        let ids: Vec<u64> = self.downs.keys().copied().collect();
+        for id in ids {
+            self.downs.remove(&id);
+            self.end_up(id, Err(RpcError::Server(ServerError::new(ServerErrorKind::ShuttingDown, SHUTTING_DOWN))));
+            self.refuse(id, ServerErrorKind::ShuttingDown, SHUTTING_DOWN.to_owned());
+        }
+        true
+    }
+
+    /// The serving half's part of a pass: shutdown, consumers' stream control, handlers
+    /// that finished in their own tasks, deadlines. Returns whether anything moved.
+    pub(crate) fn pass(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = self.poll_shutdown(cx);
         self.ctl.take(cx.waker(), &mut self.ctl_taken);
         for ctl in std::mem::take(&mut self.ctl_taken) {
             match ctl {

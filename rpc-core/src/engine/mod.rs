@@ -455,7 +455,8 @@ where
     /// One pass over everything: `Ready(Ok(made_progress))`, `Pending` while closing,
     /// `Ready(Err(how))` once the connection is over.
     fn poll_pass(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Ended>> {
-        let mut progress = false;
+        // A shutdown that began before these frames arrived refuses the calls among them.
+        let mut progress = self.callee.as_mut().is_some_and(|c| c.poll_shutdown(cx));
         let mut budget = READ_BUDGET;
         while budget > 0 {
             if self.callee.as_ref().is_some_and(Callee::outbox_full) {

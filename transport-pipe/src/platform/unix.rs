@@ -255,8 +255,9 @@ impl Drop for Reclaim {
 
 /// What a connect to an existing socket file says about it.
 enum Probe {
-    /// Someone accepted or queued the connection (or the backlog is full): a live server.
-    Live,
+    /// Someone accepted or queued the connection (or the backlog is full): a live server,
+    /// and who it is when the connection reports it.
+    Live(Option<crate::PeerCredentials>),
     /// `ECONNREFUSED`: the file is left over from a server that is gone.
     Stale,
     /// The file disappeared in the meantime.
@@ -273,11 +274,18 @@ fn probe(addr: &Path) -> Probe {
     // whose backlog is full would wait until the server accepts, possibly forever.
     let result = IpConnectOptions::new().name(name).wait_mode(ConnectWaitMode::Timeout(PROBE_TIMEOUT)).connect_sync();
     match result {
-        Ok(_stream) => Probe::Live,
+        Ok(stream) => {
+            use interprocess::local_socket::traits::StreamCommon as _;
+            let who = stream
+                .peer_creds()
+                .ok()
+                .map(|c| crate::PeerCredentials::new(c.pid().and_then(|p| u32::try_from(p).ok()), c.euid(), c.egid()));
+            Probe::Live(who)
+        }
         Err(e) => match e.kind() {
             io::ErrorKind::ConnectionRefused => Probe::Stale,
             io::ErrorKind::NotFound => Probe::Gone,
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Probe::Live,
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Probe::Live(None),
             _ => Probe::Failed(e),
         },
     }
@@ -290,10 +298,11 @@ fn io_error(name: &PipeName, addr: &Path, what: &str, e: io::Error) -> Error {
         .with_source(e)
 }
 
-fn name_in_use(name: &PipeName, addr: &Path) -> Error {
+fn name_in_use(name: &PipeName, addr: &Path, who: Option<crate::PeerCredentials>) -> Error {
+    let who = who.map(|w| format!(" ({w})")).unwrap_or_default();
     Error::new(
         ErrorKind::NameInUse,
-        format!("name in use: another server is listening on pipe `{}` at {}", name.as_str(), addr.display()),
+        format!("name in use: another server{who} is listening on pipe `{}` at {}", name.as_str(), addr.display()),
     )
     .with_name(name)
 }
@@ -318,7 +327,7 @@ fn clear_stale(name: &PipeName, addr: &Path) -> Result<(), Error> {
         .with_name(name));
     }
     match probe(addr) {
-        Probe::Live => Err(name_in_use(name, addr)),
+        Probe::Live(who) => Err(name_in_use(name, addr, who)),
         Probe::Gone => Ok(()),
         Probe::Stale => match fs::remove_file(addr) {
             Ok(()) => {
@@ -408,7 +417,7 @@ fn listen(
         .map_err(|e| {
             if e.kind() == io::ErrorKind::AddrInUse {
                 // Someone that does not take our lock bound the path in between.
-                name_in_use(name, addr).with_source(e)
+                name_in_use(name, addr, None).with_source(e)
             } else {
                 io_error(name, addr, "listen on", e)
             }
