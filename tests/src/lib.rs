@@ -668,15 +668,23 @@ impl ServerProcess {
             }
             None => Command::new(exe),
         };
-        let mut child = command
+        command
             .arg(name.as_str())
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {exe}: {e}"));
+            .kill_on_drop(true);
+        // Under wine, CreateProcess now and then fails with ERROR_INTERNAL_ERROR (1359) on a
+        // busy machine; a second attempt starts the process. Anything else fails at once.
+        let mut attempts = 0;
+        let mut child = loop {
+            match command.spawn() {
+                Ok(child) => break child,
+                Err(e) if cfg!(windows) && e.raw_os_error() == Some(1359) && attempts < 3 => attempts += 1,
+                Err(e) => panic!("cannot start {exe}: {e}"),
+            }
+        };
         let pid = child.id().expect("a child that was just spawned has a pid");
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut stderr = child.stderr.take().expect("stderr is piped");
