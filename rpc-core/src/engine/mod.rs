@@ -63,6 +63,8 @@ const CALL_COST: usize = 16;
 const BYTES_PER_UNIT: usize = 512;
 /// Passes per poll before yielding, so one busy connection cannot starve other tasks.
 const ROUNDS: usize = 16;
+/// Longest a drained connection waits for its peer to close after our end-of-file.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How a connection ended.
 enum Ended {
@@ -100,6 +102,9 @@ pub(crate) struct Engine<T, S: Service, Req, Resp> {
     needs_flush: bool,
     /// Set once the connection is over and every caller has been told.
     finished: bool,
+    /// After a drain: our end is half-closed and we read (and drop) what the peer still
+    /// sends until it closes too, at most until this fires.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// What the handshake settled that the engine itself needs.
@@ -136,6 +141,7 @@ where
             order: Vec::new(),
             needs_flush: false,
             finished: false,
+            linger: None,
         }
     }
 
@@ -438,6 +444,29 @@ where
         Ok(progress)
     }
 
+    /// Writing failed (the peer closed its end, or the pipe broke): before the connection
+    /// is declared over, act on what the peer had already sent, so an answer or a stream's
+    /// end written just before it closed (a server's `ShuttingDown`, say) reaches its caller
+    /// instead of "connection lost". Bounded: at most one read budget of frames.
+    fn write_failed(&mut self, e: TransportError, cx: &mut Context<'_>) -> Ended {
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
+            let cost = match self.next_batched() {
+                Some(Ok(frame)) => self.on_frame(frame, cx),
+                Some(Err(_)) => break,
+                None => match self.transport.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(Ok(message))) => self.on_message(message, cx),
+                    _ => break,
+                },
+            };
+            match cost {
+                Ok(cost) => budget = budget.saturating_sub(cost.max(1)),
+                Err(_) => break,
+            }
+        }
+        Ended::Failed(e)
+    }
+
     fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
         // Keep going while anything moves (a reply read may free a caller who queues the
         // next call at once); after a few rounds, yield to other tasks.
@@ -503,17 +532,17 @@ where
             match self.out_room(cx, false) {
                 Ok(true) => {}
                 Ok(false) => break,
-                Err(e) => return Poll::Ready(Err(Ended::Failed(e))),
+                Err(e) => return Poll::Ready(Err(self.write_failed(e, cx))),
             }
             let Some(next) = self.next_pending() else { break };
             if let Err(e) = self.send(next) {
-                return Poll::Ready(Err(Ended::Failed(e)));
+                return Poll::Ready(Err(self.write_failed(e, cx)));
             }
             progress = true;
         }
         match self.pump_streams(cx) {
             Ok(p) => progress |= p,
-            Err(e) => return Poll::Ready(Err(Ended::Failed(e))),
+            Err(e) => return Poll::Ready(Err(self.write_failed(e, cx))),
         }
         // Ending a stream may have queued an answer (an error frame); write it next pass.
         if self.callee.as_ref().is_some_and(Callee::has_answers) {
@@ -523,7 +552,7 @@ where
             match self.out_room(cx, true) {
                 Ok(true) => {}
                 Ok(false) => return Poll::Ready(Ok(progress)),
-                Err(e) => return Poll::Ready(Err(Ended::Failed(e))),
+                Err(e) => return Poll::Ready(Err(self.write_failed(e, cx))),
             }
             match self.transport.as_mut().poll_flush(cx) {
                 Poll::Ready(Ok(())) => {
@@ -532,7 +561,10 @@ where
                         c.on_flushed();
                     }
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Ended::Failed(connection_error(&e, self.peer)))),
+                Poll::Ready(Err(e)) => {
+                    let e = connection_error(&e, self.peer);
+                    return Poll::Ready(Err(self.write_failed(e, cx)));
+                }
                 Poll::Pending => {}
             }
         }
@@ -761,7 +793,24 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        if let Some(linger) = &mut this.linger {
+            // Closing a socket whose peer's bytes are still unread resets the connection, and
+            // the peer could lose the last answers we wrote (a stream's `ShuttingDown`) to
+            // that reset. So we wait for the peer to close (it does once it reads our
+            // end-of-file), dropping what it sends meanwhile.
+            loop {
+                match this.transport.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Ready(_) => break,
+                    Poll::Pending if linger.as_mut().poll(cx).is_pending() => return Poll::Pending,
+                    Poll::Pending => break,
+                }
+            }
+            this.linger = None;
+            return Poll::Ready(Ok(()));
+        }
         let ended = std::task::ready!(this.poll_io(cx));
+        let drained = matches!(ended, Ended::Drained);
         let (why, result): (RpcError, _) = match ended {
             Ended::PeerLeft => {
                 let detail = format!("the {} closed the connection", this.peer);
@@ -773,6 +822,12 @@ where
         tracing::debug!(error = %why, peer = this.peer, "connection ended");
         // Fail everything still waiting now, not at its deadline.
         this.finish(&why);
+        // Unix only: a named pipe has no half-close (the peer sees our end-of-file only when
+        // we close), and what we wrote stays readable after we close it.
+        if drained && cfg!(unix) {
+            this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+            return Pin::new(this).poll(cx);
+        }
         Poll::Ready(result)
     }
 }
