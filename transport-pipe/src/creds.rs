@@ -141,16 +141,26 @@ impl fmt::Display for PeerCredentials {
     }
 }
 
+#[cfg(unix)]
+impl PeerCredentials {
+    /// What interprocess read from the kernel for a Unix socket's peer.
+    pub(crate) fn of(creds: &interprocess::local_socket::PeerCreds) -> PeerCredentials {
+        let pid = creds.pid().and_then(|p| u32::try_from(p).ok());
+        PeerCredentials { pid, uid: creds.euid(), gid: creds.egid(), sid: None }
+    }
+}
+
 impl PipeStream {
     /// The credentials of the process at the other end: the client's as of its `connect`,
     /// or the server's as of its `listen`.
     pub fn peer_credentials(&self) -> io::Result<PeerCredentials> {
         let creds = self.inner().peer_creds()?;
-        let pid = creds.pid().and_then(|p| u32::try_from(p).ok());
         #[cfg(unix)]
         {
-            Ok(PeerCredentials { pid, uid: creds.euid(), gid: creds.egid(), sid: None })
+            Ok(PeerCredentials::of(&creds))
         }
+        #[cfg(not(unix))]
+        let pid = creds.pid().and_then(|p| u32::try_from(p).ok());
         #[cfg(windows)]
         {
             // The user of the peer process's token. Looked up by pid: the process cannot

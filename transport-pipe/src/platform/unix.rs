@@ -276,10 +276,7 @@ fn probe(addr: &Path) -> Probe {
     match result {
         Ok(stream) => {
             use interprocess::local_socket::traits::StreamCommon as _;
-            let who = stream
-                .peer_creds()
-                .ok()
-                .map(|c| crate::PeerCredentials::new(c.pid().and_then(|p| u32::try_from(p).ok()), c.euid(), c.egid()));
+            let who = stream.peer_creds().ok().map(|c| crate::PeerCredentials::of(&c));
             Probe::Live(who)
         }
         Err(e) => match e.kind() {
