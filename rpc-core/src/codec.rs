@@ -12,15 +12,27 @@
 //! - decoding reads only complete frames (the length prefix was already checked against
 //!   the limit by the framing layer) from memory, so declared lengths inside a frame are
 //!   checked against the bytes that are really there;
+//! - decoding runs under a [`DecodeLimits`] budget (`budget.rs`): what the decoded value
+//!   allocates for its collections, strings and byte buffers is charged, at most
+//!   [`DECODE_RATIO`] (16) times the frame's size plus [`DECODE_BASE`] (64 KiB), so a small
+//!   frame cannot decode into a huge value (nor spin over a huge declared count of
+//!   zero-sized elements); a collection's declared length is never used to preallocate;
+//! - decoding nests at most [`MAX_DECODE_DEPTH`] (64) levels, so a recursive type cannot
+//!   overflow the stack;
+//! - a panic in a value's `Serialize` or `Deserialize` impl is caught and fails that one
+//!   message;
 //! - a frame whose body does not decode still yields its exchange id, from the fixed
 //!   header (see [`crate::wire::Frame`]), so the peer can fail that one call instead of the
 //!   connection.
 
 use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bincode::Options;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
+
+mod budget;
 
 /// A serialization format for frames.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -98,8 +110,7 @@ impl Codec {
         buf: &mut BytesMut,
     ) -> Result<Placed, EncodeError> {
         let start = buf.len();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.encode_unguarded(prefix, item, limit, buf)))
-        {
+        match catch_unwind(AssertUnwindSafe(|| self.encode_unguarded(prefix, item, limit, buf))) {
             Ok(r) => r,
             Err(panic) => {
                 buf.truncate(start);
@@ -176,18 +187,119 @@ impl Codec {
         }
     }
 
-    /// Decodes one complete value; trailing bytes are an error.
+    /// Decodes one complete value under the default [`DecodeLimits`]; trailing bytes are an
+    /// error.
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, String> {
-        match self {
-            Codec::Bincode => {
-                Self::bincode().with_limit(bytes.len() as u64).deserialize(bytes).map_err(|e| e.to_string())
-            }
-            Codec::Postcard => match postcard::take_from_bytes(bytes) {
-                Ok((v, [])) => Ok(v),
-                Ok((_, rest)) => Err(format!("{} trailing bytes after the message", rest.len())),
-                Err(e) => Err(e.to_string()),
+        self.decode_with(bytes, DecodeLimits::DEFAULT)
+    }
+
+    /// Decodes one complete value; trailing bytes are an error, and so is a value that would
+    /// allocate more than `limits` allows or nest deeper (the error names the limit). A
+    /// panic in a `Deserialize` impl is caught and reported as an error.
+    pub fn decode_with<T: DeserializeOwned>(self, bytes: &[u8], limits: DecodeLimits) -> Result<T, String> {
+        let state = budget::State::new(bytes.len(), limits);
+        match catch_unwind(AssertUnwindSafe(|| self.decode_budgeted(bytes, &state))) {
+            // A limit decides even when a Deserialize impl swallowed its error.
+            Ok(r) => match state.tripped() {
+                Some(tripped) => Err(state.describe(tripped)),
+                None => r,
             },
+            Err(panic) => {
+                Err(format!("its Deserialize impl panicked: {}", crate::error::panic_message(panic.as_ref())))
+            }
         }
+    }
+
+    fn decode_budgeted<T: DeserializeOwned>(self, bytes: &[u8], state: &budget::State) -> Result<T, String> {
+        match self {
+            // `deserialize_seed` keeps `DefaultOptions`' trailing-bytes check. (On a slice
+            // bincode reads with no byte limit of its own; none is needed, the slice is one.)
+            Codec::Bincode => {
+                Self::bincode().deserialize_seed(budget::Root::new(state), bytes).map_err(|e| e.to_string())
+            }
+            Codec::Postcard => {
+                let mut de = postcard::Deserializer::from_bytes(bytes);
+                let value = T::deserialize(budget::Budgeted::new(&mut de, state)).map_err(|e| e.to_string())?;
+                match de.finalize() {
+                    Ok([]) => Ok(value),
+                    Ok(rest) => Err(format!("{} trailing bytes after the message", rest.len())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+/// Default budget of a decode, per byte of the message: its collections, strings and byte
+/// buffers may take this many times the frame's size in memory (plus [`DECODE_BASE`]). A
+/// `Vec<u64>` of small values is 8x (1 wire byte each), a `Vec<String>` of short strings
+/// about 24x (+ the bytes), a `Vec<Option<[u8; 1000]>>` of `None`s 1001x.
+pub const DECODE_RATIO: usize = 16;
+
+/// Default budget every decode gets on top of [`DECODE_RATIO`] times its size, so small
+/// messages with a few fixed-size collections never trip it.
+pub const DECODE_BASE: usize = 64 * 1024;
+
+/// Default deepest nesting of a decoded value: each sequence, map, tuple, struct, enum,
+/// `Some` and newtype struct is a level. Enough for any protocol type; small enough that a
+/// recursive type cannot overflow a runtime worker's stack.
+pub const MAX_DECODE_DEPTH: u32 = 64;
+
+/// What decoding one message may cost: an allocation budget of
+/// `ratio x size + base` bytes and a nesting depth. See the [module docs](crate::codec).
+///
+/// ```
+/// use rpc_core::codec::{Codec, DecodeLimits};
+/// let limits = DecodeLimits::default().with_ratio(4).with_max_depth(16);
+/// let bytes = Codec::Bincode.encode(&vec![1u64, 2, 3], 100).unwrap();
+/// assert_eq!(Codec::Bincode.decode_with::<Vec<u64>>(&bytes, limits).unwrap(), [1, 2, 3]);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DecodeLimits {
+    /// Bytes of budget per byte of the message. Default: [`DECODE_RATIO`].
+    pub ratio: usize,
+    /// Bytes of budget on top. Default: [`DECODE_BASE`].
+    pub base: usize,
+    /// Deepest nesting. Default: [`MAX_DECODE_DEPTH`].
+    pub max_depth: u32,
+}
+
+impl DecodeLimits {
+    /// The defaults: [`DECODE_RATIO`], [`DECODE_BASE`], [`MAX_DECODE_DEPTH`].
+    pub const DEFAULT: DecodeLimits =
+        DecodeLimits { ratio: DECODE_RATIO, base: DECODE_BASE, max_depth: MAX_DECODE_DEPTH };
+
+    /// Sets [`ratio`](Self::ratio).
+    #[must_use]
+    pub const fn with_ratio(mut self, ratio: usize) -> Self {
+        self.ratio = ratio;
+        self
+    }
+
+    /// Sets [`base`](Self::base).
+    #[must_use]
+    pub const fn with_base(mut self, base: usize) -> Self {
+        self.base = base;
+        self
+    }
+
+    /// Sets [`max_depth`](Self::max_depth).
+    #[must_use]
+    pub const fn with_max_depth(mut self, max_depth: u32) -> Self {
+        self.max_depth = max_depth;
+        self
+    }
+
+    /// The allocation budget of a message of `len` bytes: `ratio x len + base`.
+    pub const fn budget(&self, len: usize) -> usize {
+        len.saturating_mul(self.ratio).saturating_add(self.base)
+    }
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits::DEFAULT
     }
 }
 
