@@ -61,6 +61,17 @@ pub struct ClientConfig {
     /// from the OS's credentials of the pipe's peer before the client sends anything.
     /// Default: [`ServerIdentity::SameUser`].
     pub expect_server: ServerIdentity,
+    /// Longest a frame from the server may take to arrive once its first bytes have; a
+    /// server that leaves one unfinished this long has the connection closed
+    /// ([`TransportError::Stalled`]). Default: 30 s.
+    pub frame_read_timeout: Duration,
+    /// Longest this client's writes may make no progress while it has bytes to send (a
+    /// server that stopped reading). Default: 30 s.
+    pub write_stall_timeout: Duration,
+    /// What decoding one message from the server may allocate and how deep it may nest
+    /// (a squatting server is an adversary too). A reply over them fails its call only.
+    /// Default: [`DecodeLimits::DEFAULT`](crate::codec::DecodeLimits::DEFAULT).
+    pub decode_limits: crate::codec::DecodeLimits,
 }
 
 impl Default for ClientConfig {
@@ -74,6 +85,9 @@ impl Default for ClientConfig {
             max_queued_oneway: 1024,
             stream_window: crate::server::DEFAULT_STREAM_WINDOW,
             expect_server: ServerIdentity::default(),
+            frame_read_timeout: Duration::from_secs(30),
+            write_stall_timeout: Duration::from_secs(30),
+            decode_limits: crate::codec::DecodeLimits::DEFAULT,
         }
     }
 }
@@ -83,6 +97,24 @@ impl ClientConfig {
     #[must_use]
     pub fn expect_server(mut self, identity: ServerIdentity) -> Self {
         self.expect_server = identity;
+        self
+    }
+    /// Sets [`frame_read_timeout`](Self::frame_read_timeout).
+    #[must_use]
+    pub fn frame_read_timeout(mut self, t: Duration) -> Self {
+        self.frame_read_timeout = t;
+        self
+    }
+    /// Sets [`write_stall_timeout`](Self::write_stall_timeout).
+    #[must_use]
+    pub fn write_stall_timeout(mut self, t: Duration) -> Self {
+        self.write_stall_timeout = t;
+        self
+    }
+    /// Sets [`decode_limits`](Self::decode_limits).
+    #[must_use]
+    pub fn decode_limits(mut self, limits: crate::codec::DecodeLimits) -> Self {
+        self.decode_limits = limits;
         self
     }
     /// Sets [`default_timeout`](Self::default_timeout).
@@ -127,6 +159,11 @@ impl ClientConfig {
         self.codec = codec;
         self
     }
+}
+
+/// A stall limit as the engine takes it: at least 1 ms, at most 30 days.
+fn stall_limit(d: Duration) -> Duration {
+    d.clamp(Duration::from_millis(1), Duration::from_secs(30 * 24 * 3600))
 }
 
 /// Per-call settings; generated clients carry one (see `{Trait}Client::with_timeout`).
@@ -283,7 +320,7 @@ where
         .await?;
         let registry = Arc::new(Registry::default());
         let shared = Shared::new(registry.clone(), PeerInfo { server, ..PeerInfo::of(&negotiated) }, config);
-        let transport = crate::engine::pipe(framed, negotiated.codec);
+        let transport = crate::engine::pipe(framed, negotiated.codec, shared.config.decode_limits);
         let limits = crate::engine::CallerLimits {
             window: negotiated.window,
             oneway_window: negotiated.oneway_window,
@@ -298,6 +335,9 @@ where
             capabilities: negotiated.capabilities,
             codec: negotiated.codec,
             send_limit: negotiated.send_limit,
+            frame_read_timeout: stall_limit(shared.config.frame_read_timeout),
+            write_stall_timeout: stall_limit(shared.config.write_stall_timeout),
+            decode: shared.config.decode_limits,
         };
         // Every client connection can be called back: the router hands callback calls to the
         // object of the call they belong to (and refuses them once that call is over).

@@ -179,6 +179,18 @@ pub enum TransportError {
         /// Which property differed, with both sides' values.
         detail: String,
     },
+    /// The peer stopped making progress for longer than a limit: it left a frame
+    /// half-sent ([`ServerConfig::frame_read_timeout`](crate::ServerConfig::frame_read_timeout)),
+    /// or stopped reading what this end writes
+    /// ([`ServerConfig::write_stall_timeout`](crate::ServerConfig::write_stall_timeout)). The
+    /// connection is closed; calls in flight on it have an unknown outcome.
+    #[error("peer stalled: {detail} (limit: {})", fmt_duration(*.limit))]
+    Stalled {
+        /// What the peer left undone.
+        detail: String,
+        /// The limit that ran out.
+        limit: Duration,
+    },
     /// The peer broke the protocol (garbage frames, an unexpected message).
     #[error("protocol error: {detail}")]
     Protocol {

@@ -5,7 +5,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
+use transport_pipe::LengthPrefixed;
 
 use crate::codec::Codec;
 use crate::error::{RpcError, TransportError};
@@ -46,7 +47,7 @@ fn io_to_transport(e: std::io::Error, during: &str) -> TransportError {
 
 /// Client side: send `Hello`, read `Welcome`, within `timeout`.
 pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
-    framed: &mut Framed<S, LengthDelimitedCodec>,
+    framed: &mut Framed<S, LengthPrefixed>,
     service: ServiceId,
     codec: Codec,
     max_message: usize,
@@ -127,6 +128,10 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
             let detail = format!("the server does not admit this client: {}", welcome.message);
             return Err(TransportError::PermissionDenied { detail }.into());
         }
+        HandshakeStatus::ProtocolError => {
+            let detail = format!("the server refused the handshake: {}", welcome.message);
+            return Err(TransportError::Protocol { detail }.into());
+        }
     }
     if welcome.codec != codec.id() {
         return Err(refused(format!(
@@ -172,31 +177,89 @@ pub(crate) struct ServerOffer {
 /// Largest hello a server reads.
 const HELLO_MAX: usize = 64 * 1024;
 
-/// Server side: read `Hello` within `timeout`, answer `Welcome`. `refuse` forces a refusal
-/// (overload, shutdown) after the client has been heard, so it gets a typed reason.
-pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
-    framed: &mut Framed<S, LengthDelimitedCodec>,
+/// How long a refusal waits for the client's hello (or its close) after answering, so the
+/// client has finished writing and reads the answer instead of a broken pipe.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Reads the client's hello within `timeout`; on anything but a hello, answers the client
+/// with [`HandshakeStatus::ProtocolError`] saying what was wrong (best effort) and fails.
+async fn read_hello<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, LengthPrefixed>,
     service: ServiceId,
-    offer: ServerOffer,
     timeout: Duration,
-    refuse: Option<(HandshakeStatus, String)>,
-) -> Result<Negotiated, TransportError> {
+) -> Result<Hello, TransportError> {
     // A hello is a few hundred bytes: a client (admitted or not) must not make the server
     // buffer a whole message's worth before it has even said who it is.
     let max_frame = framed.codec().max_frame_length();
     framed.codec_mut().set_max_frame_length(max_frame.min(HELLO_MAX));
     let hello = tokio::time::timeout(timeout, framed.next()).await;
     framed.codec_mut().set_max_frame_length(max_frame);
-    let hello = match hello {
-        Err(_) => {
-            return Err(TransportError::Protocol {
-                detail: format!("the client sent no handshake within {}", crate::error::fmt_duration(timeout)),
-            });
-        }
+    let why = match hello {
+        Ok(Some(Ok(frame))) => match Hello::decode(&frame) {
+            Ok(hello) => return Ok(hello),
+            Err(e) => format!("the first frame is not a pipe-rpc hello: {e}"),
+        },
         Ok(None) => return Err(TransportError::Disconnected { detail: "the client left before the handshake".into() }),
+        Ok(Some(Err(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
+            format!("the hello is not acceptable: {e} (a hello is at most {HELLO_MAX} bytes)")
+        }
         Ok(Some(Err(e))) => return Err(io_to_transport(e, "the handshake")),
-        Ok(Some(Ok(frame))) => Hello::decode(&frame).map_err(|e| TransportError::Protocol { detail: e.to_string() })?,
+        Err(_) => format!("the client sent no handshake within {}", crate::error::fmt_duration(timeout)),
     };
+    let welcome = refusal(service, HandshakeStatus::ProtocolError, why.clone());
+    // Best effort: the client may not read at all.
+    let _ = tokio::time::timeout(REFUSAL_LINGER, framed.send(Bytes::from(welcome.encode()))).await;
+    Err(TransportError::Protocol { detail: why })
+}
+
+/// A `Welcome` that refuses, with `message` saying why.
+fn refusal(service: ServiceId, status: HandshakeStatus, message: String) -> Welcome {
+    Welcome {
+        max_oneway: 0,
+        stream_window: 0,
+        version: PROTOCOL_VERSION,
+        capabilities: 0,
+        max_in_flight: 0,
+        status,
+        codec: 0,
+        max_message: 0,
+        fingerprint: service.fingerprint,
+        server_pid: std::process::id(),
+        service: service.name.to_owned(),
+        message,
+    }
+}
+
+/// Server side, for a client refused before it is heard (by the access policy, or
+/// because too many connections are in their handshake): the refusal is written at once,
+/// then the server waits at most [`REFUSAL_LINGER`] for the hello, so the client reads
+/// the refusal rather than a broken pipe, and a silent client holds nothing for long.
+pub(crate) async fn refuse_early<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, LengthPrefixed>,
+    service: ServiceId,
+    status: HandshakeStatus,
+    message: String,
+) -> TransportError {
+    let welcome = refusal(service, status, message.clone());
+    if let Ok(Ok(())) = tokio::time::timeout(REFUSAL_LINGER, framed.send(Bytes::from(welcome.encode()))).await {
+        framed.codec_mut().set_max_frame_length(HELLO_MAX);
+        let _ = tokio::time::timeout(REFUSAL_LINGER, framed.next()).await;
+    }
+    TransportError::Incompatible { detail: format!("refused client: {status:?} {message}") }
+}
+
+/// Server side: read `Hello` within `timeout`, answer `Welcome`. `decide`, called once
+/// the client has been heard, may force a refusal (overload, shutdown) so the client gets
+/// a typed reason.
+pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, LengthPrefixed>,
+    service: ServiceId,
+    offer: ServerOffer,
+    timeout: Duration,
+    decide: impl FnOnce() -> Option<(HandshakeStatus, String)>,
+) -> Result<Negotiated, TransportError> {
+    let hello = read_hello(framed, service, timeout).await?;
+    let refuse = decide();
     let ServerOffer { max_message, max_in_flight, max_oneway, stream_window } = offer;
     let codec = Codec::from_id(hello.codec);
     // The newest version both speak, if it is one both accept.

@@ -49,9 +49,31 @@ pub struct ServerConfig {
     /// granted in the handshake and given back as each finishes. A client at its credit
     /// holds further one-way calls back. Default: 128.
     pub max_oneway_per_connection: usize,
-    /// Connections served at once. A client beyond this is answered `Overloaded` in the
-    /// handshake (its client sees [`TransportError::Busy`]). Default: 256.
+    /// Connections served at once, counted from the end of their handshake (connections
+    /// still in it have their own limit, [`max_handshaking`](Self::max_handshaking), so
+    /// silent ones cannot take these places). A client beyond this is answered
+    /// `Overloaded` in the handshake (its client sees [`TransportError::Busy`]). Default: 256.
     pub max_connections: usize,
+    /// Connections accepted but not yet through their handshake. When one more arrives,
+    /// the one that has waited longest is closed to make room (a client that speaks at
+    /// once, as ours do, is through in well under a millisecond, so connections that never
+    /// speak cannot keep it out). Default: 64 (dbus-daemon's `max_incomplete_connections`).
+    pub max_handshaking: usize,
+    /// Longest a frame may take to arrive once its first bytes have: a peer that leaves a
+    /// frame unfinished this long (a header, then a trickle) has its connection closed
+    /// with [`TransportError::Stalled`], after an `Abort` frame saying so. Memory held for a
+    /// partial frame is about what arrived of it, never its declared size. Default: 30 s.
+    pub frame_read_timeout: Duration,
+    /// Longest this end's writes may make no progress while it has bytes to send: a peer
+    /// that stops reading (its replies pile up) has its connection closed with
+    /// [`TransportError::Stalled`]. Default: 30 s.
+    pub write_stall_timeout: Duration,
+    /// What decoding one client message may allocate (a multiple of its size, plus a
+    /// base) and how deep it may nest. A call over them is refused as a bad request naming
+    /// the limit; the connection goes on. Default:
+    /// [`DecodeLimits::DEFAULT`](crate::codec::DecodeLimits::DEFAULT): 16x the message plus
+    /// 64 KiB, 64 levels.
+    pub decode_limits: crate::codec::DecodeLimits,
     /// Largest message this server sends or accepts, in bytes. Default: 4 MiB; clamped
     /// to 64 MiB.
     pub max_message: usize,
@@ -87,6 +109,10 @@ impl Default for ServerConfig {
             max_in_flight_per_connection: 128,
             max_oneway_per_connection: 128,
             max_connections: 256,
+            max_handshaking: 64,
+            frame_read_timeout: Duration::from_secs(30),
+            write_stall_timeout: Duration::from_secs(30),
+            decode_limits: crate::codec::DecodeLimits::DEFAULT,
             max_message: transport_pipe::DEFAULT_MAX_FRAME,
             max_deadline: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
@@ -116,6 +142,30 @@ impl ServerConfig {
     #[must_use]
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
+        self
+    }
+    /// Sets [`max_handshaking`](Self::max_handshaking).
+    #[must_use]
+    pub fn max_handshaking(mut self, n: usize) -> Self {
+        self.max_handshaking = n.max(1);
+        self
+    }
+    /// Sets [`frame_read_timeout`](Self::frame_read_timeout).
+    #[must_use]
+    pub fn frame_read_timeout(mut self, d: Duration) -> Self {
+        self.frame_read_timeout = d;
+        self
+    }
+    /// Sets [`write_stall_timeout`](Self::write_stall_timeout).
+    #[must_use]
+    pub fn write_stall_timeout(mut self, d: Duration) -> Self {
+        self.write_stall_timeout = d;
+        self
+    }
+    /// Sets [`decode_limits`](Self::decode_limits).
+    #[must_use]
+    pub fn decode_limits(mut self, limits: crate::codec::DecodeLimits) -> Self {
+        self.decode_limits = limits;
         self
     }
     /// Sets [`max_connections_per_user`](Self::max_connections_per_user).
@@ -170,7 +220,36 @@ impl ServerConfig {
     fn effective_max_message(&self) -> usize {
         self.max_message.clamp(1024, transport_pipe::MAX_FRAME_CEILING)
     }
+
+    /// The settings in force: every field brought into its valid range, whatever was
+    /// written to the public fields (the setters clamp too, but fields can be set
+    /// directly). Applied once where a server starts, so no count of 0 or duration that
+    /// overflows an `Instant` reaches the engine.
+    pub(crate) fn normalized(&self) -> ServerConfig {
+        let time = |d: Duration| d.clamp(Duration::from_millis(1), LONGEST_SETTING);
+        ServerConfig {
+            max_in_flight_per_connection: self.max_in_flight_per_connection.max(1),
+            max_oneway_per_connection: self.max_oneway_per_connection.max(1),
+            max_connections: self.max_connections.max(1),
+            max_handshaking: self.max_handshaking.max(1),
+            max_connections_per_user: self.max_connections_per_user.max(1),
+            max_message: self.effective_max_message(),
+            max_deadline: time(self.max_deadline),
+            handshake_timeout: time(self.handshake_timeout),
+            frame_read_timeout: time(self.frame_read_timeout),
+            write_stall_timeout: time(self.write_stall_timeout),
+            decode_limits: self.decode_limits,
+            shutdown_grace: self.shutdown_grace.min(LONGEST_SETTING),
+            stream_window: self.stream_window.max(1024),
+            listen: self.listen.clone(),
+            access: self.access.clone(),
+        }
+    }
 }
+
+/// The longest any duration setting is taken to be (30 days): far beyond any useful
+/// timeout, and far from overflowing an `Instant`.
+const LONGEST_SETTING: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The default stream window, both ends: 256 KiB, four 64 KiB items in flight (see
 /// ARCHITECTURE, "Streams are pulled, not pushed", for why not more).
@@ -215,9 +294,9 @@ impl<S: Service> Server<S> {
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         // A connection handed over by the caller: its peer was vetted (or not) by the caller.
-        let admit = connection::Admission { refuse: None, peer: None };
-        connection::serve(io, self.service.clone(), Arc::new(self.config.clone()), CancellationToken::new(), admit)
-            .await
+        let admit = connection::Admission { peer: None, counts: None, handshaking: None };
+        let config = Arc::new(self.config.normalized());
+        connection::serve(io, self.service.clone(), config, CancellationToken::new(), admit).await
     }
 }
 
@@ -288,9 +367,8 @@ impl<S: Service> BoundServer<S> {
     /// cannot bind the name.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
         let BoundServer { listener, service, config, shutdown } = self;
-        let config = Arc::new(config);
-        let live = Arc::new(AtomicUsize::new(0));
-        let per_user = Arc::new(Mutex::new(HashMap::new()));
+        let config = Arc::new(config.normalized());
+        let counts = Arc::new(Counts::default());
         let me = PeerCredentials::current_process();
         let mut conns = JoinSet::new();
         let mut accept_failures = 0u32;
@@ -305,24 +383,35 @@ impl<S: Service> BoundServer<S> {
                 accepted = listener.accept() => match accepted {
                     Ok(stream) => {
                         accept_failures = 0;
-                        let (admit, user_guard) = admission(&stream, &config, &me, &live, &per_user);
-                        let guard = LiveGuard::new(live.clone());
-                        let (service, config, token) = (service.clone(), config.clone(), shutdown.token.clone());
-                        conns.spawn(async move {
-                            let _guards = (guard, user_guard);
-                            if let Err(e) = connection::serve(stream, service, config, token, admit).await {
-                                tracing::debug!(error = %e, "connection ended");
+                        match gate(&stream, &config, &me, &counts) {
+                            Gate::Admit(admit) => {
+                                let (service, config, token) = (service.clone(), config.clone(), shutdown.token.clone());
+                                conns.spawn(async move {
+                                    if let Err(e) = connection::serve(stream, service, config, token, admit).await {
+                                        tracing::debug!(error = %e, "connection ended");
+                                    }
+                                });
                             }
-                        });
+                            Gate::Refuse(status, why, guard) => {
+                                conns.spawn(async move {
+                                    let _guard = guard;
+                                    connection::refuse(stream, S::ID, status, why).await;
+                                });
+                            }
+                            Gate::Drop(why) => tracing::warn!(%why, "dropped a connection unanswered"),
+                        }
                     }
                     Err(e) => {
-                        // Usually transient (out of file descriptors): back off, keep serving.
-                        accept_failures += 1;
-                        tracing::warn!(error = %e, "accept failed");
-                        if accept_failures > 100 {
-                            return Err(ServeError::Accept(e));
+                        // Usually transient (out of file descriptors, which a peer can cause):
+                        // log, back off (up to 1 s) and keep serving the connections we have.
+                        accept_failures = accept_failures.saturating_add(1);
+                        let pause = Duration::from_millis(10u64.saturating_mul(1 << accept_failures.min(7)).min(1000));
+                        tracing::warn!(error = %e, failures = accept_failures, ?pause, "accept failed; retrying");
+                        tokio::select! {
+                            biased;
+                            () = shutdown.token.cancelled() => break,
+                            () = tokio::time::sleep(pause) => {}
                         }
-                        tokio::time::sleep(Duration::from_millis(10 * u64::from(accept_failures.min(50)))).await;
                     }
                 },
             }
@@ -340,63 +429,145 @@ impl<S: Service> BoundServer<S> {
     }
 }
 
-/// Counts a live connection for as long as it exists.
-/// Decides, from the accepted client's credentials, whether its handshake is answered with
-/// a refusal: the access policy, the connection limit and the per-user limit, in that
-/// order. The guard counts the connection against its user while it lives.
-fn admission(
+/// What the accept loop does with a new connection.
+enum Gate {
+    /// Serve it (its handshake decides the rest).
+    Admit(connection::Admission),
+    /// Answer this refusal at once, without waiting for the hello; the guard holds the
+    /// connection's place among the refusals being answered.
+    Refuse(HandshakeStatus, String, CountGuard),
+    /// Too many refusals are being answered already: close without a word.
+    Drop(String),
+}
+
+/// Decides, from the accepted client's credentials and before anything it sent is read,
+/// whether the access policy refuses it at once. The connection limits (total, per user)
+/// are checked once the client is heard, in its handshake (see [`Counts::admit`]).
+fn gate(
     stream: &transport_pipe::PipeStream,
     config: &ServerConfig,
     me: &PeerCredentials,
-    live: &AtomicUsize,
-    per_user: &Arc<Mutex<HashMap<User, usize>>>,
-) -> (connection::Admission, Option<UserGuard>) {
+    counts: &Arc<Counts>,
+) -> Gate {
+    let refuse = |status, why: String| match CountGuard::take(&counts.refusing, config.max_handshaking) {
+        Some(guard) => Gate::Refuse(status, why, guard),
+        None => Gate::Drop(format!("{why}; and {} refusals are being answered already", config.max_handshaking)),
+    };
     let peer = match stream.peer_credentials() {
         Ok(peer) => peer,
         Err(e) => {
             // Fail closed: a client we cannot identify is not admitted.
-            let why = format!("the server cannot read this client's credentials: {e}");
-            return (
-                connection::Admission { refuse: Some((HandshakeStatus::PermissionDenied, why)), peer: None },
-                None,
+            return refuse(
+                HandshakeStatus::PermissionDenied,
+                format!("the server cannot read this client's credentials: {e}"),
             );
         }
     };
-    let refuse = |status, why: String| (connection::Admission { refuse: Some((status, why)), peer: Some(peer) }, None);
     if let Err(why) = config.access.check(&peer, me) {
         tracing::info!(%peer, %why, "client refused");
         return refuse(HandshakeStatus::PermissionDenied, why);
     }
-    if live.load(Ordering::Relaxed) >= config.max_connections {
-        return refuse(
-            HandshakeStatus::Overloaded,
-            format!("the server is at its limit of {} connections", config.max_connections),
-        );
-    }
-    let user = match (peer.uid, peer.sid) {
-        (Some(uid), _) => Some(User::Uid(uid)),
-        (None, Some(sid)) => Some(User::Sid(sid)),
-        (None, None) => None,
-    };
-    let user_guard = match user {
-        Some(user) => {
-            let mut counts = per_user.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let n = counts.entry(user).or_insert(0);
-            if *n >= config.max_connections_per_user {
-                return refuse(
-                    HandshakeStatus::Overloaded,
-                    format!(
-                        "the server is at its limit of {} connections per user, and {user} has them all",
-                        config.max_connections_per_user
-                    ),
-                );
-            }
-            *n += 1;
-            Some(UserGuard { user, counts: per_user.clone() })
+    let handshaking = Pending::enter(counts, config.max_handshaking);
+    Gate::Admit(connection::Admission {
+        peer: Some(peer),
+        counts: Some(counts.clone()),
+        handshaking: Some(handshaking),
+    })
+}
+
+/// The server's connection counts.
+#[derive(Default)]
+pub(crate) struct Counts {
+    /// Connections through their handshake.
+    live: Arc<AtomicUsize>,
+    /// Connections accepted and not yet through their handshake, oldest first: a number
+    /// (to find its entry again) and what evicts it.
+    handshaking: Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
+    /// Numbers the entries of `handshaking`.
+    entered: std::sync::atomic::AtomicU64,
+    /// Refusals being answered.
+    refusing: Arc<AtomicUsize>,
+    /// Connections through their handshake, per user.
+    per_user: Arc<Mutex<HashMap<User, usize>>>,
+}
+
+impl Counts {
+    /// Counts a client that finished its hello among the live connections and its user's,
+    /// or says which limit it is over.
+    pub(crate) fn admit(
+        &self,
+        peer: Option<&PeerCredentials>,
+        config: &ServerConfig,
+    ) -> Result<(CountGuard, Option<UserGuard>), String> {
+        let Some(live) = CountGuard::take(&self.live, config.max_connections) else {
+            return Err(format!("the server is at its limit of {} connections", config.max_connections));
+        };
+        let user = peer.and_then(|peer| match (peer.uid, peer.sid) {
+            (Some(uid), _) => Some(User::Uid(uid)),
+            (None, Some(sid)) => Some(User::Sid(sid)),
+            (None, None) => None,
+        });
+        let Some(user) = user else { return Ok((live, None)) };
+        let mut counts = self.per_user.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = counts.entry(user).or_insert(0);
+        if *n >= config.max_connections_per_user {
+            return Err(format!(
+                "the server is at its limit of {} connections per user, and {user} has them all",
+                config.max_connections_per_user
+            ));
         }
-        None => None,
-    };
-    (connection::Admission { refuse: None, peer: Some(peer) }, user_guard)
+        *n += 1;
+        Ok((live, Some(UserGuard { user, counts: self.per_user.clone() })))
+    }
+}
+
+/// A connection's place among those in their handshake, while it lives.
+pub(crate) struct Pending {
+    seq: u64,
+    counts: Arc<Counts>,
+    /// Cancelled when a newer connection needs the place.
+    pub(crate) evicted: CancellationToken,
+}
+
+impl Pending {
+    /// Enters a new connection, evicting the longest-waiting one if `limit` are in already.
+    fn enter(counts: &Arc<Counts>, limit: usize) -> Pending {
+        let seq = counts.entered.fetch_add(1, Ordering::Relaxed);
+        let evicted = CancellationToken::new();
+        let mut pending = counts.handshaking.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while pending.len() >= limit {
+            let Some((_, oldest)) = pending.pop_front() else { break };
+            oldest.cancel();
+        }
+        pending.push_back((seq, evicted.clone()));
+        Pending { seq, counts: counts.clone(), evicted }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut pending = self.counts.handshaking.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = pending.iter().position(|(seq, _)| *seq == self.seq) {
+            pending.remove(i);
+        }
+    }
+}
+
+/// Holds one place in a count with a limit while it lives.
+pub(crate) struct CountGuard(Arc<AtomicUsize>);
+
+impl CountGuard {
+    /// A place in `count`, if it is below `limit`.
+    fn take(count: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1)).ok()?;
+        Some(CountGuard(count.clone()))
+    }
+}
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A user, for the per-user limit: a uid (Unix) or a SID (Windows).
@@ -416,7 +587,7 @@ impl std::fmt::Display for User {
 }
 
 /// Counts one connection against its user while it lives.
-struct UserGuard {
+pub(crate) struct UserGuard {
     user: User,
     counts: Arc<Mutex<HashMap<User, usize>>>,
 }
@@ -430,20 +601,5 @@ impl Drop for UserGuard {
                 counts.remove(&self.user);
             }
         }
-    }
-}
-
-struct LiveGuard(Arc<AtomicUsize>);
-
-impl LiveGuard {
-    fn new(n: Arc<AtomicUsize>) -> Self {
-        n.fetch_add(1, Ordering::Relaxed);
-        LiveGuard(n)
-    }
-}
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

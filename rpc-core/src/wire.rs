@@ -24,6 +24,39 @@ pub use frame::{BATCH_ENTRY_LEN, FLAG_MORE, FLAG_OPENER, Frame, FrameError, HEAD
 
 use crate::codec::Codec;
 
+/// The kind code of an `Abort` frame: the last frame an end sends before it closes a
+/// connection because the peer broke the protocol or stalled. Header: this code, flags 0,
+/// exchange id 0; body: the reason, UTF-8, at most [`ABORT_REASON_MAX`] bytes. It needs no
+/// capability (a peer that does not know it closes the connection anyway) and is never
+/// batched.
+pub const ABORT: u8 = 17;
+
+/// Longest reason an `Abort` frame carries, in bytes.
+pub const ABORT_REASON_MAX: usize = 1024;
+
+/// An `Abort` frame saying `reason` (cut to [`ABORT_REASON_MAX`] bytes at a character
+/// boundary).
+pub fn abort_frame(reason: &str) -> bytes::Bytes {
+    let mut end = reason.len().min(ABORT_REASON_MAX);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut frame = Vec::with_capacity(HEADER_LEN + end);
+    frame.push(ABORT);
+    frame.extend_from_slice(&[0; HEADER_LEN - 1]);
+    frame.extend_from_slice(&reason.as_bytes()[..end]);
+    bytes::Bytes::from(frame)
+}
+
+/// The reason in an `Abort` frame, if `frame` is one.
+pub fn read_abort(frame: &[u8]) -> Option<String> {
+    if frame.len() < HEADER_LEN || frame[0] != ABORT {
+        return None;
+    }
+    let body = &frame[HEADER_LEN..];
+    Some(String::from_utf8_lossy(&body[..body.len().min(ABORT_REASON_MAX)]).into_owned())
+}
+
 /// First bytes of both handshake messages.
 pub const MAGIC: [u8; 4] = *b"PRPC";
 
@@ -81,6 +114,9 @@ pub enum HandshakeStatus {
     ShuttingDown,
     /// The server's access policy does not admit this client (the message names the rule).
     PermissionDenied,
+    /// The client's hello was not a hello (bad magic, truncated, too large) or did not
+    /// come in time; the message says which.
+    ProtocolError,
 }
 
 impl HandshakeStatus {
@@ -94,6 +130,7 @@ impl HandshakeStatus {
             HandshakeStatus::Overloaded => 5,
             HandshakeStatus::ShuttingDown => 6,
             HandshakeStatus::PermissionDenied => 7,
+            HandshakeStatus::ProtocolError => 8,
         }
     }
 
@@ -107,6 +144,7 @@ impl HandshakeStatus {
             5 => HandshakeStatus::Overloaded,
             6 => HandshakeStatus::ShuttingDown,
             7 => HandshakeStatus::PermissionDenied,
+            8 => HandshakeStatus::ProtocolError,
             _ => return None,
         })
     }

@@ -338,7 +338,7 @@ async fn wrong_fingerprint_and_wrong_service_are_refused_in_the_handshake() {
 }
 
 /// A raw client: handshake by hand, then arbitrary frames.
-type RawFramed = tokio_util::codec::Framed<tokio::io::DuplexStream, tokio_util::codec::LengthDelimitedCodec>;
+type RawFramed = tokio_util::codec::Framed<tokio::io::DuplexStream, rpc_core::pipe::LengthPrefixed>;
 
 async fn raw_client(max: usize) -> (RawFramed, ServerTask) {
     let (a, b) = tokio::io::duplex(1 << 16);

@@ -42,6 +42,30 @@ pub async fn expect_closed(io: &mut PipeStream, what: &str) {
     }
 }
 
+/// Reads until the server closes the connection and returns the reason its last frame
+/// gave: an `Abort` frame after the handshake, or a `Welcome` refusing with
+/// `ProtocolError` before it. Panics if the server closed without saying why.
+pub async fn expect_told_and_closed(io: &mut PipeStream, what: &str) -> String {
+    let frames = frames_until_closed(io).await;
+    let Some(last) = frames.last() else { panic!("after {what} the server closed without a word") };
+    if let Some(reason) = rpc_core::wire::read_abort(last) {
+        return reason;
+    }
+    match Welcome::decode(last) {
+        Ok(w) if w.status == HandshakeStatus::ProtocolError => w.message,
+        other => panic!("after {what} the server's last frame was {last:?} ({other:?}), not an abort"),
+    }
+}
+
+/// Splits the `Abort` frame off the end of `frames`: the frames before it, and its reason.
+pub fn split_abort(mut frames: Vec<Vec<u8>>) -> (Vec<Vec<u8>>, Option<String>) {
+    let reason = frames.last().and_then(|f| rpc_core::wire::read_abort(f));
+    if reason.is_some() {
+        frames.pop();
+    }
+    (frames, reason)
+}
+
 /// Connects to `name` without a handshake.
 pub async fn raw_connect(name: &rpc_core::PipeName) -> PipeStream {
     rpc_core::pipe::connect(name.clone(), &ConnectOptions::default().timeout(Duration::from_secs(20))).await.unwrap()

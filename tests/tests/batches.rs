@@ -2,7 +2,9 @@
 //! announced `caps::BATCH`, read exactly like frames sent alone; never sent to a peer that
 //! did not announce them; and a malformed batch closes only its own connection.
 
-use pipe_rpc_tests::raw::{frames_until_closed, raw_handshake, raw_handshake_with, read_frame, write_frame};
+use pipe_rpc_tests::raw::{
+    frames_until_closed, raw_handshake, raw_handshake_with, read_frame, split_abort, write_frame,
+};
 use pipe_rpc_tests::{ProbeClient, ProbeRequest, ProbeResponse, ServerProcess, connect, unique_name, watchdog};
 use rpc_core::codec::Codec;
 use rpc_core::wire::{BATCH_ENTRY_LEN, Frame, HEADER_LEN, Kind, caps, split_batch};
@@ -110,7 +112,7 @@ async fn a_peer_that_did_not_announce_batches_gets_every_frame_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_batches_close_only_their_own_connection() {
+async fn malformed_batches_close_only_their_own_connection_with_an_abort_saying_why() {
     watchdog(async {
         let name = unique_name!();
         let _server = ServerProcess::spawn(EXE, &name, &[]).await;
@@ -135,7 +137,9 @@ async fn malformed_batches_close_only_their_own_connection() {
             write_frame(&mut io, &message).await;
             // The connection closes; a call before the fault may or may not be answered
             // first, but nothing after it is.
-            let frames = frames_until_closed(&mut io).await;
+            let (frames, why) = split_abort(frames_until_closed(&mut io).await);
+            let why = why.unwrap_or_else(|| panic!("{what}: closed without an abort"));
+            assert!(why.contains("batch"), "{what}: {why}");
             for f in &frames {
                 let ids: Vec<u64> = frames_of(f).iter().map(Frame::id).collect();
                 assert!(ids.iter().all(|&id| id == 1), "{what}: answered {ids:?}");
@@ -147,13 +151,16 @@ async fn malformed_batches_close_only_their_own_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_from_a_peer_that_did_not_announce_batches_closes_its_connection() {
+async fn a_batch_from_a_peer_that_did_not_announce_batches_closes_its_connection_with_an_abort() {
     watchdog(async {
         let name = unique_name!();
         let _server = ServerProcess::spawn(EXE, &name, &[]).await;
         let mut io = raw_handshake(&name).await;
         write_frame(&mut io, &batch(&entry(&call(1, "x")))).await;
-        assert!(frames_until_closed(&mut io).await.is_empty(), "a batch was read without the capability");
+        let (frames, why) = split_abort(frames_until_closed(&mut io).await);
+        assert!(frames.is_empty(), "a batch was read without the capability");
+        let why = why.expect("an abort saying why");
+        assert!(why.contains("a Batch frame, which this connection did not negotiate"), "{why}");
         let c: ProbeClient = connect(&name).await;
         assert_eq!(c.echo_string("still serving".into()).await.unwrap(), "still serving");
     })

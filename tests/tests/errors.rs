@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pipe_rpc_tests::raw::{expect_closed, raw_connect, raw_handshake, read_frame, write_frame};
+use pipe_rpc_tests::raw::{expect_told_and_closed, raw_connect, raw_handshake, read_frame, write_frame};
 use pipe_rpc_tests::{
     ProbeClient, ServerProcess, TagStats, client_config, connect, skip_under_wine, unique_name, wait_stats, watchdog,
 };
@@ -98,7 +98,7 @@ async fn another_service_is_refused_in_the_handshake() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_from_one_peer_does_not_disturb_other_clients() {
+async fn garbage_from_one_peer_is_answered_with_its_reason_and_does_not_disturb_other_clients() {
     watchdog(async {
         let name = unique_name!();
         let server = ServerProcess::spawn(EXE, &name, &[]).await;
@@ -113,22 +113,26 @@ async fn garbage_from_one_peer_does_not_disturb_other_clients() {
         // 1. Not even framed: an HTTP request (its first bytes read as a huge length).
         let mut io = raw_connect(&name).await;
         io.write_all(b"GET / HTTP/1.1\r\nHost: pipe\r\n\r\n").await.unwrap();
-        expect_closed(&mut io, "an HTTP request").await;
+        let why = expect_told_and_closed(&mut io, "an HTTP request").await;
+        assert!(why.contains("over this end's limit of 65536 bytes"), "{why}");
 
         // 2. A valid length prefix around junk instead of a handshake.
         let mut io = raw_connect(&name).await;
         write_frame(&mut io, b"definitely not a pipe-rpc hello").await;
-        expect_closed(&mut io, "a junk handshake").await;
+        let why = expect_told_and_closed(&mut io, "a junk handshake").await;
+        assert!(why.contains("not a pipe-rpc hello"), "{why}");
 
         // 3. A good handshake, then an unreadable frame.
         let mut io = raw_handshake(&name).await;
         write_frame(&mut io, &[0xff; 7]).await;
-        expect_closed(&mut io, "an unreadable frame").await;
+        let why = expect_told_and_closed(&mut io, "an unreadable frame").await;
+        assert!(why.contains("7 bytes, shorter than the 10-byte header"), "{why}");
 
         // 4. A good handshake, then a length prefix over the limit.
         let mut io = raw_handshake(&name).await;
         io.write_all(&(200u32 << 20).to_be_bytes()).await.unwrap();
-        expect_closed(&mut io, "an oversized length prefix").await;
+        let why = expect_told_and_closed(&mut io, "an oversized length prefix").await;
+        assert!(why.contains(&format!("a frame of {} bytes, over this end's limit", 200u32 << 20)), "{why}");
 
         // 5. Connect and leave without a word.
         drop(raw_connect(&name).await);

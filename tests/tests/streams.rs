@@ -281,7 +281,9 @@ async fn calls_complete_while_a_large_stream_flows_on_the_same_pipe() {
 // ---------------------------------------------------------------------------------------------
 
 use pipe_rpc_tests::ProbeRequest;
-use pipe_rpc_tests::raw::{frames_until_closed, raw_handshake, raw_handshake_with, write_all_checked, write_frame};
+use pipe_rpc_tests::raw::{
+    frames_until_closed, raw_handshake, raw_handshake_with, split_abort, write_all_checked, write_frame,
+};
 use rpc_core::codec::Codec;
 use rpc_core::wire::{Frame, Kind};
 
@@ -290,7 +292,7 @@ fn frame(f: Frame<ProbeRequest, ()>) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_items_beyond_the_granted_credit_close_only_that_connection() {
+async fn stream_items_beyond_the_granted_credit_close_only_that_connection_with_an_abort() {
     watchdog(async {
         let name = unique_name!();
         let _server = ServerProcess::spawn(EXE, &name, &[]).await;
@@ -317,7 +319,9 @@ async fn stream_items_beyond_the_granted_credit_close_only_that_connection() {
                 break; // closed while we were still writing: what the test expects
             }
         }
-        let frames = frames_until_closed(&mut io).await;
+        let (frames, why) = split_abort(frames_until_closed(&mut io).await);
+        let why = why.expect("an abort saying why");
+        assert!(why.contains("beyond the credit granted"), "{why}");
         let kinds: Vec<Kind> = frames.iter().map(|f| Kind::from_code(f[0]).unwrap()).collect();
         assert!(!kinds.contains(&Kind::Reply), "the call was answered instead of the connection closed: {kinds:?}");
         assert_eq!(bystander.echo_string("unaffected".into()).await.unwrap(), "unaffected");
@@ -326,17 +330,21 @@ async fn stream_items_beyond_the_granted_credit_close_only_that_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_frames_on_a_connection_that_did_not_negotiate_streams_close_it() {
+async fn stream_frames_on_a_connection_that_did_not_negotiate_streams_close_it_with_an_abort() {
     watchdog(async {
         let name = unique_name!();
         let _server = ServerProcess::spawn(EXE, &name, &[]).await;
         let mut io = raw_handshake_with(&name, 0).await;
         write_frame(&mut io, &frame(Frame::UpItem { id: 1, body: ProbeRequest::__SumItem(1) })).await;
-        assert!(frames_until_closed(&mut io).await.is_empty());
+        let (frames, why) = split_abort(frames_until_closed(&mut io).await);
+        assert!(frames.is_empty(), "{frames:?}");
+        assert!(why.expect("an abort").contains("UpItem frame, which this connection did not negotiate"));
         // Nor one-way calls.
         let mut io = raw_handshake_with(&name, 0).await;
         write_frame(&mut io, &frame(Frame::OneWay { id: 1, body: ProbeRequest::Note { tag: 9, seq: 0, ms: 0 } })).await;
-        assert!(frames_until_closed(&mut io).await.is_empty());
+        let (frames, why) = split_abort(frames_until_closed(&mut io).await);
+        assert!(frames.is_empty(), "{frames:?}");
+        assert!(why.expect("an abort").contains("OneWay frame, which this connection did not negotiate"));
     })
     .await;
 }

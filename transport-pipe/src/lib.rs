@@ -85,8 +85,8 @@ pub use connect::{ConnectOptions, connect};
 pub use creds::{PeerCredentials, Sid};
 pub use error::{Error, ErrorKind};
 pub use frame::{
-    DEFAULT_MAX_FRAME, MAX_FRAME_CEILING, Transport, effective_max_frame, length_delimited, length_delimited_codec,
-    serde_transport,
+    DEFAULT_MAX_FRAME, LengthPrefixed, MAX_FRAME_CEILING, READ_AHEAD, Transport, effective_max_frame, length_delimited,
+    length_delimited_codec, serde_transport,
 };
 pub use listen::{ListenOptions, OWNER_ONLY_SDDL, PipeListener};
 pub use name::{NAME_MAX, PipeName};

@@ -9,7 +9,10 @@ use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use support::{unique_name, watchdog};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use transport_pipe::{ConnectOptions, PipeListener, connect, length_delimited, serde_transport};
+use tokio_util::codec::Framed;
+use transport_pipe::{
+    ConnectOptions, PipeListener, connect, length_delimited, length_delimited_codec, serde_transport,
+};
 
 #[tokio::test]
 async fn oversized_frame_is_rejected_on_encode_and_nothing_is_written() {
@@ -88,7 +91,7 @@ async fn serde_transport_round_trip_over_a_pipe() {
         let listener = PipeListener::bind(&name).unwrap();
         let server = tokio::spawn(async move {
             let io = listener.accept().await.unwrap();
-            let mut t = serde_transport::<_, Msg, Msg, _>(length_delimited(io, 4096), Bin);
+            let mut t = serde_transport::<_, Msg, Msg, _>(Framed::new(io, length_delimited_codec(4096)), Bin);
             while let Some(msg) = t.next().await {
                 if let Msg::Add(a, b) = msg.unwrap() {
                     t.send(Msg::Sum(a + b)).await.unwrap();
@@ -96,7 +99,7 @@ async fn serde_transport_round_trip_over_a_pipe() {
             }
         });
         let io = connect(&name, &ConnectOptions::default()).await.unwrap();
-        let mut t = serde_transport::<_, Msg, Msg, _>(length_delimited(io, 4096), Bin);
+        let mut t = serde_transport::<_, Msg, Msg, _>(Framed::new(io, length_delimited_codec(4096)), Bin);
         t.send(Msg::Add(2, 40)).await.unwrap();
         assert_eq!(t.next().await.unwrap().unwrap(), Msg::Sum(42));
         drop(t);

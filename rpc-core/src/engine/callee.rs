@@ -213,8 +213,28 @@ impl<S: Service> Callee<S> {
         self.outbox.len() >= 2 * self.config.max_in_flight_per_connection
     }
 
-    /// A call frame arrived.
-    pub(crate) fn on_call(&mut self, id: u64, timeout_us: u64, body: S::Request, cx: &mut Context<'_>) {
+    /// Whether exchange `id` is open here: running, streaming, or answered but not yet
+    /// written.
+    fn is_open(&self, id: u64) -> bool {
+        self.running.contains_key(&id)
+            || self.downs.contains_key(&id)
+            || self.ups.contains_key(&id)
+            || self.outbox.iter().any(|a| a.id() == Some(id))
+    }
+
+    /// A call frame arrived. `Err` if its id is one of an exchange still open: a conforming
+    /// caller never reuses one, and any answer would be ambiguous (two frames for one id),
+    /// so the connection closes.
+    pub(crate) fn on_call(
+        &mut self,
+        id: u64,
+        timeout_us: u64,
+        body: S::Request,
+        cx: &mut Context<'_>,
+    ) -> Result<(), String> {
+        if self.is_open(id) {
+            return Err(format!("a call with id {id}, which is the id of an exchange still open"));
+        }
         let limit = self.config.max_in_flight_per_connection;
         if self.draining {
             self.refuse(
@@ -222,8 +242,6 @@ impl<S: Service> Callee<S> {
                 ServerErrorKind::ShuttingDown,
                 "the server is shutting down; the call was not started".into(),
             );
-        } else if self.running.contains_key(&id) {
-            self.refuse(id, ServerErrorKind::BadRequest, format!("request id {id} is already in flight"));
         } else if self.running.len() + self.downs.len() + self.outbox.len() >= limit {
             let detail = format!(
                 "the connection already has {limit} calls in flight, the server's limit per connection \
@@ -233,6 +251,7 @@ impl<S: Service> Callee<S> {
         } else {
             self.start(id, timeout_us, body, cx);
         }
+        Ok(())
     }
 
     /// A call frame whose body does not decode.

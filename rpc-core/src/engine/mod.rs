@@ -25,6 +25,7 @@ mod callee;
 mod caller;
 pub(crate) mod calls;
 mod outbox;
+mod stall;
 pub(crate) mod streams;
 mod transport;
 
@@ -44,8 +45,9 @@ use bytes::Bytes;
 use self::callee::Answer;
 use self::calls::CloseRequest;
 use self::outbox::{Encoded, Outbox};
+use self::stall::StallTimer;
 use self::transport::InFrame;
-use crate::codec::{Codec, EncodeError};
+use crate::codec::{Codec, DecodeLimits, EncodeError};
 use crate::error::{Direction, RpcError, ServerError, ServerErrorKind, TransportError, connection_error};
 use crate::service::Service;
 use crate::wire::{Frame, FrameError, Kind, caps};
@@ -74,8 +76,11 @@ enum Ended {
     Drained,
     /// This end closed it (every handle dropped, or `close()`).
     Closed,
-    /// The pipe failed or the peer broke the protocol.
+    /// The pipe failed, or the peer told us it gave up on the connection.
     Failed(TransportError),
+    /// The peer broke the protocol or stalled: it is told why (an `Abort` frame) before
+    /// the connection closes.
+    Blame(TransportError),
 }
 
 /// One connection. `S` is the service this end serves, `Req`/`Resp` the request and
@@ -93,6 +98,8 @@ pub(crate) struct Engine<T, S: Service, Req, Resp> {
     /// Frames are encoded by the engine, with the connection's codec, at most the peer's
     /// message limit each.
     codec: Codec,
+    /// What decoding one of the peer's frames may allocate and how deep it may nest.
+    decode: DecodeLimits,
     send_limit: usize,
     outbox: Outbox,
     /// The rest of a batch being read: its body, and where the next frame starts.
@@ -105,6 +112,17 @@ pub(crate) struct Engine<T, S: Service, Req, Resp> {
     /// After a drain: our end is half-closed and we read (and drop) what the peer still
     /// sends until it closes too, at most until this fires.
     linger: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame begun by the peer and not finished ([`Settings::frame_read_timeout`]).
+    read_stall: StallTimer,
+    /// Our bytes left unread by the peer ([`Settings::write_stall_timeout`]).
+    write_stall: StallTimer,
+    /// Messages read so far: the frame-read timer's progress.
+    messages_in: u64,
+    /// Changes seen in what the carrier has not written: the write-stall timer's progress.
+    writes_seen: u64,
+    last_unwritten: usize,
+    /// The peer sent an `Abort`: it gave up, so nothing is sent back.
+    peer_aborted: bool,
 }
 
 /// What the handshake settled that the engine itself needs.
@@ -113,6 +131,12 @@ pub(crate) struct Settings {
     pub(crate) capabilities: u32,
     pub(crate) codec: Codec,
     pub(crate) send_limit: usize,
+    /// Longest a frame the peer has begun may take to arrive in full.
+    pub(crate) frame_read_timeout: std::time::Duration,
+    /// Longest our writes may make no progress while there are bytes to write.
+    pub(crate) write_stall_timeout: std::time::Duration,
+    /// Limits on decoding the peer's frames (also given to the carrier).
+    pub(crate) decode: DecodeLimits,
 }
 
 impl<T, S, Req, Resp> Engine<T, S, Req, Resp>
@@ -135,6 +159,7 @@ where
             callee,
             capabilities: settings.capabilities,
             codec: settings.codec,
+            decode: settings.decode,
             send_limit: settings.send_limit,
             outbox: Outbox::new(settings.capabilities & caps::BATCH != 0, settings.send_limit),
             batch_in: None,
@@ -142,6 +167,12 @@ where
             needs_flush: false,
             finished: false,
             linger: None,
+            read_stall: StallTimer::new(settings.frame_read_timeout),
+            write_stall: StallTimer::new(settings.write_stall_timeout),
+            messages_in: 0,
+            writes_seen: 0,
+            last_unwritten: 0,
+            peer_aborted: false,
         }
     }
 
@@ -195,7 +226,7 @@ where
             }
             Some(Ok(range)) => {
                 let len = u32::try_from(range.len()).unwrap_or(u32::MAX);
-                Some(Ok(InFrame { frame: Frame::decode(self.codec, &body[range]), len }))
+                Some(Ok(InFrame { frame: Frame::decode_with(self.codec, self.decode, &body[range]), len }))
             }
             Some(Err(e)) => {
                 self.batch_in = None;
@@ -212,6 +243,10 @@ where
     ) -> Result<usize, TransportError> {
         match inbound {
             Inbound::One(frame) => self.on_frame(frame, cx),
+            Inbound::Abort(reason) => {
+                self.peer_aborted = true;
+                Err(TransportError::Protocol { detail: format!("the {} ended the connection: {reason}", self.peer) })
+            }
             Inbound::Batch(body) => {
                 self.negotiated(Kind::Batch)?;
                 if body.is_empty() {
@@ -266,7 +301,12 @@ where
         };
         self.negotiated(frame.kind())?;
         match frame {
-            Frame::Call { id, timeout_us, body } => self.callee("a call")?.on_call(id, timeout_us, body, cx),
+            Frame::Call { id, timeout_us, body } => {
+                let peer = self.peer;
+                self.callee("a call")?
+                    .on_call(id, timeout_us, body, cx)
+                    .map_err(|d| TransportError::Protocol { detail: format!("{d} (from the {peer})") })?;
+            }
             Frame::OneWay { id, body } => {
                 let peer = self.peer;
                 self.callee("a one-way call")?
@@ -311,7 +351,7 @@ where
                 .map_err(protocol)?;
                 if let Some(whole) = whole {
                     // The pieces make one item frame of the same exchange and direction.
-                    let frame = Frame::<S::Request, Resp>::decode(self.codec, &whole);
+                    let frame = Frame::<S::Request, Resp>::decode_with(self.codec, self.decode, &whole);
                     let expected = if from_opener { Kind::UpItem } else { Kind::DownItem };
                     match &frame {
                         Ok(f) if f.kind() == expected && f.id() == id => {}
@@ -461,6 +501,8 @@ where
             };
             match cost {
                 Ok(cost) => budget = budget.saturating_sub(cost.max(1)),
+                // The peer said why it closed: that is the news, not our failed write.
+                Err(why) if self.peer_aborted => return Ended::Failed(why),
                 Err(_) => break,
             }
         }
@@ -473,12 +515,53 @@ where
         for _ in 0..ROUNDS {
             match self.poll_pass(cx) {
                 Poll::Ready(Ok(true)) => continue,
-                Poll::Ready(Ok(false)) | Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(false)) | Poll::Pending => {
+                    return match self.poll_stalls(cx) {
+                        Some(e) => Poll::Ready(Ended::Blame(e)),
+                        None => Poll::Pending,
+                    };
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(e),
             }
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Once the connection is idle for now: has the peer left a frame unfinished, or our
+    /// bytes unread, for longer than its limit?
+    fn poll_stalls(&mut self, cx: &mut Context<'_>) -> Option<TransportError> {
+        // While we do not read (the peer leaves our answers unread), a frame waiting in the
+        // buffer is our doing, not the peer's: the write-stall timer covers that case.
+        let reading = !self.callee.as_ref().is_some_and(Callee::outbox_full);
+        let mid_frame = reading && self.transport.mid_frame();
+        if self.read_stall.stalled(cx, mid_frame, self.messages_in) {
+            let detail = format!("the {} left a frame unfinished (frame_read_timeout)", self.peer);
+            return Some(TransportError::Stalled { detail, limit: self.read_stall.limit() });
+        }
+        let unwritten = self.transport.unwritten();
+        if unwritten != self.last_unwritten {
+            self.last_unwritten = unwritten;
+            self.writes_seen += 1;
+        }
+        if self.write_stall.stalled(cx, unwritten > 0, self.writes_seen) {
+            let detail =
+                format!("the {} stopped reading, {unwritten} bytes are waiting (write_stall_timeout)", self.peer);
+            return Some(TransportError::Stalled { detail, limit: self.write_stall.limit() });
+        }
+        None
+    }
+
+    /// Tells the peer why the connection is closing, if the pipe takes it without waiting
+    /// (after what was already queued for it).
+    fn send_abort(&mut self, why: &TransportError, cx: &mut Context<'_>) {
+        let _ = self.out_room(cx, true);
+        let frame = Outbound(crate::wire::abort_frame(&why.to_string()));
+        if let Poll::Ready(Ok(())) = self.transport.as_mut().poll_ready(cx)
+            && self.transport.as_mut().start_send(frame).is_ok()
+        {
+            let _ = self.transport.as_mut().poll_flush(cx);
+        }
     }
 
     /// One pass over everything: `Ready(Ok(made_progress))`, `Pending` while closing,
@@ -495,9 +578,15 @@ where
                 Some(Ok(frame)) => self.on_frame(frame, cx),
                 Some(Err(e)) => Err(e),
                 None => match self.transport.as_mut().poll_next(cx) {
-                    Poll::Ready(Some(Ok(message))) => self.on_message(message, cx),
+                    Poll::Ready(Some(Ok(message))) => {
+                        self.messages_in += 1;
+                        self.on_message(message, cx)
+                    }
                     Poll::Ready(Some(Err(e))) => {
-                        return Poll::Ready(Err(Ended::Failed(connection_error(&e, self.peer))));
+                        let e = connection_error(&e, self.peer);
+                        // Unreadable framing (a frame over our limit) is the peer's doing.
+                        let blame = matches!(e, TransportError::Protocol { .. });
+                        return Poll::Ready(Err(if blame { Ended::Blame(e) } else { Ended::Failed(e) }));
                     }
                     Poll::Ready(None) => return Poll::Ready(Err(Ended::PeerLeft)),
                     Poll::Pending => break,
@@ -505,7 +594,8 @@ where
             };
             match cost {
                 Ok(cost) => budget = budget.saturating_sub(cost.max(1)),
-                Err(e) => return Poll::Ready(Err(Ended::Failed(e))),
+                Err(e) if self.peer_aborted => return Poll::Ready(Err(Ended::Failed(e))),
+                Err(e) => return Poll::Ready(Err(Ended::Blame(e))),
             }
             progress = true;
         }
@@ -818,6 +908,11 @@ where
             }
             Ended::Drained | Ended::Closed => (RpcError::Cancelled, Ok(())),
             Ended::Failed(e) => (e.clone().into(), Err(e)),
+            Ended::Blame(e) => {
+                tracing::info!(error = %e, peer = this.peer, "closing the connection: the peer broke the protocol or stalled");
+                this.send_abort(&e, cx);
+                (e.clone().into(), Err(e))
+            }
         };
         tracing::debug!(error = %why, peer = this.peer, "connection ended");
         // Fail everything still waiting now, not at its deadline.

@@ -1,8 +1,11 @@
-//! The frame carrier: `tarpc::serde_transport` over the length-delimited pipe, with
-//! [`FrameCodec`] turning typed [`Frame`]s into bytes and back.
+//! The frame carrier: a `tokio_serde` transport over the length-prefixed pipe
+//! ([`LengthPrefixed`]: it buffers only what arrived), with [`FrameCodec`] turning typed
+//! [`Frame`]s into bytes and back.
 //!
-//! The engine is written against [`FrameTransport`], not against tarpc's concrete type, so
-//! another carrier (an in-memory pair, TCP) can run the same engine.
+//! The engine is written against [`FrameTransport`], not against the concrete type, so
+//! another carrier (TCP, say) can run the same engine; it also asks the carrier whether a
+//! frame is half-read and how much it has not written yet, for its frame-read and
+//! write-stall timeouts.
 
 use std::io;
 use std::pin::Pin;
@@ -13,9 +16,10 @@ use crate::wire::{HEADER_LEN, Kind};
 use futures::{Sink, Stream};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
+use transport_pipe::LengthPrefixed;
 
-use crate::codec::Codec;
+use crate::codec::{Codec, DecodeLimits};
 use crate::wire::{Frame, FrameError};
 
 /// A message read from the peer: one frame, or a batch of them.
@@ -23,6 +27,8 @@ pub(crate) enum Inbound<C, R> {
     One(InFrame<C, R>),
     /// The body of a `Batch` frame (after its header), read frame by frame by the engine.
     Batch(Bytes),
+    /// The peer closes the connection, for this reason (an `Abort` frame).
+    Abort(String),
 }
 
 /// A frame read from the peer, or why it could not be read (header or body), and its size
@@ -51,9 +57,31 @@ impl Serialize for Outbound {
 
 /// What the engine needs of a carrier: a stream of inbound messages and a sink of
 /// outbound ones. Errors are I/O errors.
-pub(crate) trait FrameTransport<In, Out>: Stream<Item = io::Result<In>> + Sink<Out, Error = io::Error> {}
+pub(crate) trait FrameTransport<In, Out>: Stream<Item = io::Result<In>> + Sink<Out, Error = io::Error> {
+    /// Bytes of a frame not yet complete are buffered.
+    fn mid_frame(&self) -> bool;
+    /// Bytes accepted by the sink but not yet written to the pipe.
+    fn unwritten(&self) -> usize;
+}
 
-impl<T, In, Out> FrameTransport<In, Out> for T where T: Stream<Item = io::Result<In>> + Sink<Out, Error = io::Error> {}
+/// The pipe carrier.
+pub(crate) type Carrier<IO, C, R> =
+    tokio_serde::Framed<Framed<IO, LengthPrefixed>, Inbound<C, R>, Outbound, FrameCodec>;
+
+impl<IO, C, R> FrameTransport<Inbound<C, R>, Outbound> for Carrier<IO, C, R>
+where
+    IO: AsyncRead + AsyncWrite,
+    C: DeserializeOwned,
+    R: DeserializeOwned,
+{
+    fn mid_frame(&self) -> bool {
+        !self.get_ref().read_buffer().is_empty()
+    }
+
+    fn unwritten(&self) -> usize {
+        self.get_ref().write_buffer().len()
+    }
+}
 
 /// The `tokio_serde` codec of one connection. Frames are encoded by the engine (into its
 /// [`Outbox`](super::outbox::Outbox)), so sending only hands the bytes on; reading decodes
@@ -61,6 +89,7 @@ impl<T, In, Out> FrameTransport<In, Out> for T where T: Stream<Item = io::Result
 #[derive(Debug)]
 pub(crate) struct FrameCodec {
     codec: Codec,
+    limits: DecodeLimits,
 }
 
 impl tokio_serde::Serializer<Outbound> for FrameCodec {
@@ -75,6 +104,9 @@ impl<C: DeserializeOwned, R: DeserializeOwned> tokio_serde::Deserializer<Inbound
     type Error = io::Error;
 
     fn deserialize(self: Pin<&mut Self>, src: &BytesMut) -> Result<Inbound<C, R>, io::Error> {
+        if let Some(reason) = crate::wire::read_abort(src) {
+            return Ok(Inbound::Abort(reason));
+        }
         if src.len() >= HEADER_LEN && src[0] == Kind::Batch.code() {
             // One copy of the batch (the framing layer keeps its buffer), then each frame
             // is decoded from it in place.
@@ -82,19 +114,20 @@ impl<C: DeserializeOwned, R: DeserializeOwned> tokio_serde::Deserializer<Inbound
         }
         // The length-delimited codec caps frames far below 4 GiB.
         let len = u32::try_from(src.len()).unwrap_or(u32::MAX);
-        Ok(Inbound::One(InFrame { frame: Frame::decode(self.codec, src), len }))
+        Ok(Inbound::One(InFrame { frame: Frame::decode_with(self.codec, self.limits, src), len }))
     }
 }
 
 /// Wraps a handshaken, framed stream into the pipe carrier.
 pub(crate) fn pipe<IO, InC, InR>(
-    framed: Framed<IO, LengthDelimitedCodec>,
+    framed: Framed<IO, LengthPrefixed>,
     codec: Codec,
-) -> transport_pipe::Transport<IO, Inbound<InC, InR>, Outbound, FrameCodec>
+    limits: DecodeLimits,
+) -> Carrier<IO, InC, InR>
 where
     IO: AsyncRead + AsyncWrite,
     InC: DeserializeOwned,
     InR: DeserializeOwned,
 {
-    transport_pipe::serde_transport(framed, FrameCodec { codec })
+    tokio_serde::Framed::new(framed, FrameCodec { codec, limits })
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::ServerConfig;
+use super::{Counts, Pending, ServerConfig};
 use serde_bytes::ByteBuf;
 
 use crate::access::PeerCredentials;
@@ -21,12 +21,26 @@ use crate::wire::{CallbackCall, HandshakeStatus, caps};
 /// half admits as many).
 const CALLBACK_WINDOW: usize = 128;
 
-/// What the accept loop decided about a connection before its handshake.
+/// What the accept loop settled about a connection before its handshake.
 pub(crate) struct Admission {
-    /// Answer the handshake with this refusal.
-    pub(crate) refuse: Option<(HandshakeStatus, String)>,
     /// The client's credentials, if the pipe reports them; handlers see them.
     pub(crate) peer: Option<PeerCredentials>,
+    /// The server's connection counts, checked (and this connection counted in them) once
+    /// the client has been heard; `None` for a connection handed over by the caller.
+    pub(crate) counts: Option<Arc<Counts>>,
+    /// Holds this connection's place among those in their handshake until it is over.
+    pub(crate) handshaking: Option<Pending>,
+}
+
+/// Answers a client refused before it is heard, then closes.
+pub(crate) async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: IO,
+    service: crate::service::ServiceId,
+    status: HandshakeStatus,
+    why: String,
+) -> TransportError {
+    let mut framed = transport_pipe::length_delimited(io, 1024);
+    handshake::refuse_early(&mut framed, service, status, why).await
 }
 
 pub(crate) async fn serve<IO, S>(
@@ -42,18 +56,44 @@ where
 {
     let max = config.effective_max_message();
     let mut framed = transport_pipe::length_delimited(io, max);
-    let Admission { refuse, peer } = admit;
-    let refuse = refuse.or_else(|| {
-        shutdown.is_cancelled().then(|| (HandshakeStatus::ShuttingDown, "the server is shutting down".to_owned()))
-    });
+    let Admission { peer, counts, handshaking } = admit;
     let offer = handshake::ServerOffer {
         max_message: max,
         max_in_flight: config.max_in_flight_per_connection,
         max_oneway: config.max_oneway_per_connection,
         stream_window: config.stream_window,
     };
-    let negotiated = handshake::server(&mut framed, S::ID, offer, config.handshake_timeout, refuse).await?;
-    let transport = crate::engine::pipe(framed, negotiated.codec);
+    // Counted among the server's connections from the moment its handshake succeeds.
+    let mut counted = None;
+    let decide = || {
+        if shutdown.is_cancelled() {
+            return Some((HandshakeStatus::ShuttingDown, "the server is shutting down".to_owned()));
+        }
+        let counts = counts.as_ref()?;
+        match counts.admit(peer.as_ref(), &config) {
+            Ok(guards) => {
+                counted = Some(guards);
+                None
+            }
+            Err(why) => Some((HandshakeStatus::Overloaded, why)),
+        }
+    };
+    let evicted = handshaking.as_ref().map(|p| p.evicted.clone()).unwrap_or_default();
+    let negotiated = tokio::select! {
+        biased;
+        r = handshake::server(&mut framed, S::ID, offer, config.handshake_timeout, decide) => r,
+        () = evicted.cancelled() => {
+            let limit = config.max_handshaking;
+            tracing::info!(limit, "closing a connection still in its handshake to make room for a newer one");
+            Err(TransportError::Protocol {
+                detail: format!("{limit} newer connections arrived before this one's hello (max_handshaking)"),
+            })
+        }
+    };
+    drop(handshaking);
+    let negotiated = negotiated?;
+    let _counted = counted;
+    let transport = crate::engine::pipe(framed, negotiated.codec, config.decode_limits);
     let limits =
         // The largest item either side may send is what a stream may overshoot its credit by.
         StreamLimits {
@@ -61,6 +101,8 @@ where
             down_window: negotiated.peer_stream_window,
             max_message: negotiated.send_limit,
         };
+    let (frame_read_timeout, write_stall_timeout) = (config.frame_read_timeout, config.write_stall_timeout);
+    let decode_limits = config.decode_limits;
     let mut callee = Callee::new(service, config, Some(shutdown), limits, peer);
     // A service with callback methods gets a calling half toward a client that can be
     // called back; its handlers reach it through their `Callback` arguments.
@@ -82,6 +124,9 @@ where
         capabilities: negotiated.capabilities,
         codec: negotiated.codec,
         send_limit: negotiated.send_limit,
+        frame_read_timeout,
+        write_stall_timeout,
+        decode: decode_limits,
     };
     Engine::<_, S, CallbackCall, ByteBuf>::new(transport, settings, caller, Some(callee)).await
 }

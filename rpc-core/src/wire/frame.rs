@@ -36,12 +36,10 @@
 //! exchange fails. A frame whose header does not parse (too short, unknown kind) means
 //! the stream can no longer be trusted and the connection closes.
 
-use std::panic::AssertUnwindSafe;
-
 use bytes::{Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::codec::{Codec, EncodeError, Placed};
+use crate::codec::{Codec, DecodeLimits, EncodeError, Placed};
 use crate::error::ServerError;
 
 /// Bytes of the header common to every frame.
@@ -430,9 +428,15 @@ impl<C: Serialize, R: Serialize> Frame<C, R> {
 }
 
 impl<C: DeserializeOwned, R: DeserializeOwned> Frame<C, R> {
-    /// Decodes one complete frame. A panic in a body's `Deserialize` impl is caught and
-    /// reported as a body that does not decode.
+    /// Decodes one complete frame with the default [`DecodeLimits`]. A panic in a body's
+    /// `Deserialize` impl is caught and reported as a body that does not decode.
     pub fn decode(codec: Codec, bytes: &[u8]) -> Result<Self, FrameError> {
+        Self::decode_with(codec, DecodeLimits::DEFAULT, bytes)
+    }
+
+    /// Decodes one complete frame, its body within `limits` (a body over them is a body
+    /// that does not decode: only its exchange fails).
+    pub fn decode_with(codec: Codec, limits: DecodeLimits, bytes: &[u8]) -> Result<Self, FrameError> {
         if bytes.len() < HEADER_LEN {
             return Err(FrameError::Header(format!(
                 "{} bytes, shorter than the {HEADER_LEN}-byte header",
@@ -457,14 +461,16 @@ impl<C: DeserializeOwned, R: DeserializeOwned> Frame<C, R> {
             }
         };
         Ok(match kind {
-            Kind::Call => Frame::Call { id, timeout_us: u64_at(0), body: decode_body(codec, body).map_err(fail)? },
-            Kind::OneWay => Frame::OneWay { id, body: decode_body(codec, body).map_err(fail)? },
+            Kind::Call => {
+                Frame::Call { id, timeout_us: u64_at(0), body: decode_body(codec, limits, body).map_err(fail)? }
+            }
+            Kind::OneWay => Frame::OneWay { id, body: decode_body(codec, limits, body).map_err(fail)? },
             Kind::Cancel => {
                 empty(body)?;
                 Frame::Cancel { id }
             }
-            Kind::Reply => Frame::Reply { id, body: decode_body(codec, body).map_err(fail)? },
-            Kind::Error => Frame::Error { id, error: decode_body(codec, body).map_err(fail)? },
+            Kind::Reply => Frame::Reply { id, body: decode_body(codec, limits, body).map_err(fail)? },
+            Kind::Error => Frame::Error { id, error: decode_body(codec, limits, body).map_err(fail)? },
             Kind::TooLarge => {
                 empty(body)?;
                 Frame::TooLarge { id, size: u64_at(0), limit: u64_at(8) }
@@ -478,8 +484,8 @@ impl<C: DeserializeOwned, R: DeserializeOwned> Frame<C, R> {
                     _ => Frame::DownCredit { id, grant },
                 }
             }
-            Kind::UpItem => Frame::UpItem { id, body: decode_body(codec, body).map_err(fail)? },
-            Kind::DownItem => Frame::DownItem { id, body: decode_body(codec, body).map_err(fail)? },
+            Kind::UpItem => Frame::UpItem { id, body: decode_body(codec, limits, body).map_err(fail)? },
+            Kind::DownItem => Frame::DownItem { id, body: decode_body(codec, limits, body).map_err(fail)? },
             Kind::Piece => Frame::Piece {
                 id,
                 from_opener: bytes[1] & FLAG_OPENER != 0,
@@ -543,13 +549,11 @@ pub fn split_batch(frame: &[u8]) -> Result<Vec<&[u8]>, FrameError> {
     Ok(frames)
 }
 
-/// Decodes a body, turning a panic in a user `Deserialize` impl into an error: a hostile
-/// or buggy peer must not be able to unwind through the connection's task.
-fn decode_body<T: DeserializeOwned>(codec: Codec, body: &[u8]) -> Result<T, String> {
-    match std::panic::catch_unwind(AssertUnwindSafe(|| codec.decode::<T>(body))) {
-        Ok(r) => r,
-        Err(panic) => Err(format!("its Deserialize impl panicked: {}", crate::error::panic_message(panic.as_ref()))),
-    }
+/// Decodes a body within `limits`; a panic in a user `Deserialize` impl is an error too
+/// (caught by the codec), so a hostile or buggy peer cannot unwind through the
+/// connection's task.
+fn decode_body<T: DeserializeOwned>(codec: Codec, limits: DecodeLimits, body: &[u8]) -> Result<T, String> {
+    codec.decode_with::<T>(body, limits)
 }
 
 /// An uninhabited request or response type: what an end that serves (or calls) nothing
