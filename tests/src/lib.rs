@@ -232,6 +232,32 @@ pub trait Probe {
     async fn tick_kept(&self, n: u64) -> Result<u64, ProbeError>;
     /// Calls `tick(n)` with a timeout of `ms` milliseconds.
     async fn tick_with_timeout(&self, n: u64, ms: u64, ticks: Callback<TicksClient>) -> Result<u64, ProbeError>;
+    /// How many of `v` are `Some`: a type that is 1 byte per `None` on the wire and about
+    /// 1 KiB in memory (decode amplification).
+    async fn count_blobs(&self, v: Vec<Option<Blob>>) -> u64;
+    /// `v.len()`: a collection of a zero-sized type (0 bytes per item on the wire).
+    async fn count_units(&self, v: Vec<()>) -> u64;
+    /// The depth of a recursive value (nesting).
+    async fn tree_depth(&self, t: Tree) -> u64;
+}
+
+/// About 1 KiB inline: see [`Probe::count_blobs`].
+pub type Blob = [[u8; 32]; 32];
+
+/// A recursive type: see [`Probe::tree_depth`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Tree {
+    /// The end.
+    Leaf,
+    /// One more level.
+    Node(Box<Tree>),
+}
+
+impl Tree {
+    /// A tree `depth` levels deep.
+    pub fn of_depth(depth: u64) -> Tree {
+        (0..depth).fold(Tree::Leaf, |t, _| Tree::Node(Box::new(t)))
+    }
 }
 
 /// The byte at offset `i` of [`Probe::make_bytes`]'s output.
@@ -553,6 +579,92 @@ impl Probe for ProbeImpl {
     async fn double(&self, items: RpcStream<u64>) -> RpcStream<u64> {
         RpcStream::new(items.filter_map(|r| async move { r.ok().map(|v| v * 2) }))
     }
+
+    async fn count_blobs(&self, v: Vec<Option<Blob>>) -> u64 {
+        v.iter().filter(|b| b.is_some()).count() as u64
+    }
+
+    async fn count_units(&self, v: Vec<()>) -> u64 {
+        v.len() as u64
+    }
+
+    async fn tree_depth(&self, t: Tree) -> u64 {
+        let mut depth = 0;
+        let mut at = &t;
+        while let Tree::Node(next) = at {
+            depth += 1;
+            at = next;
+        }
+        depth
+    }
+}
+
+/// A well-behaved client calling the server every 50 ms while a test attacks it: every
+/// other client must keep being served, with no error and no long stall.
+pub struct Canary {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<CanaryReport>,
+}
+
+/// What a [`Canary`] saw.
+#[derive(Debug)]
+pub struct CanaryReport {
+    /// Calls answered correctly.
+    pub calls: u64,
+    /// Calls that failed, with why.
+    pub errors: Vec<String>,
+    /// The slowest call.
+    pub slowest: Duration,
+}
+
+impl Canary {
+    /// Connects and starts calling.
+    pub async fn start(name: &PipeName) -> Canary {
+        let client = connect(name).await;
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut report = CanaryReport { calls: 0, errors: Vec::new(), slowest: Duration::ZERO };
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => return report,
+                    _ = tick.tick() => {}
+                }
+                let at = std::time::Instant::now();
+                let msg = format!("canary {}", report.calls);
+                match client.echo_string(msg.clone()).await {
+                    Ok(back) if back == msg => report.calls += 1,
+                    Ok(back) => report.errors.push(format!("answered {back:?} to {msg:?}")),
+                    Err(e) => report.errors.push(e.to_string()),
+                }
+                report.slowest = report.slowest.max(at.elapsed());
+            }
+        });
+        Canary { stop, task }
+    }
+
+    /// Stops calling; panics if any call failed or took longer than `max_stall`, or if
+    /// there were no calls at all.
+    pub async fn finish(self, max_stall: Duration) -> CanaryReport {
+        let _ = self.stop.send(true);
+        let report = self.task.await.expect("the canary task");
+        eprintln!("canary: {} calls, slowest {:?}", report.calls, report.slowest);
+        assert!(report.errors.is_empty(), "the canary's calls failed: {:?}", report.errors);
+        assert!(report.calls > 0, "the canary made no call");
+        assert!(report.slowest <= max_stall, "a canary call took {:?} (> {max_stall:?})", report.slowest);
+        report
+    }
+}
+
+/// The longest a canary call may take in the hardening tests. The bar is 50 ms;
+/// the tests allow more because CI machines (and wine) are noisy, and print the slowest.
+pub const CANARY_STALL: Duration = Duration::from_millis(if cfg!(windows) { 2000 } else { 500 });
+
+/// A field of `/proc/<pid>/status` in KiB (`VmHWM:` peak resident, `VmPeak:` peak
+/// virtual, `VmRSS:` ...); Linux only.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse::<u64>().ok()
 }
 
 /// A pipe name no other test uses: the process id (tests run in parallel processes and

@@ -613,6 +613,7 @@ where
         }
         // Answers, control frames and calls first: small and latency-bound, they must not
         // wait behind a stream's items. Then the streams, as far as the pipe takes them.
+        let mut room = true;
         loop {
             let has_next = self.callee.as_ref().is_some_and(Callee::has_answers)
                 || self.caller.as_ref().is_some_and(Caller::has_next);
@@ -621,7 +622,10 @@ where
             }
             match self.out_room(cx, false) {
                 Ok(true) => {}
-                Ok(false) => break,
+                Ok(false) => {
+                    room = false;
+                    break;
+                }
                 Err(e) => return Poll::Ready(Err(self.write_failed(e, cx))),
             }
             let Some(next) = self.next_pending() else { break };
@@ -634,8 +638,10 @@ where
             Ok(p) => progress |= p,
             Err(e) => return Poll::Ready(Err(self.write_failed(e, cx))),
         }
-        // Ending a stream may have queued an answer (an error frame); write it next pass.
-        if self.callee.as_ref().is_some_and(Callee::has_answers) {
+        // Ending a stream may have queued an answer (an error frame); write it next pass,
+        // unless the pipe is full (then its becoming writable wakes us: counting this as
+        // progress would spin while a peer leaves our answers unread).
+        if room && self.callee.as_ref().is_some_and(Callee::has_answers) {
             progress = true;
         }
         if self.needs_flush {

@@ -61,6 +61,16 @@ fn parse_args() -> Result<Args, String> {
                 config.max_deadline = Duration::from_millis(n);
                 config
             }
+            "--frame-read-timeout-ms" => config.frame_read_timeout(Duration::from_millis(n)),
+            "--write-stall-ms" => config.write_stall_timeout(Duration::from_millis(n)),
+            "--handshake-timeout-ms" => config.handshake_timeout(Duration::from_millis(n)),
+            "--max-handshaking" => config.max_handshaking(size),
+            // Sets the public field directly, past the setter's clamp: the server must
+            // still validate it where it uses it.
+            "--max-in-flight-field" => {
+                config.max_in_flight_per_connection = size;
+                config
+            }
             other => return Err(format!("unknown flag {other}")),
         };
     }
