@@ -17,9 +17,31 @@ use std::collections::BinaryHeap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Context;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
+
+/// The longest wait the engine ever sets up: about 100 years. Any `Duration` a user gives as
+/// a timeout or a deadline cap is accepted, and one longer than this counts as this (so
+/// `Duration::MAX` means "no limit of its own"). Far enough never to matter, near enough that
+/// `Instant + MAX_WAIT` cannot overflow (the platforms' monotonic clocks count from boot;
+/// even one in `u64` nanoseconds holds 584 years), and its microseconds fit the wire's
+/// `timeout_us` (`u64`) below `u64::MAX`, which means "no deadline" for a stream. The server
+/// still ends every call at its own `ServerConfig::max_deadline` (5 min by default).
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The instant `wait` after `now`, for any `wait`: clamped to [`MAX_WAIT`], and should
+/// even that not fit the clock, the latest instant that does (halving the wait). Never
+/// panics, unlike `now + wait`.
+pub(crate) fn deadline_after(now: Instant, wait: Duration) -> Instant {
+    let mut wait = wait.min(MAX_WAIT);
+    loop {
+        if let Some(deadline) = now.checked_add(wait) {
+            return deadline;
+        }
+        wait /= 2;
+    }
+}
 
 pub(crate) struct DeadlineQueue {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -127,6 +149,16 @@ mod tests {
         }
         assert_eq!(got, [1, 2, 3]);
         assert!(Instant::now() >= t0 + Duration::from_millis(30));
+    }
+
+    #[test]
+    fn a_deadline_after_any_duration_is_clamped_instead_of_overflowing() {
+        let now = Instant::now();
+        assert_eq!(deadline_after(now, Duration::MAX), now + MAX_WAIT);
+        assert_eq!(deadline_after(now, MAX_WAIT + Duration::from_nanos(1)), now + MAX_WAIT);
+        assert_eq!(deadline_after(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+        // The wire's "no deadline" marker stays out of reach of any clamped wait.
+        assert!(MAX_WAIT.as_micros() < u128::from(u64::MAX));
     }
 
     #[test]
