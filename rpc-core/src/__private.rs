@@ -13,6 +13,23 @@ pub use transport_pipe::PipeName;
 
 use crate::error::TransportError;
 
+/// One step of a service fingerprint: FNV-1a 64 continued over `text`, from `state`, the
+/// hash of the text before it. Generated code folds each compiled-in method's piece of the
+/// canonical text into the fingerprint with this, in a `const`, under that method's
+/// `#[cfg]`s; it is the macro's `fnv1a64_extend`, so with every method compiled in the
+/// result is FNV-1a 64 of the whole text.
+#[must_use]
+pub const fn fingerprint_extend(state: u64, text: &[u8]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = state;
+    let mut i = 0;
+    while i < text.len() {
+        hash = (hash ^ text[i] as u64).wrapping_mul(PRIME);
+        i += 1;
+    }
+    hash
+}
+
 /// Compile-time check that an argument or return type can cross the wire. The macro
 /// calls it at the type's own span, so an error points at the user's type.
 #[diagnostic::on_unimplemented(
@@ -82,5 +99,20 @@ pub fn fallible<Resp, T, E: AbsorbsRpcError>(
     match result {
         Ok(resp) => pick(resp).unwrap_or_else(|| Err(E::from(unexpected(method)))),
         Err(e) => Err(E::from(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint_extend;
+
+    #[test]
+    fn fingerprint_extend_is_fnv1a64() {
+        // Published FNV-1a 64 test vectors, from the offset basis.
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        assert_eq!(fingerprint_extend(OFFSET, b""), OFFSET);
+        assert_eq!(fingerprint_extend(OFFSET, b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fingerprint_extend(OFFSET, b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(fingerprint_extend(fingerprint_extend(OFFSET, b"foo"), b"bar"), 0x8594_4171_f739_67e8);
     }
 }

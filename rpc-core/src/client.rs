@@ -21,9 +21,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use transport_pipe::{ConnectOptions, PipeName};
 
 use crate::codec::Codec;
@@ -37,6 +38,9 @@ use crate::service::ServiceId;
 pub struct ClientConfig {
     /// Time a call may take when the caller sets none. Default: 10 s. A call made
     /// inside a handler never gets more than the time left on the call being served.
+    /// Any duration is accepted: one over about 100 years (`Duration::MAX` included) counts
+    /// as 100 years, that is "as long as the server allows" (the server ends every call at
+    /// its `ServerConfig::max_deadline`, 5 min by default).
     pub default_timeout: Duration,
     /// How long and how often to try while the server is not up yet or busy.
     /// Default: [`ConnectOptions::default`] (5 s in all).
@@ -170,7 +174,10 @@ fn stall_limit(d: Duration) -> Duration {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CallOptions {
-    /// Time this call may take; `None` uses [`ClientConfig::default_timeout`].
+    /// Time this call may take; `None` uses [`ClientConfig::default_timeout`] (a stream
+    /// then has no deadline). Any duration is accepted: one over about 100 years
+    /// (`Duration::MAX` included) counts as 100 years. The server still ends a call at its
+    /// `ServerConfig::max_deadline` (5 min by default).
     pub timeout: Option<Duration>,
 }
 
@@ -513,7 +520,7 @@ impl<Req, Resp> Channel<Req, Resp> {
         let shared = &*self.shared;
         let timeout = options.timeout.unwrap_or(shared.config.default_timeout);
         let now = Instant::now();
-        let mut deadline = now + timeout;
+        let mut deadline = crate::deadlines::deadline_after(now, timeout);
         // Deadline propagation: inside a handler, never outlive the caller's caller.
         if let Some(outer) = crate::context::current_deadline() {
             deadline = deadline.min(outer);
@@ -528,7 +535,7 @@ impl<Req, Resp> Channel<Req, Resp> {
     /// default), never later than the call being served.
     fn stream_deadline(options: &CallOptions) -> (Option<Instant>, Duration) {
         let now = Instant::now();
-        let mut deadline = options.timeout.map(|t| now + t);
+        let mut deadline = options.timeout.map(|t| crate::deadlines::deadline_after(now, t));
         if let Some(outer) = crate::context::current_deadline() {
             deadline = Some(deadline.map_or(outer, |d| d.min(outer)));
         }

@@ -18,6 +18,10 @@ tokio::task_local! {
 pub struct Context {
     /// When the caller stops waiting. In process this is an absolute instant; on the wire
     /// it travels as a relative timeout, so the two processes' clocks never need to agree.
+    /// It is an instant of tokio's clock (`tokio::time::Instant::into_std`), which is the
+    /// system's monotonic clock unless the runtime's time is paused (`start_paused`); to
+    /// compare it with "now" under paused time, use `tokio::time::Instant::now().into_std()`,
+    /// as [`remaining`](Self::remaining) does.
     pub deadline: Instant,
     /// The request id, unique among the calls in flight on one connection.
     pub request_id: u64,
@@ -30,9 +34,9 @@ pub struct Context {
 }
 
 impl Context {
-    /// Time left before the deadline (zero if it has passed).
+    /// Time left before the deadline (zero if it has passed), on tokio's clock.
     pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
+        self.deadline.saturating_duration_since(tokio::time::Instant::now().into_std())
     }
 }
 
@@ -41,9 +45,10 @@ pub fn current() -> Option<Context> {
     CURRENT.try_with(Clone::clone).ok()
 }
 
-/// The deadline of the call being served on this task, if any (cheaper than [`current`]).
-pub(crate) fn current_deadline() -> Option<Instant> {
-    CURRENT.try_with(|c| c.deadline).ok()
+/// The deadline of the call being served on this task, if any (cheaper than [`current`]),
+/// on tokio's clock like every deadline the engine keeps.
+pub(crate) fn current_deadline() -> Option<tokio::time::Instant> {
+    CURRENT.try_with(|c| tokio::time::Instant::from_std(c.deadline)).ok()
 }
 
 /// Wraps `fut` so it runs with `ctx` as the current context; a nameable future type, so

@@ -14,9 +14,9 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// Identity of a service, checked in the connection handshake.
 ///
 /// The name is the trait's name unless `#[service(name = "...")]` overrides it. The
-/// fingerprint is computed by `#[service]` at compile time from the method names and the
-/// spelling of their argument and return types, so a client and a server built from
-/// different versions of the trait refuse each other with
+/// fingerprint is computed by `#[service]` at compile time from the names of the methods
+/// that are compiled in and the spelling of their argument and return types, so a client
+/// and a server built from different versions of the trait refuse each other with
 /// [`TransportError::Incompatible`](crate::TransportError::Incompatible) instead of
 /// misreading each other's messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -84,23 +84,47 @@ impl<'a> ServiceGenerator<'a> {
         Ident::new(name, Span::mixed_site())
     }
 
-    fn fingerprint(&self) -> u64 {
-        let methods: Vec<MethodText> = self
-            .def
-            .methods
-            .iter()
-            .map(|m| MethodText {
-                name: m.name.clone(),
-                args: m.args.iter().map(|a| fingerprint::type_text(a.ty)).collect(),
-                // A one-way method is a different exchange on the wire: both ends must agree.
-                output: if m.is_oneway() {
-                    "oneway".to_owned()
-                } else {
-                    fingerprint::type_text(&m.output.handler_type())
-                },
-            })
-            .collect();
-        fingerprint::fingerprint(&self.def.name, &methods)
+    /// One method's piece of the fingerprinted text.
+    fn method_text(m: &MethodDef<'_>) -> MethodText {
+        MethodText {
+            name: m.name.clone(),
+            args: m.args.iter().map(|a| fingerprint::type_text(a.ty)).collect(),
+            // A one-way method is a different exchange on the wire: both ends must agree.
+            output: if m.is_oneway() { "oneway".to_owned() } else { fingerprint::type_text(&m.output.handler_type()) },
+        }
+    }
+
+    /// The fingerprint in `ID`, as a `const` expression. Which methods are compiled in is
+    /// only known after this macro has run (a `#[cfg]` on a method is evaluated later,
+    /// and removes that method's wire variants, so the serde variant index of every later
+    /// method shifts). So each method's piece of the hashed text is folded in by a
+    /// statement that carries the method's `#[cfg]`s: the fingerprint covers exactly the
+    /// methods that are compiled in, and builds that number their methods differently
+    /// refuse each other in the handshake. The callback traits' fingerprints are mixed in
+    /// last, each under its method's `#[cfg]`s. With every method compiled in the value
+    /// is FNV-1a 64 of the whole canonical text, as documented.
+    fn fingerprint(&self) -> TokenStream {
+        let private = &self.private;
+        let fp = Self::local("__rpc_fingerprint");
+        let start = Literal::u64_suffixed(fingerprint::fnv1a64(fingerprint::prefix(&self.def.name).as_bytes()));
+        let methods = self.methods().map(|m| {
+            let cfgs = &m.cfgs;
+            let text = Literal::byte_string(Self::method_text(m.def).text().as_bytes());
+            quote!(#cfgs let #fp = #private::fingerprint_extend(#fp, #text);)
+        });
+        // Both ends must agree on the callback traits too, not only on their names.
+        let callbacks = self.methods().filter_map(|m| {
+            let (_, client) = m.callback?;
+            let cfgs = &m.cfgs;
+            let own = quote_spanned!(client.span()=> <#client as #private::Client>::ID.fingerprint);
+            Some(quote!(#cfgs let #fp = #private::mix_fingerprints(#fp, &[#own]);))
+        });
+        quote!({
+            let #fp: u64 = #start;
+            #(#methods)*
+            #(#callbacks)*
+            #fp
+        })
     }
 
     fn methods(&self) -> impl Iterator<Item = Method<'_>> {
@@ -281,7 +305,17 @@ impl<'a> ServiceGenerator<'a> {
                 quote!(#cfgs #request::#variant { .. } => #private::Shape::new(#up, #down),)
             })
             .collect();
-        let uses_callbacks = self.methods().any(|m| m.callback.is_some());
+        // Whether a method with a callback is compiled in: decided under each one's `#[cfg]`s.
+        let callbacks = Self::local("__rpc_callbacks");
+        let with_callback = self.methods().filter(|m| m.callback.is_some()).map(|m| {
+            let cfgs = &m.cfgs;
+            quote!(#cfgs let #callbacks = true;)
+        });
+        let uses_callbacks = quote!({
+            let #callbacks = false;
+            #(#with_callback)*
+            #callbacks
+        });
         let arms: Vec<_> =
             self.methods()
                 .map(|m| {
@@ -390,24 +424,16 @@ impl<'a> ServiceGenerator<'a> {
         let Self { private, request, response, client, cfgs, .. } = self;
         let allow = allow_lints();
         let name = &self.def.name;
-        let fingerprint = Literal::u64_suffixed(self.fingerprint());
+        let fingerprint = self.fingerprint();
         let channel = quote!(#private::Channel<#request, #response>);
         let methods = self.methods().map(|m| self.client_method(&m));
-        // Both ends must agree on the callback traits too, not only on their names.
-        let callback_fps: Vec<_> = self
-            .methods()
-            .filter_map(|m| {
-                m.callback
-                    .map(|(_, client)| quote_spanned!(client.span()=> <#client as #private::Client>::ID.fingerprint))
-            })
-            .collect();
         quote! {
             #cfgs
             #allow
             impl #client {
                 /// Name and fingerprint of this service, checked when a connection opens.
                 pub const ID: #private::ServiceId =
-                    #private::ServiceId::new(#name, #private::mix_fingerprints(#fingerprint, &[#(#callback_fps),*]));
+                    #private::ServiceId::new(#name, #fingerprint);
 
                 /// Connects to the server listening on the pipe `name` with the default
                 /// `ClientConfig`, retrying while the server is not up yet, and checks that
@@ -706,13 +732,26 @@ mod tests {
         assert!(out.contains("ServiceId :: new (\"svc.v1\""), "{out}");
     }
 
+    /// The method texts the generated `ID` folds into its fingerprint, each after the
+    /// tokens of the statement that folds it in (its `#[cfg]`s).
+    fn fingerprinted(out: &str) -> Vec<(String, String)> {
+        let mut rest = out;
+        let mut found = Vec::new();
+        while let Some(i) = rest.find(":: fingerprint_extend (__rpc_fingerprint , b\"") {
+            let statement = rest[..i].rsplit(';').next().unwrap_or("");
+            let attrs = statement.split("let __rpc_fingerprint").next().unwrap_or("").trim().to_owned();
+            rest = &rest[i..];
+            let start = rest.find("b\"").unwrap() + 2;
+            let end = start + rest[start..].find('"').unwrap();
+            found.push((attrs, rest[start..end].to_owned()));
+            rest = &rest[end..];
+        }
+        found
+    }
+
     #[test]
     fn making_a_method_one_way_changes_the_fingerprint() {
-        let fp = |item: TokenStream| {
-            let out = expand(quote!(), item);
-            let i = out.find("mix_fingerprints (").expect("the id") + 18;
-            out[i..].split(' ').next().unwrap().to_owned()
-        };
+        let fp = |item: TokenStream| fingerprinted(&expand(quote!(), item));
         let call = fp(quote!(
             trait T {
                 async fn log(&self, line: String);
@@ -724,7 +763,31 @@ mod tests {
                 async fn log(&self, line: String);
             }
         ));
-        assert_ne!(call, oneway);
+        assert_eq!(call, [(String::new(), "log(String)->();".to_owned())]);
+        assert_eq!(oneway, [(String::new(), "log(String)->oneway;".to_owned())]);
+    }
+
+    #[test]
+    fn each_method_is_fingerprinted_under_its_own_cfgs() {
+        let out = expand(
+            quote!(),
+            quote!(
+                trait T {
+                    async fn a(&self);
+                    #[cfg(feature = "x")]
+                    #[cfg(unix)]
+                    async fn b(&self, n: u8) -> u8;
+                }
+            ),
+        );
+        assert_eq!(
+            fingerprinted(&out),
+            [
+                (String::new(), "a()->();".to_owned()),
+                ("# [cfg (feature = \"x\")] # [cfg (unix)]".to_owned(), "b(u8)->u8;".to_owned()),
+            ],
+            "{out}"
+        );
     }
 
     #[test]

@@ -4,11 +4,20 @@ use std::fmt::Write as _;
 
 use quote::ToTokens;
 
+/// FNV-1a 64's offset basis: the hash of no bytes.
+const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// FNV-1a, 64 bit.
 pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a64_extend(OFFSET, bytes)
+}
+
+/// FNV-1a 64 of `a` followed by `bytes`, given `state`, the hash of `a`: the hash runs byte
+/// by byte, so the canonical text can be hashed in pieces. `rpc_core::__private::fingerprint_extend`
+/// is the same function, run where the compiler knows which methods are compiled in.
+pub(crate) fn fnv1a64_extend(state: u64, bytes: &[u8]) -> u64 {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(PRIME))
+    bytes.iter().fold(state, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(PRIME))
 }
 
 /// A type's spelling with all whitespace removed.
@@ -23,19 +32,33 @@ pub(crate) struct MethodText {
     pub(crate) output: String,
 }
 
-/// `{service}:` then `name(arg,arg)->ret;` per method, in declaration order.
-pub(crate) fn canonical(service: &str, methods: &[MethodText]) -> String {
-    let mut text = format!("{service}:");
-    for m in methods {
-        // Writing to a `String` cannot fail.
-        let _ = write!(text, "{}({})->{};", m.name, m.args.join(","), m.output);
-    }
-    text
+/// The start of the canonical text: `{service}:`.
+pub(crate) fn prefix(service: &str) -> String {
+    format!("{service}:")
 }
 
-/// The fingerprint of a service.
+impl MethodText {
+    /// One method's piece of the canonical text: `name(arg,arg)->ret;`.
+    pub(crate) fn text(&self) -> String {
+        let mut text = String::new();
+        // Writing to a `String` cannot fail.
+        let _ = write!(text, "{}({})->{};", self.name, self.args.join(","), self.output);
+        text
+    }
+}
+
+/// `{service}:` then `name(arg,arg)->ret;` per method, in declaration order.
+#[cfg(test)]
+pub(crate) fn canonical(service: &str, methods: &[MethodText]) -> String {
+    methods.iter().fold(prefix(service), |text, m| text + &m.text())
+}
+
+/// The fingerprint of a service whose methods are all compiled in. The generated code
+/// computes the same value in a `const`, from [`prefix`]'s hash and each compiled-in
+/// method's [`MethodText::text`] (see `expand.rs`).
+#[cfg(test)]
 pub(crate) fn fingerprint(service: &str, methods: &[MethodText]) -> u64 {
-    fnv1a64(canonical(service, methods).as_bytes())
+    methods.iter().fold(fnv1a64(prefix(service).as_bytes()), |fp, m| fnv1a64_extend(fp, m.text().as_bytes()))
 }
 
 #[cfg(test)]
@@ -78,6 +101,16 @@ mod tests {
             canonical("WorkQueues", &m),
             "WorkQueues:create(String,u8)->Result<QueueInfo,QueueError>;list()->();"
         );
+    }
+
+    #[test]
+    fn hashing_in_pieces_is_hashing_the_whole_text() {
+        let m = [
+            MethodText { name: "create".into(), args: vec![ty("String")], output: ty("Result<QueueInfo, QueueError>") },
+            MethodText { name: "list".into(), args: vec![], output: ty("Vec<QueueInfo>") },
+        ];
+        assert_eq!(fingerprint("WorkQueues", &m), fnv1a64(canonical("WorkQueues", &m).as_bytes()));
+        assert_eq!(fnv1a64_extend(fnv1a64(b"foo"), b"bar"), fnv1a64(b"foobar"));
     }
 
     #[test]

@@ -177,9 +177,13 @@ mod validate;
 /// `WorkQueues` above:
 /// `WorkQueues:create(String)->Result<QueueInfo,QueueError>;list()->Vec<QueueInfo>;clear()->();`.
 /// It is conservative: respelling a type (`String` as `std::string::String`) changes it
-/// although the wire format does not change. Methods under `#[cfg(..)]` count as
-/// written whether or not they are enabled, so both ends must be built from the same
-/// trait text, not merely with the same features.
+/// although the wire format does not change. A method under `#[cfg(..)]` counts only
+/// when it is compiled in: each method's piece of the text is hashed in a `const` under
+/// that method's `#[cfg]`s, so the fingerprint covers exactly the variants the wire enums
+/// have. A client and a server built with different features that enable different
+/// methods (and so number the later methods differently) refuse each other in the
+/// handshake; a disabled method leaves the fingerprint as if it were not written. The
+/// fingerprints of the callback traits of the compiled-in methods are then mixed in.
 ///
 /// # Hygiene
 ///

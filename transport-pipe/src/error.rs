@@ -1,6 +1,10 @@
 //! The one error type of this crate.
 
-use std::{fmt, io, time::Duration};
+use std::{
+    fmt, io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use crate::name::PipeName;
 
@@ -19,6 +23,14 @@ pub enum ErrorKind {
     /// Another live server already listens on the name (or, on Windows, another process holds
     /// the pipe name).
     NameInUse,
+    /// Unix: a socket file that belongs to another user is at the address, and no server
+    /// answers on it: a stale socket that user's server left behind, typically in a shared
+    /// directory. [`PipeListener::bind`](crate::PipeListener::bind) reclaims only stale
+    /// sockets of its own effective user and refuses this one, whoever runs it (root
+    /// included), as it refuses a file or a symlink in the way. [`Error::owner_uid`] and
+    /// [`Error::path`] say whose file and where; remove it by hand if that user's server is
+    /// gone for good.
+    ForeignSocket,
     /// The name is malformed or too long for the platform. The message names the limit.
     InvalidName,
     /// The operating system refused access, or a directory or file on the way is not private
@@ -41,12 +53,22 @@ pub struct Error {
     message: String,
     name: Option<PipeName>,
     waited: Option<Duration>,
+    /// The file in the way and its owner ([`ErrorKind::ForeignSocket`]); boxed, so the error
+    /// stays small for the common kinds.
+    owner: Option<Box<(PathBuf, u32)>>,
     source: Option<io::Error>,
 }
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error { kind, message: message.into(), name: None, waited: None, source: None }
+        Error { kind, message: message.into(), name: None, waited: None, owner: None, source: None }
+    }
+
+    /// Names the file in the way and its owner ([`ErrorKind::ForeignSocket`]).
+    #[cfg_attr(not(unix), allow(dead_code))] // only the Unix stale-socket check needs it
+    pub(crate) fn with_owner(mut self, path: &Path, owner_uid: u32) -> Error {
+        self.owner = Some(Box::new((path.to_owned(), owner_uid)));
+        self
     }
 
     pub(crate) fn with_name(mut self, name: &PipeName) -> Error {
@@ -85,6 +107,16 @@ impl Error {
     /// [`ErrorKind::NotRunning`] and [`ErrorKind::Busy`]).
     pub fn waited(&self) -> Option<Duration> {
         self.waited
+    }
+
+    /// The user id that owns the file in the way (set for [`ErrorKind::ForeignSocket`]).
+    pub fn owner_uid(&self) -> Option<u32> {
+        self.owner.as_ref().map(|o| o.1)
+    }
+
+    /// The filesystem path of the file in the way (set for [`ErrorKind::ForeignSocket`]).
+    pub fn path(&self) -> Option<&Path> {
+        self.owner.as_ref().map(|o| o.0.as_path())
     }
 
     /// The operating-system error behind this one, if any.
@@ -128,6 +160,9 @@ mod tests {
         assert_eq!(e.io_error().map(io::Error::kind), Some(io::ErrorKind::NotFound));
         assert!(std::error::Error::source(&e).is_some());
         assert_eq!(e.to_string(), "no server");
+        assert_eq!((e.owner_uid(), e.path()), (None, None));
+        let e = Error::new(ErrorKind::ForeignSocket, "theirs").with_owner(Path::new("/tmp/x.sock"), 65534);
+        assert_eq!((e.owner_uid(), e.path()), (Some(65534), Some(Path::new("/tmp/x.sock"))));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! - [`PipeName`] turns a plain name such as `"calc"` into the platform's address, or takes an
 //!   explicit path.
 //! - [`PipeListener`] binds a name (refusing to displace a live server, reclaiming a stale
-//!   socket file) and accepts [`PipeStream`]s.
+//!   socket file of its own user) and accepts [`PipeStream`]s.
 //! - [`connect`] connects, retrying with backoff while the server is not up yet or busy, for at
 //!   most [`ConnectOptions::timeout`].
 //! - [`length_delimited`] frames a stream into messages with a bounded size, and
@@ -56,7 +56,9 @@
 //! mode `0600` ([`ListenOptions::mode`]). A socket path holds at most 107 bytes on Linux and 103
 //! on macOS/BSD (`sun_path` is 108/104 bytes including the NUL); longer resolved paths are
 //! rejected with [`ErrorKind::InvalidName`]. A stale socket file left by a crashed server is
-//! detected (connection refused) and replaced; the listener removes its own socket file on drop.
+//! detected (connection refused) and replaced if it belongs to the listener's effective user;
+//! another user's stale socket is refused with [`ErrorKind::ForeignSocket`] (root included),
+//! like a file or symlink in the way. The listener removes its own socket file on drop.
 //!
 //! ### Windows
 //!

@@ -71,9 +71,12 @@ impl ListenOptions {
 /// creating it with mode `0700` if needed. If a socket file already exists at the address, it
 /// connects to it: a live server makes `bind` fail with [`ErrorKind::NameInUse`] (that server
 /// sees one connection that closes at once); `ECONNREFUSED` means the file is left over from a
-/// crashed server, and it is removed. Anything at the address that is not a socket is never
-/// removed. These steps, and the removal of the socket file on drop, run under an exclusive
-/// `flock` on `<address>.lock`, so two servers starting together cannot displace each other.
+/// crashed server, and it is removed if it belongs to this process's effective user. Another
+/// user's stale socket (as in a shared directory) is never removed, not even by root: `bind`
+/// fails with [`ErrorKind::ForeignSocket`], naming the owner and the path, for a person to
+/// remove it by hand. Anything at the address that is not a socket is never removed either.
+/// These steps, and the removal of the socket file on drop, run under an exclusive `flock` on
+/// `<address>.lock`, so two servers starting together cannot displace each other.
 /// The lock file exists while the listener does (and after a crash, until the next `bind` of
 /// the name cleans up).
 ///
@@ -97,10 +100,11 @@ impl PipeListener {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::NameInUse`] if a live server listens on the name,
-    /// [`ErrorKind::InvalidName`] for a bad name, [`ErrorKind::PermissionDenied`] if the
-    /// directory is not private or the OS refuses, [`ErrorKind::Io`] otherwise (including when
-    /// called outside a Tokio runtime).
+    /// [`ErrorKind::NameInUse`] if a live server listens on the name (or a file that is not a
+    /// socket is in the way), [`ErrorKind::ForeignSocket`] (Unix) if another user's stale
+    /// socket file is, [`ErrorKind::InvalidName`] for a bad name,
+    /// [`ErrorKind::PermissionDenied`] if the directory is not private or the OS refuses,
+    /// [`ErrorKind::Io`] otherwise (including when called outside a Tokio runtime).
     pub fn bind(name: impl Into<PipeName>) -> Result<PipeListener, Error> {
         Self::bind_with(name, &ListenOptions::default())
     }

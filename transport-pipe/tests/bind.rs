@@ -150,6 +150,77 @@ mod unix {
         .await;
     }
 
+    /// A scratch directory shared like `/tmp` (mode 1777) holding a stale socket file at
+    /// `file`, owned by `uid`:`gid`: a std listener bound there and dropped (std does not unlink
+    /// its socket, as a crashed server would not). `None` if this process may not give a file
+    /// away (only root may).
+    fn stale_socket_owned_by(file: &str, uid: u32, gid: u32) -> Option<(support::ScratchDir, std::path::PathBuf)> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = support::scratch_dir();
+        let path = dir.join(file);
+        std::fs::set_permissions(path.parent().unwrap(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        match std::os::unix::fs::chown(&path, Some(uid), Some(gid)) {
+            Ok(()) => Some((dir, path)),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
+            Err(e) => panic!("chown {}: {e}", path.display()),
+        }
+    }
+
+    fn own_ids() -> (u32, u32) {
+        let me = transport_pipe::PeerCredentials::current_process();
+        (me.uid.unwrap(), me.gid.unwrap())
+    }
+
+    /// Another user's stale socket in a shared directory is refused, not unlinked and taken
+    /// over, whoever binds (root included: these tests run as root to give the file away).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_users_stale_socket_is_refused_with_its_owner_and_path_and_left_in_place() {
+        watchdog(async {
+            const NOBODY: u32 = 65534;
+            let Some((_dir, path)) = stale_socket_owned_by("foreign.sock", NOBODY, NOBODY) else {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "SKIPPED: only root can chown a socket file to uid {NOBODY}");
+                return;
+            };
+            assert_ne!(own_ids().0, NOBODY, "the test must not run as uid {NOBODY}");
+            let err = PipeListener::bind(path.as_path()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ForeignSocket, "{err}");
+            assert_eq!(err.owner_uid(), Some(NOBODY), "{err}");
+            assert_eq!(err.path(), Some(path.as_path()), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("uid {NOBODY}")) && msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains("remove the file by hand"), "{msg}");
+            // Still there, still that user's socket.
+            let md = std::fs::symlink_metadata(&path).expect("the stale socket is still there");
+            assert!(std::os::unix::fs::FileTypeExt::is_socket(&md.file_type()));
+            assert_eq!((md.uid(), md.gid()), (NOBODY, NOBODY));
+            // The lock file this bind created is gone (it would keep that user out of the
+            // name: they cannot open our 0600 file); a lock file of theirs stays.
+            let lock = std::path::PathBuf::from(format!("{}.lock", path.display()));
+            assert!(!lock.exists(), "our lock file was left beside their socket");
+            std::fs::write(&lock, b"").unwrap();
+            std::os::unix::fs::chown(&lock, Some(NOBODY), Some(NOBODY)).unwrap();
+            let err = PipeListener::bind(path.as_path()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ForeignSocket, "{err}");
+            assert_eq!(std::fs::symlink_metadata(&lock).expect("their lock file stays").uid(), NOBODY);
+            assert!(path.exists());
+        })
+        .await;
+    }
+
+    /// The control: the same stale socket owned by this process's user is reclaimed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn our_own_stale_socket_in_a_shared_directory_is_reclaimed() {
+        watchdog(async {
+            let (uid, gid) = own_ids();
+            let (_dir, path) = stale_socket_owned_by("own.sock", uid, gid).expect("chown to ourselves");
+            let l = PipeListener::bind(path.as_path()).unwrap();
+            assert_serves(&l).await;
+        })
+        .await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_that_is_not_a_socket_is_never_removed() {
         watchdog(async {

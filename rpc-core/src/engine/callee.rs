@@ -17,18 +17,19 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::FutureExt;
 use futures::task::AtomicWaker;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::callback::CallbackLink;
 use crate::client::Channel;
 use crate::codec::Codec;
 use crate::context::{self, Context as CallContext};
-use crate::deadlines::{DeadlineQueue, IdMap};
+use crate::deadlines::{DeadlineQueue, IdMap, deadline_after};
 use crate::error::{RpcError, ServerError, ServerErrorKind, fmt_duration, panic_message};
 use crate::server::ServerConfig;
 use crate::service::{BoxFuture, CallStreams, Reply, Service};
@@ -287,7 +288,12 @@ impl<S: Service> Callee<S> {
         let timeout = self.config.max_deadline;
         let started = Instant::now();
         let method = S::method_name(&body);
-        let ctx = CallContext { deadline: started + timeout, request_id: id, method, peer: self.peer };
+        let ctx = CallContext {
+            deadline: deadline_after(started, timeout).into_std(),
+            request_id: id,
+            method,
+            peer: self.peer,
+        };
         let mut call = self.service.call(body, CallStreams::none());
         // Always polled inline, even for a method marked long-running: that is what starts
         // one-way handlers in the order they were sent.
@@ -342,11 +348,11 @@ impl<S: Service> Callee<S> {
             return;
         }
         let started = Instant::now();
-        let deadline = timeout.map(|t| started + t);
+        let deadline = timeout.map(|t| deadline_after(started, t));
         let method = S::method_name(&body);
         // The context always has a deadline: for a stream without one, the far future.
         let ctx = CallContext {
-            deadline: deadline.unwrap_or_else(|| started + NO_DEADLINE),
+            deadline: deadline.unwrap_or_else(|| started + NO_DEADLINE).into_std(),
             request_id: id,
             method,
             peer: self.peer,

@@ -17,11 +17,12 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::task::AtomicWaker;
+use tokio::time::Instant;
 
 use super::streams::Inbox;
 use crate::callback::{ErasedCallback, Registry};

@@ -15,11 +15,11 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
 
 use futures::Stream;
 use futures::stream::BoxStream;
 use futures::task::AtomicWaker;
+use tokio::time::Instant;
 
 use crate::error::{RpcError, TransportError};
 

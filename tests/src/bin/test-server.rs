@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! test-server NAME [--max-message N] [--max-in-flight N] [--max-oneway N] [--max-connections N] [--shutdown-grace-ms N]
-//!             [--max-deadline-ms N] [--max-per-user N] [--access anyone|same-user] [--allow-uid N]
+//!             [--max-deadline-ms N|max] [--max-per-user N] [--access anyone|same-user] [--allow-uid N]
 //!             [--socket-mode OCTAL]
 //! ```
 //!
@@ -38,6 +38,11 @@ fn parse_args() -> Result<Args, String> {
                     "same-user" => AccessPolicy::same_user(),
                     other => return Err(format!("--access {other}: anyone or same-user")),
                 });
+                continue;
+            }
+            // `Duration::MAX`: no cap of the server's own.
+            "--max-deadline-ms" if value == "max" => {
+                config = config.max_deadline(Duration::MAX);
                 continue;
             }
             "--socket-mode" => {

@@ -209,6 +209,11 @@ impl NameLock {
         }
     }
 
+    /// Whether the lock file belongs to this process's effective user.
+    fn is_ours(&self) -> bool {
+        self.file.metadata().is_ok_and(|md| md.uid() == effective_ids().0)
+    }
+
     /// Deletes the lock file, then releases the lock (closing the file).
     fn remove(self) {
         let _ = fs::remove_file(&self.path);
@@ -304,8 +309,39 @@ fn name_in_use(name: &PipeName, addr: &Path, who: Option<crate::PeerCredentials>
     .with_name(name)
 }
 
-/// Removes a stale socket file at `addr`; refuses to touch a live one or a non-socket.
-/// Must be called with the name lock held.
+fn not_a_socket(name: &PipeName, addr: &Path) -> Error {
+    Error::new(
+        ErrorKind::NameInUse,
+        format!(
+            "cannot listen on pipe `{}`: {} exists and is not a socket; refusing to replace it",
+            name.as_str(),
+            addr.display()
+        ),
+    )
+    .with_name(name)
+}
+
+fn foreign_socket(name: &PipeName, addr: &Path, owner: u32, euid: u32) -> Error {
+    Error::new(
+        ErrorKind::ForeignSocket,
+        format!(
+            "cannot listen on pipe `{}`: {} is a stale socket file of uid {owner}, not of this              process's user (uid {euid}); refusing to take over another user's socket: if that              user's server is gone for good, remove the file by hand (`rm {}`)",
+            name.as_str(),
+            addr.display(),
+            addr.display()
+        ),
+    )
+    .with_name(name)
+    .with_owner(addr, owner)
+}
+
+/// Removes a stale socket file of our own at `addr`; refuses to touch a live one, another
+/// user's, or a non-socket. Must be called with the name lock held.
+///
+/// Why another user's stale socket is refused, even by root: in a shared directory it is that
+/// user's name (their server may be about to restart on it, their clients may connect to it),
+/// and a server that took it over would receive what those clients send. Only its owner, or a
+/// person who decides so, removes it.
 fn clear_stale(name: &PipeName, addr: &Path) -> Result<(), Error> {
     let md = match fs::symlink_metadata(addr) {
         Ok(md) => md,
@@ -313,28 +349,40 @@ fn clear_stale(name: &PipeName, addr: &Path) -> Result<(), Error> {
         Err(e) => return Err(io_error(name, addr, "inspect", e)),
     };
     if !md.file_type().is_socket() {
-        return Err(Error::new(
-            ErrorKind::NameInUse,
-            format!(
-                "cannot listen on pipe `{}`: {} exists and is not a socket; refusing to replace it",
-                name.as_str(),
-                addr.display()
-            ),
-        )
-        .with_name(name));
+        return Err(not_a_socket(name, addr));
     }
     match probe(addr) {
         Probe::Live(who) => Err(name_in_use(name, addr, who)),
         Probe::Gone => Ok(()),
-        Probe::Stale => match fs::remove_file(addr) {
-            Ok(()) => {
-                tracing::debug!(path = %addr.display(), "removed stale socket file");
-                Ok(())
+        Probe::Stale => {
+            // Looked at again after the probe, right before the unlink: whose file is it now?
+            let md = match fs::symlink_metadata(addr) {
+                Ok(md) => md,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_error(name, addr, "inspect", e)),
+            };
+            if !md.file_type().is_socket() {
+                return Err(not_a_socket(name, addr));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_error(name, addr, "remove the stale socket file of", e)),
-        },
+            let (euid, _) = effective_ids();
+            if md.uid() != euid {
+                return Err(foreign_socket(name, addr, md.uid(), euid));
+            }
+            remove_stale(name, addr)
+        }
         Probe::Failed(e) => Err(io_error(name, addr, "probe the existing socket file of", e)),
+    }
+}
+
+/// Unlinks our own stale socket file at `addr`.
+fn remove_stale(name: &PipeName, addr: &Path) -> Result<(), Error> {
+    match fs::remove_file(addr) {
+        Ok(()) => {
+            tracing::debug!(path = %addr.display(), "removed stale socket file");
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(name, addr, "remove the stale socket file of", e)),
     }
 }
 
@@ -370,8 +418,11 @@ pub(crate) fn bind(name: &PipeName, addr: &Path, opts: &ListenOptions) -> Result
             Ok((listener, Reclaim { path: addr.to_owned(), dev: md.dev(), ino: md.ino() }))
         }
         Err(e) => {
-            // Keep the lock file while a socket (someone else's) exists at the path.
-            if fs::symlink_metadata(addr).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+            // Keep the lock file while a socket (someone else's) exists at the path; but beside
+            // another user's stale socket a lock file of ours would only stand in that user's
+            // way when their server starts again (they cannot open it), so it goes.
+            let gone = fs::symlink_metadata(addr).is_err_and(|e| e.kind() == io::ErrorKind::NotFound);
+            if gone || (e.kind() == ErrorKind::ForeignSocket && lock.is_ours()) {
                 lock.remove();
             }
             Err(e)
