@@ -165,9 +165,10 @@ impl ClientConfig {
     }
 }
 
-/// A stall limit as the engine takes it: at least 1 ms, at most 30 days.
+/// A stall limit as the engine takes it: at least 1 ms, at most the longest wait
+/// (`deadlines::MAX_WAIT`).
 fn stall_limit(d: Duration) -> Duration {
-    d.clamp(Duration::from_millis(1), Duration::from_secs(30 * 24 * 3600))
+    d.clamp(Duration::from_millis(1), crate::deadlines::MAX_WAIT)
 }
 
 /// Per-call settings; generated clients carry one (see `{Trait}Client::with_timeout`).

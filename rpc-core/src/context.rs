@@ -6,7 +6,15 @@
 //! never gets a later deadline than the call being served (deadline propagation across
 //! hops).
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::deadlines::IdMap;
 
 tokio::task_local! {
     static CURRENT: Context;
@@ -31,6 +39,9 @@ pub struct Context {
     /// connection whose transport reports no credentials, such as an in-memory pipe). On a
     /// client serving callbacks, this is the server.
     pub peer: Option<crate::access::PeerCredentials>,
+    /// The connection's record of work handed off by its handlers ([`spawn`],
+    /// [`spawn_blocking`]); `None` for a one-way call, whose work is not tied to anything.
+    pub(crate) work: Option<Arc<CallWork>>,
 }
 
 impl Context {
@@ -64,4 +75,103 @@ pub(crate) fn scoped<F: std::future::Future>(
 /// inline this way, before deciding whether it needs a task slot of its own.
 pub(crate) fn sync_scoped<R>(ctx: Context, f: impl FnOnce() -> R) -> R {
     CURRENT.sync_scope(ctx, f)
+}
+
+/// Work the handlers of one connection handed off, tied to the exchanges they serve:
+/// tokio tasks are cancelled when their exchange ends, and blocking work (which cannot be
+/// cancelled) holds one of a fixed number of places until it returns.
+#[derive(Debug)]
+pub(crate) struct CallWork {
+    /// A token per exchange that spawned work, cancelled when the exchange ends.
+    tokens: Mutex<IdMap<CancellationToken>>,
+    /// Set while `tokens` may be non-empty: an exchange that spawned nothing ends
+    /// without taking the lock.
+    any: AtomicBool,
+    /// Places for blocking work: the connection's in-flight limit.
+    blocking: Arc<Semaphore>,
+}
+
+impl CallWork {
+    pub(crate) fn new(blocking: usize) -> Self {
+        CallWork { tokens: Mutex::default(), any: AtomicBool::new(false), blocking: Arc::new(Semaphore::new(blocking)) }
+    }
+
+    fn token(&self, id: u64) -> CancellationToken {
+        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        self.any.store(true, Ordering::Release);
+        tokens.entry(id).or_default().clone()
+    }
+
+    /// Exchange `id` is over: cancel what it spawned.
+    pub(crate) fn end(&self, id: u64) {
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
+        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(token) = tokens.remove(&id) {
+            token.cancel();
+        }
+        if tokens.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+    }
+
+    /// The connection is over: cancel everything.
+    pub(crate) fn end_all(&self) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        for (_, token) in tokens.drain() {
+            token.cancel();
+        }
+        self.any.store(false, Ordering::Release);
+    }
+}
+
+/// Spawns `fut` as a tokio task tied to the call being served: it is cancelled (dropped
+/// at its next `.await`) when the call's exchange ends, however it ends: answered,
+/// cancelled by the client, past its deadline, or with the connection. A handler that
+/// returns a stream keeps its spawned producers for as long as the stream runs. Outside a
+/// call (or in a one-way call) it is a plain `tokio::spawn`. The task's output is
+/// `None` if it was cancelled first.
+///
+/// Why: work a handler starts with `tokio::spawn` is not counted anywhere, so a client
+/// that calls and cancels in a loop can make a server pile up tasks without limit.
+pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<Option<F::Output>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let token = CURRENT.try_with(|c| c.work.as_ref().map(|w| w.token(c.request_id))).ok().flatten();
+    match token {
+        Some(token) => tokio::spawn(async move { token.run_until_cancelled(fut).await }),
+        None => tokio::spawn(async move { Some(fut.await) }),
+    }
+}
+
+/// Runs blocking `f` on tokio's blocking pool for the call being served, counted against
+/// the connection: at most its in-flight limit of such closures run at once (a call
+/// beyond it waits for a place). A closure cannot be stopped, so one whose call was
+/// cancelled keeps its place until it returns, which is what bounds the threads a client
+/// can make the server start by calling and cancelling. Outside a call (or in a one-way
+/// call) it is `tokio::task::spawn_blocking`. A panic in `f` is resumed here.
+pub async fn spawn_blocking<F, R>(f: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let places = CURRENT.try_with(|c| c.work.as_ref().map(|w| w.blocking.clone())).ok().flatten();
+    let permit = match places {
+        Some(places) => Some(places.acquire_owned().await.expect("the semaphore is never closed")),
+        None => None,
+    };
+    let task = tokio::task::spawn_blocking(move || {
+        let _place = permit;
+        f()
+    });
+    match task.await {
+        Ok(r) => r,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("blocking work was cancelled: {e}"),
+        },
+    }
 }

@@ -139,7 +139,7 @@ pub mod __private;
 pub use access::{AccessPolicy, PeerCredentials, ServerIdentity, Sid};
 pub use callback::{Callback, Client};
 pub use client::{CallOptions, Channel, ClientConfig, PeerInfo};
-pub use codec::Codec;
+pub use codec::{Codec, DecodeLimits};
 pub use error::{Direction, RpcError, ServeError, ServerError, ServerErrorKind, TransportError};
 /// Turns a trait into a typed RPC service: client, server adapter and wire types.
 /// See the [crate docs](crate) for what it generates.

@@ -226,7 +226,7 @@ impl ServerConfig {
     /// directly). Applied once where a server starts, so no count of 0 or duration that
     /// overflows an `Instant` reaches the engine.
     pub(crate) fn normalized(&self) -> ServerConfig {
-        let time = |d: Duration| d.clamp(Duration::from_millis(1), LONGEST_SETTING);
+        let time = |d: Duration| d.clamp(Duration::from_millis(1), crate::deadlines::MAX_WAIT);
         ServerConfig {
             max_in_flight_per_connection: self.max_in_flight_per_connection.max(1),
             max_oneway_per_connection: self.max_oneway_per_connection.max(1),
@@ -239,17 +239,13 @@ impl ServerConfig {
             frame_read_timeout: time(self.frame_read_timeout),
             write_stall_timeout: time(self.write_stall_timeout),
             decode_limits: self.decode_limits,
-            shutdown_grace: self.shutdown_grace.min(LONGEST_SETTING),
+            shutdown_grace: self.shutdown_grace.min(crate::deadlines::MAX_WAIT),
             stream_window: self.stream_window.max(1024),
             listen: self.listen.clone(),
             access: self.access.clone(),
         }
     }
 }
-
-/// The longest any duration setting is taken to be (30 days): far beyond any useful
-/// timeout, and far from overflowing an `Instant`.
-const LONGEST_SETTING: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The default stream window, both ends: 256 KiB, four 64 KiB items in flight (see
 /// ARCHITECTURE, "Streams are pulled, not pushed", for why not more).

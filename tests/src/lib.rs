@@ -239,6 +239,12 @@ pub trait Probe {
     async fn count_units(&self, v: Vec<()>) -> u64;
     /// The depth of a recursive value (nesting).
     async fn tree_depth(&self, t: Tree) -> u64;
+    /// Hands a task that sleeps `ms` ms (counted under `tag` like `sleep_ms`) to
+    /// `rpc_core::context::spawn` and waits for it.
+    async fn spawned_sleep(&self, tag: u64, ms: u64) -> u64;
+    /// Blocks a thread for `ms` ms through `rpc_core::context::spawn_blocking`, counted
+    /// under `tag` (its `max_concurrent` is the most that ran at once).
+    async fn blocking_sleep(&self, tag: u64, ms: u64) -> u64;
 }
 
 /// About 1 KiB inline: see [`Probe::count_blobs`].
@@ -315,6 +321,38 @@ impl ProbeState {
 
     fn get(&self, tag: u64) -> TagStats {
         self.tags.lock().unwrap().get(&tag).copied().unwrap_or_default()
+    }
+}
+
+/// Like [`SleepGuard`], for work that outlives the handler's borrow.
+struct OwnedGuard {
+    state: std::sync::Arc<ProbeState>,
+    tag: u64,
+    finished: bool,
+}
+
+impl OwnedGuard {
+    fn new(state: std::sync::Arc<ProbeState>, tag: u64) -> Self {
+        state.update(tag, |s| {
+            s.started += 1;
+            s.running += 1;
+            s.max_concurrent = s.max_concurrent.max(s.running);
+        });
+        OwnedGuard { state, tag, finished: false }
+    }
+}
+
+impl Drop for OwnedGuard {
+    fn drop(&mut self) {
+        let finished = self.finished;
+        self.state.update(self.tag, |s| {
+            s.running -= 1;
+            if finished {
+                s.finished += 1;
+            } else {
+                s.dropped_unfinished += 1;
+            }
+        });
     }
 }
 
@@ -578,6 +616,28 @@ impl Probe for ProbeImpl {
 
     async fn double(&self, items: RpcStream<u64>) -> RpcStream<u64> {
         RpcStream::new(items.filter_map(|r| async move { r.ok().map(|v| v * 2) }))
+    }
+
+    async fn spawned_sleep(&self, tag: u64, ms: u64) -> u64 {
+        let state = self.probe_handle();
+        let task = rpc_core::context::spawn(async move {
+            let mut guard = OwnedGuard::new(state, tag);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            guard.finished = true;
+        });
+        let _ = task.await;
+        tag
+    }
+
+    async fn blocking_sleep(&self, tag: u64, ms: u64) -> u64 {
+        let state = self.probe_handle();
+        rpc_core::context::spawn_blocking(move || {
+            let mut guard = OwnedGuard::new(state, tag);
+            std::thread::sleep(Duration::from_millis(ms));
+            guard.finished = true;
+        })
+        .await;
+        tag
     }
 
     async fn count_blobs(&self, v: Vec<Option<Blob>>) -> u64 {

@@ -10,7 +10,7 @@ use pipe_rpc_tests::raw::{
     expect_told_and_closed, frames_until_closed, raw_connect, raw_handshake, read_frame, split_abort, write_frame,
 };
 use pipe_rpc_tests::{
-    CANARY_STALL, Canary, ProbeRequest, ProbeResponse, ServerProcess, Tree, connect, unique_name, watchdog,
+    CANARY_STALL, Canary, ProbeRequest, ProbeResponse, ServerProcess, TagStats, Tree, connect, unique_name, watchdog,
 };
 use rpc_core::codec::Codec;
 use rpc_core::wire::{Frame, Kind};
@@ -243,6 +243,52 @@ async fn exhausted_file_descriptors_do_not_stop_the_server() {
         let c = connect(&name).await;
         assert_eq!(c.pid().await.unwrap(), server.pid(), "the same server process serves");
         canary.finish(CANARY_STALL).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_a_handler_spawns_through_the_context_end_with_its_call() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let canary = Canary::start(&name).await;
+        let c = connect(&name).await;
+        // Call, then give up (the deadline), in a loop: every spawned task must go with
+        // its call, not pile up on the server.
+        let quick = c.with_timeout(Duration::from_millis(50));
+        for _ in 0..20 {
+            let e = quick.spawned_sleep(1, 60_000).await.unwrap_err();
+            assert!(e.is_deadline_exceeded(), "{e}");
+        }
+        let stats = pipe_rpc_tests::wait_stats(&c, 1, TagStats::min_dropped(20)).await;
+        assert_eq!((stats.started, stats.dropped_unfinished, stats.running), (20, 20, 0), "{stats:?}");
+        // A call that waits for its task gets its result.
+        assert_eq!(c.spawned_sleep(2, 5).await.unwrap(), 2);
+        assert_eq!(c.stats(2).await.unwrap().finished, 1);
+        canary.finish(CANARY_STALL).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_work_of_cancelled_calls_stays_within_the_in_flight_limit() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &["--max-in-flight", "4"]).await;
+        let c = connect(&name).await;
+        // Each call gives up long before its blocking work ends, freeing its call slot;
+        // the work itself keeps its place until it returns.
+        let quick = c.with_timeout(Duration::from_millis(20));
+        for _ in 0..40 {
+            let e = quick.blocking_sleep(3, 200).await.unwrap_err();
+            assert!(e.is_deadline_exceeded(), "{e}");
+        }
+        // Waits for a place, so for the work before it.
+        assert_eq!(c.blocking_sleep(3, 0).await.unwrap(), 3);
+        let stats = c.stats(3).await.unwrap();
+        assert!(stats.started >= 4, "{stats:?}");
+        assert!(stats.max_concurrent <= 4, "more blocking closures ran at once than the in-flight limit: {stats:?}");
     })
     .await;
 }

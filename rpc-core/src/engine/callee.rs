@@ -154,6 +154,8 @@ pub(crate) struct Callee<S: Service> {
     callbacks: Option<CallbackLink>,
     /// Who the caller is, for handlers' contexts.
     peer: Option<PeerCredentials>,
+    /// Work the handlers handed off (`context::spawn`, `context::spawn_blocking`).
+    work: Arc<context::CallWork>,
 }
 
 /// The stream windows the handshake settled, in bytes.
@@ -174,6 +176,7 @@ impl<S: Service> Callee<S> {
         limits: StreamLimits,
         peer: Option<PeerCredentials>,
     ) -> Self {
+        let config_in_flight = config.max_in_flight_per_connection.max(1);
         Callee {
             peer,
             service,
@@ -196,6 +199,7 @@ impl<S: Service> Callee<S> {
             ctl_taken: Vec::new(),
             limits,
             callbacks: None,
+            work: Arc::new(context::CallWork::new(config_in_flight)),
         }
     }
 
@@ -264,6 +268,7 @@ impl<S: Service> Callee<S> {
     /// The caller gave up on `id`: stop its handler and its streams, and drop its unwritten
     /// answer, if any.
     pub(crate) fn on_cancel(&mut self, id: u64) {
+        self.work.end(id);
         self.downs.remove(&id);
         self.end_up(id, Err(RpcError::Cancelled));
         if let Some(r) = self.running.remove(&id) {
@@ -293,6 +298,7 @@ impl<S: Service> Callee<S> {
             request_id: id,
             method,
             peer: self.peer,
+            work: None,
         };
         let mut call = self.service.call(body, CallStreams::none());
         // Always polled inline, even for a method marked long-running: that is what starts
@@ -356,6 +362,7 @@ impl<S: Service> Callee<S> {
             request_id: id,
             method,
             peer: self.peer,
+            work: Some(self.work.clone()),
         };
         let mut streams = CallStreams::none();
         if shape.callback {
@@ -416,7 +423,10 @@ impl<S: Service> Callee<S> {
 
     fn answer(&mut self, id: u64, outcome: Outcome<Reply<S::Response>>, deadline: Option<Instant>) {
         let answer = match outcome {
-            Outcome::Done(Reply::Value(body)) => Answer::Reply { id, body },
+            Outcome::Done(Reply::Value(body)) => {
+                self.work.end(id);
+                Answer::Reply { id, body }
+            }
             Outcome::Done(Reply::Stream(stream)) => {
                 // The exchange goes on as the handler's stream, under the call's deadline.
                 self.downs.insert(id, OutStream::new(stream, self.limits.down_window, deadline));
@@ -425,8 +435,12 @@ impl<S: Service> Callee<S> {
                 }
                 return;
             }
-            Outcome::Done(Reply::Error(error)) => Answer::Error { id, error },
+            Outcome::Done(Reply::Error(error)) => {
+                self.work.end(id);
+                Answer::Error { id, error }
+            }
             Outcome::Panicked(msg) => {
+                self.work.end(id);
                 tracing::error!(id, panic = %msg, "handler panicked");
                 Answer::Error { id, error: ServerError::new(ServerErrorKind::HandlerPanicked, msg) }
             }
@@ -498,12 +512,18 @@ impl<S: Service> Callee<S> {
     /// exchange is over.
     pub(crate) fn down_ended(&mut self, id: u64) {
         self.end_up(id, Err(RpcError::Cancelled));
+        self.work.end(id);
     }
 
     /// The deadline of a running call passed: stop the handler and say so, so a caller
     /// whose own deadline is later (the server caps deadlines) does not wait in silence.
     fn expire(&mut self, deadline: Instant, id: u64) {
         // Entries are removed lazily: only a call still running with this deadline expires.
+        if self.running.get(&id).is_some_and(|r| r.deadline == Some(deadline))
+            || self.downs.get(&id).is_some_and(|d| d.deadline == Some(deadline))
+        {
+            self.work.end(id);
+        }
         let timeout = if self.running.get(&id).is_some_and(|r| r.deadline == Some(deadline)) {
             let r = self.running.remove(&id).expect("checked above");
             r.abort.abort();
@@ -535,6 +555,7 @@ impl<S: Service> Callee<S> {
         let ids: Vec<u64> = self.downs.keys().copied().collect();
         for id in ids {
             self.downs.remove(&id);
+            self.work.end(id);
             self.end_up(id, Err(RpcError::Server(ServerError::new(ServerErrorKind::ShuttingDown, SHUTTING_DOWN))));
             self.refuse(id, ServerErrorKind::ShuttingDown, SHUTTING_DOWN.to_owned());
         }
@@ -619,9 +640,11 @@ impl<S: Service> Callee<S> {
 
 impl<S: Service> Drop for Callee<S> {
     fn drop(&mut self) {
-        // The connection is over: nobody waits for the handlers still running.
+        // The connection is over: nobody waits for the handlers still running, or for
+        // what they spawned.
         for r in self.running.values() {
             r.abort.abort();
         }
+        self.work.end_all();
     }
 }
