@@ -364,6 +364,7 @@ impl<S: Service> BoundServer<S> {
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
         let BoundServer { listener, service, config, shutdown } = self;
         let config = Arc::new(config.normalized());
+        warm_up_panics();
         let counts = Arc::new(Counts::default());
         let me = PeerCredentials::current_process();
         let mut conns = JoinSet::new();
@@ -423,6 +424,24 @@ impl<S: Service> BoundServer<S> {
         }
         Ok(())
     }
+}
+
+/// Pays, once per process and off the runtime's workers, the one-time costs of the first
+/// panic: the unwinder's first use (about 40 µs) and, when `RUST_BACKTRACE` is set, loading
+/// the debug info the default panic hook symbolizes backtraces with (about 90 ms here).
+/// Without this the first handler panic paid them on a runtime worker, stalling the other
+/// connections on that worker. `resume_unwind` does not call the panic hook, so nothing is
+/// printed.
+fn warm_up_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tokio::task::spawn_blocking(|| {
+            let _ = std::panic::catch_unwind(|| std::panic::resume_unwind(Box::new(())));
+            // Captures (and so symbolizes) only when the environment asks for backtraces,
+            // exactly when the default hook would.
+            let _ = std::backtrace::Backtrace::capture().to_string();
+        });
+    });
 }
 
 /// What the accept loop does with a new connection.

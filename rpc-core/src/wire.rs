@@ -1,7 +1,7 @@
 //! The wire protocol: a handshake, then frames.
 //!
 //! Every message is one length-delimited frame (4-byte big-endian length, then the body),
-//! carried by `tarpc::serde_transport` over the pipe (see `transport-pipe`).
+//! carried by a `tokio_serde` transport over `transport_pipe::LengthPrefixed` framing.
 //!
 //! 1. **Handshake** (fixed binary layout, codec-independent, so a mismatch of codec or
 //!    version is reported instead of misread): the client sends [`Hello`], the server
