@@ -426,20 +426,18 @@ impl<S: Service> BoundServer<S> {
     }
 }
 
-/// Pays, once per process and off the runtime's workers, the one-time costs of the first
-/// panic: the unwinder's first use (about 40 µs) and, when `RUST_BACKTRACE` is set, loading
-/// the debug info the default panic hook symbolizes backtraces with (about 90 ms here).
-/// Without this the first handler panic paid them on a runtime worker, stalling the other
-/// connections on that worker. `resume_unwind` does not call the panic hook, so nothing is
-/// printed.
+/// Pays the unwinder's one-time cost (its first use takes about 40 µs, later ones about 5)
+/// once per process, off the runtime's workers, instead of on the worker of the first
+/// handler that panics. `resume_unwind` does not call the panic hook, so nothing is
+/// printed. (With `RUST_BACKTRACE` set, the default hook's first backtrace also loads debug
+/// info, about 90 ms on the panicking thread; that is not pre-paid: it would cost every
+/// server that cost and tens of MiB at start. Production servers should leave it unset or
+/// install their own hook.)
 fn warm_up_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         tokio::task::spawn_blocking(|| {
             let _ = std::panic::catch_unwind(|| std::panic::resume_unwind(Box::new(())));
-            // Captures (and so symbolizes) only when the environment asks for backtraces,
-            // exactly when the default hook would.
-            let _ = std::backtrace::Backtrace::capture().to_string();
         });
     });
 }
