@@ -49,7 +49,7 @@ pub struct AccessPolicy {
 enum Rule {
     SameUser,
     Anyone,
-    Allow { uids: Vec<u32>, gids: Vec<u32> },
+    Allow { uids: Vec<u32>, gids: Vec<u32>, sids: Vec<Sid> },
     Custom(Arc<CheckFn>),
 }
 
@@ -80,7 +80,26 @@ impl AccessPolicy {
     /// The server's own user, plus clients whose user id is in `uids` or whose group id is
     /// in `gids`.
     pub fn allow(uids: impl IntoIterator<Item = u32>, gids: impl IntoIterator<Item = u32>) -> Self {
-        AccessPolicy { rule: Rule::Allow { uids: uids.into_iter().collect(), gids: gids.into_iter().collect() } }
+        AccessPolicy {
+            rule: Rule::Allow { uids: uids.into_iter().collect(), gids: gids.into_iter().collect(), sids: Vec::new() },
+        }
+    }
+
+    /// The server's own user, plus clients whose user SID is in `sids` (Windows; parse
+    /// them from the usual form with `"S-1-5-21-...".parse::<Sid>()`). Combine with uids
+    /// and gids through [`and_sids`](Self::and_sids).
+    pub fn allow_sids(sids: impl IntoIterator<Item = Sid>) -> Self {
+        AccessPolicy::allow([], []).and_sids(sids)
+    }
+
+    /// Adds `sids` to an [`allow`](Self::allow) or [`allow_sids`](Self::allow_sids) list
+    /// (other rules are returned unchanged).
+    #[must_use]
+    pub fn and_sids(mut self, more: impl IntoIterator<Item = Sid>) -> Self {
+        if let Rule::Allow { sids, .. } = &mut self.rule {
+            sids.extend(more);
+        }
+        self
     }
 
     /// A check of your own: it gets the client's credentials and returns `Err(why)` to
@@ -94,7 +113,13 @@ impl AccessPolicy {
         match &self.rule {
             Rule::SameUser => "same user only".to_owned(),
             Rule::Anyone => "anyone".to_owned(),
-            Rule::Allow { uids, gids } => format!("the server's user, uids {uids:?}, gids {gids:?}"),
+            Rule::Allow { uids, gids, sids } if sids.is_empty() => {
+                format!("the server's user, uids {uids:?}, gids {gids:?}")
+            }
+            Rule::Allow { uids, gids, sids } => {
+                let sids: Vec<String> = sids.iter().map(Sid::to_string).collect();
+                format!("the server's user, uids {uids:?}, gids {gids:?}, users {sids:?}")
+            }
             Rule::Custom(_) => "a custom check".to_owned(),
         }
     }
@@ -113,10 +138,13 @@ impl AccessPolicy {
                     None => return refused(format!("the client's user cannot be read ({peer})")),
                     Some(false) => {}
                 }
-                if let (Rule::Allow { uids, gids }, Some(uid)) = (&self.rule, peer.uid)
-                    && (uids.contains(&uid) || peer.gid.is_some_and(|g| gids.contains(&g)))
-                {
-                    return Ok(());
+                if let Rule::Allow { uids, gids, sids } = &self.rule {
+                    let by_uid = peer.uid.is_some_and(|u| uids.contains(&u));
+                    let by_gid = peer.uid.is_some() && peer.gid.is_some_and(|g| gids.contains(&g));
+                    let by_sid = peer.sid.is_some_and(|s| sids.contains(&s));
+                    if by_uid || by_gid || by_sid {
+                        return Ok(());
+                    }
                 }
                 refused(format!("the client runs as {peer}, the server as {}", user_of(me)))
             }
@@ -229,6 +257,22 @@ mod tests {
         assert!(!ServerIdentity::SameUser.admits(&other, &me));
         assert!(!ServerIdentity::SameUser.admits(&unknown, &me));
         assert!(ServerIdentity::Root.admits(&PeerCredentials::default().with_sid(Some(Sid::LOCAL_SYSTEM)), &me));
+    }
+
+    #[test]
+    fn sid_allow_lists_admit_listed_windows_users_only() {
+        let me = PeerCredentials::new(Some(1), None, None).with_sid(Some("S-1-5-21-1-2-3-1000".parse().unwrap()));
+        let listed: Sid = "S-1-5-21-1-2-3-1001".parse().unwrap();
+        let p = AccessPolicy::allow_sids([listed]);
+        let client = |sid: &str| PeerCredentials::new(Some(2), None, None).with_sid(Some(sid.parse().unwrap()));
+        assert!(p.check(&client("S-1-5-21-1-2-3-1000"), &me).is_ok(), "the server's own user");
+        assert!(p.check(&client("S-1-5-21-1-2-3-1001"), &me).is_ok(), "a listed user");
+        let why = p.check(&client("S-1-5-21-1-2-3-1002"), &me).unwrap_err();
+        assert!(why.contains("S-1-5-21-1-2-3-1001") && why.contains("S-1-5-21-1-2-3-1002"), "{why}");
+        // Lists combine; a gid list does not admit a Windows peer (it has no gid).
+        let both = AccessPolicy::allow([2000], [0]).and_sids([listed]);
+        assert!(both.check(&client("S-1-5-21-1-2-3-1001"), &me).is_ok());
+        assert!(both.check(&client("S-1-5-21-1-2-3-1003"), &me).is_err());
     }
 
     #[test]

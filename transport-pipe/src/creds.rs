@@ -82,6 +82,41 @@ impl fmt::Display for Sid {
     }
 }
 
+/// A string that is not a SID in the `S-R-I-S...` form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseSidError(String);
+
+impl fmt::Display for ParseSidError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not a SID (S-1-<authority>-<sub-authority>...): {}", self.0)
+    }
+}
+
+impl std::error::Error for ParseSidError {}
+
+impl std::str::FromStr for Sid {
+    type Err = ParseSidError;
+
+    /// Parses the usual form, `S-1-5-21-3623811015-3361044348-30300820-1013`: revision,
+    /// identifier authority (below 2^48), then up to 15 sub-authorities (each a `u32`).
+    fn from_str(s: &str) -> Result<Sid, ParseSidError> {
+        let bad = || ParseSidError(s.to_owned());
+        let mut parts = s.strip_prefix("S-").or_else(|| s.strip_prefix("s-")).ok_or_else(bad)?.split('-');
+        let revision: u8 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let authority: u64 = parts.next().and_then(|p| p.parse().ok()).filter(|a| *a < 1 << 48).ok_or_else(bad)?;
+        let subs = parts.map(|p| p.parse::<u32>().map_err(|_| bad())).collect::<Result<Vec<_>, _>>()?;
+        if subs.len() > 15 {
+            return Err(bad());
+        }
+        let mut b = vec![revision, subs.len() as u8];
+        b.extend_from_slice(&authority.to_be_bytes()[2..]);
+        for sub in subs {
+            b.extend_from_slice(&sub.to_le_bytes());
+        }
+        Sid::from_bytes(&b).ok_or_else(bad)
+    }
+}
+
 impl fmt::Debug for Sid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Sid({self})")
@@ -173,6 +208,25 @@ impl PipeStream {
         {
             Ok(PeerCredentials { pid, uid: None, gid: None, sid: None })
         }
+    }
+}
+
+#[cfg(test)]
+mod sid_tests {
+    use super::*;
+
+    #[test]
+    fn sids_parse_from_and_print_to_the_usual_form() {
+        for text in ["S-1-5-18", "S-1-5-21-3623811015-3361044348-30300820-1013", "S-1-1-0"] {
+            let sid: Sid = text.parse().unwrap();
+            assert_eq!(sid.to_string(), text);
+        }
+        assert_eq!("S-1-5-18".parse::<Sid>().unwrap(), Sid::LOCAL_SYSTEM);
+        for bad in ["", "S-1", "1-5-18", "S-1-5-x", "S-1-281474976710656-1", "S-1-5-4294967296"] {
+            assert!(bad.parse::<Sid>().is_err(), "{bad}");
+        }
+        let too_many = format!("S-1-5{}", "-1".repeat(16));
+        assert!(too_many.parse::<Sid>().is_err());
     }
 }
 

@@ -84,7 +84,7 @@ mod platform;
 mod stream;
 
 pub use connect::{ConnectOptions, connect};
-pub use creds::{PeerCredentials, Sid};
+pub use creds::{ParseSidError, PeerCredentials, Sid};
 pub use error::{Error, ErrorKind};
 pub use frame::{
     DEFAULT_MAX_FRAME, LengthPrefixed, MAX_FRAME_CEILING, READ_AHEAD, Transport, effective_max_frame, length_delimited,
