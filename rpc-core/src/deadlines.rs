@@ -66,8 +66,10 @@ impl DeadlineQueue {
             if self.timer.as_mut().poll(cx).is_pending() {
                 return expired;
             }
-            // The timer fired: everything due by now goes.
-            let now = Instant::now();
+            // The timer fired: everything due by now goes, `next` included even if this
+            // clock has not reached it (tokio's clock, paused and advanced in tests, runs
+            // ahead of it: the loop spun, holding the thread, until it caught up).
+            let now = Instant::now().max(next);
             while let Some(&Reverse(entry)) = self.heap.peek() {
                 if entry.0 > now {
                     break;
@@ -126,7 +128,26 @@ mod tests {
             got.extend(batch.into_iter().map(|(_, id)| id));
         }
         assert_eq!(got, [1, 2, 3]);
-        assert!(Instant::now() >= t0 + Duration::from_millis(30));
+        // By the timer's clock (tokio's, paused and advanced here), not by `Instant`'s.
+        assert!(tokio::time::Instant::now() >= (t0 + Duration::from_millis(30)).into());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_ahead_of_the_clock_expires_at_once_without_spinning() {
+        // tokio's paused clock a minute ahead of `Instant`'s: the timer of a deadline 10 s
+        // away fires at once. The queue used to spin until `Instant`'s clock got there.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let mut q = DeadlineQueue::new();
+        let t = Instant::now() + Duration::from_secs(10);
+        q.push(t, 1);
+        let started = Instant::now();
+        let expired = std::future::poll_fn(|cx| {
+            let expired = q.poll_expired(cx);
+            if expired.is_empty() { Poll::Pending } else { Poll::Ready(expired) }
+        })
+        .await;
+        assert_eq!(expired, [(t, 1)]);
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
 
     #[test]
