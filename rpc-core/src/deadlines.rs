@@ -110,8 +110,10 @@ impl DeadlineQueue {
             if self.timer.as_mut().poll(cx).is_pending() {
                 return expired;
             }
-            // The timer fired: everything due by now goes.
-            let now = Instant::now();
+            // The timer fired: everything due by now goes, and `next` in any case, so a
+            // fired timer is never re-armed for the same instant (that loop would spin,
+            // holding the thread, until the clock read past `next`).
+            let now = Instant::now().max(next);
             while let Some(&Reverse(entry)) = self.heap.peek() {
                 if entry.0 > now {
                     break;

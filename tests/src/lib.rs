@@ -686,10 +686,12 @@ impl Canary {
             let mut report = CanaryReport { calls: 0, errors: Vec::new(), slowest: Duration::ZERO };
             let mut tick = tokio::time::interval(Duration::from_millis(50));
             loop {
-                tokio::select! {
-                    _ = stopped.changed() => return report,
-                    _ = tick.tick() => {}
-                }
+                // One last call once stopped: the server must still serve after the
+                // attack, however quickly the attack was over.
+                let last = tokio::select! {
+                    _ = stopped.changed() => true,
+                    _ = tick.tick() => false,
+                };
                 let at = std::time::Instant::now();
                 let msg = format!("canary {}", report.calls);
                 match client.echo_string(msg.clone()).await {
@@ -698,13 +700,16 @@ impl Canary {
                     Err(e) => report.errors.push(e.to_string()),
                 }
                 report.slowest = report.slowest.max(at.elapsed());
+                if last {
+                    return report;
+                }
             }
         });
         Canary { stop, task }
     }
 
-    /// Stops calling; panics if any call failed or took longer than `max_stall`, or if
-    /// there were no calls at all.
+    /// Makes one last call and stops; panics if any call failed or took longer than
+    /// `max_stall`.
     pub async fn finish(self, max_stall: Duration) -> CanaryReport {
         let _ = self.stop.send(true);
         let report = self.task.await.expect("the canary task");

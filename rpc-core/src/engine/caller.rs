@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::calls::{CallStreams, CloseRequest, OutCall, Table, TakenStreams, index};
+use super::calls::{CallStreams, CloseRequest, OutCall, Queued, Table, TakenStreams, index};
 use super::streams::{Ctl, Inbox, OutStream, OverCredit, Pieces, StreamControl};
 use crate::client::Shared;
 use crate::deadlines::{DeadlineQueue, IdHasher, IdMap};
@@ -389,7 +389,16 @@ impl<Req, Resp> Caller<Req, Resp> {
             deliver(&mut self.arrived, &mut t, &mut self.wakers);
             t.fail_all(why, &mut self.wakers)
         };
-        // Requests nobody will send are dropped outside the lock.
+        // Requests nobody will send are dropped outside the lock. A stream's call among them
+        // was never taken, so nothing else would end its stream (not even its deadline,
+        // armed only when a call is taken): fail it here.
+        let downs = dropped.iter().filter_map(|queued| match queued {
+            Queued::Call { streams: Some(streams), .. } => streams.down.as_ref(),
+            _ => None,
+        });
+        for inbox in downs {
+            inbox.fail(why.clone());
+        }
         drop(dropped);
         self.outgoing.clear();
         self.oneways.clear();

@@ -370,6 +370,12 @@ impl<Req, Resp> Table<Req, Resp> {
                             streams.push((id, s, timeout));
                         }
                         outgoing.push_back(OutCall { id, timeout, body });
+                    } else if let Some(down) = s.as_ref().and_then(|s| s.down.as_ref()) {
+                        // Over before it was sent: given up (nobody reads the stream), or
+                        // answered by a peer that was never sent it. Its stream must end
+                        // either way, or its reader waits forever.
+                        let detail = "the peer answered a streaming call before it was sent".to_owned();
+                        down.fail(TransportError::Protocol { detail }.into());
                     }
                 }
                 Queued::Cancel { id } => cancels.push(id),
