@@ -148,18 +148,17 @@ impl Codec {
                     }
                 }
                 // A large frame: size it exactly (the sizing pass is cheap next to the copy),
-                // refuse it unbuilt if over the limit, else build it in its own allocation.
-                // Growing the shared buffer to each large frame's size instead was measured
-                // at 0.5 GB/s for 1 MiB echoes against 0.8 GB/s this way: glibc returns the
-                // big buffers' pages to the OS and every frame pays fresh page faults.
+                // refuse it unbuilt if over the limit, else build it in the large-frame
+                // buffer (see `large_frame`).
                 let size = prefix.len() as u64 + Self::bincode().serialized_size(item).map_err(|e| serde(&e))?;
                 if size > limit as u64 {
                     return Err(too_large(size));
                 }
-                let mut out = Vec::with_capacity(size as usize);
-                out.extend_from_slice(prefix);
-                Self::bincode().serialize_into(&mut out, item).map_err(|e| serde(&e))?;
-                Ok(Placed::Separate(Bytes::from(out)))
+                large_frame(size as usize, |out| {
+                    out.extend_from_slice(prefix);
+                    Self::bincode().serialize_into(out.writer(), item).map_err(|e| serde(&e))
+                })
+                .map(Placed::Separate)
             }
             Codec::Postcard => {
                 // postcard has no bounded writer: size first, so nothing oversized is built.
@@ -172,10 +171,11 @@ impl Codec {
                 if size as usize > SMALL_FRAME {
                     // Large: its own allocation, as for bincode.
                     buf.truncate(start);
-                    let mut out = Vec::with_capacity(size as usize);
-                    out.extend_from_slice(prefix);
-                    postcard::to_io(item, &mut out).map_err(|e| serde(&e))?;
-                    return Ok(Placed::Separate(Bytes::from(out)));
+                    return large_frame(size as usize, |out| {
+                        out.extend_from_slice(prefix);
+                        postcard::to_io(item, out.writer()).map(drop).map_err(|e| serde(&e))
+                    })
+                    .map(Placed::Separate);
                 }
                 buf.reserve(size as usize - prefix.len());
                 if let Err(e) = postcard::to_io(item, (&mut *buf).writer()) {
@@ -308,6 +308,46 @@ impl Default for DecodeLimits {
 /// reuse one buffer instead of allocating (and page-faulting) one per item.
 const SMALL_FRAME: usize = 128 * 1024;
 
+/// The largest frame built in (and so kept by) a thread's large-frame buffer: 8 MiB.
+const LARGE_RETAINED: usize = 8 * 1024 * 1024;
+
+thread_local! {
+    /// The buffer large frames are built in, one per thread, reused frame after frame.
+    static LARGE: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// Builds a frame of `size` bytes with `fill` in this thread's large-frame buffer and hands
+/// it out as `Bytes`.
+///
+/// Why a reused buffer: a fresh allocation per large frame (or growing the connection's
+/// shared buffer to it) is returned to the OS by glibc when freed, so every frame paid
+/// fresh page faults for its size: a 1 MiB echo spent most of its CPU in them. Once the
+/// carrier has written a frame and dropped it, the next one reuses the same memory
+/// (`BytesMut::reserve` reclaims an allocation nothing else holds); a frame still held (a
+/// stream item going out in pieces) just makes the next one allocate. The buffer keeps the
+/// size of the largest frame built on its thread (shared by every connection served there),
+/// up to [`LARGE_RETAINED`]; a larger frame gets an allocation of its own.
+fn large_frame(size: usize, fill: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>) -> Result<Bytes, EncodeError> {
+    LARGE.with(|large| {
+        // A reentrant encode (a `Serialize` impl encoding a frame itself) gets its own.
+        let mut fresh = BytesMut::new();
+        let mut borrowed = if size <= LARGE_RETAINED { large.try_borrow_mut().ok() } else { None };
+        let out = match &mut borrowed {
+            Some(b) => &mut **b,
+            None => &mut fresh,
+        };
+        out.clear();
+        out.reserve(size);
+        match fill(out) {
+            Ok(()) => Ok(out.split().freeze()),
+            Err(e) => {
+                out.clear();
+                Err(e)
+            }
+        }
+    })
+}
+
 /// Where [`Codec::encode_append`] put a frame.
 #[derive(Debug)]
 pub(crate) enum Placed {
@@ -402,6 +442,28 @@ mod tests {
             let bytes = c.encode(&v, 1 << 20).unwrap();
             let back: (u64, u64, (u8, String, Vec<u32>)) = c.decode(&bytes).unwrap();
             assert_eq!(back, v);
+        }
+    }
+
+    #[test]
+    fn large_frames_reuse_one_buffer_once_the_last_is_dropped_and_never_share_a_live_one() {
+        for c in [Codec::Bincode, Codec::Postcard] {
+            let mut buf = BytesMut::new();
+            let big = serde_bytes::ByteBuf::from(vec![7u8; SMALL_FRAME * 4]);
+            let first = c.encode_into(b"h", &big, 1 << 24, &mut buf).unwrap();
+            let at = first.as_ptr();
+            drop(first);
+            // Had the frame's memory been freed, this would likely be handed it.
+            let squatter = vec![1u8; big.len() + 16];
+            let second = c.encode_into(b"h", &big, 1 << 24, &mut buf).unwrap();
+            assert_eq!(second.as_ptr(), at, "the dropped frame's memory was not reused");
+            // While `second` is held, the next frame is built elsewhere and both stay intact.
+            let other = serde_bytes::ByteBuf::from(vec![9u8; SMALL_FRAME * 4]);
+            let third = c.encode_into(b"h", &other, 1 << 24, &mut buf).unwrap();
+            assert_ne!(third.as_ptr(), second.as_ptr());
+            assert_eq!(c.decode::<serde_bytes::ByteBuf>(&second[1..]).unwrap(), big);
+            assert_eq!(c.decode::<serde_bytes::ByteBuf>(&third[1..]).unwrap(), other);
+            assert!(squatter.iter().all(|&b| b == 1));
         }
     }
 

@@ -78,6 +78,7 @@ mod connect;
 mod creds;
 mod error;
 mod frame;
+mod framed;
 mod listen;
 mod name;
 mod platform;
@@ -90,6 +91,7 @@ pub use frame::{
     DEFAULT_MAX_FRAME, LengthPrefixed, MAX_FRAME_CEILING, READ_AHEAD, Transport, effective_max_frame, length_delimited,
     length_delimited_codec, serde_transport,
 };
+pub use framed::{FramedPipe, ZERO_COPY_MIN};
 pub use listen::{ListenOptions, OWNER_ONLY_SDDL, PipeListener};
 pub use name::{NAME_MAX, PipeName};
 pub use stream::PipeStream;

@@ -1,6 +1,6 @@
 //! The frame carrier: a `tokio_serde` transport over the length-prefixed pipe
-//! ([`LengthPrefixed`]: it buffers only what arrived), with [`FrameCodec`] turning typed
-//! [`Frame`]s into bytes and back.
+//! ([`FramedPipe`]: it buffers only what arrived, and writes large messages from their own
+//! buffers), with [`FrameCodec`] turning typed [`Frame`]s into bytes and back.
 //!
 //! The engine is written against [`FrameTransport`], not against the concrete type, so
 //! another carrier (TCP, say) can run the same engine; it also asks the carrier whether a
@@ -17,7 +17,7 @@ use futures::{Sink, Stream};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
-use transport_pipe::LengthPrefixed;
+use transport_pipe::{FramedPipe, LengthPrefixed};
 
 use crate::codec::{Codec, DecodeLimits};
 use crate::wire::{Frame, FrameError};
@@ -65,12 +65,11 @@ pub(crate) trait FrameTransport<In, Out>: Stream<Item = io::Result<In>> + Sink<O
 }
 
 /// The pipe carrier.
-pub(crate) type Carrier<IO, C, R> =
-    tokio_serde::Framed<Framed<IO, LengthPrefixed>, Inbound<C, R>, Outbound, FrameCodec>;
+pub(crate) type Carrier<IO, C, R> = tokio_serde::Framed<FramedPipe<IO>, Inbound<C, R>, Outbound, FrameCodec>;
 
 impl<IO, C, R> FrameTransport<Inbound<C, R>, Outbound> for Carrier<IO, C, R>
 where
-    IO: AsyncRead + AsyncWrite,
+    IO: AsyncRead + AsyncWrite + Unpin,
     C: DeserializeOwned,
     R: DeserializeOwned,
 {
@@ -79,7 +78,7 @@ where
     }
 
     fn unwritten(&self) -> usize {
-        self.get_ref().write_buffer().len()
+        self.get_ref().unwritten()
     }
 }
 
@@ -125,9 +124,9 @@ pub(crate) fn pipe<IO, InC, InR>(
     limits: DecodeLimits,
 ) -> Carrier<IO, InC, InR>
 where
-    IO: AsyncRead + AsyncWrite,
+    IO: AsyncRead + AsyncWrite + Unpin,
     InC: DeserializeOwned,
     InR: DeserializeOwned,
 {
-    tokio_serde::Framed::new(framed, FrameCodec { codec, limits })
+    tokio_serde::Framed::new(FramedPipe::from_framed(framed), FrameCodec { codec, limits })
 }
