@@ -98,6 +98,18 @@ impl LengthPrefixed {
         self.max_frame
     }
 
+    /// `Ok` if a frame of `len` bytes may be sent; else the [`io::ErrorKind::InvalidInput`]
+    /// error naming both sizes.
+    pub fn check_outgoing(&self, len: usize) -> io::Result<()> {
+        if len > self.max_frame {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a frame of {len} bytes, over the limit of {} bytes", self.max_frame),
+            ));
+        }
+        Ok(())
+    }
+
     /// Changes the limit (through [`effective_max_frame`]), for frames not yet started.
     pub fn set_max_frame_length(&mut self, max_frame: usize) {
         self.max_frame = effective_max_frame(max_frame);
@@ -156,12 +168,7 @@ impl Encoder<Bytes> for LengthPrefixed {
     type Error = io::Error;
 
     fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> io::Result<()> {
-        if item.len() > self.max_frame {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("a frame of {} bytes, over the limit of {} bytes", item.len(), self.max_frame),
-            ));
-        }
+        self.check_outgoing(item.len())?;
         dst.reserve(PREFIX + item.len());
         dst.put_u32(item.len() as u32);
         dst.extend_from_slice(&item);

@@ -185,13 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for FramedPipe<S> {
 
     fn start_send(self: Pin<&mut Self>, item: Bytes) -> io::Result<()> {
         let this = self.get_mut();
-        let max = this.codec.max_frame_length();
-        if item.len() > max {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("a frame of {} bytes, over the limit of {max} bytes", item.len()),
-            ));
-        }
+        this.codec.check_outgoing(item.len())?;
         // The limit is at most `MAX_FRAME_CEILING`, far below 4 GiB.
         this.small.put_u32(item.len() as u32);
         this.unwritten += 4 + item.len();
