@@ -165,12 +165,6 @@ impl ClientConfig {
     }
 }
 
-/// A stall limit as the engine takes it: at least 1 ms, at most the longest wait
-/// (`deadlines::MAX_WAIT`).
-fn stall_limit(d: Duration) -> Duration {
-    d.clamp(Duration::from_millis(1), crate::deadlines::MAX_WAIT)
-}
-
 /// Per-call settings; generated clients carry one (see `{Trait}Client::with_timeout`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -343,8 +337,8 @@ where
             capabilities: negotiated.capabilities,
             codec: negotiated.codec,
             send_limit: negotiated.send_limit,
-            frame_read_timeout: stall_limit(shared.config.frame_read_timeout),
-            write_stall_timeout: stall_limit(shared.config.write_stall_timeout),
+            frame_read_timeout: crate::deadlines::time_limit(shared.config.frame_read_timeout),
+            write_stall_timeout: crate::deadlines::time_limit(shared.config.write_stall_timeout),
             decode: shared.config.decode_limits,
         };
         // Every client connection can be called back: the router hands callback calls to the

@@ -50,6 +50,13 @@ pub(crate) fn deadline_after(now: Instant, wait: Duration) -> Instant {
     }
 }
 
+/// A configured time limit (a stall or handshake timeout, a deadline cap) as the engine
+/// takes it: at least 1 ms, so a zero never means "at once, always", and at most
+/// [`MAX_WAIT`]. Used by both configs where they are applied.
+pub(crate) fn time_limit(d: Duration) -> Duration {
+    d.clamp(Duration::from_millis(1), MAX_WAIT)
+}
+
 pub(crate) struct DeadlineQueue {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
     timer: Pin<Box<Sleep>>,

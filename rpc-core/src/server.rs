@@ -226,7 +226,7 @@ impl ServerConfig {
     /// directly). Applied once where a server starts, so no count of 0 or duration that
     /// overflows an `Instant` reaches the engine.
     pub(crate) fn normalized(&self) -> ServerConfig {
-        let time = |d: Duration| d.clamp(Duration::from_millis(1), crate::deadlines::MAX_WAIT);
+        let time = crate::deadlines::time_limit;
         ServerConfig {
             max_in_flight_per_connection: self.max_in_flight_per_connection.max(1),
             max_oneway_per_connection: self.max_oneway_per_connection.max(1),

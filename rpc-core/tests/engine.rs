@@ -570,6 +570,50 @@ async fn a_late_response_to_an_abandoned_call_never_reaches_a_later_call() {
     .await;
 }
 
+#[tokio::test]
+async fn an_answer_to_a_call_not_yet_written_is_never_taken_for_its_answer() {
+    watchdog(async {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            let mut framed = rpc_core::pipe::length_delimited(b, MAX);
+            let hello = Hello::decode(&framed.next().await.unwrap().unwrap()).unwrap();
+            // A window of one call: the client holds its second call back until the first
+            // is answered.
+            let welcome = Welcome {
+                version: PROTOCOL_VERSION,
+                capabilities: 0,
+                max_in_flight: 1,
+                max_oneway: 0,
+                stream_window: 1 << 18,
+                status: rpc_core::wire::HandshakeStatus::Ok,
+                codec: hello.codec,
+                max_message: MAX as u32,
+                fingerprint: 0xfeed,
+                server_pid: 1,
+                service: "Test".into(),
+                message: String::new(),
+            };
+            framed.send(Bytes::from(welcome.encode())).await.unwrap();
+            let first = call_id(&next_client_frame(&mut framed).await);
+            // The id the held-back call will have (the next slot, same generation), answered
+            // before the client wrote it.
+            let guessed = (first & !0xffff_ffff) | ((first + 1) & 0xffff_ffff);
+            framed.feed(server_frame(&Frame::Reply { id: guessed, body: Resp::Slept(666) })).await.unwrap();
+            framed.send(server_frame(&Frame::Reply { id: first, body: Resp::Slept(1) })).await.unwrap();
+            let second = call_id(&next_client_frame(&mut framed).await);
+            framed.send(server_frame(&Frame::Reply { id: second, body: Resp::Slept(2) })).await.unwrap();
+            (guessed, second, framed)
+        });
+        let ch = Channel::<Req, Resp>::from_io(a, ID, ClientConfig::default()).await.unwrap();
+        let opts = CallOptions::default();
+        let (r1, r2) = tokio::join!(ch.call(&opts, Req::Sleep(1)), ch.call(&opts, Req::Sleep(2)));
+        let (guessed, second, _framed) = server.await.unwrap();
+        assert_eq!(guessed, second, "the test must answer the held-back call's real id early");
+        assert_eq!((r1.unwrap(), r2.unwrap()), (Resp::Slept(1), Resp::Slept(2)));
+    })
+    .await;
+}
+
 #[test]
 fn calls_fail_when_the_runtime_running_their_connection_shuts_down() {
     // The connection's driver runs on `conn_rt`; the caller and the server live elsewhere,

@@ -73,7 +73,9 @@ pub const READ_AHEAD: usize = 64 * 1024;
 /// tokio-util's `LengthDelimitedCodec` reserves the whole declared length as soon as a
 /// header arrives; with it, connections that each send a header claiming just under the
 /// limit and then trickle one byte at a time made a server hold their full declared sizes.
-/// This codec reserves at most [`READ_AHEAD`] past what was received. Whether a frame is
+/// This codec reserves past what was received at most [`READ_AHEAD`] or as much again as
+/// arrived, whichever is larger: a partial frame's buffer holds at most about twice what the
+/// peer really sent, plus 64 KiB, and growing it costs amortized copies only. Whether a frame is
 /// unfinished (bytes of it buffered, the rest not yet here) is visible through
 /// [`Framed::read_buffer`] being non-empty, which is what a frame-read timeout watches.
 ///

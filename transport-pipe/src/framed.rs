@@ -106,7 +106,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedPipe<S> {
                     slices[count] = IoSlice::new(chunk);
                     count += 1;
                 }
-                if count < MAX_SLICES && !self.small.is_empty() {
+                // `small` comes after every queued chunk, so it may only join a write
+                // that holds all of them.
+                if count == self.queued.len() && !self.small.is_empty() {
                     slices[count] = IoSlice::new(&self.small);
                     count += 1;
                 }
@@ -296,6 +298,22 @@ mod tests {
                 assert_eq!(f.get_ref().written, wire(&messages()), "vectored {vectored}, {max} bytes a write");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn more_large_messages_than_one_vectored_write_takes_stay_in_order() {
+        // Each large message queues two chunks (its prefix run and its body), so 40 of them
+        // queue more chunks than `MAX_SLICES`; small messages after them must still come last.
+        let mut sent: Vec<Bytes> = (0..40u8).map(|i| Bytes::from(vec![i; ZERO_COPY_MIN])).collect();
+        sent.push(Bytes::from_static(b"after"));
+        let io = Trickle { written: Vec::new(), max: usize::MAX, vectored: true };
+        let mut f = FramedPipe::new(io, LengthPrefixed::new(1 << 20));
+        for m in &sent {
+            Pin::new(&mut f).start_send(m.clone()).unwrap();
+        }
+        assert!(f.queued.len() > MAX_SLICES);
+        f.flush().await.unwrap();
+        assert_eq!(f.get_ref().written, wire(&sent));
     }
 
     #[tokio::test]

@@ -154,7 +154,12 @@ impl<Req, Resp> Caller<Req, Resp> {
 
     /// A reply, error or end for call `id` arrived; it reaches its caller at the next pass.
     pub(crate) fn on_reply(&mut self, id: u64, arrival: Arrival<Resp>) {
-        self.unwire(id);
+        if !self.unwire(id) {
+            // Not a call the callee has: the late answer to a call we cancelled (the two
+            // crossed on the pipe), or an answer to a call not written yet, which only a
+            // peer guessing ids could send. Either way nobody may take it for an answer.
+            return;
+        }
         // The exchange is over: its outbound stream stops, its inbound stream ends. (Most
         // calls have no streams: skip the lookups then.)
         if !self.ups.is_empty() || !self.pending_ups.is_empty() {

@@ -23,6 +23,11 @@ impl StallTimer {
         StallTimer { limit, sleep: None, armed: false, mark: 0 }
     }
 
+    /// One limit from now (never an overflow, whatever the limit).
+    fn deadline(&self) -> Instant {
+        crate::deadlines::deadline_after(Instant::now(), self.limit)
+    }
+
     pub(crate) fn limit(&self) -> Duration {
         self.limit
     }
@@ -37,16 +42,16 @@ impl StallTimer {
             self.armed = false;
             return false;
         }
-        let deadline = Instant::now().checked_add(self.limit);
         if !self.armed {
             self.armed = true;
             self.mark = progress;
-            let Some(deadline) = deadline else { return false };
+            let deadline = self.deadline();
             match &mut self.sleep {
                 Some(sleep) => sleep.as_mut().reset(deadline),
                 None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
         }
+        let limit = self.limit;
         let Some(sleep) = self.sleep.as_mut() else { return false };
         if sleep.as_mut().poll(cx).is_pending() {
             return false;
@@ -56,11 +61,9 @@ impl StallTimer {
         }
         // Progress since it was armed: wait one more limit from now.
         self.mark = progress;
-        if let Some(deadline) = deadline {
-            sleep.as_mut().reset(deadline);
-            // Registers the waker for the new deadline.
-            let _ = sleep.as_mut().poll(cx);
-        }
+        sleep.as_mut().reset(crate::deadlines::deadline_after(Instant::now(), limit));
+        // Registers the waker for the new deadline.
+        let _ = sleep.as_mut().poll(cx);
         false
     }
 }
