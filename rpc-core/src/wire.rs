@@ -19,8 +19,8 @@
 
 mod frame;
 
-pub(crate) use frame::next_in_batch;
 pub use frame::{BATCH_ENTRY_LEN, FLAG_MORE, FLAG_OPENER, Frame, FrameError, HEADER_LEN, Kind, Never, split_batch};
+pub(crate) use frame::{decode_item_body, encode_item_append, item_header, next_in_batch};
 
 use crate::codec::Codec;
 

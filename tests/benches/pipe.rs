@@ -73,6 +73,7 @@
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --workload stream_16b,fairness  # only these
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --shared-server  # echo workloads on one server
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --multi-thread   # client on a 2-worker runtime
+//! cargo bench -p pipe-rpc-tests --bench pipe -- --quick --scale 4  # 4x the measured operations
 //! ```
 //!
 //! `--json` lines (`grep '^{'`), one per workload and mode: `workload`, `mode`, `p50_us`,
@@ -373,8 +374,19 @@ fn main() -> ExitCode {
             || (bulk_only && w == Workload::Bulk1Mib)
             || named.contains(&w)
     };
-    let plan: Vec<(Workload, Count)> =
-        Workload::ALL.into_iter().filter(|&w| wanted(w)).filter_map(|w| Some((w, w.count(quick)?))).collect();
+    // `--scale K`: K times the measured operations (for instruction counts under callgrind:
+    // the difference between two scales is the cost of the extra operations alone).
+    let scale: usize = args
+        .iter()
+        .position(|a| a == "--scale")
+        .and_then(|i| args.get(i + 1))
+        .map(|k| k.parse().unwrap_or_else(|_| panic!("--scale: a whole number, not `{k}`")))
+        .unwrap_or(1);
+    let plan: Vec<(Workload, Count)> = Workload::ALL
+        .into_iter()
+        .filter(|&w| wanted(w))
+        .filter_map(|w| w.count(quick).map(|c| (w, Count { n: c.n * scale, ..c })))
+        .collect();
     let modes: Vec<Mode> = Mode::ALL.into_iter().filter(|m| only.is_none_or(|o| o == *m)).collect();
 
     println!(

@@ -36,7 +36,7 @@ use crate::service::{BoxFuture, CallStreams, Reply, Service};
 use crate::wire::CallbackCall;
 use serde_bytes::ByteBuf;
 
-use super::streams::{Ctl, Inbox, OutStream, OverCredit, Pieces, Remote, StreamControl};
+use super::streams::{Ctl, Inbox, OutStream, Pieces, Remote, StreamControl};
 use crate::access::PeerCredentials;
 use bytes::BytesMut;
 
@@ -473,17 +473,10 @@ impl<S: Service> Callee<S> {
         }
     }
 
-    /// An item of exchange `id`'s inbound stream. `Err` if the caller sent more than the
-    /// credit it was given: a conforming caller never does.
-    pub(crate) fn on_up_item(&mut self, id: u64, item: S::Request, len: u32) -> Result<(), String> {
-        let limit = self.limits.up_window as usize + self.limits.max_message;
-        match self.ups.get(&id) {
-            Some(inbox) => inbox.push(item, len, limit).map_err(|OverCredit| {
-                format!("stream items beyond the credit granted (a stream may hold {limit} bytes)")
-            }),
-            // A late item of an exchange that is over.
-            None => Ok(()),
-        }
+    /// Where items of exchange `id`'s inbound stream go, and the most it may hold (for an
+    /// [`ItemRun`](super::streams::ItemRun)); `None` if the exchange is over.
+    pub(crate) fn up_inbox(&self, id: u64) -> (Option<Arc<Inbox<S::Request>>>, usize) {
+        (self.ups.get(&id).cloned(), self.limits.up_window as usize + self.limits.max_message)
     }
 
     /// An item of exchange `id`'s inbound stream that does not decode: the handler's

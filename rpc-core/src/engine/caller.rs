@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::calls::{CallStreams, CloseRequest, OutCall, Queued, Table, TakenStreams, index};
-use super::streams::{Ctl, Inbox, OutStream, OverCredit, Pieces, StreamControl};
+use super::streams::{Ctl, Inbox, OutStream, Pieces, StreamControl};
 use crate::client::Shared;
 use crate::deadlines::{DeadlineQueue, IdHasher, IdMap};
 use crate::error::{RpcError, ServerError, ServerErrorKind, TransportError};
@@ -188,13 +188,10 @@ impl<Req, Resp> Caller<Req, Resp> {
         self.arrived.push((id, arrival));
     }
 
-    /// An item of call `id`'s inbound stream. `Err` if it exceeds the credit we gave.
-    pub(crate) fn on_down_item(&mut self, id: u64, item: Resp, len: u32) -> Result<(), OverCredit> {
-        match self.downs.get(&id) {
-            Some(down) => down.inbox.push(item, len, self.down_limit),
-            // A late item of a call we gave up on.
-            None => Ok(()),
-        }
+    /// Where items of call `id`'s inbound stream go, and the most it may hold (for an
+    /// [`ItemRun`](super::streams::ItemRun)); `None` if the call is over.
+    pub(crate) fn down_inbox(&self, id: u64) -> (Option<Arc<Inbox<Resp>>>, usize) {
+        (self.downs.get(&id).map(|d| d.inbox.clone()), self.down_limit)
     }
 
     /// A piece of a large item of call `id`'s inbound stream: `Ok(Some(frame))` when it

@@ -68,6 +68,20 @@ const ROUNDS: usize = 16;
 /// Longest a drained connection waits for its peer to close after our end-of-file.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// What a pass's read budget is charged for a frame other than a call: one unit per
+/// [`BYTES_PER_UNIT`] of it, at least one.
+fn frame_cost(len: u32) -> usize {
+    (len as usize / BYTES_PER_UNIT).max(1)
+}
+
+/// The next frame of a batch being read.
+enum Batched<C, R> {
+    /// A frame to act on.
+    Frame(InFrame<C, R>),
+    /// A stream item added to the open run of its stream; what it cost of the read budget.
+    Item(usize),
+}
+
 /// How a connection ended.
 enum Ended {
     /// The peer closed the pipe.
@@ -123,6 +137,10 @@ pub(crate) struct Engine<T, S: Service, Req, Resp> {
     last_unwritten: usize,
     /// The peer sent an `Abort`: it gave up, so nothing is sent back.
     peer_aborted: bool,
+    /// Items of one of our calls' inbound streams read in a row, not yet in its inbox.
+    down_run: streams::ItemRun<Resp>,
+    /// Items of one of the peer's calls' inbound streams read in a row.
+    up_run: streams::ItemRun<S::Request>,
 }
 
 /// What the handshake settled that the engine itself needs.
@@ -173,6 +191,8 @@ where
             writes_seen: 0,
             last_unwritten: 0,
             peer_aborted: false,
+            down_run: streams::ItemRun::default(),
+            up_run: streams::ItemRun::default(),
         }
     }
 
@@ -217,7 +237,7 @@ where
     }
 
     /// The next frame of the batch being read, if any: `Err` if the batch is malformed.
-    fn next_batched(&mut self) -> Option<Result<InFrame<S::Request, Resp>, TransportError>> {
+    fn next_batched(&mut self) -> Option<Result<Batched<S::Request, Resp>, TransportError>> {
         let (body, at) = self.batch_in.as_mut()?;
         match crate::wire::next_in_batch(body, at) {
             None => {
@@ -225,8 +245,29 @@ where
                 None
             }
             Some(Ok(range)) => {
-                let len = u32::try_from(range.len()).unwrap_or(u32::MAX);
-                Some(Ok(InFrame { frame: Frame::decode_with(self.codec, self.decode, &body[range]), len }))
+                let bytes = &body[range];
+                let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                // The next item of an open run: its exchange and direction are known, so its
+                // body is decoded straight into the run, without a `Frame` (the hot path of a
+                // stream of small items). One that does not decode takes the general path,
+                // which reports why.
+                let absorbed = match crate::wire::item_header(bytes) {
+                    Some((Kind::DownItem, id)) if self.down_run.continues(id) => {
+                        crate::wire::decode_item_body(self.codec, self.decode, bytes)
+                            .map(|item| self.down_run.push(item, len))
+                            .is_ok()
+                    }
+                    Some((Kind::UpItem, id)) if self.up_run.continues(id) => {
+                        crate::wire::decode_item_body(self.codec, self.decode, bytes)
+                            .map(|item| self.up_run.push(item, len))
+                            .is_ok()
+                    }
+                    _ => false,
+                };
+                if absorbed {
+                    return Some(Ok(Batched::Item(frame_cost(len))));
+                }
+                Some(Ok(Batched::Frame(InFrame { frame: Frame::decode_with(self.codec, self.decode, bytes), len })))
             }
             Some(Err(e)) => {
                 self.batch_in = None;
@@ -263,7 +304,7 @@ where
     fn on_frame(&mut self, inbound: InFrame<S::Request, Resp>, cx: &mut Context<'_>) -> Result<usize, TransportError> {
         let cost = match inbound.frame {
             Ok(Frame::Call { .. } | Frame::OneWay { .. }) => CALL_COST,
-            _ => (inbound.len as usize / BYTES_PER_UNIT).max(1),
+            _ => frame_cost(inbound.len),
         };
         self.on_frame_inner(inbound, cx)?;
         Ok(cost)
@@ -275,7 +316,23 @@ where
         cx: &mut Context<'_>,
     ) -> Result<(), TransportError> {
         let len = inbound.len;
+        // The next item of a run: gathered, handed to its inbox with the rest of the run.
+        // Anything else hands the open run over first, so it is acted on in order.
         let frame = match inbound.frame {
+            Ok(Frame::DownItem { id, body }) if self.down_run.continues(id) => {
+                self.down_run.push(body, len);
+                return Ok(());
+            }
+            Ok(Frame::UpItem { id, body }) if self.up_run.continues(id) => {
+                self.up_run.push(body, len);
+                return Ok(());
+            }
+            other => {
+                self.hand_over_runs()?;
+                other
+            }
+        };
+        let frame = match frame {
             Ok(frame) => frame,
             Err(FrameError::Header(e)) => return Err(self.protocol(format!("unreadable frame: {e}"))),
             Err(FrameError::Body { kind, id, error }) => {
@@ -315,10 +372,9 @@ where
             }
             Frame::Cancel { id } => self.callee("a cancel")?.on_cancel(id),
             Frame::UpItem { id, body } => {
-                let peer = self.peer;
-                self.callee("a stream item")?
-                    .on_up_item(id, body, len)
-                    .map_err(|d| TransportError::Protocol { detail: format!("{d} (from the {peer})") })?;
+                let (inbox, limit) = self.callee("a stream item")?.up_inbox(id);
+                self.up_run.open(id, inbox, limit);
+                self.up_run.push(body, len);
             }
             Frame::UpEnd { id } => self.callee("a stream end")?.on_up_end(id),
             Frame::DownCredit { id, grant } => self.callee("a stream credit")?.on_down_credit(id, grant),
@@ -329,12 +385,9 @@ where
                 self.caller("a reply")?.on_reply(id, caller::Arrival::Failed(err.into()));
             }
             Frame::DownItem { id, body } => {
-                let peer = self.peer;
-                self.caller("a stream item")?.on_down_item(id, body, len).map_err(|streams::OverCredit| {
-                    TransportError::Protocol {
-                        detail: format!("stream items beyond the credit granted (from the {peer})"),
-                    }
-                })?;
+                let (inbox, limit) = self.caller("a stream item")?.down_inbox(id);
+                self.down_run.open(id, inbox, limit);
+                self.down_run.push(body, len);
             }
             Frame::DownEnd { id } => self.caller("a stream end")?.on_reply(id, caller::Arrival::StreamDone),
             Frame::UpCredit { id, grant } => self.caller("a stream credit")?.on_up_credit(id, grant),
@@ -364,6 +417,25 @@ where
                     return self.on_frame_inner(InFrame { frame, len }, cx);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Hands the open runs of stream items to their inboxes; `Err` if a run exceeds the
+    /// credit its sender was given (a conforming sender never does).
+    fn hand_over_runs(&mut self) -> Result<(), TransportError> {
+        let over = |this: &Self, id: u64, limit: usize| {
+            this.protocol(format!(
+                "stream items of exchange {id} beyond the credit granted (a stream may hold {limit} bytes)"
+            ))
+        };
+        if self.down_run.is_open() {
+            let limit = self.down_run.limit();
+            self.down_run.hand_over().map_err(|(id, streams::OverCredit)| over(self, id, limit))?;
+        }
+        if self.up_run.is_open() {
+            let limit = self.up_run.limit();
+            self.up_run.hand_over().map_err(|(id, streams::OverCredit)| over(self, id, limit))?;
         }
         Ok(())
     }
@@ -492,7 +564,8 @@ where
         let mut budget = READ_BUDGET;
         while budget > 0 {
             let cost = match self.next_batched() {
-                Some(Ok(frame)) => self.on_frame(frame, cx),
+                Some(Ok(Batched::Frame(frame))) => self.on_frame(frame, cx),
+                Some(Ok(Batched::Item(cost))) => Ok(cost),
                 Some(Err(_)) => break,
                 None => match self.transport.as_mut().poll_next(cx) {
                     Poll::Ready(Some(Ok(message))) => self.on_message(message, cx),
@@ -575,7 +648,8 @@ where
                 break;
             }
             let cost = match self.next_batched() {
-                Some(Ok(frame)) => self.on_frame(frame, cx),
+                Some(Ok(Batched::Frame(frame))) => self.on_frame(frame, cx),
+                Some(Ok(Batched::Item(cost))) => Ok(cost),
                 Some(Err(e)) => Err(e),
                 None => match self.transport.as_mut().poll_next(cx) {
                     Poll::Ready(Some(Ok(message))) => {
@@ -598,6 +672,9 @@ where
                 Err(e) => return Poll::Ready(Err(Ended::Blame(e))),
             }
             progress = true;
+        }
+        if let Err(e) = self.hand_over_runs() {
+            return Poll::Ready(Err(Ended::Blame(e)));
         }
         let mut close = CloseRequest::None;
         if let Some(c) = &mut self.caller {
@@ -741,14 +818,15 @@ impl<T> Pipe<'_, T> {
     /// Encodes a stream item here (its size is what it costs in credit) and queues it, or
     /// its first piece if it is larger than [`streams::WHOLE_MAX`]; `Ok(Err(why))` if it
     /// cannot be encoded (nothing queued).
-    fn write_item<FC: Serialize, FR: Serialize>(
+    fn write_item<M: Serialize>(
         &mut self,
         id: u64,
         from_opener: bool,
-        frame: Frame<FC, FR>,
+        item: &M,
     ) -> Result<Result<streams::ItemSent, EncodeError>, TransportError> {
         *self.needs_flush = true;
-        match self.outbox.encode(&frame, self.codec, self.limit) {
+        let kind = if from_opener { Kind::UpItem } else { Kind::DownItem };
+        match self.outbox.encode_item(kind, id, item, self.codec, self.limit) {
             Ok(Encoded::Queued(len)) => Ok(Ok(streams::ItemSent::Whole(u32::try_from(len).unwrap_or(u32::MAX)))),
             Ok(Encoded::Large(mut rest)) => {
                 let cost = u32::try_from(rest.len()).unwrap_or(u32::MAX);
@@ -787,7 +865,7 @@ where
 
     fn item(&mut self, id: u64, item: R) -> Result<streams::ItemSent, TransportError> {
         let p = &mut *self.0;
-        match p.write_item(id, false, Frame::<(), R>::DownItem { id, body: item })? {
+        match p.write_item(id, false, &item)? {
             Ok(sent) => Ok(sent),
             Err(why) => {
                 // The item cannot cross: the exchange ends with why, the connection goes on.
@@ -829,7 +907,7 @@ where
 
     fn item(&mut self, id: u64, item: Req) -> Result<streams::ItemSent, TransportError> {
         let p = &mut *self.0;
-        match p.write_item(id, true, Frame::<Req, ()>::UpItem { id, body: item })? {
+        match p.write_item(id, true, &item)? {
             Ok(sent) => Ok(sent),
             Err(why) => {
                 // The call fails with why (and is cancelled on the callee).

@@ -98,8 +98,35 @@ impl Outbox {
         codec: Codec,
         limit: usize,
     ) -> Result<Encoded, EncodeError> {
+        self.encode_by(|buf| frame.encode_append(codec, limit, buf))
+    }
+
+    /// Encodes a stream item frame (`kind` is `UpItem` or `DownItem`) of exchange `id`, as
+    /// [`encode`](Self::encode) would encode that frame.
+    pub(crate) fn encode_item<T: Serialize>(
+        &mut self,
+        kind: Kind,
+        id: u64,
+        item: &T,
+        codec: Codec,
+        limit: usize,
+    ) -> Result<Encoded, EncodeError> {
+        self.encode_by(|buf| crate::wire::encode_item_append(kind, id, item, codec, limit, buf))
+    }
+
+    /// Encodes a frame with `append` (which writes it at the end of the buffer, or hands it
+    /// back in its own allocation, and leaves the buffer as it was on error).
+    #[inline]
+    fn encode_by(
+        &mut self,
+        append: impl FnOnce(&mut BytesMut) -> Result<Placed, EncodeError>,
+    ) -> Result<Encoded, EncodeError> {
         if !self.batching {
-            let bytes = frame.encode_into(codec, limit, &mut self.buf)?;
+            self.buf.clear();
+            let bytes = match append(&mut self.buf)? {
+                Placed::Appended(_) => self.buf.split().freeze(),
+                Placed::Separate(bytes) => bytes,
+            };
             if bytes.len() > WHOLE_MAX {
                 return Ok(Encoded::Large(bytes));
             }
@@ -108,7 +135,7 @@ impl Outbox {
             return Ok(Encoded::Queued(len));
         }
         let entry = self.begin_entry();
-        match frame.encode_append(codec, limit, &mut self.buf) {
+        match append(&mut self.buf) {
             Ok(Placed::Appended(len)) => {
                 self.end_entry(entry, len);
                 Ok(Encoded::Queued(len))

@@ -90,18 +90,20 @@ impl<M> Inbox<M> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues an item of `len` frame bytes; refuses it if the queue would hold more than
-    /// `limit` bytes (the window plus one message: a conforming sender never gets there).
-    pub(crate) fn push(&self, item: M, len: u32, limit: usize) -> Result<(), OverCredit> {
+    /// Queues a run of items read in a row (see [`ItemRun`]) under one lock and one wake;
+    /// refuses them all if the queue would hold more than `limit` bytes. Leaves `items`
+    /// empty, keeping its allocation.
+    pub(crate) fn push_all(&self, items: &mut Vec<(M, u32)>, limit: usize) -> Result<(), OverCredit> {
+        let bytes: usize = items.iter().map(|(_, len)| *len as usize).sum();
         let mut s = self.lock();
-        if s.end.is_some() {
-            return Ok(());
+        let over = s.held + bytes > limit;
+        if s.end.is_some() || over {
+            drop(s);
+            items.clear();
+            return if over { Err(OverCredit) } else { Ok(()) };
         }
-        if s.held + len as usize > limit {
-            return Err(OverCredit);
-        }
-        s.held += len as usize;
-        s.items.push_back((item, len));
+        s.held += bytes;
+        s.items.extend(items.drain(..));
         let waker = s.waker.take();
         drop(s);
         if let Some(w) = waker {
@@ -138,6 +140,70 @@ impl<M> Inbox<M> {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+}
+
+/// Items of one inbound stream read one after another (a batch of a fast stream's items),
+/// gathered so they reach its inbox under one lock and one wake instead of one each: with
+/// 16 B items, the inbox's lock, its atomics and the exchange lookup were a sixth of an
+/// item's cost on the receiving end. The engine hands the run over before it acts on any
+/// other frame, so items and what follows them (an end, an error) keep their order.
+pub(crate) struct ItemRun<M> {
+    /// The exchange, while a run is open.
+    id: Option<u64>,
+    /// Its inbox; `None` for late items of an exchange that is over (they are dropped).
+    inbox: Option<Arc<Inbox<M>>>,
+    /// The most the inbox may hold (its window plus one message).
+    limit: usize,
+    items: Vec<(M, u32)>,
+}
+
+impl<M> Default for ItemRun<M> {
+    fn default() -> Self {
+        ItemRun { id: None, inbox: None, limit: 0, items: Vec::new() }
+    }
+}
+
+impl<M> ItemRun<M> {
+    /// Whether an item of exchange `id` continues the open run.
+    pub(crate) fn continues(&self, id: u64) -> bool {
+        self.id == Some(id)
+    }
+
+    /// Whether a run is open (it must be handed over before anything else is acted on).
+    pub(crate) fn is_open(&self) -> bool {
+        self.id.is_some()
+    }
+
+    /// Opens a run for exchange `id` (the open one must have been handed over).
+    pub(crate) fn open(&mut self, id: u64, inbox: Option<Arc<Inbox<M>>>, limit: usize) {
+        debug_assert!(self.id.is_none() && self.items.is_empty());
+        self.id = Some(id);
+        self.inbox = inbox;
+        self.limit = limit;
+    }
+
+    /// The most the open run's inbox may hold.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Adds an item of `len` frame bytes to the open run.
+    pub(crate) fn push(&mut self, item: M, len: u32) {
+        if self.inbox.is_some() {
+            self.items.push((item, len));
+        }
+    }
+
+    /// Hands the open run to its inbox and closes it; `Err` (with the exchange) if the
+    /// items exceed the credit the sender was given.
+    pub(crate) fn hand_over(&mut self) -> Result<(), (u64, OverCredit)> {
+        let Some(id) = self.id.take() else { return Ok(()) };
+        let Some(inbox) = self.inbox.take() else { return Ok(()) };
+        if self.items.is_empty() {
+            return Ok(());
+        }
+        inbox.push_all(&mut self.items, self.limit).map_err(|e| (id, e))
     }
 }
 

@@ -556,6 +556,44 @@ fn decode_body<T: DeserializeOwned>(codec: Codec, limits: DecodeLimits, body: &[
     codec.decode_with::<T>(body, limits)
 }
 
+/// Encodes a stream item frame (`kind` is `UpItem` or `DownItem`) of exchange `id` at the
+/// end of `buf`, as [`Frame::encode_append`] would, without the item being moved into a
+/// [`Frame`] first: the hot path of a stream of small items.
+pub(crate) fn encode_item_append<T: Serialize + ?Sized>(
+    kind: Kind,
+    id: u64,
+    item: &T,
+    codec: Codec,
+    limit: usize,
+    buf: &mut BytesMut,
+) -> Result<Placed, EncodeError> {
+    debug_assert!(matches!(kind, Kind::UpItem | Kind::DownItem));
+    codec.encode_append(Prefix::new(kind, id).as_slice(), item, limit, buf)
+}
+
+/// If `bytes` is a stream item frame (`UpItem` or `DownItem`), its kind and exchange id.
+#[inline]
+pub(crate) fn item_header(bytes: &[u8]) -> Option<(Kind, u64)> {
+    let head = bytes.first_chunk::<HEADER_LEN>()?;
+    let kind = match head[0] {
+        8 => Kind::UpItem,
+        9 => Kind::DownItem,
+        _ => return None,
+    };
+    Some((kind, u64::from_le_bytes(head[2..10].try_into().expect("8 bytes"))))
+}
+
+/// The body of a stream item frame whose header [`item_header`] read, decoded as
+/// [`Frame::decode_with`] would (`Err`: why it does not decode).
+#[inline]
+pub(crate) fn decode_item_body<T: DeserializeOwned>(
+    codec: Codec,
+    limits: DecodeLimits,
+    bytes: &[u8],
+) -> Result<T, String> {
+    decode_body(codec, limits, &bytes[HEADER_LEN..])
+}
+
 /// An uninhabited request or response type: what an end that serves (or calls) nothing
 /// receives. Decoding one always fails, so a frame for it is answered as a bad request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -565,6 +603,42 @@ pub enum Never {}
 mod tests {
     use super::*;
     use crate::error::ServerErrorKind;
+
+    #[test]
+    fn item_frames_read_by_the_fast_path_are_those_the_frame_enum_writes() {
+        let limits = DecodeLimits::DEFAULT;
+        for (frame, kind) in [
+            (F::UpItem { id: 7, body: (3, "up".into()) }, Kind::UpItem),
+            (F::DownItem { id: 9, body: vec![1, 2] }, Kind::DownItem),
+        ] {
+            let bytes = frame.encode(Codec::Bincode, 1 << 10).unwrap();
+            assert_eq!(item_header(&bytes), Some((kind, frame.id())));
+            let mut fast = BytesMut::new();
+            match &frame {
+                F::UpItem { id, body } => encode_item_append(kind, *id, body, Codec::Bincode, 1 << 10, &mut fast),
+                F::DownItem { id, body } => encode_item_append(kind, *id, body, Codec::Bincode, 1 << 10, &mut fast),
+                _ => unreachable!(),
+            }
+            .unwrap();
+            assert_eq!(&fast[..], &bytes[..], "{kind:?}");
+            match (&frame, F::decode_with(Codec::Bincode, limits, &bytes).unwrap()) {
+                (F::UpItem { body, .. }, F::UpItem { body: back, .. }) => {
+                    assert_eq!(decode_item_body::<(u8, String)>(Codec::Bincode, limits, &bytes).unwrap(), back);
+                    assert_eq!(&back, body);
+                }
+                (F::DownItem { body, .. }, F::DownItem { body: back, .. }) => {
+                    assert_eq!(decode_item_body::<Vec<u32>>(Codec::Bincode, limits, &bytes).unwrap(), back);
+                    assert_eq!(&back, body);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let reply = F::Reply { id: 1, body: vec![] }.encode(Codec::Bincode, 1 << 10).unwrap();
+        assert_eq!(item_header(&reply), None);
+        assert_eq!(item_header(&[9, 0, 1]), None, "shorter than a header");
+        assert_eq!(Kind::from_code(8), Some(Kind::UpItem));
+        assert_eq!(Kind::from_code(9), Some(Kind::DownItem));
+    }
 
     type F = Frame<(u8, String), Vec<u32>>;
 
