@@ -140,6 +140,11 @@ pub(crate) struct Callee<S: Service> {
     outbox: VecDeque<Answer<S::Response>>,
     /// Methods whose first poll took longer than [`HEAVY`].
     heavy: HashSet<&'static str>,
+    /// The time as last read while reading this pass's frames: when the next call starts.
+    /// One clock read per inline poll (its end is the next call's start) instead of two,
+    /// and none for a call that is not polled inline; cleared at every pass so it is never
+    /// older than the frames being read.
+    clock: Option<Instant>,
     /// Inbound (caller to handler) streams, by exchange.
     ups: IdMap<Arc<Inbox<S::Request>>>,
     /// Their large items, arriving in pieces.
@@ -192,6 +197,7 @@ impl<S: Service> Callee<S> {
             deadlines: DeadlineQueue::new(),
             outbox: VecDeque::new(),
             heavy: HashSet::new(),
+            clock: None,
             ups: IdMap::default(),
             up_pieces: Pieces::default(),
             downs: IdMap::default(),
@@ -291,7 +297,7 @@ impl<S: Service> Callee<S> {
         // A one-way handler is not tied to the caller's wait (nobody waits): it may run up
         // to the server's deadline cap, and finishes even if the connection closes.
         let timeout = self.config.max_deadline;
-        let started = Instant::now();
+        let started = self.now();
         let method = S::method_name(&body);
         let ctx = CallContext {
             deadline: deadline_after(started, timeout).into_std(),
@@ -353,7 +359,7 @@ impl<S: Service> Callee<S> {
             self.refuse(id, ServerErrorKind::DeadlineExceeded, detail);
             return;
         }
-        let started = Instant::now();
+        let started = self.now();
         let deadline = timeout.map(|t| deadline_after(started, t));
         let method = S::method_name(&body);
         // The context always has a deadline: for a stream without one, the far future.
@@ -411,7 +417,9 @@ impl<S: Service> Callee<S> {
         }
         let first =
             std::panic::catch_unwind(AssertUnwindSafe(|| context::sync_scoped(ctx.clone(), || call.as_mut().poll(cx))));
-        if started.elapsed() > HEAVY {
+        let now = Instant::now();
+        self.clock = Some(now);
+        if now.saturating_duration_since(started) > HEAVY {
             self.heavy.insert(ctx.method);
         }
         match first {
@@ -557,7 +565,19 @@ impl<S: Service> Callee<S> {
 
     /// The serving half's part of a pass: shutdown, consumers' stream control, handlers
     /// that finished in their own tasks, deadlines. Returns whether anything moved.
+    /// The time now, as far as calls starting in this pass are concerned.
+    fn now(&mut self) -> Instant {
+        *self.clock.get_or_insert_with(Instant::now)
+    }
+
+    /// A new pass begins (before it reads): the clock is read again when next needed.
+    pub(crate) fn new_pass(&mut self) {
+        self.clock = None;
+    }
+
     pub(crate) fn pass(&mut self, cx: &mut Context<'_>) -> bool {
+        // Frames read later are a new pass's.
+        self.clock = None;
         let mut progress = self.poll_shutdown(cx);
         self.ctl.take(cx.waker(), &mut self.ctl_taken);
         for ctl in std::mem::take(&mut self.ctl_taken) {

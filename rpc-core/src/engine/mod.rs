@@ -80,6 +80,8 @@ enum Batched<C, R> {
     Frame(InFrame<C, R>),
     /// A stream item added to the open run of its stream; what it cost of the read budget.
     Item(usize),
+    /// A one-way call, decoded.
+    OneWay(u64, C),
 }
 
 /// How a connection ended.
@@ -262,6 +264,13 @@ where
                             .map(|item| self.up_run.push(item, len))
                             .is_ok()
                     }
+                    // A one-way call to an end that serves them: handed on without a `Frame`.
+                    Some((Kind::OneWay, id)) if self.callee.is_some() && self.capabilities & caps::ONEWAY != 0 => {
+                        if let Ok(body) = crate::wire::decode_item_body(self.codec, self.decode, bytes) {
+                            return Some(Ok(Batched::OneWay(id, body)));
+                        }
+                        false
+                    }
                     _ => false,
                 };
                 if absorbed {
@@ -364,12 +373,7 @@ where
                     .on_call(id, timeout_us, body, cx)
                     .map_err(|d| TransportError::Protocol { detail: format!("{d} (from the {peer})") })?;
             }
-            Frame::OneWay { id, body } => {
-                let peer = self.peer;
-                self.callee("a one-way call")?
-                    .on_oneway(id, body, cx)
-                    .map_err(|d| TransportError::Protocol { detail: format!("{d} (from the {peer})") })?;
-            }
+            Frame::OneWay { id, body } => self.one_way(id, body, cx)?,
             Frame::Cancel { id } => self.callee("a cancel")?.on_cancel(id),
             Frame::UpItem { id, body } => {
                 let (inbox, limit) = self.callee("a stream item")?.up_inbox(id);
@@ -419,6 +423,15 @@ where
             }
         }
         Ok(())
+    }
+
+    /// A one-way call arrived (after the open runs, which it must follow).
+    fn one_way(&mut self, id: u64, body: S::Request, cx: &mut Context<'_>) -> Result<(), TransportError> {
+        self.hand_over_runs()?;
+        let peer = self.peer;
+        self.callee("a one-way call")?
+            .on_oneway(id, body, cx)
+            .map_err(|d| TransportError::Protocol { detail: format!("{d} (from the {peer})") })
     }
 
     /// Hands the open runs of stream items to their inboxes; `Err` if a run exceeds the
@@ -561,11 +574,15 @@ where
     /// end written just before it closed (a server's `ShuttingDown`, say) reaches its caller
     /// instead of "connection lost". Bounded: at most one read budget of frames.
     fn write_failed(&mut self, e: TransportError, cx: &mut Context<'_>) -> Ended {
+        if let Some(c) = &mut self.callee {
+            c.new_pass();
+        }
         let mut budget = READ_BUDGET;
         while budget > 0 {
             let cost = match self.next_batched() {
                 Some(Ok(Batched::Frame(frame))) => self.on_frame(frame, cx),
                 Some(Ok(Batched::Item(cost))) => Ok(cost),
+                Some(Ok(Batched::OneWay(id, body))) => self.one_way(id, body, cx).map(|()| CALL_COST),
                 Some(Err(_)) => break,
                 None => match self.transport.as_mut().poll_next(cx) {
                     Poll::Ready(Some(Ok(message))) => self.on_message(message, cx),
@@ -641,7 +658,10 @@ where
     /// `Ready(Err(how))` once the connection is over.
     fn poll_pass(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Ended>> {
         // A shutdown that began before these frames arrived refuses the calls among them.
-        let mut progress = self.callee.as_mut().is_some_and(|c| c.poll_shutdown(cx));
+        let mut progress = self.callee.as_mut().is_some_and(|c| {
+            c.new_pass();
+            c.poll_shutdown(cx)
+        });
         let mut budget = READ_BUDGET;
         while budget > 0 {
             if self.callee.as_ref().is_some_and(Callee::outbox_full) {
@@ -650,6 +670,7 @@ where
             let cost = match self.next_batched() {
                 Some(Ok(Batched::Frame(frame))) => self.on_frame(frame, cx),
                 Some(Ok(Batched::Item(cost))) => Ok(cost),
+                Some(Ok(Batched::OneWay(id, body))) => self.one_way(id, body, cx).map(|()| CALL_COST),
                 Some(Err(e)) => Err(e),
                 None => match self.transport.as_mut().poll_next(cx) {
                     Poll::Ready(Some(Ok(message))) => {

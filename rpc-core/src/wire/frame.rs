@@ -571,11 +571,13 @@ pub(crate) fn encode_item_append<T: Serialize + ?Sized>(
     codec.encode_append(Prefix::new(kind, id).as_slice(), item, limit, buf)
 }
 
-/// If `bytes` is a stream item frame (`UpItem` or `DownItem`), its kind and exchange id.
+/// If `bytes` is a stream item frame (`UpItem` or `DownItem`) or a one-way call (the
+/// frames of a batch that take the engine's short path), its kind and exchange id.
 #[inline]
 pub(crate) fn item_header(bytes: &[u8]) -> Option<(Kind, u64)> {
     let head = bytes.first_chunk::<HEADER_LEN>()?;
     let kind = match head[0] {
+        2 => Kind::OneWay,
         8 => Kind::UpItem,
         9 => Kind::DownItem,
         _ => return None,
@@ -583,8 +585,8 @@ pub(crate) fn item_header(bytes: &[u8]) -> Option<(Kind, u64)> {
     Some((kind, u64::from_le_bytes(head[2..10].try_into().expect("8 bytes"))))
 }
 
-/// The body of a stream item frame whose header [`item_header`] read, decoded as
-/// [`Frame::decode_with`] would (`Err`: why it does not decode).
+/// The body of a frame whose header [`item_header`] read (these kinds have no fixed
+/// fields), decoded as [`Frame::decode_with`] would (`Err`: why it does not decode).
 #[inline]
 pub(crate) fn decode_item_body<T: DeserializeOwned>(
     codec: Codec,
@@ -605,7 +607,7 @@ mod tests {
     use crate::error::ServerErrorKind;
 
     #[test]
-    fn item_frames_read_by_the_fast_path_are_those_the_frame_enum_writes() {
+    fn frames_read_by_the_short_path_are_those_the_frame_enum_writes() {
         let limits = DecodeLimits::DEFAULT;
         for (frame, kind) in [
             (F::UpItem { id: 7, body: (3, "up".into()) }, Kind::UpItem),
@@ -633,6 +635,10 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        let oneway = F::OneWay { id: 5, body: (1, "x".into()) }.encode(Codec::Bincode, 1 << 10).unwrap();
+        assert_eq!(item_header(&oneway), Some((Kind::OneWay, 5)));
+        assert_eq!(decode_item_body::<(u8, String)>(Codec::Bincode, limits, &oneway).unwrap(), (1, "x".into()));
+        assert_eq!(Kind::OneWay.fixed_len(), 0);
         let reply = F::Reply { id: 1, body: vec![] }.encode(Codec::Bincode, 1 << 10).unwrap();
         assert_eq!(item_header(&reply), None);
         assert_eq!(item_header(&[9, 0, 1]), None, "shorter than a header");
