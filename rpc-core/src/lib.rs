@@ -133,6 +133,11 @@ pub mod service;
 pub mod stream;
 pub mod wire;
 
+/// Porting a tarpc service to pipe-rpc: what changes, step by step, with tarpc's own
+/// example ported (its pipe-rpc code runs as a doc test).
+#[doc = include_str!("../../docs/PORTING-FROM-TARPC.md")]
+pub mod porting {}
+
 #[doc(hidden)]
 pub mod __private;
 
