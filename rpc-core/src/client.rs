@@ -43,7 +43,9 @@ pub struct ClientConfig {
     /// as 100 years, that is "as long as the server allows" (the server ends every call at
     /// its `ServerConfig::max_deadline`, 5 min by default).
     pub default_timeout: Duration,
-    /// How long and how often to try while the server is not up yet or busy.
+    /// How long and how often to try while the server is busy (its pipe's instances all
+    /// taken, or at its connection limits), and whether to wait for a server that is not
+    /// up yet ([`ConnectOptions::wait_for_server`], off: a name nobody serves fails at once).
     /// Default: [`ConnectOptions::default`] (5 s in all).
     pub connect: ConnectOptions,
     /// Largest message this client sends or accepts, in bytes. The limit in force on a
@@ -132,6 +134,27 @@ impl ClientConfig {
     #[must_use]
     pub fn connect_timeout(mut self, t: Duration) -> Self {
         self.connect.timeout = t;
+        self
+    }
+    /// Waits for a server that is not up yet ([`ConnectOptions::wait_for_server`]): with
+    /// `true`, a name nobody serves (or a server shutting down) is retried until the
+    /// connect timeout instead of failing at once with
+    /// [`TransportError::NotRunning`]. For a client
+    /// started together with its server.
+    ///
+    /// ```no_run
+    /// # #[rpc_core::service] pub trait Echo { async fn echo(&self, s: String) -> String; }
+    /// # async fn run() -> Result<(), rpc_core::RpcError> {
+    /// use std::time::Duration;
+    /// use rpc_core::ClientConfig;
+    /// // The server is being started by a script at the same moment: give it 10 s.
+    /// let config = ClientConfig::default().wait_for_server(true).connect_timeout(Duration::from_secs(10));
+    /// let echo = EchoClient::connect_with("echo", config).await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn wait_for_server(mut self, wait: bool) -> Self {
+        self.connect.wait_for_server = wait;
         self
     }
     /// Sets [`max_message`](Self::max_message).
@@ -264,31 +287,68 @@ where
     Req: serde::Serialize + Send + 'static,
     Resp: serde::de::DeserializeOwned + Send + 'static,
 {
-    /// Connects to `name`, retrying while the server is not up yet or busy (up to
-    /// `config.connect.timeout`), then performs the handshake for `service`.
+    /// Connects to `name` and performs the handshake for `service`.
+    ///
+    /// A busy server is retried with backoff ([`ConnectOptions::backoff`]) within
+    /// `config.connect.timeout`: a pipe whose instances are all taken, and a server that
+    /// answers the handshake that it is at its connection limits
+    /// ([`ServerConfig::max_connections`](crate::ServerConfig::max_connections),
+    /// [`max_connections_per_user`](crate::ServerConfig::max_connections_per_user)), over a
+    /// new connection each time. If it is still busy when the timeout passes, the error is
+    /// [`TransportError::Busy`] naming the limit. A name nobody serves fails at once with
+    /// [`TransportError::NotRunning`], unless [`ClientConfig::wait_for_server`] is set; then
+    /// it is retried within the timeout too, as is a server that is shutting down (a
+    /// replacement may be starting). Every other refusal (another service or version of it,
+    /// a permission denied, a server of another user) is final and reported at once.
     pub async fn connect(
         name: impl Into<PipeName>,
         service: ServiceId,
         config: ClientConfig,
     ) -> Result<Self, RpcError> {
         let name = name.into();
-        let stream = transport_pipe::connect(name.clone(), &config.connect).await?;
-        // Before a byte is sent: is this the server we expect, or whoever took the name?
-        // A pipe that cannot say who serves it is not used (an I/O failure here is a
-        // connection lost before the handshake, as when the server closed its listener
-        // with this connection still queued).
-        let server = stream.peer_credentials().map_err(|e| TransportError::Disconnected {
-            detail: format!("cannot read who serves `{}` (so nothing was sent): {e}", name.as_str()),
-        })?;
-        let me = PeerCredentials::current_process();
-        if !config.expect_server.admits(&server, &me) {
-            return Err(TransportError::ServerIdentity {
-                expected: config.expect_server.describe(&me),
-                actual: format!("`{}` is served by {server}", name.as_str()),
+        let started = Instant::now();
+        let deadline = config.connect.deadline_from(started);
+        let mut refusals: u32 = 0;
+        loop {
+            let stream = transport_pipe::connect_since(name.clone(), &config.connect, started).await?;
+            // Before a byte is sent: is this the server we expect, or whoever took the name?
+            // A pipe that cannot say who serves it is not used (an I/O failure here is a
+            // connection lost before the handshake, as when the server closed its listener
+            // with this connection still queued).
+            let server = stream.peer_credentials().map_err(|e| TransportError::Disconnected {
+                detail: format!("cannot read who serves `{}` (so nothing was sent): {e}", name.as_str()),
+            })?;
+            let me = PeerCredentials::current_process();
+            if !config.expect_server.admits(&server, &me) {
+                return Err(TransportError::ServerIdentity {
+                    expected: config.expect_server.describe(&me),
+                    actual: format!("`{}` is served by {server}", name.as_str()),
+                }
+                .into());
             }
-            .into());
+            let refused = match Self::start(stream, Some(server), service, config.clone()).await {
+                Ok(channel) => return Ok(channel),
+                Err(e) => e,
+            };
+            // The handshake's only `Busy` is the server's `Overloaded` answer (its connection
+            // limits); its `NotRunning` is `ShuttingDown`. The refused pipe is closed (dropped
+            // with `start`'s framing) and a new one is made for the next attempt.
+            let retry = match &refused {
+                RpcError::Transport(TransportError::Busy { .. }) => true,
+                RpcError::Transport(TransportError::NotRunning { .. }) => config.connect.wait_for_server,
+                _ => false,
+            };
+            refusals += 1;
+            let now = Instant::now();
+            if !retry {
+                return Err(refused);
+            }
+            if now >= deadline {
+                return Err(gave_up(refused, started.elapsed(), refusals, config.connect.timeout));
+            }
+            tracing::debug!(pipe = name.as_str(), refusals, error = %refused, "the server refused the connection; retrying");
+            tokio::time::sleep_until((now + config.connect.backoff(refusals)).min(deadline)).await;
         }
-        Self::start(stream, Some(server), service, config).await
     }
 
     /// Runs the handshake over an already-connected byte stream and starts the connection's engine
@@ -482,6 +542,26 @@ where
             Ok(r) => r,
             Err(_) => Err(RpcError::DeadlineExceeded { timeout }),
         }
+    }
+}
+
+/// A handshake refusal that was retried until the connect timeout, with how long and how
+/// often.
+fn gave_up(refused: RpcError, waited: Duration, refusals: u32, timeout: Duration) -> RpcError {
+    let tried = format!(
+        "gave up after {} ({refusals} refusal{}, connect timeout {})",
+        crate::error::fmt_duration(waited),
+        if refusals == 1 { "" } else { "s" },
+        crate::error::fmt_duration(timeout)
+    );
+    match refused {
+        RpcError::Transport(TransportError::Busy { detail }) => {
+            TransportError::Busy { detail: format!("{detail}; {tried}") }.into()
+        }
+        RpcError::Transport(TransportError::NotRunning { detail }) => {
+            TransportError::NotRunning { detail: format!("{detail}; {tried}") }.into()
+        }
+        other => other,
     }
 }
 

@@ -83,7 +83,7 @@ impl RpcError {
         }
     }
 
-    /// True if no server was listening (for the whole connect timeout).
+    /// True if no server was listening on the name.
     pub fn is_not_running(&self) -> bool {
         matches!(self, RpcError::Transport(TransportError::NotRunning { .. }))
     }
@@ -120,14 +120,16 @@ impl RpcError {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum TransportError {
-    /// Nobody listens on the name (no socket file, or a stale one); the client kept
-    /// trying for the connect timeout.
+    /// Nobody listens on the name (no socket file or pipe, or a stale socket file), or the
+    /// server is shutting down. Reported at once, or after the connect timeout with
+    /// [`ClientConfig::wait_for_server`](crate::ClientConfig::wait_for_server).
     #[error("server not running: {detail}")]
     NotRunning {
         /// The pipe name, its address and how long the client waited.
         detail: String,
     },
-    /// Every server instance was taken for the whole connect timeout.
+    /// The server was busy for the whole connect timeout: every pipe instance taken, or the
+    /// server at its connection limits (the detail names the limit).
     #[error("server busy: {detail}")]
     Busy {
         /// The pipe name, its address and how long the client waited.

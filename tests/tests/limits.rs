@@ -1,8 +1,9 @@
 //! Server limits across processes: the per-connection in-flight limit applies
-//! backpressure (calls wait, none fail), and the connection limit refuses extra clients
-//! with `Busy` until a slot frees up.
+//! backpressure (calls wait, none fail), and a client refused at the connection limit keeps
+//! trying within its connect timeout: it gets in once a slot frees up, or gets `Busy` naming
+//! the limit when the timeout passes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use pipe_rpc_tests::{ProbeClient, ServerProcess, TagStats, client_config, connect, unique_name, wait_stats, watchdog};
@@ -57,7 +58,7 @@ async fn the_in_flight_limit_applies_backpressure_not_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_connection_limit_refuses_extra_clients_with_busy() {
+async fn a_client_still_refused_at_the_connection_limit_gets_busy_naming_the_limit_at_its_timeout() {
     watchdog(async {
         let name = unique_name!();
         let _server = ServerProcess::spawn(EXE, &name, &["--max-connections", "2"]).await;
@@ -65,27 +66,49 @@ async fn the_connection_limit_refuses_extra_clients_with_busy() {
         let b = connect(&name).await;
         assert_eq!(a.unit().await, Ok(()));
         assert_eq!(b.unit().await, Ok(()));
-        let err = ProbeClient::connect_with(name.clone(), client_config()).await.unwrap_err();
+        let timeout = Duration::from_millis(400);
+        let t0 = Instant::now();
+        let err = ProbeClient::connect_with(name.clone(), client_config().connect_timeout(timeout)).await.unwrap_err();
+        let waited = t0.elapsed();
         match &err {
-            RpcError::Transport(TransportError::Busy { detail }) => assert!(detail.contains('2'), "{detail}"),
+            RpcError::Transport(TransportError::Busy { detail }) => {
+                assert!(detail.contains("limit of 2 connections"), "{detail}");
+                assert!(detail.contains("gave up after"), "{detail}");
+            }
             other => panic!("expected Busy, got {other:?}"),
         }
+        // Busy is retried within the connect timeout, not reported at the first refusal.
+        assert!(waited >= timeout, "gave up after {waited:?}, before the {timeout:?} timeout");
         assert!(err.is_safe_to_retry());
         // The clients already connected are unaffected.
         assert_eq!(a.echo_string("a".into()).await.unwrap(), "a");
-        // Once one leaves, a new client gets in. The server frees the slot when it sees
-        // the pipe close, which the client cannot observe: retry, under the watchdog.
-        drop(b);
-        let c = loop {
-            match ProbeClient::connect_with(name.clone(), client_config()).await {
-                Ok(c) => break c,
-                Err(RpcError::Transport(TransportError::Busy { .. })) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("{e:?}"),
-            }
-        };
-        assert_eq!(c.echo_string("c".into()).await.unwrap(), "c");
+        assert_eq!(b.echo_string("b".into()).await.unwrap(), "b");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_at_the_connection_limit_is_retried_and_gets_in_once_a_slot_frees() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &["--max-connections", "1"]).await;
+        let a = connect(&name).await;
+        assert_eq!(a.unit().await, Ok(()));
+        // The server is at its limit: one attempt (a zero timeout) is refused at once.
+        let once = ProbeClient::connect_with(name.clone(), client_config().connect_timeout(Duration::ZERO)).await;
+        assert!(matches!(once, Err(RpcError::Transport(TransportError::Busy { .. }))), "{once:?}");
+        // A client with time to spare keeps trying: it is still waiting (not failed) well
+        // after its first refusal...
+        let t0 = Instant::now();
+        let mut b = tokio::spawn(ProbeClient::connect_with(name.clone(), client_config()));
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut b).await;
+        assert!(early.is_err(), "the client at the limit did not keep trying: {early:?}");
+        // ... and gets in once the connected client leaves (the server frees the slot when it
+        // sees the pipe close).
+        drop(a);
+        let b = b.await.unwrap().expect("the retrying client gets the freed slot");
+        assert!(t0.elapsed() >= Duration::from_millis(500));
+        assert_eq!(b.echo_string("b".into()).await.unwrap(), "b");
     })
     .await;
 }

@@ -20,13 +20,21 @@ const MIN_BACKOFF: Duration = Duration::from_millis(1);
 /// a made connection into a failure (and with a zero timeout, always).
 const ATTEMPT_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a refused connection (`ECONNREFUSED`) is retried on platforms where it may
+/// mean a full listen backlog rather than a stale socket file (macOS, the BSDs; see
+/// `platform::REFUSED_MAY_BE_BUSY`) before it is reported as [`ErrorKind::NotRunning`]. Long
+/// enough for a live server to take a few connections off its backlog, short enough that a
+/// stale socket is still reported at once to a person.
+const REFUSED_GRACE: Duration = Duration::from_millis(250);
+
 /// Client settings for [`connect`]. Start from [`ConnectOptions::default()`] and use the
 /// setters.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ConnectOptions {
-    /// Total time to keep trying while the server is not up yet or busy. Default 5 s. Zero =
-    /// one attempt.
+    /// Total time to keep trying while the server is busy (or, with
+    /// [`wait_for_server`](Self::wait_for_server), not up yet). Default 5 s. Zero = one
+    /// attempt.
     pub timeout: Duration,
     /// First pause between attempts; doubles up to `max_backoff`. Default 2 ms. Values below
     /// 1 ms are raised to 1 ms.
@@ -34,6 +42,13 @@ pub struct ConnectOptions {
     /// Longest pause between attempts. Default 100 ms. Values below `initial_backoff` are
     /// raised to it.
     pub max_backoff: Duration,
+    /// What to do when nothing listens on the name (no socket file or pipe, or a stale
+    /// socket file that refuses connections). `false` (the default): fail at once with
+    /// [`ErrorKind::NotRunning`], so a user who forgot to start the server is told so
+    /// without waiting. `true`: keep trying until [`timeout`](Self::timeout), for a client
+    /// started together with its server (a service manager, a test, a script that starts
+    /// both).
+    pub wait_for_server: bool,
 }
 
 impl Default for ConnectOptions {
@@ -42,6 +57,7 @@ impl Default for ConnectOptions {
             timeout: Duration::from_secs(5),
             initial_backoff: Duration::from_millis(2),
             max_backoff: Duration::from_millis(100),
+            wait_for_server: false,
         }
     }
 }
@@ -67,15 +83,45 @@ impl ConnectOptions {
         self.max_backoff = backoff;
         self
     }
+
+    /// Sets [`wait_for_server`](Self::wait_for_server).
+    #[must_use]
+    pub fn wait_for_server(mut self, wait: bool) -> Self {
+        self.wait_for_server = wait;
+        self
+    }
+
+    /// The pause after the `failed`-th failed attempt (counting from 1):
+    /// [`initial_backoff`](Self::initial_backoff) doubled per earlier failure, at most
+    /// [`max_backoff`](Self::max_backoff), with the fields' documented floors applied. For
+    /// callers that retry on top of [`connect`] with the same schedule (rpc-core retries a
+    /// server that refused the connection in its handshake because it was at its connection
+    /// limit).
+    pub fn backoff(&self, failed: u32) -> Duration {
+        let first = self.initial_backoff.max(MIN_BACKOFF);
+        let max = self.max_backoff.max(first);
+        let doublings = failed.saturating_sub(1).min(31);
+        first.saturating_mul(1u32 << doublings).min(max)
+    }
+
+    /// The instant `timeout` after `start`; a timeout too large to represent means
+    /// "practically forever" (a year).
+    pub fn deadline_from(&self, start: Instant) -> Instant {
+        start.checked_add(self.timeout).unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600))
+    }
 }
 
 /// Connects to the server listening on `name`.
 ///
-/// While nothing listens on the name yet (no socket file or pipe, or a stale socket file that
-/// refuses connections), or every pipe instance is busy, it retries with exponential backoff
-/// until `opts.timeout` has passed, then fails with [`ErrorKind::NotRunning`] or
-/// [`ErrorKind::Busy`] (whichever the last attempt saw). The error names the pipe, its address
-/// and how long it waited. So a client may be started before its server.
+/// - A busy server (every Windows pipe instance in use, a full Unix listen backlog) is
+///   retried with exponential backoff until `opts.timeout` has passed, then reported as
+///   [`ErrorKind::Busy`]: busy is a normal, short-lived state of a live server.
+/// - Nothing listening on the name (no socket file or pipe, or a stale socket file that
+///   refuses connections) is reported at once as [`ErrorKind::NotRunning`], unless
+///   [`ConnectOptions::wait_for_server`] is set: then it is retried like busy, so a client
+///   may be started before its server.
+///
+/// The error names the pipe, its address and how long it waited.
 ///
 /// The total time is bounded by the timeout (plus, in theory, the completion of one last
 /// attempt, which is immediate for local pipes). Cancel-safe: dropping the future abandons the
@@ -92,17 +138,36 @@ impl ConnectOptions {
 ///
 /// On Windows, a listener has one instance waiting for a client at a time; a burst of clients
 /// sees `ERROR_PIPE_BUSY` until the server accepts and creates the next instance, so the retry
-/// is part of normal operation there. On Linux, `Busy` means the listen backlog is full; macOS
-/// and the BSDs report a full backlog as a refused connection, i.e. `NotRunning`.
+/// is part of normal operation there. A pipe name exists exactly while some instance of it
+/// does, so a live server is never reported as missing (`ERROR_FILE_NOT_FOUND`), even
+/// between two instances. On Linux, `Busy` means the listen backlog is full
+/// (`EAGAIN`) and a refused connection means a stale socket file. macOS and the BSDs report
+/// a full backlog as a refused connection too, so there a refusal is retried for 250 ms
+/// before it is reported as `NotRunning`. A Unix server's socket file appears, already
+/// listening, when [`PipeListener::bind`](crate::PipeListener::bind) returns: a client
+/// started after that never sees a server that is "starting".
 pub async fn connect(name: impl Into<PipeName>, opts: &ConnectOptions) -> Result<PipeStream, Error> {
+    connect_since(name, opts, Instant::now()).await
+}
+
+/// Like [`connect`], with `opts.timeout` counted from `start` (an instant in the past)
+/// instead of from now: for a caller that connects more than once within one timeout.
+/// rpc-core does, when a server refuses a connection in its handshake because it is at its
+/// connection limit: it backs off and connects again, within the same connect timeout.
+///
+/// # Errors
+///
+/// As for [`connect`].
+pub async fn connect_since(
+    name: impl Into<PipeName>,
+    opts: &ConnectOptions,
+    start: Instant,
+) -> Result<PipeStream, Error> {
     let name = name.into();
     let addr = name.resolve()?;
-    let start = Instant::now();
-    // A timeout too large to represent means "practically forever"; a year will do.
-    let deadline = start.checked_add(opts.timeout).unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
-    let mut backoff = opts.initial_backoff.max(MIN_BACKOFF);
-    let max_backoff = opts.max_backoff.max(backoff);
+    let deadline = opts.deadline_from(start);
     let mut attempts: u32 = 0;
+    let mut first_refusal: Option<Instant> = None;
     loop {
         attempts += 1;
         platform::check_client_dir(&name, &addr)?;
@@ -120,8 +185,13 @@ pub async fn connect(name: impl Into<PipeName>, opts: &ConnectOptions) -> Result
             ),
         };
         let waited = start.elapsed();
-        match failure {
-            ConnectFailure::NotRunning | ConnectFailure::Busy => {}
+        let retry = match failure {
+            ConnectFailure::Busy => true,
+            ConnectFailure::NotRunning => opts.wait_for_server,
+            ConnectFailure::Refused => {
+                let first = *first_refusal.get_or_insert(attempt_start);
+                opts.wait_for_server || (platform::REFUSED_MAY_BE_BUSY && first.elapsed() < REFUSED_GRACE)
+            }
             ConnectFailure::PermissionDenied => {
                 return Err(Error::new(
                     ErrorKind::PermissionDenied,
@@ -138,26 +208,28 @@ pub async fn connect(name: impl Into<PipeName>, opts: &ConnectOptions) -> Result
                 .with_name(&name)
                 .with_source(err));
             }
-        }
+        };
         let now = Instant::now();
-        if now >= deadline {
-            return Err(give_up(&name, &addr, failure, err, waited, attempts, opts.timeout));
+        if !retry || now >= deadline {
+            let tried = Tried { waited, attempts, timeout: opts.timeout, waiting: opts.wait_for_server };
+            return Err(give_up(&name, &addr, failure, err, tried));
         }
-        sleep_until((now + backoff).min(deadline)).await;
-        backoff = (backoff * 2).min(max_backoff);
+        sleep_until((now + opts.backoff(attempts)).min(deadline)).await;
     }
 }
 
-fn give_up(
-    name: &PipeName,
-    addr: &std::path::Path,
-    failure: ConnectFailure,
-    err: io::Error,
+/// How a connect went, for its error message.
+struct Tried {
     waited: Duration,
     attempts: u32,
     timeout: Duration,
-) -> Error {
-    let tried = format!(
+    /// [`ConnectOptions::wait_for_server`] was set.
+    waiting: bool,
+}
+
+fn give_up(name: &PipeName, addr: &std::path::Path, failure: ConnectFailure, err: io::Error, tried: Tried) -> Error {
+    let Tried { waited, attempts, timeout, waiting } = tried;
+    let retried = format!(
         "gave up after {} ({attempts} attempt{}, connect timeout {})",
         fmt_duration(waited),
         if attempts == 1 { "" } else { "s" },
@@ -171,11 +243,17 @@ fn give_up(
         } else {
             platform::BUSY_REASON
         };
-        (ErrorKind::Busy, format!("pipe `{}` at {} is busy: {reason}; {tried}", name.as_str(), addr.display()))
+        (ErrorKind::Busy, format!("pipe `{}` at {} is busy: {reason}; {retried}", name.as_str(), addr.display()))
     } else {
-        let reason = match err.kind() {
-            io::ErrorKind::ConnectionRefused => "connection refused (a stale socket file from a server that exited)",
-            _ => "nothing exists at that address",
+        let reason = match failure {
+            ConnectFailure::Refused => "connection refused (a stale socket file from a server that exited)",
+            _ if err.kind() == io::ErrorKind::NotFound || cfg!(windows) => "nothing exists at that address",
+            _ => "the server closed its listener (it is shutting down or restarting)",
+        };
+        let tried = if waiting {
+            retried
+        } else {
+            "not waiting for a server to start (ConnectOptions::wait_for_server is off)".to_owned()
         };
         (
             ErrorKind::NotRunning,
@@ -195,11 +273,36 @@ mod tests {
         assert_eq!(o.timeout, Duration::from_secs(5));
         assert_eq!(o.initial_backoff, Duration::from_millis(2));
         assert_eq!(o.max_backoff, Duration::from_millis(100));
-        let o =
-            o.timeout(Duration::ZERO).initial_backoff(Duration::from_millis(1)).max_backoff(Duration::from_millis(7));
+        assert!(!o.wait_for_server);
+        let o = o
+            .timeout(Duration::ZERO)
+            .initial_backoff(Duration::from_millis(1))
+            .max_backoff(Duration::from_millis(7))
+            .wait_for_server(true);
         assert_eq!(
-            (o.timeout, o.initial_backoff, o.max_backoff),
-            (Duration::ZERO, Duration::from_millis(1), Duration::from_millis(7))
+            (o.timeout, o.initial_backoff, o.max_backoff, o.wait_for_server),
+            (Duration::ZERO, Duration::from_millis(1), Duration::from_millis(7), true)
         );
+    }
+
+    #[test]
+    fn backoff_doubles_from_its_floor_up_to_its_ceiling() {
+        let ms = Duration::from_millis;
+        let o = ConnectOptions::default();
+        let pauses: Vec<_> = (1..=9).map(|n| o.backoff(n)).collect();
+        assert_eq!(pauses, [ms(2), ms(4), ms(8), ms(16), ms(32), ms(64), ms(100), ms(100), ms(100)]);
+        assert_eq!(o.backoff(u32::MAX), ms(100));
+        // Zero pauses are raised to 1 ms, and a ceiling below the first pause to it.
+        let o = o.initial_backoff(Duration::ZERO).max_backoff(Duration::ZERO);
+        assert_eq!((o.backoff(1), o.backoff(40)), (ms(1), ms(1)));
+        let o = ConnectOptions::default().initial_backoff(ms(50)).max_backoff(ms(10));
+        assert_eq!(o.backoff(3), ms(50));
+    }
+
+    #[test]
+    fn a_huge_timeout_has_a_deadline() {
+        let now = Instant::now();
+        let o = ConnectOptions::default().timeout(Duration::MAX);
+        assert!(o.deadline_from(now) > now + Duration::from_secs(300 * 24 * 3600));
     }
 }

@@ -14,7 +14,8 @@ use crate::name::PipeName;
 #[non_exhaustive]
 pub enum ErrorKind {
     /// No server is listening on the name (nothing there, or a stale Unix socket file left by
-    /// a server that crashed). [`connect`](crate::connect) kept retrying until its timeout.
+    /// a server that crashed). [`connect`](crate::connect) reports it at once, or after its
+    /// timeout with [`ConnectOptions::wait_for_server`](crate::ConnectOptions::wait_for_server).
     NotRunning,
     /// A server exists but could not take the connection: every Windows pipe instance was in
     /// use (`ERROR_PIPE_BUSY`) or the Unix listen backlog was full (`EAGAIN`).
@@ -36,6 +37,7 @@ pub enum ErrorKind {
     /// The operating system refused access, or a directory or file on the way is not private
     /// to the current user.
     PermissionDenied,
+
     /// Any other I/O failure; see [`Error::io_error`].
     Io,
 }

@@ -5,8 +5,9 @@
 //!   explicit path.
 //! - [`PipeListener`] binds a name (refusing to displace a live server, reclaiming a stale
 //!   socket file of its own user) and accepts [`PipeStream`]s.
-//! - [`connect`] connects, retrying with backoff while the server is not up yet or busy, for at
-//!   most [`ConnectOptions::timeout`].
+//! - [`connect`] connects, retrying with backoff while the server is busy, for at most
+//!   [`ConnectOptions::timeout`]; a name nobody serves is reported at once, unless
+//!   [`ConnectOptions::wait_for_server`] asks to wait for a server that is starting.
 //! - [`length_delimited`] frames a stream into messages with a bounded size, and
 //!   [`serde_transport`] turns the frames into a typed tarpc [`Transport`].
 //!
@@ -84,7 +85,7 @@ mod name;
 mod platform;
 mod stream;
 
-pub use connect::{ConnectOptions, connect};
+pub use connect::{ConnectOptions, connect, connect_since};
 pub use creds::{ParseSidError, PeerCredentials, Sid};
 pub use error::{Error, ErrorKind};
 pub use frame::{

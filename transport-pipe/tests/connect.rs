@@ -1,4 +1,5 @@
-//! `connect` failures: nothing listening, busy servers, permissions; all within the timeout.
+//! `connect` failures: nothing listening (at once, or within the timeout when waiting for the
+//! server), busy servers (retried within the timeout), permissions (at once).
 
 mod support;
 
@@ -9,12 +10,29 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use transport_pipe::{ConnectOptions, ErrorKind, PipeListener, connect};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nobody_listening_is_not_running_after_the_timeout() {
+async fn nobody_listening_is_not_running_at_once() {
+    watchdog(async {
+        let name = unique_name();
+        let t0 = Instant::now();
+        let err = connect(&name, &ConnectOptions::default().timeout(Duration::from_secs(20))).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotRunning, "{err}");
+        assert!(t0.elapsed() < timing_margin(), "took {:?}", t0.elapsed());
+        let msg = err.to_string();
+        let addr = name.resolve().unwrap().display().to_string();
+        assert!(msg.contains(name.as_str()) && msg.contains(&addr), "{msg}");
+        assert!(msg.contains("no server is listening") && msg.contains("wait_for_server is off"), "{msg}");
+        assert!(err.waited().is_some() && err.io_error().is_some());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_listening_while_waiting_for_the_server_is_not_running_after_the_timeout() {
     watchdog(async {
         let name = unique_name();
         let timeout = Duration::from_millis(300);
         let t0 = Instant::now();
-        let err = connect(&name, &ConnectOptions::default().timeout(timeout)).await.unwrap_err();
+        let err = connect(&name, &ConnectOptions::default().timeout(timeout).wait_for_server(true)).await.unwrap_err();
         let elapsed = t0.elapsed();
         assert_eq!(err.kind(), ErrorKind::NotRunning, "{err}");
         assert!(elapsed >= timeout, "gave up early: {elapsed:?}");
@@ -37,7 +55,8 @@ async fn zero_timeout_makes_exactly_one_attempt() {
     watchdog(async {
         let name = unique_name();
         let t0 = Instant::now();
-        let err = connect(&name, &ConnectOptions::default().timeout(Duration::ZERO)).await.unwrap_err();
+        let opts = ConnectOptions::default().timeout(Duration::ZERO).wait_for_server(true);
+        let err = connect(&name, &opts).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotRunning);
         assert!(t0.elapsed() < timing_margin());
         assert!(err.to_string().contains("(1 attempt,"), "{err}");
@@ -52,7 +71,8 @@ async fn zero_timeout_makes_exactly_one_attempt() {
 }
 
 /// A stale socket file (server crashed without unlinking) answers ECONNREFUSED: that is "not
-/// running", retried until the timeout, not an I/O error.
+/// running", not an I/O error; at once on Linux (elsewhere a refusal may be a full backlog
+/// and is retried briefly), or at the timeout when waiting for the server.
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_socket_file_is_not_running() {
@@ -61,9 +81,17 @@ async fn stale_socket_file_is_not_running() {
         let path = dir.join("stale.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists());
+        let t0 = Instant::now();
+        let err =
+            connect(path.as_path(), &ConnectOptions::default().timeout(Duration::from_secs(20))).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotRunning, "{err}");
+        assert!(t0.elapsed() < timing_margin(), "took {:?}", t0.elapsed());
+        assert!(err.to_string().contains("connection refused"), "{err}");
+
         let timeout = Duration::from_millis(200);
         let t0 = Instant::now();
-        let err = connect(path.as_path(), &ConnectOptions::default().timeout(timeout)).await.unwrap_err();
+        let opts = ConnectOptions::default().timeout(timeout).wait_for_server(true);
+        let err = connect(path.as_path(), &opts).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotRunning, "{err}");
         assert!(t0.elapsed() >= timeout);
         assert!(err.to_string().contains("connection refused"), "{err}");
@@ -170,7 +198,8 @@ async fn invalid_name_fails_connect_at_once() {
     .await;
 }
 
-/// The stream stays usable after the retries: a full request/response on a late server.
+/// The stream stays usable after the retries: a full request/response on a late server, for
+/// a client that waits for its server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_connection_carries_data() {
     watchdog(async {
@@ -186,7 +215,7 @@ async fn retried_connection_carries_data() {
                 s.write_all(&b).await.unwrap();
             }
         });
-        let mut c = connect(&name, &ConnectOptions::default()).await.unwrap();
+        let mut c = connect(&name, &ConnectOptions::default().wait_for_server(true)).await.unwrap();
         c.write_all(b"ping").await.unwrap();
         let mut b = [0u8; 4];
         c.read_exact(&mut b).await.unwrap();

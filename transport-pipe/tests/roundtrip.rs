@@ -106,15 +106,18 @@ async fn concurrent_clients_all_get_through() {
     .await;
 }
 
-/// The client starts first and keeps retrying; the server binds only once the client's
-/// `connect` has been running for a while. Success then proves the retry loop (a single
-/// attempt would have failed), and the time of success proves it noticed the server promptly
-/// (within about one `max_backoff`).
+/// The client starts first and waits for its server (`wait_for_server`), retrying; the server
+/// binds only once the client's `connect` has been running for a while. Success then proves
+/// the retry loop (a single attempt would have failed), and the time of success proves it
+/// noticed the server promptly (within about one `max_backoff`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_started_before_bind_succeeds_once_the_server_appears() {
+async fn connect_waiting_for_its_server_succeeds_once_the_server_appears() {
     watchdog(async {
         let name = unique_name();
-        let opts = ConnectOptions::default().timeout(Duration::from_secs(10)).max_backoff(Duration::from_millis(50));
+        let opts = ConnectOptions::default()
+            .timeout(Duration::from_secs(10))
+            .max_backoff(Duration::from_millis(50))
+            .wait_for_server(true);
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let client = tokio::spawn({
             let name = name.clone();

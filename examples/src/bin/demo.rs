@@ -61,8 +61,9 @@ async fn demo() -> Result<ExitCode, Box<dyn Error>> {
         .spawn()?;
     let mut output = BufReader::new(server.stdout.take().expect("stdout is piped")).lines();
 
-    // Wait for the server to say it listens. Connecting would retry anyway, but this way
-    // a server that fails to start is reported with its own words.
+    // Wait for the server to say it listens: connecting does not wait for a server that is
+    // not up yet (unless asked to, `ClientConfig::wait_for_server`), and this way a server
+    // that fails to start is reported with its own words.
     let first = tokio::time::timeout(SERVER_TIMEOUT, output.next_line()).await;
     match first {
         Ok(Ok(Some(line))) if line.starts_with("listening on") => println!("[server] {line}"),

@@ -297,8 +297,8 @@ async fn serve(name: &str, dir: &Path, on_eof: OnStdinEof) -> Result<(), Box<dyn
 // The client
 
 fn client_config() -> ClientConfig {
-    // Transfers (stream calls) have no deadline; this only bounds the wait for a server
-    // that is still starting, and `peak_rss`.
+    // Transfers (stream calls) have no deadline; this only bounds the wait for a busy
+    // server, and `peak_rss`.
     ClientConfig::default().connect_timeout(Duration::from_secs(20))
 }
 

@@ -497,10 +497,10 @@ pub(crate) fn classify(e: &io::Error) -> ConnectFailure {
         // A reset or abort during connect means the listener closed while our connection
         // sat in its backlog: a server shutting down or restarting. Keep trying, as for a
         // server that is not up yet.
-        io::ErrorKind::NotFound
-        | io::ErrorKind::ConnectionRefused
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted => ConnectFailure::NotRunning,
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+            ConnectFailure::NotRunning
+        }
+        io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
         io::ErrorKind::WouldBlock => ConnectFailure::Busy,
         io::ErrorKind::PermissionDenied => ConnectFailure::PermissionDenied,
         _ => ConnectFailure::Other,
@@ -509,16 +509,23 @@ pub(crate) fn classify(e: &io::Error) -> ConnectFailure {
 
 pub(crate) const BUSY_REASON: &str = "the server's listen backlog is full";
 
+/// Whether `ECONNREFUSED` may mean a live server with a full listen backlog rather than a
+/// stale socket file. Linux reports a full backlog of a Unix socket as `EAGAIN` (our `Busy`)
+/// and refuses only where nothing listens; macOS and the BSDs refuse in both cases, so
+/// there a refusal is retried briefly (`REFUSED_GRACE` in `connect.rs`) before it is
+/// reported.
+pub(crate) const REFUSED_MAY_BE_BUSY: bool = !cfg!(any(target_os = "linux", target_os = "android"));
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_listener_closing_during_connect_counts_as_not_running() {
-        for kind in [io::ErrorKind::ConnectionReset, io::ErrorKind::ConnectionAborted, io::ErrorKind::ConnectionRefused]
-        {
+        for kind in [io::ErrorKind::NotFound, io::ErrorKind::ConnectionReset, io::ErrorKind::ConnectionAborted] {
             assert_eq!(classify(&io::Error::from(kind)), ConnectFailure::NotRunning, "{kind:?}");
         }
+        assert_eq!(classify(&io::Error::from(io::ErrorKind::ConnectionRefused)), ConnectFailure::Refused);
         assert_eq!(classify(&io::Error::from(io::ErrorKind::WouldBlock)), ConnectFailure::Busy);
     }
 

@@ -236,6 +236,9 @@ impl Drop for OwnedHandle {
 
 pub(crate) const BUSY_REASON: &str = "every instance of the pipe is in use (ERROR_PIPE_BUSY)";
 
+/// Windows has no stale pipes: a name exists exactly while some instance of it does.
+pub(crate) const REFUSED_MAY_BE_BUSY: bool = false;
+
 #[cfg(test)]
 mod tests {
     use super::*;
