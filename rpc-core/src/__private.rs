@@ -30,8 +30,7 @@ pub const fn fingerprint_extend(state: u64, text: &[u8]) -> u64 {
     hash
 }
 
-/// Compile-time check that an argument or return type can cross the wire. The macro
-/// calls it at the type's own span, so an error points at the user's type.
+/// What an argument or return type needs to cross the wire.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot cross the pipe: it must implement `serde::Serialize`, `serde::de::DeserializeOwned` and `Send`, and be `'static`",
     label = "used as an RPC argument or return type here",
@@ -40,8 +39,76 @@ pub const fn fingerprint_extend(state: u64, text: &[u8]) -> u64 {
 pub trait Wire: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static {}
 impl<T: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static> Wire for T {}
 
-/// See [`Wire`].
-pub const fn assert_wire<T: Wire>() {}
+/// [`Wire`] with a lifetime to bind. Generated impls that need their wire enums to be
+/// serde types say `where for<'a> Enum: WireAt<'a>`: a bound under a binder is not
+/// checked where the impl is declared, only where it is used (and inside the impl it is
+/// assumed), so a wire type without its serde derives is not reported once more by every
+/// generated item that uses it. The binder's lifetime is used, so `unused_lifetimes` has
+/// nothing to say about it.
+pub trait WireAt<'a>: Wire {}
+impl<T: Wire> WireAt<'_> for T {}
+
+/// `serde::Serialize` with a lifetime to bind: the wire enums' derived `Serialize` is bounded
+/// by `for<'a> Field: SerializeAt<'a>` per field, for the reason given at [`WireAt`].
+pub trait SerializeAt<'a>: ::serde::Serialize {}
+impl<T: ?Sized + ::serde::Serialize> SerializeAt<'_> for T {}
+
+/// Compile-time check that an argument or return type can cross the wire, one error per
+/// mistake. The macro writes it at the type's own span, so an error points at the user's
+/// type: `(&WireProbe::<T>::NEW).step().check::<T>()`. Method resolution picks the
+/// probe's answer, [`SerializeFound`] if `T: Serialize` and [`SerializeMissing`] if not
+/// (autoref specialization: the fallback impl is on `&WireProbe<T>`, reached only when
+/// the impl on `WireProbe<T>` does not apply), and each answer's `check` asks for what is
+/// left to prove. A type without serde derives therefore fails only its `Serialize`
+/// bound, where a plain `T: Wire` bound failed both `Serialize` and `Deserialize`: two
+/// errors for one missing derive.
+pub struct WireProbe<T>(std::marker::PhantomData<T>);
+impl<T> WireProbe<T> {
+    /// The probe for `T`.
+    pub const NEW: Self = WireProbe(std::marker::PhantomData);
+}
+
+/// The answer of [`WireProbe`]: `T` is `Serialize`, check the rest.
+pub struct SerializeFound;
+impl SerializeFound {
+    /// Requires everything else a wire type needs.
+    pub fn check<T: Wire>(self) {}
+}
+
+/// The answer of [`WireProbe`]: `T` is not `Serialize`; report only that.
+pub struct SerializeMissing;
+impl SerializeMissing {
+    /// Fails, with the message of [`WireSerialize`].
+    pub fn check<T: WireSerialize>(self) {}
+}
+
+/// See [`WireProbe`]: the probe's answer when `T: Serialize`.
+pub trait ProbeSerialize {
+    /// The answer.
+    fn step(&self) -> SerializeFound {
+        SerializeFound
+    }
+}
+impl<T: ::serde::Serialize> ProbeSerialize for WireProbe<T> {}
+
+/// See [`WireProbe`]: the probe's answer otherwise.
+pub trait ProbeFallback {
+    /// The answer.
+    fn step(&self) -> SerializeMissing {
+        SerializeMissing
+    }
+}
+impl<T> ProbeFallback for &WireProbe<T> {}
+
+/// [`Wire`]'s message for a type that is not even `Serialize` (`Self` is the user's type,
+/// so rustc reports this message, and the missing `Serialize` as its help).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot cross the pipe: it must implement `serde::Serialize`, `serde::de::DeserializeOwned` and `Send`, and be `'static`",
+    label = "used as an RPC argument or return type here",
+    note = "derive them with `#[derive(serde::Serialize, serde::Deserialize)]`; for bulk bytes use `serde_bytes::ByteBuf` or `#[serde(with = \"serde_bytes\")]`"
+)]
+pub trait WireSerialize: ::serde::Serialize {}
+impl<T: ::serde::Serialize> WireSerialize for T {}
 
 /// Compile-time check that the type in `Callback<C>` is a generated client.
 #[diagnostic::on_unimplemented(

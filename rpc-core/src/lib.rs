@@ -68,10 +68,13 @@
 //!
 //! | item | what it is |
 //! |---|---|
-//! | `trait Foo` | your trait, with each `async fn` turned into `fn .. -> impl Future + Send` so handlers can run on any runtime thread. Implement it with plain `async fn`s. `Foo: Send + Sync + 'static`. |
+//! | `trait Foo` | your trait, with each `async fn` turned into `fn .. -> impl Future + Send` so handlers can run on any runtime thread. Implement it with plain `async fn`s. `Foo: Send + Sync`. |
 //! | `FooClient` | the client: `connect(name)`, `connect_with(name, ClientConfig)`, `from_channel(Channel)`, `with_timeout(Duration)`, `with_options(CallOptions)`, `channel()`, and one `async` method per RPC. `Clone`; clones share one connection. |
-//! | `FooServer<S>` | the server adapter: `FooServer::new(impl Foo)` gives a [`Service`] for [`Server::new`]. |
+//! | `FooServer<S>` | the server adapter: `FooServer::new(impl Foo + 'static)` gives a [`Service`] for [`Server::new`]. |
 //! | `FooRequest`, `FooResponse` | the wire enums, one variant per method. |
+//!
+//! Each name can be chosen (`#[service(client = "..", server = "..", request = "..", response = "..")]`),
+//! and `#[service(derive(Clone, Debug))]` adds derives to the wire enums; see [`service`](macro@service).
 //!
 //! # Client and server signature of each method shape
 //!

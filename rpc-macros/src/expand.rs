@@ -1,5 +1,7 @@
 //! Code generation: one method per emitted item, assembled in [`ToTokens`].
 
+use std::collections::HashSet;
+
 use proc_macro2::{Delimiter, Ident, Literal, Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::ItemTrait;
@@ -9,7 +11,7 @@ use syn::spanned::Spanned;
 use crate::fingerprint::{self, MethodText};
 use crate::model::{MethodDef, Output, ServiceDef};
 use crate::validate::{self, Errors};
-use crate::{attr, fallback, naming};
+use crate::{attr, fallback};
 
 /// The whole expansion; never panics. On any error the result is the errors plus the
 /// user's trait (see [`fallback`]).
@@ -33,14 +35,14 @@ struct ServiceGenerator<'a> {
     /// `#krate::__private`
     private: TokenStream,
     trait_ident: &'a Ident,
-    request: Ident,
-    response: Ident,
-    client: Ident,
-    server: Ident,
+    request: &'a Ident,
+    response: &'a Ident,
+    client: &'a Ident,
+    server: &'a Ident,
     /// The server's type parameter.
     param: Ident,
-    /// The trait's own `#[cfg]`s, repeated on every item.
-    cfgs: TokenStream,
+    /// The trait's own `#[cfg]`s and lint attributes, repeated on every item.
+    item_attrs: TokenStream,
 }
 
 /// Lints that generated code may trip in user crates and that the user cannot fix.
@@ -66,16 +68,17 @@ impl<'a> ServiceGenerator<'a> {
         let trait_ident = def.ident();
         let krate = &def.krate;
         let cfgs = &def.cfgs;
+        let lints = &def.lints;
         ServiceGenerator {
             def,
             private: quote!(#krate::__private),
             trait_ident,
-            request: naming::derived(trait_ident, "Request"),
-            response: naming::derived(trait_ident, "Response"),
-            client: naming::derived(trait_ident, "Client"),
-            server: naming::derived(trait_ident, "Server"),
+            request: &def.names.request,
+            response: &def.names.response,
+            client: &def.names.client,
+            server: &def.names.server,
             param: if trait_ident.unraw() == "S" { format_ident!("__S") } else { format_ident!("S") },
-            cfgs: quote!(#(#cfgs)*),
+            item_attrs: quote!(#(#cfgs)* #(#lints)*),
         }
     }
 
@@ -138,11 +141,27 @@ impl<'a> ServiceGenerator<'a> {
             let upload = m.upload().and_then(|a| Some((a.ident?, a.stream?, format_ident!("__{}Item", variant))));
             let callback = m.callback().and_then(|a| Some((a.ident?, a.callback?)));
             let cfgs = &m.cfgs;
-            Some(Method { def: m, variant, args, tys, wire_args, wire_tys, upload, callback, cfgs: quote!(#(#cfgs)*) })
+            let lints = &m.lints;
+            Some(Method {
+                def: m,
+                variant,
+                args,
+                tys,
+                wire_args,
+                wire_tys,
+                upload,
+                callback,
+                cfgs: quote!(#(#cfgs)*),
+                attrs: quote!(#(#cfgs)* #(#lints)*),
+            })
         })
     }
 
-    /// The user's trait: `Send + Sync + 'static`, each `async fn` as `fn -> impl Future + Send`.
+    /// The user's trait: `Send + Sync`, each `async fn` as `fn -> impl Future + Send`.
+    /// `'static` is not a supertrait (unless written): a server needs its implementation
+    /// to be `'static`, and says so where one is made (`{Trait}Server::new`), at the
+    /// caller's borrow; as a supertrait it made `impl Trait for &mut T` a cascade of
+    /// lifetime errors that never named the requirement.
     fn service_trait(&self) -> TokenStream {
         let ItemTrait { attrs, vis, trait_token, ident, .. } = self.def.item;
         let methods = self.methods().map(|m| {
@@ -160,74 +179,115 @@ impl<'a> ServiceGenerator<'a> {
                 #fn_token #name(#receiver #(, #args: #tys)*) -> #future;
             }
         });
+        let lifetime = self.def.static_bound.then(|| quote!(+ 'static));
         quote! {
             #(#attrs)*
-            #vis #trait_token #ident: ::core::marker::Send + ::core::marker::Sync + 'static {
+            #vis #trait_token #ident: ::core::marker::Send + ::core::marker::Sync #lifetime {
                 #(#methods)*
             }
         }
     }
 
-    fn serde_attrs(&self) -> TokenStream {
+    fn serde_path(&self) -> String {
         let private = &self.private;
-        let serde_path: String = quote!(#private::serde).to_string().split_whitespace().collect();
+        quote!(#private::serde).to_string().split_whitespace().collect()
+    }
+
+    fn enum_attrs(&self) -> TokenStream {
+        let private = &self.private;
+        let serde_path = self.serde_path();
+        let derives = &self.def.derives;
+        let derives = (!derives.is_empty()).then(|| quote!(#[derive(#(#derives),*)]));
         quote! {
             #[derive(#private::serde::Serialize, #private::serde::Deserialize)]
+            #derives
             #[serde(crate = #serde_path)]
         }
     }
 
+    /// The serde bounds of one wire field: `T: Serialize` and `T: Deserialize`, each under a
+    /// binder (`for<'__rpc>`, used by the bound: `SerializeAt<'__rpc>`, `Deserialize<'__rpc>`).
+    /// A bound with a binder is not checked where the impl is declared, only where it is
+    /// used, and inside the impl it is assumed: so when `T` lacks a serde trait the derived
+    /// bodies do not report it a second (and third, ...) time. That is left to the wire
+    /// check at the user's type, which reports it once. The string is spanned at the type,
+    /// so a type that does not resolve is reported there (and deduplicated with the field's
+    /// own error). Types written through `$crate` cannot be spelled in a string and keep the
+    /// plain derive.
+    fn wire_bounds(&self, ty: &syn::Type) -> TokenStream {
+        let text = ty.to_token_stream().to_string();
+        if text.contains('$') {
+            return TokenStream::new();
+        }
+        let private = &self.private;
+        let private: String = quote!(#private).to_string();
+        let serde = self.serde_path();
+        let ser = syn::LitStr::new(&format!("for<'__rpc> {text}: {private}::SerializeAt<'__rpc>"), ty.span());
+        let de = syn::LitStr::new(&format!("for<'__rpc> {text}: {serde}::Deserialize<'__rpc>"), ty.span());
+        quote!(#[serde(bound(serialize = #ser, deserialize = #de))])
+    }
+
+    /// `where` clauses for the impls that need the wire enums to be serde types: with
+    /// them, a wire type that is not is reported only by its wire check (see `WireAt`).
+    fn wire_where(&self) -> TokenStream {
+        let Self { private, request, response, .. } = self;
+        quote!(where for<'__rpc> #request: #private::WireAt<'__rpc>, for<'__rpc> #response: #private::WireAt<'__rpc>)
+    }
+
     fn request_enum(&self) -> TokenStream {
-        let Self { request, trait_ident, cfgs, .. } = self;
+        let Self { request, trait_ident, item_attrs, .. } = self;
         let vis = &self.def.item.vis;
-        let serde = self.serde_attrs();
+        let attrs = self.enum_attrs();
         let doc = format!(
             "Wire request of [`{trait_ident}`]: one variant per method, holding its arguments. \
              The variant order is the wire format."
         );
         let variants = self.methods().map(|m| {
-            let Method { variant, wire_args, wire_tys, cfgs, .. } = &m;
-            quote!(#cfgs #variant { #(#wire_args: #wire_tys),* })
+            let Method { variant, wire_args, wire_tys, attrs, .. } = &m;
+            let bounds = wire_tys.iter().map(|ty| self.wire_bounds(ty));
+            quote!(#attrs #variant { #(#bounds #wire_args: #wire_tys),* })
         });
         // The items of streams from the caller, after every call variant.
         let items = self.methods().filter_map(|m| {
             let (_, item, item_variant) = m.upload.as_ref()?;
-            let cfgs = &m.cfgs;
-            Some(quote!(#[doc(hidden)] #cfgs #item_variant(#item)))
+            let attrs = &m.attrs;
+            let bounds = self.wire_bounds(item);
+            Some(quote!(#[doc(hidden)] #attrs #item_variant(#bounds #item)))
         });
         quote! {
             #[doc = #doc]
-            #serde
+            #attrs
             #[allow(missing_docs, non_camel_case_types, missing_debug_implementations, clippy::large_enum_variant, clippy::enum_variant_names)]
-            #cfgs
+            #item_attrs
             #vis enum #request { #(#variants,)* #(#items,)* }
         }
     }
 
     fn response_enum(&self) -> TokenStream {
-        let Self { response, trait_ident, cfgs, .. } = self;
+        let Self { response, trait_ident, item_attrs, .. } = self;
         let vis = &self.def.item.vis;
-        let serde = self.serde_attrs();
+        let attrs = self.enum_attrs();
         let doc = format!(
             "Wire response of [`{trait_ident}`]: one variant per method, holding its result \
              (or one item of its stream). The variant order is the wire format."
         );
         let variants = self.methods().map(|m| {
-            let Method { variant, cfgs, .. } = &m;
+            let Method { variant, attrs, .. } = &m;
             let output = m.def.output.wire_type();
-            quote!(#cfgs #variant(#output))
+            let bounds = self.wire_bounds(&output);
+            quote!(#attrs #variant(#bounds #output))
         });
         quote! {
             #[doc = #doc]
-            #serde
+            #attrs
             #[allow(missing_docs, non_camel_case_types, missing_debug_implementations, clippy::large_enum_variant, clippy::enum_variant_names)]
-            #cfgs
+            #item_attrs
             #vis enum #response { #(#variants,)* }
         }
     }
 
     fn server_struct(&self) -> TokenStream {
-        let Self { private, trait_ident, server, param, cfgs, .. } = self;
+        let Self { private, trait_ident, server, param, item_attrs, .. } = self;
         let vis = &self.def.item.vis;
         let allow = allow_lints();
         let doc = format!(
@@ -237,15 +297,16 @@ impl<'a> ServiceGenerator<'a> {
         let name = server.to_string();
         quote! {
             #[doc = #doc]
-            #cfgs
+            #item_attrs
             #vis struct #server<#param> {
                 inner: #private::std::sync::Arc<#param>,
             }
 
-            #cfgs
+            #item_attrs
             #allow
-            impl<#param: #trait_ident> #server<#param> {
-                /// Wraps an implementation.
+            impl<#param: #trait_ident + 'static> #server<#param> {
+                /// Wraps an implementation. It must be `'static` (own its state, or
+                /// borrow only `'static` data): the server shares it with every connection.
                 #[must_use]
                 pub fn new(service: #param) -> Self {
                     Self::from_arc(#private::std::sync::Arc::new(service))
@@ -264,14 +325,14 @@ impl<'a> ServiceGenerator<'a> {
                 }
             }
 
-            #cfgs
+            #item_attrs
             impl<#param> ::core::clone::Clone for #server<#param> {
                 fn clone(&self) -> Self {
                     Self { inner: ::core::clone::Clone::clone(&self.inner) }
                 }
             }
 
-            #cfgs
+            #item_attrs
             impl<#param> ::core::fmt::Debug for #server<#param> {
                 fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                     f.debug_struct(#name).finish_non_exhaustive()
@@ -281,8 +342,9 @@ impl<'a> ServiceGenerator<'a> {
     }
 
     fn service_impl(&self) -> TokenStream {
-        let Self { private, trait_ident, request, response, client, server, param, cfgs, .. } = self;
+        let Self { private, trait_ident, request, response, client, server, param, item_attrs, .. } = self;
         let allow = allow_lints();
+        let wire_where = self.wire_where();
         let req = Self::local("__rpc_request");
         let svc = Self::local("__rpc_service");
         let streams = Self::local("__rpc_streams");
@@ -319,7 +381,7 @@ impl<'a> ServiceGenerator<'a> {
         let arms: Vec<_> =
             self.methods()
                 .map(|m| {
-                    let Method { variant, args, wire_args, cfgs, .. } = &m;
+                    let Method { variant, args, wire_args, cfgs, attrs, .. } = &m;
                     let method = m.def.ident;
                     let take_up = m.upload.as_ref().map(|(ident, _, iv)| {
                         quote! {
@@ -345,7 +407,7 @@ impl<'a> ServiceGenerator<'a> {
                         quote!(#cfgs #request::#iv(_) => #private::Reply::Error(#private::not_a_call(#name)),)
                     });
                     quote! {
-                        #cfgs
+                        #attrs
                         #request::#variant { #(#wire_args),* } => { #take_up #reply }
                         #item_arm
                     }
@@ -377,9 +439,9 @@ impl<'a> ServiceGenerator<'a> {
             }
         };
         quote! {
-            #cfgs
+            #item_attrs
             #allow
-            impl<#param: #trait_ident> #private::Service for #server<#param> {
+            impl<#param: #trait_ident + 'static> #private::Service for #server<#param> #wire_where {
                 type Request = #request;
                 type Response = #response;
                 const ID: #private::ServiceId = #client::ID;
@@ -403,7 +465,7 @@ impl<'a> ServiceGenerator<'a> {
     }
 
     fn client_struct(&self) -> TokenStream {
-        let Self { private, trait_ident, request, response, client, cfgs, .. } = self;
+        let Self { private, trait_ident, request, response, client, item_attrs, .. } = self;
         let vis = &self.def.item.vis;
         let doc = format!(
             "Client of [`{trait_ident}`]: one `async` method per RPC. \
@@ -412,7 +474,7 @@ impl<'a> ServiceGenerator<'a> {
         quote! {
             #[doc = #doc]
             #[derive(::core::clone::Clone, ::core::fmt::Debug)]
-            #cfgs
+            #item_attrs
             #vis struct #client {
                 channel: #private::Channel<#request, #response>,
                 options: #private::CallOptions,
@@ -421,16 +483,17 @@ impl<'a> ServiceGenerator<'a> {
     }
 
     fn client_impl(&self) -> TokenStream {
-        let Self { private, request, response, client, cfgs, .. } = self;
+        let Self { private, request, response, client, item_attrs, .. } = self;
         let allow = allow_lints();
         let name = &self.def.name;
         let fingerprint = self.fingerprint();
         let channel = quote!(#private::Channel<#request, #response>);
         let methods = self.methods().map(|m| self.client_method(&m));
+        let wire_where = self.wire_where();
         quote! {
-            #cfgs
+            #item_attrs
             #allow
-            impl #client {
+            impl #client #wire_where {
                 /// Name and fingerprint of this service, checked when a connection opens.
                 pub const ID: #private::ServiceId =
                     #private::ServiceId::new(#name, #fingerprint);
@@ -491,9 +554,9 @@ impl<'a> ServiceGenerator<'a> {
                 #(#methods)*
             }
 
-            #cfgs
+            #item_attrs
             #allow
-            impl #private::Client for #client {
+            impl #private::Client for #client #wire_where {
                 type Request = #request;
                 type Response = #response;
                 const ID: #private::ServiceId = #client::ID;
@@ -504,11 +567,10 @@ impl<'a> ServiceGenerator<'a> {
         }
     }
 
-    fn client_method(&self, m: &Method<'_>) -> TokenStream {
-        let Self { private, request, response, trait_ident, .. } = self;
-        let Method { def, variant, args, tys, wire_args, upload, callback, cfgs, .. } = m;
-        let ident = def.ident;
+    /// The docs of a generated method: the trait method's, or one line saying what it calls.
+    fn method_docs(&self, def: &MethodDef<'_>) -> TokenStream {
         let name = &def.name;
+        let trait_ident = self.trait_ident;
         let mut docs = if def.docs.is_empty() {
             let doc = format!("Calls `{name}` of [`{trait_ident}`] on the server.");
             quote!(#[doc = #doc])
@@ -522,7 +584,62 @@ impl<'a> ServiceGenerator<'a> {
                 #[doc = "One-way: returns once the message is queued for the pipe; the server sends no reply. See `Channel::oneway`."]
             });
         }
-        let deprecated = &def.deprecated;
+        docs
+    }
+
+    /// The attributes of a generated method: docs, `#[deprecated]`, `#[cfg]`s and the
+    /// user's lint attributes, then (if there are any) the generated code's own allowances
+    /// again, so that a `#[deny(..)]` the user wrote for their method does not reach lints
+    /// only the generated body trips.
+    fn method_attrs(&self, m: &Method<'_>) -> TokenStream {
+        let docs = self.method_docs(m.def);
+        let deprecated = &m.def.deprecated;
+        let attrs = &m.attrs;
+        let allow = (!m.def.lints.is_empty()).then(allow_lints);
+        quote!(#docs #(#deprecated)* #attrs #allow)
+    }
+
+    /// The client's argument types: the trait's, except that a callback argument takes an
+    /// object serving the callback trait, not the callback's client.
+    fn client_arg_types(&self, m: &Method<'_>) -> Vec<TokenStream> {
+        let private = &self.private;
+        m.args
+            .iter()
+            .zip(&m.tys)
+            .map(|(arg, ty)| match m.callback {
+                Some((ident, client)) if ident == *arg => quote_spanned! {client.span()=>
+                    impl #private::Service<
+                        Request = <#client as #private::Client>::Request,
+                        Response = <#client as #private::Client>::Response,
+                    >
+                },
+                _ => quote!(#ty),
+            })
+            .collect()
+    }
+
+    /// What the client method returns.
+    fn client_return(&self, def: &MethodDef<'_>) -> TokenStream {
+        let private = &self.private;
+        match &def.output {
+            _ if def.is_oneway() => quote!(::core::result::Result<(), #private::RpcError>),
+            Output::Stream { whole, .. } => quote!(::core::result::Result<#whole, #private::RpcError>),
+            Output::Fallible { ok, err, .. } => quote!(::core::result::Result<#ok, #err>),
+            output => {
+                let ty = output.handler_type();
+                quote!(::core::result::Result<#ty, #private::RpcError>)
+            }
+        }
+    }
+
+    fn client_method(&self, m: &Method<'_>) -> TokenStream {
+        let Self { private, request, response, .. } = self;
+        let Method { def, variant, args, wire_args, upload, callback, .. } = m;
+        let ident = def.ident;
+        let name = &def.name;
+        let attrs = self.method_attrs(m);
+        let tys = self.client_arg_types(m);
+        let ret = self.client_return(def);
         let resp = Self::local("__rpc_response");
         let value = Self::local("__rpc_value");
         let body = quote!(#request::#variant { #(#wire_args),* });
@@ -535,20 +652,6 @@ impl<'a> ServiceGenerator<'a> {
             },
             (None, None) => quote!(self.channel.call(&self.options, #body).await),
         };
-        // The client hands over an object serving the callback trait, not the callback's client.
-        let tys: Vec<TokenStream> = args
-            .iter()
-            .zip(tys)
-            .map(|(arg, ty)| match callback {
-                Some((ident, client)) if ident == arg => quote_spanned! {client.span()=>
-                    impl #private::Service<
-                        Request = <#client as #private::Client>::Request,
-                        Response = <#client as #private::Client>::Response,
-                    >
-                },
-                _ => quote!(#ty),
-            })
-            .collect();
         let pick = quote! {
             |#resp| match #resp {
                 #response::#variant(#value) => ::core::option::Option::Some(#value),
@@ -556,77 +659,84 @@ impl<'a> ServiceGenerator<'a> {
                 _ => ::core::option::Option::None,
             }
         };
-        let (ret, body) = match &def.output {
-            _ if def.is_oneway() => (
-                quote!(::core::result::Result<(), #private::RpcError>),
-                quote!(self.channel.oneway(&self.options, #body).await),
-            ),
-            Output::Stream { whole, .. } => {
+        let body = match &def.output {
+            _ if def.is_oneway() => quote!(self.channel.oneway(&self.options, #body).await),
+            Output::Stream { .. } => {
                 let up = match &up {
                     Some(up) => quote!(::core::option::Option::Some(#up)),
                     None => quote!(::core::option::Option::None),
                 };
-                (
-                    quote!(::core::result::Result<#whole, #private::RpcError>),
-                    quote!(self.channel.call_download(&self.options, #body, #up, #pick).await),
-                )
+                quote!(self.channel.call_download(&self.options, #body, #up, #pick).await)
             }
-            Output::Fallible { ok, err, .. } => {
+            Output::Fallible { err, .. } => {
                 // The call expression (path and parentheses) is spanned at `E`: if `E`
                 // cannot absorb `RpcError`, this error lands there too.
                 let fallible = respan(quote!(#private::fallible), err.span());
                 let mut args = proc_macro2::Group::new(Delimiter::Parenthesis, quote!(#call, #name, #pick));
                 args.set_span(err.span());
-                (quote!(::core::result::Result<#ok, #err>), quote!(#fallible #args))
+                quote!(#fallible #args)
             }
-            output => {
-                let ty = output.handler_type();
-                (quote!(::core::result::Result<#ty, #private::RpcError>), quote!(#private::plain(#call, #name, #pick)))
-            }
+            _ => quote!(#private::plain(#call, #name, #pick)),
         };
         quote! {
-            #docs
-            #(#deprecated)*
-            #cfgs
+            #attrs
             pub async fn #ident(&self #(, #args: #tys)*) -> #ret {
                 #body
             }
         }
     }
 
-    /// `Wire` assertions, each spanned at the user's type.
+    /// `Wire` assertions, each spanned at the user's type, one per distinct type (and
+    /// set of `#[cfg]`s): a type used by several methods is reported once.
     fn type_checks(&self) -> TokenStream {
-        let Self { private, cfgs: trait_cfgs, .. } = self;
+        let Self { private, item_attrs, .. } = self;
         let mut out = TokenStream::new();
+        let mut clients = TokenStream::new();
+        let mut seen = HashSet::new();
         for m in self.methods() {
             let cfgs = &m.cfgs;
-            let wire = |ty: &syn::Type| {
-                quote_spanned! {ty.span()=>
-                    #trait_cfgs #cfgs
-                    const _: () = #private::assert_wire::<#ty>();
+            let mut wire = |ty: &syn::Type| {
+                if !seen.insert((cfgs.to_string(), fingerprint::type_text(ty))) {
+                    return;
                 }
+                // The probe answers whether `T` is `Serialize` (autoref: the fallback impl
+                // is on `&WireProbe<T>`), and the answer's `check` asks for the rest, so a
+                // type without its serde derives is reported once, not once per trait.
+                out.extend(quote_spanned! {ty.span()=>
+                    #item_attrs #cfgs
+                    const _: () = {
+                        #[allow(unused_imports)]
+                        use #private::{ProbeSerialize as _, ProbeFallback as _};
+                        #[allow(dead_code)]
+                        fn __rpc_check() {
+                            (&#private::WireProbe::<#ty>::NEW).step().check::<#ty>();
+                        }
+                    };
+                });
             };
             // A stream is checked by what it carries, a callback by being a generated client.
             for a in &m.def.args {
                 match a.callback {
-                    Some(client) => out.extend(quote_spanned! {client.span()=>
-                        #trait_cfgs #cfgs
+                    Some(client) => clients.extend(quote_spanned! {client.span()=>
+                        #item_attrs #cfgs
                         const _: () = #private::assert_client::<#client>();
                     }),
-                    None => out.extend(wire(a.stream.unwrap_or(a.ty))),
+                    None => wire(a.stream.unwrap_or(a.ty)),
                 }
             }
             match &m.def.output {
-                Output::Stream { item, .. } => out.extend(wire(item)),
+                Output::Stream { item, .. } => wire(item),
                 Output::Fallible { ok, err, .. } => {
                     // `E: AbsorbsRpcError` is checked by the client method's call to
                     // `fallible`, which is spanned at `E`.
-                    out.extend([wire(ok), wire(err)]);
+                    wire(ok);
+                    wire(err);
                 }
-                Output::Plain(ty) | Output::Unit(Some(ty)) => out.extend(wire(ty)),
+                Output::Plain(ty) | Output::Unit(Some(ty)) => wire(ty),
                 Output::Unit(None) => {}
             }
         }
+        out.extend(clients);
         out
     }
 }
@@ -663,7 +773,11 @@ struct Method<'a> {
     upload: Option<(&'a Ident, &'a syn::Type, Ident)>,
     /// The callback argument: its name and client type.
     callback: Option<(&'a Ident, &'a syn::Type)>,
+    /// The method's `#[cfg]`s: for statements.
     cfgs: TokenStream,
+    /// Its `#[cfg]`s and lint attributes: for the items, variants and match arms that
+    /// are the method's.
+    attrs: TokenStream,
 }
 
 impl ToTokens for ServiceGenerator<'_> {
@@ -671,7 +785,7 @@ impl ToTokens for ServiceGenerator<'_> {
         out.extend([
             self.service_trait(),
             // First, so that a type that cannot cross the pipe is reported by these
-            // checks before the follow-on errors of the serde derives.
+            // checks before anything else that uses it.
             self.type_checks(),
             self.request_enum(),
             self.response_enum(),
@@ -817,6 +931,9 @@ mod tests {
         );
         assert_eq!(out.matches("compile_error").count(), 2, "{out}");
         assert!(out.contains("trait T { fn a (& self) ; }"), "{out}");
+        // Nothing else: after an error in a macro expansion rustc does not report paths that
+        // do not resolve (they may be what the macro failed to make), so uses of `TClient`
+        // report nothing, where stand-ins would be checked (and a failed method missing).
         assert!(!out.contains("TClient"), "{out}");
     }
 

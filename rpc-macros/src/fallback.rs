@@ -1,5 +1,8 @@
 //! Output on error: the errors, plus the user's trait so that their `impl`s and uses of
-//! the trait do not add a cascade of "cannot find trait" errors.
+//! the trait do not add a cascade of "cannot find trait" errors. Nothing else: after an
+//! error in a macro's expansion rustc does not report paths that fail to resolve (they
+//! may be what the macro failed to make), so uses of the client and server report nothing
+//! more, while stand-ins for them would be type-checked and could only add errors.
 
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -7,11 +10,13 @@ use syn::{FnArg, ItemTrait, Pat, TraitItem};
 
 /// The errors and the trait. The trait is kept as written except for what rustc itself
 /// would reject in a bodyless trait method (patterns, `mut` bindings, `const fn`,
-/// variadics), so each mistake is reported once, by us.
+/// variadics), so each mistake is reported once, by us; `async fn` in it is allowed (the
+/// lint would be one more message, about a trait the generated one replaces).
 pub(crate) fn expand(errors: syn::Error, item: &ItemTrait) -> TokenStream {
     let errors = errors.into_compile_error();
     let mut item = item.clone();
     item.auto_token = None;
+    item.attrs.push(syn::parse_quote!(#[allow(async_fn_in_trait)]));
     for trait_item in &mut item.items {
         let TraitItem::Fn(f) = trait_item else { continue };
         // Our own method attributes mean nothing to rustc.

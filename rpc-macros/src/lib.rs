@@ -62,12 +62,13 @@ mod validate;
 /// # What it generates
 ///
 /// For `trait Foo` (a raw name `r#Foo` gives `FooClient` etc.), next to the trait and
-/// with the trait's visibility:
+/// with the trait's visibility (each generated name can be chosen: see
+/// [Arguments](#arguments)):
 ///
 /// | item | what it is |
 /// |---|---|
-/// | `trait Foo` | the trait, with its docs and attributes, now `Foo: Send + Sync + 'static`; each `async fn m(&self, ..) -> R` becomes `fn m(&self, ..) -> impl Future<Output = R> + Send`. Implement it with plain `async fn`s; the compiler checks that their futures are `Send`. |
-/// | `FooServer<S>` | the server adapter: `new(S)`, `from_arc(Arc<S>)`, `get_ref()`, `Clone` (shares `S`; `S: Clone` not needed), `Debug`. Implements `rpc_core::Service` for `S: Foo`; hand it to `rpc_core::Server::new`. |
+/// | `trait Foo` | the trait, with its docs and attributes, now `Foo: Send + Sync`; each `async fn m(&self, ..) -> R` becomes `fn m(&self, ..) -> impl Future<Output = R> + Send`. Implement it with plain `async fn`s; the compiler checks that their futures are `Send`. |
+/// | `FooServer<S>` | the server adapter: `new(S)`, `from_arc(Arc<S>)`, `get_ref()` for `S: Foo + 'static` (the server shares the implementation with every connection, so it cannot borrow: `FooServer::new(&mut state)` is an error at that borrow), `Clone` (shares `S`; `S: Clone` not needed), `Debug`. Implements `rpc_core::Service`; hand it to `rpc_core::Server::new`. |
 /// | `FooClient` | the client: `Clone` (clones share one connection) and `Debug`, with `const ID`, `connect(name)`, `connect_with(name, ClientConfig)`, `from_channel(Channel)`, `channel()`, `with_timeout(Duration)`, `with_options(CallOptions)`, and one `async` method per RPC. |
 /// | `FooRequest`, `FooResponse` | the wire enums: per method, a variant named in CamelCase (`create_queue` → `CreateQueue`), holding the arguments as named fields (`CreateQueue { name: String }`) or the handler's result (`CreateQueue(Result<QueueInfo, QueueError>)`; `()` for methods without a return type). |
 ///
@@ -77,7 +78,13 @@ mod validate;
 /// generated piece of it (variants, match arms, client method, type checks), so a
 /// disabled method may mention types that do not exist; a `#[cfg(..)]` on the trait
 /// (written below `#[service]`) is repeated on every generated item. `#[deprecated]` on
-/// a method is repeated on its client method.
+/// a method is repeated on its client method. Lint attributes (`#[allow]`, `#[expect]`,
+/// `#[warn]`, `#[deny]`, `#[forbid]`, and `#[cfg_attr(.., allow(..))]` holding only
+/// those) on a method are repeated on its variants, match arm and client method, and on
+/// the trait on every generated item, so `#[allow(non_snake_case)] async fn GetX(..)` builds
+/// under `#![deny(warnings)]`. `#[expect(..)]` is checked on your own item and repeated as
+/// `#[allow(..)]` (a generated copy may not trip the lint); `#[forbid(..)]` is repeated as
+/// `#[deny(..)]`, and the generated code's own allowances still apply inside its bodies.
 ///
 /// # Client signature of each method shape
 ///
@@ -128,10 +135,16 @@ mod validate;
 /// - The trait has no generic parameters, `where` clause, associated types or consts,
 ///   or macro invocations. The only supertraits allowed are `Send`, `Sync` and
 ///   `'static`, which the generated trait has anyway.
-/// - A method may not be named like a generated client item: `connect`,
-///   `connect_with`, `from_channel`, `channel`, `with_timeout`, `with_options`, `new`,
-///   `into_inner`, `clone`, `ID`. Two methods may not map to the same variant (`get_x`
-///   and `getX`).
+/// - A method may not be named like an item of the generated client: `connect`,
+///   `connect_with`, `from_channel`, `channel`, `with_timeout`, `with_options`, `clone`
+///   (it would hide `Clone::clone`), `ID`. Two methods may not map to the same variant
+///   (`get_x` and `getX`).
+/// - A generated item may not share its name with another item of the module: rustc
+///   reports the duplicate at `#[service]` (E0428, and then that your item takes no type
+///   parameter); choose another name for the generated one (`server = "HelloService"`).
+/// - Every argument and return type is checked once, at the type: a type without its
+///   serde derives gets one error there, and code that calls the service says which
+///   bound it misses.
 ///
 /// ```compile_fail
 /// #[rpc_core::service]
@@ -152,13 +165,43 @@ mod validate;
 ///
 /// # Arguments
 ///
-/// `#[rpc_core::service(crate = path, name = "..")]`, both optional:
+/// `#[rpc_core::service(crate = path, name = "..", client = "..", server = "..",
+/// request = "..", response = "..", derive(..))]`, all optional:
 ///
 /// - `crate = path` (or `crate = "path"`): where the generated code finds rpc-core.
 ///   Default `::rpc_core`. Needed when rpc-core is renamed in `Cargo.toml` or reached
 ///   through a re-export: `#[my_sdk::rpc::service(crate = ::my_sdk::rpc)]`.
 /// - `name = "work-queues.v1"`: the service name checked in the connection handshake.
 ///   Default: the trait's name.
+/// - `client = "FooStub"`, `server = "FooService"`, `request = "FooCall"`,
+///   `response = "FooReply"` (a string or a plain identifier): the names of the generated
+///   client, server adapter and wire enums, when the defaults (`FooClient`, `FooServer`,
+///   `FooRequest`, `FooResponse`) are taken, for instance by a type of your own named
+///   `FooServer` (as in tarpc's examples). The names do not reach the wire or the
+///   fingerprint. Errors about a generated item (a clash) point at the name given here.
+/// - `derive(Clone, PartialEq, Debug)`: derives added to the wire enums, next to serde's
+///   (for logging requests, or comparing them in tests). Every argument and return type
+///   must then implement them too.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// /// Your own type, named like the default server adapter.
+/// pub struct HelloServer;
+///
+/// #[rpc_core::service(server = "HelloService", derive(Clone, Debug, PartialEq))]
+/// pub trait Hello {
+///     async fn hello(&self, name: String) -> String;
+/// }
+///
+/// impl Hello for HelloServer {
+///     async fn hello(&self, name: String) -> String { format!("hello, {name}") }
+/// }
+///
+/// let server = rpc_core::Server::new(HelloService::new(HelloServer));
+/// let call = HelloRequest::Hello { name: "you".into() };
+/// assert_eq!(call.clone(), call);
+/// ```
 ///
 /// # Wire compatibility
 ///

@@ -5,13 +5,14 @@
 
 use proc_macro2::{Ident, Span};
 use syn::ext::IdentExt;
+use syn::punctuated::Punctuated;
 use syn::{
-    Attribute, FnArg, GenericArgument, ItemTrait, Pat, PatType, Path, PathArguments, Receiver, ReturnType, Signature,
-    TraitItem, TraitItemFn, Type, parse_quote,
+    AttrStyle, Attribute, FnArg, GenericArgument, ItemTrait, Meta, Pat, PatType, Path, PathArguments, Receiver,
+    ReturnType, Signature, Token, TraitItem, TraitItemFn, Type, TypeParamBound, parse_quote,
 };
 
 use crate::attr::ServiceArgs;
-use crate::naming;
+use crate::naming::{self, Names};
 
 pub(crate) struct ServiceDef<'a> {
     pub(crate) item: &'a ItemTrait,
@@ -23,6 +24,14 @@ pub(crate) struct ServiceDef<'a> {
     pub(crate) methods: Vec<MethodDef<'a>>,
     /// `#[cfg]`s on the trait itself, repeated on every generated item.
     pub(crate) cfgs: Vec<&'a Attribute>,
+    /// Lint attributes on the trait, repeated (see [`carried_lint`]) on every generated item.
+    pub(crate) lints: Vec<Attribute>,
+    /// The names of the generated items.
+    pub(crate) names: Names,
+    /// `#[service(derive(..))]`: extra derives on the wire enums.
+    pub(crate) derives: Vec<Path>,
+    /// True if the user wrote `'static` among the supertraits: the emitted trait keeps it.
+    pub(crate) static_bound: bool,
 }
 
 pub(crate) struct MethodDef<'a> {
@@ -40,6 +49,8 @@ pub(crate) struct MethodDef<'a> {
     pub(crate) cfgs: Vec<&'a Attribute>,
     pub(crate) docs: Vec<&'a Attribute>,
     pub(crate) deprecated: Vec<&'a Attribute>,
+    /// Lint attributes, as repeated on the generated pieces of the method ([`carried_lint`]).
+    pub(crate) lints: Vec<Attribute>,
     /// `#[oneway]`: fire and forget, no reply. Removed from the emitted trait.
     pub(crate) oneway: Vec<&'a Attribute>,
 }
@@ -172,6 +183,47 @@ fn attrs_named<'a>(attrs: &'a [Attribute], name: &str) -> Vec<&'a Attribute> {
     attrs.iter().filter(|a| a.path().is_ident(name)).collect()
 }
 
+const LINT_LEVELS: &[&str] = &["allow", "expect", "warn", "deny", "forbid"];
+
+/// A lint attribute (`allow`, `expect`, `warn`, `deny`, `forbid`, or a `cfg_attr` that
+/// holds only those) as it is repeated on generated items, else `None`. `expect` becomes
+/// `allow`: the expectation is checked once, on the user's own item, and a generated copy
+/// where the lint does not fire would report it unfulfilled. `forbid` becomes `deny`, so the
+/// generated item's own `allow`s (which follow it) stay legal.
+pub(crate) fn carried_lint(attr: &Attribute) -> Option<Attribute> {
+    if !matches!(attr.style, AttrStyle::Outer) {
+        return None;
+    }
+    let meta = if attr.path().is_ident("cfg_attr") {
+        let Meta::List(list) = &attr.meta else { return None };
+        let (predicate, inner) = list
+            .parse_args_with(|input: syn::parse::ParseStream<'_>| {
+                let predicate: Meta = input.parse()?;
+                input.parse::<Token![,]>()?;
+                Ok((predicate, Punctuated::<Meta, Token![,]>::parse_terminated(input)?))
+            })
+            .ok()?;
+        let inner = inner.iter().map(lint_meta).collect::<Option<Vec<_>>>()?;
+        parse_quote!(cfg_attr(#predicate, #(#inner),*))
+    } else {
+        lint_meta(&attr.meta)?
+    };
+    Some(Attribute { meta, ..attr.clone() })
+}
+
+fn lint_meta(meta: &Meta) -> Option<Meta> {
+    let Meta::List(list) = meta else { return None };
+    let level = LINT_LEVELS.iter().find(|l| list.path.is_ident(l))?;
+    let carried = match *level {
+        "expect" => "allow",
+        "forbid" => "deny",
+        other => other,
+    };
+    let mut list = list.clone();
+    list.path = Ident::new(carried, list.path.segments[0].ident.span()).into();
+    Some(Meta::List(list))
+}
+
 impl<'a> ServiceDef<'a> {
     pub(crate) fn from_syn(args: ServiceArgs, item: &'a ItemTrait) -> Self {
         let methods = item
@@ -188,6 +240,13 @@ impl<'a> ServiceDef<'a> {
             name: args.name.map_or_else(|| item.ident.unraw().to_string(), |n| n.value()),
             methods,
             cfgs: attrs_named(&item.attrs, "cfg"),
+            lints: item.attrs.iter().filter_map(carried_lint).collect(),
+            names: Names::new(&item.ident, &args.names),
+            derives: args.derives.unwrap_or_default(),
+            static_bound: item
+                .supertraits
+                .iter()
+                .any(|b| matches!(b, TypeParamBound::Lifetime(lt) if lt.ident == "static")),
         }
     }
 
@@ -231,6 +290,7 @@ impl<'a> MethodDef<'a> {
             cfgs: attrs_named(&item.attrs, "cfg"),
             docs: attrs_named(&item.attrs, "doc"),
             deprecated: attrs_named(&item.attrs, "deprecated"),
+            lints: item.attrs.iter().filter_map(carried_lint).collect(),
             oneway: attrs_named(&item.attrs, "oneway"),
         }
     }
@@ -297,6 +357,31 @@ mod tests {
         assert_eq!(output("async fn f(&self) -> rpc_core::RpcStream<Result<u8, E>>;"), "stream Result < u8 , E >");
         assert_eq!(output("async fn f(&self) -> Option<Result<u8, E>>;"), "plain Option < Result < u8 , E > >");
         assert_eq!(output("async fn f(&self) -> <X as Y>::Result<u8, E>;"), "plain < X as Y > :: Result < u8 , E >");
+    }
+
+    fn carried(attr: &str) -> Option<String> {
+        let f: TraitItemFn = syn::parse_str(&format!("{attr} async fn f(&self);")).unwrap();
+        carried_lint(&f.attrs[0]).map(|a| a.to_token_stream().to_string())
+    }
+
+    #[test]
+    fn lint_attributes_carried_to_generated_items() {
+        assert_eq!(carried("#[allow(non_snake_case)]").unwrap(), "# [allow (non_snake_case)]");
+        assert_eq!(carried("#[warn(clippy::pedantic)]").unwrap(), "# [warn (clippy :: pedantic)]");
+        assert_eq!(carried("#[deny(unused)]").unwrap(), "# [deny (unused)]");
+        assert_eq!(
+            carried("#[expect(non_snake_case, reason = \"wire name\")]").unwrap(),
+            "# [allow (non_snake_case , reason = \"wire name\")]"
+        );
+        assert_eq!(carried("#[forbid(unsafe_code)]").unwrap(), "# [deny (unsafe_code)]");
+        assert_eq!(
+            carried("#[cfg_attr(feature = \"x\", expect(dead_code), warn(unused))]").unwrap(),
+            "# [cfg_attr (feature = \"x\" , allow (dead_code) , warn (unused))]"
+        );
+        assert_eq!(carried("#[cfg_attr(unix, doc = \"x\")]"), None);
+        assert_eq!(carried("#[doc = \"x\"]"), None);
+        assert_eq!(carried("#[allow]"), None);
+        assert_eq!(carried("#[cfg(unix)]"), None);
     }
 
     #[test]

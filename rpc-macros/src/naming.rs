@@ -3,19 +3,91 @@
 use proc_macro2::Ident;
 use syn::ext::IdentExt;
 
-/// Generated client methods a trait method must not shadow (see the macro docs).
-pub(crate) const RESERVED: &[&str] = &[
-    "connect",
-    "connect_with",
-    "from_channel",
-    "channel",
-    "with_timeout",
-    "with_options",
-    "new",
-    "into_inner",
-    "clone",
-    "ID",
-];
+/// Items of the async client (`{Trait}Client`) a trait method must not shadow: its
+/// inherent items, and `clone` (a method named so would hide `Clone::clone`).
+pub(crate) const CLIENT_RESERVED: &[&str] =
+    &["connect", "connect_with", "from_channel", "channel", "with_timeout", "with_options", "clone", "ID"];
+
+/// The generated items whose names can be chosen (`#[service(client = "..")]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Item {
+    Client,
+    Server,
+    Request,
+    Response,
+}
+
+impl Item {
+    pub(crate) const ALL: [Item; 4] = [Item::Client, Item::Server, Item::Request, Item::Response];
+
+    /// The attribute key that names it.
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            Item::Client => "client",
+            Item::Server => "server",
+            Item::Request => "request",
+            Item::Response => "response",
+        }
+    }
+
+    /// What it is, for messages.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Item::Client => "client (`client = ..`)",
+            Item::Server => "server adapter (`server = ..`)",
+            Item::Request => "request enum (`request = ..`)",
+            Item::Response => "response enum (`response = ..`)",
+        }
+    }
+
+    pub(crate) fn from_key(key: &str) -> Option<Item> {
+        Item::ALL.into_iter().find(|i| i.key() == key)
+    }
+
+    /// The default name's suffix after the trait name.
+    fn suffix(self) -> &'static str {
+        match self {
+            Item::Client => "Client",
+            Item::Server => "Server",
+            Item::Request => "Request",
+            Item::Response => "Response",
+        }
+    }
+}
+
+/// The names of the generated items: chosen in the attribute, else `{Trait}{Suffix}`.
+pub(crate) struct Names {
+    pub(crate) client: Ident,
+    pub(crate) server: Ident,
+    pub(crate) request: Ident,
+    pub(crate) response: Ident,
+}
+
+impl Names {
+    pub(crate) fn new(trait_ident: &Ident, chosen: &[(Item, Ident)]) -> Names {
+        let name = |item: Item| {
+            chosen
+                .iter()
+                .find(|(i, _)| *i == item)
+                .map_or_else(|| derived(trait_ident, item.suffix()), |(_, n)| n.clone())
+        };
+        Names {
+            client: name(Item::Client),
+            server: name(Item::Server),
+            request: name(Item::Request),
+            response: name(Item::Response),
+        }
+    }
+
+    pub(crate) fn get(&self, item: Item) -> &Ident {
+        match item {
+            Item::Client => &self.client,
+            Item::Server => &self.server,
+            Item::Request => &self.request,
+            Item::Response => &self.response,
+        }
+    }
+}
 
 /// `snake_case` (or anything else) to `CamelCase`: every `_`-separated part gets its
 /// first character upper-cased; the rest is kept (`getX` -> `GetX`, `get_x` -> `GetX`).
@@ -96,8 +168,23 @@ mod tests {
 
     #[test]
     fn reserved_are_unique() {
-        for (i, a) in RESERVED.iter().enumerate() {
-            assert!(!RESERVED[i + 1..].contains(a), "{a} listed twice");
+        for list in [CLIENT_RESERVED] {
+            for (i, a) in list.iter().enumerate() {
+                assert!(!list[i + 1..].contains(a), "{a} listed twice");
+            }
+        }
+    }
+
+    #[test]
+    fn chosen_names_override_the_defaults() {
+        let t = Ident::new("Hello", Span::call_site());
+        let names = Names::new(&t, &[(Item::Server, Ident::new("HelloService", Span::call_site()))]);
+        assert_eq!(names.server.to_string(), "HelloService");
+        assert_eq!(names.client.to_string(), "HelloClient");
+        assert_eq!(names.request.to_string(), "HelloRequest");
+        assert_eq!(names.response.to_string(), "HelloResponse");
+        for item in Item::ALL {
+            assert_eq!(Item::from_key(item.key()), Some(item));
         }
     }
 }

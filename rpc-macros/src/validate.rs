@@ -9,7 +9,7 @@ use syn::visit::{self, Visit};
 use syn::{Error, GenericParam, Lifetime, Pat, TraitItem, Type, TypeParamBound, TypeReference};
 
 use crate::model::{MethodDef, Output, ServiceDef};
-use crate::naming;
+use crate::naming::{self, Item};
 
 /// Accumulates errors so one expansion reports all of them.
 #[derive(Default)]
@@ -39,14 +39,15 @@ impl Errors {
 /// Checks the whole service; problems go to `errors` in source order.
 pub(crate) fn check(def: &ServiceDef<'_>, errors: &mut Errors) {
     check_trait(def, errors);
-    let client = naming::derived(def.ident(), "Client");
+    check_names(def, errors);
+    let client = &def.names.client;
     let mut variants: HashMap<String, &MethodDef<'_>> = HashMap::new();
     let mut methods = def.methods.iter();
     for item in &def.item.items {
         match item {
             TraitItem::Fn(_) => {
                 let Some(m) = methods.next() else { continue };
-                check_method(m, &client, errors);
+                check_method(m, client, errors);
                 if let Ok(variant) = &m.variant {
                     if let Some(first) = variants.get(&variant.to_string()) {
                         if first.name == m.name {
@@ -67,6 +68,30 @@ pub(crate) fn check(def: &ServiceDef<'_>, errors: &mut Errors) {
             }
             other => check_other_item(other, errors),
         }
+    }
+}
+
+/// Generated items need names distinct from each other and from the trait.
+fn check_names(def: &ServiceDef<'_>, errors: &mut Errors) {
+    let mut seen: Vec<(&proc_macro2::Ident, Item)> = Vec::new();
+    for item in Item::ALL {
+        let name = def.names.get(item);
+        if *name == *def.ident() {
+            errors.at(
+                name.span(),
+                format!("the {} cannot be named like the trait `{name}`; choose another name", item.describe()),
+            );
+        } else if let Some((_, first)) = seen.iter().find(|(n, _)| *n == name) {
+            errors.at(
+                name.span(),
+                format!(
+                    "the {} and the {} would both be named `{name}`; choose another name for one of them",
+                    first.describe(),
+                    item.describe()
+                ),
+            );
+        }
+        seen.push((name, item));
     }
 }
 
@@ -93,7 +118,7 @@ fn check_trait(def: &ServiceDef<'_>, errors: &mut Errors) {
             errors.spanned(
                 bound,
                 "a `#[service]` trait cannot have supertraits: only its own methods can be called over the pipe \
-                 (the generated trait is already `Send + Sync + 'static`); remove this bound",
+                 (the generated trait is already `Send + Sync`, and `'static` may be written); remove this bound",
             );
         }
     }
@@ -165,7 +190,7 @@ fn check_method(m: &MethodDef<'_>, client: &proc_macro2::Ident, errors: &mut Err
              end the declaration with `;` and move the body into your `impl`",
         );
     }
-    if naming::RESERVED.contains(&m.name.as_str()) {
+    if naming::CLIENT_RESERVED.contains(&m.name.as_str()) {
         errors.at(m.span(), format!("`{0}` collides with the generated `{client}::{0}`; rename the method", m.name));
     }
     if let Err(message) = &m.variant {
@@ -436,8 +461,12 @@ mod tests {
     use crate::attr::ServiceArgs;
 
     fn errors(src: &str) -> Vec<String> {
+        errors_with(ServiceArgs::default(), src)
+    }
+
+    fn errors_with(args: ServiceArgs, src: &str) -> Vec<String> {
         let item: syn::ItemTrait = syn::parse_str(src).unwrap();
-        let def = ServiceDef::from_syn(ServiceArgs::default(), &item);
+        let def = ServiceDef::from_syn(args, &item);
         let mut errors = Errors::default();
         check(&def, &mut errors);
         errors.into_result().err().map(|e| e.into_iter().map(|e| e.to_string()).collect()).unwrap_or_default()
@@ -552,7 +581,31 @@ mod tests {
             "`get_x` and `getX` both become the wire variant `GetX`",
         );
         one("trait T { async fn a(&self); async fn a(&self); }", "declared more than once");
+        // The client has no `new` or `into_inner`: they are ordinary method names.
+        assert!(errors("trait T { async fn new(&self); async fn into_inner(&self); }").is_empty());
         one("trait T { async fn __(&self); }", "cannot derive a wire variant name");
+    }
+
+    fn named(pairs: &[(Item, &str)]) -> ServiceArgs {
+        let names = pairs.iter().map(|(i, n)| (*i, proc_macro2::Ident::new(n, Span::call_site()))).collect();
+        ServiceArgs { names, ..ServiceArgs::default() }
+    }
+
+    #[test]
+    fn chosen_names() {
+        let e = errors_with(named(&[(Item::Client, "Queues")]), "trait WorkQueues { async fn connect(&self); }");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("collides with the generated `Queues::connect`"), "{e:?}");
+        let e = errors_with(named(&[(Item::Server, "T")]), "trait T {}");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("server adapter (`server = ..`) cannot be named like the trait `T`"), "{e:?}");
+        let e = errors_with(named(&[(Item::Request, "W"), (Item::Response, "W")]), "trait T {}");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("would both be named `W`"), "{e:?}");
+        // A chosen name may be a default name of another item, if it is then not used.
+        assert!(errors_with(named(&[(Item::Client, "TServer"), (Item::Server, "TService")]), "trait T {}").is_empty());
+        let e = errors_with(named(&[(Item::Client, "TServer")]), "trait T {}");
+        assert!(e[0].contains("would both be named `TServer`"), "{e:?}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Generated items are documented and lint-clean in a crate with strict lints.
 #![deny(missing_docs, missing_debug_implementations, unreachable_pub, unused_qualifications, unused_results)]
-#![deny(rust_2018_idioms, deprecated)]
+#![deny(rust_2018_idioms, deprecated, unused_lifetimes, single_use_lifetimes)]
 
 use serde::{Deserialize, Serialize};
 
