@@ -41,7 +41,7 @@ commands:
 
 options:
   --pipe NAME       the server's pipe (default: work-queues)
-  --timeout-ms N    how long to wait for the server to answer, and to come up
+  --timeout-ms N    how long to wait for the server to answer
                     if it is not running yet (default: 5000; a watch has no
                     deadline)
   -h, --help        show this help
