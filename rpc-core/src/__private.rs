@@ -1,6 +1,9 @@
 //! Paths used by code that `#[service]` generates. Not a public API: names here may
 //! change in any release.
 
+pub use crate::blocking::{
+    BlockingRuntime, BlockingStream, Upload, finish as blocking_finish, finish_stream as blocking_finish_stream,
+};
 pub use crate::callback::{Callback, Client, erase as erase_callback, mix_fingerprints};
 pub use crate::client::{CallOptions, Channel, ClientConfig};
 pub use crate::error::RpcError;
@@ -131,6 +134,18 @@ pub const fn assert_client<C: IsClient>() {}
 )]
 pub trait AbsorbsRpcError: From<RpcError> {}
 impl<E: From<RpcError>> AbsorbsRpcError for E {}
+
+/// [`AbsorbsRpcError`] with a lifetime to bind, for `where` clauses of generated methods
+/// (see [`WireAt`]): a blocking method whose error type cannot absorb `RpcError` is then
+/// reported once, by the async client's check at `E`, not again by the blocking one.
+pub trait AbsorbsRpcErrorAt<'a>: AbsorbsRpcError {}
+impl<E: AbsorbsRpcError> AbsorbsRpcErrorAt<'_> for E {}
+
+/// [`Client`](crate::Client) with a lifetime to bind, for `where` clauses of generated
+/// methods that take a callback (see [`WireAt`]): a `Callback<C>` whose `C` is not a
+/// generated client is reported by the check at `C`, not again by every client method.
+pub trait ClientAt<'a>: crate::Client {}
+impl<C: crate::Client> ClientAt<'_> for C {}
 
 /// The server's answer to a stream item sent as if it were a call.
 pub fn not_a_call(method: &'static str) -> ServerError {

@@ -571,7 +571,32 @@ thread_local! {
     static ONEWAY_SCRATCH: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
 }
 
+/// See [`Channel::lifeline`].
+pub(crate) struct Lifeline {
+    /// Resolves once the connection's engine and every handle of it are gone.
+    pub(crate) ended: futures::future::BoxFuture<'static, ()>,
+    /// Waits until the one-way calls queued so far are written to the pipe (or the
+    /// connection ended).
+    pub(crate) flush: Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>,
+}
+
 impl<Req, Resp> Shared<Req, Resp> {
+    /// See [`Channel::flush`].
+    async fn flush(&self) -> Result<(), RpcError> {
+        let target = self.calls.oneways_pushed();
+        let mut flushed = self.oneways_flushed.subscribe();
+        loop {
+            if *flushed.borrow_and_update() >= target {
+                return Ok(());
+            }
+            if let Some(why) = self.calls.closed() {
+                return Err(why);
+            }
+            // The sender lives as long as `self`; the engine signals when it ends.
+            let _ = flushed.changed().await;
+        }
+    }
+
     fn new(registry: Arc<Registry>, peer: PeerInfo, config: ClientConfig) -> Arc<Self> {
         Arc::new(Shared {
             calls: Calls::new(registry),
@@ -689,19 +714,31 @@ impl<Req, Resp> Channel<Req, Resp> {
     /// calls exits: a one-way call returns once queued, and queued calls die with the
     /// process. Fails if the connection ended first (queued calls are then lost).
     pub async fn flush(&self) -> Result<(), RpcError> {
-        let shared = &*self.shared;
-        let target = shared.calls.oneways_pushed();
-        let mut flushed = shared.oneways_flushed.subscribe();
-        loop {
-            if *flushed.borrow_and_update() >= target {
-                return Ok(());
-            }
-            if let Some(why) = shared.calls.closed() {
-                return Err(why);
-            }
-            // The sender lives as long as `shared`; the engine signals when it ends.
-            let _ = flushed.changed().await;
-        }
+        self.shared.flush().await
+    }
+
+    /// What a runtime that must run until this connection is over needs (the blocking
+    /// client's, `crate::blocking`), holding no handle of it: a future that resolves once
+    /// the connection's engine and every handle are gone, and a way to wait for the one-way
+    /// calls queued so far, as [`flush`](Self::flush) does.
+    pub(crate) fn lifeline(&self) -> Lifeline
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        // The sender lives exactly as long as `shared`: its end is the connection's.
+        let mut changes = self.shared.oneways_flushed.subscribe();
+        let ended = Box::pin(async move { while changes.changed().await.is_ok() {} });
+        let shared = Arc::downgrade(&self.shared);
+        let flush = Box::new(move || -> futures::future::BoxFuture<'static, ()> {
+            Box::pin(async move {
+                if let Some(shared) = shared.upgrade() {
+                    // A connection that ended first has nothing left to wait for.
+                    let _ = shared.flush().await;
+                }
+            })
+        });
+        Lifeline { ended, flush }
     }
 
     /// Closes the connection now. Calls in flight fail with [`RpcError::Cancelled`];

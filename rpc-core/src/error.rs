@@ -72,6 +72,20 @@ pub enum RpcError {
     /// The server received the call and refused or failed it.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// A blocking client's method (`{Trait}BlockingClient`, see [`crate::blocking`]) was
+    /// called on a thread inside a tokio runtime context: an async task, `block_on`,
+    /// `Runtime::enter`, or a `spawn_blocking` closure (tokio does not tell these apart).
+    /// Blocking such a thread can stall the tasks the call itself needs, so nothing was sent.
+    /// Use the async client there (`as_async()` gives it, on the same connection) and
+    /// `.await` the call.
+    #[error(
+        "`{call}` blocks its thread, but it was called inside a tokio runtime, where blocking can stall the tasks it \
+         waits for; nothing was sent: use the async client (`as_async()`) and `.await` the call"
+    )]
+    BlockingInRuntime {
+        /// The method that was called, as `Type::method`.
+        call: String,
+    },
 }
 
 impl RpcError {
@@ -112,6 +126,8 @@ impl RpcError {
             ),
             RpcError::Server(s) => matches!(s.kind, ServerErrorKind::Overloaded | ServerErrorKind::ShuttingDown),
             RpcError::DeadlineExceeded { .. } | RpcError::Cancelled => false,
+            // Nothing was sent (a retry on the same thread is refused again, though).
+            RpcError::BlockingInRuntime { .. } => true,
         }
     }
 }

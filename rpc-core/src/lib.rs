@@ -70,25 +70,26 @@
 //! |---|---|
 //! | `trait Foo` | your trait, with each `async fn` turned into `fn .. -> impl Future + Send` so handlers can run on any runtime thread. Implement it with plain `async fn`s. `Foo: Send + Sync`. |
 //! | `FooClient` | the client: `connect(name)`, `connect_with(name, ClientConfig)`, `from_channel(Channel)`, `with_timeout(Duration)`, `with_options(CallOptions)`, `channel()`, and one `async` method per RPC. `Clone`; clones share one connection. |
+//! | `FooBlockingClient` | the [blocking client](blocking), for code without an async runtime: `connect(name)`, `connect_with(name, ClientConfig)`, `with_timeout`, `with_options`, `channel()`, `as_async()`, `into_async()`, and one plain `fn` per RPC. It runs its connection on a background thread of its own; any number of threads may call it at once. Inside a tokio runtime it refuses with [`RpcError::BlockingInRuntime`]. |
 //! | `FooServer<S>` | the server adapter: `FooServer::new(impl Foo + 'static)` gives a [`Service`] for [`Server::new`]. |
 //! | `FooRequest`, `FooResponse` | the wire enums, one variant per method. |
 //!
-//! Each name can be chosen (`#[service(client = "..", server = "..", request = "..", response = "..")]`),
-//! and `#[service(derive(Clone, Debug))]` adds derives to the wire enums; see [`service`](macro@service).
+//! Each name can be chosen (`#[service(client = "..", blocking_client = "..", server = "..",
+//! request = "..", response = "..")]`), and `#[service(derive(Clone, Debug))]` adds derives
+//! to the wire enums; see [`service`](macro@service).
 //!
 //! # Client and server signature of each method shape
 //!
-//! | trait method | the handler returns | client method |
-//! |---|---|---|
-//! | `async fn f(&self, a: A) -> T` | `T` | `async fn f(&self, a: A) -> Result<T, RpcError>` |
-//! | `async fn f(&self, a: A)` | `()` | `async fn f(&self, a: A) -> Result<(), RpcError>` |
-//! | `async fn f(&self, a: A) -> Result<T, E>` | `Result<T, E>` | `async fn f(&self, a: A) -> Result<T, E>`; `E: From<RpcError>` is required and checked at compile time, so one `?` handles application and transport errors alike |
-//! | `async fn f(&self, a: A) -> Reply` with `type Reply = Result<T, E>` | `Reply` | `async fn f(&self, a: A) -> Result<Reply, RpcError>`: naming the result through an alias opts out of flattening, for error types that cannot absorb [`RpcError`] (such as `String`) |
-//! | `#[oneway] async fn f(&self, a: A)` | `()` (nothing is sent back) | `async fn f(&self, a: A) -> Result<(), RpcError>`: returns once the message is queued for the pipe ([`Channel::oneway`]) |
-//! | `async fn f(&self, a: A) -> RpcStream<T>` | an [`RpcStream<T>`] it produces | `async fn f(&self, a: A) -> Result<RpcStream<T>, RpcError>`, read as a `Stream` of `Result<T, RpcError>`; dropping it cancels the call |
-//! | `async fn f(&self, a: A, s: RpcStream<U>) -> R` (any of the returns above but one-way) | `R`, reading `s` as a `Stream` of `Result<U, RpcError>` | `async fn f(&self, a: A, s: RpcStream<U>) -> ..` with an `RpcStream<U>` the client produces |
-//!
-//! | `async fn f(&self, a: A, c: Callback<EventsClient>) -> R` | `R`; it may call `c.method(..)` (an `EventsClient`) while the call is open | `async fn f(&self, a: A, c: impl Service<..>) -> ..`: pass `EventsServer::new(handler)`; see [`callback`] |
+//! | trait method | the handler returns | client method | blocking client method |
+//! |---|---|---|---|
+//! | `async fn f(&self, a: A) -> T` | `T` | `async fn f(&self, a: A) -> Result<T, RpcError>` | `fn f(&self, a: A) -> Result<T, RpcError>` |
+//! | `async fn f(&self, a: A)` | `()` | `async fn f(&self, a: A) -> Result<(), RpcError>` | `fn f(&self, a: A) -> Result<(), RpcError>` |
+//! | `async fn f(&self, a: A) -> Result<T, E>` | `Result<T, E>` | `async fn f(&self, a: A) -> Result<T, E>`; `E: From<RpcError>` is required and checked at compile time, so one `?` handles application and transport errors alike | `fn f(&self, a: A) -> Result<T, E>` |
+//! | `async fn f(&self, a: A) -> Reply` with `type Reply = Result<T, E>` | `Reply` | `async fn f(&self, a: A) -> Result<Reply, RpcError>`: naming the result through an alias opts out of flattening, for error types that cannot absorb [`RpcError`] (such as `String`) | `fn f(&self, a: A) -> Result<Reply, RpcError>` |
+//! | `#[oneway] async fn f(&self, a: A)` | `()` (nothing is sent back) | `async fn f(&self, a: A) -> Result<(), RpcError>`: returns once the message is queued for the pipe ([`Channel::oneway`]) | `fn f(&self, a: A) -> Result<(), RpcError>`, once queued; dropping the last handle waits until they are written |
+//! | `async fn f(&self, a: A) -> RpcStream<T>` | an [`RpcStream<T>`] it produces | `async fn f(&self, a: A) -> Result<RpcStream<T>, RpcError>`, read as a `Stream` of `Result<T, RpcError>`; dropping it cancels the call | `fn f(&self, a: A) -> Result<BlockingStream<T>, RpcError>`, an `Iterator` of `Result<T, RpcError>`; dropping it cancels the call |
+//! | `async fn f(&self, a: A, s: RpcStream<U>) -> R` (any of the returns above but one-way) | `R`, reading `s` as a `Stream` of `Result<U, RpcError>` | `async fn f(&self, a: A, s: RpcStream<U>) -> ..` with an `RpcStream<U>` the client produces | `fn f(&self, a: A, s: impl Upload<U>) -> ..`: any `IntoIterator<Item = U>` (pulled on a thread of its own, under flow control) or an `RpcStream<U>` |
+//! | `async fn f(&self, a: A, c: Callback<EventsClient>) -> R` | `R`; it may call `c.method(..)` (an `EventsClient`) while the call is open | `async fn f(&self, a: A, c: impl Service<..>) -> ..`: pass `EventsServer::new(handler)`; see [`callback`] | `fn f(&self, a: A, c: impl Service<..>) -> ..`, the same object; its handler runs on the client's runtime |
 //!
 //! A method takes at most one `RpcStream` argument; streams in both directions make a
 //! bidirectional exchange. See [`stream`] for how a stream ends, its flow control and its
@@ -118,11 +119,13 @@
 //!
 //! Clients and servers run on tokio and need its I/O and time drivers (`#[tokio::main]`
 //! and `#[tokio::test]` enable both; with `runtime::Builder`, call `enable_all()`). Either
-//! runtime flavor works; each connection is one task on each side.
+//! runtime flavor works; each connection is one task on each side. Code without a runtime
+//! uses the [blocking client](blocking), which brings a small one of its own.
 
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod blocking;
 pub mod callback;
 pub mod client;
 pub mod codec;
@@ -145,6 +148,7 @@ pub mod porting {}
 pub mod __private;
 
 pub use access::{AccessPolicy, PeerCredentials, ServerIdentity, Sid};
+pub use blocking::{BlockingStream, Upload};
 pub use callback::{Callback, Client};
 pub use client::{CallOptions, Channel, ClientConfig, PeerInfo};
 pub use codec::{Codec, DecodeLimits};

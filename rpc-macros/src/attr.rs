@@ -25,7 +25,7 @@ pub(crate) struct ServiceArgs {
 }
 
 const EXPECTED: &str = "expected `crate = path::to::rpc_core`, `name = \"service-name\"`, \
-                        `client = \"Name\"`, `server = \"Name\"`, \
+                        `client = \"Name\"`, `blocking_client = \"Name\"`, `server = \"Name\"`, \
                         `request = \"Name\"`, `response = \"Name\"` or `derive(Trait, ..)`";
 
 /// Parses what it can; every problem found goes to `errors`.

@@ -38,6 +38,7 @@ struct ServiceGenerator<'a> {
     request: &'a Ident,
     response: &'a Ident,
     client: &'a Ident,
+    blocking: &'a Ident,
     server: &'a Ident,
     /// The server's type parameter.
     param: Ident,
@@ -76,6 +77,7 @@ impl<'a> ServiceGenerator<'a> {
             request: &def.names.request,
             response: &def.names.response,
             client: &def.names.client,
+            blocking: &def.names.blocking_client,
             server: &def.names.server,
             param: if trait_ident.unraw() == "S" { format_ident!("__S") } else { format_ident!("S") },
             item_attrs: quote!(#(#cfgs)* #(#lints)*),
@@ -599,6 +601,21 @@ impl<'a> ServiceGenerator<'a> {
         quote!(#docs #(#deprecated)* #attrs #allow)
     }
 
+    /// A client method's `where` clause: its callback's client and (for a blocking method)
+    /// its error type are assumed to be what they must be, so that if they are not, the one
+    /// check at the type reports it, and not every generated method again (see `WireAt`).
+    fn method_where(&self, m: &Method<'_>, blocking: bool) -> TokenStream {
+        let private = &self.private;
+        let mut bounds = Vec::new();
+        if let Some((_, client)) = m.callback {
+            bounds.push(quote!(for<'__rpc> #client: #private::ClientAt<'__rpc>));
+        }
+        if let (true, Output::Fallible { err, .. }) = (blocking, &m.def.output) {
+            bounds.push(quote!(for<'__rpc> #err: #private::AbsorbsRpcErrorAt<'__rpc>));
+        }
+        if bounds.is_empty() { TokenStream::new() } else { quote!(where #(#bounds),*) }
+    }
+
     /// The client's argument types: the trait's, except that a callback argument takes an
     /// object serving the callback trait, not the callback's client.
     fn client_arg_types(&self, m: &Method<'_>) -> Vec<TokenStream> {
@@ -678,9 +695,157 @@ impl<'a> ServiceGenerator<'a> {
             }
             _ => quote!(#private::plain(#call, #name, #pick)),
         };
+        let where_clause = self.method_where(m, false);
         quote! {
             #attrs
-            pub async fn #ident(&self #(, #args: #tys)*) -> #ret {
+            pub async fn #ident(&self #(, #args: #tys)*) -> #ret #where_clause {
+                #body
+            }
+        }
+    }
+
+    fn blocking_client_struct(&self) -> TokenStream {
+        let Self { private, trait_ident, client, blocking, item_attrs, .. } = self;
+        let vis = &self.def.item.vis;
+        let doc = format!(
+            "Blocking client of [`{trait_ident}`]: one plain `fn` per RPC, for code without an async \
+             runtime; a connection of its own with a small runtime (one background thread) that runs it. \
+             Cheap to clone; clones share the connection, and any number of threads may call at once. \
+             Inside a tokio runtime every method returns `RpcError::BlockingInRuntime`: use [`{client}`] \
+             there (`as_async`). See `rpc_core::blocking`."
+        );
+        quote! {
+            #[doc = #doc]
+            #[derive(::core::clone::Clone, ::core::fmt::Debug)]
+            #item_attrs
+            #vis struct #blocking {
+                client: #client,
+                runtime: #private::BlockingRuntime,
+            }
+        }
+    }
+
+    fn blocking_client_impl(&self) -> TokenStream {
+        let Self { private, request, response, client, blocking, item_attrs, .. } = self;
+        let allow = allow_lints();
+        let wire_where = self.wire_where();
+        let channel = quote!(#private::Channel<#request, #response>);
+        let connect_call = format!("{blocking}::connect");
+        let connect_doc = format!(
+            "Connects to the server listening on the pipe `name` with the default `ClientConfig`, as \
+             [`{client}::connect`] does, on a runtime of its own (a background thread, which ends with \
+             the connection)."
+        );
+        let methods = self.methods().map(|m| self.blocking_method(&m));
+        quote! {
+            #item_attrs
+            #allow
+            impl #blocking #wire_where {
+                #[doc = #connect_doc]
+                ///
+                /// # Errors
+                ///
+                /// The server could not be reached in time, or it serves another service
+                /// (or another version of this one); `RpcError::BlockingInRuntime` inside
+                /// a tokio runtime.
+                pub fn connect(
+                    name: impl ::core::convert::Into<#private::PipeName>,
+                ) -> ::core::result::Result<Self, #private::RpcError> {
+                    Self::connect_with(name, <#private::ClientConfig as ::core::default::Default>::default())
+                }
+
+                /// Like [`connect`](Self::connect), with the given `ClientConfig`.
+                ///
+                /// # Errors
+                ///
+                /// As for [`connect`](Self::connect).
+                pub fn connect_with(
+                    name: impl ::core::convert::Into<#private::PipeName>,
+                    config: #private::ClientConfig,
+                ) -> ::core::result::Result<Self, #private::RpcError> {
+                    let runtime = #private::BlockingRuntime::start(#connect_call)?;
+                    let name: #private::PipeName = ::core::convert::Into::into(name);
+                    let client = runtime.run(#connect_call, move || #client::connect_with(name, config))??;
+                    runtime.attach(client.channel());
+                    ::core::result::Result::Ok(Self { client, runtime })
+                }
+
+                /// The underlying connection.
+                #[must_use]
+                pub fn channel(&self) -> &#channel {
+                    self.client.channel()
+                }
+
+                /// The async client on the same connection, for code that runs on an async
+                /// runtime (clones of it keep the connection, and its runtime, alive).
+                #[must_use]
+                pub fn as_async(&self) -> &#client {
+                    &self.client
+                }
+
+                /// The async client on the same connection (its runtime keeps running until
+                /// the connection ends).
+                #[must_use]
+                pub fn into_async(self) -> #client {
+                    self.client
+                }
+
+                /// A handle whose calls may take at most `timeout` each. It shares this
+                /// client's connection.
+                #[must_use]
+                pub fn with_timeout(&self, timeout: ::core::time::Duration) -> Self {
+                    Self {
+                        client: self.client.with_timeout(timeout),
+                        runtime: ::core::clone::Clone::clone(&self.runtime),
+                    }
+                }
+
+                /// A handle whose calls use `options`. It shares this client's connection.
+                #[must_use]
+                pub fn with_options(&self, options: #private::CallOptions) -> Self {
+                    Self {
+                        client: self.client.with_options(options),
+                        runtime: ::core::clone::Clone::clone(&self.runtime),
+                    }
+                }
+
+                #(#methods)*
+            }
+        }
+    }
+
+    /// A blocking method: the async client's, run to completion on the calling thread.
+    fn blocking_method(&self, m: &Method<'_>) -> TokenStream {
+        let private = &self.private;
+        let Method { def, args, upload, .. } = m;
+        let ident = def.ident;
+        let call = format!("{}::{}", self.blocking, def.name);
+        let attrs = self.method_attrs(m);
+        let mut tys = self.client_arg_types(m);
+        // A stream argument takes an iterator too; it becomes an `RpcStream` on the runtime.
+        let passed: Vec<TokenStream> = args
+            .iter()
+            .zip(&mut tys)
+            .map(|(arg, ty)| match upload {
+                Some((up, item, _)) if up == arg => {
+                    *ty = quote!(impl #private::Upload<#item>);
+                    quote!(#private::Upload::into_rpc_stream(#arg, &self.runtime))
+                }
+                _ => quote!(#arg),
+            })
+            .collect();
+        let run = quote!(self.runtime.run(#call, move || self.client.#ident(#(#passed),*)));
+        let (ret, body) = match &def.output {
+            Output::Stream { item, .. } if !def.is_oneway() => (
+                quote!(::core::result::Result<#private::BlockingStream<#item>, #private::RpcError>),
+                quote!(#private::blocking_finish_stream(&self.runtime, #call, #run)),
+            ),
+            _ => (self.client_return(def), quote!(#private::blocking_finish(#run))),
+        };
+        let where_clause = self.method_where(m, true);
+        quote! {
+            #attrs
+            pub fn #ident(&self #(, #args: #tys)*) -> #ret #where_clause {
                 #body
             }
         }
@@ -793,6 +958,8 @@ impl ToTokens for ServiceGenerator<'_> {
             self.service_impl(),
             self.client_struct(),
             self.client_impl(),
+            self.blocking_client_struct(),
+            self.blocking_client_impl(),
         ]);
     }
 }
@@ -823,6 +990,7 @@ mod tests {
             "enum WorkQueuesResponse",
             "struct WorkQueuesServer",
             "struct WorkQueuesClient",
+            "struct WorkQueuesBlockingClient",
         ] {
             assert!(out.contains(item), "missing {item}");
         }

@@ -70,6 +70,7 @@ mod validate;
 /// | `trait Foo` | the trait, with its docs and attributes, now `Foo: Send + Sync`; each `async fn m(&self, ..) -> R` becomes `fn m(&self, ..) -> impl Future<Output = R> + Send`. Implement it with plain `async fn`s; the compiler checks that their futures are `Send`. |
 /// | `FooServer<S>` | the server adapter: `new(S)`, `from_arc(Arc<S>)`, `get_ref()` for `S: Foo + 'static` (the server shares the implementation with every connection, so it cannot borrow: `FooServer::new(&mut state)` is an error at that borrow), `Clone` (shares `S`; `S: Clone` not needed), `Debug`. Implements `rpc_core::Service`; hand it to `rpc_core::Server::new`. |
 /// | `FooClient` | the client: `Clone` (clones share one connection) and `Debug`, with `const ID`, `connect(name)`, `connect_with(name, ClientConfig)`, `from_channel(Channel)`, `channel()`, `with_timeout(Duration)`, `with_options(CallOptions)`, and one `async` method per RPC. |
+/// | `FooBlockingClient` | the blocking client, for code without an async runtime: `Clone`, `Debug`, `Send + Sync`, with `connect(name)`, `connect_with(name, ClientConfig)`, `channel()`, `with_timeout(Duration)`, `with_options(CallOptions)`, `as_async()`, `into_async()`, and one plain `fn` per RPC (see below and `rpc_core::blocking`). It runs its connection on a background thread; inside a tokio runtime every method returns `RpcError::BlockingInRuntime`. |
 /// | `FooRequest`, `FooResponse` | the wire enums: per method, a variant named in CamelCase (`create_queue` → `CreateQueue`), holding the arguments as named fields (`CreateQueue { name: String }`) or the handler's result (`CreateQueue(Result<QueueInfo, QueueError>)`; `()` for methods without a return type). |
 ///
 /// Docs on a method become the docs of its client method; a method without docs gets a
@@ -105,6 +106,12 @@ mod validate;
 ///
 /// | `async fn f(&self, c: Callback<EventsClient>) -> R` | `async fn f(&self, c: impl Service<Request = EventsRequest, Response = EventsResponse>) -> ..`: pass `EventsServer::new(handler)`; the handler of `f` calls `c` back while the call is open |
 ///
+/// The blocking client's method of each shape returns the same type as the async one,
+/// without `async`, except that a method returning `RpcStream<T>` returns
+/// `Result<BlockingStream<T>, RpcError>` (an `Iterator` of `Result<T, RpcError>`; dropping it
+/// cancels the call) and an `RpcStream<U>` argument takes `impl Upload<U>`: any
+/// `IntoIterator<Item = U> + Send + 'static`, or an `RpcStream<U>`.
+///
 /// `RpcStream` is recognised by its last path segment (`RpcStream<T>`, `rpc_core::RpcStream<T>`),
 /// as a whole argument (at most one per method) or the whole return type; elsewhere it is an
 /// error. A `#[oneway]` method returns nothing and takes no stream. The wire enums gain one
@@ -135,10 +142,10 @@ mod validate;
 /// - The trait has no generic parameters, `where` clause, associated types or consts,
 ///   or macro invocations. The only supertraits allowed are `Send`, `Sync` and
 ///   `'static`, which the generated trait has anyway.
-/// - A method may not be named like an item of the generated client: `connect`,
+/// - A method may not be named like an item of the generated clients: `connect`,
 ///   `connect_with`, `from_channel`, `channel`, `with_timeout`, `with_options`, `clone`
-///   (it would hide `Clone::clone`), `ID`. Two methods may not map to the same variant
-///   (`get_x` and `getX`).
+///   (it would hide `Clone::clone`), `ID`, `as_async`, `into_async`. Two methods may not map
+///   to the same variant (`get_x` and `getX`).
 /// - A generated item may not share its name with another item of the module: rustc
 ///   reports the duplicate at `#[service]` (E0428, and then that your item takes no type
 ///   parameter); choose another name for the generated one (`server = "HelloService"`).
@@ -165,18 +172,18 @@ mod validate;
 ///
 /// # Arguments
 ///
-/// `#[rpc_core::service(crate = path, name = "..", client = "..", server = "..",
-/// request = "..", response = "..", derive(..))]`, all optional:
+/// `#[rpc_core::service(crate = path, name = "..", client = "..", blocking_client = "..",
+/// server = "..", request = "..", response = "..", derive(..))]`, all optional:
 ///
 /// - `crate = path` (or `crate = "path"`): where the generated code finds rpc-core.
 ///   Default `::rpc_core`. Needed when rpc-core is renamed in `Cargo.toml` or reached
 ///   through a re-export: `#[my_sdk::rpc::service(crate = ::my_sdk::rpc)]`.
 /// - `name = "work-queues.v1"`: the service name checked in the connection handshake.
 ///   Default: the trait's name.
-/// - `client = "FooStub"`, `server = "FooService"`, `request = "FooCall"`,
-///   `response = "FooReply"` (a string or a plain identifier): the names of the generated
-///   client, server adapter and wire enums, when the defaults (`FooClient`, `FooServer`,
-///   `FooRequest`, `FooResponse`) are taken, for instance by a type of your own named
+/// - `client = "FooStub"`, `blocking_client = "FooSync"`, `server = "FooService"`,
+///   `request = "FooCall"`, `response = "FooReply"` (a string or a plain identifier): the
+///   names of the generated clients, server adapter and wire enums, when the defaults
+///   (`FooClient`, `FooBlockingClient`, `FooServer`, `FooRequest`, `FooResponse`) are taken, for instance by a type of your own named
 ///   `FooServer` (as in tarpc's examples). The names do not reach the wire or the
 ///   fingerprint. Errors about a generated item (a clash) point at the name given here.
 /// - `derive(Clone, PartialEq, Debug)`: derives added to the wire enums, next to serde's

@@ -8,22 +8,28 @@ use syn::ext::IdentExt;
 pub(crate) const CLIENT_RESERVED: &[&str] =
     &["connect", "connect_with", "from_channel", "channel", "with_timeout", "with_options", "clone", "ID"];
 
+/// Items of the blocking client (`{Trait}BlockingClient`) a trait method must not shadow.
+pub(crate) const BLOCKING_RESERVED: &[&str] =
+    &["connect", "connect_with", "channel", "with_timeout", "with_options", "as_async", "into_async", "clone"];
+
 /// The generated items whose names can be chosen (`#[service(client = "..")]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Item {
     Client,
+    BlockingClient,
     Server,
     Request,
     Response,
 }
 
 impl Item {
-    pub(crate) const ALL: [Item; 4] = [Item::Client, Item::Server, Item::Request, Item::Response];
+    pub(crate) const ALL: [Item; 5] = [Item::Client, Item::BlockingClient, Item::Server, Item::Request, Item::Response];
 
     /// The attribute key that names it.
     pub(crate) fn key(self) -> &'static str {
         match self {
             Item::Client => "client",
+            Item::BlockingClient => "blocking_client",
             Item::Server => "server",
             Item::Request => "request",
             Item::Response => "response",
@@ -34,6 +40,7 @@ impl Item {
     pub(crate) fn describe(self) -> &'static str {
         match self {
             Item::Client => "client (`client = ..`)",
+            Item::BlockingClient => "blocking client (`blocking_client = ..`)",
             Item::Server => "server adapter (`server = ..`)",
             Item::Request => "request enum (`request = ..`)",
             Item::Response => "response enum (`response = ..`)",
@@ -48,6 +55,7 @@ impl Item {
     fn suffix(self) -> &'static str {
         match self {
             Item::Client => "Client",
+            Item::BlockingClient => "BlockingClient",
             Item::Server => "Server",
             Item::Request => "Request",
             Item::Response => "Response",
@@ -58,6 +66,7 @@ impl Item {
 /// The names of the generated items: chosen in the attribute, else `{Trait}{Suffix}`.
 pub(crate) struct Names {
     pub(crate) client: Ident,
+    pub(crate) blocking_client: Ident,
     pub(crate) server: Ident,
     pub(crate) request: Ident,
     pub(crate) response: Ident,
@@ -73,6 +82,7 @@ impl Names {
         };
         Names {
             client: name(Item::Client),
+            blocking_client: name(Item::BlockingClient),
             server: name(Item::Server),
             request: name(Item::Request),
             response: name(Item::Response),
@@ -82,6 +92,7 @@ impl Names {
     pub(crate) fn get(&self, item: Item) -> &Ident {
         match item {
             Item::Client => &self.client,
+            Item::BlockingClient => &self.blocking_client,
             Item::Server => &self.server,
             Item::Request => &self.request,
             Item::Response => &self.response,
@@ -168,7 +179,7 @@ mod tests {
 
     #[test]
     fn reserved_are_unique() {
-        for list in [CLIENT_RESERVED] {
+        for list in [CLIENT_RESERVED, BLOCKING_RESERVED] {
             for (i, a) in list.iter().enumerate() {
                 assert!(!list[i + 1..].contains(a), "{a} listed twice");
             }
@@ -181,6 +192,7 @@ mod tests {
         let names = Names::new(&t, &[(Item::Server, Ident::new("HelloService", Span::call_site()))]);
         assert_eq!(names.server.to_string(), "HelloService");
         assert_eq!(names.client.to_string(), "HelloClient");
+        assert_eq!(names.blocking_client.to_string(), "HelloBlockingClient");
         assert_eq!(names.request.to_string(), "HelloRequest");
         assert_eq!(names.response.to_string(), "HelloResponse");
         for item in Item::ALL {

@@ -40,14 +40,13 @@ impl Errors {
 pub(crate) fn check(def: &ServiceDef<'_>, errors: &mut Errors) {
     check_trait(def, errors);
     check_names(def, errors);
-    let client = &def.names.client;
     let mut variants: HashMap<String, &MethodDef<'_>> = HashMap::new();
     let mut methods = def.methods.iter();
     for item in &def.item.items {
         match item {
             TraitItem::Fn(_) => {
                 let Some(m) = methods.next() else { continue };
-                check_method(m, client, errors);
+                check_method(m, &def.names, errors);
                 if let Ok(variant) = &m.variant {
                     if let Some(first) = variants.get(&variant.to_string()) {
                         if first.name == m.name {
@@ -159,7 +158,7 @@ fn check_other_item(item: &TraitItem, errors: &mut Errors) {
     errors.spanned(item, message);
 }
 
-fn check_method(m: &MethodDef<'_>, client: &proc_macro2::Ident, errors: &mut Errors) {
+fn check_method(m: &MethodDef<'_>, names: &naming::Names, errors: &mut Errors) {
     let sig = m.sig;
     if let Some(constness) = &sig.constness {
         errors.spanned(constness, "RPC methods cannot be `const fn`; write `async fn`");
@@ -190,8 +189,16 @@ fn check_method(m: &MethodDef<'_>, client: &proc_macro2::Ident, errors: &mut Err
              end the declaration with `;` and move the body into your `impl`",
         );
     }
-    if naming::CLIENT_RESERVED.contains(&m.name.as_str()) {
-        errors.at(m.span(), format!("`{0}` collides with the generated `{client}::{0}`; rename the method", m.name));
+    let name = m.name.as_str();
+    let owner = if naming::CLIENT_RESERVED.contains(&name) {
+        Some(&names.client)
+    } else if naming::BLOCKING_RESERVED.contains(&name) {
+        Some(&names.blocking_client)
+    } else {
+        None
+    };
+    if let Some(owner) = owner {
+        errors.at(m.span(), format!("`{name}` collides with the generated `{owner}::{name}`; rename the method"));
     }
     if let Err(message) = &m.variant {
         errors.at(m.span(), message);
@@ -576,6 +583,8 @@ mod tests {
     fn names() {
         one("trait WorkQueues { async fn connect(&self); }", "collides with the generated `WorkQueuesClient::connect`");
         one("trait T { async fn clone(&self); }", "`TClient::clone`");
+        one("trait T { async fn as_async(&self); }", "collides with the generated `TBlockingClient::as_async`");
+        one("trait T { async fn into_async(&self); }", "`TBlockingClient::into_async`");
         one(
             "trait T { async fn get_x(&self); async fn getX(&self); }",
             "`get_x` and `getX` both become the wire variant `GetX`",

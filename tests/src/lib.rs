@@ -756,6 +756,26 @@ pub async fn watchdog<F: Future>(f: F) -> F::Output {
     }
 }
 
+/// Runs `test` on a thread of its own, failing the test if it takes longer than
+/// [`WATCHDOG`]: [`watchdog`] for tests of the blocking client, which must run outside any
+/// async runtime. A panic in `test` is the test's panic.
+pub fn blocking_watchdog<T: Send + 'static>(test: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, finished) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let out = test();
+        let _ = done.send(());
+        out
+    });
+    match finished.recv_timeout(WATCHDOG) {
+        // Finished, or panicked (the sender is dropped): the join says which.
+        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match thread.join() {
+            Ok(out) => out,
+            Err(panic) => std::panic::resume_unwind(panic),
+        },
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("test hung: watchdog fired after {WATCHDOG:?}"),
+    }
+}
+
 /// The client settings tests use: a long connect timeout, since the machine may be slow
 /// and, on Windows, a burst of clients waits for free pipe instances.
 pub fn client_config() -> ClientConfig {

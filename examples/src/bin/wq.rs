@@ -13,6 +13,10 @@
 //! `watch` is a server-to-client stream: the server pushes each event as it happens, and
 //! the watch has no deadline. `log` is a one-way call: nothing comes back.
 //!
+//! A command-line tool has no use for an async runtime of its own: `wq` uses the generated
+//! blocking client, `WorkQueuesBlockingClient`, whose methods are plain functions (it runs
+//! the connection on a background thread).
+//!
 //! Exit status: 0 on success, 1 if the service refused the request (no such queue, ...),
 //! 2 if the call did not get through (server not running, deadline exceeded, ...),
 //! 64 for a usage error.
@@ -20,8 +24,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use futures::StreamExt;
-use pipe_rpc_examples::{DEFAULT_PIPE, QueueError, QueueInfo, WorkItem, WorkQueuesClient};
+use pipe_rpc_examples::{DEFAULT_PIPE, QueueError, QueueInfo, WorkItem, WorkQueuesBlockingClient};
 use rpc_core::{ClientConfig, RpcError, ServerErrorKind, TransportError};
 
 const USAGE: &str = "\
@@ -129,43 +132,41 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
 }
 
 /// Makes the call and returns what to print.
-async fn run(client: &WorkQueuesClient, timeout: Duration, command: Command) -> Result<String, QueueError> {
+fn run(client: &WorkQueuesBlockingClient, timeout: Duration, command: Command) -> Result<String, QueueError> {
     Ok(match command {
-        Command::Create(name) => format!("created {}", client.create(name).await?),
+        Command::Create(name) => format!("created {}", client.create(name)?),
         Command::Delete(name) => {
-            client.delete(name.clone()).await?;
+            client.delete(name.clone())?;
             format!("deleted {name}")
         }
-        Command::Start(name) => format!("started {}", client.start(name).await?),
-        Command::Stop(name) => format!("stopped {}", client.stop(name).await?),
-        Command::List => table(&client.list().await?),
+        Command::Start(name) => format!("started {}", client.start(name)?),
+        Command::Stop(name) => format!("stopped {}", client.stop(name)?),
+        Command::List => table(&client.list()?),
         Command::Add { queue, item } => {
-            let id = client.add_work(queue.clone(), item).await?;
+            let id = client.add_work(queue.clone(), item)?;
             format!("added item {id} to {queue}")
         }
         Command::Take { queue, wait_ms } => {
             // The call's deadline must cover the wait on the server, plus the usual margin.
             let client = client.with_timeout(timeout + Duration::from_millis(wait_ms));
-            match client.take_work(queue.clone(), wait_ms).await? {
+            match client.take_work(queue.clone(), wait_ms)? {
                 Some((id, item)) => format!("item {id}: {item}"),
                 None => format!("no work in {queue} (waited {wait_ms} ms)"),
             }
         }
-        Command::Watch(queue) => return watch(client, queue).await,
+        Command::Watch(queue) => return watch(client, queue),
         Command::Log(line) => {
-            client.log(line).await?;
-            // The one-way call returned once the line was queued for the pipe, but this
-            // process is about to exit, which would drop whatever is still queued.
-            client.channel().flush().await?;
+            // The one-way call returns once the line is queued for the pipe; dropping the
+            // client (as this process exits) waits until it is written.
+            client.log(line)?;
             "logged (one-way: the server does not answer)".to_owned()
         }
     })
 }
 
 /// Prints the queue's events as they arrive; returns how the watch ended.
-async fn watch(client: &WorkQueuesClient, queue: String) -> Result<String, QueueError> {
-    let mut events = client.watch(queue.clone()).await?;
-    while let Some(event) = events.next().await {
+fn watch(client: &WorkQueuesBlockingClient, queue: String) -> Result<String, QueueError> {
+    for event in client.watch(queue.clone())? {
         match event {
             Ok(event) => println!("{queue}: {event}"),
             Err(RpcError::Server(e)) if e.kind == ServerErrorKind::ShuttingDown => {
@@ -190,8 +191,7 @@ fn table(queues: &[QueueInfo]) -> String {
     out
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = match parse(std::env::args().skip(1)) {
         Ok(Some(args)) => args,
         Ok(None) => {
@@ -205,8 +205,8 @@ async fn main() -> ExitCode {
     };
     // One timeout for both: a user waiting on `wq` does not care which part is slow.
     let config = ClientConfig::default().connect_timeout(args.timeout).default_timeout(args.timeout);
-    let result = match WorkQueuesClient::connect_with(args.pipe.as_str(), config).await {
-        Ok(client) => run(&client, args.timeout, args.command).await,
+    let result = match WorkQueuesBlockingClient::connect_with(args.pipe.as_str(), config) {
+        Ok(client) => run(&client, args.timeout, args.command),
         Err(e) => Err(e.into()),
     };
     match result {

@@ -3,12 +3,18 @@
 //!
 //! ```text
 //! test-client NAME [--expect same-user|anyone|root|UID]
+//! test-client NAME --blocking-notes TAG N
 //! test-client --impostor PATH
 //! ```
 //!
 //! Prints one line and exits 0: `ok PID UID GID SID` (the credentials the server's handler
 //! saw for this client; the SID is empty off Windows), or `err KIND: MESSAGE` with the typed error's variant. Bad arguments
 //! exit 64.
+//!
+//! `--blocking-notes` makes `N` one-way `note(TAG, seq, 0)` calls (`seq` = 0..N) with the
+//! blocking client, outside any async runtime, prints `sent` and exits as soon as the
+//! client is dropped: what the server receives shows what a program that exits right
+//! after one-way calls gets.
 //!
 //! `--impostor` plays a fake server instead (Unix): it listens on the socket `PATH` (mode
 //! 0666), prints `ready`, accepts one client and prints how many bytes it sent before
@@ -17,7 +23,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use pipe_rpc_tests::ProbeClient;
+use pipe_rpc_tests::{ProbeBlockingClient, ProbeClient};
 use rpc_core::{ClientConfig, RpcError, ServerIdentity};
 
 fn kind(e: &RpcError) -> String {
@@ -28,9 +34,43 @@ fn kind(e: &RpcError) -> String {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The blocking client refuses to run inside a runtime: this mode starts none.
+    if let [name, flag, tag, n] = &args[..]
+        && flag == "--blocking-notes"
+    {
+        return blocking_notes(name, tag, n);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(async_main(args.into_iter()))
+}
+
+fn blocking_notes(name: &str, tag: &str, n: &str) -> ExitCode {
+    let (Ok(tag), Ok(n)) = (tag.parse::<u64>(), n.parse::<u64>()) else {
+        eprintln!("usage: test-client NAME --blocking-notes TAG N");
+        return ExitCode::from(64);
+    };
+    let config = ClientConfig::default().connect_timeout(Duration::from_secs(20));
+    let client = match ProbeBlockingClient::connect_with(name, config) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("err {}: {e}", kind(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    for seq in 0..n {
+        if let Err(e) = client.note(tag, seq, 0) {
+            println!("err {}: {e}", kind(&e));
+            return ExitCode::FAILURE;
+        }
+    }
+    println!("sent");
+    drop(client);
+    ExitCode::SUCCESS
+}
+
+async fn async_main(mut args: impl Iterator<Item = String>) -> ExitCode {
     let name = args.next();
     if name.as_deref() == Some("--impostor") {
         return impostor(args.next());

@@ -11,6 +11,7 @@ pub struct HelloServer {
 #[rpc_core::service(
     server = "HelloService",
     client = HelloStub,
+    blocking_client = "HelloSync",
     request = "HelloReq",
     response = "HelloResp",
     name = "hello.v1"
@@ -38,6 +39,13 @@ async fn calls(c: HelloStub) -> Result<(), RpcError> {
     let _: String = c.hello("you".into()).await?;
     let _: u8 = c.new().await?;
     let _: u8 = c.into_inner().await?;
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn blocking_calls(c: HelloSync) -> Result<(), RpcError> {
+    let _: String = c.hello("you".into())?;
+    let _: &HelloStub = c.as_async();
     Ok(())
 }
 
