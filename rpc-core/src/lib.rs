@@ -121,6 +121,7 @@
 
 pub mod access;
 pub mod callback;
+pub mod child;
 pub mod client;
 pub mod codec;
 pub mod context;
