@@ -14,6 +14,7 @@ const DEMO: &str = env!("CARGO_BIN_EXE_demo");
 const SERVER: &str = env!("CARGO_BIN_EXE_work-queue-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_work-queue-client");
 const WQ: &str = env!("CARGO_BIN_EXE_wq");
+const PLUGIN_HOST: &str = env!("CARGO_BIN_EXE_plugin-host");
 
 /// Longest any one process may run before it is killed and the test fails.
 const WATCHDOG: Duration = Duration::from_secs(60);
@@ -222,11 +223,9 @@ fn a_second_server_on_the_same_pipe_is_refused() {
 fn wq_without_a_server_says_so_and_exits_2() {
     let pipe = unique_pipe("nobody");
     let start = Instant::now();
-    let out = run(WQ, &["--pipe", &pipe, "--timeout-ms", "200", "list"]);
-    out.assert_code(2)
-        .assert_stderr("server not running")
-        .assert_stderr(&pipe)
-        .assert_stderr("not waiting for a server to start");
+    // A long timeout: a server that is not there is reported at once, not after it.
+    let out = run(WQ, &["--pipe", &pipe, "--timeout-ms", "30000", "list"]);
+    out.assert_code(2).assert_stderr("server not running").assert_stderr(&pipe).assert_stderr("nothing exists");
     out.assert_stderr(&format!("start one with `work-queue-server --pipe {pipe}`"));
     assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
 }
@@ -235,4 +234,25 @@ fn wq_without_a_server_says_so_and_exits_2() {
 fn wq_explains_its_usage() {
     run(WQ, &[]).assert_code(64).assert_stderr("wq: no command given").assert_stderr("usage: wq");
     run(WQ, &["--help"]).assert_code(0).assert_stdout("usage: wq").assert_stdout("take QUEUE [--wait-ms N]");
+}
+
+#[test]
+fn plugin_host_calls_its_plugin_child_and_sees_it_crash_with_its_exit_code() {
+    let out = run(PLUGIN_HOST, &[]);
+    out.assert_code(0)
+        .assert_stdout("plugin: text-tools")
+        .assert_stdout("Upper(\"hello, plugin\") = \"HELLO, PLUGIN\"")
+        .assert_stdout("Double(\"21\") = \"42\"")
+        .assert_stdout("Double(\"x\") failed in the plugin")
+        .assert_stdout("word 4: processes")
+        .assert_stdout("(exit code Some(3))")
+        .assert_stdout("done: one host, one plugin process");
+    // The plugin's pid from the spawn is the one it reports itself.
+    let started = out.stdout.lines().find_map(|l| l.strip_prefix("started the plugin as pid ")).unwrap();
+    assert!(out.stdout.contains(&format!("(pid {started})")), "{out:#?}");
+}
+
+#[test]
+fn the_plugin_alone_says_it_has_no_parent() {
+    run(PLUGIN_HOST, &["--plugin"]).assert_code(2).assert_stderr("no pipe to a parent process");
 }

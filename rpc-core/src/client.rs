@@ -361,7 +361,9 @@ where
         Self::start(io, None, service, config).await
     }
 
-    async fn start<S>(
+    /// The handshake and the engine task over `io`, whose server the OS reported as
+    /// `server` (`None`: nothing reported). The paths that make a connection end here.
+    pub(crate) async fn start<S>(
         io: S,
         server: Option<PeerCredentials>,
         service: ServiceId,

@@ -44,6 +44,10 @@ pub(crate) fn root_io_kind(e: &std::io::Error) -> std::io::ErrorKind {
 
 /// Classifies an error read from or written to an established connection.
 pub(crate) fn connection_error(e: &std::io::Error, peer: &str) -> TransportError {
+    // The pipe to a child ended because the child exited (see `crate::child`).
+    if let Some(exit) = crate::child::exit_in(e) {
+        return exit;
+    }
     match root_io_kind(e) {
         std::io::ErrorKind::InvalidData => {
             TransportError::Protocol { detail: format!("unreadable data from the {peer}: {e}") }
@@ -107,9 +111,10 @@ impl RpcError {
         matches!(self, RpcError::DeadlineExceeded { .. })
     }
 
-    /// True if the connection was lost: the outcome of calls in flight is unknown.
+    /// True if the connection was lost (including a child process at its other end
+    /// exiting): the outcome of calls in flight is unknown.
     pub fn is_disconnected(&self) -> bool {
-        matches!(self, RpcError::Transport(TransportError::Disconnected { .. }))
+        matches!(self, RpcError::Transport(TransportError::Disconnected { .. } | TransportError::ChildExited { .. }))
     }
 
     /// True if the call certainly did not run on the server, so retrying cannot
@@ -177,6 +182,18 @@ pub enum TransportError {
     #[error("disconnected: {detail}")]
     Disconnected {
         /// What the connection saw last.
+        detail: String,
+    },
+    /// The child process at the other end of the pipe exited ([`crate::child`]): calls in
+    /// flight when it did have an unknown outcome, later calls fail at once, and a child that
+    /// exits before it answered the handshake is reported this way too.
+    #[error("child process exited: {detail}")]
+    ChildExited {
+        /// Its exit code, if it exited with one (`None` if a signal ended it).
+        code: Option<i32>,
+        /// Unix: the signal that ended it, if one did.
+        signal: Option<i32>,
+        /// Its pid and exit status, as the OS reports them.
         detail: String,
     },
     /// One message was larger than the limit. Only that call fails; the connection
@@ -286,6 +303,14 @@ pub enum ServeError {
     /// Accepting connections failed persistently.
     #[error("accept failed: {0}")]
     Accept(#[source] transport_pipe::Error),
+    /// [`Server::serve_parent`](crate::Server::serve_parent): this process has no pipe to
+    /// a parent (it was not started by [`child::spawn`](crate::child::spawn)).
+    #[error("no pipe to a parent process: {0}")]
+    ParentPipe(#[source] transport_pipe::Error),
+    /// The one connection a server served ([`Server::serve_parent`](crate::Server::serve_parent))
+    /// failed: the peer broke the protocol or never spoke.
+    #[error("the connection failed: {0}")]
+    Connection(#[source] TransportError),
 }
 
 impl From<transport_pipe::Error> for TransportError {

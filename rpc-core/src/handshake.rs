@@ -33,6 +33,10 @@ pub(crate) struct Negotiated {
 }
 
 fn io_to_transport(e: std::io::Error, during: &str) -> TransportError {
+    // The pipe to a child ended because the child exited (see `crate::child`).
+    if let Some(exit) = crate::child::exit_in(&e) {
+        return exit;
+    }
     match e.kind() {
         std::io::ErrorKind::UnexpectedEof
         | std::io::ErrorKind::BrokenPipe

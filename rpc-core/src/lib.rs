@@ -127,6 +127,7 @@
 pub mod access;
 pub mod blocking;
 pub mod callback;
+pub mod child;
 pub mod client;
 pub mod codec;
 pub mod context;

@@ -289,8 +289,45 @@ impl<S: Service> Server<S> {
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        // A connection handed over by the caller: its peer was vetted (or not) by the caller.
-        let admit = connection::Admission { peer: None, counts: None, handshaking: None };
+        self.serve_one(io, None).await
+    }
+
+    /// In a child process started by [`child::spawn`](crate::child::spawn): serves the
+    /// parent over the pipe it passed down ([`child::parent_pipe`](crate::child::parent_pipe))
+    /// until the parent closes its end or exits, then returns `Ok(())`. Handlers see the
+    /// parent's credentials in [`Context::peer`](crate::context::Context::peer) where the OS
+    /// reports them. The access policy and the connection limits are not consulted: the
+    /// parent made the pipe and nobody else can open it. Must be called inside a tokio
+    /// runtime. See [`crate::child`].
+    ///
+    /// ```no_run
+    /// # #[rpc_core::service] pub trait Plugin { async fn upper(&self, s: String) -> String; }
+    /// # struct Upper; impl Plugin for Upper { async fn upper(&self, s: String) -> String { s.to_uppercase() } }
+    /// # async fn run() -> Result<(), rpc_core::ServeError> {
+    /// use rpc_core::{Server, ServerConfig};
+    /// let config = ServerConfig::default().max_in_flight_per_connection(16);
+    /// Server::new(PluginServer::new(Upper)).config(config).serve_parent().await
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::ParentPipe`] if this process has no pipe to a parent;
+    /// [`ServeError::Connection`] if the connection failed (a handshake that never came, a
+    /// protocol violation).
+    pub async fn serve_parent(&self) -> Result<(), ServeError> {
+        let io = transport_pipe::parent_pipe().map_err(ServeError::ParentPipe)?;
+        let peer = io.peer_credentials().ok();
+        self.serve_one(io, peer).await.map_err(ServeError::Connection)
+    }
+
+    /// One connection handed over by the caller, whose peer the caller vetted (or not);
+    /// `peer` is what handlers see as their caller.
+    async fn serve_one<IO>(&self, io: IO, peer: Option<PeerCredentials>) -> Result<(), TransportError>
+    where
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let admit = connection::Admission { peer, counts: None, handshaking: None };
         let config = Arc::new(self.config.normalized());
         connection::serve(io, self.service.clone(), config, CancellationToken::new(), admit).await
     }

@@ -37,6 +37,10 @@ pub enum ErrorKind {
     /// The operating system refused access, or a directory or file on the way is not private
     /// to the current user.
     PermissionDenied,
+    /// [`parent_pipe`](crate::parent_pipe): this process was not given a pipe to its parent
+    /// (it was not spawned with a [`ChildPipe`](crate::ChildPipe)), or the one named in its
+    /// environment is not usable. The message says which.
+    NoParentPipe,
 
     /// Any other I/O failure; see [`Error::io_error`].
     Io,

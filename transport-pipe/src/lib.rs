@@ -8,6 +8,8 @@
 //! - [`connect`] connects, retrying with backoff while the server is busy, for at most
 //!   [`ConnectOptions::timeout`]; a name nobody serves is reported at once, unless
 //!   [`ConnectOptions::wait_for_server`] asks to wait for a server that is starting.
+//! - [`ChildPipe`] and [`parent_pipe`] connect a parent and a child process it spawns over a
+//!   pipe pair only the two hold (no name, nothing on the filesystem).
 //! - [`length_delimited`] frames a stream into messages with a bounded size, and
 //!   [`serde_transport`] turns the frames into a typed tarpc [`Transport`].
 //!
@@ -75,6 +77,7 @@
 //!
 //! See [`PipeName`], [`PipeListener`], [`PipeStream`] and [`connect`] for details.
 
+mod child;
 mod connect;
 mod creds;
 mod error;
@@ -85,6 +88,7 @@ mod name;
 mod platform;
 mod stream;
 
+pub use child::{ChildPipe, PARENT_PIPE_ENV, parent_pipe};
 pub use connect::{ConnectOptions, connect, connect_since};
 pub use creds::{ParseSidError, PeerCredentials, Sid};
 pub use error::{Error, ErrorKind};

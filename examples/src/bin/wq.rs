@@ -44,9 +44,9 @@ commands:
 
 options:
   --pipe NAME       the server's pipe (default: work-queues)
-  --timeout-ms N    how long to wait for the server to answer
-                    if it is not running yet (default: 5000; a watch has no
-                    deadline)
+  --timeout-ms N    how long to wait for the server to answer, and for a busy
+                    one to take the connection (default: 5000; a watch has no
+                    deadline); a server that is not running is reported at once
   -h, --help        show this help
 
 exit status: 0 ok, 1 refused by the service, 2 call failed, 64 usage error";

@@ -1,7 +1,7 @@
 //! The server process of the cross-process tests: serves `Probe` on a pipe.
 //!
 //! ```text
-//! test-server NAME [--max-message N] [--max-in-flight N] [--max-oneway N] [--max-connections N] [--shutdown-grace-ms N]
+//! test-server NAME|--parent-pipe [--max-message N] [--max-in-flight N] [--max-oneway N] [--max-connections N] [--shutdown-grace-ms N]
 //!             [--max-deadline-ms N|max] [--max-per-user N] [--access anyone|same-user] [--allow-uid N]
 //!             [--socket-mode OCTAL]
 //! ```
@@ -12,6 +12,12 @@
 //! arriving from then on are refused), then `drained` when every call in flight has been
 //! answered, and exits 0. If the pipe cannot be bound it prints the error on stderr and
 //! exits 2; bad arguments exit 64.
+//!
+//! `--parent-pipe` instead of a name: a child of `rpc_core::child::spawn`, serving its parent
+//! over the inherited pipe (`Server::serve_parent`) until the parent leaves, then exiting 0
+//! (2, with the error on stderr, if it has no parent pipe or the connection fails). It prints
+//! nothing on stdout. An `exit N` line on stdin exits at once with status N (a child dying
+//! mid-call); `--exit-before-handshake N` exits with status N before touching the pipe.
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -21,17 +27,25 @@ use pipe_rpc_tests::{ProbeImpl, ProbeServer};
 use rpc_core::{AccessPolicy, ServeError, Server, ServerConfig};
 
 struct Args {
-    name: String,
+    /// `None`: `--parent-pipe`.
+    name: Option<String>,
     config: ServerConfig,
+    exit_before_handshake: Option<i32>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let name = args.next().ok_or("missing the pipe name")?;
+    let name = (name != "--parent-pipe").then_some(name);
     let mut config = ServerConfig::default();
+    let mut exit_before_handshake = None;
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
+            "--exit-before-handshake" => {
+                exit_before_handshake = Some(value.parse().map_err(|e| format!("{flag} {value}: {e}"))?);
+                continue;
+            }
             "--access" => {
                 config = config.access(match value.as_str() {
                     "anyone" => AccessPolicy::anyone(),
@@ -79,7 +93,7 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown flag {other}")),
         };
     }
-    Ok(Args { name, config })
+    Ok(Args { name, config, exit_before_handshake })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +105,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let bound = match Server::new(ProbeServer::new(ProbeImpl::default())).config(args.config).bind(args.name.as_str()) {
+    let Some(name) = args.name else {
+        return serve_parent(args.config, args.exit_before_handshake).await;
+    };
+    let bound = match Server::new(ProbeServer::new(ProbeImpl::default())).config(args.config).bind(name.as_str()) {
         Ok(b) => b,
         Err(e) => {
             let kind = match &e {
@@ -128,6 +145,29 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("test-server: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `--parent-pipe`: serves the parent that spawned this process until it leaves.
+async fn serve_parent(config: ServerConfig, exit_before_handshake: Option<i32>) -> ExitCode {
+    if let Some(code) = exit_before_handshake {
+        std::process::exit(code);
+    }
+    // A plain thread, as above: `exit N` on stdin ends the process at once, mid-call.
+    std::thread::spawn(|| {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if let Some(code) = line.trim().strip_prefix("exit ").and_then(|c| c.parse().ok()) {
+                std::process::exit(code);
+            }
+        }
+    });
+    match Server::new(ProbeServer::new(ProbeImpl::default())).config(config).serve_parent().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("test-server: {e}");
+            ExitCode::from(2)
         }
     }
 }

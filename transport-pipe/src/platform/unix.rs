@@ -516,6 +516,98 @@ pub(crate) const BUSY_REASON: &str = "the server's listen backlog is full";
 /// reported.
 pub(crate) const REFUSED_MAY_BE_BUSY: bool = !cfg!(any(target_os = "linux", target_os = "android"));
 
+/// The child's end of a [`ChildPipe`](crate::ChildPipe): a socket close-on-exec in this
+/// process.
+#[derive(Debug)]
+pub(crate) struct ChildEnd(std::os::fd::OwnedFd);
+
+/// A connected socket pair, both ends close-on-exec (std sets `SOCK_CLOEXEC`): ours for
+/// tokio, and the child's.
+pub(crate) fn child_pair() -> io::Result<(Stream, ChildEnd)> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    ours.set_nonblocking(true)?;
+    let ours = tokio::net::UnixStream::from_std(ours)?;
+    Ok((Stream::from(uds_local_socket::tokio::Stream::from(ours)), ChildEnd(theirs.into())))
+}
+
+/// Makes `end` inheritable in the child `command` spawns, and only there: the hook runs in
+/// the child between `fork` and `exec` and clears close-on-exec on the descriptor, whose
+/// number the child then reads from the environment. Returns that number as `fd=N`.
+pub(crate) fn prepare_child(end: &ChildEnd, command: &mut std::process::Command) -> io::Result<String> {
+    use std::os::unix::process::CommandExt as _;
+    let fd = end.0.as_raw_fd();
+    let clear_cloexec = move || {
+        // Only async-signal-safe calls here (we are in a forked child): fcntl is one.
+        #[allow(unsafe_code)]
+        // SAFETY: fcntl on a descriptor number touches no memory of ours; the descriptor is
+        // open in the child, inherited from the parent that holds it until after the spawn.
+        let rc = unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 { flags } else { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) }
+        };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: the hook only calls fcntl, which is async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(clear_cloexec);
+    }
+    Ok(format!("fd={fd}"))
+}
+
+/// In the child: takes the descriptor named by `place` (`fd=N`) as its end of the pipe to
+/// the parent `parent_pid`, after checking that this process's parent is that process and
+/// that the descriptor is a stream socket; makes it close-on-exec again.
+pub(crate) fn adopt_parent_end(place: &str, parent_pid: u32) -> Result<Stream, String> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let fd: i32 = place
+        .strip_prefix("fd=")
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| format!("`{place}` names no descriptor (expected fd=N)"))?;
+    #[allow(unsafe_code)]
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let ppid = unsafe { libc::getppid() };
+    if u32::try_from(ppid).ok() != Some(parent_pid) {
+        return Err(format!(
+            "the variable names pid {parent_pid} as the parent, but this process's parent is pid {ppid} (it was              inherited from an ancestor, or the parent has exited)"
+        ));
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: `st` is a properly sized out-parameter; fstat on any descriptor number is sound.
+    let is_socket = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+    };
+    if !is_socket {
+        return Err(format!("descriptor {fd} is not an open socket"));
+    }
+    let mut kind: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    #[allow(unsafe_code)]
+    // SAFETY: `kind` and `len` are live out-parameters of the sizes given.
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&raw mut kind).cast(), &mut len) };
+    if rc != 0 || kind != libc::SOCK_STREAM {
+        return Err(format!("descriptor {fd} is not a stream socket"));
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: the descriptor is open (fstat succeeded) and was handed to this process for this
+    // purpose; `parent_pipe` takes it once per process, so it gets exactly one owner.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let std_stream = std::os::unix::net::UnixStream::from(fd);
+    #[allow(unsafe_code)]
+    // SAFETY: fcntl on our own open descriptor.
+    unsafe {
+        let flags = libc::fcntl(std_stream.as_raw_fd(), libc::F_GETFD);
+        if flags >= 0 {
+            libc::fcntl(std_stream.as_raw_fd(), libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
+    }
+    std_stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let stream = tokio::net::UnixStream::from_std(std_stream).map_err(|e| e.to_string())?;
+    Ok(Stream::from(uds_local_socket::tokio::Stream::from(stream)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

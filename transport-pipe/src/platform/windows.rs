@@ -236,6 +236,240 @@ impl Drop for OwnedHandle {
 
 pub(crate) const BUSY_REASON: &str = "every instance of the pipe is in use (ERROR_PIPE_BUSY)";
 
+/// The child's end of a [`ChildPipe`](crate::ChildPipe): the client handle of a one-instance
+/// named pipe, not inheritable until [`prepare_child`].
+#[derive(Debug)]
+pub(crate) struct ChildEnd(std::os::windows::io::OwnedHandle);
+
+/// A random pipe name no other process can guess: two `RandomState` keys (seeded from the
+/// OS's random source), the pid and a counter.
+fn random_child_pipe_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut words = [0u64; 2];
+    for (i, w) in words.iter_mut().enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(n);
+        h.write_usize(i);
+        *w = h.finish();
+    }
+    format!(r"{PIPE_PREFIX}pipe-rpc-child-{}-{:016x}{:016x}", std::process::id(), words[0], words[1])
+}
+
+/// A connected pair: a one-instance named pipe under a random name whose server end is
+/// ours and whose client end, opened by this process at once, is the child's. A name that
+/// exists already (`FILE_FLAG_FIRST_PIPE_INSTANCE` refuses it), or an instance someone else
+/// connected to first, makes us try a fresh name.
+pub(crate) fn child_pair() -> io::Result<(Stream, ChildEnd)> {
+    child_pair_named().map(|(ours, theirs, _name)| (ours, theirs))
+}
+
+/// [`child_pair`], and the pipe's name (for tests).
+fn child_pair_named() -> io::Result<(Stream, ChildEnd, String)> {
+    use interprocess::os::windows::security_descriptor::AsSecurityDescriptor as _;
+    use std::os::windows::io::{AsRawHandle as _, FromRawHandle, OwnedHandle};
+    use windows_sys::Win32::Foundation::INVALID_HANDLE_VALUE;
+    use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
+    use windows_sys::Win32::Storage::FileSystem::{
+        FILE_FLAG_FIRST_PIPE_INSTANCE, FILE_FLAG_OVERLAPPED, PIPE_ACCESS_DUPLEX,
+    };
+    use windows_sys::Win32::System::Pipes::{
+        CreateNamedPipeW, GetNamedPipeClientProcessId, PIPE_READMODE_BYTE, PIPE_REJECT_REMOTE_CLIENTS, PIPE_TYPE_BYTE,
+        PIPE_WAIT,
+    };
+    const ATTEMPTS: usize = 4;
+    const BUFFER: u32 = 64 * 1024;
+    let sddl = widestring::U16CString::from_str(crate::listen::OWNER_ONLY_SDDL).map_err(io::Error::other)?;
+    let sd = SecurityDescriptor::deserialize(&sddl)?;
+    let attributes = SECURITY_ATTRIBUTES {
+        nLength: size_of::<SECURITY_ATTRIBUTES>() as u32,
+        lpSecurityDescriptor: sd.as_sd().cast_mut(),
+        bInheritHandle: 0,
+    };
+    for _ in 0..ATTEMPTS {
+        let name = random_child_pipe_name();
+        let wide: Vec<u16> = std::ffi::OsStr::new(&name).encode_wide().chain([0]).collect();
+        #[allow(unsafe_code)]
+        // SAFETY: `wide` is a NUL-terminated UTF-16 name and `attributes` (with the descriptor
+        // it points to) a valid SECURITY_ATTRIBUTES; both outlive the call.
+        let server = unsafe {
+            CreateNamedPipeW(
+                wide.as_ptr(),
+                PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED | FILE_FLAG_FIRST_PIPE_INSTANCE,
+                PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS,
+                1,
+                BUFFER,
+                BUFFER,
+                0,
+                &attributes,
+            )
+        };
+        if server == INVALID_HANDLE_VALUE {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                // The name exists: someone made it first. Another name.
+                Some(ERROR_ACCESS_DENIED | ERROR_PIPE_BUSY) => continue,
+                _ => return Err(e),
+            }
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: CreateNamedPipeW just returned this handle, and nothing else owns it.
+        let server = unsafe { OwnedHandle::from_raw_handle(server) };
+        let client = match open_client(&wide) {
+            Ok(c) => c,
+            // Someone connected to our one instance first: leave it to them.
+            Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY) => continue,
+            Err(e) => return Err(e),
+        };
+        confirm_connected(&server)?;
+        let mut client_pid = 0u32;
+        #[allow(unsafe_code)]
+        // SAFETY: a valid server handle and a live out-pointer.
+        let ok = unsafe { GetNamedPipeClientProcessId(server.as_raw_handle(), &mut client_pid) } != 0;
+        if !ok || client_pid != std::process::id() {
+            continue;
+        }
+        let pipe = DuplexPipeStream::<pipe_mode::Bytes>::try_from(server).map_err(|e| {
+            let what = format!("the pipe cannot be used as a byte stream: {:?}", e.details);
+            e.cause.unwrap_or_else(|| io::Error::other(what))
+        })?;
+        return Ok((Stream::from(np_local::tokio::Stream::from(pipe)), ChildEnd(client), name));
+    }
+    Err(io::Error::other(format!("could not create a private pipe: {ATTEMPTS} random names were taken")))
+}
+
+/// Opens the client end of the pipe `wide` (overlapped, at identification level, not
+/// inheritable), as [`connect_once`] does.
+fn open_client(wide: &[u16]) -> io::Result<std::os::windows::io::OwnedHandle> {
+    use std::os::windows::io::{FromRawHandle, OwnedHandle};
+    use windows_sys::Win32::Foundation::{GENERIC_READ, GENERIC_WRITE, INVALID_HANDLE_VALUE};
+    use windows_sys::Win32::Storage::FileSystem::{
+        CreateFileW, FILE_FLAG_OVERLAPPED, OPEN_EXISTING, SECURITY_IDENTIFICATION, SECURITY_SQOS_PRESENT,
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: `wide` is NUL-terminated UTF-16 and outlives the call; null pointers are allowed.
+    let handle = unsafe {
+        CreateFileW(
+            wide.as_ptr(),
+            GENERIC_READ | GENERIC_WRITE,
+            0,
+            std::ptr::null(),
+            OPEN_EXISTING,
+            FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION,
+            std::ptr::null_mut(),
+        )
+    };
+    if handle == INVALID_HANDLE_VALUE {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: CreateFileW just returned this handle, and nothing else owns it.
+    Ok(unsafe { OwnedHandle::from_raw_handle(handle) })
+}
+
+/// `ConnectNamedPipe` on a server end whose client is connected already: it must report
+/// `ERROR_PIPE_CONNECTED`. Anything pending is cancelled and waited for before returning, so
+/// no operation outlives the `OVERLAPPED` on our stack.
+fn confirm_connected(server: &std::os::windows::io::OwnedHandle) -> io::Result<()> {
+    use std::os::windows::io::AsRawHandle as _;
+    use windows_sys::Win32::Foundation::{ERROR_IO_PENDING, ERROR_PIPE_CONNECTED};
+    use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
+    use windows_sys::Win32::System::Pipes::ConnectNamedPipe;
+    let h = server.as_raw_handle();
+    #[allow(unsafe_code)]
+    // SAFETY: an all-zero OVERLAPPED is a valid initial state.
+    let mut overlapped: OVERLAPPED = unsafe { std::mem::zeroed() };
+    #[allow(unsafe_code)]
+    // SAFETY: a valid overlapped handle; `overlapped` lives until any operation on it is over
+    // (waited for below).
+    let ok = unsafe { ConnectNamedPipe(h, &mut overlapped) } != 0;
+    if ok {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(c) if c == ERROR_PIPE_CONNECTED as i32 => Ok(()),
+        Some(c) if c == ERROR_IO_PENDING as i32 => {
+            let mut n = 0u32;
+            #[allow(unsafe_code)]
+            // SAFETY: cancels the operation started above and waits for it to end, so
+            // `overlapped` is not used after this function returns.
+            unsafe {
+                CancelIoEx(h, &overlapped);
+                GetOverlappedResult(h, &overlapped, &mut n, 1);
+            }
+            Err(io::Error::other("the private pipe's client end did not connect"))
+        }
+        _ => Err(e),
+    }
+}
+
+/// Makes the child's end inheritable: `CreateProcess` hands inheritable handles to the
+/// child (with the same value). Returns that value as `handle=N`.
+pub(crate) fn prepare_child(end: &ChildEnd, _command: &mut std::process::Command) -> io::Result<String> {
+    use std::os::windows::io::AsRawHandle as _;
+    use windows_sys::Win32::Foundation::{HANDLE_FLAG_INHERIT, SetHandleInformation};
+    let h = end.0.as_raw_handle();
+    #[allow(unsafe_code)]
+    // SAFETY: a valid handle we own; only its inherit flag changes.
+    if unsafe { SetHandleInformation(h, HANDLE_FLAG_INHERIT, HANDLE_FLAG_INHERIT) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(format!("handle={}", h as usize))
+}
+
+/// In the child: takes the handle named by `place` (`handle=N`) as its end of the pipe to
+/// the parent `parent_pid`, after checking that it is the client end of a pipe whose server
+/// is that process; makes it non-inheritable again.
+pub(crate) fn adopt_parent_end(place: &str, parent_pid: u32) -> Result<Stream, String> {
+    use std::os::windows::io::{FromRawHandle, OwnedHandle};
+    use windows_sys::Win32::Foundation::{HANDLE, HANDLE_FLAG_INHERIT, SetHandleInformation};
+    use windows_sys::Win32::Storage::FileSystem::{FILE_TYPE_PIPE, GetFileType};
+    use windows_sys::Win32::System::Pipes::{GetNamedPipeInfo, GetNamedPipeServerProcessId, PIPE_SERVER_END};
+    let value: usize = place
+        .strip_prefix("handle=")
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n != 0)
+        .ok_or_else(|| format!("`{place}` names no handle (expected handle=N)"))?;
+    let h = value as HANDLE;
+    #[allow(unsafe_code)]
+    // SAFETY: GetFileType accepts any handle value and fails on an invalid one.
+    if unsafe { GetFileType(h) } != FILE_TYPE_PIPE {
+        return Err(format!("handle {value} is not a pipe"));
+    }
+    let mut flags = 0u32;
+    #[allow(unsafe_code)]
+    // SAFETY: `h` is a pipe handle; `flags` is a live out-pointer, the others may be null.
+    let ok =
+        unsafe { GetNamedPipeInfo(h, &mut flags, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()) }
+            != 0;
+    if !ok || flags & PIPE_SERVER_END != 0 {
+        return Err(format!("handle {value} is not the client end of a named pipe"));
+    }
+    let mut server_pid = 0u32;
+    #[allow(unsafe_code)]
+    // SAFETY: a pipe handle and a live out-pointer.
+    let ok = unsafe { GetNamedPipeServerProcessId(h, &mut server_pid) } != 0;
+    if !ok || server_pid != parent_pid {
+        return Err(format!(
+            "the pipe of handle {value} is served by pid {server_pid}, not by pid {parent_pid} named as the parent (the              variable was inherited from an ancestor?)"
+        ));
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: a valid handle this process holds; only its inherit flag changes.
+    unsafe {
+        SetHandleInformation(h, HANDLE_FLAG_INHERIT, 0);
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: the handle is open (checked above) and was handed to this process for this
+    // purpose; `parent_pipe` takes it once per process, so it gets exactly one owner.
+    let handle = unsafe { OwnedHandle::from_raw_handle(h) };
+    let pipe = DuplexPipeStream::<pipe_mode::Bytes>::try_from(handle)
+        .map_err(|e| format!("the pipe cannot be used as a byte stream: {:?} {:?}", e.details, e.cause))?;
+    Ok(Stream::from(np_local::tokio::Stream::from(pipe)))
+}
+
 /// Windows has no stale pipes: a name exists exactly while some instance of it does.
 pub(crate) const REFUSED_MAY_BE_BUSY: bool = false;
 
@@ -270,6 +504,33 @@ mod tests {
             let e = crate::PipeListener::bind_with(format!("sddl-bad-{pid}"), &bad).unwrap_err();
             assert!(e.to_string().contains("does not parse"), "{e}");
             crate::PipeListener::bind_with(format!("sddl-default-{pid}"), &ListenOptions::default()).unwrap();
+        });
+    }
+
+    #[test]
+    fn a_child_pipe_cannot_be_opened_by_name_and_leaves_no_name_behind() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (ours, theirs, name) = child_pair_named().unwrap();
+            let wide: Vec<u16> = std::ffi::OsStr::new(&name).encode_wide().chain([0]).collect();
+            // Its one instance is taken by the child's end.
+            let e = open_client(&wide).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(ERROR_PIPE_BUSY), "{e}");
+            drop((ours, theirs));
+            // With both ends closed the name goes (once interprocess's linger pool, which
+            // keeps a dropped end a moment for data its peer has not read, lets go), and
+            // until then it is still taken: nobody ever gets in.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let e = open_client(&wide).expect_err("nobody may open a child pipe by name");
+                match classify(&e) {
+                    ConnectFailure::NotRunning => break,
+                    ConnectFailure::Busy if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    _ => panic!("{e}"),
+                }
+            }
         });
     }
 
