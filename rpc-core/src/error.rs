@@ -112,9 +112,17 @@ impl RpcError {
     }
 
     /// True if the connection was lost (including a child process at its other end
-    /// exiting): the outcome of calls in flight is unknown.
+    /// exiting, and a reconnecting client's [`TransportError::ConnectionLost`]): the
+    /// outcome of calls in flight is unknown.
     pub fn is_disconnected(&self) -> bool {
-        matches!(self, RpcError::Transport(TransportError::Disconnected { .. } | TransportError::ChildExited { .. }))
+        matches!(
+            self,
+            RpcError::Transport(
+                TransportError::Disconnected { .. }
+                    | TransportError::ChildExited { .. }
+                    | TransportError::ConnectionLost { .. }
+            )
+        )
     }
 
     /// True if the call certainly did not run on the server, so retrying cannot
@@ -181,6 +189,16 @@ pub enum TransportError {
     /// The connection closed or failed; calls in flight on it have an unknown outcome.
     #[error("disconnected: {detail}")]
     Disconnected {
+        /// What the connection saw last.
+        detail: String,
+    },
+    /// A reconnecting client ([`ClientConfig::reconnect`](crate::ClientConfig::reconnect))
+    /// lost its connection while this call was in flight: the server may or may not have
+    /// run it, so it is not sent again unless its method is marked `#[idempotent]`. The
+    /// client reconnects; later calls go to the new connection. Streams in flight end
+    /// with this error too (open them again to go on).
+    #[error("connection lost, outcome unknown: {detail}")]
+    ConnectionLost {
         /// What the connection saw last.
         detail: String,
     },

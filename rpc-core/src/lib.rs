@@ -86,6 +86,7 @@
 //! | `async fn f(&self, a: A)` | `()` | `async fn f(&self, a: A) -> Result<(), RpcError>` | `fn f(&self, a: A) -> Result<(), RpcError>` |
 //! | `async fn f(&self, a: A) -> Result<T, E>` | `Result<T, E>` | `async fn f(&self, a: A) -> Result<T, E>`; `E: From<RpcError>` is required and checked at compile time, so one `?` handles application and transport errors alike | `fn f(&self, a: A) -> Result<T, E>` |
 //! | `async fn f(&self, a: A) -> Reply` with `type Reply = Result<T, E>` | `Reply` | `async fn f(&self, a: A) -> Result<Reply, RpcError>`: naming the result through an alias opts out of flattening, for error types that cannot absorb [`RpcError`] (such as `String`) | `fn f(&self, a: A) -> Result<Reply, RpcError>` |
+//! | `#[idempotent] async fn f(&self, a: A) -> R` (a request-reply method; `A: Clone`) | `R` | as without it; with [`ClientConfig::reconnect`], a call whose connection broke under it is sent again over the next connection (within its deadline) instead of failing with [`TransportError::ConnectionLost`] | the same |
 //! | `#[oneway] async fn f(&self, a: A)` | `()` (nothing is sent back) | `async fn f(&self, a: A) -> Result<(), RpcError>`: returns once the message is queued for the pipe ([`Channel::oneway`]) | `fn f(&self, a: A) -> Result<(), RpcError>`, once queued; dropping the last handle waits until they are written |
 //! | `async fn f(&self, a: A) -> RpcStream<T>` | an [`RpcStream<T>`] it produces | `async fn f(&self, a: A) -> Result<RpcStream<T>, RpcError>`, read as a `Stream` of `Result<T, RpcError>`; dropping it cancels the call | `fn f(&self, a: A) -> Result<BlockingStream<T>, RpcError>`, an `Iterator` of `Result<T, RpcError>`; dropping it cancels the call |
 //! | `async fn f(&self, a: A, s: RpcStream<U>) -> R` (any of the returns above but one-way) | `R`, reading `s` as a `Stream` of `Result<U, RpcError>` | `async fn f(&self, a: A, s: RpcStream<U>) -> ..` with an `RpcStream<U>` the client produces | `fn f(&self, a: A, s: impl Upload<U>) -> ..`: any `IntoIterator<Item = U>` (pulled on a thread of its own, under flow control) or an `RpcStream<U>` |
@@ -135,6 +136,7 @@ mod deadlines;
 mod engine;
 pub mod error;
 mod handshake;
+pub mod reconnect;
 pub mod server;
 pub mod service;
 pub mod stream;
@@ -154,6 +156,7 @@ pub use callback::{Callback, Client};
 pub use client::{CallOptions, Channel, ClientConfig, PeerInfo};
 pub use codec::{Codec, DecodeLimits};
 pub use error::{Direction, RpcError, ServeError, ServerError, ServerErrorKind, TransportError};
+pub use reconnect::Reconnect;
 /// Turns a trait into a typed RPC service: client, server adapter and wire types.
 /// See the [crate docs](crate) for what it generates.
 pub use rpc_macros::service;

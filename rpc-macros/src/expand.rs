@@ -667,6 +667,17 @@ impl<'a> ServiceGenerator<'a> {
             (None, Some((ident, _))) => quote! {
                 self.channel.call_with_callback(&self.options, #body, #private::erase_callback(#ident)).await
             },
+            (None, None) if def.is_idempotent() => {
+                // Each argument cloned for every attempt, the clone spanned at its type: a
+                // type that is not `Clone` is reported there.
+                let clones = wire_args
+                    .iter()
+                    .zip(&m.wire_tys)
+                    .map(|(arg, ty)| quote_spanned!(ty.span()=> #arg: #private::clone_for_resend(&#arg)));
+                quote! {
+                    self.channel.call_idempotent(&self.options, || #request::#variant { #(#clones),* }).await
+                }
+            }
             (None, None) => quote!(self.channel.call(&self.options, #body).await),
         };
         let pick = quote! {

@@ -178,6 +178,10 @@ pub trait Probe {
     async fn parse_u32(&self, s: String) -> ParseReply;
     /// Sleeps `ms` milliseconds and returns `tag`; counts into the stats of `tag`.
     async fn sleep_ms(&self, tag: u64, ms: u64) -> u64;
+    /// [`Probe::sleep_ms`], marked idempotent: a reconnecting client sends it again when the
+    /// connection broke under it.
+    #[idempotent]
+    async fn sleep_ms_idempotent(&self, tag: u64, ms: u64) -> u64;
     /// The stats of `tag` now.
     async fn stats(&self, tag: u64) -> TagStats;
     /// Waits on the server until the stats of `tag` reach `at_least`, then returns them.
@@ -449,6 +453,10 @@ impl Probe for ProbeImpl {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         guard.finished = true;
         tag
+    }
+
+    async fn sleep_ms_idempotent(&self, tag: u64, ms: u64) -> u64 {
+        self.sleep_ms(tag, ms).await
     }
 
     async fn stats(&self, tag: u64) -> TagStats {
