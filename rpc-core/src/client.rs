@@ -34,6 +34,23 @@ use crate::service::ServiceId;
 use bytes::Bytes;
 
 /// Client settings. Start from `ClientConfig::default()` and change fields.
+///
+/// ```no_run
+/// # #[rpc_core::service] pub trait Jobs { async fn count(&self) -> u64; }
+/// # async fn run() -> Result<(), rpc_core::RpcError> {
+/// use std::time::Duration;
+/// use rpc_core::{ClientConfig, Codec, Reconnect, ServerIdentity};
+///
+/// let config = ClientConfig::default()
+///     .default_timeout(Duration::from_secs(2)) // every call, unless `with_timeout` says otherwise
+///     .connect_timeout(Duration::from_secs(1)) // how long a busy server is retried
+///     .codec(Codec::Postcard) // bincode is the default
+///     .expect_server(ServerIdentity::Root) // a system service
+///     .reconnect(Reconnect::new()); // survive a restart of the server
+/// let jobs = JobsClient::connect_with("jobs", config).await?;
+/// let n = jobs.with_timeout(Duration::from_millis(100)).count().await?;
+/// # let _ = n; Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ClientConfig {
@@ -401,6 +418,25 @@ where
     /// Runs the handshake over an already-connected byte stream and starts the connection's engine
     /// task. Any `AsyncRead + AsyncWrite` works: a pipe, or `tokio::io::duplex` in tests.
     /// Must be called inside a tokio runtime.
+    ///
+    /// A whole client and server in one process, for a unit test:
+    ///
+    /// ```
+    /// # #[rpc_core::service] pub trait Echo { async fn echo(&self, s: String) -> String; }
+    /// # struct Me;
+    /// # impl Echo for Me { async fn echo(&self, s: String) -> String { s } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), rpc_core::RpcError> {
+    /// use rpc_core::{Channel, ClientConfig, Server};
+    ///
+    /// let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    /// let server = Server::new(EchoServer::new(Me));
+    /// tokio::spawn(async move { server.serve_connection(server_end).await });
+    /// let channel = Channel::from_io(client_end, EchoClient::ID, ClientConfig::default()).await?;
+    /// let client = EchoClient::from_channel(channel);
+    /// assert_eq!(client.echo("hi".into()).await?, "hi");
+    /// # Ok(()) }
+    /// ```
     pub async fn from_io<S>(io: S, service: ServiceId, config: ClientConfig) -> Result<Self, RpcError>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,

@@ -57,6 +57,24 @@ pub(crate) fn connection_error(e: &std::io::Error, peer: &str) -> TransportError
 }
 
 /// The error of a remote call, as the generated client returns it.
+///
+/// ```
+/// use rpc_core::{RpcError, ServerErrorKind, TransportError};
+///
+/// fn advice(e: &RpcError) -> &'static str {
+///     match e {
+///         RpcError::Transport(TransportError::NotRunning { .. }) => "start the server",
+///         RpcError::Transport(TransportError::Incompatible { .. }) => "rebuild against the same trait",
+///         RpcError::DeadlineExceeded { .. } => "give it more time",
+///         RpcError::Server(s) if s.kind == ServerErrorKind::HandlerPanicked => "a server bug: see its log",
+///         e if e.is_safe_to_retry() => "retry: it certainly did not run",
+///         e if e.is_disconnected() => "it may or may not have run",
+///         _ => "see the message",
+///     }
+/// }
+/// let e = RpcError::DeadlineExceeded { timeout: std::time::Duration::from_secs(1) };
+/// assert_eq!(advice(&e), "give it more time");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum RpcError {

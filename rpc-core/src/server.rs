@@ -37,6 +37,31 @@ use crate::service::Service;
 use crate::wire::HandshakeStatus;
 
 /// Server settings. Start from `ServerConfig::default()` and change fields.
+///
+/// ```no_run
+/// # #[rpc_core::service] pub trait Jobs { async fn count(&self) -> u64; }
+/// # struct MyJobs;
+/// # impl Jobs for MyJobs { async fn count(&self) -> u64 { 0 } }
+/// # async fn stop_requested() {}
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use rpc_core::{AccessPolicy, Server, ServerConfig};
+///
+/// let config = ServerConfig::default()
+///     .max_connections(32)
+///     .max_in_flight_per_connection(64)
+///     .max_deadline(Duration::from_secs(30)) // no call runs longer, whatever the client asks
+///     .access(AccessPolicy::allow([1000, 1001], [])) // these users, besides none by group
+///     .socket_mode(0o660);
+/// let server = Server::new(JobsServer::new(MyJobs)).config(config).bind("jobs")?;
+/// let shutdown = server.shutdown_handle();
+/// tokio::spawn(async move {
+///     stop_requested().await; // a signal, a command, ...
+///     shutdown.shutdown(); // answers what runs, refuses new calls, then returns
+/// });
+/// server.run().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -284,7 +309,9 @@ impl<S: Service> Server<S> {
     }
 
     /// Serves one already-connected byte stream (any `AsyncRead + AsyncWrite`, such as
-    /// `tokio::io::duplex` in tests) until the client leaves. Returns why it ended.
+    /// `tokio::io::duplex` in tests) until the client leaves. Returns why it ended. The
+    /// stream's caller vouches for its peer: no access policy or connection limit applies.
+    /// See [`Channel::from_io`](crate::Channel::from_io) for a client and server in one test.
     pub async fn serve_connection<IO>(&self, io: IO) -> Result<(), TransportError>
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,

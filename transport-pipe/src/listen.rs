@@ -86,6 +86,30 @@ impl ListenOptions {
 /// served by any process fails with [`ErrorKind::NameInUse`]; remote clients are rejected. The
 /// listener keeps one spare instance waiting: while a client is connected to it but not yet
 /// accepted, other clients see `ERROR_PIPE_BUSY`, which [`connect`](crate::connect) retries.
+///
+/// ```
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use transport_pipe::{ConnectOptions, PipeListener, connect};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let name = format!("listener-doc-{}", std::process::id());
+/// let listener = PipeListener::bind(name.as_str())?;
+/// let server = tokio::spawn(async move {
+///     let mut stream = listener.accept().await?;
+///     let mut buf = [0u8; 5];
+///     stream.read_exact(&mut buf).await?;
+///     stream.write_all(&buf).await?;
+///     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+/// });
+/// let mut client = connect(name.as_str(), &ConnectOptions::default()).await?;
+/// client.write_all(b"hello").await?;
+/// let mut back = [0u8; 5];
+/// client.read_exact(&mut back).await?;
+/// assert_eq!(&back, b"hello");
+/// server.await?.map_err(|e| e.to_string())?;
+/// # Ok(()) }
+/// ```
 pub struct PipeListener {
     // Declared first so the Unix socket file is removed before the socket is closed.
     _reclaim: platform::Reclaim,
