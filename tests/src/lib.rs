@@ -859,9 +859,36 @@ impl ServerProcess {
         }
     }
 
+    /// Starts `exe --tcp ADDR args` (`127.0.0.1:0`: a loopback port the OS chooses), waits
+    /// for its `ready` line, and returns it with the address it printed. Pass `--access
+    /// anyone` in `args`: a TCP server refuses a rule about users.
+    pub async fn spawn_tcp(exe: &str, addr: &str, args: &[&str]) -> (ServerProcess, std::net::SocketAddr) {
+        let process = match Self::try_spawn_with(&[], exe, &["--tcp", addr], &PipeName::new("tcp"), args).await {
+            Ok(p) => p,
+            Err(exit) => panic!("test-server --tcp failed to start: {exit:?}"),
+        };
+        let addr = process
+            .stdout
+            .iter()
+            .find_map(|l| l.strip_prefix("tcp ")?.parse().ok())
+            .unwrap_or_else(|| panic!("test-server --tcp printed no address: {:?}", process.stdout));
+        (process, addr)
+    }
+
     async fn try_spawn_via(
         wrapper: &[&str],
         exe: &str,
+        name: &PipeName,
+        args: &[&str],
+    ) -> Result<ServerProcess, ServerExit> {
+        Self::try_spawn_with(wrapper, exe, &[name.as_str()], name, args).await
+    }
+
+    /// Runs `wrapper exe first args`; `name` is what the process serves, for messages.
+    async fn try_spawn_with(
+        wrapper: &[&str],
+        exe: &str,
+        first: &[&str],
         name: &PipeName,
         args: &[&str],
     ) -> Result<ServerProcess, ServerExit> {
@@ -874,7 +901,7 @@ impl ServerProcess {
             None => Command::new(exe),
         };
         command
-            .arg(name.as_str())
+            .args(first)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
