@@ -292,6 +292,18 @@ pub struct ProbeState {
     changed: watch::Sender<u64>,
 }
 
+impl ProbeImpl {
+    /// Another handle on the same state: for a test that serves one and reads the other.
+    pub fn shared(&self) -> ProbeImpl {
+        ProbeImpl { inner: self.inner.clone() }
+    }
+
+    /// The `seq`s of the [`Probe::note`]s of `tag` so far, in the order their handlers started.
+    pub fn notes_of(&self, tag: u64) -> Vec<u64> {
+        self.inner.notes.lock().unwrap().get(&tag).cloned().unwrap_or_default()
+    }
+}
+
 impl Default for ProbeImpl {
     fn default() -> Self {
         let state = ProbeState {

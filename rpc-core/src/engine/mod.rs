@@ -434,6 +434,33 @@ where
             .map_err(|d| TransportError::Protocol { detail: format!("{d} (from the {peer})") })
     }
 
+    /// While lingering after a drain: runs the one-way calls in `message` (alone or in a
+    /// batch) and drops everything else. Nothing can be answered any more (our end is
+    /// half-closed), and a one-way call needs no answer.
+    fn run_lingering_oneways(&mut self, message: Inbound<S::Request, Resp>, cx: &mut Context<'_>) {
+        let Some(callee) = self.callee.as_mut() else { return };
+        if self.capabilities & caps::ONEWAY == 0 {
+            return;
+        }
+        match message {
+            Inbound::One(InFrame { frame: Ok(Frame::OneWay { id, body }), .. }) => {
+                let _ = callee.on_oneway(id, body, cx);
+            }
+            Inbound::Batch(body) if self.capabilities & caps::BATCH != 0 => {
+                let mut at = 0;
+                while let Some(Ok(range)) = crate::wire::next_in_batch(&body, &mut at) {
+                    let bytes = &body[range];
+                    if let Some((Kind::OneWay, id)) = crate::wire::item_header(bytes)
+                        && let Ok(body) = crate::wire::decode_item_body(self.codec, self.decode, bytes)
+                    {
+                        let _ = callee.on_oneway(id, body, cx);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Hands the open runs of stream items to their inboxes; `Err` if a run exceeds the
     /// credit its sender was given (a conforming sender never does).
     fn hand_over_runs(&mut self) -> Result<(), TransportError> {
@@ -663,6 +690,10 @@ where
             c.poll_shutdown(cx)
         });
         let mut budget = READ_BUDGET;
+        // Whether this pass read everything the peer had sent (the pipe had no more): a
+        // drained connection closes only then, or one-way calls the client had already
+        // written (and flushed) would be dropped unread with the budget's remainder.
+        let mut read_all = false;
         while budget > 0 {
             if self.callee.as_ref().is_some_and(Callee::outbox_full) {
                 break;
@@ -684,7 +715,10 @@ where
                         return Poll::Ready(Err(if blame { Ended::Blame(e) } else { Ended::Failed(e) }));
                     }
                     Poll::Ready(None) => return Poll::Ready(Err(Ended::PeerLeft)),
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        read_all = true;
+                        break;
+                    }
                 },
             };
             match cost {
@@ -764,7 +798,7 @@ where
         }
         let caller_done = self.caller.as_ref().is_none_or(Caller::idle);
         let polite = close == CloseRequest::Polite && caller_done;
-        let drained = self.callee.as_ref().is_some_and(|c| c.draining && c.drained()) && caller_done;
+        let drained = read_all && self.callee.as_ref().is_some_and(|c| c.draining && c.drained()) && caller_done;
         if (polite || drained) && !self.needs_flush && self.outbox.is_empty() {
             return match self.transport.as_mut().poll_close(cx) {
                 Poll::Pending => Poll::Pending,
@@ -988,20 +1022,25 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Some(linger) = &mut this.linger {
+        if let Some(mut linger) = this.linger.take() {
             // Closing a socket whose peer's bytes are still unread resets the connection, and
             // the peer could lose the last answers we wrote (a stream's `ShuttingDown`) to
             // that reset. So we wait for the peer to close (it does once it reads our
-            // end-of-file), dropping what it sends meanwhile.
+            // end-of-file). Meanwhile one-way calls it had sent still run (they need no
+            // answer, and a client that flushed them before the shutdown relies on them: the
+            // drain can decide the connection is idle before the reactor has reported its
+            // last bytes); everything else is dropped.
             loop {
                 match this.transport.as_mut().poll_next(cx) {
-                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Ready(Some(Ok(message))) => this.run_lingering_oneways(message, cx),
                     Poll::Ready(_) => break,
-                    Poll::Pending if linger.as_mut().poll(cx).is_pending() => return Poll::Pending,
+                    Poll::Pending if linger.as_mut().poll(cx).is_pending() => {
+                        this.linger = Some(linger);
+                        return Poll::Pending;
+                    }
                     Poll::Pending => break,
                 }
             }
-            this.linger = None;
             return Poll::Ready(Ok(()));
         }
         let ended = std::task::ready!(this.poll_io(cx));
