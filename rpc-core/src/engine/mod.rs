@@ -97,6 +97,8 @@ enum Ended {
     /// The peer broke the protocol or stalled: it is told why (an `Abort` frame) before
     /// the connection closes.
     Blame(TransportError),
+    /// The server drained and said goodbye.
+    Goodbye,
 }
 
 /// One connection. `S` is the service this end serves, `Req`/`Resp` the request and
@@ -139,6 +141,10 @@ pub(crate) struct Engine<T, S: Service, Req, Resp> {
     last_unwritten: usize,
     /// The peer sent an `Abort`: it gave up, so nothing is sent back.
     peer_aborted: bool,
+    /// The server drained and said goodbye: this end closes.
+    peer_said_goodbye: bool,
+    /// This end (a drained server) said goodbye and waits for the client's end of file.
+    goodbye_sent: bool,
     /// Items of one of our calls' inbound streams read in a row, not yet in its inbox.
     down_run: streams::ItemRun<Resp>,
     /// Items of one of the peer's calls' inbound streams read in a row.
@@ -193,6 +199,8 @@ where
             writes_seen: 0,
             last_unwritten: 0,
             peer_aborted: false,
+            peer_said_goodbye: false,
+            goodbye_sent: false,
             down_run: streams::ItemRun::default(),
             up_run: streams::ItemRun::default(),
         }
@@ -296,6 +304,13 @@ where
             Inbound::Abort(reason) => {
                 self.peer_aborted = true;
                 Err(TransportError::Protocol { detail: format!("the {} ended the connection: {reason}", self.peer) })
+            }
+            Inbound::Goodbye => {
+                if self.capabilities & caps::GOODBYE == 0 || self.caller.is_none() {
+                    return Err(self.protocol("a goodbye this connection did not negotiate".into()));
+                }
+                self.peer_said_goodbye = true;
+                Ok(0)
             }
             Inbound::Batch(body) => {
                 self.negotiated(Kind::Batch)?;
@@ -731,6 +746,9 @@ where
         if let Err(e) = self.hand_over_runs() {
             return Poll::Ready(Err(Ended::Blame(e)));
         }
+        if self.peer_said_goodbye {
+            return Poll::Ready(Err(Ended::Goodbye));
+        }
         let mut close = CloseRequest::None;
         if let Some(c) = &mut self.caller {
             let pass = c.pass(cx);
@@ -800,6 +818,24 @@ where
         let polite = close == CloseRequest::Polite && caller_done;
         let drained = read_all && self.callee.as_ref().is_some_and(|c| c.draining && c.drained()) && caller_done;
         if (polite || drained) && !self.needs_flush && self.outbox.is_empty() {
+            if drained && self.capabilities & caps::GOODBYE != 0 && !self.goodbye_sent {
+                // Tell the client we are done: it closes, and its end of file comes after
+                // everything it sent (see the linger in `poll`).
+                return match self.transport.as_mut().poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        match self.transport.as_mut().start_send(Outbound(crate::wire::goodbye_frame())) {
+                            Ok(()) => {
+                                self.goodbye_sent = true;
+                                self.needs_flush = true;
+                                Poll::Ready(Ok(true))
+                            }
+                            Err(e) => Poll::Ready(Err(self.write_failed(connection_error(&e, self.peer), cx))),
+                        }
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(self.write_failed(connection_error(&e, self.peer), cx))),
+                    Poll::Pending => Poll::Ready(Ok(progress)),
+                };
+            }
             return match self.transport.as_mut().poll_close(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(_) => Poll::Ready(Err(if drained { Ended::Drained } else { Ended::Closed })),
@@ -1051,6 +1087,10 @@ where
                 (TransportError::Disconnected { detail }.into(), Ok(()))
             }
             Ended::Drained | Ended::Closed => (RpcError::Cancelled, Ok(())),
+            Ended::Goodbye => {
+                let detail = format!("the {} shut down (it finished its calls and said goodbye)", this.peer);
+                (TransportError::Disconnected { detail }.into(), Ok(()))
+            }
             Ended::Failed(e) => (e.clone().into(), Err(e)),
             Ended::Blame(e) => {
                 tracing::info!(error = %e, peer = this.peer, "closing the connection: the peer broke the protocol or stalled");
@@ -1063,7 +1103,7 @@ where
         this.finish(&why);
         // Unix only: a named pipe has no half-close (the peer sees our end-of-file only when
         // we close), and what we wrote stays readable after we close it.
-        if drained && cfg!(unix) {
+        if drained && (cfg!(unix) || this.goodbye_sent) {
             this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
             return Pin::new(this).poll(cx);
         }
