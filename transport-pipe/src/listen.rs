@@ -83,7 +83,13 @@ impl ListenOptions {
 /// ### Windows
 ///
 /// The first pipe instance is created with `FILE_FLAG_FIRST_PIPE_INSTANCE`, so a name already
-/// served by any process fails with [`ErrorKind::NameInUse`]; remote clients are rejected. The
+/// served by any process fails with [`ErrorKind::NameInUse`]. The error names that process:
+/// `bind` opens the pipe once as a client (at identification level, with only
+/// `FILE_READ_ATTRIBUTES`, not waiting) and asks it for its server's process id, then reads that
+/// process's user SID, as in `another server (pid 4242, user S-1-5-21-...) is listening on ...`;
+/// the message says why when either cannot be read (every instance busy, the pipe's descriptor
+/// refuses us, another user's process). That server sees one connection that closes at once.
+/// Remote clients are rejected. The
 /// listener keeps one spare instance waiting: while a client is connected to it but not yet
 /// accepted, other clients see `ERROR_PIPE_BUSY`, which [`connect`](crate::connect) retries.
 ///
