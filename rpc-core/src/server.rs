@@ -443,7 +443,7 @@ impl<S: Service> Server<S> {
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let admit = connection::Admission { peer, counts: None, handshaking: None };
+        let admit = connection::Admission { peer, counts: None, handshaking: None, access_after_hello: None };
         let config = Arc::new(self.config.normalized());
         connection::serve(io, self.service.clone(), config, CancellationToken::new(), admit).await
     }
@@ -547,7 +547,7 @@ impl<S: Service, L: Listener> BoundServer<S, L> {
                 accepted = listener.accept() => match accepted {
                     Ok(stream) => {
                         accept_failures = 0;
-                        match gate(L::peer(&stream), &config, &me, &counts) {
+                        match gate::<L>(&stream, &config, &me, &counts) {
                             Gate::Admit(admit) => {
                                 let (service, config, token) = (service.clone(), config.clone(), shutdown.token.clone());
                                 conns.spawn(async move {
@@ -610,9 +610,9 @@ fn warm_up_panics() {
 }
 
 /// What the accept loop does with a new connection.
-enum Gate {
+enum Gate<IO> {
     /// Serve it (its handshake decides the rest).
-    Admit(connection::Admission),
+    Admit(connection::Admission<IO>),
     /// Answer this refusal at once, without waiting for the hello; the guard holds the
     /// connection's place among the refusals being answered.
     Refuse(HandshakeStatus, String, CountGuard),
@@ -622,18 +622,26 @@ enum Gate {
 
 /// Decides, from the accepted client's credentials and before anything it sent is read,
 /// whether the access policy refuses it at once. The connection limits (total, per user)
-/// are checked once the client is heard, in its handshake (see [`Counts::admit`]).
-fn gate(
-    peer: Result<Option<PeerCredentials>, String>,
-    config: &ServerConfig,
-    me: &PeerCredentials,
-    counts: &Arc<Counts>,
-) -> Gate {
+/// are checked once the client is heard, in its handshake (see [`Counts::admit`]). Where the
+/// transport tells who the client is only once something has been read
+/// ([`Listener::USER_AFTER_FIRST_READ`], Windows pipes), the policy too is applied in the
+/// handshake, as soon as the hello is in.
+fn gate<L: Listener>(stream: &L::Io, config: &ServerConfig, me: &PeerCredentials, counts: &Arc<Counts>) -> Gate<L::Io> {
     let refuse = |status, why: String| match CountGuard::take(&counts.refusing, config.max_handshaking) {
         Some(guard) => Gate::Refuse(status, why, guard),
         None => Gate::Drop(format!("{why}; and {} refusals are being answered already", config.max_handshaking)),
     };
-    let peer = match peer {
+    if L::USER_AFTER_FIRST_READ {
+        let handshaking = Pending::enter(counts, config.max_handshaking);
+        let access = connection::AccessAfterHello { peer_of: L::peer, me: *me };
+        return Gate::Admit(connection::Admission {
+            peer: None,
+            counts: Some(counts.clone()),
+            handshaking: Some(handshaking),
+            access_after_hello: Some(access),
+        });
+    }
+    let peer = match L::peer(stream) {
         Ok(peer) => peer,
         Err(e) => {
             // Fail closed: a client we cannot identify is not admitted.
@@ -651,7 +659,12 @@ fn gate(
         return refuse(HandshakeStatus::PermissionDenied, why);
     }
     let handshaking = Pending::enter(counts, config.max_handshaking);
-    Gate::Admit(connection::Admission { peer, counts: Some(counts.clone()), handshaking: Some(handshaking) })
+    Gate::Admit(connection::Admission {
+        peer,
+        counts: Some(counts.clone()),
+        handshaking: Some(handshaking),
+        access_after_hello: None,
+    })
 }
 
 /// The server's connection counts.

@@ -28,7 +28,10 @@ pub struct ListenOptions {
     /// (SDDL). Default [`OWNER_ONLY_SDDL`]: full access for SYSTEM and the pipe's owner (the
     /// server's user), nothing for anyone else. Without it a pipe gets the default DACL,
     /// which gives Everyone and Anonymous read access. Widen it with an SDDL of your own
-    /// (for example adding `(A;;GRGW;;;AU)` for every authenticated user). Unix: ignored.
+    /// (for example adding `(A;;GRGW;;;AU)` for every authenticated user). A descriptor that
+    /// names no owner (`O:`) gets the server's user as its owner (Windows would otherwise
+    /// make it the Administrators group for an administrator or LocalSystem): clients read
+    /// the owner to learn who serves the pipe. Unix: ignored.
     pub windows_sddl: String,
 }
 

@@ -22,7 +22,7 @@ use crate::wire::{CallbackCall, HandshakeStatus, caps};
 const CALLBACK_WINDOW: usize = 128;
 
 /// What the accept loop settled about a connection before its handshake.
-pub(crate) struct Admission {
+pub(crate) struct Admission<IO> {
     /// The client's credentials, if the pipe reports them; handlers see them.
     pub(crate) peer: Option<PeerCredentials>,
     /// The server's connection counts, checked (and this connection counted in them) once
@@ -30,6 +30,18 @@ pub(crate) struct Admission {
     pub(crate) counts: Option<Arc<Counts>>,
     /// Holds this connection's place among those in their handshake until it is over.
     pub(crate) handshaking: Option<Pending>,
+    /// The access policy, still to apply: set where the transport tells who the client is
+    /// only once the server has read from it (`Listener::USER_AFTER_FIRST_READ`).
+    pub(crate) access_after_hello: Option<AccessAfterHello<IO>>,
+}
+
+/// How to apply the access policy once the client's hello has been read.
+pub(crate) struct AccessAfterHello<IO> {
+    /// Reads the client's credentials from the connection (`Listener::peer`); they replace
+    /// [`Admission::peer`].
+    pub(crate) peer_of: fn(&IO) -> Result<Option<PeerCredentials>, String>,
+    /// The server's own credentials, which the policy compares with the client's.
+    pub(crate) me: PeerCredentials,
 }
 
 /// Answers a client refused before it is heard, then closes.
@@ -48,7 +60,7 @@ pub(crate) async fn serve<IO, S>(
     service: Arc<S>,
     config: Arc<ServerConfig>,
     shutdown: CancellationToken,
-    admit: Admission,
+    admit: Admission<IO>,
 ) -> Result<(), TransportError>
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -56,7 +68,7 @@ where
 {
     let max = config.effective_max_message();
     let mut framed = transport_pipe::length_delimited(io, max);
-    let Admission { peer, counts, handshaking } = admit;
+    let Admission { mut peer, counts, handshaking, access_after_hello } = admit;
     let offer = handshake::ServerOffer {
         max_message: max,
         max_in_flight: config.max_in_flight_per_connection,
@@ -65,7 +77,24 @@ where
     };
     // Counted among the server's connections from the moment its handshake succeeds.
     let mut counted = None;
-    let decide = || {
+    let decide = |io: &IO| {
+        if let Some(access) = access_after_hello {
+            // Fail closed, as the accept loop's gate does: a client we cannot identify, or
+            // whom the policy refuses, is answered and goes no further.
+            let read = match (access.peer_of)(io) {
+                Ok(read) => read,
+                Err(e) => {
+                    let why = format!("the server cannot read this client's credentials: {e}");
+                    return Some((HandshakeStatus::PermissionDenied, why));
+                }
+            };
+            let known = read.unwrap_or_default();
+            if let Err(why) = config.access.check(&known, &access.me) {
+                tracing::info!(peer = %known, %why, "client refused");
+                return Some((HandshakeStatus::PermissionDenied, why));
+            }
+            peer = read;
+        }
         if shutdown.is_cancelled() {
             return Some((HandshakeStatus::ShuttingDown, "the server is shutting down".to_owned()));
         }
