@@ -753,6 +753,7 @@ async fn script<W: AsyncWrite + Unpin>(
         s.take(n).to_vec()
     } else if side == Side::Client {
         Hello {
+            flags: 0,
             version: wire::PROTOCOL_VERSION,
             min_version: wire::MIN_PROTOCOL_VERSION,
             capabilities: capabilities(setup),
@@ -765,6 +766,9 @@ async fn script<W: AsyncWrite + Unpin>(
         .encode()
     } else {
         Welcome {
+            codecs: 0,
+            features: 0,
+            methods: Vec::new(),
             version: wire::PROTOCOL_VERSION,
             capabilities: capabilities(setup),
             max_in_flight: [128, 1, 0, u32::MAX][usize::from(h.byte() % 4)],
@@ -1155,6 +1159,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             calls.push(f.encode(codec, usize::MAX).expect("encodes").to_vec());
         }
         let hello = Hello {
+            flags: 0,
             version: wire::PROTOCOL_VERSION,
             min_version: wire::MIN_PROTOCOL_VERSION,
             capabilities: caps::SUPPORTED,
@@ -1177,6 +1182,9 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
 
         // client_frames: a welcome, then answers of every method.
         let welcome = Welcome {
+            codecs: 0,
+            features: 0,
+            methods: Vec::new(),
             version: wire::PROTOCOL_VERSION,
             capabilities: caps::SUPPORTED,
             max_in_flight: 128,

@@ -135,6 +135,7 @@ mod deadlines;
 mod engine;
 pub mod error;
 mod handshake;
+pub mod introspect;
 pub mod server;
 pub mod service;
 pub mod stream;

@@ -101,6 +101,14 @@ pub struct ServerConfig {
     /// ([`crate::TransportError::Busy`] naming the limit). Default: 64
     /// (dbus-broker's per-user default).
     pub max_connections_per_user: usize,
+    /// Whether the server lists its methods (names, argument names and types, shapes,
+    /// first doc paragraphs) to a client that probes it ([`crate::introspect`]): what the
+    /// `pipe-rpc` command-line tool needs to call methods with JSON arguments. Default:
+    /// off, because it publishes the method list to every client the
+    /// [`access`](Self::access) policy admits. A probe is answered with the service's
+    /// name, fingerprint, version, codecs and limits either way (a wrong-service refusal
+    /// names the service too).
+    pub introspection: bool,
 }
 
 impl Default for ServerConfig {
@@ -121,11 +129,18 @@ impl Default for ServerConfig {
             listen: ListenOptions::default(),
             access: AccessPolicy::default(),
             max_connections_per_user: 64,
+            introspection: false,
         }
     }
 }
 
 impl ServerConfig {
+    /// Sets [`introspection`](Self::introspection).
+    #[must_use]
+    pub fn introspection(mut self, on: bool) -> Self {
+        self.introspection = on;
+        self
+    }
     /// Sets [`max_in_flight_per_connection`](Self::max_in_flight_per_connection).
     #[must_use]
     pub fn max_in_flight_per_connection(mut self, n: usize) -> Self {
@@ -243,6 +258,7 @@ impl ServerConfig {
             stream_window: self.stream_window.max(1024),
             listen: self.listen.clone(),
             access: self.access.clone(),
+            introspection: self.introspection,
         }
     }
 }

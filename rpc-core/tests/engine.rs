@@ -404,6 +404,7 @@ async fn raw_client(max: usize) -> (RawFramed, ServerTask) {
     let task = tokio::spawn(async move { server.serve_connection(b).await });
     let mut framed = rpc_core::pipe::length_delimited(a, max);
     let hello = Hello {
+        flags: 0,
         version: PROTOCOL_VERSION,
         min_version: MIN_PROTOCOL_VERSION,
         capabilities: caps::SUPPORTED & !caps::BATCH,
@@ -525,6 +526,9 @@ async fn scripted_server(io: tokio::io::DuplexStream) -> RawFramed {
     let mut framed = rpc_core::pipe::length_delimited(io, MAX);
     let hello = Hello::decode(&framed.next().await.unwrap().unwrap()).unwrap();
     let welcome = Welcome {
+        codecs: 0,
+        features: 0,
+        methods: Vec::new(),
         version: PROTOCOL_VERSION,
         capabilities: 0,
         max_in_flight: 128,
@@ -638,6 +642,9 @@ async fn an_answer_to_a_call_not_yet_written_is_never_taken_for_its_answer() {
             // A window of one call: the client holds its second call back until the first
             // is answered.
             let welcome = Welcome {
+                codecs: 0,
+                features: 0,
+                methods: Vec::new(),
                 version: PROTOCOL_VERSION,
                 capabilities: 0,
                 max_in_flight: 1,

@@ -657,7 +657,7 @@ mod tests {
     type F = Frame<(u8, String), Vec<u32>>;
 
     #[test]
-    fn every_kind_round_trips_with_both_codecs() {
+    fn every_kind_round_trips_with_every_codec() {
         let frames: Vec<F> = vec![
             Frame::Call { id: u64::MAX, timeout_us: 1_000_000, body: (7, "x".into()) },
             Frame::OneWay { id: 3, body: (1, String::new()) },
