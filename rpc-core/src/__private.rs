@@ -12,6 +12,7 @@ pub use crate::service::{BoxFuture, CallStreams, Reply, Service, ServiceId, Shap
 pub use crate::stream::RpcStream;
 pub use ::serde;
 pub use ::std;
+pub use tokio::net::ToSocketAddrs;
 pub use transport_pipe::PipeName;
 
 use std::borrow::Cow;
@@ -242,6 +243,23 @@ pub fn fallible<Resp, T, E: AbsorbsRpcError>(
         Ok(resp) => pick(resp).unwrap_or_else(|| Err(E::from(unexpected(method)))),
         Err(e) => Err(E::from(e)),
     }
+}
+
+/// What an `#[idempotent]` method asks of each argument: it is sent again after a
+/// reconnection, so the client keeps a copy.
+#[diagnostic::on_unimplemented(
+    message = "an `#[idempotent]` method's arguments must be `Clone`: `{Self}` is not",
+    label = "cloned so the call can be sent again after a reconnection",
+    note = "derive or implement `Clone` for it, or remove `#[idempotent]`"
+)]
+pub trait ResendArg: Clone {}
+
+impl<T: Clone> ResendArg for T {}
+
+/// A copy of an `#[idempotent]` method's argument for one attempt.
+#[inline]
+pub fn clone_for_resend<T: ResendArg>(arg: &T) -> T {
+    arg.clone()
 }
 
 #[cfg(test)]

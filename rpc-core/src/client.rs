@@ -34,6 +34,23 @@ use crate::service::ServiceId;
 use bytes::Bytes;
 
 /// Client settings. Start from `ClientConfig::default()` and change fields.
+///
+/// ```no_run
+/// # #[rpc_core::service] pub trait Jobs { async fn count(&self) -> u64; }
+/// # async fn run() -> Result<(), rpc_core::RpcError> {
+/// use std::time::Duration;
+/// use rpc_core::{ClientConfig, Codec, Reconnect, ServerIdentity};
+///
+/// let config = ClientConfig::default()
+///     .default_timeout(Duration::from_secs(2)) // every call, unless `with_timeout` says otherwise
+///     .connect_timeout(Duration::from_secs(1)) // how long a busy server is retried
+///     .codec(Codec::Postcard) // bincode is the default
+///     .expect_server(ServerIdentity::Root) // a system service
+///     .reconnect(Reconnect::new()); // survive a restart of the server
+/// let jobs = JobsClient::connect_with("jobs", config).await?;
+/// let n = jobs.with_timeout(Duration::from_millis(100)).count().await?;
+/// # let _ = n; Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ClientConfig {
@@ -66,7 +83,9 @@ pub struct ClientConfig {
     pub stream_window: u32,
     /// Whom this client accepts as the server of a pipe it connects to by name, checked
     /// from the OS's credentials of the pipe's peer before the client sends anything.
-    /// Default: [`ServerIdentity::SameUser`].
+    /// Default: [`ServerIdentity::SameUser`]. Over TCP, which reports no user, it must be
+    /// [`ServerIdentity::Anyone`] ([`ClientConfig::for_tcp`]). Not used for a child process
+    /// ([`crate::child`]), whose pipe the parent made.
     pub expect_server: ServerIdentity,
     /// Longest a frame from the server may take to arrive once its first bytes have; a
     /// server that leaves one unfinished this long has the connection closed
@@ -79,6 +98,14 @@ pub struct ClientConfig {
     /// (a squatting server is an adversary too). A reply over them fails its call only.
     /// Default: [`DecodeLimits::DEFAULT`](crate::codec::DecodeLimits::DEFAULT).
     pub decode_limits: crate::codec::DecodeLimits,
+    /// Opt-in: reconnect, with backoff, after the connection is lost (the server restarted,
+    /// say), for clients that connect by name. While disconnected, calls wait for the next
+    /// connection up to their deadline; calls in flight when the pipe broke fail with
+    /// [`TransportError::ConnectionLost`] (outcome unknown), except those of methods marked
+    /// `#[idempotent]`, which are sent again; streams in flight end with that error. See
+    /// [`crate::reconnect`]. Default: `None` (a lost connection fails every call, and the
+    /// channel stays closed).
+    pub reconnect: Option<crate::reconnect::Reconnect>,
 }
 
 impl Default for ClientConfig {
@@ -95,11 +122,18 @@ impl Default for ClientConfig {
             frame_read_timeout: Duration::from_secs(30),
             write_stall_timeout: Duration::from_secs(30),
             decode_limits: crate::codec::DecodeLimits::DEFAULT,
+            reconnect: None,
         }
     }
 }
 
 impl ClientConfig {
+    /// The default settings for a connection over TCP ([`Channel::connect_tcp`]): the
+    /// defaults, with [`expect_server`](Self::expect_server) set to
+    /// [`ServerIdentity::Anyone`], since TCP does not say who serves a port.
+    pub fn for_tcp() -> Self {
+        ClientConfig::default().expect_server(ServerIdentity::Anyone)
+    }
     /// Sets [`expect_server`](Self::expect_server).
     #[must_use]
     pub fn expect_server(mut self, identity: ServerIdentity) -> Self {
@@ -134,6 +168,13 @@ impl ClientConfig {
     #[must_use]
     pub fn connect_timeout(mut self, t: Duration) -> Self {
         self.connect.timeout = t;
+        self
+    }
+    /// Sets [`reconnect`](Self::reconnect): reconnect after a lost connection, with
+    /// `policy`'s backoff (`Reconnect::default()` for the documented defaults).
+    #[must_use]
+    pub fn reconnect(mut self, policy: crate::reconnect::Reconnect) -> Self {
+        self.reconnect = Some(policy);
         self
     }
     /// Waits for a server that is not up yet ([`ConnectOptions::wait_for_server`]): with
@@ -242,8 +283,14 @@ pub(crate) struct Shared<Req, Resp> {
     pub(crate) ctl: Arc<StreamControl>,
     /// How many one-way calls the engine has written and flushed to the pipe.
     pub(crate) oneways_flushed: tokio::sync::watch::Sender<u64>,
-    config: ClientConfig,
-    peer: PeerInfo,
+    pub(crate) config: ClientConfig,
+    /// What the server said in the handshake; a reconnecting client's changes with each
+    /// connection.
+    peer: std::sync::RwLock<PeerInfo>,
+    /// A supervisor reconnects this connection when it is lost
+    /// ([`ClientConfig::reconnect`]): the calling half then hands calls not yet written
+    /// back to the table instead of failing them.
+    pub(crate) reconnects: bool,
 }
 
 /// A connection to one service, shared by any number of concurrent calls.
@@ -278,7 +325,10 @@ impl<Req, Resp> Drop for Channel<Req, Resp> {
 
 impl<Req, Resp> std::fmt::Debug for Channel<Req, Resp> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel").field("peer", &self.shared.peer).field("closed", &self.shared.calls.closed()).finish()
+        f.debug_struct("Channel")
+            .field("peer", &self.shared.peer())
+            .field("closed", &self.shared.calls.closed())
+            .finish()
     }
 }
 
@@ -306,33 +356,132 @@ where
         config: ClientConfig,
     ) -> Result<Self, RpcError> {
         let name = name.into();
+        let reconnect = config.reconnect;
+        let (shared, engine) = Self::connect_engine(&name, service, &config, None).await?;
+        match reconnect {
+            Some(policy) => {
+                tokio::spawn(crate::reconnect::supervise(shared.clone(), name, service, policy, engine));
+            }
+            None => {
+                tokio::spawn(run_engine(engine));
+            }
+        }
+        Ok(Channel { shared, bridge: None })
+    }
+
+    /// [`connect`](Self::connect)'s connection: the pipe, the server's identity, the
+    /// handshake (retried while the server is busy), and the engine, not yet spawned. With
+    /// `existing`, the connection carries that client's calls (a reconnection).
+    pub(crate) async fn connect_engine(
+        name: &PipeName,
+        service: ServiceId,
+        config: &ClientConfig,
+        existing: Option<&Arc<Shared<Req, Resp>>>,
+    ) -> Result<(Arc<Shared<Req, Resp>>, EngineTask), RpcError> {
+        let open = |started| {
+            let (name, config) = (name, config);
+            async move {
+                let stream = transport_pipe::connect_since(name.clone(), &config.connect, started).await?;
+                // Before a byte is sent: is this the server we expect, or whoever took the
+                // name? A pipe that cannot say who serves it is not used (an I/O failure here
+                // is a connection lost before the handshake, as when the server closed its
+                // listener with this connection still queued).
+                let server = stream.peer_credentials().map_err(|e| TransportError::Disconnected {
+                    detail: format!("cannot read who serves `{}` (so nothing was sent): {e}", name.as_str()),
+                })?;
+                let me = PeerCredentials::current_process();
+                if !config.expect_server.admits(&server, &me) {
+                    return Err(TransportError::ServerIdentity {
+                        expected: config.expect_server.describe(&me),
+                        actual: format!("`{}` is served by {server}", name.as_str()),
+                    }
+                    .into());
+                }
+                Ok((stream, Some(server)))
+            }
+        };
+        Self::connect_retrying(service, config, existing, open).await
+    }
+
+    /// Connects to the server listening on the TCP address `addr` (see [`crate::tcp`]) and
+    /// performs the handshake for `service`. Connect failures are treated as for
+    /// [`connect`](Self::connect): a refused connection fails at once with
+    /// [`TransportError::NotRunning`] (or is retried with
+    /// [`ClientConfig::wait_for_server`]), a server at its connection limit is retried
+    /// within the connect timeout.
+    ///
+    /// TCP does not say who serves a port, so `config.expect_server` must be
+    /// [`ServerIdentity::Anyone`]: any other expectation cannot be checked and is refused
+    /// with [`TransportError::ServerIdentity`] before anything is sent
+    /// (`FooClient::connect_tcp` sets it; see [`ClientConfig::for_tcp`]).
+    ///
+    /// # Errors
+    ///
+    /// As above; [`TransportError::InvalidName`] if `addr` does not resolve,
+    /// [`TransportError::Io`] if the host cannot be reached.
+    pub async fn connect_tcp(
+        addr: impl tokio::net::ToSocketAddrs,
+        service: ServiceId,
+        config: ClientConfig,
+    ) -> Result<Self, RpcError> {
+        if config.expect_server != ServerIdentity::Anyone {
+            let me = PeerCredentials::current_process();
+            return Err(TransportError::ServerIdentity {
+                expected: config.expect_server.describe(&me),
+                actual: "a server over TCP, which does not say who runs it (nothing was sent); to connect \
+                         anyway set ClientConfig::expect_server(ServerIdentity::Anyone) (ClientConfig::for_tcp)"
+                    .into(),
+            }
+            .into());
+        }
+        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| TransportError::InvalidName { detail: format!("the TCP address does not resolve: {e}") })?
+            .collect();
+        if addrs.is_empty() {
+            return Err(TransportError::InvalidName { detail: "the TCP address resolves to no address".into() }.into());
+        }
+        // A TCP client does not reconnect (yet): see `crate::reconnect`.
+        let config = ClientConfig { reconnect: None, ..config };
+        let open = |started| {
+            let (addrs, config) = (&addrs, &config);
+            async move {
+                let stream = crate::tcp::connect_since(addrs, &config.connect, started).await?;
+                Ok((stream, None))
+            }
+        };
+        let (shared, engine) = Self::connect_retrying(service, &config, None, open).await?;
+        tokio::spawn(run_engine(engine));
+        Ok(Channel { shared, bridge: None })
+    }
+
+    /// Opens a connection with `open` (given the instant the whole connect started) and runs
+    /// the handshake over it; a handshake refused because the server is at its connection
+    /// limits (or, with `wait_for_server`, shutting down) is retried over a new connection
+    /// with backoff, within the one connect timeout.
+    async fn connect_retrying<Io, Open, Opened>(
+        service: ServiceId,
+        config: &ClientConfig,
+        existing: Option<&Arc<Shared<Req, Resp>>>,
+        mut open: Open,
+    ) -> Result<(Arc<Shared<Req, Resp>>, EngineTask), RpcError>
+    where
+        Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        Open: FnMut(Instant) -> Opened,
+        Opened: Future<Output = Result<(Io, Option<PeerCredentials>), RpcError>>,
+    {
         let started = Instant::now();
         let deadline = config.connect.deadline_from(started);
         let mut refusals: u32 = 0;
         loop {
-            let stream = transport_pipe::connect_since(name.clone(), &config.connect, started).await?;
-            // Before a byte is sent: is this the server we expect, or whoever took the name?
-            // A pipe that cannot say who serves it is not used (an I/O failure here is a
-            // connection lost before the handshake, as when the server closed its listener
-            // with this connection still queued).
-            let server = stream.peer_credentials().map_err(|e| TransportError::Disconnected {
-                detail: format!("cannot read who serves `{}` (so nothing was sent): {e}", name.as_str()),
-            })?;
-            let me = PeerCredentials::current_process();
-            if !config.expect_server.admits(&server, &me) {
-                return Err(TransportError::ServerIdentity {
-                    expected: config.expect_server.describe(&me),
-                    actual: format!("`{}` is served by {server}", name.as_str()),
-                }
-                .into());
-            }
-            let refused = match Self::start(stream, Some(server), service, config.clone()).await {
-                Ok(channel) => return Ok(channel),
+            let (stream, server) = open(started).await?;
+            let refused = match Self::launch(stream, server, service, config.clone(), existing).await {
+                Ok(launched) => return Ok(launched),
                 Err(e) => e,
             };
             // The handshake's only `Busy` is the server's `Overloaded` answer (its connection
-            // limits); its `NotRunning` is `ShuttingDown`. The refused pipe is closed (dropped
-            // with `start`'s framing) and a new one is made for the next attempt.
+            // limits); its `NotRunning` is `ShuttingDown`. The refused connection is closed
+            // (dropped with `start`'s framing) and a new one is made for the next attempt.
             let retry = match &refused {
                 RpcError::Transport(TransportError::Busy { .. }) => true,
                 RpcError::Transport(TransportError::NotRunning { .. }) => config.connect.wait_for_server,
@@ -346,7 +495,7 @@ where
             if now >= deadline {
                 return Err(gave_up(refused, started.elapsed(), refusals, config.connect.timeout));
             }
-            tracing::debug!(pipe = name.as_str(), refusals, error = %refused, "the server refused the connection; retrying");
+            tracing::debug!(refusals, error = %refused, "the server refused the connection; retrying");
             tokio::time::sleep_until((now + config.connect.backoff(refusals)).min(deadline)).await;
         }
     }
@@ -354,6 +503,25 @@ where
     /// Runs the handshake over an already-connected byte stream and starts the connection's engine
     /// task. Any `AsyncRead + AsyncWrite` works: a pipe, or `tokio::io::duplex` in tests.
     /// Must be called inside a tokio runtime.
+    ///
+    /// A whole client and server in one process, for a unit test:
+    ///
+    /// ```
+    /// # #[rpc_core::service] pub trait Echo { async fn echo(&self, s: String) -> String; }
+    /// # struct Me;
+    /// # impl Echo for Me { async fn echo(&self, s: String) -> String { s } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), rpc_core::RpcError> {
+    /// use rpc_core::{Channel, ClientConfig, Server};
+    ///
+    /// let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    /// let server = Server::new(EchoServer::new(Me));
+    /// tokio::spawn(async move { server.serve_connection(server_end).await });
+    /// let channel = Channel::from_io(client_end, EchoClient::ID, ClientConfig::default()).await?;
+    /// let client = EchoClient::from_channel(channel);
+    /// assert_eq!(client.echo("hi".into()).await?, "hi");
+    /// # Ok(()) }
+    /// ```
     pub async fn from_io<S>(io: S, service: ServiceId, config: ClientConfig) -> Result<Self, RpcError>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -362,13 +530,33 @@ where
     }
 
     /// The handshake and the engine task over `io`, whose server the OS reported as
-    /// `server` (`None`: nothing reported). The paths that make a connection end here.
+    /// `server` (`None`: nothing reported). The paths that make a connection without a
+    /// name to reconnect to end here.
     pub(crate) async fn start<S>(
         io: S,
         server: Option<PeerCredentials>,
         service: ServiceId,
         config: ClientConfig,
     ) -> Result<Self, RpcError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        // Nothing to reconnect to: only clients that connect by name reconnect.
+        let config = ClientConfig { reconnect: None, ..config };
+        let (shared, engine) = Self::launch(io, server, service, config, None).await?;
+        tokio::spawn(run_engine(engine));
+        Ok(Channel { shared, bridge: None })
+    }
+
+    /// The handshake over `io` and the connection's engine, not yet spawned; with
+    /// `existing`, for that client's calls (a reconnection), else for a new client.
+    async fn launch<S>(
+        io: S,
+        server: Option<PeerCredentials>,
+        service: ServiceId,
+        config: ClientConfig,
+        existing: Option<&Arc<Shared<Req, Resp>>>,
+    ) -> Result<(Arc<Shared<Req, Resp>>, EngineTask), RpcError>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -383,8 +571,15 @@ where
             config.handshake_timeout,
         )
         .await?;
-        let registry = Arc::new(Registry::default());
-        let shared = Shared::new(registry.clone(), PeerInfo { server, ..PeerInfo::of(&negotiated) }, config);
+        let peer = PeerInfo { server, ..PeerInfo::of(&negotiated) };
+        let shared = match existing {
+            Some(shared) => {
+                *shared.peer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = peer;
+                shared.clone()
+            }
+            None => Shared::with_reconnect(Arc::new(Registry::default()), peer, config),
+        };
+        let registry = shared.calls.registry();
         let transport = crate::engine::pipe(framed, negotiated.codec, shared.config.decode_limits);
         let limits = crate::engine::CallerLimits {
             window: negotiated.window,
@@ -421,13 +616,7 @@ where
         );
         let engine =
             crate::engine::Engine::<_, CallbackRouter, Req, Resp>::new(transport, settings, Some(caller), Some(callee));
-        tokio::spawn(async move {
-            // The engine has told every caller how it ended; this is for the log.
-            if let Err(e) = engine.await {
-                tracing::debug!(error = %e, "client connection failed");
-            }
-        });
-        Ok(Channel { shared, bridge: None })
+        Ok((shared, Box::pin(engine)))
     }
 
     /// A handle on an engine's calling half that has no connection of its own to close:
@@ -471,6 +660,35 @@ where
         }
     }
 
+    /// Makes a call of an `#[idempotent]` method: like [`call`](Self::call), but when a
+    /// reconnecting client ([`ClientConfig::reconnect`]) loses its connection under the
+    /// call, the request is made again (`request` builds it for each attempt) and sent
+    /// over the next connection, all within the call's one deadline. Without `reconnect`
+    /// this is `call`.
+    #[doc(hidden)]
+    pub async fn call_idempotent(&self, options: &CallOptions, request: impl Fn() -> Req) -> Result<Resp, RpcError> {
+        if !self.shared.reconnects {
+            return self.call(options, request()).await;
+        }
+        let timeout = options.timeout.unwrap_or(self.shared.config.default_timeout);
+        let deadline = crate::deadlines::deadline_after(Instant::now(), timeout);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = CallOptions { timeout: Some(left), ..*options };
+            match self.call(&attempt, request()).await {
+                Err(RpcError::Transport(TransportError::ConnectionLost { detail })) => {
+                    tracing::debug!(%detail, "an idempotent call's connection was lost; sending it again");
+                    if Instant::now() >= deadline {
+                        return Err(RpcError::DeadlineExceeded { timeout });
+                    }
+                }
+                // The deadline is the whole call's, not the last attempt's.
+                Err(RpcError::DeadlineExceeded { .. }) => return Err(RpcError::DeadlineExceeded { timeout }),
+                other => return other,
+            }
+        }
+    }
+
     /// A call that hands over a callback object (`callback`) the server may call while
     /// the call is open. No deadline unless `options` sets one.
     #[doc(hidden)]
@@ -480,7 +698,7 @@ where
         body: Req,
         callback: Arc<dyn crate::callback::ErasedCallback>,
     ) -> Result<Resp, RpcError> {
-        if self.shared.peer.capabilities & crate::wire::caps::CALLBACKS == 0 {
+        if self.shared.peer().capabilities & crate::wire::caps::CALLBACKS == 0 {
             let detail = "the server does not make callbacks (it did not announce the capability)".into();
             return Err(TransportError::Incompatible { detail }.into());
         }
@@ -502,7 +720,8 @@ where
     /// first wait for them with [`flush`](Self::flush).
     pub async fn oneway(&self, options: &CallOptions, body: Req) -> Result<(), RpcError> {
         let shared = &*self.shared;
-        if shared.peer.capabilities & crate::wire::caps::ONEWAY == 0 {
+        let peer = shared.peer();
+        if peer.capabilities & crate::wire::caps::ONEWAY == 0 {
             let detail = "the server does not accept one-way calls (it did not announce the capability)".into();
             return Err(TransportError::Incompatible { detail }.into());
         }
@@ -513,7 +732,7 @@ where
         let encoded = ONEWAY_SCRATCH.with(|buf| {
             let mut buf = buf.borrow_mut();
             buf.clear();
-            frame.encode_append(shared.peer.codec, shared.peer.max_message, &mut buf).map(|placed| match placed {
+            frame.encode_append(peer.codec, peer.max_message, &mut buf).map(|placed| match placed {
                 // Copied out in one allocation of its own size: splitting it off the
                 // scratch buffer would leave that buffer shared with the queued frame, and
                 // the next call's encoding would reallocate (and copy) it every time
@@ -549,6 +768,17 @@ where
 
 /// A handshake refusal that was retried until the connect timeout, with how long and how
 /// often.
+/// A connection's engine, not yet spawned.
+pub(crate) type EngineTask = Pin<Box<dyn Future<Output = Result<(), TransportError>> + Send>>;
+
+/// Runs a connection's engine to its end.
+pub(crate) async fn run_engine(engine: EngineTask) {
+    // The engine has told every caller how it ended; this is for the log.
+    if let Err(e) = engine.await {
+        tracing::debug!(error = %e, "client connection failed");
+    }
+}
+
 fn gave_up(refused: RpcError, waited: Duration, refusals: u32, timeout: Duration) -> RpcError {
     let tried = format!(
         "gave up after {} ({refusals} refusal{}, connect timeout {})",
@@ -599,6 +829,20 @@ impl<Req, Resp> Shared<Req, Resp> {
         }
     }
 
+    /// A client's shared state; `reconnects` if `config` asks for it (only clients that
+    /// connect by name get a supervisor, see [`Channel::connect`]).
+    fn with_reconnect(registry: Arc<Registry>, peer: PeerInfo, config: ClientConfig) -> Arc<Self> {
+        let reconnects = config.reconnect.is_some();
+        let mut shared = Self::new(registry, peer, config);
+        Arc::get_mut(&mut shared).expect("just made").reconnects = reconnects;
+        shared
+    }
+
+    /// What the server announced in the handshake of the current connection.
+    pub(crate) fn peer(&self) -> PeerInfo {
+        self.peer.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     fn new(registry: Arc<Registry>, peer: PeerInfo, config: ClientConfig) -> Arc<Self> {
         Arc::new(Shared {
             calls: Calls::new(registry),
@@ -606,8 +850,9 @@ impl<Req, Resp> Shared<Req, Resp> {
             oneway_seq: AtomicU64::new(0),
             ctl: Arc::default(),
             oneways_flushed: tokio::sync::watch::Sender::new(0),
-            peer,
+            peer: std::sync::RwLock::new(peer),
             config,
+            reconnects: false,
         })
     }
 }
@@ -704,7 +949,7 @@ impl<Req, Resp> Channel<Req, Resp> {
     }
 
     fn streams_supported(&self) -> Result<(), RpcError> {
-        if self.shared.peer.capabilities & crate::wire::caps::STREAMS == 0 {
+        if self.shared.peer().capabilities & crate::wire::caps::STREAMS == 0 {
             let detail = "the server does not accept streams (it did not announce the capability)".into();
             return Err(TransportError::Incompatible { detail }.into());
         }
@@ -754,9 +999,10 @@ impl<Req, Resp> Channel<Req, Resp> {
         self.shared.calls.closed().is_some()
     }
 
-    /// What the server announced in the handshake.
-    pub fn peer(&self) -> &PeerInfo {
-        &self.shared.peer
+    /// What the server announced in the handshake (a copy: a reconnecting client's server
+    /// may change with each connection).
+    pub fn peer(&self) -> PeerInfo {
+        self.shared.peer()
     }
 
     /// The settings this channel was made with.

@@ -69,7 +69,7 @@
 //! | item | what it is |
 //! |---|---|
 //! | `trait Foo` | your trait, with each `async fn` turned into `fn .. -> impl Future + Send` so handlers can run on any runtime thread. Implement it with plain `async fn`s. `Foo: Send + Sync`. |
-//! | `FooClient` | the client: `connect(name)`, `connect_with(name, ClientConfig)`, `from_channel(Channel)`, `with_timeout(Duration)`, `with_options(CallOptions)`, `channel()`, and one `async` method per RPC. `Clone`; clones share one connection. |
+//! | `FooClient` | the client: `connect(name)`, `connect_with(name, ClientConfig)`, `connect_tcp(addr)`, `connect_tcp_with(addr, ClientConfig)` ([`tcp`]), `from_channel(Channel)`, `with_timeout(Duration)`, `with_options(CallOptions)`, `channel()`, and one `async` method per RPC. `Clone`; clones share one connection. |
 //! | `FooBlockingClient` | the [blocking client](blocking), for code without an async runtime: `connect(name)`, `connect_with(name, ClientConfig)`, `with_timeout`, `with_options`, `channel()`, `as_async()`, `into_async()`, and one plain `fn` per RPC. It runs its connection on a background thread of its own; any number of threads may call it at once. Inside a tokio runtime it refuses with [`RpcError::BlockingInRuntime`]. |
 //! | `FooServer<S>` | the server adapter: `FooServer::new(impl Foo + 'static)` gives a [`Service`] for [`Server::new`]. |
 //! | `FooRequest`, `FooResponse` | the wire enums, one variant per method. |
@@ -86,6 +86,7 @@
 //! | `async fn f(&self, a: A)` | `()` | `async fn f(&self, a: A) -> Result<(), RpcError>` | `fn f(&self, a: A) -> Result<(), RpcError>` |
 //! | `async fn f(&self, a: A) -> Result<T, E>` | `Result<T, E>` | `async fn f(&self, a: A) -> Result<T, E>`; `E: From<RpcError>` is required and checked at compile time, so one `?` handles application and transport errors alike | `fn f(&self, a: A) -> Result<T, E>` |
 //! | `async fn f(&self, a: A) -> Reply` with `type Reply = Result<T, E>` | `Reply` | `async fn f(&self, a: A) -> Result<Reply, RpcError>`: naming the result through an alias opts out of flattening, for error types that cannot absorb [`RpcError`] (such as `String`) | `fn f(&self, a: A) -> Result<Reply, RpcError>` |
+//! | `#[idempotent] async fn f(&self, a: A) -> R` (a request-reply method; `A: Clone`) | `R` | as without it; with [`ClientConfig::reconnect`], a call whose connection broke under it is sent again over the next connection (within its deadline) instead of failing with [`TransportError::ConnectionLost`] | the same |
 //! | `#[oneway] async fn f(&self, a: A)` | `()` (nothing is sent back) | `async fn f(&self, a: A) -> Result<(), RpcError>`: returns once the message is queued for the pipe ([`Channel::oneway`]) | `fn f(&self, a: A) -> Result<(), RpcError>`, once queued; dropping the last handle waits until they are written |
 //! | `async fn f(&self, a: A) -> RpcStream<T>` | an [`RpcStream<T>`] it produces | `async fn f(&self, a: A) -> Result<RpcStream<T>, RpcError>`, read as a `Stream` of `Result<T, RpcError>`; dropping it cancels the call | `fn f(&self, a: A) -> Result<BlockingStream<T>, RpcError>`, an `Iterator` of `Result<T, RpcError>`; dropping it cancels the call |
 //! | `async fn f(&self, a: A, s: RpcStream<U>) -> R` (any of the returns above but one-way) | `R`, reading `s` as a `Stream` of `Result<U, RpcError>` | `async fn f(&self, a: A, s: RpcStream<U>) -> ..` with an `RpcStream<U>` the client produces | `fn f(&self, a: A, s: impl Upload<U>) -> ..`: any `IntoIterator<Item = U>` (pulled on a thread of its own, under flow control) or an `RpcStream<U>` |
@@ -136,9 +137,11 @@ mod engine;
 pub mod error;
 mod handshake;
 pub mod introspect;
+pub mod reconnect;
 pub mod server;
 pub mod service;
 pub mod stream;
+pub mod tcp;
 pub mod wire;
 
 /// Porting a tarpc service to pipe-rpc: what changes, step by step, with tarpc's own
@@ -155,10 +158,11 @@ pub use callback::{Callback, Client};
 pub use client::{CallOptions, Channel, ClientConfig, PeerInfo};
 pub use codec::{Codec, DecodeLimits};
 pub use error::{Direction, RpcError, ServeError, ServerError, ServerErrorKind, TransportError};
+pub use reconnect::Reconnect;
 /// Turns a trait into a typed RPC service: client, server adapter and wire types.
 /// See the [crate docs](crate) for what it generates.
 pub use rpc_macros::service;
-pub use server::{BoundServer, DEFAULT_STREAM_WINDOW, Server, ServerConfig, ShutdownHandle};
+pub use server::{BoundServer, DEFAULT_STREAM_WINDOW, Listener, Server, ServerConfig, ShutdownHandle};
 pub use service::{Service, ServiceId};
 pub use stream::RpcStream;
 /// The pipe layer: names, listener, connect options and their platform rules.

@@ -554,8 +554,9 @@ impl<'a> ServiceGenerator<'a> {
                     #private::ServiceId::new(#name, #fingerprint);
 
                 /// Connects to the server listening on the pipe `name` with the default
-                /// `ClientConfig`, retrying while the server is not up yet, and checks that
-                /// it serves this service.
+                /// `ClientConfig` (a busy server is retried within the connect timeout, one
+                /// that is not running is reported at once), and checks that it serves this
+                /// service.
                 ///
                 /// # Errors
                 ///
@@ -577,6 +578,33 @@ impl<'a> ServiceGenerator<'a> {
                     config: #private::ClientConfig,
                 ) -> ::core::result::Result<Self, #private::RpcError> {
                     ::core::result::Result::map(#private::Channel::connect(name, Self::ID, config).await, Self::from_channel)
+                }
+
+                /// Connects to the server listening on the TCP address `addr` (see
+                /// `rpc_core::tcp`) with `ClientConfig::for_tcp()`, and checks that it serves
+                /// this service. TCP does not say who serves a port: use it only where that is
+                /// acceptable.
+                ///
+                /// # Errors
+                ///
+                /// As for [`connect`](Self::connect).
+                pub async fn connect_tcp(
+                    addr: impl #private::ToSocketAddrs,
+                ) -> ::core::result::Result<Self, #private::RpcError> {
+                    Self::connect_tcp_with(addr, #private::ClientConfig::for_tcp()).await
+                }
+
+                /// Like [`connect_tcp`](Self::connect_tcp), with the given `ClientConfig`
+                /// (whose `expect_server` must be `ServerIdentity::Anyone`).
+                ///
+                /// # Errors
+                ///
+                /// As for [`connect`](Self::connect).
+                pub async fn connect_tcp_with(
+                    addr: impl #private::ToSocketAddrs,
+                    config: #private::ClientConfig,
+                ) -> ::core::result::Result<Self, #private::RpcError> {
+                    ::core::result::Result::map(#private::Channel::connect_tcp(addr, Self::ID, config).await, Self::from_channel)
                 }
 
                 /// Wraps a connected channel (for instance from `Channel::from_io`).
@@ -720,6 +748,17 @@ impl<'a> ServiceGenerator<'a> {
             (None, Some((ident, _))) => quote! {
                 self.channel.call_with_callback(&self.options, #body, #private::erase_callback(#ident)).await
             },
+            (None, None) if def.is_idempotent() => {
+                // Each argument cloned for every attempt, the clone spanned at its type: a
+                // type that is not `Clone` is reported there.
+                let clones = wire_args
+                    .iter()
+                    .zip(&m.wire_tys)
+                    .map(|(arg, ty)| quote_spanned!(ty.span()=> #arg: #private::clone_for_resend(&#arg)));
+                quote! {
+                    self.channel.call_idempotent(&self.options, || #request::#variant { #(#clones),* }).await
+                }
+            }
             (None, None) => quote!(self.channel.call(&self.options, #body).await),
         };
         let pick = quote! {

@@ -53,6 +53,9 @@ pub(crate) struct MethodDef<'a> {
     pub(crate) lints: Vec<Attribute>,
     /// `#[oneway]`: fire and forget, no reply. Removed from the emitted trait.
     pub(crate) oneway: Vec<&'a Attribute>,
+    /// `#[idempotent]`: running it twice does what running it once does, so a reconnecting
+    /// client sends it again when the connection broke under it. Removed from the trait.
+    pub(crate) idempotent: Vec<&'a Attribute>,
 }
 
 pub(crate) struct ArgDef<'a> {
@@ -176,7 +179,7 @@ fn result_args(path: &Path) -> Option<(&Type, &Type)> {
 
 /// Attributes `#[service]` reads on methods and does not pass on.
 pub(crate) fn is_own_attr(attr: &Attribute) -> bool {
-    attr.path().is_ident("oneway")
+    attr.path().is_ident("oneway") || attr.path().is_ident("idempotent")
 }
 
 fn attrs_named<'a>(attrs: &'a [Attribute], name: &str) -> Vec<&'a Attribute> {
@@ -292,6 +295,7 @@ impl<'a> MethodDef<'a> {
             deprecated: attrs_named(&item.attrs, "deprecated"),
             lints: item.attrs.iter().filter_map(carried_lint).collect(),
             oneway: attrs_named(&item.attrs, "oneway"),
+            idempotent: attrs_named(&item.attrs, "idempotent"),
         }
     }
 
@@ -315,7 +319,13 @@ impl<'a> MethodDef<'a> {
         !self.oneway.is_empty()
     }
 
-    /// The method's attributes as emitted on the trait: ours (`#[oneway]`) removed.
+    /// True for an `#[idempotent]` method.
+    pub(crate) fn is_idempotent(&self) -> bool {
+        !self.idempotent.is_empty()
+    }
+
+    /// The method's attributes as emitted on the trait: ours (`#[oneway]`,
+    /// `#[idempotent]`) removed.
     pub(crate) fn emitted_attrs(&self) -> impl Iterator<Item = &'a Attribute> {
         self.item.attrs.iter().filter(|a| !is_own_attr(a))
     }

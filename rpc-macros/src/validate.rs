@@ -206,6 +206,7 @@ fn check_method(m: &MethodDef<'_>, names: &naming::Names, errors: &mut Errors) {
     check_receiver(m, errors);
     check_args(m, errors);
     check_oneway(m, errors);
+    check_idempotent(m, errors);
     match m.output {
         // The stream itself is fine; what it carries is checked like any wire type.
         Output::Stream { item, .. } => TypeCheck { errors, position: Position::Return }.visit_type(item),
@@ -242,6 +243,32 @@ fn check_oneway(m: &MethodDef<'_>, errors: &mut Errors) {
             "a `#[oneway]` method returns nothing: the server sends no reply to a one-way call; \
              remove the return type (the client method returns `Result<(), RpcError>` once the message is queued), \
              or remove `#[oneway]` to get a reply",
+        );
+    }
+}
+
+fn check_idempotent(m: &MethodDef<'_>, errors: &mut Errors) {
+    for (i, attr) in m.idempotent.iter().enumerate() {
+        if i > 0 {
+            errors.spanned(attr, "`#[idempotent]` is given more than once; keep one");
+        } else if !matches!(attr.meta, syn::Meta::Path(_)) {
+            errors.spanned(attr, "`#[idempotent]` takes no arguments: write `#[idempotent]`");
+        }
+    }
+    let Some(attr) = m.idempotent.first() else { return };
+    let why = if m.is_oneway() {
+        Some("a one-way call is never sent again: it is gone once written")
+    } else if m.upload().is_some() || m.is_download() {
+        Some("a stream is not sent again: it ends with the connection and the caller opens it again")
+    } else if m.callback().is_some() {
+        Some("a call with a `Callback` is not sent again: its callbacks may already have run")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        errors.spanned(
+            attr,
+            format!("`#[idempotent]` applies to request-reply methods only; {why}; remove `#[idempotent]`"),
         );
     }
 }
@@ -566,6 +593,17 @@ mod tests {
         one("trait T { async fn a(&self, c: Callback<A>) -> RpcStream<u8>; }", "cannot also stream");
         one("trait T { async fn a(&self, c: Option<Callback<A>>); }", "whole argument");
         one("trait T { async fn a(&self) -> Callback<A>; }", "whole argument");
+    }
+
+    #[test]
+    fn idempotent() {
+        assert!(errors("trait T { #[idempotent] async fn a(&self, x: u8) -> u8; }").is_empty());
+        one("trait T { #[idempotent] #[oneway] async fn a(&self, x: u8); }", "a one-way call is never sent again");
+        one("trait T { #[idempotent] async fn a(&self) -> RpcStream<u8>; }", "a stream is not sent again");
+        one("trait T { #[idempotent] async fn a(&self, s: RpcStream<u8>) -> u8; }", "a stream is not sent again");
+        one("trait T { #[idempotent] async fn a(&self, c: Callback<A>); }", "a `Callback` is not sent again");
+        one("trait T { #[idempotent(yes)] async fn a(&self); }", "takes no arguments");
+        one("trait T { #[idempotent] #[idempotent] async fn a(&self); }", "more than once");
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub(crate) struct CallerLimits {
 impl<Req, Resp> Caller<Req, Resp> {
     pub(crate) fn new(shared: Arc<Shared<Req, Resp>>, limits: CallerLimits) -> Self {
         let ctl = shared.ctl.clone();
+        // A reconnection's counts go on from the last connection's.
+        let flushed = *shared.oneways_flushed.borrow();
         Caller {
             shared,
             outgoing: VecDeque::new(),
@@ -120,8 +122,8 @@ impl<Req, Resp> Caller<Req, Resp> {
             window: limits.window.max(1),
             oneways: VecDeque::new(),
             credit: u64::from(limits.oneway_window),
-            oneways_written: 0,
-            oneways_published: 0,
+            oneways_written: flushed,
+            oneways_published: flushed,
             pending_ups: IdMap::default(),
             ups: IdMap::default(),
             downs: IdMap::default(),
@@ -382,6 +384,12 @@ impl<Req, Resp> Caller<Req, Resp> {
     /// Delivers what arrived before the connection ended, then fails every call still
     /// waiting (and every later one) with `why`.
     pub(crate) fn finish(&mut self, why: &RpcError) {
+        // A reconnecting client whose handles still want the connection: a supervisor
+        // makes the next one, so only what the server may have seen fails.
+        if self.shared.reconnects && self.shared.calls.lock().close_request() == CloseRequest::None {
+            self.detach(why);
+            return;
+        }
         for (_, down) in self.downs.drain() {
             down.inbox.fail(why.clone());
         }
@@ -409,6 +417,49 @@ impl<Req, Resp> Caller<Req, Resp> {
         self.wakers.drain(..).for_each(Waker::wake);
         // Wake `flush` callers: they see the connection is over.
         self.shared.oneways_flushed.send_modify(|_| {});
+    }
+}
+
+impl<Req, Resp> Caller<Req, Resp> {
+    /// The connection was lost and another will be made ([`finish`](Self::finish)): calls
+    /// written to the pipe fail with [`TransportError::ConnectionLost`] (the server may
+    /// have run them), and so do the streams in flight; calls taken but not written go
+    /// back to the table, ahead of those nobody took yet, with their streams; one-way
+    /// calls not written go back too. One-way calls written but not yet flushed are lost
+    /// with the pipe, as a message in flight is: they count as flushed, so `flush` does
+    /// not wait for them.
+    fn detach(&mut self, why: &RpcError) {
+        let lost: RpcError =
+            TransportError::ConnectionLost { detail: format!("{why}; the client is reconnecting") }.into();
+        let mut requeue = Vec::with_capacity(self.outgoing.len());
+        for call in std::mem::take(&mut self.outgoing) {
+            if self.withdrawn.contains(&call.id) {
+                continue;
+            }
+            let up = self.pending_ups.remove(&call.id).map(|o| o.stream);
+            let down = self.downs.remove(&call.id).map(|d| d.inbox);
+            let streams = (up.is_some() || down.is_some()).then(|| Box::new(CallStreams { up, down, callback: None }));
+            requeue.push(Queued::Call { id: call.id, body: call.body, streams });
+        }
+        for (_, down) in self.downs.drain() {
+            down.inbox.fail(lost.clone());
+        }
+        self.down_pieces = Pieces::default();
+        self.ups.clear();
+        self.pending_ups.clear();
+        let oneways = std::mem::take(&mut self.oneways);
+        let dropped = {
+            let mut t = self.shared.calls.lock();
+            deliver(&mut self.arrived, &mut t, &mut self.wakers);
+            t.detach(requeue, oneways, &lost, &mut self.wakers)
+        };
+        drop(dropped);
+        self.wakers.drain(..).for_each(Waker::wake);
+        self.shared.oneways_flushed.send_if_modified(|flushed| {
+            let moved = self.oneways_written > *flushed;
+            *flushed = (*flushed).max(self.oneways_written);
+            moved
+        });
     }
 }
 

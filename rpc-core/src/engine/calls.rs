@@ -64,6 +64,9 @@ pub(crate) struct Table<Req, Resp> {
     room: Vec<Waker>,
     /// One-way calls ever queued (for `Channel::flush`).
     oneways_pushed: u64,
+    /// The connection was lost and a supervisor waits for the next: every new call wakes
+    /// it (its deadline may be the earliest), not only the first of a batch.
+    detached: bool,
 }
 
 struct Slot<Resp> {
@@ -130,9 +133,20 @@ impl<Req, Resp> Calls<Req, Resp> {
                 oneways: VecDeque::new(),
                 room: Vec::new(),
                 oneways_pushed: 0,
+                detached: false,
             }),
             engine: AtomicWaker::new(),
         }
+    }
+
+    /// Whether a reconnecting client is between connections (see `Table::detach`).
+    pub(crate) fn set_detached(&self, detached: bool) {
+        self.lock().detached = detached;
+    }
+
+    /// The callback objects of open calls (shared with each connection's router).
+    pub(crate) fn registry(&self) -> Arc<Registry> {
+        self.callbacks.clone()
     }
 
     /// The lock. Nothing panics while holding it, but a poisoned table is still
@@ -198,7 +212,7 @@ impl<Req, Resp> Calls<Req, Resp> {
         t.queue.push(Queued::Call { id, body, streams });
         // Only the push onto an empty queue wakes the engine: a non-empty queue has a wake
         // outstanding that the engine has not acted on yet.
-        let wake = t.queue.len() == 1;
+        let wake = t.queue.len() == 1 || t.detached;
         drop(t);
         if wake {
             self.wake_engine();
@@ -417,6 +431,106 @@ impl<Req, Resp> Table<Req, Resp> {
 
     pub(crate) fn close_request(&self) -> CloseRequest {
         self.close
+    }
+
+    /// The connection was lost and a supervisor will make another (a reconnecting client):
+    /// the calls in `requeue` (taken by the engine but never written) go back to the front
+    /// of the queue, followed by the calls nobody took yet, and the one-way calls in
+    /// `oneways` (taken, not written) back to the front of theirs; every other call the
+    /// engine took (written: the server may have run it) fails with `lost`. Cancels still
+    /// queued are for the old connection: they are returned, to be dropped outside the lock.
+    pub(crate) fn detach(
+        &mut self,
+        requeue: Vec<Queued<Req, Resp>>,
+        oneways: VecDeque<Bytes>,
+        lost: &RpcError,
+        wakers: &mut Vec<Waker>,
+    ) -> Vec<Queued<Req, Resp>> {
+        let again: std::collections::HashSet<u64> = requeue
+            .iter()
+            .filter_map(|q| match q {
+                Queued::Call { id, .. } => Some(*id),
+                Queued::Cancel { .. } => None,
+            })
+            .collect();
+        for slot in &mut self.slots {
+            if slot.sent && matches!(slot.state, State::Waiting(_)) {
+                if again.contains(&slot.id) {
+                    slot.sent = false;
+                } else if let State::Waiting(waker) = std::mem::replace(&mut slot.state, State::Done(Err(lost.clone())))
+                {
+                    wakers.extend(waker);
+                }
+            }
+        }
+        let (mut calls, cancels): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.queue).into_iter().partition(|q| matches!(q, Queued::Call { .. }));
+        self.queue = requeue;
+        self.queue.append(&mut calls);
+        self.detached = true;
+        for frame in oneways.into_iter().rev() {
+            self.oneways.push_front(frame);
+        }
+        cancels
+    }
+
+    /// The earliest deadline of a call that waits for a connection (started, not taken by
+    /// an engine), after expiring those that passed by `now`: what a supervisor sleeps
+    /// for while it has no connection.
+    pub(crate) fn expire_unsent(&mut self, now: Instant, wakers: &mut Vec<Waker>) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut due = Vec::new();
+        for slot in &self.slots {
+            if let (State::Waiting(_), false, Some(deadline)) = (&slot.state, slot.sent, slot.deadline) {
+                if deadline <= now {
+                    due.push((deadline, slot.id));
+                } else {
+                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                }
+            }
+        }
+        for &(deadline, id) in &due {
+            self.expire(deadline, id, wakers);
+        }
+        if !due.is_empty() {
+            self.drop_unwaited();
+        }
+        next
+    }
+
+    /// Takes queued calls whose callers no longer wait off the queue; a stream call among
+    /// them ends its stream with its call's outcome (nobody else would: it has no engine).
+    fn drop_unwaited(&mut self) {
+        let queue = std::mem::take(&mut self.queue);
+        for q in queue {
+            match q {
+                Queued::Call { id, streams, .. } if self.waiting(id).is_none() => {
+                    if let Some(down) = streams.as_ref().and_then(|s| s.down.as_ref()) {
+                        let why = match &self.slots[index(id)].state {
+                            State::Done(Err(e)) => e.clone(),
+                            _ => RpcError::Cancelled,
+                        };
+                        down.fail(why);
+                    }
+                }
+                q => self.queue.push(q),
+            }
+        }
+    }
+
+    /// Fails every call that waits for a connection (started, not taken by an engine) with
+    /// `why`: the server refused a new connection for a reason no retry can change (another
+    /// version of the service, a permission), so they cannot be served by it.
+    pub(crate) fn fail_unsent(&mut self, why: &RpcError, wakers: &mut Vec<Waker>) {
+        for slot in &mut self.slots {
+            if !slot.sent
+                && matches!(slot.state, State::Waiting(_))
+                && let State::Waiting(waker) = std::mem::replace(&mut slot.state, State::Done(Err(why.clone())))
+            {
+                wakers.extend(waker);
+            }
+        }
+        self.drop_unwaited();
     }
 
     /// The connection is over: every waiting call fails with `why`, queued requests are
