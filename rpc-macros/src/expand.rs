@@ -488,7 +488,8 @@ impl<'a> ServiceGenerator<'a> {
             let some = |t: TokenStream| quote!(::core::option::Option::Some(#t));
             let none = quote!(::core::option::Option::None);
             let upload = m.upload.as_ref().map_or(none.clone(), |(ident, item, iv)| {
-                let (name, item, iv) = (text(&unraw(ident)), text(&describe::type_display(item)), text(&iv.to_string()));
+                let (name, item, iv) =
+                    (text(&unraw(ident)), text(&describe::type_display(item)), text(&iv.to_string()));
                 some(quote!((#name, #item, #iv)))
             });
             let download = match m.def.output {
