@@ -35,7 +35,9 @@
 //! $ pipe-rpc call work-queues create '"jobs"'
 //! {
 //!   "name": "jobs",
-//!   "running": false
+//!   "pending": 0,
+//!   "state": "Stopped",
+//!   "taken": 0
 //! }
 //! $ pipe-rpc call probe-server count 3 2 0
 //! 3

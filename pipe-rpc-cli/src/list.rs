@@ -14,6 +14,9 @@ use crate::describe::{credentials_json, pid_text, user_text};
 use crate::fail::{Failure, UNREACHABLE};
 use crate::out::Printer;
 
+/// Where the endpoints are listed from, for an error.
+const WHERE: &str = if cfg!(windows) { r"the pipe namespace \\.\pipe\" } else { "the per-user socket directory" };
+
 /// Probes in flight at once.
 const PARALLEL_PROBES: usize = 32;
 
@@ -79,7 +82,7 @@ async fn probe(endpoint: &LocalEndpoint, per: Duration) -> State {
 /// `pipe-rpc list`.
 pub(crate) async fn list(opts: &Options, out: &mut Printer) -> Result<(), Failure> {
     let endpoints = rpc_core::pipe::list_local()
-        .map_err(|e| Failure::new(UNREACHABLE, format!("cannot list the endpoints: {e}")))?;
+        .map_err(|e| Failure::new(UNREACHABLE, format!("cannot list the endpoints ({WHERE}): {e}")))?;
     let per = opts.timeout.unwrap_or(PER_ENDPOINT);
     // A few at a time: each probe holds a descriptor (or pipe instance) while it waits,
     // and a directory of thousands of sockets must not exhaust them.

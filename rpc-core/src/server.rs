@@ -136,7 +136,9 @@ pub struct ServerConfig {
     /// off, because it publishes the method list to every client the
     /// [`access`](Self::access) policy admits. A probe is answered with the service's
     /// name, fingerprint, version, codecs and limits either way (a wrong-service refusal
-    /// names the service too).
+    /// names the service too). A description holds at most
+    /// [`MAX_DESCRIBED_METHODS`](crate::wire::MAX_DESCRIBED_METHODS) methods (the first, in
+    /// trait order).
     pub introspection: bool,
     /// TCP only: whether [`Server::bind_tcp`] may listen on an address that is not
     /// loopback (another interface, or `0.0.0.0` / `::` for all of them), reachable from
