@@ -196,3 +196,26 @@ async fn a_probe_of_a_name_nobody_serves_is_not_running() {
     })
     .await;
 }
+
+/// A probe is admitted like a client: a server whose access policy refuses this client
+/// refuses the probe too, saying why, and describes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_goes_through_the_access_policy() {
+    watchdog(async {
+        let name = unique_name!();
+        let policy = rpc_core::AccessPolicy::custom(|_| Err("no one today".to_owned()));
+        let config = rpc_core::ServerConfig::default().introspection(true).access(policy);
+        let server = rpc_core::Server::new(ProbeServer::new(pipe_rpc_tests::ProbeImpl::default()))
+            .config(config)
+            .bind(name.clone())
+            .expect("bind");
+        let shutdown = server.shutdown_handle();
+        let running = tokio::spawn(server.run());
+        let err = probe(name.clone(), client_config()).await.unwrap_err();
+        let RpcError::Transport(TransportError::PermissionDenied { detail }) = &err else { panic!("{err:?}") };
+        assert!(detail.contains("no one today"), "{detail}");
+        shutdown.shutdown();
+        running.await.expect("the server task").expect("the server");
+    })
+    .await;
+}
