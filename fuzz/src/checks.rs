@@ -344,8 +344,25 @@ pub fn client_frames(data: &[u8]) {
     });
 }
 
-fn codec_of(bit: u8) -> Codec {
-    if bit & 1 == 0 { Codec::Bincode } else { Codec::Postcard }
+/// The codec of a `frames` input, from its control byte: bit 0 clear, bincode; set,
+/// postcard, or JSON if bit 7 is set too. (JSON came later: bit 7 also belongs to the read
+/// split, which stays as it was; committed inputs with bits 0 and 7 set now run as JSON.)
+fn codec_of(control: u8) -> Codec {
+    match (control & 1, control & 0x80) {
+        (0, _) => Codec::Bincode,
+        (_, 0) => Codec::Postcard,
+        _ => Codec::Json,
+    }
+}
+
+/// The codec of an `engine_pair` input: setup bit 0 clear, bincode; set, postcard, or JSON
+/// if bit 3 of the limits byte is set too (the setup byte has no bit left).
+fn pair_codec(setup: u8, limits: u8) -> Codec {
+    match (setup & 1, limits & 8) {
+        (0, _) => Codec::Bincode,
+        (_, 0) => Codec::Postcard,
+        _ => Codec::Json,
+    }
 }
 
 fn frames<C, R>(data: &[u8], handshake: fn(&[u8]))
@@ -532,13 +549,15 @@ fn panics_seen() -> usize {
 }
 
 /// One connection end to end (see the module docs). Input: byte 0 is the setup (bit 0 the
-/// codec, bits 1..5 the capabilities announced, bits 5..7 the handshake, bit 7 which side
-/// the input plays), then a script of operations (see `play`).
+/// codec, with bit 3 of the limits byte: see [`pair_codec`]; bits 1..5 the capabilities
+/// announced, bits 5..7 the handshake, bit 7 which side the input plays), then a script of
+/// operations (see `play`).
 pub fn engine_pair(data: &[u8]) {
     let before = panics_seen();
     let started = std::time::Instant::now();
     let mut script = Script { data };
     let setup = script.byte();
+    let codec = pair_codec(setup, script.data.first().copied().unwrap_or(0));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -546,7 +565,11 @@ pub fn engine_pair(data: &[u8]) {
         .expect("a current-thread runtime");
     runtime.block_on(async {
         let run = async {
-            if setup & 0x80 == 0 { hostile_client(setup, script).await } else { hostile_server(setup, script).await }
+            if setup & 0x80 == 0 {
+                hostile_client(setup, codec, script).await
+            } else {
+                hostile_server(setup, codec, script).await
+            }
         };
         tokio::time::timeout(TOTAL_BOUND, run).await.expect("the whole exchange did not end within its bound");
     });
@@ -577,8 +600,7 @@ fn capabilities(setup: u8) -> u32 {
 }
 
 /// A real server, a well-behaved client on one connection and the input on another.
-async fn hostile_client(setup: u8, script: Script<'_>) {
-    let codec = codec_of(setup);
+async fn hostile_client(setup: u8, codec: Codec, script: Script<'_>) {
     let server = Server::new(FuzzedServer::new(Impl)).config(server_config());
     let (good_io, good_end) = tokio::io::duplex(64 * 1024);
     // A small pipe for the hostile connection, sometimes: writes then wait for reads.
@@ -592,7 +614,7 @@ async fn hostile_client(setup: u8, script: Script<'_>) {
             .expect("the good client's handshake");
         let client = FuzzedClient::from_channel(channel);
         assert_eq!(client.echo("before".into()).await.expect("the good client's first call"), "before");
-        let hostile = play(bad_io, setup, script, Side::Client);
+        let hostile = play(bad_io, setup, codec, script, Side::Client);
         let over = tokio::time::timeout(HOSTILE_BOUND, futures::future::join(hostile, bad_served)).await;
         let (_, _served) =
             over.expect("the hostile connection was not over within the bound after its input was played");
@@ -617,8 +639,7 @@ async fn good_calls(client: &FuzzedClient) {
 }
 
 /// A real client against the input playing its server.
-async fn hostile_server(setup: u8, script: Script<'_>) {
-    let codec = codec_of(setup);
+async fn hostile_server(setup: u8, codec: Codec, script: Script<'_>) {
     let (client_io, server_io) = tokio::io::duplex(if setup & 0x40 != 0 { 512 } else { 64 * 1024 });
     let calls = async {
         let Ok(channel) = Channel::from_io(client_io, FuzzedClient::ID, client_config(codec)).await else { return };
@@ -646,7 +667,7 @@ async fn hostile_server(setup: u8, script: Script<'_>) {
         };
         tokio::time::timeout(HOSTILE_BOUND, all).await.expect("a client call did not end within the bound");
     };
-    futures::future::join(calls, play(server_io, setup, script, Side::Server)).await;
+    futures::future::join(calls, play(server_io, setup, codec, script, Side::Server)).await;
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -659,12 +680,12 @@ enum Side {
 
 /// Plays the input on `io` as `side`: the handshake, then the operations, then a close;
 /// meanwhile reads and checks everything the real end sends.
-async fn play<IO: AsyncRead + AsyncWrite>(io: IO, setup: u8, mut s: Script<'_>, side: Side) {
-    let codec = codec_of(setup);
+async fn play<IO: AsyncRead + AsyncWrite>(io: IO, setup: u8, codec: Codec, mut s: Script<'_>, side: Side) {
     let (mut rd, mut wr) = tokio::io::split(io);
     // Exchange ids the real end used, for frames that answer them.
     let seen: Rc<RefCell<Vec<u64>>> = Rc::default();
     let stop = tokio::sync::Notify::new();
+    // Bit 3 of this byte is the codec's (see `pair_codec`), read before the input is played.
     let limits = s.byte();
     let max_message = [MAX_MESSAGE as u32, 1024, 4096, 64][usize::from(limits % 4)];
     let abrupt = limits & 4 != 0;
@@ -682,7 +703,7 @@ async fn play<IO: AsyncRead + AsyncWrite>(io: IO, setup: u8, mut s: Script<'_>, 
         }
     };
     let write = async {
-        script(&mut wr, setup, max_message, &mut s, side, &seen).await;
+        script(&mut wr, setup, codec, max_message, &mut s, side, &seen).await;
         if abrupt {
             // Drop both halves: the reader stops too.
             stop.notify_one();
@@ -716,12 +737,12 @@ async fn play<IO: AsyncRead + AsyncWrite>(io: IO, setup: u8, mut s: Script<'_>, 
 async fn script<W: AsyncWrite + Unpin>(
     wr: &mut W,
     setup: u8,
+    codec: Codec,
     max_message: u32,
     s: &mut Script<'_>,
     side: Side,
     seen: &RefCell<Vec<u64>>,
 ) {
-    let codec = codec_of(setup);
     let valid_handshake = setup & 0x20 == 0;
     let mut h = Script { data: s.take(4) };
     let mut split = 0usize;
@@ -732,6 +753,7 @@ async fn script<W: AsyncWrite + Unpin>(
         s.take(n).to_vec()
     } else if side == Side::Client {
         Hello {
+            flags: 0,
             version: wire::PROTOCOL_VERSION,
             min_version: wire::MIN_PROTOCOL_VERSION,
             capabilities: capabilities(setup),
@@ -744,6 +766,9 @@ async fn script<W: AsyncWrite + Unpin>(
         .encode()
     } else {
         Welcome {
+            codecs: 0,
+            features: 0,
+            methods: Vec::new(),
             version: wire::PROTOCOL_VERSION,
             capabilities: capabilities(setup),
             max_in_flight: [128, 1, 0, u32::MAX][usize::from(h.byte() % 4)],
@@ -1108,9 +1133,14 @@ fn response(s: &mut Script<'_>) -> FuzzedResponse {
 /// `(target, name, bytes)`.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut out = Vec::new();
-    for codec in [Codec::Bincode, Codec::Postcard] {
+    for codec in Codec::ALL {
         let c = codec.name();
-        let control = codec.id();
+        // Bit 0, and bit 7 for JSON (see `codec_of`).
+        let control = match codec {
+            Codec::Bincode => 0,
+            Codec::Postcard => 1,
+            _ => 0x81,
+        };
         // server_frames: a hello, then calls of every method, in one stream and as a batch.
         let mut calls = Vec::new();
         for (i, body) in sample_requests().into_iter().enumerate() {
@@ -1129,6 +1159,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             calls.push(f.encode(codec, usize::MAX).expect("encodes").to_vec());
         }
         let hello = Hello {
+            flags: 0,
             version: wire::PROTOCOL_VERSION,
             min_version: wire::MIN_PROTOCOL_VERSION,
             capabilities: caps::SUPPORTED,
@@ -1151,6 +1182,9 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
 
         // client_frames: a welcome, then answers of every method.
         let welcome = Welcome {
+            codecs: wire::codec_bits(&Codec::ALL),
+            features: 0,
+            methods: Vec::new(),
             version: wire::PROTOCOL_VERSION,
             capabilities: caps::SUPPORTED,
             max_in_flight: 128,
@@ -1196,6 +1230,37 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         out.push(("client_frames", format!("batch-{c}"), batched));
     }
 
+    // client_frames: a probe's answer (`Described`) with the methods of an introspecting
+    // server, and one with as many methods as a description may hold, each as small as a
+    // method can be (the most memory per byte a description can make a client spend).
+    let described = |methods: Vec<rpc_core::introspect::MethodInfo>| Welcome {
+        codecs: wire::codec_bits(&Codec::ALL),
+        features: wire::FEATURE_INTROSPECTION,
+        methods,
+        version: wire::PROTOCOL_VERSION,
+        capabilities: caps::SUPPORTED,
+        max_in_flight: 128,
+        max_oneway: 128,
+        stream_window: 256 * 1024,
+        status: HandshakeStatus::Described,
+        codec: Codec::Bincode.id(),
+        max_message: 1 << 22,
+        fingerprint: FuzzedClient::ID.fingerprint,
+        server_pid: 42,
+        service: FuzzedClient::ID.name.into(),
+        message: String::new(),
+    };
+    let mut stream = vec![0];
+    stream.extend(framed(&described(<FuzzedServer<Impl> as rpc_core::Service>::METHODS.to_vec()).encode()));
+    out.push(("client_frames", "described".to_owned(), stream));
+    let mut most = described(Vec::new()).encode();
+    most.truncate(most.len() - 2);
+    most.extend_from_slice(&(wire::MAX_DESCRIBED_METHODS as u16).to_le_bytes());
+    most.extend(std::iter::repeat_n(0u8, wire::MAX_DESCRIBED_METHODS * 11));
+    let mut stream = vec![0];
+    stream.extend(framed(&most));
+    out.push(("client_frames", "described-most-methods".to_owned(), stream));
+
     // engine_pair: scripts (see `script`): setup (codec, every capability, a valid
     // handshake), limits, 4 handshake parameters, then operations.
     let all_caps = (caps::SUPPORTED as u8) << 1;
@@ -1204,9 +1269,15 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         v.extend_from_slice(payload);
         v
     };
-    for codec in [0u8, 1] {
-        let c = ["bincode", "postcard"][usize::from(codec)];
-        let head = |side: u8| vec![side | codec | all_caps, 0, 0, 0, 0, 0];
+    for codec in Codec::ALL {
+        let c = codec.name();
+        // Setup bit 0 and limits bit 3 (see `pair_codec`).
+        let (bit, limits) = match codec {
+            Codec::Bincode => (0, 0),
+            Codec::Postcard => (1, 0),
+            _ => (1, 8),
+        };
+        let head = |side: u8| vec![side | bit | all_caps, limits, 0, 0, 0, 0];
         // A hostile client's calls of each method: built frames (pick 0: a call, id, a 1 s
         // timeout, the method, its arguments), then a wait and a close.
         let mut calls = head(0);

@@ -15,7 +15,67 @@ pub use ::std;
 pub use tokio::net::ToSocketAddrs;
 pub use transport_pipe::PipeName;
 
+use std::borrow::Cow;
+
 use crate::error::TransportError;
+pub use crate::introspect::{ArgInfo, MethodInfo, MethodShape};
+
+/// An [`ArgInfo`] from static text, in a `const`.
+#[must_use]
+pub const fn arg_info(name: &'static str, ty: &'static str) -> ArgInfo {
+    ArgInfo::new(Cow::Borrowed(name), Cow::Borrowed(ty))
+}
+
+/// The shape of a method, in a `const`: `upload` is the stream argument's name, item type
+/// and item variant, `download` the item type, `callback` the callback argument's name and
+/// client type.
+#[must_use]
+pub const fn method_shape(
+    oneway: bool,
+    fallible: bool,
+    upload: Option<(&'static str, &'static str, &'static str)>,
+    download: Option<&'static str>,
+    callback: Option<(&'static str, &'static str)>,
+) -> MethodShape {
+    // (No tuple of the two: a `const fn` cannot drop one.)
+    let upload_variant = match upload {
+        Some((_, _, variant)) => Some(Cow::Borrowed(variant)),
+        None => None,
+    };
+    let upload = match upload {
+        Some((name, item, _)) => Some(arg_info(name, item)),
+        None => None,
+    };
+    let download = match download {
+        Some(item) => Some(Cow::Borrowed(item)),
+        None => None,
+    };
+    let callback = match callback {
+        Some((name, client)) => Some(arg_info(name, client)),
+        None => None,
+    };
+    MethodShape { oneway, fallible, upload, upload_variant, download, callback }
+}
+
+/// A [`MethodInfo`] from static parts, in a `const` (`Service::METHODS`).
+#[must_use]
+pub const fn method_info(
+    name: &'static str,
+    variant: &'static str,
+    args: &'static [ArgInfo],
+    returns: &'static str,
+    shape: MethodShape,
+    doc: &'static str,
+) -> MethodInfo {
+    MethodInfo {
+        name: Cow::Borrowed(name),
+        variant: Cow::Borrowed(variant),
+        args: Cow::Borrowed(args),
+        returns: Cow::Borrowed(returns),
+        shape,
+        doc: Cow::Borrowed(doc),
+    }
+}
 
 /// One step of a service fingerprint: FNV-1a 64 continued over `text`, from `state`, the
 /// hash of the text before it. Generated code folds each compiled-in method's piece of the

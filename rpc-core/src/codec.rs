@@ -2,9 +2,22 @@
 //!
 //! [`Codec::Bincode`] (bincode 1.3, varint integers) is the default. bincode is frozen
 //! upstream (RUSTSEC-2025-0141, unmaintained), so [`Codec::Postcard`] (maintained, also
-//! compact and varint-based) can be chosen per client with
-//! [`ClientConfig::codec`](crate::ClientConfig::codec); a server accepts either, per
-//! connection, as the handshake says.
+//! compact and varint-based) and [`Codec::Json`] (readable: for debugging, and what the
+//! `pipe-rpc` command-line tool speaks) can be chosen per client with
+//! [`ClientConfig::codec`](crate::ClientConfig::codec); a server accepts each of them, per
+//! connection, as the handshake says, and uses the connection's codec for its callbacks
+//! too.
+//!
+//! JSON is serde_json's: an enum variant is `{"Variant": content}` (a unit variant
+//! `"Variant"`), a tuple `[a, b]`, a struct an object, a byte buffer (`serde_bytes`) an
+//! array of numbers (`[104,105]`; a JSON string is accepted too when decoding). What JSON
+//! cannot carry faithfully is refused when encoded, not changed on the way: a NaN or an
+//! infinity (serde_json would write `null`), and a `Some` whose content is written as
+//! `null` (`Some(None)`, `Some(())`: it would read back as `None`). Whitespace around the
+//! value is allowed, anything else after it is not. Maps whose keys are not strings,
+//! integers, `bool`s or `char`s cannot be encoded (serde_json's rule). JSON frames are
+//! larger and slower than the binary codecs' (a byte buffer takes up to four bytes per
+//! byte): meant for tools and debugging, not bulk data.
 //!
 //! Limits are enforced here on both directions, before anything reaches the pipe:
 //! - encoding computes the exact size first, so an oversized message fails as
@@ -33,6 +46,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 
 mod budget;
+mod json;
 
 /// A serialization format for frames.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -43,14 +57,21 @@ pub enum Codec {
     Bincode,
     /// postcard 1.x (maintained). Same data model, slightly smaller frames.
     Postcard,
+    /// JSON (serde_json): readable, for debugging and tools; larger and slower. See the
+    /// [module docs](self) for how values look and what JSON refuses.
+    Json,
 }
 
 impl Codec {
+    /// Every codec this build knows, in handshake-id order.
+    pub const ALL: [Codec; 3] = [Codec::Bincode, Codec::Postcard, Codec::Json];
+
     /// The id announced in the handshake.
     pub fn id(self) -> u8 {
         match self {
             Codec::Bincode => 0,
             Codec::Postcard => 1,
+            Codec::Json => 2,
         }
     }
 
@@ -59,6 +80,7 @@ impl Codec {
         match id {
             0 => Some(Codec::Bincode),
             1 => Some(Codec::Postcard),
+            2 => Some(Codec::Json),
             _ => None,
         }
     }
@@ -68,6 +90,7 @@ impl Codec {
         match self {
             Codec::Bincode => "bincode",
             Codec::Postcard => "postcard",
+            Codec::Json => "json",
         }
     }
 
@@ -184,6 +207,32 @@ impl Codec {
                 }
                 Ok(Placed::Appended(buf.len() - start))
             }
+            Codec::Json => {
+                // As bincode: small frames straight into the reused buffer up to the soft
+                // cap; a larger one is sized exactly (one more serialization, into a
+                // counter), refused unbuilt over the limit, else built on its own.
+                let item = json::Faithful::new(item);
+                let soft = limit.min(SMALL_FRAME) - prefix.len().min(SMALL_FRAME);
+                match serde_json::to_writer(LimitedWriter { buf: &mut *buf, remaining: soft }, &item) {
+                    Ok(()) => return Ok(Placed::Appended(buf.len() - start)),
+                    Err(e) if e.io_error_kind() == Some(io::ErrorKind::WriteZero) => buf.truncate(start),
+                    Err(e) => {
+                        buf.truncate(start);
+                        return Err(serde(&e));
+                    }
+                }
+                let mut counter = Counter(0);
+                serde_json::to_writer(&mut counter, &item).map_err(|e| serde(&e))?;
+                let size = prefix.len() as u64 + counter.0;
+                if size > limit as u64 {
+                    return Err(too_large(size));
+                }
+                large_frame(size as usize, |out| {
+                    out.extend_from_slice(prefix);
+                    serde_json::to_writer(out.writer(), &item).map_err(|e| serde(&e))
+                })
+                .map(Placed::Separate)
+            }
         }
     }
 
@@ -225,6 +274,14 @@ impl Codec {
                     Ok(rest) => Err(format!("{} trailing bytes after the message", rest.len())),
                     Err(e) => Err(e.to_string()),
                 }
+            }
+            // serde_json's own recursion limit (128 levels) stays on, under ours.
+            Codec::Json => {
+                let mut de = serde_json::Deserializer::from_slice(bytes);
+                let value = T::deserialize(budget::Budgeted::new(&mut de, state)).map_err(|e| e.to_string())?;
+                // Whitespace may follow the value; anything else is an error.
+                de.end().map_err(|e| e.to_string())?;
+                Ok(value)
             }
         }
     }
@@ -357,6 +414,20 @@ pub(crate) enum Placed {
     Separate(Bytes),
 }
 
+/// `io::Write` that only counts: the exact size of a JSON frame.
+struct Counter(u64);
+
+impl io::Write for Counter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0 += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn is_write_zero(e: &bincode::Error) -> bool {
     matches!(**e, bincode::ErrorKind::Io(ref io) if io.kind() == io::ErrorKind::WriteZero)
 }
@@ -437,7 +508,7 @@ mod tests {
 
     #[test]
     fn both_codecs_round_trip_values() {
-        for c in [Codec::Bincode, Codec::Postcard] {
+        for c in Codec::ALL {
             let v = (7u64, 1_000u64, (1u8, "x".to_string(), vec![1u32, 2]));
             let bytes = c.encode(&v, 1 << 20).unwrap();
             let back: (u64, u64, (u8, String, Vec<u32>)) = c.decode(&bytes).unwrap();
@@ -447,7 +518,15 @@ mod tests {
 
     #[test]
     fn large_frames_reuse_one_buffer_once_the_last_is_dropped_and_never_share_a_live_one() {
-        for c in [Codec::Bincode, Codec::Postcard] {
+        // Each codec on a fresh thread: a fresh large-frame buffer, not one another codec's
+        // frames left at an offset.
+        for c in Codec::ALL {
+            std::thread::spawn(move || large_frame_reuse(c)).join().unwrap();
+        }
+    }
+
+    fn large_frame_reuse(c: Codec) {
+        {
             let mut buf = BytesMut::new();
             let big = serde_bytes::ByteBuf::from(vec![7u8; SMALL_FRAME * 4]);
             let first = c.encode_into(b"h", &big, 1 << 24, &mut buf).unwrap();
@@ -469,7 +548,7 @@ mod tests {
 
     #[test]
     fn a_prefix_is_written_first_and_counts_against_the_limit() {
-        for c in [Codec::Bincode, Codec::Postcard] {
+        for c in Codec::ALL {
             let mut buf = BytesMut::new();
             let bytes = c.encode_into(b"head", &5u32, 100, &mut buf).unwrap();
             assert_eq!(&bytes[..4], b"head");
@@ -495,23 +574,49 @@ mod tests {
 
     #[test]
     fn oversized_is_refused_with_exact_size() {
-        for c in [Codec::Bincode, Codec::Postcard] {
+        for c in Codec::ALL {
             let big = serde_bytes::ByteBuf::from(vec![0u8; 1000]);
             let err = c.encode(&big, 999).unwrap_err();
             let EncodeError::TooLarge(t) = err else { panic!("{err:?}") };
             assert_eq!(t.limit, 999);
-            assert!(t.size > 1000 && t.size < 1010, "{t:?}");
-            assert_eq!(c.encode(&big, 2000).unwrap().len() as u64, t.size);
+            // The length as a varint (bincode: 251 then a u16; postcard: 2 bytes), then the
+            // bytes; JSON: `[0,0,...]`, two bytes per byte.
+            let expected = match c {
+                Codec::Bincode => 1003,
+                Codec::Postcard => 1002,
+                _ => 2001,
+            };
+            assert_eq!(t.size, expected, "{c:?}");
+            assert_eq!(c.encode(&big, 4000).unwrap().len() as u64, t.size);
+            // Over the limit by more than the small-frame buffer: still the exact size.
+            let huge = serde_bytes::ByteBuf::from(vec![7u8; 3 * SMALL_FRAME]);
+            let exact = c.encode(&huge, 1 << 24).unwrap().len() as u64;
+            let err = c.encode(&huge, SMALL_FRAME + 10).unwrap_err();
+            assert_eq!(err, EncodeError::TooLarge(TooLarge { size: exact, limit: SMALL_FRAME as u64 + 10 }), "{c:?}");
         }
     }
 
     #[test]
     fn trailing_bytes_are_rejected() {
-        for c in [Codec::Bincode, Codec::Postcard] {
+        for c in Codec::ALL {
             let mut bytes = c.encode(&5u32, 100).unwrap().to_vec();
             bytes.push(0);
             assert!(c.decode::<u32>(&bytes).is_err(), "{c:?}");
         }
+        // JSON: whitespace after the value is part of the grammar; anything else is not.
+        assert_eq!(Codec::Json.decode::<u32>(b" 5 \n").unwrap(), 5);
+        let err = Codec::Json.decode::<u32>(b"5 6").unwrap_err();
+        assert!(err.contains("trailing characters"), "{err}");
+        assert!(Codec::Json.decode::<Vec<u8>>(b"[1] []").is_err());
+    }
+
+    #[test]
+    fn codec_ids_round_trip_and_json_is_2() {
+        for c in Codec::ALL {
+            assert_eq!(Codec::from_id(c.id()), Some(c));
+        }
+        assert_eq!(Codec::Json.id(), 2);
+        assert_eq!(Codec::from_id(3), None);
     }
 
     #[test]

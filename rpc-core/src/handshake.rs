@@ -10,8 +10,12 @@ use transport_pipe::LengthPrefixed;
 
 use crate::codec::Codec;
 use crate::error::{RpcError, TransportError};
+use crate::introspect::{MethodInfo, ServerDescription};
 use crate::service::ServiceId;
-use crate::wire::{HandshakeStatus, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Welcome, caps, codec_name};
+use crate::wire::{
+    FEATURE_INTROSPECTION, HELLO_PROBE, HandshakeStatus, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Welcome, caps,
+    codec_bits, codec_name,
+};
 
 /// What a finished handshake settled.
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +63,7 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     timeout: Duration,
 ) -> Result<Negotiated, RpcError> {
     let hello = Hello {
+        flags: 0,
         version: PROTOCOL_VERSION,
         min_version: MIN_PROTOCOL_VERSION,
         capabilities: caps::SUPPORTED,
@@ -68,28 +73,7 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
         fingerprint: service.fingerprint,
         service: service.name.to_owned(),
     };
-    let exchange = async {
-        framed.send(Bytes::from(hello.encode())).await.map_err(|e| io_to_transport(e, "the handshake"))?;
-        match framed.next().await {
-            Some(Ok(frame)) => Welcome::decode(&frame).map_err(|e| TransportError::Protocol { detail: e.to_string() }),
-            Some(Err(e)) => Err(io_to_transport(e, "the handshake")),
-            None => Err(TransportError::Disconnected {
-                detail: "the server closed the pipe before answering the handshake".into(),
-            }),
-        }
-    };
-    let welcome = match tokio::time::timeout(timeout, exchange).await {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(TransportError::Protocol {
-                detail: format!(
-                    "the server did not answer the handshake within {}",
-                    crate::error::fmt_duration(timeout)
-                ),
-            }
-            .into());
-        }
-    };
+    let welcome = exchange(framed, &hello, timeout).await?;
     let refused = |what: String| -> RpcError {
         let extra = if welcome.message.is_empty() { String::new() } else { format!(" ({})", welcome.message) };
         TransportError::Incompatible { detail: format!("{what}{extra}") }.into()
@@ -136,6 +120,10 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
             let detail = format!("the server refused the handshake: {}", welcome.message);
             return Err(TransportError::Protocol { detail }.into());
         }
+        HandshakeStatus::Described => {
+            let detail = "the server answered a probe the client did not send".to_owned();
+            return Err(TransportError::Protocol { detail }.into());
+        }
     }
     if welcome.codec != codec.id() {
         return Err(refused(format!(
@@ -169,13 +157,112 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     })
 }
 
-/// The limits a server announces in its `Welcome`.
+/// Sends `hello` and reads the server's `Welcome`, within `timeout`.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, LengthPrefixed>,
+    hello: &Hello,
+    timeout: Duration,
+) -> Result<Welcome, RpcError> {
+    let exchange = async {
+        framed.send(Bytes::from(hello.encode())).await.map_err(|e| io_to_transport(e, "the handshake"))?;
+        match framed.next().await {
+            Some(Ok(frame)) => Welcome::decode(&frame).map_err(|e| TransportError::Protocol { detail: e.to_string() }),
+            Some(Err(e)) => Err(io_to_transport(e, "the handshake")),
+            None => Err(TransportError::Disconnected {
+                detail: "the server closed the pipe before answering the handshake".into(),
+            }),
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(TransportError::Protocol {
+            detail: format!("the server did not answer the handshake within {}", crate::error::fmt_duration(timeout)),
+        }
+        .into()),
+    }
+}
+
+/// Client side of a probe (`crate::introspect::probe`): a hello with [`HELLO_PROBE`] and
+/// no service, and the server's description in its answer. A server that predates probes
+/// refuses it as a wrong service, naming the service: described as `legacy`.
+pub(crate) async fn probe<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, LengthPrefixed>,
+    codec: Codec,
+    max_message: usize,
+    timeout: Duration,
+) -> Result<ServerDescription, RpcError> {
+    let hello = Hello {
+        flags: HELLO_PROBE,
+        version: PROTOCOL_VERSION,
+        min_version: MIN_PROTOCOL_VERSION,
+        capabilities: caps::SUPPORTED,
+        stream_window: 0,
+        codec: codec.id(),
+        max_message: max_message as u32,
+        fingerprint: 0,
+        service: String::new(),
+    };
+    let w = exchange(framed, &hello, timeout).await?;
+    let legacy = match w.status {
+        HandshakeStatus::Described => false,
+        HandshakeStatus::WrongService | HandshakeStatus::FingerprintMismatch => true,
+        HandshakeStatus::Overloaded => {
+            return Err(TransportError::Busy { detail: format!("server refused the connection: {}", w.message) }.into());
+        }
+        HandshakeStatus::ShuttingDown => {
+            return Err(TransportError::NotRunning { detail: format!("server is shutting down: {}", w.message) }.into());
+        }
+        HandshakeStatus::PermissionDenied => {
+            let detail = format!("the server does not admit this client: {}", w.message);
+            return Err(TransportError::PermissionDenied { detail }.into());
+        }
+        HandshakeStatus::VersionUnsupported => {
+            let detail = format!(
+                "protocol version mismatch: client speaks v{MIN_PROTOCOL_VERSION} to v{PROTOCOL_VERSION}, server speaks up to v{} ({})",
+                w.version, w.message
+            );
+            return Err(TransportError::Incompatible { detail }.into());
+        }
+        other => {
+            let detail = format!("the server answered a probe with {other:?} ({})", w.message);
+            return Err(TransportError::Protocol { detail }.into());
+        }
+    };
+    let known: Vec<Codec> = Codec::ALL.into_iter().filter(|c| w.codecs & codec_bits(&[*c]) != 0).collect();
+    let unknown_codecs = (0..32u8).filter(|id| w.codecs & (1 << id) != 0 && Codec::from_id(*id).is_none()).collect();
+    Ok(ServerDescription {
+        service: w.service,
+        fingerprint: w.fingerprint,
+        protocol_version: w.version,
+        codecs: known,
+        unknown_codecs,
+        capabilities: w.capabilities,
+        max_message: w.max_message,
+        max_in_flight: if legacy { 0 } else { w.max_in_flight },
+        max_oneway: w.max_oneway,
+        stream_window: w.stream_window,
+        server_pid: w.server_pid,
+        server: None,
+        introspection: w.features & FEATURE_INTROSPECTION != 0,
+        methods: w.methods,
+        legacy,
+    })
+}
+
+/// The limits a server announces in its `Welcome`, and what it tells a probe.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ServerOffer {
     pub(crate) max_message: usize,
     pub(crate) max_in_flight: usize,
     pub(crate) max_oneway: usize,
     pub(crate) stream_window: u32,
+    /// The methods, if the server describes them to probes (introspection on).
+    pub(crate) methods: Option<&'static [MethodInfo]>,
+}
+
+/// The codecs every server of this build accepts, as `Welcome::codecs` bits.
+fn accepted_codecs() -> u32 {
+    codec_bits(&Codec::ALL)
 }
 
 /// Largest hello a server reads.
@@ -231,6 +318,9 @@ fn refusal(service: ServiceId, status: HandshakeStatus, message: String) -> Welc
         server_pid: std::process::id(),
         service: service.name.to_owned(),
         message,
+        codecs: accepted_codecs(),
+        features: 0,
+        methods: Vec::new(),
     }
 }
 
@@ -264,12 +354,16 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Negotiated, TransportError> {
     let hello = read_hello(framed, service, timeout).await?;
     let refuse = decide(framed.get_ref());
-    let ServerOffer { max_message, max_in_flight, max_oneway, stream_window } = offer;
+    let ServerOffer { max_message, max_in_flight, max_oneway, stream_window, methods } = offer;
     let codec = Codec::from_id(hello.codec);
     // The newest version both speak, if it is one both accept.
     let version = hello.version.min(PROTOCOL_VERSION);
+    let probe = hello.flags & HELLO_PROBE != 0;
     let (status, message) = if let Some(r) = refuse {
         r
+    } else if probe {
+        // Answered whatever the client's versions and codec: it asked what we are.
+        (HandshakeStatus::Described, String::new())
     } else if version < hello.min_version.max(MIN_PROTOCOL_VERSION) {
         (
             HandshakeStatus::VersionUnsupported,
@@ -285,13 +379,21 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         (HandshakeStatus::Ok, String::new())
     };
     let ok = status == HandshakeStatus::Ok;
+    let described = status == HandshakeStatus::Described;
+    let versions_meet = version >= hello.min_version.max(MIN_PROTOCOL_VERSION);
     let capabilities = hello.capabilities & caps::SUPPORTED;
     let max_in_flight = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
     let max_oneway = u32::try_from(max_oneway).unwrap_or(u32::MAX);
     let welcome = Welcome {
+        codecs: accepted_codecs(),
+        features: if methods.is_some() { FEATURE_INTROSPECTION } else { 0 },
+        methods: match methods {
+            Some(methods) if described => methods.to_vec(),
+            _ => Vec::new(),
+        },
         max_oneway,
         stream_window,
-        version: if ok { version } else { PROTOCOL_VERSION },
+        version: if ok || (described && versions_meet) { version } else { PROTOCOL_VERSION },
         capabilities,
         max_in_flight,
         status,
@@ -308,6 +410,9 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| TransportError::Protocol { detail: "the client did not read the handshake answer".into() })?
         .map_err(|e| io_to_transport(e, "the handshake"))?;
     match (status, codec) {
+        (HandshakeStatus::Described, _) => {
+            Err(TransportError::Disconnected { detail: "a probe: the server described itself and closed".into() })
+        }
         (HandshakeStatus::Ok, Some(codec)) => Ok(Negotiated {
             codec,
             send_limit: max_message.min(hello.max_message as usize),

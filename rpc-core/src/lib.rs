@@ -136,6 +136,7 @@ mod deadlines;
 mod engine;
 pub mod error;
 mod handshake;
+pub mod introspect;
 pub mod reconnect;
 pub mod server;
 pub mod service;

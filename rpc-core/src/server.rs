@@ -130,6 +130,16 @@ pub struct ServerConfig {
     /// ([`crate::TransportError::Busy`] naming the limit). Default: 64
     /// (dbus-broker's per-user default). Does not apply over TCP, which reports no user.
     pub max_connections_per_user: usize,
+    /// Whether the server lists its methods (names, argument names and types, shapes,
+    /// first doc paragraphs) to a client that probes it ([`crate::introspect`]): what the
+    /// `pipe-rpc` command-line tool needs to call methods with JSON arguments. Default:
+    /// off, because it publishes the method list to every client the
+    /// [`access`](Self::access) policy admits. A probe is answered with the service's
+    /// name, fingerprint, version, codecs and limits either way (a wrong-service refusal
+    /// names the service too). A description holds at most
+    /// [`MAX_DESCRIBED_METHODS`](crate::wire::MAX_DESCRIBED_METHODS) methods (the first, in
+    /// trait order).
+    pub introspection: bool,
     /// TCP only: whether [`Server::bind_tcp`] may listen on an address that is not
     /// loopback (another interface, or `0.0.0.0` / `::` for all of them), reachable from
     /// other machines. Default: `false`: such an address is refused with
@@ -155,12 +165,19 @@ impl Default for ServerConfig {
             listen: ListenOptions::default(),
             access: AccessPolicy::default(),
             max_connections_per_user: 64,
+            introspection: false,
             allow_remote: false,
         }
     }
 }
 
 impl ServerConfig {
+    /// Sets [`introspection`](Self::introspection).
+    #[must_use]
+    pub fn introspection(mut self, on: bool) -> Self {
+        self.introspection = on;
+        self
+    }
     /// Sets [`max_in_flight_per_connection`](Self::max_in_flight_per_connection).
     #[must_use]
     pub fn max_in_flight_per_connection(mut self, n: usize) -> Self {
@@ -284,6 +301,7 @@ impl ServerConfig {
             stream_window: self.stream_window.max(1024),
             listen: self.listen.clone(),
             access: self.access.clone(),
+            introspection: self.introspection,
             allow_remote: self.allow_remote,
         }
     }

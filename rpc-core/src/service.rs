@@ -47,6 +47,10 @@ pub trait Service: Send + Sync + 'static {
     /// True if some method takes a `Callback`: the server then keeps a way to call the
     /// client back on each connection that supports it.
     const CALLBACKS: bool = false;
+    /// The methods, described for probes of a server with introspection on (see
+    /// [`crate::introspect`]); `#[service]` lists every compiled-in method. Empty by
+    /// default.
+    const METHODS: &'static [crate::introspect::MethodInfo] = &[];
     /// The method a request calls, for logs and errors.
     fn method_name(request: &Self::Request) -> &'static str;
     /// Which directions of the call `request` starts carry a stream. Requests that are

@@ -17,12 +17,16 @@
 //! handshake announced the capability that covers it; a peer that receives a kind it did
 //! not negotiate closes the connection as a protocol violation.
 
+mod describe;
 mod frame;
+
+pub use describe::{MAX_DESCRIBED_ARGS, MAX_DESCRIBED_METHODS};
 
 pub use frame::{BATCH_ENTRY_LEN, FLAG_MORE, FLAG_OPENER, Frame, FrameError, HEADER_LEN, Kind, Never, split_batch};
 pub(crate) use frame::{decode_item_body, encode_item_append, item_header, next_in_batch};
 
 use crate::codec::Codec;
+use crate::introspect::MethodInfo;
 
 /// The kind code of an `Abort` frame: the last frame an end sends before it closes a
 /// connection because the peer broke the protocol or stalled. Header: this code, flags 0,
@@ -76,6 +80,16 @@ pub fn read_abort(frame: &[u8]) -> Option<String> {
     let body = &frame[HEADER_LEN..];
     Some(String::from_utf8_lossy(&body[..body.len().min(ABORT_REASON_MAX)]).into_owned())
 }
+
+/// [`Hello::flags`] bit: a probe. The client does not name a service; the server answers
+/// with a [`Welcome`] of status [`HandshakeStatus::Described`] saying what it is (and, with
+/// introspection on, its methods), then closes. A server that predates the flag ignores it
+/// and refuses the hello as a wrong service, which names the service too.
+pub const HELLO_PROBE: u8 = 0x01;
+
+/// [`Welcome::features`] bit: the server describes its methods to probes
+/// ([`ServerConfig::introspection`](crate::ServerConfig::introspection)).
+pub const FEATURE_INTROSPECTION: u32 = 1 << 0;
 
 /// First bytes of both handshake messages.
 pub const MAGIC: [u8; 4] = *b"PRPC";
@@ -140,6 +154,8 @@ pub enum HandshakeStatus {
     /// The client's hello was not a hello (bad magic, truncated, too large) or did not
     /// come in time; the message says which.
     ProtocolError,
+    /// The answer to a probe ([`HELLO_PROBE`]): the server described itself and closes.
+    Described,
 }
 
 impl HandshakeStatus {
@@ -154,6 +170,7 @@ impl HandshakeStatus {
             HandshakeStatus::ShuttingDown => 6,
             HandshakeStatus::PermissionDenied => 7,
             HandshakeStatus::ProtocolError => 8,
+            HandshakeStatus::Described => 9,
         }
     }
 
@@ -168,6 +185,7 @@ impl HandshakeStatus {
             6 => HandshakeStatus::ShuttingDown,
             7 => HandshakeStatus::PermissionDenied,
             8 => HandshakeStatus::ProtocolError,
+            9 => HandshakeStatus::Described,
             _ => return None,
         })
     }
@@ -175,13 +193,16 @@ impl HandshakeStatus {
 
 /// The client's opening message.
 ///
-/// Layout (little-endian): magic `PRPC`, version u16, codec u8, flags u8 (zero),
-/// max message u32, fingerprint u64, service-name length u16, service name (UTF-8),
-/// min version u16, capabilities u32, stream window u32. Later versions may append fields;
-/// readers ignore trailing bytes, and a reader of a shorter (older) message takes
-/// `min_version = version`, no capabilities and no stream window.
+/// Layout (little-endian): magic `PRPC`, version u16, codec u8, flags u8
+/// ([`HELLO_PROBE`]; other bits zero, ignored by readers), max message u32, fingerprint u64,
+/// service-name length u16, service name (UTF-8), min version u16, capabilities u32, stream
+/// window u32. Later versions may append fields; readers ignore trailing bytes, and a reader
+/// of a shorter (older) message takes `min_version = version`, no capabilities and no stream
+/// window.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
+    /// Flag bits: [`HELLO_PROBE`]. Zero for a client that wants a session.
+    pub flags: u8,
     /// The newest protocol version the client speaks.
     pub version: u16,
     /// The oldest protocol version the client speaks.
@@ -205,9 +226,20 @@ pub struct Hello {
 /// Layout (little-endian): magic `PRPC`, version u16, status u8, codec u8, max message u32,
 /// fingerprint u64, server process id u32, service-name length u16, service name,
 /// message length u16, message (UTF-8, why a refusal happened), capabilities u32,
-/// max in flight u32, max one-way u32, stream window u32. Readers ignore trailing bytes.
+/// max in flight u32, max one-way u32, stream window u32, codecs u32 (bit `1 << id` per
+/// codec the server accepts), features u32 ([`FEATURE_INTROSPECTION`]), then, in a
+/// [`Described`](HandshakeStatus::Described) answer with introspection, the methods (see
+/// `wire/describe.rs`). Readers ignore trailing bytes and read missing trailing fields as
+/// zero (none).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Welcome {
+    /// The codecs the server accepts: bit `1 << id` per [`Codec::id`] (0: not said).
+    pub codecs: u32,
+    /// Feature bits ([`FEATURE_INTROSPECTION`]).
+    pub features: u32,
+    /// The server's methods: only in a [`Described`](HandshakeStatus::Described) answer of
+    /// a server with [`FEATURE_INTROSPECTION`].
+    pub methods: Vec<MethodInfo>,
     /// The protocol version chosen (on a version refusal: the newest the server speaks).
     pub version: u16,
     /// The capabilities in force: those both sides announced.
@@ -253,7 +285,7 @@ impl Hello {
         b.extend_from_slice(&MAGIC);
         b.extend_from_slice(&self.version.to_le_bytes());
         b.push(self.codec);
-        b.push(0);
+        b.push(self.flags);
         b.extend_from_slice(&self.max_message.to_le_bytes());
         b.extend_from_slice(&self.fingerprint.to_le_bytes());
         put_str(&mut b, &self.service);
@@ -268,12 +300,12 @@ impl Hello {
         let mut r = Reader::new(buf)?;
         let version = r.u16()?;
         let codec = r.u8()?;
-        let _flags = r.u8()?;
+        let flags = r.u8()?;
         let (max_message, fingerprint, service) = (r.u32()?, r.u64()?, r.str()?);
         let min_version = r.opt_u16()?.unwrap_or(version);
         let capabilities = r.opt_u32()?.unwrap_or(0);
         let stream_window = r.opt_u32()?.unwrap_or(0);
-        Ok(Hello { version, min_version, capabilities, stream_window, codec, max_message, fingerprint, service })
+        Ok(Hello { flags, version, min_version, capabilities, stream_window, codec, max_message, fingerprint, service })
     }
 }
 
@@ -294,7 +326,17 @@ impl Welcome {
         b.extend_from_slice(&self.max_in_flight.to_le_bytes());
         b.extend_from_slice(&self.max_oneway.to_le_bytes());
         b.extend_from_slice(&self.stream_window.to_le_bytes());
+        b.extend_from_slice(&self.codecs.to_le_bytes());
+        b.extend_from_slice(&self.features.to_le_bytes());
+        if self.carries_methods() {
+            describe::put_methods(&mut b, &self.methods);
+        }
         b
+    }
+
+    /// Whether the methods follow the fixed fields.
+    fn carries_methods(&self) -> bool {
+        self.status == HandshakeStatus::Described && self.features & FEATURE_INTROSPECTION != 0
     }
 
     /// Decodes from the wire.
@@ -308,7 +350,12 @@ impl Welcome {
         let max_in_flight = r.opt_u32()?.unwrap_or(u32::MAX);
         let max_oneway = r.opt_u32()?.unwrap_or(0);
         let stream_window = r.opt_u32()?.unwrap_or(0);
-        Ok(Welcome {
+        let codecs = r.opt_u32()?.unwrap_or(0);
+        let features = r.opt_u32()?.unwrap_or(0);
+        let mut welcome = Welcome {
+            codecs,
+            features,
+            methods: Vec::new(),
             version,
             capabilities,
             max_in_flight,
@@ -321,8 +368,17 @@ impl Welcome {
             server_pid,
             service,
             message,
-        })
+        };
+        if welcome.carries_methods() {
+            welcome.methods = describe::read_methods(&mut r)?;
+        }
+        Ok(welcome)
     }
+}
+
+/// The `Welcome::codecs` bits of `codecs`.
+pub fn codec_bits(codecs: &[Codec]) -> u32 {
+    codecs.iter().fold(0, |bits, c| bits | 1u32.checked_shl(u32::from(c.id())).unwrap_or(0))
 }
 
 /// Describes a codec id for messages.
@@ -376,6 +432,10 @@ impl<'a> Reader<'a> {
     fn opt_u32(&mut self) -> Result<Option<u32>, HandshakeDecodeError> {
         if self.0.is_empty() { Ok(None) } else { self.u32().map(Some) }
     }
+    /// Bytes not read yet.
+    fn remaining(&self) -> usize {
+        self.0.len()
+    }
     fn str(&mut self) -> Result<String, HandshakeDecodeError> {
         let n = self.u16()? as usize;
         let bytes = self.take(n)?;
@@ -390,6 +450,7 @@ mod tests {
     #[test]
     fn hello_round_trips_and_ignores_trailing_fields() {
         let h = Hello {
+            flags: 0,
             version: 3,
             min_version: 2,
             capabilities: 0b101,
@@ -408,6 +469,9 @@ mod tests {
     #[test]
     fn welcome_round_trips() {
         let w = Welcome {
+            codecs: 0,
+            features: 0,
+            methods: Vec::new(),
             version: 2,
             capabilities: 1,
             max_in_flight: 128,
@@ -427,6 +491,7 @@ mod tests {
     #[test]
     fn a_hello_without_the_version_range_reads_as_one_version_without_capabilities() {
         let h = Hello {
+            flags: 0,
             version: 1,
             min_version: 1,
             capabilities: 0,
@@ -439,6 +504,156 @@ mod tests {
         let mut bytes = h.encode();
         bytes.truncate(bytes.len() - 10);
         assert_eq!(Hello::decode(&bytes).unwrap(), h);
+    }
+
+    fn described(methods: Vec<MethodInfo>, features: u32) -> Welcome {
+        Welcome {
+            codecs: codec_bits(&Codec::ALL),
+            features,
+            methods,
+            version: 2,
+            capabilities: caps::SUPPORTED,
+            max_in_flight: 128,
+            max_oneway: 128,
+            stream_window: 1 << 18,
+            status: HandshakeStatus::Described,
+            codec: 2,
+            max_message: 4 << 20,
+            fingerprint: 9,
+            server_pid: 42,
+            service: "Probe".into(),
+            message: String::new(),
+        }
+    }
+
+    fn sample_methods() -> Vec<MethodInfo> {
+        use std::borrow::Cow;
+        const ARGS: &[crate::introspect::ArgInfo] =
+            &[crate::__private::arg_info("a", "u8"), crate::__private::arg_info("b", "Vec<String>")];
+        vec![
+            crate::__private::method_info("call", "Call", ARGS, "u8", crate::introspect::MethodShape::CALL, "Doc."),
+            crate::__private::method_info(
+                "both",
+                "Both",
+                &[],
+                "Result<RpcStream<u64>, E>",
+                crate::__private::method_shape(false, true, Some(("items", "u64", "__BothItem")), Some("u64"), None),
+                "",
+            ),
+            MethodInfo {
+                name: Cow::Owned("événement".into()),
+                variant: "Événement".into(),
+                args: Cow::Owned(vec![]),
+                returns: "()".into(),
+                shape: crate::__private::method_shape(true, false, None, None, Some(("events", "EventsClient"))),
+                doc: "".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn a_probe_hello_keeps_its_flag() {
+        let h = Hello {
+            flags: HELLO_PROBE,
+            version: 2,
+            min_version: 2,
+            capabilities: 0,
+            stream_window: 0,
+            codec: 2,
+            max_message: 10,
+            fingerprint: 0,
+            service: String::new(),
+        };
+        assert_eq!(h.encode()[7], HELLO_PROBE);
+        assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
+    }
+
+    #[test]
+    fn a_described_welcome_with_introspection_carries_its_methods_both_ways() {
+        let w = described(sample_methods(), FEATURE_INTROSPECTION);
+        assert_eq!(Welcome::decode(&w.encode()).unwrap(), w);
+        // Cut anywhere inside the methods: malformed, never misread.
+        let bytes = w.encode();
+        let fixed = described(vec![], 0).encode().len() + 2;
+        for cut in fixed..bytes.len() {
+            assert!(Welcome::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn methods_are_sent_only_in_a_described_answer_of_an_introspecting_server() {
+        let without = described(sample_methods(), 0);
+        assert_eq!(Welcome::decode(&without.encode()).unwrap().methods, vec![]);
+        let mut ok = described(sample_methods(), FEATURE_INTROSPECTION);
+        ok.status = HandshakeStatus::Ok;
+        assert_eq!(Welcome::decode(&ok.encode()).unwrap().methods, vec![]);
+        assert_eq!(ok.encode().len(), described(vec![], 0).encode().len());
+    }
+
+    #[test]
+    fn a_welcome_of_an_older_server_reads_as_no_codecs_and_no_features() {
+        let w = described(sample_methods(), FEATURE_INTROSPECTION);
+        let bytes = w.encode();
+        let old = &bytes[..described(vec![], 0).encode().len() - 8];
+        let read = Welcome::decode(old).unwrap();
+        assert_eq!((read.codecs, read.features, read.methods.len()), (0, 0, 0));
+        assert_eq!(read.stream_window, w.stream_window);
+    }
+
+    /// A described welcome with introspection whose method list is `list` (count first).
+    fn with_method_bytes(list: &[u8]) -> Vec<u8> {
+        let mut bytes = described(vec![], FEATURE_INTROSPECTION).encode();
+        bytes.truncate(bytes.len() - 2);
+        bytes.extend_from_slice(list);
+        bytes
+    }
+
+    fn malformed(bytes: &[u8]) -> &'static str {
+        match Welcome::decode(bytes) {
+            Err(HandshakeDecodeError::Malformed(why)) => why,
+            other => panic!("expected a malformed welcome, got {other:?}"),
+        }
+    }
+
+    /// One minimal method: four empty strings, no arguments, no shape flags.
+    const EMPTY_METHOD: [u8; 11] = [0; 11];
+
+    #[test]
+    fn a_hostile_method_count_is_refused_before_anything_is_reserved_for_it() {
+        // 65535 methods claimed, 2 bytes there.
+        let why = malformed(&with_method_bytes(&[0xff, 0xff, 0, 0]));
+        assert!(why.contains("more methods"), "{why}");
+        let why = malformed(&with_method_bytes(&[10, 0, 0, 0]));
+        assert!(why.contains("larger than the bytes that follow"), "{why}");
+        // 513 well-formed methods: over the limit even though the bytes are there.
+        let mut list = 513u16.to_le_bytes().to_vec();
+        (0..513).for_each(|_| list.extend_from_slice(&EMPTY_METHOD));
+        assert!(malformed(&with_method_bytes(&list)).contains("(512)"));
+        // 512 of them are accepted.
+        let mut list = 512u16.to_le_bytes().to_vec();
+        (0..512).for_each(|_| list.extend_from_slice(&EMPTY_METHOD));
+        assert_eq!(Welcome::decode(&with_method_bytes(&list)).unwrap().methods.len(), MAX_DESCRIBED_METHODS);
+    }
+
+    #[test]
+    fn a_hostile_argument_count_is_refused() {
+        // One method: name, variant, then 257 arguments claimed with their bytes there.
+        let mut list = vec![1, 0, 0, 0, 0, 0];
+        list.extend_from_slice(&257u16.to_le_bytes());
+        list.extend_from_slice(&[0; 257 * 4 + 5]);
+        assert!(malformed(&with_method_bytes(&list)).contains("(256)"));
+        // 200 claimed, a few bytes there.
+        let mut list = vec![1, 0, 0, 0, 0, 0];
+        list.extend_from_slice(&200u16.to_le_bytes());
+        list.extend_from_slice(&[0; 20]);
+        assert!(malformed(&with_method_bytes(&list)).contains("larger than the bytes that follow"));
+    }
+
+    #[test]
+    fn a_service_with_more_methods_than_a_description_holds_describes_the_first_512() {
+        let many: Vec<MethodInfo> = (0..600).map(|_| sample_methods().remove(0)).collect();
+        let w = described(many, FEATURE_INTROSPECTION);
+        assert_eq!(Welcome::decode(&w.encode()).unwrap().methods.len(), MAX_DESCRIBED_METHODS);
     }
 
     #[test]

@@ -256,3 +256,90 @@ fn a_panicking_deserialize_impl_is_a_decode_error_not_a_panic() {
         assert_eq!(err, "its Deserialize impl panicked: bomb 7");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// JSON. A declared length is not possible (a JSON array is as long as its elements), but a
+// short element can still stand for a large value, and nesting costs one byte a level.
+
+/// A JSON array of exactly `size` bytes: `[e,e,...,e]`, padded with spaces before the `]`.
+fn json_array(element: &str, size: usize) -> Vec<u8> {
+    let n = (size - 2 + 1) / (element.len() + 1);
+    let mut json = String::with_capacity(size);
+    json.push('[');
+    json.push_str(&vec![element; n].join(","));
+    json.push_str(&" ".repeat(size - 1 - json.len()));
+    json.push(']');
+    assert_eq!(json.len(), size);
+    json.into_bytes()
+}
+
+#[test]
+fn a_mib_of_json_nulls_as_vec_of_big_options_fails_with_the_budget_error_within_2x_the_budget() {
+    // 5 bytes on the wire (`null,`), 1001 in the vector.
+    let frame = json_array("null", MIB);
+    let (r, heap) = measure(|| Codec::Json.decode::<Vec<Option<Kilo>>>(&frame));
+    assert_budget_error(&r.unwrap_err(), &frame);
+    assert_within_budget("JSON 1 MiB of null as Vec<Option<[u8; 1000]>>", &frame, &heap);
+}
+
+#[test]
+fn a_mib_of_empty_json_objects_as_defaulted_structs_fails_with_the_budget_error_within_2x_the_budget() {
+    /// 1000 bytes from `{}`: every field has a default.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    #[allow(dead_code)]
+    struct Defaulted {
+        data: Kilo,
+    }
+    let frame = json_array("{}", MIB);
+    let (r, heap) = measure(|| Codec::Json.decode::<Vec<Defaulted>>(&frame));
+    assert_budget_error(&r.unwrap_err(), &frame);
+    assert_within_budget("JSON 1 MiB of {} as Vec<Defaulted { [u8; 1000] }>", &frame, &heap);
+}
+
+#[test]
+fn a_mib_of_small_json_numbers_decodes_within_2x_the_budget() {
+    // 2 bytes on the wire (`0,`), 8 in the vector: 4x.
+    let frame = json_array("0", MIB);
+    let (r, heap) = measure(|| Codec::Json.decode::<Vec<u64>>(&frame));
+    assert_eq!(r.unwrap().len(), (MIB - 1) / 2);
+    assert_within_budget("JSON 1 MiB of small u64", &frame, &heap);
+}
+
+#[test]
+fn a_json_tree_100_000_levels_deep_fails_with_the_depth_error_on_a_256_kib_stack() {
+    let mut frame = r#"{"Node":"#.repeat(100_000).into_bytes();
+    frame.extend_from_slice(br#""Leaf""#);
+    frame.extend(std::iter::repeat_n(b'}', 100_000));
+    let bytes = frame.clone();
+    let (r, heap) = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || measure(|| Codec::Json.decode::<Tree>(&bytes)))
+        .unwrap()
+        .join()
+        .expect("the decode thread survived");
+    assert_eq!(r.unwrap_err(), "the message nests deeper than 64 levels");
+    assert_within_budget("JSON Tree of 100 000 levels", &frame, &heap);
+}
+
+#[test]
+fn a_deeply_nested_unknown_json_field_is_skipped_on_a_256_kib_stack_within_the_budget() {
+    #[derive(Debug, Deserialize)]
+    struct Known {
+        a: u8,
+    }
+    // An unknown field holding 100 000 nested arrays: serde_json skips it without recursing.
+    let mut frame = br#"{"a":1,"junk":"#.to_vec();
+    frame.extend(std::iter::repeat_n(b'[', 100_000));
+    frame.extend(std::iter::repeat_n(b']', 100_000));
+    frame.push(b'}');
+    let bytes = frame.clone();
+    let (r, heap) = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || measure(|| Codec::Json.decode::<Known>(&bytes)))
+        .unwrap()
+        .join()
+        .expect("the decode thread survived");
+    assert_eq!(r.unwrap().a, 1);
+    assert_within_budget("JSON unknown field nested 100 000 deep", &frame, &heap);
+}

@@ -316,6 +316,64 @@ async fn postcard_codec_works_end_to_end() {
 }
 
 #[tokio::test]
+async fn json_codec_works_end_to_end_with_cancels_deadlines_and_errors() {
+    watchdog(async {
+        let (probe, client, _t) = pair(ServerConfig::default(), ClientConfig::default().codec(Codec::Json));
+        let ch = client.await;
+        assert_eq!(ch.peer().codec, Codec::Json);
+        let opts = CallOptions::default();
+        assert_eq!(ch.call(&opts, Req::Echo(vec![9; 3])).await.unwrap(), Resp::Echo(vec![9; 3]));
+        // A cancel is a frame without a body: it must reach the server under JSON too.
+        let ch2 = ch.clone();
+        let call = tokio::spawn(async move { ch2.call(&CallOptions::default(), Req::Sleep(60_000)).await });
+        until(&probe, |p| p.started.load(Ordering::SeqCst) == 1).await;
+        call.abort();
+        until(&probe, |p| p.dropped_unfinished.load(Ordering::SeqCst) == 1).await;
+        let err = ch.call(&CallOptions::with_timeout(Duration::from_millis(30)), Req::Sleep(60_000)).await.unwrap_err();
+        assert_eq!(err, RpcError::DeadlineExceeded { timeout: Duration::from_millis(30) });
+        match ch.call(&opts, Req::Panic).await.unwrap_err() {
+            RpcError::Server(e) => assert_eq!(e.kind, ServerErrorKind::HandlerPanicked),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ch.call(&opts, Req::Echo(vec![1])).await.unwrap(), Resp::Echo(vec![1]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn json_messages_over_the_limit_fail_with_their_exact_size_both_ways() {
+    watchdog(async {
+        let limit = 64 * 1024;
+        let (_p, client, _t) =
+            pair(ServerConfig::default().max_message(limit), ClientConfig::default().codec(Codec::Json));
+        let ch = client.await;
+        let opts = CallOptions::default();
+        // The request: the frame header, then `{"Echo":[7,7,...]}`.
+        let payload = vec![7u8; 40_000];
+        let body = Codec::Json.encode(&Req::Echo(payload.clone()), usize::MAX).unwrap().len();
+        assert_eq!(body, r#"{"Echo":[]}"#.len() + 2 * payload.len() - 1);
+        let header = rpc_core::wire::HEADER_LEN + 8;
+        match ch.call(&opts, Req::Echo(payload)).await.unwrap_err() {
+            RpcError::Transport(TransportError::MessageTooLarge { size, limit: l, direction }) => {
+                assert_eq!((size, l, direction), ((header + body) as u64, limit as u64, Direction::Request));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The response: the server refuses to build it and says how large it was.
+        let resp = Codec::Json.encode(&Resp::Echo(vec![7; 40_000]), usize::MAX).unwrap().len();
+        match ch.call(&opts, Req::Big(40_000)).await.unwrap_err() {
+            RpcError::Transport(TransportError::MessageTooLarge { size, limit: l, direction }) => {
+                let reply_header = rpc_core::wire::HEADER_LEN as u64;
+                assert_eq!((size, l, direction), (reply_header + resp as u64, limit as u64, Direction::Response));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ch.call(&opts, Req::Big(10)).await.unwrap(), Resp::Echo(vec![7; 10]));
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn wrong_fingerprint_and_wrong_service_are_refused_in_the_handshake() {
     watchdog(async {
         for (id, needle) in
@@ -346,6 +404,7 @@ async fn raw_client(max: usize) -> (RawFramed, ServerTask) {
     let task = tokio::spawn(async move { server.serve_connection(b).await });
     let mut framed = rpc_core::pipe::length_delimited(a, max);
     let hello = Hello {
+        flags: 0,
         version: PROTOCOL_VERSION,
         min_version: MIN_PROTOCOL_VERSION,
         capabilities: caps::SUPPORTED & !caps::BATCH,
@@ -467,6 +526,9 @@ async fn scripted_server(io: tokio::io::DuplexStream) -> RawFramed {
     let mut framed = rpc_core::pipe::length_delimited(io, MAX);
     let hello = Hello::decode(&framed.next().await.unwrap().unwrap()).unwrap();
     let welcome = Welcome {
+        codecs: 0,
+        features: 0,
+        methods: Vec::new(),
         version: PROTOCOL_VERSION,
         capabilities: 0,
         max_in_flight: 128,
@@ -580,6 +642,9 @@ async fn an_answer_to_a_call_not_yet_written_is_never_taken_for_its_answer() {
             // A window of one call: the client holds its second call back until the first
             // is answered.
             let welcome = Welcome {
+                codecs: 0,
+                features: 0,
+                methods: Vec::new(),
                 version: PROTOCOL_VERSION,
                 capabilities: 0,
                 max_in_flight: 1,

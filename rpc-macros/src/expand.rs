@@ -11,7 +11,7 @@ use syn::spanned::Spanned;
 use crate::fingerprint::{self, MethodText};
 use crate::model::{MethodDef, Output, ServiceDef};
 use crate::validate::{self, Errors};
-use crate::{attr, fallback};
+use crate::{attr, describe, fallback};
 
 /// The whole expansion; never panics. On any error the result is the errors plus the
 /// user's trait (see [`fallback`]).
@@ -427,6 +427,7 @@ impl<'a> ServiceGenerator<'a> {
                 })
             }
         };
+        let methods = self.method_infos();
         let shape = if shapes.is_empty() {
             quote!()
         } else {
@@ -448,6 +449,7 @@ impl<'a> ServiceGenerator<'a> {
                 type Response = #response;
                 const ID: #private::ServiceId = #client::ID;
                 const CALLBACKS: bool = #uses_callbacks;
+                const METHODS: &'static [#private::MethodInfo] = #methods;
 
                 fn method_name(#req: &Self::Request) -> &'static str {
                     match *#req { #(#names)* }
@@ -464,6 +466,58 @@ impl<'a> ServiceGenerator<'a> {
                 }
             }
         }
+    }
+
+    /// `Service::METHODS`: each compiled-in method described for probes (see
+    /// `rpc_core::introspect`), under its `#[cfg]`s.
+    fn method_infos(&self) -> TokenStream {
+        let private = &self.private;
+        let text = |s: &str| Literal::string(s);
+        let unraw = |i: &Ident| i.unraw().to_string();
+        let infos = self.methods().map(|m| {
+            let cfgs = &m.cfgs;
+            let name = text(&m.def.name);
+            let variant = text(&m.variant.unraw().to_string());
+            let args = m.wire_args.iter().zip(&m.wire_tys).map(|(ident, ty)| {
+                let (name, ty) = (text(&unraw(ident)), text(&describe::type_display(ty)));
+                quote!(#private::arg_info(#name, #ty))
+            });
+            let returns = text(&describe::type_display(&m.def.output.handler_type()));
+            let oneway = m.def.is_oneway();
+            let fallible = matches!(m.def.output, Output::Fallible { .. });
+            let some = |t: TokenStream| quote!(::core::option::Option::Some(#t));
+            let none = quote!(::core::option::Option::None);
+            let upload = m.upload.as_ref().map_or(none.clone(), |(ident, item, iv)| {
+                let (name, item, iv) =
+                    (text(&unraw(ident)), text(&describe::type_display(item)), text(&iv.to_string()));
+                some(quote!((#name, #item, #iv)))
+            });
+            let download = match m.def.output {
+                Output::Stream { item, .. } => some(text(&describe::type_display(item)).into_token_stream()),
+                _ => none.clone(),
+            };
+            let callback = m.callback.as_ref().map_or(none, |(ident, client)| {
+                let (name, client) = (text(&unraw(ident)), text(&describe::type_display(client)));
+                some(quote!((#name, #client)))
+            });
+            let doc = text(&describe::first_paragraph(&m.def.docs));
+            // The arguments in a `const` of their own: a temporary array passed to a call
+            // would be dropped at the end of the initializer, which a `const` cannot do.
+            quote! {
+                #cfgs {
+                    const ARGS: &[#private::ArgInfo] = &[#(#args),*];
+                    #private::method_info(
+                        #name,
+                        #variant,
+                        ARGS,
+                        #returns,
+                        #private::method_shape(#oneway, #fallible, #upload, #download, #callback),
+                        #doc,
+                    )
+                }
+            }
+        });
+        quote!(&[#(#infos),*])
     }
 
     fn client_struct(&self) -> TokenStream {

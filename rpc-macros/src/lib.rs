@@ -4,6 +4,7 @@
 use proc_macro::TokenStream;
 
 mod attr;
+mod describe;
 mod expand;
 mod fallback;
 mod fingerprint;

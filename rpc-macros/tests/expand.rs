@@ -160,3 +160,31 @@ fn generated_api() {
     assert!(std::ptr::eq(server.get_ref(), clone.get_ref()));
     assert_eq!(format!("{server:?}"), "WorkQueuesServer { .. }");
 }
+
+#[test]
+fn the_method_list_describes_every_compiled_in_method_as_a_json_client_needs_it() {
+    use rpc_core::Service;
+    let methods = <WorkQueuesServer<Queues> as Service>::METHODS;
+    let names: Vec<&str> = methods.iter().map(|m| &*m.name).collect();
+    // `gone` is compiled out.
+    assert_eq!(names, ["create", "list", "clear", "type", "parse", "shapes", "slow"]);
+    let create = &methods[0];
+    assert_eq!((&*create.variant, &*create.returns), ("Create", "Result<QueueInfo, QueueError>"));
+    assert_eq!(&*create.doc, "Creates a queue in the stopped state.");
+    assert!(create.shape.fallible && !create.shape.oneway);
+    assert_eq!(create.signature(), "create(name: String) -> Result<QueueInfo, QueueError>");
+    // Raw identifiers are shown as serde names them.
+    let ty = &methods[3];
+    assert_eq!(&*ty.variant, "Type");
+    let args: Vec<(&str, &str)> = ty.args.iter().map(|a| (&*a.name, &*a.ty)).collect();
+    assert_eq!(args, [("in", "u8"), ("service", "u8"), ("request", "u8")]);
+    assert_eq!(methods[2].signature(), "clear()");
+    assert_eq!(methods[5].args[0].ty, "HashMap<String, Vec<u8>>");
+    assert_eq!(methods[5].args[1].ty, "(u8, Option<String>)");
+    // The parse alias is not fallible (by syntax, as the client sees it).
+    assert!(!methods[4].shape.fallible);
+    // A request written from the description is the generated request.
+    let json = br#"{"Type":{"in":1,"service":2,"request":3}}"#;
+    let request: WorkQueuesRequest = rpc_core::Codec::Json.decode(json).unwrap();
+    assert!(matches!(request, WorkQueuesRequest::Type { r#in: 1, service: 2, request: 3 }));
+}

@@ -313,6 +313,9 @@ where
         let mut io = listener.accept().await.unwrap();
         let hello = Hello::decode(&read_frame(&mut io).await).unwrap();
         let welcome = Welcome {
+            codecs: 0,
+            features: 0,
+            methods: Vec::new(),
             version: hello.version,
             capabilities: 0,
             max_in_flight: 16,

@@ -121,3 +121,87 @@ async fn the_postcard_codec_round_trips_too() {
     })
     .await;
 }
+
+#[test]
+fn a_json_request_is_the_method_variant_with_its_arguments_by_name() {
+    use pipe_rpc_tests::{ProbeRequest, ProbeResponse};
+    let json = |v: &ProbeRequest| String::from_utf8(Codec::Json.encode(v, 1 << 20).unwrap().to_vec()).unwrap();
+    assert_eq!(json(&ProbeRequest::EchoString { s: "hi".into() }), r#"{"EchoString":{"s":"hi"}}"#);
+    assert_eq!(
+        json(&ProbeRequest::ManyArgs { a: 1, b: "b".into(), c: vec![2, 3], d: None }),
+        r#"{"ManyArgs":{"a":1,"b":"b","c":[2,3],"d":null}}"#
+    );
+    assert_eq!(json(&ProbeRequest::Unit {}), r#"{"Unit":{}}"#);
+    // Written by hand, in any field order, with whitespace.
+    let req: ProbeRequest =
+        Codec::Json.decode(br#" { "ManyArgs" : { "d": true, "c": [], "b": "", "a": 255 } } "#).unwrap();
+    assert!(matches!(req, ProbeRequest::ManyArgs { a: 255, d: Some(true), .. }));
+    let resp = Codec::Json.encode(&ProbeResponse::EchoString("hi".into()), 100).unwrap();
+    assert_eq!(&resp[..], br#"{"EchoString":"hi"}"#);
+}
+
+/// Answers `n * 10`, for the callback part of the JSON test.
+#[derive(Clone)]
+struct Tens;
+
+impl pipe_rpc_tests::Ticks for Tens {
+    async fn tick(&self, n: u64) -> u64 {
+        n * 10
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_codec_carries_calls_streams_one_way_calls_and_callbacks() {
+    use futures::StreamExt;
+    use rpc_core::RpcStream;
+
+    watchdog(async {
+        let name = unique_name!();
+        let server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let config = pipe_rpc_tests::client_config().codec(Codec::Json);
+        let c = pipe_rpc_tests::ProbeClient::connect_with(name.clone(), config).await.unwrap();
+        assert_eq!(c.channel().peer().codec, Codec::Json);
+        assert_eq!(c.channel().peer().server_pid, server.pid());
+
+        // Calls of every kind of value.
+        let () = c.unit().await.unwrap();
+        let r = sample_record(11);
+        assert_eq!(c.echo_struct(r.clone()).await.unwrap(), r);
+        assert_eq!(c.echo_option(Some(r.clone())).await.unwrap(), Some(r));
+        assert_eq!(c.echo_option(None).await.unwrap(), None);
+        let shape = Shape::Poly(vec![(1, -1), (i32::MIN, i32::MAX)], "ü \"quoted\"\n".into());
+        assert_eq!(c.echo_enum(shape.clone()).await.unwrap(), shape);
+        let m: HashMap<String, Vec<u32>> = (0..5).map(|i| (format!("k{i}"), (0..i).collect())).collect();
+        assert_eq!(c.echo_map(m.clone()).await.unwrap(), m);
+        assert_eq!(c.divide(5, 0).await, Err(ProbeError::DivideByZero { dividend: 5 }));
+        assert_eq!(c.parse_u32("7".into()).await, Ok(Ok(7)));
+        let data = ByteBuf::from((0..70_000).map(pattern_byte).collect::<Vec<u8>>());
+        assert_eq!(c.echo_bytes(data.clone()).await.unwrap(), data);
+
+        // Streams both ways (items, ends and credits are frames without a body).
+        let items: Vec<u64> = c.count(3, 200, 0).await.unwrap().map(|i| i.unwrap()).collect().await;
+        assert_eq!(items, (3..203).collect::<Vec<u64>>());
+        assert_eq!(c.sum(RpcStream::iter(1..=100u64)).await.unwrap(), 5050);
+        let doubled: Vec<u64> = c.double(RpcStream::iter(1..=50u64)).await.unwrap().map(|i| i.unwrap()).collect().await;
+        assert_eq!(doubled, (1..=50u64).map(|i| i * 2).collect::<Vec<u64>>());
+
+        // One-way calls, then a call that sees them.
+        for seq in 0..20 {
+            c.note(77, seq, 0).await.unwrap();
+        }
+        let stats = pipe_rpc_tests::wait_stats(&c, 77, pipe_rpc_tests::TagStats::min_started(20)).await;
+        assert!(stats.started >= 20, "{stats:?}");
+        assert_eq!(c.notes(77).await.unwrap(), (0..20).collect::<Vec<u64>>());
+
+        // Callbacks: the server calls back with the connection's codec.
+        assert_eq!(c.run_ticks(4, pipe_rpc_tests::TicksServer::new(Tens)).await.unwrap(), vec![0, 10, 20, 30]);
+
+        // What JSON cannot carry is refused before it is sent, and the connection goes on.
+        let mut odd = sample_record(1);
+        odd.score = f64::NAN;
+        let err = c.echo_struct(odd).await.unwrap_err();
+        assert!(err.to_string().contains("JSON cannot carry the float NaN"), "{err}");
+        assert_eq!(c.echo_string("still here".into()).await.unwrap(), "still here");
+    })
+    .await;
+}

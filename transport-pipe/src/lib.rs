@@ -87,6 +87,7 @@ mod creds;
 mod error;
 mod frame;
 mod framed;
+mod list;
 mod listen;
 mod name;
 mod platform;
@@ -101,6 +102,7 @@ pub use frame::{
     length_delimited_codec, serde_transport,
 };
 pub use framed::{FramedPipe, ZERO_COPY_MIN};
+pub use list::{LocalEndpoint, list_local};
 pub use listen::{ListenOptions, OWNER_ONLY_SDDL, PipeListener};
 pub use name::{NAME_MAX, PipeName};
 pub use stream::PipeStream;

@@ -24,7 +24,8 @@
 //!   Each element of a *sequence* or *map* (`deserialize_seq`, `deserialize_map`, and what
 //!   `deserialize_any` produces) is charged `max(size_of::<Element>(), 1)` when the format
 //!   says it is there (a map entry: its key and its value, each so), and each string or byte
-//!   buffer its length. Tuples, arrays, structs and enum payloads are not charged: they live
+//!   buffer its length (JSON's byte buffers, arrays of numbers, 1 per element; JSON's object
+//!   keys and variant names are strings, charged their length too). Tuples, arrays, structs and enum payloads are not charged: they live
 //!   inline in whatever holds them, which was charged already. A zero-sized element still
 //!   costs 1, so a huge declared length of `()` fails after at most the budget's worth of
 //!   (cheap) steps instead of spinning.
@@ -237,6 +238,11 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Budgeted<'_, D> {
         deserialize_ignored_any();
         deserialize_seq();
         deserialize_map();
+        // A byte buffer is charged its length: the binary codecs hand it over whole
+        // (`visit_byte_buf` and friends, charged there), JSON as an array of numbers (a
+        // sequence, charged 1 byte per element here).
+        deserialize_bytes();
+        deserialize_byte_buf();
     }
 
     forward_deserialize! { false =>
@@ -256,8 +262,6 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Budgeted<'_, D> {
         deserialize_char();
         deserialize_str();
         deserialize_string();
-        deserialize_bytes();
-        deserialize_byte_buf();
         deserialize_option();
         deserialize_unit();
         deserialize_unit_struct(name: &'static str);
@@ -587,15 +591,16 @@ mod tests {
     }
 
     #[test]
-    fn normal_values_round_trip_unchanged_through_both_codecs() {
-        for c in CODECS {
+    fn normal_values_round_trip_unchanged_through_every_codec() {
+        for c in Codec::ALL {
             let v = sample();
             let bytes = c.encode(&v, 1 << 20).unwrap();
             assert_eq!(c.decode::<Outer>(&bytes).unwrap(), v, "{c:?}");
             // And as the codec decodes without the wrapper: the wrapper changes nothing.
             let plain: Outer = match c {
                 Codec::Bincode => bincode::Options::deserialize(bincode::DefaultOptions::new(), &bytes).unwrap(),
-                _ => postcard::from_bytes(&bytes).unwrap(),
+                Codec::Postcard => postcard::from_bytes(&bytes).unwrap(),
+                _ => serde_json::from_slice(&bytes).unwrap(),
             };
             assert_eq!(plain, v);
         }
@@ -639,7 +644,7 @@ mod tests {
 
     #[test]
     fn each_element_of_a_sequence_is_charged_its_size() {
-        for c in CODECS {
+        for c in Codec::ALL {
             // 100 u32 elements are 400 bytes: exactly a budget of 400 is enough, 399 is not.
             let bytes = c.encode(&vec![1u32; 100], 1000).unwrap();
             let exact = DecodeLimits::DEFAULT.with_ratio(0).with_base(400);
@@ -677,7 +682,7 @@ mod tests {
 
     #[test]
     fn a_map_entry_is_charged_its_key_and_its_value() {
-        for c in CODECS {
+        for c in Codec::ALL {
             let map: BTreeMap<u32, u64> = (0..10).map(|i| (i, i.into())).collect();
             let bytes = c.encode(&map, 1000).unwrap();
             let exact = DecodeLimits::DEFAULT.with_ratio(0).with_base(10 * (4 + 8));
@@ -689,7 +694,7 @@ mod tests {
 
     #[test]
     fn strings_and_byte_buffers_are_charged_their_length() {
-        for c in CODECS {
+        for c in Codec::ALL {
             let v = ("0123456789".to_string(), ByteBuf::from(vec![0u8; 20]));
             let bytes = c.encode(&v, 1000).unwrap();
             let exact = DecodeLimits::DEFAULT.with_ratio(0).with_base(30);
@@ -754,6 +759,45 @@ mod tests {
         }
     }
 
+    /// JSON of `nodes` nodes over a leaf: `{"Node":{"Node":..."Leaf"...}}`.
+    fn json_tree(nodes: usize) -> Vec<u8> {
+        let mut json = r#"{"Node":"#.repeat(nodes).into_bytes();
+        json.extend_from_slice(br#""Leaf""#);
+        json.extend(std::iter::repeat_n(b'}', nodes));
+        json
+    }
+
+    #[test]
+    fn json_nesting_up_to_the_depth_limit_decodes_and_one_more_level_fails() {
+        let limits = DecodeLimits::DEFAULT.with_max_depth(10);
+        let tree = Codec::Json.decode_with::<Tree>(&json_tree(9), limits).unwrap();
+        assert_eq!(Codec::Json.encode(&tree, 1000).unwrap().as_ref(), json_tree(9));
+        let err = Codec::Json.decode_with::<Tree>(&json_tree(10), limits).unwrap_err();
+        assert_eq!(err, "the message nests deeper than 10 levels");
+        let err = Codec::Json.decode::<Tree>(&json_tree(100_000)).unwrap_err();
+        assert_eq!(err, "the message nests deeper than 64 levels");
+    }
+
+    #[test]
+    fn serde_json_s_own_recursion_limit_stays_on_under_a_raised_depth_limit() {
+        let limits = DecodeLimits::DEFAULT.with_max_depth(10_000);
+        assert!(Codec::Json.decode_with::<Tree>(&json_tree(100), limits).is_ok());
+        let err = Codec::Json.decode_with::<Tree>(&json_tree(200), limits).unwrap_err();
+        assert!(err.starts_with("recursion limit exceeded"), "{err}");
+    }
+
+    #[test]
+    fn json_byte_buffers_as_arrays_are_charged_their_length_and_strings_are_accepted() {
+        let exact = DecodeLimits::DEFAULT.with_ratio(0).with_base(5);
+        assert_eq!(
+            Codec::Json.decode_with::<ByteBuf>(b"[1,2,3,4,5]", exact).unwrap(),
+            ByteBuf::from(vec![1, 2, 3, 4, 5])
+        );
+        assert!(Codec::Json.decode_with::<ByteBuf>(b"[1,2,3,4,5]", exact.with_base(4)).is_err());
+        assert_eq!(Codec::Json.decode_with::<ByteBuf>(br#""hello""#, exact).unwrap(), ByteBuf::from(b"hello".to_vec()));
+        assert!(Codec::Json.decode::<ByteBuf>(b"[256]").is_err());
+    }
+
     #[test]
     fn options_newtypes_sequences_and_structs_each_count_as_a_level() {
         #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -794,7 +838,7 @@ mod tests {
                 de.deserialize_seq(V)
             }
         }
-        for c in CODECS {
+        for c in Codec::ALL {
             let bytes = c.encode(&vec![1u8, 2, 3], 100).unwrap();
             assert_eq!(c.decode::<Hints>(&bytes).unwrap().0, vec![None; 4]);
         }

@@ -74,6 +74,7 @@ where
         max_in_flight: config.max_in_flight_per_connection,
         max_oneway: config.max_oneway_per_connection,
         stream_window: config.stream_window,
+        methods: config.introspection.then_some(S::METHODS),
     };
     // Counted among the server's connections from the moment its handshake succeeds.
     let mut counted = None;

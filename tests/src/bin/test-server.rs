@@ -3,7 +3,7 @@
 //! ```text
 //! test-server NAME|--parent-pipe|--tcp ADDR [--allow-remote 1] [--max-message N] [--max-in-flight N] [--max-oneway N] [--max-connections N] [--shutdown-grace-ms N]
 //!             [--max-deadline-ms N|max] [--max-per-user N] [--access anyone|same-user] [--allow-uid N]
-//!             [--socket-mode OCTAL]
+//!             [--socket-mode OCTAL] [--introspection on|off]
 //! ```
 //!
 //! Prints `ready` on stdout once the pipe is bound (a test may connect from then on).
@@ -76,6 +76,14 @@ fn parse_args() -> Result<Args, String> {
             // `Duration::MAX`: no cap of the server's own.
             "--max-deadline-ms" if value == "max" => {
                 config = config.max_deadline(Duration::MAX);
+                continue;
+            }
+            "--introspection" => {
+                config = config.introspection(match value.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--introspection {other}: on or off")),
+                });
                 continue;
             }
             "--socket-mode" => {
