@@ -139,6 +139,8 @@ mod handshake;
 pub mod reconnect;
 pub mod server;
 pub mod service;
+pub mod spans;
+pub mod stats;
 pub mod stream;
 pub mod wire;
 
@@ -162,6 +164,7 @@ pub use reconnect::Reconnect;
 pub use rpc_macros::service;
 pub use server::{BoundServer, DEFAULT_STREAM_WINDOW, Server, ServerConfig, ShutdownHandle};
 pub use service::{Service, ServiceId};
+pub use stats::{CallStats, ClientStats, ErrorCounts, ServerStats, StatsHandle};
 pub use stream::RpcStream;
 /// The pipe layer: names, listener, connect options and their platform rules.
 pub use transport_pipe as pipe;

@@ -330,7 +330,34 @@ fn fairness_stream_items(quick: bool) -> usize {
     if quick { (64 << 20) / STREAM_FRAME } else { (1 << 30) / STREAM_FRAME }
 }
 
+/// `PIPE_RPC_BENCH_TRACING` (inherited by the server process): a `tracing` subscriber for
+/// both processes, to measure what pipe-rpc's spans cost (see `rpc_core::spans`). Its output
+/// goes nowhere; what is measured is the work up to it.
+///
+/// - `info`: a `fmt` subscriber at `INFO` (the global level filter is then `INFO`);
+/// - `others-debug`: `INFO` for everything but this bench's own target (`pipe`), which is at
+///   `DEBUG`, so the global filter lets `DEBUG` through and pipe-rpc's spans are turned
+///   away by their callsite's interest instead;
+/// - `debug`: everything at `DEBUG`: pipe-rpc's spans are built and formatted.
+fn install_tracing() {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let Ok(which) = std::env::var("PIPE_RPC_BENCH_TRACING") else { return };
+    let filter = match which.as_str() {
+        "info" => tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO),
+        "others-debug" => tracing_subscriber::filter::Targets::new()
+            .with_default(tracing::Level::INFO)
+            .with_target("pipe", tracing::Level::DEBUG),
+        "debug" => tracing_subscriber::filter::Targets::new().with_default(tracing::Level::DEBUG),
+        other => panic!("PIPE_RPC_BENCH_TRACING: `info`, `others-debug` or `debug`, not `{other}`"),
+    };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::sink);
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).init();
+}
+
 fn main() -> ExitCode {
+    install_tracing();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--server") {
         let (Some(mode), Some(name)) = (args.get(1).and_then(|m| Mode::parse(m)), args.get(2)) else {

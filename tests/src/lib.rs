@@ -939,6 +939,27 @@ impl ServerProcess {
         false
     }
 
+    /// The server's counters now (`stats` on its stdin; see `rpc_core::stats`), by name:
+    /// `started`, `ok`, `cancelled`, `bytes_in`, ... as `test-server` prints them.
+    pub async fn stats(&mut self) -> HashMap<String, u64> {
+        let stdin = self.stdin.as_mut().expect("the server's stdin was closed");
+        stdin.write_all(b"stats\n").await.expect("write to the server's stdin");
+        stdin.flush().await.expect("flush the server's stdin");
+        while let Some(line) = self.lines.recv().await {
+            if let Some(pairs) = line.strip_prefix("stats ") {
+                return pairs
+                    .split(' ')
+                    .map(|pair| {
+                        let (k, v) = pair.split_once('=').expect("key=value");
+                        (k.to_owned(), v.parse().expect("a number"))
+                    })
+                    .collect();
+            }
+            self.stdout.push(line);
+        }
+        panic!("the server exited without printing its stats: {:?}", self.stdout)
+    }
+
     /// Asks the server to shut down gracefully (`shutdown` on its stdin) and waits until
     /// it says it has begun (`shutting-down` on stdout): from then on it starts no new call.
     pub async fn begin_shutdown(&mut self) {

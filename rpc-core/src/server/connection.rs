@@ -7,6 +7,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::{Counts, Pending, ServerConfig};
+use crate::stats::ServerCounters;
 use serde_bytes::ByteBuf;
 
 use crate::access::PeerCredentials;
@@ -43,17 +44,20 @@ pub(crate) async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
     handshake::refuse_early(&mut framed, service, status, why).await
 }
 
-pub(crate) async fn serve<IO, S>(
-    io: IO,
-    service: Arc<S>,
-    config: Arc<ServerConfig>,
-    shutdown: CancellationToken,
-    admit: Admission,
-) -> Result<(), TransportError>
+/// What a connection shares with its server.
+pub(crate) struct Conn<S> {
+    pub(crate) service: Arc<S>,
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) counters: Arc<ServerCounters>,
+}
+
+pub(crate) async fn serve<IO, S>(io: IO, conn: Conn<S>, admit: Admission) -> Result<(), TransportError>
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     S: Service,
 {
+    let Conn { service, config, shutdown, counters: server_counters } = conn;
     let max = config.effective_max_message();
     let mut framed = transport_pipe::length_delimited(io, max);
     let Admission { peer, counts, handshaking } = admit;
@@ -91,8 +95,17 @@ where
         }
     };
     drop(handshaking);
-    let negotiated = negotiated?;
+    let negotiated = match negotiated {
+        Ok(negotiated) => negotiated,
+        Err(e) => {
+            server_counters.refused();
+            return Err(e);
+        }
+    };
     let _counted = counted;
+    // Counted among the server's connections until the engine is over (and its own
+    // counts, what its `Drop` counts included, are in).
+    let stats = server_counters.connection();
     let transport = crate::engine::pipe(framed, negotiated.codec, config.decode_limits);
     let limits =
         // The largest item either side may send is what a stream may overshoot its credit by.
@@ -103,7 +116,7 @@ where
         };
     let (frame_read_timeout, write_stall_timeout) = (config.frame_read_timeout, config.write_stall_timeout);
     let decode_limits = config.decode_limits;
-    let mut callee = Callee::new(service, config, Some(shutdown), limits, peer);
+    let mut callee = Callee::new(service, config, Some(shutdown), limits, peer, stats.counters.clone());
     // A service with callback methods gets a calling half toward a client that can be
     // called back; its handlers reach it through their `Callback` arguments.
     let caller = (S::CALLBACKS && negotiated.capabilities & caps::CALLBACKS != 0).then(|| {
@@ -127,6 +140,9 @@ where
         frame_read_timeout,
         write_stall_timeout,
         decode: decode_limits,
+        counters: stats.counters.clone(),
     };
-    Engine::<_, S, CallbackCall, ByteBuf>::new(transport, settings, caller, Some(callee)).await
+    let ended = Engine::<_, S, CallbackCall, ByteBuf>::new(transport, settings, caller, Some(callee)).await;
+    drop(stats);
+    ended
 }

@@ -10,8 +10,9 @@
 //! A `shutdown` line on stdin, or the end of stdin (the test process went away), starts a
 //! graceful shutdown: it prints `shutting-down` once the server has been told (calls
 //! arriving from then on are refused), then `drained` when every call in flight has been
-//! answered, and exits 0. If the pipe cannot be bound it prints the error on stderr and
-//! exits 2; bad arguments exit 64.
+//! answered, and exits 0. A `stats` line on stdin prints the server's counters
+//! (`rpc_core::stats`) as one line, `stats key=value ...` (see [`stats_line`]). If the pipe
+//! cannot be bound it prints the error on stderr and exits 2; bad arguments exit 64.
 //!
 //! `--parent-pipe` instead of a name: a child of `rpc_core::child::spawn`, serving its parent
 //! over the inherited pipe (`Server::serve_parent`) until the parent leaves, then exiting 0
@@ -96,6 +97,37 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args { name, config, exit_before_handshake })
 }
 
+/// The server's counters as one line: `stats`, then `key=value` pairs separated by spaces.
+fn stats_line(s: &rpc_core::ServerStats) -> String {
+    let (c, e) = (&s.calls, &s.calls.errors);
+    let pairs = [
+        ("connections_open", s.connections_open),
+        ("connections_total", s.connections_total),
+        ("connections_refused", s.connections_refused),
+        ("started", c.started),
+        ("finished", c.finished),
+        ("in_flight", c.in_flight),
+        ("oneway", c.oneway),
+        ("streams_started", c.streams_started),
+        ("streams_open", c.streams_open),
+        ("ok", c.ok),
+        ("bad_request", e.bad_request),
+        ("handler_panicked", e.handler_panicked),
+        ("shutting_down", e.shutting_down),
+        ("overloaded", e.overloaded),
+        ("too_large", e.too_large),
+        ("deadline_exceeded", e.deadline_exceeded),
+        ("internal", e.internal),
+        ("cancelled", e.cancelled),
+        ("disconnected", e.disconnected),
+        ("other", e.other),
+        ("bytes_in", s.bytes_in),
+        ("bytes_out", s.bytes_out),
+    ];
+    let pairs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("stats {}", pairs.join(" "))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let args = match parse_args() {
@@ -120,12 +152,14 @@ async fn main() -> ExitCode {
         }
     };
     let shutdown = bound.shutdown_handle();
+    let stats = bound.stats_handle();
     // A plain thread, not a runtime task: a blocking stdin read must not keep the
     // runtime from shutting down.
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
             match line {
                 Ok(l) if l.trim() == "shutdown" => break,
+                Ok(l) if l.trim() == "stats" => println!("{}", stats_line(&stats.get())),
                 Ok(_) => {}
                 Err(_) => break,
             }
