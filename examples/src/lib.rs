@@ -24,7 +24,7 @@
 //! |---|---|
 //! | `push-lines` | server-to-client stream: a server pushes each line typed on its console to every follower ([`fanout`]) |
 //! | `file-transfer` | client-to-server and server-to-client byte streams: upload and download of files of any size in bounded memory |
-//! | `file-server` | security (seed 004): the client learns who serves it from the OS, and each file is read only if the calling user may read it |
+//! | `file-server` | security (seed 004): the client learns who serves it from the OS, and each file is read only if the calling user may read it (on Windows by `AccessCheck` against the caller's token: `win_access`) |
 //! | `pubsub` | tarpc's publish/subscribe example, with one stream per subscription instead of a reverse connection |
 
 use std::fmt;
@@ -36,6 +36,8 @@ pub mod fanout;
 mod memory;
 pub mod server;
 pub mod session;
+#[cfg(windows)]
+pub mod win_access;
 
 pub use memory::MemoryQueues;
 

@@ -870,7 +870,7 @@ fn check_peer_frame(frame: &[u8], side: Side, codec: Codec, first: bool, limit: 
         }
         return;
     }
-    if wire::read_abort(frame).is_some() {
+    if wire::read_abort(frame).is_some() || wire::is_goodbye(frame) {
         return;
     }
     // Our own small limits (64) are below what any real end accepts (1 KiB): not checked.

@@ -12,6 +12,7 @@ pub use crate::service::{BoxFuture, CallStreams, Reply, Service, ServiceId, Shap
 pub use crate::stream::RpcStream;
 pub use ::serde;
 pub use ::std;
+pub use tokio::net::ToSocketAddrs;
 pub use transport_pipe::PipeName;
 
 use crate::error::TransportError;

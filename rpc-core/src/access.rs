@@ -124,6 +124,12 @@ impl AccessPolicy {
         }
     }
 
+    /// Whether the rule decides by the client's user (the default `same_user`, `allow`
+    /// lists): it cannot be applied where the transport reports no user (TCP).
+    pub(crate) fn is_about_users(&self) -> bool {
+        matches!(self.rule, Rule::SameUser | Rule::Allow { .. })
+    }
+
     /// Admits or refuses a client with credentials `peer`, for a server running as `me`;
     /// `Err` says why, naming the rule.
     pub fn check(&self, peer: &PeerCredentials, me: &PeerCredentials) -> Result<(), String> {

@@ -36,6 +36,23 @@ use crate::stats::Outcome;
 use bytes::Bytes;
 
 /// Client settings. Start from `ClientConfig::default()` and change fields.
+///
+/// ```no_run
+/// # #[rpc_core::service] pub trait Jobs { async fn count(&self) -> u64; }
+/// # async fn run() -> Result<(), rpc_core::RpcError> {
+/// use std::time::Duration;
+/// use rpc_core::{ClientConfig, Codec, Reconnect, ServerIdentity};
+///
+/// let config = ClientConfig::default()
+///     .default_timeout(Duration::from_secs(2)) // every call, unless `with_timeout` says otherwise
+///     .connect_timeout(Duration::from_secs(1)) // how long a busy server is retried
+///     .codec(Codec::Postcard) // bincode is the default
+///     .expect_server(ServerIdentity::Root) // a system service
+///     .reconnect(Reconnect::new()); // survive a restart of the server
+/// let jobs = JobsClient::connect_with("jobs", config).await?;
+/// let n = jobs.with_timeout(Duration::from_millis(100)).count().await?;
+/// # let _ = n; Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ClientConfig {
@@ -68,7 +85,9 @@ pub struct ClientConfig {
     pub stream_window: u32,
     /// Whom this client accepts as the server of a pipe it connects to by name, checked
     /// from the OS's credentials of the pipe's peer before the client sends anything.
-    /// Default: [`ServerIdentity::SameUser`].
+    /// Default: [`ServerIdentity::SameUser`]. Over TCP, which reports no user, it must be
+    /// [`ServerIdentity::Anyone`] ([`ClientConfig::for_tcp`]). Not used for a child process
+    /// ([`crate::child`]), whose pipe the parent made.
     pub expect_server: ServerIdentity,
     /// Longest a frame from the server may take to arrive once its first bytes have; a
     /// server that leaves one unfinished this long has the connection closed
@@ -111,6 +130,12 @@ impl Default for ClientConfig {
 }
 
 impl ClientConfig {
+    /// The default settings for a connection over TCP ([`Channel::connect_tcp`]): the
+    /// defaults, with [`expect_server`](Self::expect_server) set to
+    /// [`ServerIdentity::Anyone`], since TCP does not say who serves a port.
+    pub fn for_tcp() -> Self {
+        ClientConfig::default().expect_server(ServerIdentity::Anyone)
+    }
     /// Sets [`expect_server`](Self::expect_server).
     #[must_use]
     pub fn expect_server(mut self, identity: ServerIdentity) -> Self {
@@ -374,33 +399,110 @@ where
         config: &ClientConfig,
         existing: Option<&Arc<Shared<Req, Resp>>>,
     ) -> Result<(Arc<Shared<Req, Resp>>, EngineTask), RpcError> {
+        let open = |started| {
+            let (name, config) = (name, config);
+            async move {
+                let stream = transport_pipe::connect_since(name.clone(), &config.connect, started).await?;
+                // Before a byte is sent: is this the server we expect, or whoever took the
+                // name? A pipe that cannot say who serves it is not used (an I/O failure here
+                // is a connection lost before the handshake, as when the server closed its
+                // listener with this connection still queued).
+                let server = stream.peer_credentials().map_err(|e| TransportError::Disconnected {
+                    detail: format!("cannot read who serves `{}` (so nothing was sent): {e}", name.as_str()),
+                })?;
+                let me = PeerCredentials::current_process();
+                if !config.expect_server.admits(&server, &me) {
+                    return Err(TransportError::ServerIdentity {
+                        expected: config.expect_server.describe(&me),
+                        actual: format!("`{}` is served by {server}", name.as_str()),
+                    }
+                    .into());
+                }
+                Ok((stream, Some(server)))
+            }
+        };
+        Self::connect_retrying(service, config, existing, open).await
+    }
+
+    /// Connects to the server listening on the TCP address `addr` (see [`crate::tcp`]) and
+    /// performs the handshake for `service`. Connect failures are treated as for
+    /// [`connect`](Self::connect): a refused connection fails at once with
+    /// [`TransportError::NotRunning`] (or is retried with
+    /// [`ClientConfig::wait_for_server`]), a server at its connection limit is retried
+    /// within the connect timeout.
+    ///
+    /// TCP does not say who serves a port, so `config.expect_server` must be
+    /// [`ServerIdentity::Anyone`]: any other expectation cannot be checked and is refused
+    /// with [`TransportError::ServerIdentity`] before anything is sent
+    /// (`FooClient::connect_tcp` sets it; see [`ClientConfig::for_tcp`]).
+    ///
+    /// # Errors
+    ///
+    /// As above; [`TransportError::InvalidName`] if `addr` does not resolve,
+    /// [`TransportError::Io`] if the host cannot be reached.
+    pub async fn connect_tcp(
+        addr: impl tokio::net::ToSocketAddrs,
+        service: ServiceId,
+        config: ClientConfig,
+    ) -> Result<Self, RpcError> {
+        if config.expect_server != ServerIdentity::Anyone {
+            let me = PeerCredentials::current_process();
+            return Err(TransportError::ServerIdentity {
+                expected: config.expect_server.describe(&me),
+                actual: "a server over TCP, which does not say who runs it (nothing was sent); to connect \
+                         anyway set ClientConfig::expect_server(ServerIdentity::Anyone) (ClientConfig::for_tcp)"
+                    .into(),
+            }
+            .into());
+        }
+        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| TransportError::InvalidName { detail: format!("the TCP address does not resolve: {e}") })?
+            .collect();
+        if addrs.is_empty() {
+            return Err(TransportError::InvalidName { detail: "the TCP address resolves to no address".into() }.into());
+        }
+        // A TCP client does not reconnect (yet): see `crate::reconnect`.
+        let config = ClientConfig { reconnect: None, ..config };
+        let open = |started| {
+            let (addrs, config) = (&addrs, &config);
+            async move {
+                let stream = crate::tcp::connect_since(addrs, &config.connect, started).await?;
+                Ok((stream, None))
+            }
+        };
+        let (shared, engine) = Self::connect_retrying(service, &config, None, open).await?;
+        tokio::spawn(run_engine(engine));
+        Ok(Channel { shared, bridge: None })
+    }
+
+    /// Opens a connection with `open` (given the instant the whole connect started) and runs
+    /// the handshake over it; a handshake refused because the server is at its connection
+    /// limits (or, with `wait_for_server`, shutting down) is retried over a new connection
+    /// with backoff, within the one connect timeout.
+    async fn connect_retrying<Io, Open, Opened>(
+        service: ServiceId,
+        config: &ClientConfig,
+        existing: Option<&Arc<Shared<Req, Resp>>>,
+        mut open: Open,
+    ) -> Result<(Arc<Shared<Req, Resp>>, EngineTask), RpcError>
+    where
+        Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        Open: FnMut(Instant) -> Opened,
+        Opened: Future<Output = Result<(Io, Option<PeerCredentials>), RpcError>>,
+    {
         let started = Instant::now();
         let deadline = config.connect.deadline_from(started);
         let mut refusals: u32 = 0;
         loop {
-            let stream = transport_pipe::connect_since(name.clone(), &config.connect, started).await?;
-            // Before a byte is sent: is this the server we expect, or whoever took the name?
-            // A pipe that cannot say who serves it is not used (an I/O failure here is a
-            // connection lost before the handshake, as when the server closed its listener
-            // with this connection still queued).
-            let server = stream.peer_credentials().map_err(|e| TransportError::Disconnected {
-                detail: format!("cannot read who serves `{}` (so nothing was sent): {e}", name.as_str()),
-            })?;
-            let me = PeerCredentials::current_process();
-            if !config.expect_server.admits(&server, &me) {
-                return Err(TransportError::ServerIdentity {
-                    expected: config.expect_server.describe(&me),
-                    actual: format!("`{}` is served by {server}", name.as_str()),
-                }
-                .into());
-            }
-            let refused = match Self::launch(stream, Some(server), service, config.clone(), existing).await {
+            let (stream, server) = open(started).await?;
+            let refused = match Self::launch(stream, server, service, config.clone(), existing).await {
                 Ok(launched) => return Ok(launched),
                 Err(e) => e,
             };
             // The handshake's only `Busy` is the server's `Overloaded` answer (its connection
-            // limits); its `NotRunning` is `ShuttingDown`. The refused pipe is closed (dropped
-            // with `start`'s framing) and a new one is made for the next attempt.
+            // limits); its `NotRunning` is `ShuttingDown`. The refused connection is closed
+            // (dropped with `start`'s framing) and a new one is made for the next attempt.
             let retry = match &refused {
                 RpcError::Transport(TransportError::Busy { .. }) => true,
                 RpcError::Transport(TransportError::NotRunning { .. }) => config.connect.wait_for_server,
@@ -414,7 +516,7 @@ where
             if now >= deadline {
                 return Err(gave_up(refused, started.elapsed(), refusals, config.connect.timeout));
             }
-            tracing::debug!(pipe = name.as_str(), refusals, error = %refused, "the server refused the connection; retrying");
+            tracing::debug!(refusals, error = %refused, "the server refused the connection; retrying");
             tokio::time::sleep_until((now + config.connect.backoff(refusals)).min(deadline)).await;
         }
     }
@@ -422,6 +524,25 @@ where
     /// Runs the handshake over an already-connected byte stream and starts the connection's engine
     /// task. Any `AsyncRead + AsyncWrite` works: a pipe, or `tokio::io::duplex` in tests.
     /// Must be called inside a tokio runtime.
+    ///
+    /// A whole client and server in one process, for a unit test:
+    ///
+    /// ```
+    /// # #[rpc_core::service] pub trait Echo { async fn echo(&self, s: String) -> String; }
+    /// # struct Me;
+    /// # impl Echo for Me { async fn echo(&self, s: String) -> String { s } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), rpc_core::RpcError> {
+    /// use rpc_core::{Channel, ClientConfig, Server};
+    ///
+    /// let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    /// let server = Server::new(EchoServer::new(Me));
+    /// tokio::spawn(async move { server.serve_connection(server_end).await });
+    /// let channel = Channel::from_io(client_end, EchoClient::ID, ClientConfig::default()).await?;
+    /// let client = EchoClient::from_channel(channel);
+    /// assert_eq!(client.echo("hi".into()).await?, "hi");
+    /// # Ok(()) }
+    /// ```
     pub async fn from_io<S>(io: S, service: ServiceId, config: ClientConfig) -> Result<Self, RpcError>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,

@@ -51,7 +51,28 @@ impl Context {
     }
 }
 
-/// The context of the call being served on this task, if any.
+/// The context of the call being served on this task, if any (`None` outside a handler, or in
+/// a task it spawned without [`spawn`]).
+///
+/// ```
+/// # #[rpc_core::service] pub trait Files { async fn read(&self, path: String) -> Result<Vec<u8>, FileError>; }
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize, thiserror::Error)]
+/// # pub enum FileError { #[error("denied")] Denied, #[error("too slow")] TooSlow, #[error(transparent)] Rpc(#[from] rpc_core::RpcError) }
+/// # struct Dir;
+/// impl Files for Dir {
+///     async fn read(&self, path: String) -> Result<Vec<u8>, FileError> {
+///         let ctx = rpc_core::context::current().expect("called by the server");
+///         // Who asks (from the OS, not from the client's word), and how long they wait.
+///         if ctx.peer.and_then(|p| p.uid) != Some(0) && path.starts_with("/root") {
+///             return Err(FileError::Denied);
+///         }
+///         if ctx.remaining() < std::time::Duration::from_millis(10) {
+///             return Err(FileError::TooSlow);
+///         }
+///         Ok(Vec::new())
+///     }
+/// }
+/// ```
 pub fn current() -> Option<Context> {
     CURRENT.try_with(Clone::clone).ok()
 }

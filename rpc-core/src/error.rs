@@ -57,6 +57,24 @@ pub(crate) fn connection_error(e: &std::io::Error, peer: &str) -> TransportError
 }
 
 /// The error of a remote call, as the generated client returns it.
+///
+/// ```
+/// use rpc_core::{RpcError, ServerErrorKind, TransportError};
+///
+/// fn advice(e: &RpcError) -> &'static str {
+///     match e {
+///         RpcError::Transport(TransportError::NotRunning { .. }) => "start the server",
+///         RpcError::Transport(TransportError::Incompatible { .. }) => "rebuild against the same trait",
+///         RpcError::DeadlineExceeded { .. } => "give it more time",
+///         RpcError::Server(s) if s.kind == ServerErrorKind::HandlerPanicked => "a server bug: see its log",
+///         e if e.is_safe_to_retry() => "retry: it certainly did not run",
+///         e if e.is_disconnected() => "it may or may not have run",
+///         _ => "see the message",
+///     }
+/// }
+/// let e = RpcError::DeadlineExceeded { timeout: std::time::Duration::from_secs(1) };
+/// assert_eq!(advice(&e), "give it more time");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum RpcError {
@@ -180,7 +198,7 @@ pub enum TransportError {
         /// Who serves the pipe.
         actual: String,
     },
-    /// The pipe name cannot be used on this platform.
+    /// The pipe name cannot be used on this platform (or a TCP address does not resolve).
     #[error("invalid pipe name: {detail}")]
     InvalidName {
         /// Why, with the limit involved.
@@ -321,6 +339,22 @@ pub enum ServeError {
     /// Accepting connections failed persistently.
     #[error("accept failed: {0}")]
     Accept(#[source] transport_pipe::Error),
+    /// Binding a TCP address failed: it does not resolve, it is in use, it is not an
+    /// address of this machine ([`Server::bind_tcp`](crate::Server::bind_tcp)).
+    #[error("cannot listen on TCP {addr}: {source}")]
+    BindTcp {
+        /// The address, as resolved.
+        addr: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server's settings cannot be honoured where it was asked to listen, and it will
+    /// not listen with weaker ones: a TCP address that is not loopback without
+    /// [`ServerConfig::allow_remote`](crate::ServerConfig::allow_remote), or an access rule
+    /// about users over TCP, which reports none. The message says what to change.
+    #[error("refusing to listen: {0}")]
+    NotAllowed(String),
     /// [`Server::serve_parent`](crate::Server::serve_parent): this process has no pipe to
     /// a parent (it was not started by [`child::spawn`](crate::child::spawn)).
     #[error("no pipe to a parent process: {0}")]

@@ -69,7 +69,7 @@
 //! | item | what it is |
 //! |---|---|
 //! | `trait Foo` | your trait, with each `async fn` turned into `fn .. -> impl Future + Send` so handlers can run on any runtime thread. Implement it with plain `async fn`s. `Foo: Send + Sync`. |
-//! | `FooClient` | the client: `connect(name)`, `connect_with(name, ClientConfig)`, `from_channel(Channel)`, `with_timeout(Duration)`, `with_options(CallOptions)`, `channel()`, and one `async` method per RPC. `Clone`; clones share one connection. |
+//! | `FooClient` | the client: `connect(name)`, `connect_with(name, ClientConfig)`, `connect_tcp(addr)`, `connect_tcp_with(addr, ClientConfig)` ([`tcp`]), `from_channel(Channel)`, `with_timeout(Duration)`, `with_options(CallOptions)`, `channel()`, and one `async` method per RPC. `Clone`; clones share one connection. |
 //! | `FooBlockingClient` | the [blocking client](blocking), for code without an async runtime: `connect(name)`, `connect_with(name, ClientConfig)`, `with_timeout`, `with_options`, `channel()`, `as_async()`, `into_async()`, and one plain `fn` per RPC. It runs its connection on a background thread of its own; any number of threads may call it at once. Inside a tokio runtime it refuses with [`RpcError::BlockingInRuntime`]. |
 //! | `FooServer<S>` | the server adapter: `FooServer::new(impl Foo + 'static)` gives a [`Service`] for [`Server::new`]. |
 //! | `FooRequest`, `FooResponse` | the wire enums, one variant per method. |
@@ -142,6 +142,7 @@ pub mod service;
 pub mod spans;
 pub mod stats;
 pub mod stream;
+pub mod tcp;
 pub mod wire;
 
 /// Porting a tarpc service to pipe-rpc: what changes, step by step, with tarpc's own
@@ -162,7 +163,7 @@ pub use reconnect::Reconnect;
 /// Turns a trait into a typed RPC service: client, server adapter and wire types.
 /// See the [crate docs](crate) for what it generates.
 pub use rpc_macros::service;
-pub use server::{BoundServer, DEFAULT_STREAM_WINDOW, Server, ServerConfig, ShutdownHandle};
+pub use server::{BoundServer, DEFAULT_STREAM_WINDOW, Listener, Server, ServerConfig, ShutdownHandle};
 pub use service::{Service, ServiceId};
 pub use stats::{CallStats, ClientStats, ErrorCounts, ServerStats, StatsHandle};
 pub use stream::RpcStream;

@@ -19,6 +19,9 @@
 //! ```
 
 mod connection;
+pub(crate) mod listener;
+
+pub use listener::{AcceptError, Listener};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,9 +38,35 @@ use crate::access::{AccessPolicy, PeerCredentials};
 use crate::error::{ServeError, TransportError};
 use crate::service::Service;
 use crate::stats::{ServerCounters, ServerStats, StatsHandle};
+use crate::tcp::TcpListener;
 use crate::wire::HandshakeStatus;
 
 /// Server settings. Start from `ServerConfig::default()` and change fields.
+///
+/// ```no_run
+/// # #[rpc_core::service] pub trait Jobs { async fn count(&self) -> u64; }
+/// # struct MyJobs;
+/// # impl Jobs for MyJobs { async fn count(&self) -> u64 { 0 } }
+/// # async fn stop_requested() {}
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use rpc_core::{AccessPolicy, Server, ServerConfig};
+///
+/// let config = ServerConfig::default()
+///     .max_connections(32)
+///     .max_in_flight_per_connection(64)
+///     .max_deadline(Duration::from_secs(30)) // no call runs longer, whatever the client asks
+///     .access(AccessPolicy::allow([1000, 1001], [])) // these users, besides none by group
+///     .socket_mode(0o660);
+/// let server = Server::new(JobsServer::new(MyJobs)).config(config).bind("jobs")?;
+/// let shutdown = server.shutdown_handle();
+/// tokio::spawn(async move {
+///     stop_requested().await; // a signal, a command, ...
+///     shutdown.shutdown(); // answers what runs, refuses new calls, then returns
+/// });
+/// server.run().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -100,8 +129,13 @@ pub struct ServerConfig {
     /// Connections one user (uid) may have at once, within
     /// [`max_connections`](Self::max_connections); the next one is refused in the handshake
     /// ([`crate::TransportError::Busy`] naming the limit). Default: 64
-    /// (dbus-broker's per-user default).
+    /// (dbus-broker's per-user default). Does not apply over TCP, which reports no user.
     pub max_connections_per_user: usize,
+    /// TCP only: whether [`Server::bind_tcp`] may listen on an address that is not
+    /// loopback (another interface, or `0.0.0.0` / `::` for all of them), reachable from
+    /// other machines. Default: `false`: such an address is refused with
+    /// [`ServeError::NotAllowed`].
+    pub allow_remote: bool,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +156,7 @@ impl Default for ServerConfig {
             listen: ListenOptions::default(),
             access: AccessPolicy::default(),
             max_connections_per_user: 64,
+            allow_remote: false,
         }
     }
 }
@@ -173,6 +208,12 @@ impl ServerConfig {
     #[must_use]
     pub fn max_connections_per_user(mut self, n: usize) -> Self {
         self.max_connections_per_user = n.max(1);
+        self
+    }
+    /// Sets [`allow_remote`](Self::allow_remote).
+    #[must_use]
+    pub fn allow_remote(mut self, allow: bool) -> Self {
+        self.allow_remote = allow;
         self
     }
     /// Sets [`access`](Self::access).
@@ -244,6 +285,7 @@ impl ServerConfig {
             stream_window: self.stream_window.max(1024),
             listen: self.listen.clone(),
             access: self.access.clone(),
+            allow_remote: self.allow_remote,
         }
     }
 }
@@ -306,8 +348,88 @@ impl<S: Service> Server<S> {
         self.bind(name)?.run().await
     }
 
+    /// Starts listening on the TCP address `addr` (see [`crate::tcp`]): the same service,
+    /// handshake, limits and shutdown as over a pipe. Must be called inside a tokio runtime.
+    ///
+    /// Refused, with [`ServeError::NotAllowed`] saying what to change:
+    /// - an access rule about users ([`AccessPolicy::same_user`], the default, or
+    ///   [`AccessPolicy::allow`]/[`allow_sids`](AccessPolicy::allow_sids)): TCP reports no
+    ///   user, so the rule could admit no one. Choose [`AccessPolicy::anyone`] (whoever
+    ///   reaches the port) or [`AccessPolicy::custom`] (its check gets credentials with
+    ///   nothing known);
+    /// - an address that is not loopback (another interface, `0.0.0.0`, `::`) unless
+    ///   [`ServerConfig::allow_remote`] is set.
+    ///
+    /// Port 0 asks the OS for a free port; [`BoundServer::local_addr`] says which.
+    ///
+    /// ```no_run
+    /// # #[rpc_core::service] pub trait Echo { async fn echo(&self, s: String) -> String; }
+    /// # struct Me; impl Echo for Me { async fn echo(&self, s: String) -> String { s } }
+    /// # async fn run() -> Result<(), rpc_core::ServeError> {
+    /// use rpc_core::{AccessPolicy, Server, ServerConfig};
+    /// // Other machines may connect: every interface, and anyone who reaches the port.
+    /// let config = ServerConfig::default().access(AccessPolicy::anyone()).allow_remote(true);
+    /// let server = Server::new(EchoServer::new(Me)).config(config).bind_tcp("0.0.0.0:7000")?;
+    /// println!("listening on {}", server.local_addr());
+    /// server.run().await
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::NotAllowed`] as above; [`ServeError::BindTcp`] if the address does not
+    /// resolve or cannot be bound (in use, not an address of this machine), or outside a
+    /// tokio runtime.
+    pub fn bind_tcp(self, addr: impl std::net::ToSocketAddrs) -> Result<BoundServer<S, TcpListener>, ServeError> {
+        let config = &self.config;
+        if config.access.is_about_users() {
+            return Err(ServeError::NotAllowed(format!(
+                "a TCP server cannot apply the access rule `{}`: TCP reports no user for a client, so the rule \
+                 would admit no one; set ServerConfig::access to AccessPolicy::anyone() (whoever reaches the port) \
+                 or AccessPolicy::custom(..)",
+                config.access.rule_name()
+            )));
+        }
+        let addrs: Vec<std::net::SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| ServeError::BindTcp { addr: "the address given".into(), source: e })?
+            .collect();
+        let shown = crate::tcp::show(&addrs);
+        if addrs.is_empty() {
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "it resolves to no address");
+            return Err(ServeError::BindTcp { addr: "the address given".into(), source: e });
+        }
+        if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()).filter(|_| !config.allow_remote) {
+            return Err(ServeError::NotAllowed(format!(
+                "{remote} is not a loopback address: other machines could connect to it; set \
+                 ServerConfig::allow_remote(true) to serve them, or listen on 127.0.0.1"
+            )));
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            let e = std::io::Error::other("Server::bind_tcp must be called within a tokio runtime");
+            return Err(ServeError::BindTcp { addr: shown, source: e });
+        }
+        let listener = TcpListener::bind(&addrs).map_err(|e| ServeError::BindTcp { addr: shown, source: e })?;
+        tracing::debug!(addr = %listener.local_addr(), "listening on TCP");
+        Ok(BoundServer {
+            listener,
+            service: self.service,
+            config: self.config,
+            shutdown: ShutdownHandle::new(),
+            counters: self.counters,
+        })
+    }
+
+    /// Binds the TCP address `addr` and serves until the process ends. See
+    /// [`bind_tcp`](Self::bind_tcp).
+    pub async fn serve_tcp(self, addr: impl std::net::ToSocketAddrs) -> Result<(), ServeError> {
+        self.bind_tcp(addr)?.run().await
+    }
+
     /// Serves one already-connected byte stream (any `AsyncRead + AsyncWrite`, such as
-    /// `tokio::io::duplex` in tests) until the client leaves. Returns why it ended.
+    /// `tokio::io::duplex` in tests) until the client leaves. Returns why it ended. The
+    /// stream's caller vouches for its peer: no access policy or connection limit applies.
+    /// See [`Channel::from_io`](crate::Channel::from_io) for a client and server in one test.
     pub async fn serve_connection<IO>(&self, io: IO) -> Result<(), TransportError>
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -385,27 +507,41 @@ impl ShutdownHandle {
     }
 }
 
-/// A server listening on its pipe, not yet running.
-pub struct BoundServer<S> {
-    listener: PipeListener,
+/// A server listening on its pipe ([`Server::bind`]) or TCP address
+/// ([`Server::bind_tcp`]), not yet running.
+pub struct BoundServer<S, L = PipeListener> {
+    listener: L,
     service: Arc<S>,
     config: ServerConfig,
     shutdown: ShutdownHandle,
     counters: Arc<ServerCounters>,
 }
 
-impl<S> std::fmt::Debug for BoundServer<S> {
+impl<S, L: Listener> std::fmt::Debug for BoundServer<S, L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BoundServer").field("name", self.listener.name()).field("config", &self.config).finish()
+        f.debug_struct("BoundServer")
+            .field("listener", &self.listener.describe())
+            .field("config", &self.config)
+            .finish()
     }
 }
 
-impl<S: Service> BoundServer<S> {
+impl<S: Service> BoundServer<S, PipeListener> {
     /// The name the server listens on.
     pub fn name(&self) -> &PipeName {
         self.listener.name()
     }
+}
 
+impl<S: Service> BoundServer<S, TcpListener> {
+    /// The TCP address the server listens on (with the port the OS chose, if port 0 was
+    /// asked for).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.listener.local_addr()
+    }
+}
+
+impl<S: Service, L: Listener> BoundServer<S, L> {
     /// A handle that triggers graceful shutdown.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
@@ -476,7 +612,7 @@ impl<S: Service> BoundServer<S> {
                 accepted = listener.accept() => match accepted {
                     Ok(stream) => {
                         accept_failures = 0;
-                        match gate(&stream, &config, &me, &counts) {
+                        match gate(L::peer(&stream), &config, &me, &counts) {
                             Gate::Admit(admit) => {
                                 let conn = connection::Conn {
                                     service: service.clone(),
@@ -562,7 +698,7 @@ enum Gate {
 /// whether the access policy refuses it at once. The connection limits (total, per user)
 /// are checked once the client is heard, in its handshake (see [`Counts::admit`]).
 fn gate(
-    stream: &transport_pipe::PipeStream,
+    peer: Result<Option<PeerCredentials>, String>,
     config: &ServerConfig,
     me: &PeerCredentials,
     counts: &Arc<Counts>,
@@ -571,7 +707,7 @@ fn gate(
         Some(guard) => Gate::Refuse(status, why, guard),
         None => Gate::Drop(format!("{why}; and {} refusals are being answered already", config.max_handshaking)),
     };
-    let peer = match stream.peer_credentials() {
+    let peer = match peer {
         Ok(peer) => peer,
         Err(e) => {
             // Fail closed: a client we cannot identify is not admitted.
@@ -581,16 +717,15 @@ fn gate(
             );
         }
     };
-    if let Err(why) = config.access.check(&peer, me) {
-        tracing::info!(%peer, %why, "client refused");
+    // A transport without credentials (TCP) is checked as a client whose user is unknown:
+    // the user rules refuse it (fail closed), `anyone` and custom checks decide.
+    let known = peer.unwrap_or_default();
+    if let Err(why) = config.access.check(&known, me) {
+        tracing::info!(peer = %known, %why, "client refused");
         return refuse(HandshakeStatus::PermissionDenied, why);
     }
     let handshaking = Pending::enter(counts, config.max_handshaking);
-    Gate::Admit(connection::Admission {
-        peer: Some(peer),
-        counts: Some(counts.clone()),
-        handshaking: Some(handshaking),
-    })
+    Gate::Admit(connection::Admission { peer, counts: Some(counts.clone()), handshaking: Some(handshaking) })
 }
 
 /// The server's connection counts.

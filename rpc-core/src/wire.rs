@@ -31,6 +31,26 @@ use crate::codec::Codec;
 /// batched.
 pub const ABORT: u8 = 17;
 
+/// The kind code of a `Goodbye` frame: a server that finished draining tells a client that
+/// announced [`caps::GOODBYE`] to close its end. Header only: this code, flags 0, exchange
+/// id 0; never batched. The server runs no call from then on (calls the client made meanwhile
+/// are not run), but still runs the one-way calls that arrive until the client's end of file,
+/// so one-way calls a client flushed before the shutdown are never lost, on named pipes too
+/// (which have no half-close to wait behind).
+pub const GOODBYE: u8 = 18;
+
+/// A `Goodbye` frame.
+pub fn goodbye_frame() -> bytes::Bytes {
+    let mut frame = [0u8; HEADER_LEN];
+    frame[0] = GOODBYE;
+    bytes::Bytes::copy_from_slice(&frame)
+}
+
+/// True if `frame` is a `Goodbye` frame.
+pub fn is_goodbye(frame: &[u8]) -> bool {
+    frame.len() == HEADER_LEN && frame[0] == GOODBYE
+}
+
 /// Longest reason an `Abort` frame carries, in bytes.
 pub const ABORT_REASON_MAX: usize = 1024;
 
@@ -79,8 +99,11 @@ pub mod caps {
     /// `Kind::Batch`: many frames in one pipe message. A peer that reads the wire itself
     /// can leave this bit out and get every frame on its own.
     pub const BATCH: u32 = 1 << 3;
+    /// The server says goodbye ([`GOODBYE`](super::GOODBYE)) when it has drained, and the
+    /// client closes its end.
+    pub const GOODBYE: u32 = 1 << 4;
     /// The capabilities this build announces.
-    pub const SUPPORTED: u32 = ONEWAY | STREAMS | CALLBACKS | BATCH;
+    pub const SUPPORTED: u32 = ONEWAY | STREAMS | CALLBACKS | BATCH | GOODBYE;
 }
 
 /// The body of a callback call (a `Call` frame from the server): the call it belongs to and

@@ -501,8 +501,9 @@ impl<'a> ServiceGenerator<'a> {
                     #private::ServiceId::new(#name, #fingerprint);
 
                 /// Connects to the server listening on the pipe `name` with the default
-                /// `ClientConfig`, retrying while the server is not up yet, and checks that
-                /// it serves this service.
+                /// `ClientConfig` (a busy server is retried within the connect timeout, one
+                /// that is not running is reported at once), and checks that it serves this
+                /// service.
                 ///
                 /// # Errors
                 ///
@@ -524,6 +525,33 @@ impl<'a> ServiceGenerator<'a> {
                     config: #private::ClientConfig,
                 ) -> ::core::result::Result<Self, #private::RpcError> {
                     ::core::result::Result::map(#private::Channel::connect(name, Self::ID, config).await, Self::from_channel)
+                }
+
+                /// Connects to the server listening on the TCP address `addr` (see
+                /// `rpc_core::tcp`) with `ClientConfig::for_tcp()`, and checks that it serves
+                /// this service. TCP does not say who serves a port: use it only where that is
+                /// acceptable.
+                ///
+                /// # Errors
+                ///
+                /// As for [`connect`](Self::connect).
+                pub async fn connect_tcp(
+                    addr: impl #private::ToSocketAddrs,
+                ) -> ::core::result::Result<Self, #private::RpcError> {
+                    Self::connect_tcp_with(addr, #private::ClientConfig::for_tcp()).await
+                }
+
+                /// Like [`connect_tcp`](Self::connect_tcp), with the given `ClientConfig`
+                /// (whose `expect_server` must be `ServerIdentity::Anyone`).
+                ///
+                /// # Errors
+                ///
+                /// As for [`connect`](Self::connect).
+                pub async fn connect_tcp_with(
+                    addr: impl #private::ToSocketAddrs,
+                    config: #private::ClientConfig,
+                ) -> ::core::result::Result<Self, #private::RpcError> {
+                    ::core::result::Result::map(#private::Channel::connect_tcp(addr, Self::ID, config).await, Self::from_channel)
                 }
 
                 /// Wraps a connected channel (for instance from `Channel::from_io`).

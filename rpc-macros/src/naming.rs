@@ -5,8 +5,18 @@ use syn::ext::IdentExt;
 
 /// Items of the async client (`{Trait}Client`) a trait method must not shadow: its
 /// inherent items, and `clone` (a method named so would hide `Clone::clone`).
-pub(crate) const CLIENT_RESERVED: &[&str] =
-    &["connect", "connect_with", "from_channel", "channel", "with_timeout", "with_options", "clone", "ID"];
+pub(crate) const CLIENT_RESERVED: &[&str] = &[
+    "connect",
+    "connect_with",
+    "connect_tcp",
+    "connect_tcp_with",
+    "from_channel",
+    "channel",
+    "with_timeout",
+    "with_options",
+    "clone",
+    "ID",
+];
 
 /// Items of the blocking client (`{Trait}BlockingClient`) a trait method must not shadow.
 pub(crate) const BLOCKING_RESERVED: &[&str] =

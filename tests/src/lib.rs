@@ -292,6 +292,18 @@ pub struct ProbeState {
     changed: watch::Sender<u64>,
 }
 
+impl ProbeImpl {
+    /// Another handle on the same state: for a test that serves one and reads the other.
+    pub fn shared(&self) -> ProbeImpl {
+        ProbeImpl { inner: self.inner.clone() }
+    }
+
+    /// The `seq`s of the [`Probe::note`]s of `tag` so far, in the order their handlers started.
+    pub fn notes_of(&self, tag: u64) -> Vec<u64> {
+        self.inner.notes.lock().unwrap().get(&tag).cloned().unwrap_or_default()
+    }
+}
+
 impl Default for ProbeImpl {
     fn default() -> Self {
         let state = ProbeState {
@@ -859,9 +871,36 @@ impl ServerProcess {
         }
     }
 
+    /// Starts `exe --tcp ADDR args` (`127.0.0.1:0`: a loopback port the OS chooses), waits
+    /// for its `ready` line, and returns it with the address it printed. Pass `--access
+    /// anyone` in `args`: a TCP server refuses a rule about users.
+    pub async fn spawn_tcp(exe: &str, addr: &str, args: &[&str]) -> (ServerProcess, std::net::SocketAddr) {
+        let process = match Self::try_spawn_with(&[], exe, &["--tcp", addr], &PipeName::new("tcp"), args).await {
+            Ok(p) => p,
+            Err(exit) => panic!("test-server --tcp failed to start: {exit:?}"),
+        };
+        let addr = process
+            .stdout
+            .iter()
+            .find_map(|l| l.strip_prefix("tcp ")?.parse().ok())
+            .unwrap_or_else(|| panic!("test-server --tcp printed no address: {:?}", process.stdout));
+        (process, addr)
+    }
+
     async fn try_spawn_via(
         wrapper: &[&str],
         exe: &str,
+        name: &PipeName,
+        args: &[&str],
+    ) -> Result<ServerProcess, ServerExit> {
+        Self::try_spawn_with(wrapper, exe, &[name.as_str()], name, args).await
+    }
+
+    /// Runs `wrapper exe first args`; `name` is what the process serves, for messages.
+    async fn try_spawn_with(
+        wrapper: &[&str],
+        exe: &str,
+        first: &[&str],
         name: &PipeName,
         args: &[&str],
     ) -> Result<ServerProcess, ServerExit> {
@@ -874,11 +913,16 @@ impl ServerProcess {
             None => Command::new(exe),
         };
         command
-            .arg(name.as_str())
+            .args(first)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // The server's expected panics (tests of handler panics) print no backtrace: with
+            // `RUST_BACKTRACE` inherited from a developer's shell, symbolizing the first one
+            // took seconds under wine, past the calls' deadlines (ARCHITECTURE, "The first
+            // panic"). What the tests check does not depend on it.
+            .env("RUST_BACKTRACE", "0")
             .kill_on_drop(true);
         // Under wine, CreateProcess now and then fails with ERROR_INTERNAL_ERROR (1359) on a
         // busy machine; a second attempt starts the process. Anything else fails at once.

@@ -68,7 +68,8 @@
 //! A plain name `NAME` is the local named pipe `\\.\pipe\NAME` (whole name at most 256
 //! characters, case-insensitive). The listener uses interprocess's defaults: the first instance
 //! is created with `FILE_FLAG_FIRST_PIPE_INSTANCE`, so a name another process serves is
-//! reported as [`ErrorKind::NameInUse`], and remote clients are rejected. The pipe gets an
+//! reported as [`ErrorKind::NameInUse`], naming that process (its pid, from the pipe, and its
+//! user SID where it can be read), and remote clients are rejected. The pipe gets an
 //! owner-only security descriptor ([`ListenOptions::windows_sddl`], default
 //! [`OWNER_ONLY_SDDL`]); [`ListenOptions::mode`] is ignored. Clients open the pipe at
 //! identification level, so a server cannot impersonate them.

@@ -83,9 +83,39 @@ impl ListenOptions {
 /// ### Windows
 ///
 /// The first pipe instance is created with `FILE_FLAG_FIRST_PIPE_INSTANCE`, so a name already
-/// served by any process fails with [`ErrorKind::NameInUse`]; remote clients are rejected. The
+/// served by any process fails with [`ErrorKind::NameInUse`]. The error names that process:
+/// `bind` opens the pipe once as a client (at identification level, with only
+/// `FILE_READ_ATTRIBUTES`, not waiting) and asks it for its server's process id, then reads that
+/// process's user SID, as in `another server (pid 4242, user S-1-5-21-...) is listening on ...`;
+/// the message says why when either cannot be read (every instance busy, the pipe's descriptor
+/// refuses us, another user's process). That server sees one connection that closes at once.
+/// Remote clients are rejected. The
 /// listener keeps one spare instance waiting: while a client is connected to it but not yet
 /// accepted, other clients see `ERROR_PIPE_BUSY`, which [`connect`](crate::connect) retries.
+///
+/// ```
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use transport_pipe::{ConnectOptions, PipeListener, connect};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let name = format!("listener-doc-{}", std::process::id());
+/// let listener = PipeListener::bind(name.as_str())?;
+/// let server = tokio::spawn(async move {
+///     let mut stream = listener.accept().await?;
+///     let mut buf = [0u8; 5];
+///     stream.read_exact(&mut buf).await?;
+///     stream.write_all(&buf).await?;
+///     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+/// });
+/// let mut client = connect(name.as_str(), &ConnectOptions::default()).await?;
+/// client.write_all(b"hello").await?;
+/// let mut back = [0u8; 5];
+/// client.read_exact(&mut back).await?;
+/// assert_eq!(&back, b"hello");
+/// server.await?.map_err(|e| e.to_string())?;
+/// # Ok(()) }
+/// ```
 pub struct PipeListener {
     // Declared first so the Unix socket file is removed before the socket is closed.
     _reclaim: platform::Reclaim,

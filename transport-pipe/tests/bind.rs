@@ -44,13 +44,15 @@ async fn live_listener_makes_the_name_in_use_and_keeps_serving() {
         assert_eq!(err.name(), Some(&name));
         let msg = err.to_string();
         assert!(msg.contains("another server") && msg.contains("is listening on pipe"), "{msg}");
-        // On Unix the kernel names the live server: here, this process.
+        // The operating system names the live server: here, this process (on Unix from the
+        // socket's peer credentials, on Windows from the pipe's server process id).
         #[cfg(unix)]
         assert!(msg.contains(&format!("(pid {}, uid", std::process::id())), "{msg}");
+        #[cfg(windows)]
+        assert!(msg.contains(&format!("(pid {}, user S-1-", std::process::id())), "{msg}");
         assert!(msg.contains(&name.resolve().unwrap().display().to_string()), "{msg}");
-        // The first listener was not displaced. (On Unix the failed bind's probe connection
-        // is queued first; serve it away.)
-        #[cfg(unix)]
+        // The first listener was not displaced. (The failed bind's probe connection is
+        // queued first; serve it away.)
         drop(first.accept().await.unwrap());
         assert_serves(&first).await;
     })

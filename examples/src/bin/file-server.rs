@@ -9,22 +9,42 @@
 //! ```
 //!
 //! The server admits only its own user unless `--anyone` is given (then every user who
-//! can open the pipe is admitted, and the socket is made `0666`: put it in a directory the
-//! other users can reach, such as a path under `/tmp`). Either way each request is checked
-//! against the caller's credentials, which the handler reads from its context: on Unix the
-//! file's owner, group and mode bits against the client's uid, gid and supplementary groups
-//! (root may read anything), so a client never reads through the server what it could not
-//! read itself. Seed 004 impersonates the client to the same end; a Unix server cannot
-//! become another user without privileges, and checking is what `access(2)` would do for
-//! that user. Paths are relative to DIR and may not leave it.
+//! can open the pipe is admitted; on Unix the socket is made `0666`: put it in a directory
+//! the other users can reach, such as a path under `/tmp`; on Windows the pipe's descriptor
+//! also grants every authenticated user read and write, `(A;;GRGW;;;AU)`, which lets them add
+//! instances of the pipe too: a client's check of who serves it refuses such an instance).
+//! Either way each request is checked against the caller's credentials, which the handler
+//! reads from its context, so a client never reads through the server what it could not
+//! read itself:
+//!
+//! - Unix: the file's owner, group and mode bits against the client's uid, gid and
+//!   supplementary groups (root may read anything), what `access(2)` would decide for that
+//!   user. Seed 004 impersonates the client to the same end; a Unix server cannot become
+//!   another user without privileges.
+//! - Windows: `AccessCheck` of the file's security descriptor (owner, group, DACL) for
+//!   `FILE_GENERIC_READ` against an identification-level copy of the caller's process token,
+//!   and the file is read through the handle that was checked
+//!   (`pipe_rpc_examples::win_access`). That module says why the token and not
+//!   `ImpersonateNamedPipeClient` (a handler has the caller's pid and SID, not the pipe), and
+//!   what it costs: to check callers of other users the server must be able to open their
+//!   tokens (LocalSystem, or `SeDebugPrivilege`); an ordinary user's server refuses them,
+//!   saying why.
+//!
+//! A caller whose user is unknown, or whose access cannot be checked, is refused (fail
+//! closed). Paths are relative to DIR and may not leave it.
 //!
 //! The client accepts a server of its own user by default; `--server-uid UID` expects that
-//! user instead (for a server run by another account). It prints `server: pid P, uid U`
-//! from the operating system, then the file, or a typed denial such as
-//! `denied: uid 65534 may not read secret.txt (owner uid 0, mode 0600)`, and exits 0, or 1
-//! on an error.
+//! user instead (for a server run by another account; Unix). It prints `server: pid P, uid U`
+//! (Windows: `server: pid P, user S-1-5-21-...`) from the operating system, then the file,
+//! or a typed denial such as
+//! `denied: uid 65534 may not read secret.txt (owner uid 0, group 0, mode 0600)` or, on
+//! Windows, `denied: user S-1-5-21-...-1001 may not read secret.txt (owner
+//! S-1-5-21-...-1000, DACL D:P(A;;FA;;;SY)(A;;FA;;;S-1-5-21-...-1000))`, and exits 0, or 1 on
+//! an error.
 
 use std::error::Error;
+use std::fs::File;
+use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
@@ -89,7 +109,8 @@ fn resolve(root: &Path, path: &str) -> Result<PathBuf, FileError> {
     Ok(root.join(rel))
 }
 
-/// Reads `full` if `caller` may: the checks `access(2)` would make for that user.
+/// Reads `full` if `caller` may: on Unix the checks `access(2)` would make for that user, on
+/// Windows `AccessCheck` against the caller's token.
 fn read_as(root: &Path, full: &Path, shown: &str, caller: &PeerCredentials) -> Result<ByteBuf, FileError> {
     // Symbolic links could point out of the directory: resolve and check containment.
     let real = full.canonicalize().map_err(|_| FileError::NotFound(shown.to_owned()))?;
@@ -101,14 +122,54 @@ fn read_as(root: &Path, full: &Path, shown: &str, caller: &PeerCredentials) -> R
     if !md.is_file() {
         return Err(FileError::InvalidPath(format!("{shown:?} is not a file")));
     }
-    may_read(&md, shown, caller)?;
+    let file = open_as(&real, &md, shown, caller)?;
     if md.len() > MAX_FILE {
         return Err(FileError::TooLarge(format!(
             "{shown} is {} bytes; this server sends at most {MAX_FILE}",
             md.len()
         )));
     }
-    std::fs::read(&real).map(ByteBuf::from).map_err(|e| FileError::Denied(format!("{shown}: {e}")))
+    // Bounded even if the file grew since it was measured.
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE + 1).read_to_end(&mut bytes).map_err(|e| FileError::Denied(format!("{shown}: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(FileError::TooLarge(format!("{shown} grew past {MAX_FILE} bytes while it was read")));
+    }
+    Ok(ByteBuf::from(bytes))
+}
+
+/// Opens `real` for reading if `caller` may read it (Unix: by its owner, group and mode).
+#[cfg(unix)]
+fn open_as(real: &Path, md: &std::fs::Metadata, shown: &str, caller: &PeerCredentials) -> Result<File, FileError> {
+    may_read(md, shown, caller)?;
+    File::open(real).map_err(|e| FileError::Denied(format!("{shown}: {e}")))
+}
+
+/// Opens `real` for reading if `caller` may read it (Windows: `AccessCheck` of its security
+/// descriptor against the caller's token; see `pipe_rpc_examples::win_access`).
+#[cfg(windows)]
+fn open_as(real: &Path, _: &std::fs::Metadata, shown: &str, caller: &PeerCredentials) -> Result<File, FileError> {
+    use pipe_rpc_examples::win_access::{self, AccessError};
+    let (Some(pid), Some(sid)) = (caller.pid, caller.sid) else {
+        return Err(FileError::Denied(format!(
+            "the caller of {shown} is unknown ({caller}: its user could not be read when it connected)"
+        )));
+    };
+    win_access::open_for_read(real, pid, &sid).map_err(|e| match e {
+        AccessError::Denied { owner, dacl } => {
+            FileError::Denied(format!("user {sid} may not read {shown} (owner {owner}, DACL {dacl})"))
+        }
+        AccessError::Open(e) if e.kind() == std::io::ErrorKind::NotFound => FileError::NotFound(shown.to_owned()),
+        AccessError::Read(e) => FileError::Denied(format!("{shown}: {e}")),
+        // Whatever kept us from checking refuses the read (fail closed), saying what it was.
+        e => FileError::Denied(format!("cannot tell whether user {sid} may read {shown}, so it is refused: {e}")),
+    })
+}
+
+/// No access check is written for this platform: every read is refused (fail closed).
+#[cfg(not(any(unix, windows)))]
+fn open_as(_: &Path, _: &std::fs::Metadata, shown: &str, _: &PeerCredentials) -> Result<File, FileError> {
+    Err(FileError::Denied(format!("{shown}: this server cannot check file access on this platform")))
 }
 
 #[cfg(unix)]
@@ -177,18 +238,13 @@ fn unsafe_zeroed_passwd() -> libc::passwd {
     }
 }
 
-#[cfg(not(unix))]
-fn may_read(_: &std::fs::Metadata, _: &str, _: &PeerCredentials) -> Result<(), FileError> {
-    // Windows: the caller's SID is not read yet, so only the pipe's own access control
-    // (the server's user) applies.
-    Ok(())
-}
-
 async fn serve(name: &str, dir: &Path, anyone: bool) -> Result<(), Box<dyn Error>> {
     let dir = dir.canonicalize().map_err(|e| format!("cannot serve {}: {e}", dir.display()))?;
     let mut config = ServerConfig::default();
     if anyone {
         config = config.access(AccessPolicy::anyone()).socket_mode(0o666);
+        // Windows: the owner-only default, plus read and write for every authenticated user.
+        config.listen = config.listen.windows_sddl(format!("{}(A;;GRGW;;;AU)", rpc_core::pipe::OWNER_ONLY_SDDL));
     }
     let server = Server::new(FilesServer::new(Dir { root: dir.clone() })).config(config).bind(name)?;
     let me = PeerCredentials::current_process();

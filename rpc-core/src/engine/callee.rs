@@ -695,8 +695,6 @@ impl<S: Service> Callee<S> {
         true
     }
 
-    /// The serving half's part of a pass: shutdown, consumers' stream control, handlers
-    /// that finished in their own tasks, deadlines. Returns whether anything moved.
     /// The time now, as far as calls starting in this pass are concerned.
     fn now(&mut self) -> Instant {
         *self.clock.get_or_insert_with(Instant::now)
@@ -707,6 +705,8 @@ impl<S: Service> Callee<S> {
         self.clock = None;
     }
 
+    /// The serving half's part of a pass: shutdown, consumers' stream control, handlers
+    /// that finished in their own tasks, deadlines. Returns whether anything moved.
     pub(crate) fn pass(&mut self, cx: &mut Context<'_>) -> bool {
         // Frames read later are a new pass's.
         self.clock = None;

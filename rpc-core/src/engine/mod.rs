@@ -83,6 +83,7 @@ fn message_len<C, R>(message: &Inbound<C, R>) -> usize {
         Inbound::One(frame) => frame.len as usize,
         Inbound::Batch(body) => crate::wire::HEADER_LEN + body.len(),
         Inbound::Abort(reason) => crate::wire::HEADER_LEN + reason.len(),
+        Inbound::Goodbye => crate::wire::HEADER_LEN,
     }
 }
 
@@ -109,6 +110,8 @@ enum Ended {
     /// The peer broke the protocol or stalled: it is told why (an `Abort` frame) before
     /// the connection closes.
     Blame(TransportError),
+    /// The server drained and said goodbye.
+    Goodbye,
 }
 
 /// One connection. `S` is the service this end serves, `Req`/`Resp` the request and
@@ -151,6 +154,10 @@ pub(crate) struct Engine<T, S: Service, Req, Resp> {
     last_unwritten: usize,
     /// The peer sent an `Abort`: it gave up, so nothing is sent back.
     peer_aborted: bool,
+    /// The server drained and said goodbye: this end closes.
+    peer_said_goodbye: bool,
+    /// This end (a drained server) said goodbye and waits for the client's end of file.
+    goodbye_sent: bool,
     /// Items of one of our calls' inbound streams read in a row, not yet in its inbox.
     down_run: streams::ItemRun<Resp>,
     /// Items of one of the peer's calls' inbound streams read in a row.
@@ -214,6 +221,8 @@ where
             writes_seen: 0,
             last_unwritten: 0,
             peer_aborted: false,
+            peer_said_goodbye: false,
+            goodbye_sent: false,
             down_run: streams::ItemRun::default(),
             up_run: streams::ItemRun::default(),
         }
@@ -317,6 +326,13 @@ where
             Inbound::Abort(reason) => {
                 self.peer_aborted = true;
                 Err(TransportError::Protocol { detail: format!("the {} ended the connection: {reason}", self.peer) })
+            }
+            Inbound::Goodbye => {
+                if self.capabilities & caps::GOODBYE == 0 || self.caller.is_none() {
+                    return Err(self.protocol("a goodbye this connection did not negotiate".into()));
+                }
+                self.peer_said_goodbye = true;
+                Ok(0)
             }
             Inbound::Batch(body) => {
                 self.negotiated(Kind::Batch)?;
@@ -453,6 +469,33 @@ where
         self.callee("a one-way call")?
             .on_oneway(id, body, cx)
             .map_err(|d| TransportError::Protocol { detail: format!("{d} (from the {peer})") })
+    }
+
+    /// While lingering after a drain: runs the one-way calls in `message` (alone or in a
+    /// batch) and drops everything else. Nothing can be answered any more (our end is
+    /// half-closed), and a one-way call needs no answer.
+    fn run_lingering_oneways(&mut self, message: Inbound<S::Request, Resp>, cx: &mut Context<'_>) {
+        let Some(callee) = self.callee.as_mut() else { return };
+        if self.capabilities & caps::ONEWAY == 0 {
+            return;
+        }
+        match message {
+            Inbound::One(InFrame { frame: Ok(Frame::OneWay { id, body }), .. }) => {
+                let _ = callee.on_oneway(id, body, cx);
+            }
+            Inbound::Batch(body) if self.capabilities & caps::BATCH != 0 => {
+                let mut at = 0;
+                while let Some(Ok(range)) = crate::wire::next_in_batch(&body, &mut at) {
+                    let bytes = &body[range];
+                    if let Some((Kind::OneWay, id)) = crate::wire::item_header(bytes)
+                        && let Ok(body) = crate::wire::decode_item_body(self.codec, self.decode, bytes)
+                    {
+                        let _ = callee.on_oneway(id, body, cx);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Hands the open runs of stream items to their inboxes; `Err` if a run exceeds the
@@ -694,6 +737,10 @@ where
             c.poll_shutdown(cx)
         });
         let mut budget = READ_BUDGET;
+        // Whether this pass read everything the peer had sent (the pipe had no more): a
+        // drained connection closes only then, or one-way calls the client had already
+        // written (and flushed) would be dropped unread with the budget's remainder.
+        let mut read_all = false;
         while budget > 0 {
             if self.callee.as_ref().is_some_and(Callee::outbox_full) {
                 break;
@@ -716,7 +763,10 @@ where
                         return Poll::Ready(Err(if blame { Ended::Blame(e) } else { Ended::Failed(e) }));
                     }
                     Poll::Ready(None) => return Poll::Ready(Err(Ended::PeerLeft)),
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        read_all = true;
+                        break;
+                    }
                 },
             };
             match cost {
@@ -728,6 +778,9 @@ where
         }
         if let Err(e) = self.hand_over_runs() {
             return Poll::Ready(Err(Ended::Blame(e)));
+        }
+        if self.peer_said_goodbye {
+            return Poll::Ready(Err(Ended::Goodbye));
         }
         let mut close = CloseRequest::None;
         if let Some(c) = &mut self.caller {
@@ -796,8 +849,26 @@ where
         }
         let caller_done = self.caller.as_ref().is_none_or(Caller::idle);
         let polite = close == CloseRequest::Polite && caller_done;
-        let drained = self.callee.as_ref().is_some_and(|c| c.draining && c.drained()) && caller_done;
+        let drained = read_all && self.callee.as_ref().is_some_and(|c| c.draining && c.drained()) && caller_done;
         if (polite || drained) && !self.needs_flush && self.outbox.is_empty() {
+            if drained && self.capabilities & caps::GOODBYE != 0 && !self.goodbye_sent {
+                // Tell the client we are done: it closes, and its end of file comes after
+                // everything it sent (see the linger in `poll`).
+                return match self.transport.as_mut().poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        match self.transport.as_mut().start_send(Outbound(crate::wire::goodbye_frame())) {
+                            Ok(()) => {
+                                self.goodbye_sent = true;
+                                self.needs_flush = true;
+                                Poll::Ready(Ok(true))
+                            }
+                            Err(e) => Poll::Ready(Err(self.write_failed(connection_error(&e, self.peer), cx))),
+                        }
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(self.write_failed(connection_error(&e, self.peer), cx))),
+                    Poll::Pending => Poll::Ready(Ok(progress)),
+                };
+            }
             return match self.transport.as_mut().poll_close(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(_) => Poll::Ready(Err(if drained { Ended::Drained } else { Ended::Closed })),
@@ -1032,20 +1103,25 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Some(linger) = &mut this.linger {
+        if let Some(mut linger) = this.linger.take() {
             // Closing a socket whose peer's bytes are still unread resets the connection, and
             // the peer could lose the last answers we wrote (a stream's `ShuttingDown`) to
             // that reset. So we wait for the peer to close (it does once it reads our
-            // end-of-file), dropping what it sends meanwhile.
+            // end-of-file). Meanwhile one-way calls it had sent still run (they need no
+            // answer, and a client that flushed them before the shutdown relies on them: the
+            // drain can decide the connection is idle before the reactor has reported its
+            // last bytes); everything else is dropped.
             loop {
                 match this.transport.as_mut().poll_next(cx) {
-                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Ready(Some(Ok(message))) => this.run_lingering_oneways(message, cx),
                     Poll::Ready(_) => break,
-                    Poll::Pending if linger.as_mut().poll(cx).is_pending() => return Poll::Pending,
+                    Poll::Pending if linger.as_mut().poll(cx).is_pending() => {
+                        this.linger = Some(linger);
+                        return Poll::Pending;
+                    }
                     Poll::Pending => break,
                 }
             }
-            this.linger = None;
             return Poll::Ready(Ok(()));
         }
         let ended = std::task::ready!(this.poll_io(cx));
@@ -1056,6 +1132,10 @@ where
                 (TransportError::Disconnected { detail }.into(), Ok(()))
             }
             Ended::Drained | Ended::Closed => (RpcError::Cancelled, Ok(())),
+            Ended::Goodbye => {
+                let detail = format!("the {} shut down (it finished its calls and said goodbye)", this.peer);
+                (TransportError::Disconnected { detail }.into(), Ok(()))
+            }
             Ended::Failed(e) => (e.clone().into(), Err(e)),
             Ended::Blame(e) => {
                 tracing::info!(error = %e, peer = this.peer, "closing the connection: the peer broke the protocol or stalled");
@@ -1068,7 +1148,7 @@ where
         this.finish(&why);
         // Unix only: a named pipe has no half-close (the peer sees our end-of-file only when
         // we close), and what we wrote stays readable after we close it.
-        if drained && cfg!(unix) {
+        if drained && (cfg!(unix) || this.goodbye_sent) {
             this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
             return Pin::new(this).poll(cx);
         }

@@ -29,6 +29,8 @@ pub(crate) enum Inbound<C, R> {
     Batch(Bytes),
     /// The peer closes the connection, for this reason (an `Abort` frame).
     Abort(String),
+    /// The server has drained and asks us to close (a `Goodbye` frame).
+    Goodbye,
 }
 
 /// A frame read from the peer, or why it could not be read (header or body), and its size
@@ -105,6 +107,9 @@ impl<C: DeserializeOwned, R: DeserializeOwned> tokio_serde::Deserializer<Inbound
     fn deserialize(self: Pin<&mut Self>, src: &BytesMut) -> Result<Inbound<C, R>, io::Error> {
         if let Some(reason) = crate::wire::read_abort(src) {
             return Ok(Inbound::Abort(reason));
+        }
+        if crate::wire::is_goodbye(src) {
+            return Ok(Inbound::Goodbye);
         }
         if src.len() >= HEADER_LEN && src[0] == Kind::Batch.code() {
             // One copy of the batch (the framing layer keeps its buffer), then each frame

@@ -1,7 +1,7 @@
 //! The server process of the cross-process tests: serves `Probe` on a pipe.
 //!
 //! ```text
-//! test-server NAME|--parent-pipe [--max-message N] [--max-in-flight N] [--max-oneway N] [--max-connections N] [--shutdown-grace-ms N]
+//! test-server NAME|--parent-pipe|--tcp ADDR [--allow-remote 1] [--max-message N] [--max-in-flight N] [--max-oneway N] [--max-connections N] [--shutdown-grace-ms N]
 //!             [--max-deadline-ms N|max] [--max-per-user N] [--access anyone|same-user] [--allow-uid N]
 //!             [--socket-mode OCTAL]
 //! ```
@@ -14,6 +14,9 @@
 //! (`rpc_core::stats`) as one line, `stats key=value ...` (see [`stats_line`]). If the pipe
 //! cannot be bound it prints the error on stderr and exits 2; bad arguments exit 64.
 //!
+//! `--tcp ADDR` instead of a name serves TCP (`Server::bind_tcp`; give `--access anyone`),
+//! printing `tcp IP:PORT` (the address bound) before `ready`.
+//!
 //! `--parent-pipe` instead of a name: a child of `rpc_core::child::spawn`, serving its parent
 //! over the inherited pipe (`Server::serve_parent`) until the parent leaves, then exiting 0
 //! (2, with the error on stderr, if it has no parent pipe or the connection fails). It prints
@@ -25,24 +28,40 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pipe_rpc_tests::{ProbeImpl, ProbeServer};
-use rpc_core::{AccessPolicy, ServeError, Server, ServerConfig};
+use rpc_core::{AccessPolicy, BoundServer, Listener, ServeError, Server, ServerConfig};
+
+/// Where to serve.
+enum Endpoint {
+    Pipe(String),
+    /// `--tcp ADDR`.
+    Tcp(String),
+    /// `--parent-pipe`.
+    Parent,
+}
 
 struct Args {
-    /// `None`: `--parent-pipe`.
-    name: Option<String>,
+    endpoint: Endpoint,
     config: ServerConfig,
     exit_before_handshake: Option<i32>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
-    let name = args.next().ok_or("missing the pipe name")?;
-    let name = (name != "--parent-pipe").then_some(name);
+    let first = args.next().ok_or("missing the pipe name")?;
+    let endpoint = match first.as_str() {
+        "--parent-pipe" => Endpoint::Parent,
+        "--tcp" => Endpoint::Tcp(args.next().ok_or("--tcp needs an address")?),
+        _ => Endpoint::Pipe(first),
+    };
     let mut config = ServerConfig::default();
     let mut exit_before_handshake = None;
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
+            "--allow-remote" => {
+                config = config.allow_remote(value == "1");
+                continue;
+            }
             "--exit-before-handshake" => {
                 exit_before_handshake = Some(value.parse().map_err(|e| format!("{flag} {value}: {e}"))?);
                 continue;
@@ -94,7 +113,7 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown flag {other}")),
         };
     }
-    Ok(Args { name, config, exit_before_handshake })
+    Ok(Args { endpoint, config, exit_before_handshake })
 }
 
 /// The server's counters as one line: `stats`, then `key=value` pairs separated by spaces.
@@ -137,20 +156,35 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let Some(name) = args.name else {
-        return serve_parent(args.config, args.exit_before_handshake).await;
+    let server = Server::new(ProbeServer::new(ProbeImpl::default())).config(args.config);
+    match args.endpoint {
+        Endpoint::Parent => serve_parent(server, args.exit_before_handshake).await,
+        Endpoint::Pipe(name) => match server.bind(name.as_str()) {
+            Ok(bound) => run(bound).await,
+            Err(e) => bind_failed(&e),
+        },
+        Endpoint::Tcp(addr) => match server.bind_tcp(addr.as_str()) {
+            Ok(bound) => {
+                // Before `ready`: the harness reads the port the OS chose from it.
+                println!("tcp {}", bound.local_addr());
+                run(bound).await
+            }
+            Err(e) => bind_failed(&e),
+        },
+    }
+}
+
+fn bind_failed(e: &ServeError) -> ExitCode {
+    let kind = match e {
+        ServeError::Bind(inner) => format!("{:?}", inner.kind()),
+        _ => "other".to_owned(),
     };
-    let bound = match Server::new(ProbeServer::new(ProbeImpl::default())).config(args.config).bind(name.as_str()) {
-        Ok(b) => b,
-        Err(e) => {
-            let kind = match &e {
-                ServeError::Bind(inner) => format!("{:?}", inner.kind()),
-                _ => "other".to_owned(),
-            };
-            eprintln!("test-server: {e} (kind: {kind})");
-            return ExitCode::from(2);
-        }
-    };
+    eprintln!("test-server: {e} (kind: {kind})");
+    ExitCode::from(2)
+}
+
+/// Prints `ready` and serves until `shutdown` (or the end of stdin).
+async fn run<L: Listener>(bound: BoundServer<ProbeServer<ProbeImpl>, L>) -> ExitCode {
     let shutdown = bound.shutdown_handle();
     let stats = bound.stats_handle();
     // A plain thread, not a runtime task: a blocking stdin read must not keep the
@@ -184,7 +218,7 @@ async fn main() -> ExitCode {
 }
 
 /// `--parent-pipe`: serves the parent that spawned this process until it leaves.
-async fn serve_parent(config: ServerConfig, exit_before_handshake: Option<i32>) -> ExitCode {
+async fn serve_parent(server: Server<ProbeServer<ProbeImpl>>, exit_before_handshake: Option<i32>) -> ExitCode {
     if let Some(code) = exit_before_handshake {
         std::process::exit(code);
     }
@@ -197,7 +231,7 @@ async fn serve_parent(config: ServerConfig, exit_before_handshake: Option<i32>) 
             }
         }
     });
-    match Server::new(ProbeServer::new(ProbeImpl::default())).config(config).serve_parent().await {
+    match server.serve_parent().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("test-server: {e}");

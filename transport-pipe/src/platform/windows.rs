@@ -91,19 +91,96 @@ pub(crate) fn bind(name: &PipeName, addr: &Path, opts: &ListenOptions) -> Result
     // adding our instances to theirs. Named pipes leave no files behind, so nothing is stale.
     let options = ListenerOptions::new().name(fs_name).security_descriptor(sd);
     options.create_tokio().map(|l| (l, Reclaim)).map_err(|e| match e.raw_os_error() {
-        Some(ERROR_ACCESS_DENIED | ERROR_PIPE_BUSY) => Error::new(
-            ErrorKind::NameInUse,
-            format!(
-                "name in use: another server is listening on pipe `{}` at {} (or another process holds \
-                     that pipe name)",
-                name.as_str(),
-                addr.display()
-            ),
-        )
-        .with_name(name)
-        .with_source(e),
+        Some(ERROR_ACCESS_DENIED | ERROR_PIPE_BUSY) => name_in_use(name, addr, e, pipe_server(addr)),
         _ => io_fail(e),
     })
+}
+
+/// `NameInUse` for a bind that failed with `e` because the name is taken, naming the process
+/// that serves it as the pipe reported it (`server`, from [`pipe_server`]), as the Unix probe
+/// does from the socket's peer credentials.
+fn name_in_use(name: &PipeName, addr: &Path, e: io::Error, server: io::Result<PipeServer>) -> Error {
+    let at = format!("pipe `{}` at {}", name.as_str(), addr.display());
+    let message = match server {
+        Ok(PipeServer { pid, user: Ok(sid) }) => {
+            let who = crate::PeerCredentials::new(Some(pid), None, None).with_sid(Some(sid));
+            format!("name in use: another server ({who}) is listening on {at}")
+        }
+        Ok(PipeServer { pid, user: Err(why) }) => {
+            format!("name in use: another server (pid {pid}, user unknown: {why}) is listening on {at}")
+        }
+        Err(why) => {
+            let why = match why.raw_os_error() {
+                Some(ERROR_PIPE_BUSY) => BUSY_REASON.to_owned(),
+                Some(ERROR_ACCESS_DENIED) => {
+                    format!("the pipe's security descriptor does not let this user open it ({why})")
+                }
+                Some(ERROR_FILE_NOT_FOUND) => "the pipe was gone when asked (the name may be free again)".to_owned(),
+                _ => why.to_string(),
+            };
+            format!(
+                "name in use: another server is listening on {at} (or another process holds that pipe name); its \
+                 pid could not be read: {why}"
+            )
+        }
+    };
+    Error::new(ErrorKind::NameInUse, message).with_name(name).with_source(e)
+}
+
+/// The process serving a pipe, as the pipe reports it.
+#[derive(Debug)]
+pub(crate) struct PipeServer {
+    /// From `GetNamedPipeServerProcessId`.
+    pub(crate) pid: u32,
+    /// The user of that process's token, or why it could not be read (another user's
+    /// process, without the rights to open its token; or the process has exited).
+    pub(crate) user: io::Result<crate::creds::Sid>,
+}
+
+/// Asks the pipe at `addr` who serves it: one client open, at identification level (the
+/// server learns who we are but cannot act as us, as in [`connect_once`]) and with only
+/// `FILE_READ_ATTRIBUTES` (all `GetNamedPipeServerProcessId` needs, so a server's
+/// descriptor that grants Everyone read access lets us ask, and we can neither read nor
+/// write its data). No waiting: if every instance is busy the answer is `ERROR_PIPE_BUSY`.
+///
+/// The open takes one of the server's listening instances; the server sees a client that
+/// connected and hung up, as a Unix server sees the probe of its own `bind`.
+pub(crate) fn pipe_server(addr: &Path) -> io::Result<PipeServer> {
+    use windows_sys::Win32::Foundation::INVALID_HANDLE_VALUE;
+    use windows_sys::Win32::Storage::FileSystem::{
+        CreateFileW, FILE_READ_ATTRIBUTES, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING, SECURITY_IDENTIFICATION,
+        SECURITY_SQOS_PRESENT,
+    };
+    use windows_sys::Win32::System::Pipes::GetNamedPipeServerProcessId;
+    let wide: Vec<u16> = addr.as_os_str().encode_wide().chain([0]).collect();
+    #[allow(unsafe_code)]
+    // SAFETY: `wide` is a NUL-terminated UTF-16 path that outlives the call; the other
+    // pointers are null, which CreateFileW accepts.
+    let handle = unsafe {
+        CreateFileW(
+            wide.as_ptr(),
+            FILE_READ_ATTRIBUTES,
+            FILE_SHARE_READ | FILE_SHARE_WRITE,
+            std::ptr::null(),
+            OPEN_EXISTING,
+            SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION,
+            std::ptr::null_mut(),
+        )
+    };
+    if handle == INVALID_HANDLE_VALUE {
+        return Err(io::Error::last_os_error());
+    }
+    let handle = OwnedHandle(handle);
+    let mut pid = 0u32;
+    #[allow(unsafe_code)]
+    // SAFETY: `handle` is an open pipe handle; `pid` is a live out-pointer.
+    if unsafe { GetNamedPipeServerProcessId(handle.0, &mut pid) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Read while our end is open: a diagnostic, so the short window in which the server
+    // could exit and its pid be reused is acceptable (the pid is still the one reported).
+    let user = process_sid(pid);
+    Ok(PipeServer { pid, user })
 }
 
 pub(crate) fn check_client_dir(_name: &PipeName, _addr: &Path) -> Result<(), Error> {
@@ -504,6 +581,57 @@ mod tests {
             let e = crate::PipeListener::bind_with(format!("sddl-bad-{pid}"), &bad).unwrap_err();
             assert!(e.to_string().contains("does not parse"), "{e}");
             crate::PipeListener::bind_with(format!("sddl-default-{pid}"), &ListenOptions::default()).unwrap();
+        });
+    }
+
+    /// The lookup `bind` uses to name a squatter: a listener of our own, asked by name, is
+    /// this process, running as this process's user.
+    #[test]
+    fn the_server_of_a_pipe_is_named_by_pid_and_user() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let name = PipeName::new(format!("holder-{}", std::process::id()));
+            let addr = name.resolve().unwrap();
+            let _listener = crate::PipeListener::bind(&name).unwrap();
+            let server = pipe_server(&addr).unwrap();
+            let me = current_sid().unwrap();
+            assert_eq!(server.pid, std::process::id());
+            assert_eq!(server.user.as_ref().unwrap(), &me);
+
+            // What `bind` makes of it when the name is taken.
+            let denied = io::Error::from_raw_os_error(ERROR_ACCESS_DENIED);
+            let e = name_in_use(&name, &addr, denied, Ok(server));
+            assert_eq!(e.kind(), ErrorKind::NameInUse);
+            let msg = e.to_string();
+            let expected = format!(
+                "another server (pid {}, user {me}) is listening on pipe `{}` at {}",
+                std::process::id(),
+                name.as_str(),
+                addr.display()
+            );
+            assert!(msg.contains(&expected), "{msg}");
+            assert_eq!(e.io_error().and_then(io::Error::raw_os_error), Some(ERROR_ACCESS_DENIED));
+        });
+    }
+
+    #[test]
+    fn a_pipe_whose_instances_are_all_busy_or_that_is_gone_says_so() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let name = PipeName::new(format!("holder-busy-{}", std::process::id()));
+            let addr = name.resolve().unwrap();
+            let listener = crate::PipeListener::bind(&name).unwrap();
+            // The listener has one instance until it accepts: a client takes it.
+            let _client = crate::connect(&name, &crate::ConnectOptions::default()).await.unwrap();
+            let busy = pipe_server(&addr);
+            assert_eq!(busy.as_ref().unwrap_err().raw_os_error(), Some(ERROR_PIPE_BUSY), "{busy:?}");
+            let msg = name_in_use(&name, &addr, io::Error::from_raw_os_error(ERROR_ACCESS_DENIED), busy).to_string();
+            assert!(msg.contains("its pid could not be read: every instance of the pipe is in use"), "{msg}");
+
+            drop(listener);
+            let gone = PipeName::new(format!("holder-none-{}", std::process::id()));
+            let e = pipe_server(&gone.resolve().unwrap()).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(ERROR_FILE_NOT_FOUND), "{e}");
         });
     }
 
