@@ -628,6 +628,7 @@ impl<S: Service, L: Listener> BoundServer<S, L> {
                             }
                             Gate::Refuse(status, why, guard) => {
                                 server_counters.refused();
+                                crate::spans::connection_refused(S::ID.name, &why);
                                 conns.spawn(async move {
                                     let _guard = guard;
                                     connection::refuse(stream, S::ID, status, why).await;
@@ -635,6 +636,7 @@ impl<S: Service, L: Listener> BoundServer<S, L> {
                             }
                             Gate::Drop(why) => {
                                 server_counters.refused();
+                                crate::spans::connection_refused(S::ID.name, &why);
                                 tracing::warn!(%why, "dropped a connection unanswered");
                             }
                         }

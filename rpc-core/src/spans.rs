@@ -9,6 +9,7 @@
 //!
 //! | name | end | opened | fields |
 //! |---|---|---|---|
+//! | `rpc.connection` | server | a connection is accepted (the parent of its exchanges' spans) | `service`, `peer_pid`, `peer_user`; at the end `outcome` (`ok`: the client left or the server drained it; `refused`: never through its handshake; else how it broke), `error`, `calls`, `bytes_in`, `bytes_out`, `duration_us` |
 //! | `rpc.call` | server | a call arrives (request-reply, or with a callback) | `service`, `method`, `id`, `peer_pid`, `peer_user`, `timeout_ms`; at the end `outcome`, `error`, `duration_us` |
 //! | `rpc.stream` | server | a call with a stream arrives (either way, or both) | those of `rpc.call`, `direction` (`down`, `up`, `both`), and at the end `items_out`, `bytes_out` (the handler's stream), `items_in`, `bytes_in` (the caller's) |
 //! | `rpc.oneway` | server | a one-way call arrives | `service`, `method`, `id`, `peer_pid`, `peer_user`; at the end `outcome`, `error`, `duration_us` |
@@ -53,7 +54,8 @@ use tracing::field::Empty;
 use tracing::{Level, Span};
 
 use crate::access::PeerCredentials;
-use crate::stats::Outcome;
+use crate::error::TransportError;
+use crate::stats::{Counters, Outcome};
 
 /// Target of the server's spans.
 pub const SERVER: &str = "rpc_core::server";
@@ -211,20 +213,7 @@ fn open_server(c: ServerCall<'_>) -> Trace {
     if span.is_disabled() {
         return Trace::NONE;
     }
-    if let Some(peer) = c.peer {
-        if let Some(pid) = peer.pid {
-            span.record("peer_pid", pid);
-        }
-        match (peer.uid, peer.sid) {
-            (Some(uid), _) => {
-                span.record("peer_user", uid);
-            }
-            (None, Some(sid)) => {
-                span.record("peer_user", tracing::field::display(sid));
-            }
-            (None, None) => {}
-        }
-    }
+    record_peer(&span, c.peer);
     if let Some(t) = c.timeout {
         span.record("timeout_ms", duration_ms(t));
     }
@@ -282,6 +271,83 @@ fn open_client(
         span.record("timeout_ms", duration_ms(t));
     }
     Trace(Some(Box::new(Traced::new(span, Instant::now(), matches!(kind, Kind::Stream { .. })))))
+}
+
+/// A server connection's span: open from the moment the connection is accepted until it
+/// closes; the spans of its calls are its children.
+pub(crate) struct Connection {
+    pub(crate) span: Span,
+    started: Instant,
+}
+
+/// The span of a connection just accepted, if one is wanted.
+pub(crate) fn connection(service: &'static str, peer: Option<&PeerCredentials>) -> Option<Connection> {
+    if !wanted() {
+        return None;
+    }
+    let span = tracing::span!(
+        target: SERVER, Level::DEBUG, "rpc.connection",
+        service, peer_pid = Empty, peer_user = Empty, outcome = Empty, error = Empty,
+        calls = Empty, bytes_in = Empty, bytes_out = Empty, duration_us = Empty,
+    );
+    if span.is_disabled() {
+        return None;
+    }
+    record_peer(&span, peer);
+    OPENED.fetch_add(1, Ordering::Relaxed);
+    Some(Connection { span, started: Instant::now() })
+}
+
+impl Connection {
+    /// Records how the connection ended and closes its span: `served` is what its engine
+    /// counted (`None`: it never got through its handshake, so it was refused).
+    pub(crate) fn end(self, ended: &Result<(), TransportError>, served: Option<&Counters>) {
+        let span = &self.span;
+        let outcome = match (ended, served) {
+            (Ok(()), _) => "ok",
+            (Err(_), None) => "refused",
+            (Err(e), Some(_)) => Outcome::of_transport(e).as_str(),
+        };
+        span.record("outcome", outcome);
+        if let Err(e) = ended {
+            span.record("error", tracing::field::display(e));
+        }
+        if let Some(c) = served {
+            let (bytes_in, bytes_out) = c.traffic();
+            span.record("calls", c.started_count());
+            span.record("bytes_in", bytes_in);
+            span.record("bytes_out", bytes_out);
+        }
+        let micros = self.started.elapsed().as_micros();
+        span.record("duration_us", u64::try_from(micros).unwrap_or(u64::MAX));
+    }
+}
+
+/// A connection the accept loop refused before its handshake (`why`): a span of its own,
+/// closed at once, if one is wanted.
+pub(crate) fn connection_refused(service: &'static str, why: &str) {
+    if let Some(c) = connection(service, None) {
+        c.span.record("outcome", "refused");
+        c.span.record("error", why);
+        c.span.record("duration_us", 0u64);
+    }
+}
+
+fn record_peer(span: &Span, peer: Option<&PeerCredentials>) {
+    if let Some(peer) = peer {
+        if let Some(pid) = peer.pid {
+            span.record("peer_pid", pid);
+        }
+        match (peer.uid, peer.sid) {
+            (Some(uid), _) => {
+                span.record("peer_user", uid);
+            }
+            (None, Some(sid)) => {
+                span.record("peer_user", tracing::field::display(sid));
+            }
+            (None, None) => {}
+        }
+    }
 }
 
 fn duration_ms(d: Duration) -> u64 {

@@ -127,8 +127,8 @@ pub struct CallStats {
 pub struct ServerStats {
     /// Connections through their handshake and not yet closed.
     pub connections_open: u64,
-    /// Connections ever through their handshake.
-    pub connections_total: u64,
+    /// Connections accepted and served: every connection ever through its handshake.
+    pub connections_accepted: u64,
     /// Connections accepted but never served: refused by the access policy or the
     /// connection limits, refused in the handshake (another service or version, the
     /// server shutting down), or that failed it (no hello in time, crowded out by newer
@@ -218,15 +218,19 @@ impl Outcome {
             RpcError::DeadlineExceeded { .. } => Outcome::DeadlineExceeded,
             RpcError::Cancelled => Outcome::Cancelled,
             RpcError::Server(e) => Outcome::of_server(e.kind),
-            RpcError::Transport(t) => match t {
-                TransportError::MessageTooLarge { .. } => Outcome::TooLarge,
-                TransportError::Disconnected { .. }
-                | TransportError::ConnectionLost { .. }
-                | TransportError::ChildExited { .. }
-                | TransportError::Stalled { .. }
-                | TransportError::Io { .. } => Outcome::Disconnected,
-                _ => Outcome::Other,
-            },
+            RpcError::Transport(t) => Outcome::of_transport(t),
+            _ => Outcome::Other,
+        }
+    }
+
+    pub(crate) fn of_transport(t: &TransportError) -> Outcome {
+        match t {
+            TransportError::MessageTooLarge { .. } => Outcome::TooLarge,
+            TransportError::Disconnected { .. }
+            | TransportError::ConnectionLost { .. }
+            | TransportError::ChildExited { .. }
+            | TransportError::Stalled { .. }
+            | TransportError::Io { .. } => Outcome::Disconnected,
             _ => Outcome::Other,
         }
     }
@@ -315,6 +319,11 @@ impl Counters {
             streams_ended: get(&self.streams_ended),
             ended,
         }
+    }
+
+    /// Exchanges started so far.
+    pub(crate) fn started_count(&self) -> u64 {
+        get(&self.started)
     }
 
     /// Bytes in and out so far.
@@ -451,7 +460,7 @@ impl ServerCounters {
         }
         ServerStats {
             connections_open: conns.live.len() as u64,
-            connections_total: conns.total,
+            connections_accepted: conns.total,
             connections_refused: self.refused.load(Ordering::Relaxed),
             calls: calls.snapshot(),
             bytes_in,

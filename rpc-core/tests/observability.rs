@@ -153,7 +153,7 @@ async fn server_and_client_count_every_call_by_outcome_and_agree_on_the_bytes() 
             assert_eq!((e.handler_panicked, e.deadline_exceeded, e.cancelled), (2, 1, 1), "{end}: {e:?}");
             assert_eq!(e.total(), 4, "{end}: {e:?}");
         }
-        assert_eq!((s.connections_open, s.connections_total, s.connections_refused), (1, 1, 0));
+        assert_eq!((s.connections_open, s.connections_accepted, s.connections_refused), (1, 1, 0));
         assert_eq!(c.connections, 1);
         // Every byte one end wrote, the other read (the last call's answer was the last
         // message either way), and there were some.
@@ -164,7 +164,7 @@ async fn server_and_client_count_every_call_by_outcome_and_agree_on_the_bytes() 
         drop(client);
         serving.await.unwrap();
         let after = stats.get();
-        assert_eq!((after.connections_open, after.connections_total), (0, 1));
+        assert_eq!((after.connections_open, after.connections_accepted), (0, 1));
         assert_eq!(after.calls, s.calls);
         assert_eq!((after.bytes_in, after.bytes_out), (s.bytes_in, s.bytes_out));
     })
@@ -279,8 +279,11 @@ fn each_exchange_has_a_span_on_each_end_with_its_outcome_and_duration() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(watchdog(async {
         let imp = Imp::default();
-        let (client, stats, _serving) = pair(imp.clone()).await;
+        let (client, stats, serving) = pair(imp.clone()).await;
         workload(&client, &imp, &stats).await;
+        // The client leaves, and the server's connection (and its span) ends.
+        drop(client);
+        serving.await.unwrap();
     }));
     const S: &str = rpc_core::spans::SERVER;
     const C: &str = rpc_core::spans::CLIENT;
@@ -288,8 +291,14 @@ fn each_exchange_has_a_span_on_each_end_with_its_outcome_and_duration() {
     // Every span closed, and each end has one per exchange.
     let all = capture.spans();
     assert!(all.iter().all(|s| s.closed), "{all:#?}");
-    let on = |target: &str| all.iter().filter(|s| s.target == target && s.name.starts_with("rpc.")).count();
+    let on = |target: &str| {
+        all.iter().filter(|s| s.target == target && s.name.starts_with("rpc.") && s.name != "rpc.connection").count()
+    };
     assert_eq!((on(S), on(C)), (13, 13), "{all:#?}");
+    // And the server's connection has one, with every exchange counted.
+    let conn: Vec<_> = all.iter().filter(|s| s.name == "rpc.connection").collect();
+    assert_eq!(conn.len(), 1, "{conn:#?}");
+    assert_eq!(conn[0].fields["calls"], "13", "{conn:?}");
     for s in all.iter().filter(|s| s.target == S || s.target == C) {
         assert_eq!(s.fields["service"], "Obs", "{s:?}");
         assert!(s.fields.contains_key("outcome"), "{s:?}");
@@ -357,10 +366,17 @@ fn a_server_span_names_the_peer_the_os_reports() {
         let name = format!("rpc-core-obs-peer-{}", std::process::id());
         let server = Server::new(ObsServer::new(Imp::default())).bind(name.as_str()).expect("bind");
         let shutdown = server.shutdown_handle();
+        let server_stats = server.stats_handle();
         let running = tokio::spawn(server.run());
         let client = ObsClient::connect(name.as_str()).await.expect("connect");
+        let stats = server_stats.clone();
         assert_eq!(client.add(1, 2).await.unwrap(), 3);
+        // The client leaves: the server's end of the connection closes (no event to wait
+        // on but the counters; each poll is a fresh snapshot).
         drop(client);
+        while stats.get().connections_open != 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         shutdown.shutdown();
         running.await.unwrap().unwrap();
     }));
@@ -370,4 +386,14 @@ fn a_server_span_names_the_peer_the_os_reports() {
     let me = rpc_core::PeerCredentials::current_process();
     let user = me.uid.map(|u| u.to_string()).or_else(|| me.sid.map(|s| s.to_string())).expect("a user");
     assert_eq!(served.fields["peer_user"], user, "{served:?}");
+    // The connection's span: the same peer, its one call, closed as `ok` (the client left).
+    let conns: Vec<SpanRec> = capture.spans().into_iter().filter(|s| s.name == "rpc.connection").collect();
+    assert_eq!(conns.len(), 1, "{conns:#?}");
+    let conn = &conns[0].fields;
+    assert_eq!(
+        (conn["peer_pid"].as_str(), conn["peer_user"].as_str()),
+        (served.fields["peer_pid"].as_str(), user.as_str())
+    );
+    assert_eq!((conn["outcome"].as_str(), conn["calls"].as_str()), ("ok", "1"), "{conn:?}");
+    assert!(conn["bytes_in"].parse::<u64>().unwrap() > 0 && conns[0].closed, "{conn:?}");
 }

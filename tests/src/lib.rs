@@ -22,6 +22,7 @@ use futures::StreamExt;
 use rpc_core::{Callback, ClientConfig, PipeName, RpcError, RpcStream};
 
 pub mod raw;
+pub mod span_lines;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -1002,6 +1003,23 @@ impl ServerProcess {
             self.stdout.push(line);
         }
         panic!("the server exited without printing its stats: {:?}", self.stdout)
+    }
+
+    /// Reads the server's stdout until `n` spans (`--spans 1`, see [`span_lines`]) have
+    /// closed, and returns them in the order they closed (other lines are kept, as
+    /// [`stats`](Self::stats) does). The caller's watchdog bounds the wait.
+    pub async fn spans(&mut self, n: usize) -> Vec<span_lines::SpanLine> {
+        let mut spans = Vec::new();
+        while spans.len() < n {
+            let Some(line) = self.lines.recv().await else {
+                panic!("the server exited after {} of {n} spans: {spans:#?}, {:?}", spans.len(), self.stdout)
+            };
+            match span_lines::SpanLine::parse(&line) {
+                Some(span) => spans.push(span),
+                None => self.stdout.push(line),
+            }
+        }
+        spans
     }
 
     /// Asks the server to shut down gracefully (`shutdown` on its stdin) and waits until

@@ -7,7 +7,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::{Counts, Pending, ServerConfig};
-use crate::stats::ServerCounters;
+use crate::spans;
+use crate::stats::{Counters, ServerCounters};
 use serde_bytes::ByteBuf;
 
 use crate::access::PeerCredentials;
@@ -52,7 +53,30 @@ pub(crate) struct Conn<S> {
     pub(crate) counters: Arc<ServerCounters>,
 }
 
+/// Serves one connection: its handshake, then its engine until it ends. Inside the
+/// connection's span (`rpc.connection`, see `crate::spans`) if one is wanted.
 pub(crate) async fn serve<IO, S>(io: IO, conn: Conn<S>, admit: Admission) -> Result<(), TransportError>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: Service,
+{
+    let Some(trace) = spans::connection(S::ID.name, admit.peer.as_ref()) else {
+        return serve_inner(io, conn, admit, &mut None).await;
+    };
+    let mut served = None;
+    let ended = tracing::Instrument::instrument(serve_inner(io, conn, admit, &mut served), trace.span.clone()).await;
+    trace.end(&ended, served.as_deref());
+    ended
+}
+
+/// [`serve`] without the connection's span; `served` gets the connection's counters once
+/// it is through its handshake.
+async fn serve_inner<IO, S>(
+    io: IO,
+    conn: Conn<S>,
+    admit: Admission,
+    served: &mut Option<Arc<Counters>>,
+) -> Result<(), TransportError>
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     S: Service,
@@ -106,6 +130,7 @@ where
     // Counted among the server's connections until the engine is over (and its own
     // counts, what its `Drop` counts included, are in).
     let stats = server_counters.connection();
+    *served = Some(stats.counters.clone());
     let transport = crate::engine::pipe(framed, negotiated.codec, config.decode_limits);
     let limits =
         // The largest item either side may send is what a stream may overshoot its credit by.

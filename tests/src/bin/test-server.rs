@@ -3,7 +3,7 @@
 //! ```text
 //! test-server NAME|--parent-pipe|--tcp ADDR [--allow-remote 1] [--max-message N] [--max-in-flight N] [--max-oneway N] [--max-connections N] [--shutdown-grace-ms N]
 //!             [--max-deadline-ms N|max] [--max-per-user N] [--access anyone|same-user] [--allow-uid N]
-//!             [--socket-mode OCTAL]
+//!             [--socket-mode OCTAL] [--spans 1]
 //! ```
 //!
 //! Prints `ready` on stdout once the pipe is bound (a test may connect from then on).
@@ -13,6 +13,9 @@
 //! answered, and exits 0. A `stats` line on stdin prints the server's counters
 //! (`rpc_core::stats`) as one line, `stats key=value ...` (see [`stats_line`]). If the pipe
 //! cannot be bound it prints the error on stderr and exits 2; bad arguments exit 64.
+//!
+//! `--spans 1` prints every `rpc_core` span on stdout as it closes, one line each
+//! (`pipe_rpc_tests::span_lines`).
 //!
 //! `--tcp ADDR` instead of a name serves TCP (`Server::bind_tcp`; give `--access anyone`),
 //! printing `tcp IP:PORT` (the address bound) before `ready`.
@@ -79,6 +82,11 @@ fn parse_args() -> Result<Args, String> {
                 config = config.max_deadline(Duration::MAX);
                 continue;
             }
+            // Spans as lines on stdout (`pipe_rpc_tests::span_lines`).
+            "--spans" if value == "1" => {
+                pipe_rpc_tests::span_lines::install();
+                continue;
+            }
             "--socket-mode" => {
                 config =
                     config.socket_mode(u32::from_str_radix(&value, 8).map_err(|e| format!("{flag} {value}: {e}"))?);
@@ -121,7 +129,7 @@ fn stats_line(s: &rpc_core::ServerStats) -> String {
     let (c, e) = (&s.calls, &s.calls.errors);
     let pairs = [
         ("connections_open", s.connections_open),
-        ("connections_total", s.connections_total),
+        ("connections_accepted", s.connections_accepted),
         ("connections_refused", s.connections_refused),
         ("started", c.started),
         ("finished", c.finished),
