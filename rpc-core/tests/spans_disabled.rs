@@ -171,10 +171,18 @@ fn with_no_subscriber_or_one_at_info_spans_allocate_nothing_and_are_never_reache
     reached.sort();
     assert_eq!(
         reached,
-        [("rpc_core::client".to_owned(), "rpc.call"), ("rpc_core::server".to_owned(), "rpc.call")],
-        "the callsites of a call's spans"
+        [
+            ("rpc_core::client".to_owned(), "rpc.call"),
+            ("rpc_core::server".to_owned(), "rpc.call"),
+            ("rpc_core::server".to_owned(), "rpc.connection")
+        ],
+        "the callsites of a call's spans and of its connection's"
     );
     // Three connections of 400 calls.
-    assert_eq!(debug.spans.load(Ordering::Relaxed), 2 * 1200, "two spans per call (one per end)");
-    assert_eq!(opened(), 2 * 1200);
+    assert_eq!(
+        debug.spans.load(Ordering::Relaxed),
+        2 * 1200 + 3,
+        "two spans per call (one per end), one per connection"
+    );
+    assert_eq!(opened(), 2 * 1200 + 3);
 }
