@@ -992,7 +992,7 @@ impl<Req, Resp> Channel<Req, Resp> {
     {
         self.streams_supported()?;
         let (deadline, timeout) = Self::stream_deadline(options);
-        let inbox = Inbox::new();
+        let inbox = Inbox::new(self.shared.counters.clone());
         let kind = spans::Kind::Stream { up: up.is_some(), down: true };
         let streams = Box::new(CallStreams { up, down: Some(inbox.clone()), callback: None });
         // Nobody waits on the slot: the stream reads the inbox.
@@ -1093,8 +1093,9 @@ impl<Req, Resp> Channel<Req, Resp> {
     pub fn stats(&self) -> crate::stats::ClientStats {
         let calls = self.shared.calls.lock().tally.snapshot();
         let (bytes_in, bytes_out) = self.shared.counters.traffic();
+        let (items_in, items_out) = self.shared.counters.items();
         let connections = self.shared.connections.load(Ordering::Relaxed);
-        crate::stats::ClientStats { calls, connections, bytes_in, bytes_out }
+        crate::stats::ClientStats { calls, connections, items_in, items_out, bytes_in, bytes_out }
     }
 }
 

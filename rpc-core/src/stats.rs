@@ -36,6 +36,9 @@
 //! client holds while it has no connection are in flight) until its caller has its result
 //! or gives up; a one-way call is finished (`ok`) once queued, since nothing comes back.
 //!
+//! Stream items are counted as the sender encodes them for the pipe and as the receiver
+//! takes them into the stream's queue (whether or not its reader gets to them).
+//!
 //! Bytes are those of the pipe after the handshake, length prefixes included (what the
 //! kernel carried), counted as messages are handed to the pipe and read from it.
 //!
@@ -136,6 +139,10 @@ pub struct ServerStats {
     pub connections_refused: u64,
     /// The calls of every connection.
     pub calls: CallStats,
+    /// Stream items received from clients (uploads), of every connection.
+    pub items_in: u64,
+    /// Stream items sent to clients (downloads), of every connection.
+    pub items_out: u64,
     /// Bytes read from clients after their handshakes.
     pub bytes_in: u64,
     /// Bytes written to clients after their handshakes.
@@ -151,6 +158,10 @@ pub struct ClientStats {
     pub calls: CallStats,
     /// Connections made: one, plus one per reconnection.
     pub connections: u64,
+    /// Stream items received from the server (downloads).
+    pub items_in: u64,
+    /// Stream items sent to the server (uploads).
+    pub items_out: u64,
     /// Bytes read from the server after the handshakes.
     pub bytes_in: u64,
     /// Bytes written to the server after the handshakes.
@@ -260,6 +271,8 @@ pub(crate) struct Counters {
     ended: [AtomicU64; Outcome::COUNT],
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    items_in: AtomicU64,
+    items_out: AtomicU64,
 }
 
 impl Counters {
@@ -294,6 +307,23 @@ impl Counters {
         let from = &self.ended[was as usize];
         from.store(from.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Relaxed);
         bump(&self.ended[is as usize], 1);
+    }
+
+    /// Stream items received (taken into their stream's inbox).
+    #[inline]
+    pub(crate) fn items_in(&self, n: usize) {
+        bump(&self.items_in, n as u64);
+    }
+
+    /// Stream items sent (encoded for the pipe).
+    #[inline]
+    pub(crate) fn items_out(&self, n: u64) {
+        bump(&self.items_out, n);
+    }
+
+    /// Stream items in and out so far.
+    pub(crate) fn items(&self) -> (u64, u64) {
+        (get(&self.items_in), get(&self.items_out))
     }
 
     #[inline]
@@ -430,6 +460,7 @@ struct Conns {
     /// What the connections that ended counted.
     ended: Tally,
     ended_bytes: (u64, u64),
+    ended_items: (u64, u64),
 }
 
 impl ServerCounters {
@@ -452,17 +483,23 @@ impl ServerCounters {
         let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         let mut calls = conns.ended;
         let (mut bytes_in, mut bytes_out) = conns.ended_bytes;
+        let (mut items_in, mut items_out) = conns.ended_items;
         for c in &conns.live {
             calls.add(&c.calls());
             let (i, o) = c.traffic();
             bytes_in += i;
             bytes_out += o;
+            let (i, o) = c.items();
+            items_in += i;
+            items_out += o;
         }
         ServerStats {
             connections_open: conns.live.len() as u64,
             connections_accepted: conns.total,
             connections_refused: self.refused.load(Ordering::Relaxed),
             calls: calls.snapshot(),
+            items_in,
+            items_out,
             bytes_in,
             bytes_out,
         }
@@ -489,6 +526,9 @@ impl Drop for ConnectionCounted {
         let (i, o) = self.counters.traffic();
         conns.ended_bytes.0 += i;
         conns.ended_bytes.1 += o;
+        let (i, o) = self.counters.items();
+        conns.ended_items.0 += i;
+        conns.ended_items.1 += o;
     }
 }
 

@@ -155,6 +155,9 @@ async fn server_and_client_count_every_call_by_outcome_and_agree_on_the_bytes() 
         }
         assert_eq!((s.connections_open, s.connections_accepted, s.connections_refused), (1, 1, 0));
         assert_eq!(c.connections, 1);
+        // Stream items: 3 down (`count`), 3 up (`sum`), each counted by the end that sent it
+        // and the end that took it.
+        assert_eq!((s.items_in, s.items_out, c.items_in, c.items_out), (3, 3, 3, 3), "server {s:?}, client {c:?}");
         // Every byte one end wrote, the other read (the last call's answer was the last
         // message either way), and there were some.
         assert!(c.bytes_out > 13 * 14, "{c:?}");
@@ -167,6 +170,7 @@ async fn server_and_client_count_every_call_by_outcome_and_agree_on_the_bytes() 
         assert_eq!((after.connections_open, after.connections_accepted), (0, 1));
         assert_eq!(after.calls, s.calls);
         assert_eq!((after.bytes_in, after.bytes_out), (s.bytes_in, s.bytes_out));
+        assert_eq!((after.items_in, after.items_out), (3, 3));
     })
     .await;
 }

@@ -62,6 +62,9 @@ async fn both_ends_count_every_call_by_outcome_and_agree_on_the_bytes() {
             ("cancelled", 1),
             ("deadline_exceeded", 0),
             ("disconnected", 0),
+            // 3 items down (`count`), 3 up (`sum`).
+            ("items_in", 3),
+            ("items_out", 3),
         ]);
         for (key, value) in &expected {
             assert_eq!(s[*key], *value, "server's {key}: {s:?}");
@@ -83,6 +86,7 @@ async fn both_ends_count_every_call_by_outcome_and_agree_on_the_bytes() {
             assert_eq!(value, expected[key], "client's {key}: {mine:?}");
         }
         assert_eq!(calls.errors.total(), 4, "{mine:?}");
+        assert_eq!((mine.items_in, mine.items_out), (3, 3), "{mine:?}");
         assert_eq!(mine.connections, 1);
         // What one end wrote the other read, to the byte (the refused connection sent none
         // after a handshake it never finished).

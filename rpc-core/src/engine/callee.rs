@@ -474,7 +474,7 @@ impl<S: Service> Callee<S> {
             streams.callback = self.callbacks.clone().map(|link| CallbackLink { parent: id, ..link });
         }
         if shape.upload {
-            let inbox = Inbox::new();
+            let inbox = Inbox::new(self.counters.clone());
             if let Some(t) = trace.get_mut() {
                 t.count_inbound(&inbox);
             }

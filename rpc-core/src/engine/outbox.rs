@@ -115,7 +115,11 @@ impl Outbox {
         codec: Codec,
         limit: usize,
     ) -> Result<Encoded, EncodeError> {
-        self.encode_by(|buf| crate::wire::encode_item_append(kind, id, item, codec, limit, buf))
+        let encoded = self.encode_by(|buf| crate::wire::encode_item_append(kind, id, item, codec, limit, buf));
+        if encoded.is_ok() {
+            self.counters.items_out(1);
+        }
+        encoded
     }
 
     /// Encodes a frame with `append` (which writes it at the end of the buffer, or hands it

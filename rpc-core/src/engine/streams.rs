@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::error::{RpcError, TransportError};
 use crate::spans::Trace;
-use crate::stats::Outcome;
+use crate::stats::{Counters, Outcome};
 
 /// What consumers of inbound streams tell the engine.
 pub(crate) enum Ctl {
@@ -61,6 +61,8 @@ impl StreamControl {
 
 /// The queue of one inbound stream: filled by the engine, drained by its consumer.
 pub(crate) struct Inbox<M> {
+    /// The counters of the end that reads this stream (`crate::stats`).
+    counters: Arc<Counters>,
     inner: Mutex<InboxInner<M>>,
     /// Set by [`fail`](Self::fail): the consumer drops the items it already took.
     failed: AtomicBool,
@@ -84,8 +86,10 @@ struct InboxInner<M> {
 pub(crate) struct OverCredit;
 
 impl<M> Inbox<M> {
-    pub(crate) fn new() -> Arc<Self> {
+    /// An inbox whose items are counted in `counters` (its end's) as they arrive.
+    pub(crate) fn new(counters: Arc<Counters>) -> Arc<Self> {
         Arc::new(Inbox {
+            counters,
             inner: Mutex::new(InboxInner {
                 items: VecDeque::new(),
                 held: 0,
@@ -117,6 +121,8 @@ impl<M> Inbox<M> {
         }
         s.held += bytes;
         s.received_items += items.len() as u64;
+        // Only the engine hands items over: one writer, as `Counters` needs.
+        self.counters.items_in(items.len());
         s.received_bytes += bytes as u64;
         s.items.extend(items.drain(..));
         let waker = s.waker.take();

@@ -148,6 +148,8 @@ fn stats_line(s: &rpc_core::ServerStats) -> String {
         ("cancelled", e.cancelled),
         ("disconnected", e.disconnected),
         ("other", e.other),
+        ("items_in", s.items_in),
+        ("items_out", s.items_out),
         ("bytes_in", s.bytes_in),
         ("bytes_out", s.bytes_out),
     ];
