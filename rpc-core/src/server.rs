@@ -37,6 +37,7 @@ use transport_pipe::{ListenOptions, PipeListener, PipeName};
 use crate::access::{AccessPolicy, PeerCredentials};
 use crate::error::{ServeError, TransportError};
 use crate::service::Service;
+use crate::stats::{ServerCounters, ServerStats, StatsHandle};
 use crate::tcp::TcpListener;
 use crate::wire::HandshakeStatus;
 
@@ -315,12 +316,14 @@ pub const DEFAULT_STREAM_WINDOW: u32 = 256 * 1024;
 pub struct Server<S> {
     service: Arc<S>,
     config: ServerConfig,
+    /// Every connection this server serves counts here, bound or handed over.
+    counters: Arc<ServerCounters>,
 }
 
 impl<S: Service> Server<S> {
     /// A server for `service` (a generated `{Trait}Server`) with default settings.
     pub fn new(service: S) -> Self {
-        Server { service: Arc::new(service), config: ServerConfig::default() }
+        Server { service: Arc::new(service), config: ServerConfig::default(), counters: Arc::default() }
     }
 
     /// Replaces the settings.
@@ -334,7 +337,27 @@ impl<S: Service> Server<S> {
     /// name is invalid, or permission is denied. Must be called inside a tokio runtime.
     pub fn bind(self, name: impl Into<PipeName>) -> Result<BoundServer<S>, ServeError> {
         let listener = PipeListener::bind_with(name, &self.config.listen).map_err(ServeError::Bind)?;
-        Ok(BoundServer { listener, service: self.service, config: self.config, shutdown: ShutdownHandle::new() })
+        Ok(BoundServer {
+            listener,
+            service: self.service,
+            config: self.config,
+            shutdown: ShutdownHandle::new(),
+            counters: self.counters,
+        })
+    }
+
+    /// The counters of the connections this server has served with
+    /// [`serve_connection`](Self::serve_connection) and [`serve_parent`](Self::serve_parent)
+    /// (see [`crate::stats`]). [`bind`](Self::bind) hands them on: the bound server goes on
+    /// counting in them ([`BoundServer::stats`]).
+    pub fn stats(&self) -> ServerStats {
+        self.counters.snapshot()
+    }
+
+    /// A handle that reads [`stats`](Self::stats) from anywhere, while connections are
+    /// served and after.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle { counters: self.counters.clone() }
     }
 
     /// Binds `name` and serves until the process ends. See [`BoundServer::run_until`]
@@ -406,7 +429,13 @@ impl<S: Service> Server<S> {
         }
         let listener = TcpListener::bind(&addrs).map_err(|e| ServeError::BindTcp { addr: shown, source: e })?;
         tracing::debug!(addr = %listener.local_addr(), "listening on TCP");
-        Ok(BoundServer { listener, service: self.service, config: self.config, shutdown: ShutdownHandle::new() })
+        Ok(BoundServer {
+            listener,
+            service: self.service,
+            config: self.config,
+            shutdown: ShutdownHandle::new(),
+            counters: self.counters,
+        })
     }
 
     /// Binds the TCP address `addr` and serves until the process ends. See
@@ -463,7 +492,13 @@ impl<S: Service> Server<S> {
     {
         let admit = connection::Admission { peer, counts: None, handshaking: None, access_after_hello: None };
         let config = Arc::new(self.config.normalized());
-        connection::serve(io, self.service.clone(), config, CancellationToken::new(), admit).await
+        let conn = connection::Conn {
+            service: self.service.clone(),
+            config,
+            shutdown: CancellationToken::new(),
+            counters: self.counters.clone(),
+        };
+        connection::serve(io, conn, admit).await
     }
 }
 
@@ -497,6 +532,7 @@ pub struct BoundServer<S, L = PipeListener> {
     service: Arc<S>,
     config: ServerConfig,
     shutdown: ShutdownHandle,
+    counters: Arc<ServerCounters>,
 }
 
 impl<S, L: Listener> std::fmt::Debug for BoundServer<S, L> {
@@ -529,6 +565,35 @@ impl<S: Service, L: Listener> BoundServer<S, L> {
         self.shutdown.clone()
     }
 
+    /// The server's counters now: connections, calls and their outcomes, bytes. See
+    /// [`crate::stats`]; [`stats_handle`](Self::stats_handle) reads them once the server
+    /// runs.
+    pub fn stats(&self) -> ServerStats {
+        self.counters.snapshot()
+    }
+
+    /// A handle that reads the server's counters from anywhere, while it runs and after.
+    ///
+    /// ```no_run
+    /// # #[rpc_core::service] pub trait Echo { async fn echo(&self, s: String) -> String; }
+    /// # struct Me; impl Echo for Me { async fn echo(&self, s: String) -> String { s } }
+    /// # async fn run() -> Result<(), rpc_core::ServeError> {
+    /// let server = rpc_core::Server::new(EchoServer::new(Me)).bind("echo")?;
+    /// let stats = server.stats_handle();
+    /// tokio::spawn(async move {
+    ///     loop {
+    ///         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    ///         let s = stats.get();
+    ///         eprintln!("{} connections, {} calls in flight", s.connections_open, s.calls.in_flight);
+    ///     }
+    /// });
+    /// server.run().await
+    /// # }
+    /// ```
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle { counters: self.counters.clone() }
+    }
+
     /// Serves until [`ShutdownHandle::shutdown`] is called, then shuts down gracefully.
     pub async fn run(self) -> Result<(), ServeError> {
         self.run_until(std::future::pending()).await
@@ -547,7 +612,7 @@ impl<S: Service, L: Listener> BoundServer<S, L> {
     /// busy (and keep retrying within their connect timeout), and a replacement server
     /// cannot bind the name.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let BoundServer { listener, service, config, shutdown } = self;
+        let BoundServer { listener, service, config, shutdown, counters: server_counters } = self;
         let config = Arc::new(config.normalized());
         warm_up_panics();
         let counts = Arc::new(Counts::default());
@@ -567,20 +632,31 @@ impl<S: Service, L: Listener> BoundServer<S, L> {
                         accept_failures = 0;
                         match gate::<L>(&stream, &config, &me, &counts) {
                             Gate::Admit(admit) => {
-                                let (service, config, token) = (service.clone(), config.clone(), shutdown.token.clone());
+                                let conn = connection::Conn {
+                                    service: service.clone(),
+                                    config: config.clone(),
+                                    shutdown: shutdown.token.clone(),
+                                    counters: server_counters.clone(),
+                                };
                                 conns.spawn(async move {
-                                    if let Err(e) = connection::serve(stream, service, config, token, admit).await {
+                                    if let Err(e) = connection::serve(stream, conn, admit).await {
                                         tracing::debug!(error = %e, "connection ended");
                                     }
                                 });
                             }
                             Gate::Refuse(status, why, guard) => {
+                                server_counters.refused();
+                                crate::spans::connection_refused(S::ID.name, &why);
                                 conns.spawn(async move {
                                     let _guard = guard;
                                     connection::refuse(stream, S::ID, status, why).await;
                                 });
                             }
-                            Gate::Drop(why) => tracing::warn!(%why, "dropped a connection unanswered"),
+                            Gate::Drop(why) => {
+                                server_counters.refused();
+                                crate::spans::connection_refused(S::ID.name, &why);
+                                tracing::warn!(%why, "dropped a connection unanswered");
+                            }
                         }
                     }
                     Err(e) => {

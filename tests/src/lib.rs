@@ -22,6 +22,7 @@ use futures::StreamExt;
 use rpc_core::{Callback, ClientConfig, PipeName, RpcError, RpcStream};
 
 pub mod raw;
+pub mod span_lines;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -981,6 +982,44 @@ impl ServerProcess {
             }
         }
         false
+    }
+
+    /// The server's counters now (`stats` on its stdin; see `rpc_core::stats`), by name:
+    /// `started`, `ok`, `cancelled`, `bytes_in`, ... as `test-server` prints them.
+    pub async fn stats(&mut self) -> HashMap<String, u64> {
+        let stdin = self.stdin.as_mut().expect("the server's stdin was closed");
+        stdin.write_all(b"stats\n").await.expect("write to the server's stdin");
+        stdin.flush().await.expect("flush the server's stdin");
+        while let Some(line) = self.lines.recv().await {
+            if let Some(pairs) = line.strip_prefix("stats ") {
+                return pairs
+                    .split(' ')
+                    .map(|pair| {
+                        let (k, v) = pair.split_once('=').expect("key=value");
+                        (k.to_owned(), v.parse().expect("a number"))
+                    })
+                    .collect();
+            }
+            self.stdout.push(line);
+        }
+        panic!("the server exited without printing its stats: {:?}", self.stdout)
+    }
+
+    /// Reads the server's stdout until `n` spans (`--spans 1`, see [`span_lines`]) have
+    /// closed, and returns them in the order they closed (other lines are kept, as
+    /// [`stats`](Self::stats) does). The caller's watchdog bounds the wait.
+    pub async fn spans(&mut self, n: usize) -> Vec<span_lines::SpanLine> {
+        let mut spans = Vec::new();
+        while spans.len() < n {
+            let Some(line) = self.lines.recv().await else {
+                panic!("the server exited after {} of {n} spans: {spans:#?}, {:?}", spans.len(), self.stdout)
+            };
+            match span_lines::SpanLine::parse(&line) {
+                Some(span) => spans.push(span),
+                None => self.stdout.push(line),
+            }
+        }
+        spans
     }
 
     /// Asks the server to shut down gracefully (`shutdown` on its stdin) and waits until
