@@ -1,0 +1,286 @@
+//! The harness itself: servers in child processes of this test binary (started, used, torn
+//! down however the test ends, files included), its errors, and the in-memory pair.
+
+use std::time::Duration;
+
+use rpc_core::{ClientConfig, RpcError, Server, ServerConfig, TransportError};
+use rpc_testkit::{
+    ChildServer, ServerCommand, SpawnError, TEST_WATCHDOG, TestServer, blocking_watchdog, serve_in_child, watchdog,
+};
+
+/// The service the child servers serve.
+#[rpc_core::service]
+pub trait Echo {
+    /// Returns its argument.
+    async fn echo(&self, s: String) -> String;
+    /// The serving process's id.
+    async fn pid(&self) -> u32;
+    /// The arguments the child server was given.
+    async fn args(&self) -> Vec<String>;
+    /// Sleeps `ms` milliseconds.
+    async fn sleep(&self, ms: u64) -> u64;
+}
+
+#[derive(Clone, Default)]
+struct Me {
+    args: Vec<String>,
+}
+
+impl Echo for Me {
+    async fn echo(&self, s: String) -> String {
+        s
+    }
+    async fn pid(&self) -> u32 {
+        std::process::id()
+    }
+    async fn args(&self) -> Vec<String> {
+        self.args.clone()
+    }
+    async fn sleep(&self, ms: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        ms
+    }
+}
+
+/// Entry: serves `Echo`.
+#[test]
+fn echo_server() {
+    serve_in_child("echo_server", |child| {
+        Server::new(EchoServer::new(Me { args: child.args().to_vec() })).bind(child.name().clone())
+    });
+}
+
+/// Entry: never says it is ready.
+#[test]
+fn silent_server() {
+    if ChildServer::current("silent_server").is_some() {
+        std::thread::sleep(Duration::from_secs(600));
+    }
+}
+
+/// The files a server of `server`'s name has on disk (none on Windows: a named pipe).
+fn files_of(server: &TestServer) -> Vec<std::path::PathBuf> {
+    if cfg!(windows) {
+        return Vec::new();
+    }
+    let path = server.name().resolve().expect("resolves");
+    let mut lock = path.clone().into_os_string();
+    lock.push(".lock");
+    vec![path, lock.into()]
+}
+
+async fn not_running(name: rpc_core::PipeName) {
+    let err = EchoClient::connect_with(name.clone(), ClientConfig::default()).await.unwrap_err();
+    assert!(matches!(err, RpcError::Transport(TransportError::NotRunning { .. })), "{name}: {err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_in_a_child_process_of_this_binary_answers_with_its_arguments() {
+    watchdog(TEST_WATCHDOG, async {
+        let server = ServerCommand::this_binary("echo_server").args(["one", "two words"]).spawn().await.unwrap();
+        let client = EchoClient::connect(server.name().clone()).await.unwrap();
+        assert_eq!(client.echo("hi".into()).await.unwrap(), "hi");
+        let pid = client.pid().await.unwrap();
+        assert_eq!(pid, server.pid());
+        assert_ne!(pid, std::process::id());
+        assert_eq!(client.args().await.unwrap(), ["one", "two words"]);
+        assert!(server.name().as_str().contains(&format!("tk-{}-", std::process::id())), "{}", server.name());
+        assert!(server.name().as_str().ends_with("answers_with_its_arguments"), "{}", server.name());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_server_kills_it_and_removes_its_socket_and_lock_files() {
+    watchdog(TEST_WATCHDOG, async {
+        let server = ServerCommand::this_binary("echo_server").spawn().await.unwrap();
+        let files = files_of(&server);
+        for f in &files {
+            assert!(f.exists(), "{} should exist while the server runs", f.display());
+        }
+        let name = server.name().clone();
+        // What a test that ends (or fails) does.
+        drop(server);
+        for f in &files {
+            assert!(!f.exists(), "{} was left behind", f.display());
+        }
+        not_running(name).await;
+    })
+    .await;
+}
+
+#[test]
+fn a_test_that_panics_still_tears_its_server_down() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let failed = std::thread::spawn(move || {
+        let server = ServerCommand::this_binary("echo_server").spawn_blocking().unwrap();
+        tx.send((server.name().clone(), files_of(&server))).unwrap();
+        let client = EchoBlockingClient::connect(server.name().clone()).unwrap();
+        assert_eq!(client.echo("before".into()).unwrap(), "before");
+        panic!("the test fails here, with its server running");
+    })
+    .join();
+    assert!(failed.is_err(), "the test thread was to panic");
+    let (name, files) = rx.recv().unwrap();
+    for f in &files {
+        assert!(!f.exists(), "{} was left behind by a panicking test", f.display());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(not_running(name));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_server_whose_parent_goes_away_shuts_down_gracefully_by_itself() {
+    watchdog(TEST_WATCHDOG, async {
+        let mut server = ServerCommand::this_binary("echo_server").spawn().await.unwrap();
+        let files = files_of(&server);
+        // As when the test process dies: the child's stdin ends.
+        server.close_stdin();
+        let exit = server.wait_exit().await;
+        assert!(exit.status.success(), "{exit}");
+        assert!(exit.stdout.iter().any(|l| l == rpc_testkit::SHUTTING_DOWN), "{exit}");
+        for f in &files {
+            assert!(!f.exists(), "{} was left behind", f.display());
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_finishes_the_calls_in_flight() {
+    watchdog(TEST_WATCHDOG, async {
+        let mut server = ServerCommand::this_binary("echo_server").spawn().await.unwrap();
+        let client = EchoClient::connect(server.name().clone()).await.unwrap();
+        let slow = tokio::spawn({
+            let client = client.clone();
+            async move { client.sleep(300).await }
+        });
+        // The call is running once the server has started it: a cheap call after it on the
+        // same connection is answered after the server read both.
+        assert_eq!(client.echo("x".into()).await.unwrap(), "x");
+        server.begin_shutdown().await;
+        assert_eq!(slow.await.unwrap().unwrap(), 300);
+        let exit = server.wait_exit().await;
+        assert!(exit.status.success(), "{exit}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_kills_a_server_that_outlives_it() {
+    watchdog(TEST_WATCHDOG, async {
+        let mut server =
+            ServerCommand::this_binary("echo_server").watchdog(Some(Duration::from_millis(500))).spawn().await.unwrap();
+        let files = files_of(&server);
+        let started = std::time::Instant::now();
+        let exit = server.wait_exit().await;
+        assert!(!exit.status.success(), "{exit}");
+        assert!(started.elapsed() < Duration::from_secs(10), "the watchdog fired late: {:?}", started.elapsed());
+        for f in &files {
+            assert!(!f.exists(), "{} was left behind", f.display());
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_is_not_there_is_reported_with_the_childs_output() {
+    watchdog(TEST_WATCHDOG, async {
+        let err = ServerCommand::this_binary("no_such_entry").spawn().await.unwrap_err();
+        let SpawnError::Exited(exit) = &err else { panic!("{err}") };
+        assert!(exit.status.success(), "libtest ran no test and exited 0: {exit}");
+        assert!(err.to_string().contains("no_such_entry"), "{err}");
+        assert!(err.to_string().contains("serve_in_child"), "the hint: {err}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_not_ready_in_time_is_killed_and_reported() {
+    watchdog(TEST_WATCHDOG, async {
+        let started = std::time::Instant::now();
+        let err = ServerCommand::this_binary("silent_server")
+            .ready_timeout(Duration::from_millis(300))
+            .spawn()
+            .await
+            .unwrap_err();
+        let SpawnError::NotReady { waited, exit } = &err else { panic!("{err}") };
+        assert_eq!(*waited, Duration::from_millis(300));
+        assert!(!exit.status.success(), "it was killed: {exit}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    })
+    .await;
+}
+
+#[test]
+fn a_blocking_test_uses_a_child_server_through_the_blocking_client() {
+    blocking_watchdog(TEST_WATCHDOG, || {
+        let server = ServerCommand::this_binary("echo_server").spawn_blocking().unwrap();
+        let client = EchoBlockingClient::connect(server.name().clone()).unwrap();
+        assert_eq!(client.echo("sync".into()).unwrap(), "sync");
+        assert_eq!(client.pid().unwrap(), server.pid());
+    });
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_in_memory_pair_has_the_semantics_of_a_pipe() {
+    watchdog(TEST_WATCHDOG, async {
+        let (client, server) = rpc_testkit::pair::<EchoClient, _>(EchoServer::new(Me::default())).await;
+        assert_eq!(client.echo("hi".into()).await.unwrap(), "hi");
+        // Deadlines and cancellation as over a pipe.
+        let err = client.with_timeout(Duration::from_millis(20)).sleep(10_000).await.unwrap_err();
+        assert!(matches!(err, RpcError::DeadlineExceeded { .. }), "{err:?}");
+        let stats = server.stats();
+        assert_eq!((stats.calls.started, stats.calls.ok, stats.connections_open), (2, 1, 1), "{stats:?}");
+        // The client goes: the connection ends cleanly.
+        drop(client);
+        server.finished().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_in_memory_pair_takes_the_settings_of_both_ends() {
+    watchdog(TEST_WATCHDOG, async {
+        let server = Server::new(EchoServer::new(Me::default())).config(ServerConfig::default().max_message(2048));
+        let (client, _server): (EchoClient, _) = rpc_testkit::pair_with(server, ClientConfig::default()).await.unwrap();
+        let err = client.echo("x".repeat(4096)).await.unwrap_err();
+        assert!(matches!(err, RpcError::Transport(TransportError::MessageTooLarge { limit: 2048, .. })), "{err:?}");
+        assert_eq!(client.echo("small".into()).await.unwrap(), "small");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_server_leaves_its_files_until_dropped_and_never_removes_a_successors() {
+    watchdog(TEST_WATCHDOG, async {
+        let server = ServerCommand::this_binary("echo_server").spawn().await.unwrap();
+        let name = server.name().clone();
+        let files = files_of(&server);
+        let crashed = server.crash().await;
+        assert!(!crashed.status.success(), "{}", crashed.exit);
+        for f in &files {
+            assert!(f.exists(), "{} should be left as a crash leaves it", f.display());
+        }
+        // A replacement takes the name (and its stale socket) over; dropping what the
+        // crashed one left must not touch the replacement's files.
+        let replacement = ServerCommand::this_binary("echo_server").name(name.clone()).spawn().await.unwrap();
+        drop(crashed);
+        let client = EchoClient::connect(name.clone()).await.unwrap();
+        assert_eq!(client.pid().await.unwrap(), replacement.pid());
+        drop(client);
+        drop(replacement);
+        for f in &files {
+            assert!(!f.exists(), "{} was left behind", f.display());
+        }
+
+        // With no replacement, dropping it removes what the crash left.
+        let server = ServerCommand::this_binary("echo_server").spawn().await.unwrap();
+        let files = files_of(&server);
+        drop(server.crash().await);
+        for f in &files {
+            assert!(!f.exists(), "{} was left behind", f.display());
+        }
+    })
+    .await;
+}
