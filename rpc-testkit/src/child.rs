@@ -45,8 +45,10 @@ impl ChildServer {
         if std::env::var(ENTRY_VAR).ok()? != entry {
             return None;
         }
-        let name = std::env::var(NAME_VAR).unwrap_or_else(|_| panic!("rpc-testkit: {ENTRY_VAR} is set but {NAME_VAR} is not"));
-        let name = if name.starts_with('/') || name.starts_with(r"\\") { PipeName::path(name) } else { PipeName::new(name) };
+        let name =
+            std::env::var(NAME_VAR).unwrap_or_else(|_| panic!("rpc-testkit: {ENTRY_VAR} is set but {NAME_VAR} is not"));
+        let name =
+            if name.starts_with('/') || name.starts_with(r"\\") { PipeName::path(name) } else { PipeName::new(name) };
         let args = match std::env::var(ARGS_VAR) {
             Ok(a) if !a.is_empty() => a.split(ARG_SEP).map(str::to_owned).collect(),
             _ => Vec::new(),

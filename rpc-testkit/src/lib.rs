@@ -75,5 +75,7 @@ mod watchdog;
 pub use child::{ChildServer, READY, SHUTTING_DOWN, serve_in_child};
 pub use name::unique_name;
 pub use pair::{PairServer, pair, pair_with};
-pub use process::{Crashed, DEFAULT_READY_TIMEOUT, DEFAULT_WATCHDOG, ServerCommand, ServerExit, SpawnError, TestServer};
+pub use process::{
+    Crashed, DEFAULT_READY_TIMEOUT, DEFAULT_WATCHDOG, ServerCommand, ServerExit, SpawnError, TestServer,
+};
 pub use watchdog::{TEST_WATCHDOG, blocking_watchdog, watchdog};

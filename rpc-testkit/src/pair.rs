@@ -2,7 +2,7 @@
 //! service, with the handshake, engine, deadlines, cancellation, limits and errors of a real
 //! connection (only the OS pipe and its credentials are missing).
 
-use rpc_core::{Channel, Client, ClientConfig, RpcError, Server, ServerStats, Service, StatsHandle, TransportError};
+use rpc_core::{Channel, Client, ClientConfig, RpcError, Server, Service, TransportError};
 use tokio::task::JoinHandle;
 
 /// Bytes the in-memory pipe buffers each way (`tokio::io::duplex`): about a Unix socket's.
@@ -13,15 +13,9 @@ const PIPE_BUFFER: usize = 256 * 1024;
 #[derive(Debug)]
 pub struct PairServer {
     task: JoinHandle<Result<(), TransportError>>,
-    stats: StatsHandle,
 }
 
 impl PairServer {
-    /// The server's counters (`rpc_core::stats`).
-    pub fn stats(&self) -> ServerStats {
-        self.stats.get()
-    }
-
     /// Waits until the connection is over (every handle of the client dropped, or the
     /// client closed), and says how it ended.
     ///
@@ -53,7 +47,9 @@ impl Drop for PairServer {
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let (client, server) = rpc_testkit::pair::<EchoClient, _>(EchoServer::new(Me)).await;
 /// assert_eq!(client.echo("hi".into()).await.unwrap(), "hi");
-/// assert_eq!(server.stats().calls.ok, 1);
+/// drop(client);
+/// // The client went away: the connection ended cleanly.
+/// server.finished().await.unwrap();
 /// # }
 /// ```
 ///
@@ -83,9 +79,8 @@ where
     S: Service<Request = C::Request, Response = C::Response>,
 {
     let (client_end, server_end) = tokio::io::duplex(PIPE_BUFFER);
-    let stats = server.stats_handle();
     let task = tokio::spawn(async move { server.serve_connection(server_end).await });
-    let server = PairServer { task, stats };
+    let server = PairServer { task };
     let channel = Channel::from_io(client_end, C::ID, config).await?;
     Ok((C::from_channel(channel), server))
 }

@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -25,8 +26,34 @@ pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(120);
 #[derive(Clone, Debug)]
 enum Program {
     ThisBinary { entry: String },
-    Path { path: PathBuf, name_first: bool },
+    Path { path: PathBuf, name_arg: NameArg },
 }
+
+/// How a [`ServerCommand::program`] is told the pipe name.
+#[derive(Clone, Debug)]
+enum NameArg {
+    /// As its first argument.
+    First,
+    /// As the value of a flag before the other arguments: `--pipe NAME`.
+    Flag(OsString),
+    /// Not at all (it knows its name, or takes it from [`ServerCommand::env`]).
+    Omit,
+}
+
+/// How the parent knows the server is ready.
+#[derive(Clone, Debug)]
+enum Ready {
+    /// It prints this line on stdout once its pipe is bound.
+    Line(String),
+    /// Its pipe accepts a connection.
+    Accepting,
+}
+
+/// Longest pause between two connects of [`ServerCommand::ready_when_accepting`].
+const ACCEPTING_POLL_MAX: Duration = Duration::from_millis(20);
+/// How much longer than the parent's watchdog a child of this binary gives itself, so that
+/// the parent's (which says what happened) fires first.
+const CHILD_WATCHDOG_SLACK: Duration = Duration::from_secs(5);
 
 /// How to start a server process for a test. Build with [`this_binary`](Self::this_binary)
 /// or [`program`](Self::program), then [`spawn`](Self::spawn) (async) or
@@ -39,7 +66,7 @@ pub struct ServerCommand {
     args: Vec<OsString>,
     wrapper: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
-    ready_line: String,
+    ready: Ready,
     ready_timeout: Duration,
     watchdog: Option<Duration>,
 }
@@ -54,11 +81,27 @@ impl ServerCommand {
     }
 
     /// A program (for a binary of the same package, `env!("CARGO_BIN_EXE_<name>")`), run
-    /// with the pipe name as its first argument, then [`args`](Self::args). It must print
-    /// [`ready_line`](Self::ready_line) (default `ready`) on stdout once its pipe is bound,
-    /// and should shut down when its stdin ends (as the parent's going away looks to it).
+    /// with the pipe name as its first argument (or as [`name_flag`](Self::name_flag)
+    /// says), then [`args`](Self::args). It is ready once it prints
+    /// [`ready_line`](Self::ready_line) (default `ready`) on stdout, which it should do once
+    /// its pipe is bound, or, with [`ready_when_accepting`](Self::ready_when_accepting), once
+    /// its pipe accepts a connection. It should shut down when its stdin ends (as the
+    /// parent's going away looks to it); it is killed when the [`TestServer`] is dropped
+    /// anyway.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), rpc_testkit::SpawnError> {
+    /// // In tests/*.rs of a package with a `[[bin]]` named `my-server` that serves
+    /// // `my-server --pipe NAME` and prints nothing in particular:
+    /// let server = rpc_testkit::ServerCommand::program(env!("CARGO_BIN_EXE_my-server"))
+    ///     .name_flag("--pipe")
+    ///     .ready_when_accepting()
+    ///     .spawn()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn program(path: impl Into<PathBuf>) -> ServerCommand {
-        ServerCommand::new(Program::Path { path: path.into(), name_first: true }, "ready")
+        ServerCommand::new(Program::Path { path: path.into(), name_arg: NameArg::First }, "ready")
     }
 
     fn new(program: Program, ready_line: &str) -> ServerCommand {
@@ -68,7 +111,7 @@ impl ServerCommand {
             args: Vec::new(),
             wrapper: Vec::new(),
             envs: Vec::new(),
-            ready_line: ready_line.to_owned(),
+            ready: Ready::Line(ready_line.to_owned()),
             ready_timeout: DEFAULT_READY_TIMEOUT,
             watchdog: Some(DEFAULT_WATCHDOG),
         }
@@ -106,10 +149,38 @@ impl ServerCommand {
         self
     }
 
+    /// A [`program`](Self::program) is given the name as the value of `flag` (`--pipe
+    /// NAME`), before the other arguments, instead of as its first argument.
+    pub fn name_flag(mut self, flag: impl Into<OsString>) -> ServerCommand {
+        if let Program::Path { name_arg, .. } = &mut self.program {
+            *name_arg = NameArg::Flag(flag.into());
+        }
+        self
+    }
+
+    /// A [`program`](Self::program) is not given the name on its command line (it knows
+    /// it, or reads it from a variable set with [`env`](Self::env)); set it with
+    /// [`name`](Self::name).
+    pub fn no_name_arg(mut self) -> ServerCommand {
+        if let Program::Path { name_arg, .. } = &mut self.program {
+            *name_arg = NameArg::Omit;
+        }
+        self
+    }
+
     /// The stdout line that says the server is ready. Default: `ready` for a
     /// [`program`](Self::program), [`READY`] for [`this_binary`](Self::this_binary).
     pub fn ready_line(mut self, line: &str) -> ServerCommand {
-        self.ready_line = line.to_owned();
+        self.ready = Ready::Line(line.to_owned());
+        self
+    }
+
+    /// The server is ready once its pipe accepts a connection, whatever it prints: for a
+    /// program that says nothing the parent could wait for. The parent connects (retrying
+    /// while nothing listens, backing off up to 20 ms) and closes the connection at once,
+    /// so the server sees one connection that ends before its handshake.
+    pub fn ready_when_accepting(mut self) -> ServerCommand {
+        self.ready = Ready::Accepting;
         self
     }
 
@@ -135,14 +206,17 @@ impl ServerCommand {
         let name = self.name.clone().unwrap_or_else(crate::unique_name);
         let (program, mut args): (PathBuf, Vec<OsString>) = match &self.program {
             Program::ThisBinary { entry } => {
-                let exe = std::env::current_exe().map_err(|e| SpawnError::Start { program: "this test binary".into(), error: e })?;
+                let exe = std::env::current_exe()
+                    .map_err(|e| SpawnError::Start { program: "this test binary".into(), error: e })?;
                 let selector = [entry.as_str(), "--exact", "--nocapture", "--test-threads=1"];
                 (exe, selector.iter().map(Into::into).collect())
             }
-            Program::Path { path, name_first } => {
+            Program::Path { path, name_arg } => {
                 let mut args = Vec::new();
-                if *name_first {
-                    args.push(OsString::from(name.as_str()));
+                match name_arg {
+                    NameArg::First => args.push(OsString::from(name.as_str())),
+                    NameArg::Flag(flag) => args.extend([flag.clone(), OsString::from(name.as_str())]),
+                    NameArg::Omit => {}
                 }
                 args.extend(self.args.iter().cloned());
                 (path.clone(), args)
@@ -162,7 +236,7 @@ impl ServerCommand {
             let joined: Vec<String> = self.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
             command.env(ENTRY_VAR, entry).env(NAME_VAR, name.as_str()).env(ARGS_VAR, joined.join(&ARG_SEP.to_string()));
             if let Some(limit) = self.watchdog {
-                command.env(WATCHDOG_VAR, limit.as_millis().to_string());
+                command.env(WATCHDOG_VAR, (limit + CHILD_WATCHDOG_SLACK).as_millis().to_string());
             }
         }
         command.envs(self.envs.iter().map(|(k, v)| (k, v)));
@@ -180,7 +254,10 @@ impl ServerCommand {
     pub async fn spawn(self) -> Result<TestServer, SpawnError> {
         let mut server = self.start()?;
         let limit = self.ready_timeout;
-        let ready = tokio::time::timeout(limit, server.wait_for_line(&self.ready_line)).await;
+        let ready = match &self.ready {
+            Ready::Line(line) => tokio::time::timeout(limit, server.wait_for_line(line)).await,
+            Ready::Accepting => tokio::time::timeout(limit, server.wait_accepting()).await,
+        };
         server.readied(ready, limit, &self).await
     }
 
@@ -227,7 +304,8 @@ impl ServerCommand {
             String::from_utf8_lossy(&buf).into_owned()
         });
         let child = Arc::new(Mutex::new(child));
-        let watchdog = self.watchdog.map(|limit| Watchdog::start(child.clone(), limit));
+        let fired = Arc::new(AtomicBool::new(false));
+        let watchdog = self.watchdog.map(|limit| Watchdog::start(child.clone(), limit, fired.clone()));
         Ok(TestServer {
             child,
             pid,
@@ -239,6 +317,8 @@ impl ServerCommand {
             stderr: Some(stderr),
             files: SocketFiles::default(),
             watchdog,
+            watchdog_limit: self.watchdog,
+            fired,
             status: None,
         })
     }
@@ -296,10 +376,16 @@ pub struct ServerExit {
     pub stdout: Vec<String>,
     /// Everything it printed on stderr.
     pub stderr: String,
+    /// `Some(limit)` if its watchdog ([`ServerCommand::watchdog`]) killed it: it ran longer
+    /// than `limit`.
+    pub killed_by_watchdog: Option<Duration>,
 }
 
 impl std::fmt::Display for ServerExit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(limit) = self.killed_by_watchdog {
+            write!(f, "killed by its watchdog after {limit:?}; ")?;
+        }
         write!(f, "{}; stdout: {:?}; stderr: {:?}", self.status, self.stdout, self.stderr)
     }
 }
@@ -338,13 +424,18 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn start(child: Arc<Mutex<Child>>, limit: Duration) -> Watchdog {
+    /// Sets `fired` if it kills the process.
+    fn start(child: Arc<Mutex<Child>>, limit: Duration, fired: Arc<AtomicBool>) -> Watchdog {
         let (stand_down, told) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = told.recv_timeout(limit) {
                 let mut child = child.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Ok(None) = child.try_wait() {
-                    eprintln!("rpc-testkit: server process {} ran past its watchdog ({limit:?}); killing it", child.id());
+                    eprintln!(
+                        "rpc-testkit: server process {} ran past its watchdog ({limit:?}); killing it",
+                        child.id()
+                    );
+                    fired.store(true, Ordering::SeqCst);
                     let _ = child.kill();
                 }
             }
@@ -371,6 +462,9 @@ pub struct TestServer {
     /// The socket and lock files it made, noted once it was ready.
     files: SocketFiles,
     watchdog: Option<Watchdog>,
+    watchdog_limit: Option<Duration>,
+    /// Set by the watchdog once it killed the process.
+    fired: Arc<AtomicBool>,
     /// Its exit status, once it exited.
     status: Option<ExitStatus>,
 }
@@ -419,6 +513,25 @@ impl TestServer {
     /// [`wait_for_line`](Self::wait_for_line) and the wait for the ready line).
     pub fn stdout(&self) -> &[String] {
         &self.stdout
+    }
+
+    /// Connects until its pipe accepts (`true`), or its stdout ends (`false`: it exited).
+    async fn wait_accepting(&mut self) -> bool {
+        let options = rpc_core::ConnectOptions::default()
+            .wait_for_server(true)
+            .timeout(Duration::MAX)
+            .max_backoff(ACCEPTING_POLL_MAX);
+        let name = self.name.clone();
+        let mut accepting = std::pin::pin!(rpc_core::pipe::connect(&name, &options));
+        loop {
+            tokio::select! {
+                connected = &mut accepting => return connected.is_ok(),
+                line = self.lines.recv() => match line {
+                    Some(line) => self.stdout.push(line),
+                    None => return false,
+                },
+            }
+        }
     }
 
     /// Reads its stdout until a line equals `line` (`true`) or stdout ends (`false`).
@@ -479,8 +592,11 @@ impl TestServer {
 
     /// Kills it at once, as a crash would: its socket and lock files stay on disk (for a
     /// test of what a crashed server leaves, or of a replacement that takes the name over)
-    /// until the returned [`Crashed`] is dropped, which removes them if they are still the
-    /// ones it left.
+    /// until the returned [`Crashed`] is dropped, which removes them unless a server serves
+    /// the name again. (Or until any server of this user binds a plain name: it sweeps
+    /// files whose server is gone, see
+    /// [`PipeListener`](rpc_core::pipe::PipeListener#platform-specific-behavior). So a test
+    /// cannot count on the files staying; what it can count on is the name not running.)
     pub async fn crash(mut self) -> Crashed {
         let files = std::mem::take(&mut self.files);
         let _ = self.lock().kill();
@@ -518,7 +634,8 @@ impl TestServer {
             Some(reader) => reader.join().unwrap_or_default(),
             None => String::new(),
         };
-        ServerExit { status, stdout: std::mem::take(&mut self.stdout), stderr }
+        let killed_by_watchdog = self.watchdog_limit.filter(|_| self.fired.load(Ordering::SeqCst));
+        ServerExit { status, stdout: std::mem::take(&mut self.stdout), stderr, killed_by_watchdog }
     }
 
     /// The process is gone: stand the watchdog down and remove its files.
@@ -534,6 +651,9 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        // A watchdog that fired while nobody looked (the test never saw the exit) fails the
+        // test with the reason, rather than with whatever error its calls got.
+        let unseen_watchdog = self.status.is_none() && self.fired.load(Ordering::SeqCst);
         if self.status.is_none() {
             let mut child = self.lock();
             let _ = child.kill();
@@ -543,5 +663,15 @@ impl Drop for TestServer {
             self.status = status.ok();
         }
         self.clean_up();
+        if unseen_watchdog && !std::thread::panicking() {
+            panic!(
+                "rpc-testkit: server {} ({}) on {} was killed by its watchdog after {:?}: the test ran longer than \
+                 that (raise it with ServerCommand::watchdog)",
+                self.pid,
+                self.program,
+                self.name,
+                self.watchdog_limit.unwrap_or_default()
+            );
+        }
     }
 }
