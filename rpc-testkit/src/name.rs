@@ -13,7 +13,8 @@ const NAME_MAX: usize = 64;
 /// A pipe name no other test uses: `tk-<pid>-<n>-<test>`, where `<n>` counts the names this
 /// process handed out and `<test>` is the end of the calling test's name (libtest names each
 /// test's thread after the test; `#[tokio::test]` runs its body on that thread), shortened to
-/// fit the 64-character limit. Unique across the processes of parallel test runs (the pid)
+/// fit the 64-character limit (left out when called on a thread of a runtime's own, such as
+/// a tokio worker). Unique across the processes of parallel test runs (the pid)
 /// and within one (the counter); the test's name is there for people reading a directory
 /// listing.
 ///
@@ -27,7 +28,9 @@ pub fn unique_name() -> PipeName {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let head = format!("tk-{}-{n}", std::process::id());
     let thread = std::thread::current();
-    let test = thread.name().map(sanitize).unwrap_or_default();
+    // A task spawned onto a runtime's worker runs on a thread named after the runtime, not
+    // the test: no name says more than a misleading one.
+    let test = thread.name().filter(|n| !n.starts_with("tokio-")).map(sanitize).unwrap_or_default();
     // The end of the test's name says most (`module::the_test_name`): keep that.
     let room = NAME_MAX.saturating_sub(head.len() + 1);
     let start = test.len().saturating_sub(room);
@@ -100,5 +103,13 @@ mod tests {
         assert!(name.as_str().len() <= NAME_MAX, "{name:?}");
         assert!(name.as_str().ends_with("on_and_on_for_far_longer_than_any_pipe_name"), "{name:?}");
         name.resolve().unwrap_or_else(|e| panic!("{name:?} does not resolve: {e}"));
+    }
+
+    #[test]
+    fn a_runtime_workers_thread_name_is_left_out() {
+        let name =
+            std::thread::Builder::new().name("tokio-rt-worker".into()).spawn(unique_name).unwrap().join().unwrap();
+        assert!(!name.as_str().contains("tokio"), "{name:?}");
+        assert!(name.as_str().starts_with(&format!("tk-{}-", std::process::id())), "{name:?}");
     }
 }

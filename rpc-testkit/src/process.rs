@@ -90,6 +90,8 @@ impl ServerCommand {
     /// anyway.
     ///
     /// ```no_run
+    /// # // Cargo sets `CARGO_BIN_EXE_*` only for the tests of a package with that binary.
+    /// # macro_rules! env { ($var:literal) => { "target/debug/my-server" } }
     /// # async fn f() -> Result<(), rpc_testkit::SpawnError> {
     /// // In tests/*.rs of a package with a `[[bin]]` named `my-server` that serves
     /// // `my-server --pipe NAME` and prints nothing in particular:

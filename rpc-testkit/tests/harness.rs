@@ -368,3 +368,59 @@ fn servers_started_in_parallel_get_names_and_processes_of_their_own() {
     let pids: std::collections::HashSet<_> = servers.iter().map(|(_, pid, _)| *pid).collect();
     assert_eq!((names.len(), pids.len()), (SERVERS, SERVERS), "{names:?} {pids:?}");
 }
+
+/// What a server killed with `SIGKILL` leaves (nothing of it runs to clean up), and who
+/// cleans it: the next `bind` of any plain name by a server of this user, which sees the
+/// name's lock free (the kernel released it with the process) and its socket refusing.
+/// Real processes throughout: the killed server and the one that sweeps are children of this
+/// binary. They share a per-user directory of this test's own (their `XDG_RUNTIME_DIR`), so
+/// no other test's bind sweeps the files before the test has seen them.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_servers_files_stay_until_the_next_servers_bind_sweeps_them() {
+    use std::os::unix::process::ExitStatusExt;
+
+    watchdog(TEST_WATCHDOG, async {
+        let runtime = std::env::temp_dir().join(format!("tk-sweep-{}", std::process::id()));
+        std::fs::create_dir_all(&runtime).unwrap();
+        let dir = runtime.join("pipe-rpc");
+        let files_of = |name: &rpc_core::PipeName| {
+            let sock = dir.join(format!("{}.sock", name.as_str()));
+            let lock = dir.join(format!("{}.sock.lock", name.as_str()));
+            [sock, lock]
+        };
+        let in_runtime = |command: ServerCommand| command.env("XDG_RUNTIME_DIR", &runtime);
+
+        let killed = in_runtime(ServerCommand::this_binary("echo_server")).spawn().await.unwrap();
+        let killed_files = files_of(killed.name());
+        for f in &killed_files {
+            assert!(f.exists(), "{} should exist while the server runs", f.display());
+        }
+        let crashed = killed.crash().await;
+        // `Child::kill` sends SIGKILL (9) on Unix.
+        assert_eq!(crashed.status.signal(), Some(9), "{}", crashed.exit);
+        for f in &killed_files {
+            assert!(f.exists(), "{} vanished: SIGKILL leaves it, and nothing swept yet", f.display());
+        }
+
+        // Another server starts, on a name of its own: its bind sweeps the dead one's files.
+        let next = in_runtime(ServerCommand::this_binary("echo_server")).spawn().await.unwrap();
+        for f in &killed_files {
+            assert!(!f.exists(), "{} outlived the next server's bind", f.display());
+        }
+        let next_files = files_of(next.name());
+        for f in &next_files {
+            assert!(f.exists(), "the sweep took {}, a live server's", f.display());
+        }
+        let client = EchoClient::connect(rpc_core::PipeName::path(next_files[0].clone())).await.unwrap();
+        assert_eq!(client.pid().await.unwrap(), next.pid());
+        drop(client);
+        // Shut down gracefully, it removes its own files: the directory is left empty.
+        assert!(next.shutdown().await.status.success());
+        drop(crashed);
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        std::fs::remove_dir_all(&runtime).unwrap();
+    })
+    .await;
+}
