@@ -58,6 +58,30 @@ fn silent_server() {
     }
 }
 
+/// Entry: a server as a user's own program might be, for the named-program mode: it takes
+/// its pipe name from `ECHO_PIPE`, prints no ready line, and serves until its stdin ends.
+#[test]
+fn echo_program() {
+    let Some(name) = std::env::var_os("ECHO_PIPE") else { return };
+    let name = rpc_core::PipeName::new(name.to_string_lossy().into_owned());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let bound = Server::new(EchoServer::new(Me::default())).bind(name).unwrap();
+        let (ended, stdin_ended) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            let _ = ended.send(());
+        });
+        bound
+            .run_until(async {
+                let _ = stdin_ended.await;
+            })
+            .await
+            .unwrap();
+    });
+    std::process::exit(0);
+}
+
 /// The files a server of `server`'s name has on disk (none on Windows: a named pipe).
 fn files_of(server: &TestServer) -> Vec<std::path::PathBuf> {
     if cfg!(windows) {
@@ -101,6 +125,36 @@ async fn a_server_in_a_child_process_of_this_binary_answers_with_its_arguments()
         assert_eq!(client.args().await.unwrap(), ["one", "two words"]);
         assert!(server.name().as_str().contains(&format!("tk-{}-", std::process::id())), "{}", server.name());
         assert!(server.name().as_str().ends_with("answers_with_its_arguments"), "{}", server.name());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_prints_no_ready_line_is_ready_once_its_pipe_accepts() {
+    watchdog(TEST_WATCHDOG, async {
+        let name = rpc_testkit::unique_name();
+        // This binary, run as a plain program: libtest arguments that select `echo_program`.
+        let server = ServerCommand::program(std::env::current_exe().unwrap())
+            .no_name_arg()
+            .name(name.clone())
+            .env("ECHO_PIPE", name.as_str())
+            .args(["echo_program", "--exact", "--test-threads=1"])
+            .ready_when_accepting()
+            .spawn()
+            .await
+            .unwrap();
+        assert_eq!(server.name(), &name);
+        // Connects once, without waiting for a server: it is there.
+        let client = EchoClient::connect(name.clone()).await.unwrap();
+        assert_eq!(client.pid().await.unwrap(), server.pid());
+        assert_ne!(server.pid(), std::process::id());
+        let files = files_of(&server);
+        drop(client);
+        drop(server);
+        for f in &files {
+            assert!(!f.exists(), "{} was left behind", f.display());
+        }
+        not_running(name).await;
     })
     .await;
 }
