@@ -73,6 +73,11 @@ pub(crate) fn check_address(name: &PipeName, addr: &Path) -> Result<(), Error> {
 #[derive(Debug)]
 pub(crate) struct Reclaim;
 
+/// Nothing to remove: a killed server's pipe vanished with its last handle.
+pub(crate) fn remove_stale(_name: &PipeName, _addr: &Path) -> Result<bool, Error> {
+    Ok(false)
+}
+
 pub(crate) fn bind(name: &PipeName, addr: &Path, opts: &ListenOptions) -> Result<(Listener, Reclaim), Error> {
     let io_fail = |e: io::Error| {
         Error::new(ErrorKind::Io, format!("cannot listen on pipe `{}` at {}: {e}", name.as_str(), addr.display()))
