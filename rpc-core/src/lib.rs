@@ -135,6 +135,7 @@ pub mod context;
 mod deadlines;
 mod engine;
 pub mod error;
+pub mod evolution;
 mod handshake;
 pub mod introspect;
 pub mod reconnect;
