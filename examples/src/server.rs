@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use rpc_core::{PipeName, ServeError, Server};
+use rpc_core::{PipeName, ServeError, Server, ServerConfig};
 use tokio::sync::oneshot;
 
 use crate::{MemoryQueues, WorkQueuesServer};
@@ -35,7 +35,10 @@ pub enum OnStdinEof {
 pub async fn serve(name: impl Into<PipeName>, on_eof: OnStdinEof) -> Result<(), ServeError> {
     // Keep a handle on the queues, to report what is left after the server is done.
     let queues = Arc::new(MemoryQueues::new().with_log_sink(|line| println!("log: {line}")));
-    let server = Server::new(WorkQueuesServer::from_arc(queues.clone())).bind(name)?;
+    // Introspection on: a demo server whose methods `pipe-rpc methods/call` can show and
+    // call (it lists them to every client the default same-user policy admits).
+    let config = ServerConfig::default().introspection(true);
+    let server = Server::new(WorkQueuesServer::from_arc(queues.clone())).config(config).bind(name)?;
     println!("listening on {}", server.name());
 
     let shutdown = server.shutdown_handle();

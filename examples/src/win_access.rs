@@ -7,16 +7,17 @@
 //! ## Why the caller's process token, and not `ImpersonateNamedPipeClient`
 //!
 //! A handler knows its caller from [`Context::peer`](rpc_core::context::Context::peer): the
-//! process id the pipe reported and the user SID of that process's token, read when the
-//! client connected. Impersonating the pipe client instead would need the pipe's handle, and
-//! works only after the server has read from the pipe, on the thread that read: both belong
-//! to the connection's engine, not to a handler. So the handler opens the caller's process
+//! process id the pipe reported and the user SID of the token the client connected with (read
+//! by impersonating it when its hello came in). Impersonating the pipe client per call would
+//! need the pipe's handle, on a thread of the connection's engine, not a handler's. So the
+//! handler opens the caller's process
 //! token itself (`OpenProcess` with `PROCESS_QUERY_LIMITED_INFORMATION`, `OpenProcessToken`),
 //! makes an identification-level copy (`DuplicateToken` with `SecurityIdentification`, which
 //! `AccessCheck` needs: it takes impersonation tokens only, and identification is the level
 //! that lets a server ask about a client without acting as it), and checks that the copy's
-//! user is still the SID read at connect time: if the caller has exited and its pid now
-//! belongs to another process, the read is refused.
+//! user is still the SID read at connect time: if the pid the pipe reported is another user's
+//! process (the caller exited and its pid was reused, or the client made the pipe report
+//! another pid, which Windows allows), the read is refused.
 //!
 //! What that costs: opening another user's process token needs rights an ordinary user does
 //! not have (`SeDebugPrivilege`, which administrators and LocalSystem hold). A server run as

@@ -1186,7 +1186,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         // client_frames: a welcome, then answers of every method.
         let welcome = Welcome {
             method_status: Vec::new(),
-            codecs: 0,
+            codecs: wire::codec_bits(&Codec::ALL),
             features: 0,
             methods: Vec::new(),
             version: wire::PROTOCOL_VERSION,
@@ -1233,6 +1233,38 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         batched.extend(framed(&batch(&answers)));
         out.push(("client_frames", format!("batch-{c}"), batched));
     }
+
+    // client_frames: a probe's answer (`Described`) with the methods of an introspecting
+    // server, and one with as many methods as a description may hold, each as small as a
+    // method can be (the most memory per byte a description can make a client spend).
+    let described = |methods: Vec<rpc_core::introspect::MethodInfo>| Welcome {
+        method_status: Vec::new(),
+        codecs: wire::codec_bits(&Codec::ALL),
+        features: wire::FEATURE_INTROSPECTION,
+        methods,
+        version: wire::PROTOCOL_VERSION,
+        capabilities: caps::SUPPORTED,
+        max_in_flight: 128,
+        max_oneway: 128,
+        stream_window: 256 * 1024,
+        status: HandshakeStatus::Described,
+        codec: Codec::Bincode.id(),
+        max_message: 1 << 22,
+        fingerprint: FuzzedClient::ID.fingerprint,
+        server_pid: 42,
+        service: FuzzedClient::ID.name.into(),
+        message: String::new(),
+    };
+    let mut stream = vec![0];
+    stream.extend(framed(&described(<FuzzedServer<Impl> as rpc_core::Service>::METHODS.to_vec()).encode()));
+    out.push(("client_frames", "described".to_owned(), stream));
+    let mut most = described(Vec::new()).encode();
+    most.truncate(most.len() - 2);
+    most.extend_from_slice(&(wire::MAX_DESCRIBED_METHODS as u16).to_le_bytes());
+    most.extend(std::iter::repeat_n(0u8, wire::MAX_DESCRIBED_METHODS * 11));
+    let mut stream = vec![0];
+    stream.extend(framed(&most));
+    out.push(("client_frames", "described-most-methods".to_owned(), stream));
 
     // engine_pair: scripts (see `script`): setup (codec, every capability, a valid
     // handshake), limits, 4 handshake parameters, then operations.

@@ -56,7 +56,15 @@ pub(crate) async fn call(
         .await
         .map_err(|e| Failure::reaching(name, &e))?;
     let options = opts.timeout.map_or_else(CallOptions::default, CallOptions::with_timeout);
-    let failed = |e: RpcError| Failure::call(&m.name, &e);
+    let failed = |e: RpcError| match &e {
+        // The arguments were JSON but not of the method's types: a usage mistake.
+        RpcError::Server(ServerError { kind: ServerErrorKind::BadRequest, detail }) => Failure::usage(format!(
+            "{}: the server could not read the arguments as {}: {detail}",
+            m.name,
+            m.signature()
+        )),
+        _ => Failure::call(&m.name, &e),
+    };
 
     if m.shape.oneway {
         channel.oneway(&options, request).await.map_err(failed)?;
@@ -104,29 +112,56 @@ pub(crate) async fn call(
     Ok(())
 }
 
-/// The request: `{"Variant":{"arg":value,...}}` from one JSON text per argument.
+/// The request: `{"Variant":{"arg":value,...}}`, from one JSON text per argument, or from
+/// one JSON object of them by name (see the crate docs).
 fn request(m: &MethodInfo, args: &[String]) -> Result<Value, Failure> {
+    let fields = match named(m, args) {
+        Some(fields) => fields,
+        None => positional(m, args)?,
+    };
+    let mut request = Map::new();
+    request.insert(m.variant.to_string(), Value::Object(fields));
+    Ok(Value::Object(request))
+}
+
+/// The arguments by name: one argument, a JSON object whose keys are exactly the method's
+/// argument names.
+fn named(m: &MethodInfo, args: &[String]) -> Option<Map<String, Value>> {
+    let [text] = args else { return None };
+    let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(text) else { return None };
+    let same = fields.len() == m.args.len() && m.args.iter().all(|a| fields.contains_key(&*a.name));
+    same.then_some(fields)
+}
+
+/// One JSON text per argument, in order.
+fn positional(m: &MethodInfo, args: &[String]) -> Result<Map<String, Value>, Failure> {
     if args.len() != m.args.len() {
+        let names: Vec<&str> = m.args.iter().map(|a| &*a.name).collect();
         return Err(Failure::usage(format!(
-            "`{}` takes {} argument{} ({}), got {}",
+            "`{}` takes {} argument{} ({}), got {}; give each as one JSON value, or all as one object {{{}}}",
             m.name,
             m.args.len(),
             if m.args.len() == 1 { "" } else { "s" },
             m.signature(),
-            args.len()
+            args.len(),
+            names.iter().map(|n| format!("\"{n}\":...")).collect::<Vec<_>>().join(",")
         )));
     }
     let mut fields = Map::new();
     for (i, (arg, text)) in m.args.iter().zip(args).enumerate() {
         let value: Value = serde_json::from_str(text).map_err(|e| {
             let hint = if text.starts_with(['"', '[', '{']) { "" } else { " (a string needs quotes: '\"text\"')" };
-            Failure::usage(format!("argument {} (`{}: {}`) is not JSON: {}{hint}", i + 1, arg.name, arg.ty, json_error(&e)))
+            Failure::usage(format!(
+                "argument {} (`{}: {}`) is not JSON: {}{hint}",
+                i + 1,
+                arg.name,
+                arg.ty,
+                json_error(&e)
+            ))
         })?;
         fields.insert(arg.name.to_string(), value);
     }
-    let mut request = Map::new();
-    request.insert(m.variant.to_string(), Value::Object(fields));
-    Ok(Value::Object(request))
+    Ok(fields)
 }
 
 /// serde_json's complaint about one line of text: what, and at which column (its "line 1"

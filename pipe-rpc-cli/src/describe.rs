@@ -100,8 +100,10 @@ pub(crate) async fn methods(name: &str, opts: &Options, out: &mut Printer) -> Re
         }
         return Ok(());
     }
-    let rows: Vec<Vec<String>> =
-        methods.iter().map(|m| vec![m.name.to_string(), m.shape.describe(), m.signature(), m.doc.to_string()]).collect();
+    let rows: Vec<Vec<String>> = methods
+        .iter()
+        .map(|m| vec![m.name.to_string(), m.shape.describe(), m.signature(), m.doc.to_string()])
+        .collect();
     out.table(&["METHOD", "SHAPE", "SIGNATURE", "DOC"], &rows)
 }
 
@@ -134,16 +136,39 @@ pub(crate) fn description_json(about: &ServerDescription) -> Value {
     })
 }
 
-/// The server's credentials as JSON: `pid`, `uid`, `gid` (Unix), `sid` (Windows).
+/// The server's credentials as JSON: `pid`, `uid`, `user` (its name, where known), `gid`
+/// (Unix), `sid` (Windows).
 pub(crate) fn credentials_json(c: &PeerCredentials) -> Value {
-    json!({ "pid": c.pid, "uid": c.uid, "gid": c.gid, "sid": c.sid.as_ref().map(ToString::to_string) })
+    json!({
+        "pid": c.pid,
+        "uid": c.uid,
+        "user": c.uid.and_then(user_name),
+        "gid": c.gid,
+        "sid": c.sid.as_ref().map(ToString::to_string),
+    })
 }
 
-/// `uid 1000, gid 1000` or the SID.
+/// The name of user `uid` from `/etc/passwd` (`None` where it is not there: users from a
+/// directory service, or no such file). Read-only and without a C library call, so the
+/// tool needs no `unsafe`.
+pub(crate) fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_owned())
+    })
+}
+
+/// `uid 1000 (alice), gid 1000` or the SID.
 pub(crate) fn user_text(c: &PeerCredentials) -> String {
     let mut parts = Vec::new();
     if let Some(uid) = c.uid {
-        parts.push(format!("uid {uid}"));
+        match user_name(uid) {
+            Some(name) => parts.push(format!("uid {uid} ({name})")),
+            None => parts.push(format!("uid {uid}")),
+        }
     }
     if let Some(gid) = c.gid {
         parts.push(format!("gid {gid}"));
@@ -172,9 +197,12 @@ fn codecs_text(about: &ServerDescription) -> String {
 /// The capability bits in words.
 fn capabilities(bits: u32) -> Vec<String> {
     let mut names = Vec::new();
-    for (bit, name) in
-        [(caps::ONEWAY, "one-way"), (caps::STREAMS, "streams"), (caps::CALLBACKS, "callbacks"), (caps::BATCH, "batches")]
-    {
+    for (bit, name) in [
+        (caps::ONEWAY, "one-way"),
+        (caps::STREAMS, "streams"),
+        (caps::CALLBACKS, "callbacks"),
+        (caps::BATCH, "batches"),
+    ] {
         if bits & bit != 0 {
             names.push(name.to_owned());
         }
@@ -184,4 +212,16 @@ fn capabilities(bits: u32) -> Vec<String> {
         names.push(format!("{rest:#x}"));
     }
     names
+}
+
+// Linux: where `/etc/passwd` is sure to name uid 0.
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_0_is_named_root_and_an_unused_uid_has_no_name() {
+        assert_eq!(user_name(0).as_deref(), Some("root"));
+        assert_eq!(user_name(u32::MAX - 7), None);
+    }
 }

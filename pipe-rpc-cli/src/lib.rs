@@ -6,19 +6,25 @@
 //!                                      capabilities, limits, server pid and user
 //! pipe-rpc methods NAME                the methods of a server with introspection on
 //! pipe-rpc call NAME METHOD [ARG...]   call METHOD, each ARG one JSON value
+//! pipe-rpc call NAME METHOD '{"arg":value,...}'   the same, arguments by name
 //! ```
 //!
 //! Options, anywhere on the line: `--json` (one JSON object per line, for scripts, instead
 //! of a table), `--timeout DURATION` (`500ms`, `2s`, `1.5`: seconds; default 1 s per
 //! endpoint for `list`, 5 s to connect otherwise, 10 s for a call, none for a stream),
-//! `--all` (`list`: on Windows, also pipes that are not pipe-rpc endpoints), `--help`.
+//! `--all` (`list`: on Windows, also pipes that are not pipe-rpc endpoints), `--live`
+//! (`list`: only endpoints whose server answered, no stale sockets), `--help`.
 //! After `--`, every argument is a method argument, even one that starts with `--`.
 //!
 //! `probe` works on every pipe-rpc server. `methods` and `call` need a server that lists its
 //! methods: [`ServerConfig::introspection`](rpc_core::ServerConfig::introspection), off by
 //! default (it publishes the method list). `call` connects with the JSON codec and sends
 //! `{"Method":{"arg":ARG,...}}`, the generated request enum's variant with its arguments by
-//! name, in the order `methods` shows. It prints the result as JSON; for a method returning
+//! name, in the order `methods` shows. The arguments may also be given by name, as one
+//! JSON object whose keys are exactly the method's argument names (`'{"a":1,"b":"x"}'`;
+//! `'{}'` for none): a lone object argument with exactly those keys is always read this
+//! way, so a one-argument method `f(v: T)` whose value is itself an object `{"v":...}`
+//! is called as `'{"v":{"v":...}}'`. It prints the result as JSON; for a method returning
 //! `Result<T, E>` it prints `T`, or prints `E` and exits 1. A method returning a stream
 //! prints one JSON value per line until the stream ends (or Ctrl-C, which cancels the call
 //! on the server). A method taking a stream reads its items from standard input, one JSON
@@ -29,7 +35,9 @@
 //! $ pipe-rpc call work-queues create '"jobs"'
 //! {
 //!   "name": "jobs",
-//!   "running": false
+//!   "pending": 0,
+//!   "state": "Stopped",
+//!   "taken": 0
 //! }
 //! $ pipe-rpc call probe-server count 3 2 0
 //! 3
@@ -42,7 +50,7 @@
 //! |---|---|
 //! | 0 | success |
 //! | 1 | the call failed: the method returned an error, the server refused or failed the call (bad request, handler panic, deadline), or the connection broke during it |
-//! | 2 | usage: an unknown command or option, a missing or extra argument, an argument that is not JSON, an unknown method, a method that cannot be called from here |
+//! | 2 | usage: an unknown command or option, a missing or extra argument, an argument that is not JSON (or not of the method's type: the server refuses the request as a bad request), an unknown method, a method that cannot be called from here |
 //! | 3 | the endpoint: nothing serves the name, it is busy, it refused us (permission, identity, version), or it is not a pipe-rpc endpoint |
 //! | 4 | the server does not list its methods (introspection off, or a server older than introspection) |
 //!
@@ -65,13 +73,15 @@ pub const HELP: &str = "\
 usage: pipe-rpc [--json] [--timeout DURATION] COMMAND
 
 commands:
-  list                        the current user's endpoints, live or stale (--all: on Windows,
-                              also pipes that are not pipe-rpc endpoints)
+  list                        the current user's endpoints, live or stale (--live: only those
+                              that answered; --all: on Windows, also pipes that are not
+                              pipe-rpc endpoints)
   probe NAME                  service, fingerprint, protocol version, codecs, capabilities,
                               limits, server pid and user
   methods NAME                the methods of NAME (the server must enable introspection)
   call NAME METHOD [ARG...]   call METHOD with each ARG as one JSON value ('\"text\"', 5,
-                              '[1,2]', '{\"a\":1}'); a stream result prints one JSON value per
+                              '[1,2]', '{\"a\":1}'), or one object of them by name
+                              ('{\"a\":1,\"b\":\"x\"}'); a stream result prints one JSON value per
                               line; a stream argument is read from stdin, one JSON value per line
 
 options:

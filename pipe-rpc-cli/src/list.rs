@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use rpc_core::introspect::ServerDescription;
 use rpc_core::pipe::LocalEndpoint;
 use rpc_core::{ClientConfig, RpcError, TransportError};
@@ -11,6 +13,12 @@ use crate::args::Options;
 use crate::describe::{credentials_json, pid_text, user_text};
 use crate::fail::{Failure, UNREACHABLE};
 use crate::out::Printer;
+
+/// Where the endpoints are listed from, for an error.
+const WHERE: &str = if cfg!(windows) { r"the pipe namespace \\.\pipe\" } else { "the per-user socket directory" };
+
+/// Probes in flight at once.
+const PARALLEL_PROBES: usize = 32;
 
 /// Per endpoint without `--timeout`: a live local server answers in microseconds.
 const PER_ENDPOINT: Duration = Duration::from_secs(1);
@@ -74,12 +82,18 @@ async fn probe(endpoint: &LocalEndpoint, per: Duration) -> State {
 /// `pipe-rpc list`.
 pub(crate) async fn list(opts: &Options, out: &mut Printer) -> Result<(), Failure> {
     let endpoints = rpc_core::pipe::list_local()
-        .map_err(|e| Failure::new(UNREACHABLE, format!("cannot list the endpoints: {e}")))?;
+        .map_err(|e| Failure::new(UNREACHABLE, format!("cannot list the endpoints ({WHERE}): {e}")))?;
     let per = opts.timeout.unwrap_or(PER_ENDPOINT);
-    let states = futures::future::join_all(endpoints.iter().map(|e| probe(e, per))).await;
+    // A few at a time: each probe holds a descriptor (or pipe instance) while it waits,
+    // and a directory of thousands of sockets must not exhaust them.
+    let states: Vec<State> =
+        futures::stream::iter(endpoints.iter().map(|e| probe(e, per))).buffered(PARALLEL_PROBES).collect().await;
     // Unix: the per-user directory holds only pipe-rpc sockets. Windows: every program's
     // pipes are in one namespace, so only those that answered as pipe-rpc are shown.
-    let show = |s: &State| opts.all || cfg!(unix) || s.is_ours();
+    // `--live`: only servers that answered; stale sockets and the rest are left out.
+    let show = |s: &State| {
+        if opts.live { matches!(s, State::Live(_)) } else { opts.all || cfg!(unix) || s.is_ours() }
+    };
     let found: Vec<(&LocalEndpoint, State)> = endpoints.iter().zip(states).filter(|(_, s)| show(s)).collect();
     if out.json {
         for (endpoint, state) in &found {

@@ -246,6 +246,12 @@ pub fn fallible<Resp, T, E: AbsorbsRpcError>(
     }
 }
 
+/// How many spans (`crate::spans`) this process has opened: for tests that show that none
+/// is made when no subscriber wants them.
+pub fn spans_opened() -> u64 {
+    crate::spans::opened()
+}
+
 /// What an `#[idempotent]` method asks of each argument: it is sent again after a
 /// reconnection, so the client keeps a copy.
 #[diagnostic::on_unimplemented(

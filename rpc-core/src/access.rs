@@ -12,9 +12,10 @@
 //! ## Platform-specific behavior
 //!
 //! On Unix the user is the effective uid (and group the effective gid) the kernel recorded
-//! at `connect` (the client's) or `listen` (the server's). On Windows it is the user SID of
-//! the peer process's token, looked up from the pipe's peer process id; uid and gid lists do
-//! not apply there. A peer whose user cannot be read is refused by the user rules (fail
+//! at `connect` (the client's) or `listen` (the server's). On Windows it is a user SID: a
+//! client's is the user of the token it connected with (read once its hello is in), a server's
+//! is its pipe's owner (see `transport_pipe::PipeStream::peer_credentials`); uid and gid lists
+//! do not apply there. A peer whose user cannot be read is refused by the user rules (fail
 //! closed).
 
 use std::fmt;

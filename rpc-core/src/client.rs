@@ -31,6 +31,8 @@ use crate::codec::Codec;
 use crate::codec::{EncodeError, Placed};
 use crate::error::{Direction, RpcError, TransportError};
 use crate::service::ServiceId;
+use crate::spans;
+use crate::stats::Outcome;
 use bytes::Bytes;
 
 /// Client settings. Start from `ClientConfig::default()` and change fields.
@@ -252,12 +254,25 @@ pub struct CallOptions {
     /// (`Duration::MAX` included) counts as 100 years. The server still ends a call at its
     /// `ServerConfig::max_deadline` (5 min by default).
     pub timeout: Option<Duration>,
+    /// The method being called, for the call's span (see [`crate::spans`]); generated
+    /// clients set it.
+    method: &'static str,
 }
 
 impl CallOptions {
     /// Options with the given timeout.
     pub fn with_timeout(timeout: Duration) -> Self {
-        CallOptions { timeout: Some(timeout) }
+        CallOptions { timeout: Some(timeout), method: "" }
+    }
+
+    /// These options for a call of `method` (its name in spans). Generated clients call
+    /// this for every call.
+    #[doc(hidden)]
+    #[must_use]
+    #[inline]
+    pub fn for_method(mut self, method: &'static str) -> Self {
+        self.method = method;
+        self
     }
 }
 
@@ -309,6 +324,12 @@ pub(crate) struct Shared<Req, Resp> {
     methods: std::sync::RwLock<Option<crate::evolution::MethodStatuses>>,
     /// True while `methods` is `Some`: the one check a call pays when all is well.
     restricted: std::sync::atomic::AtomicBool,
+    /// The service's name, for spans.
+    service: &'static str,
+    /// Bytes of every connection's engine (see `crate::stats`).
+    pub(crate) counters: Arc<crate::stats::Counters>,
+    /// Connections made (handshakes that succeeded).
+    connections: AtomicU64,
 }
 
 /// A connection to one service, shared by any number of concurrent calls.
@@ -598,9 +619,10 @@ where
                 *shared.peer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = peer;
                 shared.clone()
             }
-            None => Shared::with_reconnect(Arc::new(Registry::default()), peer, config),
+            None => Shared::with_reconnect(Arc::new(Registry::default()), peer, config, service.name),
         };
         shared.set_methods(negotiated.method_status.clone());
+        shared.connections.fetch_add(1, Ordering::Relaxed);
         let registry = shared.calls.registry();
         let transport = crate::engine::pipe(framed, negotiated.codec, shared.config.decode_limits);
         let limits = crate::engine::CallerLimits {
@@ -620,6 +642,7 @@ where
             frame_read_timeout: crate::deadlines::time_limit(shared.config.frame_read_timeout),
             write_stall_timeout: crate::deadlines::time_limit(shared.config.write_stall_timeout),
             decode: shared.config.decode_limits,
+            counters: shared.counters.clone(),
         };
         // Every client connection can be called back: the router hands callback calls to the
         // object of the call they belong to (and refuses them once that call is over).
@@ -635,6 +658,8 @@ where
             None,
             stream_limits,
             server,
+            // Callbacks served here are not among the client's calls.
+            Arc::default(),
         );
         let engine =
             crate::engine::Engine::<_, CallbackRouter, Req, Resp>::new(transport, settings, Some(caller), Some(callee));
@@ -644,7 +669,7 @@ where
     /// A handle on an engine's calling half that has no connection of its own to close:
     /// the server's way to call its client back. Returns the engine's side too.
     pub(crate) fn for_engine(peer: PeerInfo, config: ClientConfig) -> (Self, Arc<Shared<Req, Resp>>) {
-        let shared = Shared::new(Arc::default(), peer, config);
+        let shared = Shared::new(Arc::default(), peer, config, "callback");
         (Channel { shared: shared.clone(), bridge: None }, shared)
     }
 
@@ -661,7 +686,7 @@ where
             max_oneway: 0,
             server: None,
         };
-        let shared = Shared::new(Arc::default(), peer, ClientConfig::default());
+        let shared = Shared::new(Arc::default(), peer, ClientConfig::default(), "callback");
         Channel { shared, bridge: Some(Arc::new(link)) }
     }
 
@@ -726,7 +751,8 @@ where
         }
         let (deadline, timeout) = Self::stream_deadline(options);
         let streams = Box::new(CallStreams { up: None, down: None, callback: Some(callback) });
-        CallFuture { calls: &self.shared.calls, start: Some((body, deadline, timeout, Some(streams))), id: None }.await
+        let about = (spans::Kind::Call, self.shared.service, options.method);
+        CallFuture::new(&self.shared.calls, (body, deadline, timeout, Some(streams)), about).await
     }
 
     /// Makes a one-way call: sends `body` and expects nothing back. Returns once the
@@ -741,11 +767,28 @@ where
     /// message in flight would be; a process that exits right after one-way calls should
     /// first wait for them with [`flush`](Self::flush).
     pub async fn oneway(&self, options: &CallOptions, body: Req) -> Result<(), RpcError> {
+        let trace = spans::client(spans::Kind::OneWay, self.shared.service, options.method, None, None);
+        let sent = self.oneway_queued(options, body).await;
+        if trace.is_some() {
+            let error = sent.as_ref().err().map(|e| e as &dyn std::fmt::Display);
+            trace.end(Outcome::of_result(&sent), error, None);
+        }
+        sent
+    }
+
+    /// [`oneway`](Self::oneway) without its span.
+    async fn oneway_queued(&self, options: &CallOptions, body: Req) -> Result<(), RpcError> {
         let shared = &*self.shared;
         let peer = shared.peer();
+        // Failures before the call reaches the queue are counted here; the queue counts
+        // the rest.
+        let refused = |e: RpcError| {
+            shared.calls.lock().tally.oneway_failed(Outcome::of_error(&e));
+            e
+        };
         if peer.capabilities & crate::wire::caps::ONEWAY == 0 {
             let detail = "the server does not accept one-way calls (it did not announce the capability)".into();
-            return Err(TransportError::Incompatible { detail }.into());
+            return Err(refused(TransportError::Incompatible { detail }.into()));
         }
         let id = shared.oneway_seq.fetch_add(1, Ordering::Relaxed);
         let frame = crate::wire::Frame::<Req, crate::wire::Never>::OneWay { id, body };
@@ -763,7 +806,7 @@ where
                 Placed::Separate(bytes) => bytes,
             })
         });
-        let mut frame = Some(encoded.map_err(|e| match e {
+        let frame = encoded.map_err(|e| match e {
             EncodeError::TooLarge(t) => RpcError::from(TransportError::MessageTooLarge {
                 size: t.size,
                 limit: t.limit,
@@ -772,7 +815,8 @@ where
             EncodeError::Serde(msg) => {
                 TransportError::Protocol { detail: format!("cannot encode the request: {msg}") }.into()
             }
-        })?);
+        });
+        let mut frame = Some(frame.map_err(refused)?);
         let max = shared.config.max_queued_oneway;
         let mut push =
             std::pin::pin!(std::future::poll_fn(|cx| shared.calls.poll_push_oneway(&mut frame, max, cx.waker())));
@@ -783,7 +827,7 @@ where
         let timeout = options.timeout.unwrap_or(shared.config.default_timeout);
         match tokio::time::timeout(timeout, push).await {
             Ok(r) => r,
-            Err(_) => Err(RpcError::DeadlineExceeded { timeout }),
+            Err(_) => Err(refused(RpcError::DeadlineExceeded { timeout })),
         }
     }
 }
@@ -853,9 +897,14 @@ impl<Req, Resp> Shared<Req, Resp> {
 
     /// A client's shared state; `reconnects` if `config` asks for it (only clients that
     /// connect by name get a supervisor, see [`Channel::connect`]).
-    fn with_reconnect(registry: Arc<Registry>, peer: PeerInfo, config: ClientConfig) -> Arc<Self> {
+    fn with_reconnect(
+        registry: Arc<Registry>,
+        peer: PeerInfo,
+        config: ClientConfig,
+        service: &'static str,
+    ) -> Arc<Self> {
         let reconnects = config.reconnect.is_some();
-        let mut shared = Self::new(registry, peer, config);
+        let mut shared = Self::new(registry, peer, config, service);
         Arc::get_mut(&mut shared).expect("just made").reconnects = reconnects;
         shared
     }
@@ -874,8 +923,11 @@ impl<Req, Resp> Shared<Req, Resp> {
         self.peer.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    fn new(registry: Arc<Registry>, peer: PeerInfo, config: ClientConfig) -> Arc<Self> {
+    fn new(registry: Arc<Registry>, peer: PeerInfo, config: ClientConfig, service: &'static str) -> Arc<Self> {
         Arc::new(Shared {
+            service,
+            counters: Arc::default(),
+            connections: AtomicU64::new(0),
             calls: Calls::new(registry),
             handles: AtomicUsize::new(1),
             oneway_seq: AtomicU64::new(0),
@@ -937,7 +989,8 @@ impl<Req, Resp> Channel<Req, Resp> {
         // The engine enforces the deadline (one timer per connection, not one per call)
         // and always answers: with the response, an error, or `DeadlineExceeded`.
         let timeout = deadline.saturating_duration_since(now);
-        CallFuture { calls: &shared.calls, start: Some((body, Some(deadline), timeout, None)), id: None }.await
+        let about = (spans::Kind::Call, shared.service, options.method);
+        CallFuture::new(&shared.calls, (body, Some(deadline), timeout, None), about).await
     }
 
     /// A stream's deadline: the one the caller set, if any (streams have none by
@@ -968,7 +1021,8 @@ impl<Req, Resp> Channel<Req, Resp> {
         self.streams_supported()?;
         let (deadline, timeout) = Self::stream_deadline(options);
         let streams = Box::new(CallStreams { up: Some(up), down: None, callback: None });
-        CallFuture { calls: &self.shared.calls, start: Some((body, deadline, timeout, Some(streams))), id: None }.await
+        let about = (spans::Kind::Stream { up: true, down: false }, self.shared.service, options.method);
+        CallFuture::new(&self.shared.calls, (body, deadline, timeout, Some(streams)), about).await
     }
 
     /// Starts a call whose handler streams items back (and, with `up`, takes a stream
@@ -989,13 +1043,27 @@ impl<Req, Resp> Channel<Req, Resp> {
     {
         self.streams_supported()?;
         let (deadline, timeout) = Self::stream_deadline(options);
-        let inbox = Inbox::new();
+        let inbox = Inbox::new(self.shared.counters.clone());
+        let kind = spans::Kind::Stream { up: up.is_some(), down: true };
         let streams = Box::new(CallStreams { up, down: Some(inbox.clone()), callback: None });
         // Nobody waits on the slot: the stream reads the inbox.
-        let id = self.shared.calls.start(body, deadline, timeout, Some(streams), std::task::Waker::noop())?;
+        let started = self.shared.calls.start(body, deadline, timeout, Some(streams), std::task::Waker::noop());
+        let span_timeout = deadline.map(|_| timeout);
+        let mut trace =
+            spans::client(kind, self.shared.service, options.method, started.as_ref().ok().copied(), span_timeout);
+        let id = match started {
+            Ok(id) => id,
+            Err(e) => {
+                trace.end(Outcome::of_error(&e), Some(&e), None);
+                return Err(e);
+            }
+        };
+        if let Some(t) = trace.get_mut() {
+            t.count_inbound(&inbox);
+        }
         let window = self.shared.config.stream_window;
         let remote = Remote::new(id, inbox, self.shared.ctl.clone(), window, false);
-        let down = ClientDown { channel: self.clone(), id, remote };
+        let down = ClientDown { channel: self.clone(), id, remote, outcome: None, trace };
         Ok(RpcStream::from_results(crate::stream::pick_items(down, pick)))
     }
 
@@ -1060,6 +1128,26 @@ impl<Req, Resp> Channel<Req, Resp> {
     pub fn config(&self) -> &ClientConfig {
         &self.shared.config
     }
+
+    /// This client's counters now (shared by every clone of it): calls and their outcomes,
+    /// what is in flight, bytes, connections made. See [`crate::stats`].
+    ///
+    /// ```no_run
+    /// # #[rpc_core::service] pub trait Echo { async fn echo(&self, s: String) -> String; }
+    /// # async fn run() -> Result<(), rpc_core::RpcError> {
+    /// let echo = EchoClient::connect("echo").await?;
+    /// echo.echo("hi".into()).await?;
+    /// let stats = echo.channel().stats();
+    /// assert_eq!((stats.calls.started, stats.calls.ok), (1, 1));
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> crate::stats::ClientStats {
+        let calls = self.shared.calls.lock().tally.snapshot();
+        let (bytes_in, bytes_out) = self.shared.counters.traffic();
+        let (items_in, items_out) = self.shared.counters.items();
+        let connections = self.shared.connections.load(Ordering::Relaxed);
+        crate::stats::ClientStats { calls, connections, items_in, items_out, bytes_in, bytes_out }
+    }
 }
 
 /// One call: starts on its first poll, then waits for the engine to fill its slot in.
@@ -1068,6 +1156,20 @@ struct CallFuture<'a, Req, Resp> {
     calls: &'a Calls<Req, Resp>,
     start: Option<CallStart<Req, Resp>>,
     id: Option<u64>,
+    /// What its span says it is: the kind, the service and the method.
+    about: (spans::Kind, &'static str, &'static str),
+    /// Its span, once started, if one is wanted.
+    trace: spans::Trace,
+}
+
+impl<'a, Req, Resp> CallFuture<'a, Req, Resp> {
+    fn new(
+        calls: &'a Calls<Req, Resp>,
+        start: CallStart<Req, Resp>,
+        about: (spans::Kind, &'static str, &'static str),
+    ) -> Self {
+        CallFuture { calls, start: Some(start), id: None, about, trace: spans::Trace::NONE }
+    }
 }
 
 type CallStart<Req, Resp> = (Req, Option<Instant>, Duration, Option<Box<CallStreams<Req, Resp>>>);
@@ -1078,19 +1180,39 @@ struct ClientDown<Req, Resp> {
     channel: Channel<Req, Resp>,
     id: u64,
     remote: Remote<Resp>,
+    /// How the stream ended, once its reader has seen the end.
+    outcome: Option<Outcome>,
+    trace: spans::Trace,
 }
 
 impl<Req, Resp> futures::Stream for ClientDown<Req, Resp> {
     type Item = Result<Resp, RpcError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.get_mut().remote).poll_next(cx)
+        let this = self.get_mut();
+        let next = Pin::new(&mut this.remote).poll_next(cx);
+        match &next {
+            Poll::Ready(None) => {
+                this.outcome.get_or_insert(Outcome::Ok);
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.outcome = Some(Outcome::of_error(e));
+                if let Some(t) = this.trace.get_mut() {
+                    t.error = Some(e.to_string());
+                }
+            }
+            _ => {}
+        }
+        next
     }
 }
 
 impl<Req, Resp> Drop for ClientDown<Req, Resp> {
     fn drop(&mut self) {
-        self.channel.shared.calls.abandon(self.id);
+        // Dropped before its end: the reader gave up, which cancels the call.
+        let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
+        self.channel.shared.calls.abandon(self.id, Some(outcome));
+        std::mem::take(&mut self.trace).end(outcome, None, None);
     }
 }
 
@@ -1107,18 +1229,29 @@ impl<Req, Resp> Future for CallFuture<'_, Req, Resp> {
         let this = self.get_mut();
         if let Some((body, deadline, timeout, streams)) = this.start.take() {
             // Starting registers this waker too: one lock, and the next poll is the wake.
-            return match this.calls.start(body, deadline, timeout, streams, cx.waker()) {
+            let started = this.calls.start(body, deadline, timeout, streams, cx.waker());
+            let (kind, service, method) = this.about;
+            this.trace =
+                spans::client(kind, service, method, started.as_ref().ok().copied(), deadline.map(|_| timeout));
+            return match started {
                 Ok(id) => {
                     this.id = Some(id);
                     Poll::Pending
                 }
-                Err(e) => Poll::Ready(Err(e)),
+                Err(e) => {
+                    std::mem::take(&mut this.trace).end(Outcome::of_error(&e), Some(&e), None);
+                    Poll::Ready(Err(e))
+                }
             };
         }
         let id = this.id.expect("CallFuture polled after completion");
         let done = this.calls.poll_done(id, cx);
-        if done.is_ready() {
+        if let Poll::Ready(result) = &done {
             this.id = None;
+            if this.trace.is_some() {
+                let error = result.as_ref().err().map(|e| e as &dyn std::fmt::Display);
+                std::mem::take(&mut this.trace).end(Outcome::of_result(result), error, None);
+            }
         }
         done
     }
@@ -1127,7 +1260,8 @@ impl<Req, Resp> Future for CallFuture<'_, Req, Resp> {
 impl<Req, Resp> Drop for CallFuture<'_, Req, Resp> {
     fn drop(&mut self) {
         if let Some(id) = self.id {
-            self.calls.abandon(id);
+            self.calls.abandon(id, None);
+            std::mem::take(&mut self.trace).end(Outcome::Cancelled, None, None);
         }
     }
 }

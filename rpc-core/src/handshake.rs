@@ -366,18 +366,18 @@ pub(crate) async fn refuse_early<S: AsyncRead + AsyncWrite + Unpin>(
     TransportError::Incompatible { detail: format!("refused client: {status:?} {message}") }
 }
 
-/// Server side: read `Hello` within `timeout`, answer `Welcome`. `decide`, called once
-/// the client has been heard, may force a refusal (overload, shutdown) so the client gets
-/// a typed reason.
+/// Server side: read `Hello` within `timeout`, answer `Welcome`. `decide`, called with the
+/// connection once the client has been heard, may force a refusal (access, overload,
+/// shutdown) so the client gets a typed reason.
 pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S, LengthPrefixed>,
     service: ServiceId,
     offer: ServerOffer,
     timeout: Duration,
-    decide: impl FnOnce() -> Option<(HandshakeStatus, String)>,
+    decide: impl FnOnce(&S) -> Option<(HandshakeStatus, String)>,
 ) -> Result<Negotiated, TransportError> {
     let hello = read_hello(framed, service, timeout).await?;
-    let refuse = decide();
+    let refuse = decide(framed.get_ref());
     let ServerOffer { max_message, max_in_flight, max_oneway, stream_window, methods } = offer;
     let codec = Codec::from_id(hello.codec);
     // The newest version both speak, if it is one both accept.

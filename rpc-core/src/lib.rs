@@ -143,6 +143,8 @@ pub mod introspect;
 pub mod reconnect;
 pub mod server;
 pub mod service;
+pub mod spans;
+pub mod stats;
 pub mod stream;
 pub mod tcp;
 pub mod wire;
@@ -167,6 +169,7 @@ pub use reconnect::Reconnect;
 pub use rpc_macros::service;
 pub use server::{BoundServer, DEFAULT_STREAM_WINDOW, Listener, Server, ServerConfig, ShutdownHandle};
 pub use service::{Service, ServiceId};
+pub use stats::{CallStats, ClientStats, ErrorCounts, ServerStats, StatsHandle};
 pub use stream::RpcStream;
 /// The pipe layer: names, listener, connect options and their platform rules.
 pub use transport_pipe as pipe;

@@ -37,6 +37,7 @@ use transport_pipe::{ListenOptions, PipeListener, PipeName};
 use crate::access::{AccessPolicy, PeerCredentials};
 use crate::error::{ServeError, TransportError};
 use crate::service::Service;
+use crate::stats::{ServerCounters, ServerStats, StatsHandle};
 use crate::tcp::TcpListener;
 use crate::wire::HandshakeStatus;
 
@@ -136,7 +137,9 @@ pub struct ServerConfig {
     /// off, because it publishes the method list to every client the
     /// [`access`](Self::access) policy admits. A probe is answered with the service's
     /// name, fingerprint, version, codecs and limits either way (a wrong-service refusal
-    /// names the service too).
+    /// names the service too). A description holds at most
+    /// [`MAX_DESCRIBED_METHODS`](crate::wire::MAX_DESCRIBED_METHODS) methods (the first, in
+    /// trait order).
     pub introspection: bool,
     /// TCP only: whether [`Server::bind_tcp`] may listen on an address that is not
     /// loopback (another interface, or `0.0.0.0` / `::` for all of them), reachable from
@@ -313,12 +316,14 @@ pub const DEFAULT_STREAM_WINDOW: u32 = 256 * 1024;
 pub struct Server<S> {
     service: Arc<S>,
     config: ServerConfig,
+    /// Every connection this server serves counts here, bound or handed over.
+    counters: Arc<ServerCounters>,
 }
 
 impl<S: Service> Server<S> {
     /// A server for `service` (a generated `{Trait}Server`) with default settings.
     pub fn new(service: S) -> Self {
-        Server { service: Arc::new(service), config: ServerConfig::default() }
+        Server { service: Arc::new(service), config: ServerConfig::default(), counters: Arc::default() }
     }
 
     /// Replaces the settings.
@@ -332,7 +337,27 @@ impl<S: Service> Server<S> {
     /// name is invalid, or permission is denied. Must be called inside a tokio runtime.
     pub fn bind(self, name: impl Into<PipeName>) -> Result<BoundServer<S>, ServeError> {
         let listener = PipeListener::bind_with(name, &self.config.listen).map_err(ServeError::Bind)?;
-        Ok(BoundServer { listener, service: self.service, config: self.config, shutdown: ShutdownHandle::new() })
+        Ok(BoundServer {
+            listener,
+            service: self.service,
+            config: self.config,
+            shutdown: ShutdownHandle::new(),
+            counters: self.counters,
+        })
+    }
+
+    /// The counters of the connections this server has served with
+    /// [`serve_connection`](Self::serve_connection) and [`serve_parent`](Self::serve_parent)
+    /// (see [`crate::stats`]). [`bind`](Self::bind) hands them on: the bound server goes on
+    /// counting in them ([`BoundServer::stats`]).
+    pub fn stats(&self) -> ServerStats {
+        self.counters.snapshot()
+    }
+
+    /// A handle that reads [`stats`](Self::stats) from anywhere, while connections are
+    /// served and after.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle { counters: self.counters.clone() }
     }
 
     /// Binds `name` and serves until the process ends. See [`BoundServer::run_until`]
@@ -404,7 +429,13 @@ impl<S: Service> Server<S> {
         }
         let listener = TcpListener::bind(&addrs).map_err(|e| ServeError::BindTcp { addr: shown, source: e })?;
         tracing::debug!(addr = %listener.local_addr(), "listening on TCP");
-        Ok(BoundServer { listener, service: self.service, config: self.config, shutdown: ShutdownHandle::new() })
+        Ok(BoundServer {
+            listener,
+            service: self.service,
+            config: self.config,
+            shutdown: ShutdownHandle::new(),
+            counters: self.counters,
+        })
     }
 
     /// Binds the TCP address `addr` and serves until the process ends. See
@@ -459,9 +490,15 @@ impl<S: Service> Server<S> {
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let admit = connection::Admission { peer, counts: None, handshaking: None };
+        let admit = connection::Admission { peer, counts: None, handshaking: None, access_after_hello: None };
         let config = Arc::new(self.config.normalized());
-        connection::serve(io, self.service.clone(), config, CancellationToken::new(), admit).await
+        let conn = connection::Conn {
+            service: self.service.clone(),
+            config,
+            shutdown: CancellationToken::new(),
+            counters: self.counters.clone(),
+        };
+        connection::serve(io, conn, admit).await
     }
 }
 
@@ -495,6 +532,7 @@ pub struct BoundServer<S, L = PipeListener> {
     service: Arc<S>,
     config: ServerConfig,
     shutdown: ShutdownHandle,
+    counters: Arc<ServerCounters>,
 }
 
 impl<S, L: Listener> std::fmt::Debug for BoundServer<S, L> {
@@ -527,6 +565,35 @@ impl<S: Service, L: Listener> BoundServer<S, L> {
         self.shutdown.clone()
     }
 
+    /// The server's counters now: connections, calls and their outcomes, bytes. See
+    /// [`crate::stats`]; [`stats_handle`](Self::stats_handle) reads them once the server
+    /// runs.
+    pub fn stats(&self) -> ServerStats {
+        self.counters.snapshot()
+    }
+
+    /// A handle that reads the server's counters from anywhere, while it runs and after.
+    ///
+    /// ```no_run
+    /// # #[rpc_core::service] pub trait Echo { async fn echo(&self, s: String) -> String; }
+    /// # struct Me; impl Echo for Me { async fn echo(&self, s: String) -> String { s } }
+    /// # async fn run() -> Result<(), rpc_core::ServeError> {
+    /// let server = rpc_core::Server::new(EchoServer::new(Me)).bind("echo")?;
+    /// let stats = server.stats_handle();
+    /// tokio::spawn(async move {
+    ///     loop {
+    ///         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    ///         let s = stats.get();
+    ///         eprintln!("{} connections, {} calls in flight", s.connections_open, s.calls.in_flight);
+    ///     }
+    /// });
+    /// server.run().await
+    /// # }
+    /// ```
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle { counters: self.counters.clone() }
+    }
+
     /// Serves until [`ShutdownHandle::shutdown`] is called, then shuts down gracefully.
     pub async fn run(self) -> Result<(), ServeError> {
         self.run_until(std::future::pending()).await
@@ -545,7 +612,7 @@ impl<S: Service, L: Listener> BoundServer<S, L> {
     /// busy (and keep retrying within their connect timeout), and a replacement server
     /// cannot bind the name.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let BoundServer { listener, service, config, shutdown } = self;
+        let BoundServer { listener, service, config, shutdown, counters: server_counters } = self;
         let config = Arc::new(config.normalized());
         warm_up_panics();
         let counts = Arc::new(Counts::default());
@@ -563,22 +630,33 @@ impl<S: Service, L: Listener> BoundServer<S, L> {
                 accepted = listener.accept() => match accepted {
                     Ok(stream) => {
                         accept_failures = 0;
-                        match gate(L::peer(&stream), &config, &me, &counts) {
+                        match gate::<L>(&stream, &config, &me, &counts) {
                             Gate::Admit(admit) => {
-                                let (service, config, token) = (service.clone(), config.clone(), shutdown.token.clone());
+                                let conn = connection::Conn {
+                                    service: service.clone(),
+                                    config: config.clone(),
+                                    shutdown: shutdown.token.clone(),
+                                    counters: server_counters.clone(),
+                                };
                                 conns.spawn(async move {
-                                    if let Err(e) = connection::serve(stream, service, config, token, admit).await {
+                                    if let Err(e) = connection::serve(stream, conn, admit).await {
                                         tracing::debug!(error = %e, "connection ended");
                                     }
                                 });
                             }
                             Gate::Refuse(status, why, guard) => {
+                                server_counters.refused();
+                                crate::spans::connection_refused(S::ID.name, &why);
                                 conns.spawn(async move {
                                     let _guard = guard;
                                     connection::refuse(stream, S::ID, status, why).await;
                                 });
                             }
-                            Gate::Drop(why) => tracing::warn!(%why, "dropped a connection unanswered"),
+                            Gate::Drop(why) => {
+                                server_counters.refused();
+                                crate::spans::connection_refused(S::ID.name, &why);
+                                tracing::warn!(%why, "dropped a connection unanswered");
+                            }
                         }
                     }
                     Err(e) => {
@@ -626,9 +704,9 @@ fn warm_up_panics() {
 }
 
 /// What the accept loop does with a new connection.
-enum Gate {
+enum Gate<IO> {
     /// Serve it (its handshake decides the rest).
-    Admit(connection::Admission),
+    Admit(connection::Admission<IO>),
     /// Answer this refusal at once, without waiting for the hello; the guard holds the
     /// connection's place among the refusals being answered.
     Refuse(HandshakeStatus, String, CountGuard),
@@ -638,18 +716,26 @@ enum Gate {
 
 /// Decides, from the accepted client's credentials and before anything it sent is read,
 /// whether the access policy refuses it at once. The connection limits (total, per user)
-/// are checked once the client is heard, in its handshake (see [`Counts::admit`]).
-fn gate(
-    peer: Result<Option<PeerCredentials>, String>,
-    config: &ServerConfig,
-    me: &PeerCredentials,
-    counts: &Arc<Counts>,
-) -> Gate {
+/// are checked once the client is heard, in its handshake (see [`Counts::admit`]). Where the
+/// transport tells who the client is only once something has been read
+/// ([`Listener::USER_AFTER_FIRST_READ`], Windows pipes), the policy too is applied in the
+/// handshake, as soon as the hello is in.
+fn gate<L: Listener>(stream: &L::Io, config: &ServerConfig, me: &PeerCredentials, counts: &Arc<Counts>) -> Gate<L::Io> {
     let refuse = |status, why: String| match CountGuard::take(&counts.refusing, config.max_handshaking) {
         Some(guard) => Gate::Refuse(status, why, guard),
         None => Gate::Drop(format!("{why}; and {} refusals are being answered already", config.max_handshaking)),
     };
-    let peer = match peer {
+    if L::USER_AFTER_FIRST_READ {
+        let handshaking = Pending::enter(counts, config.max_handshaking);
+        let access = connection::AccessAfterHello { peer_of: L::peer, me: *me };
+        return Gate::Admit(connection::Admission {
+            peer: None,
+            counts: Some(counts.clone()),
+            handshaking: Some(handshaking),
+            access_after_hello: Some(access),
+        });
+    }
+    let peer = match L::peer(stream) {
         Ok(peer) => peer,
         Err(e) => {
             // Fail closed: a client we cannot identify is not admitted.
@@ -667,7 +753,12 @@ fn gate(
         return refuse(HandshakeStatus::PermissionDenied, why);
     }
     let handshaking = Pending::enter(counts, config.max_handshaking);
-    Gate::Admit(connection::Admission { peer, counts: Some(counts.clone()), handshaking: Some(handshaking) })
+    Gate::Admit(connection::Admission {
+        peer,
+        counts: Some(counts.clone()),
+        handshaking: Some(handshaking),
+        access_after_hello: None,
+    })
 }
 
 /// The server's connection counts.

@@ -20,6 +20,8 @@
 mod describe;
 mod frame;
 
+pub use describe::{MAX_DESCRIBED_ARGS, MAX_DESCRIBED_METHODS};
+
 pub use frame::{BATCH_ENTRY_LEN, FLAG_MORE, FLAG_OPENER, Frame, FrameError, HEADER_LEN, Kind, Never, split_batch};
 pub(crate) use frame::{decode_item_body, encode_item_append, item_header, next_in_batch};
 
@@ -508,6 +510,10 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
+    /// Bytes not read yet.
+    fn remaining(&self) -> usize {
+        self.0.len()
+    }
     fn str(&mut self) -> Result<String, HandshakeDecodeError> {
         let n = self.u16()? as usize;
         let bytes = self.take(n)?;
@@ -733,6 +739,62 @@ mod tests {
         let read = Welcome::decode(old).unwrap();
         assert_eq!((read.codecs, read.features, read.methods.len()), (0, 0, 0));
         assert_eq!(read.stream_window, w.stream_window);
+    }
+
+    /// A described welcome with introspection whose method list is `list` (count first).
+    fn with_method_bytes(list: &[u8]) -> Vec<u8> {
+        let mut bytes = described(vec![], FEATURE_INTROSPECTION).encode();
+        bytes.truncate(bytes.len() - 2);
+        bytes.extend_from_slice(list);
+        bytes
+    }
+
+    fn malformed(bytes: &[u8]) -> &'static str {
+        match Welcome::decode(bytes) {
+            Err(HandshakeDecodeError::Malformed(why)) => why,
+            other => panic!("expected a malformed welcome, got {other:?}"),
+        }
+    }
+
+    /// One minimal method: four empty strings, no arguments, no shape flags.
+    const EMPTY_METHOD: [u8; 11] = [0; 11];
+
+    #[test]
+    fn a_hostile_method_count_is_refused_before_anything_is_reserved_for_it() {
+        // 65535 methods claimed, 2 bytes there.
+        let why = malformed(&with_method_bytes(&[0xff, 0xff, 0, 0]));
+        assert!(why.contains("more methods"), "{why}");
+        let why = malformed(&with_method_bytes(&[10, 0, 0, 0]));
+        assert!(why.contains("larger than the bytes that follow"), "{why}");
+        // 513 well-formed methods: over the limit even though the bytes are there.
+        let mut list = 513u16.to_le_bytes().to_vec();
+        (0..513).for_each(|_| list.extend_from_slice(&EMPTY_METHOD));
+        assert!(malformed(&with_method_bytes(&list)).contains("(512)"));
+        // 512 of them are accepted.
+        let mut list = 512u16.to_le_bytes().to_vec();
+        (0..512).for_each(|_| list.extend_from_slice(&EMPTY_METHOD));
+        assert_eq!(Welcome::decode(&with_method_bytes(&list)).unwrap().methods.len(), MAX_DESCRIBED_METHODS);
+    }
+
+    #[test]
+    fn a_hostile_argument_count_is_refused() {
+        // One method: name, variant, then 257 arguments claimed with their bytes there.
+        let mut list = vec![1, 0, 0, 0, 0, 0];
+        list.extend_from_slice(&257u16.to_le_bytes());
+        list.extend_from_slice(&[0; 257 * 4 + 5]);
+        assert!(malformed(&with_method_bytes(&list)).contains("(256)"));
+        // 200 claimed, a few bytes there.
+        let mut list = vec![1, 0, 0, 0, 0, 0];
+        list.extend_from_slice(&200u16.to_le_bytes());
+        list.extend_from_slice(&[0; 20]);
+        assert!(malformed(&with_method_bytes(&list)).contains("larger than the bytes that follow"));
+    }
+
+    #[test]
+    fn a_service_with_more_methods_than_a_description_holds_describes_the_first_512() {
+        let many: Vec<MethodInfo> = (0..600).map(|_| sample_methods().remove(0)).collect();
+        let w = described(many, FEATURE_INTROSPECTION);
+        assert_eq!(Welcome::decode(&w.encode()).unwrap().methods.len(), MAX_DESCRIBED_METHODS);
     }
 
     #[test]

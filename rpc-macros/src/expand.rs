@@ -794,12 +794,14 @@ impl<'a> ServiceGenerator<'a> {
         let resp = Self::local("__rpc_response");
         let value = Self::local("__rpc_value");
         let body = quote!(#request::#variant { #(#wire_args),* });
+        // The method's name travels with the options, for the call's span.
+        let options = quote!(self.options.for_method(#name));
         // The caller's stream, each item wrapped in the method's item variant.
         let up = upload.as_ref().map(|(ident, _, iv)| quote!(#private::RpcStream::into_wire(#ident, #request::#iv)));
         let call = match (&up, callback) {
-            (Some(up), _) => quote!(self.channel.call_upload(&self.options, #body, #up).await),
+            (Some(up), _) => quote!(self.channel.call_upload(&#options, #body, #up).await),
             (None, Some((ident, _))) => quote! {
-                self.channel.call_with_callback(&self.options, #body, #private::erase_callback(#ident)).await
+                self.channel.call_with_callback(&#options, #body, #private::erase_callback(#ident)).await
             },
             (None, None) if def.is_idempotent() => {
                 // Each argument cloned for every attempt, the clone spanned at its type: a
@@ -809,10 +811,10 @@ impl<'a> ServiceGenerator<'a> {
                     .zip(&m.wire_tys)
                     .map(|(arg, ty)| quote_spanned!(ty.span()=> #arg: #private::clone_for_resend(&#arg)));
                 quote! {
-                    self.channel.call_idempotent(&self.options, || #request::#variant { #(#clones),* }).await
+                    self.channel.call_idempotent(&#options, || #request::#variant { #(#clones),* }).await
                 }
             }
-            (None, None) => quote!(self.channel.call(&self.options, #body).await),
+            (None, None) => quote!(self.channel.call(&#options, #body).await),
         };
         // A method the server said it lacks (service evolution) fails here, before sending.
         let error = Self::local("__rpc_error");
@@ -833,13 +835,13 @@ impl<'a> ServiceGenerator<'a> {
             }
         };
         let body = match &def.output {
-            _ if def.is_oneway() => checked(quote!(self.channel.oneway(&self.options, #body).await)),
+            _ if def.is_oneway() => checked(quote!(self.channel.oneway(&#options, #body).await)),
             Output::Stream { .. } => {
                 let up = match &up {
                     Some(up) => quote!(::core::option::Option::Some(#up)),
                     None => quote!(::core::option::Option::None),
                 };
-                checked(quote!(self.channel.call_download(&self.options, #body, #up, #pick).await))
+                checked(quote!(self.channel.call_download(&#options, #body, #up, #pick).await))
             }
             Output::Fallible { err, .. } => {
                 // The call expression (path and parentheses) is spanned at `E`: if `E`

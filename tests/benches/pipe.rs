@@ -74,7 +74,15 @@
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --shared-server  # echo workloads on one server
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --multi-thread   # client on a 2-worker runtime
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --quick --scale 4  # 4x the measured operations
+//! cargo bench -p pipe-rpc-tests --bench pipe -- --quick --tracing  # rpc with tracing off vs on
 //! ```
+//!
+//! `--tracing` runs the rpc workloads (with the other flags given) under four `tracing`
+//! setups, client and server alike (`PIPE_RPC_BENCH_TRACING`, see [`install_tracing`]): no
+//! subscriber, a subscriber at `INFO` (pipe-rpc's `DEBUG` spans filtered out), one at `INFO`
+//! with another target at `DEBUG` (the spans turned away by their callsite's interest), and
+//! one that records and formats every span; and prints each setup's time and CPU per
+//! operation over those without a subscriber, side by side.
 //!
 //! `--json` lines (`grep '^{'`), one per workload and mode: `workload`, `mode`, `p50_us`,
 //! `p99_us`, `per_s`, `bytes_per_s`, `ratio_to_raw`, `cpu_us_per_op`, `null` where a field
@@ -330,8 +338,134 @@ fn fairness_stream_items(quick: bool) -> usize {
     if quick { (64 << 20) / STREAM_FRAME } else { (1 << 30) / STREAM_FRAME }
 }
 
+/// `PIPE_RPC_BENCH_TRACING` (inherited by the server process): a `tracing` subscriber for
+/// both processes, to measure what pipe-rpc's spans cost (see `rpc_core::spans`). Its output
+/// goes nowhere; what is measured is the work up to it.
+///
+/// - `info`: a `fmt` subscriber at `INFO` (the global level filter is then `INFO`);
+/// - `others-debug`: `INFO` for everything but this bench's own target (`pipe`), which is at
+///   `DEBUG`, so the global filter lets `DEBUG` through and pipe-rpc's spans are turned
+///   away by their callsite's interest instead;
+/// - `debug`: everything at `DEBUG`: pipe-rpc's spans are built and formatted.
+fn install_tracing() {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let Ok(which) = std::env::var("PIPE_RPC_BENCH_TRACING") else { return };
+    let filter = match which.as_str() {
+        "info" => tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO),
+        "others-debug" => tracing_subscriber::filter::Targets::new()
+            .with_default(tracing::Level::INFO)
+            .with_target("pipe", tracing::Level::DEBUG),
+        "debug" => tracing_subscriber::filter::Targets::new().with_default(tracing::Level::DEBUG),
+        other => panic!("PIPE_RPC_BENCH_TRACING: `info`, `others-debug` or `debug`, not `{other}`"),
+    };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::sink);
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).init();
+}
+
+/// The `tracing` setups `--tracing` compares, as `PIPE_RPC_BENCH_TRACING` values (`off`:
+/// unset, no subscriber).
+const TRACING_SETUPS: [&str; 4] = ["off", "info", "others-debug", "debug"];
+
+/// `--tracing`: the rpc workloads under each of [`TRACING_SETUPS`] (this binary re-run with
+/// `--only rpc --json`, the other arguments passed on), the setups interleaved
+/// [`ROUNDS`] times, the median of each; then a table of each setup's time per operation
+/// and CPU per operation over `off`'s (1.00: no cost).
+fn compare_tracing(args: &[String]) -> ExitCode {
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let passed: Vec<&String> = args.iter().filter(|a| *a != "--tracing" && *a != "--json").collect();
+    // Each run's setup, workload and JSON fields.
+    let mut runs: Vec<(&str, String, JsonFields)> = Vec::new();
+    for round in 1..=ROUNDS {
+        for setup in TRACING_SETUPS {
+            eprintln!("tracing round {round}/{ROUNDS}: {setup}");
+            let mut cmd = Command::new(&exe);
+            cmd.args(&passed).args(["--only", "rpc", "--json"]).stderr(Stdio::inherit());
+            match setup {
+                "off" => cmd.env_remove("PIPE_RPC_BENCH_TRACING"),
+                _ => cmd.env("PIPE_RPC_BENCH_TRACING", setup),
+            };
+            let out = cmd.output().expect("run the bench");
+            assert!(out.status.success(), "the bench under `{setup}` failed: {:?}", out.status);
+            for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with('{')) {
+                runs.push((setup, json_str(line, "workload"), json_fields(line)));
+            }
+        }
+    }
+    let median_of = |setup: &str, workload: &str, key: &str| -> Option<f64> {
+        let mut v: Vec<f64> = runs
+            .iter()
+            .filter(|(s, w, _)| *s == setup && w == workload)
+            .filter_map(|(_, _, f)| f.iter().find(|(k, _)| k == key)?.1)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    println!(
+        "rpc under tracing setups (medians of {ROUNDS} interleaved runs, each the median of its own {ROUNDS} rounds):\n\
+         off: no subscriber; info: a fmt subscriber at INFO; others-debug: INFO, but DEBUG for another target \
+         (pipe-rpc's spans turned away by their callsite); debug: pipe-rpc's spans recorded and formatted \
+         (to a sink).\ntime/op and cpu/op over off's: 1.00 is no cost, 1.10 is 10% more."
+    );
+    print!("{:<20} {:>14}", "workload", "off");
+    for setup in &TRACING_SETUPS[1..] {
+        print!(" {:>22}", format!("{setup} time / cpu"));
+    }
+    println!();
+    for w in Workload::ALL {
+        let name = w.name();
+        // Time per operation: p50 latency for `call_16b`, the inverse rate otherwise.
+        let time = |setup: &str| match w.metric() {
+            Metric::P50 => median_of(setup, name, "p50_us"),
+            Metric::Rate | Metric::LoadedP99 => median_of(setup, name, "per_s").map(|r| 1e6 / r),
+            Metric::None => median_of(setup, name, "p99_us"),
+        };
+        let Some(off) = time("off") else { continue };
+        print!("{name:<20} {off:>11.2} µs");
+        for setup in &TRACING_SETUPS[1..] {
+            let t = time(setup).map_or("n/a".to_owned(), |t| format!("{:.2}", t / off));
+            let cpu = match (median_of(setup, name, "cpu_us_per_op"), median_of("off", name, "cpu_us_per_op")) {
+                (Some(c), Some(o)) if o > 0.0 => format!("{:.2}", c / o),
+                _ => "n/a".to_owned(),
+            };
+            print!(" {:>22}", format!("{t} / {cpu}"));
+        }
+        println!();
+    }
+    ExitCode::SUCCESS
+}
+
+/// The numeric fields of a `--json` line, by name.
+type JsonFields = Vec<(String, Option<f64>)>;
+
+/// The numeric fields of one `--json` line (`null` as `None`); strings are skipped.
+fn json_fields(line: &str) -> JsonFields {
+    line.trim_matches(['{', '}'])
+        .split(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once(':')?;
+            let k = k.trim_matches('"').to_owned();
+            if v.starts_with('"') {
+                return Some((k, None));
+            }
+            Some((k, v.parse().ok()))
+        })
+        .collect()
+}
+
+/// The string field `key` of one `--json` line.
+fn json_str(line: &str, key: &str) -> String {
+    let at = line.find(&format!("\"{key}\":\"")).expect("the field") + key.len() + 4;
+    line[at..].split('"').next().unwrap_or_default().to_owned()
+}
+
 fn main() -> ExitCode {
+    install_tracing();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--tracing") && args.first().map(String::as_str) != Some("--server") {
+        return compare_tracing(&args);
+    }
     if args.first().map(String::as_str) == Some("--server") {
         let (Some(mode), Some(name)) = (args.get(1).and_then(|m| Mode::parse(m)), args.get(2)) else {
             eprintln!("usage: pipe --server raw|tarpc|rpc <pipe-name> [<worker-threads>]");

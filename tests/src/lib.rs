@@ -8,13 +8,14 @@
 //!   events instead of sleeping.
 //! - [`ProbeImpl`]: its implementation, served by the `test-server` binary.
 //! - [`ServerProcess`]: starts `test-server` as a separate OS process, waits for its
-//!   `ready` line, shuts it down through its stdin or kills it.
+//!   `ready` line, shuts it down through its stdin or kills it: `rpc-testkit`'s
+//!   [`TestServer`](rpc_testkit::TestServer) for the `test-server` binary, so every test
+//!   server is torn down, files included, and watched by a watchdog.
 //! - [`unique_name!`], [`watchdog`]: a pipe name no other test uses, and a timeout that
 //!   turns a hang into a failure.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::process::{ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -22,11 +23,10 @@ use futures::StreamExt;
 use rpc_core::{Callback, ClientConfig, PipeName, RpcError, RpcStream};
 
 pub mod raw;
+pub mod span_lines;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How long any one test may take before it is failed as hung.
@@ -822,27 +822,17 @@ pub async fn wait_stats(c: &ProbeClient, tag: u64, at_least: TagStats) -> TagSta
     }
 }
 
-/// How a server process ended.
-#[derive(Debug)]
-pub struct ServerExit {
-    /// Its exit status.
-    pub status: ExitStatus,
-    /// Every line it printed on stdout (including `ready`).
-    pub stdout: Vec<String>,
-    /// Everything it printed on stderr.
-    pub stderr: String,
-}
+/// How a server process ended: its status, stdout lines and stderr.
+pub use rpc_testkit::ServerExit;
 
-/// A `test-server` child process serving [`Probe`] on a pipe. Killed when dropped.
+/// A `test-server` child process serving [`Probe`] on a pipe: a [`rpc_testkit::TestServer`]
+/// started in its named-program mode. Dropped (at the end of the test, or while a failing
+/// test unwinds), it is killed, waited for, and its socket and lock files are removed; a
+/// server process that outlives [`rpc_testkit::DEFAULT_WATCHDOG`] is killed and fails the
+/// test saying so.
 #[derive(Debug)]
 pub struct ServerProcess {
-    child: Child,
-    pid: u32,
-    name: PipeName,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::UnboundedReceiver<String>,
-    stdout: Vec<String>,
-    stderr: Option<JoinHandle<String>>,
+    server: rpc_testkit::TestServer,
 }
 
 impl ServerProcess {
@@ -859,13 +849,13 @@ impl ServerProcess {
     /// Like [`spawn`](Self::spawn), but returns how the process ended if it exited
     /// before printing `ready`.
     pub async fn try_spawn(exe: &str, name: &PipeName, args: &[&str]) -> Result<ServerProcess, ServerExit> {
-        Self::try_spawn_via(&[], exe, name, args).await
+        Self::try_spawn_with(Self::command(exe, args).name(name.clone()), name).await
     }
 
     /// Like [`spawn`](Self::spawn), run through `wrapper` (a command and its arguments that
     /// execs the rest, such as `setpriv --reuid=65534 ...`).
     pub async fn spawn_via(wrapper: &[&str], exe: &str, name: &PipeName, args: &[&str]) -> ServerProcess {
-        match Self::try_spawn_via(wrapper, exe, name, args).await {
+        match Self::try_spawn_with(Self::command(exe, args).name(name.clone()).via(wrapper), name).await {
             Ok(p) => p,
             Err(exit) => panic!("test-server on {name} via {wrapper:?} failed to start: {exit:?}"),
         }
@@ -875,133 +865,109 @@ impl ServerProcess {
     /// for its `ready` line, and returns it with the address it printed. Pass `--access
     /// anyone` in `args`: a TCP server refuses a rule about users.
     pub async fn spawn_tcp(exe: &str, addr: &str, args: &[&str]) -> (ServerProcess, std::net::SocketAddr) {
-        let process = match Self::try_spawn_with(&[], exe, &["--tcp", addr], &PipeName::new("tcp"), args).await {
+        let command = rpc_testkit::ServerCommand::program(exe).no_name_arg().args(["--tcp", addr]);
+        let process = match Self::try_spawn_with(Self::options(command.args(args)), &PipeName::new("tcp")).await {
             Ok(p) => p,
             Err(exit) => panic!("test-server --tcp failed to start: {exit:?}"),
         };
         let addr = process
-            .stdout
+            .server
+            .stdout()
             .iter()
             .find_map(|l| l.strip_prefix("tcp ")?.parse().ok())
-            .unwrap_or_else(|| panic!("test-server --tcp printed no address: {:?}", process.stdout));
+            .unwrap_or_else(|| panic!("test-server --tcp printed no address: {:?}", process.server.stdout()));
         (process, addr)
     }
 
-    async fn try_spawn_via(
-        wrapper: &[&str],
-        exe: &str,
-        name: &PipeName,
-        args: &[&str],
-    ) -> Result<ServerProcess, ServerExit> {
-        Self::try_spawn_with(wrapper, exe, &[name.as_str()], name, args).await
+    /// `exe NAME args`, with the suite's settings.
+    fn command(exe: &str, args: &[&str]) -> rpc_testkit::ServerCommand {
+        Self::options(rpc_testkit::ServerCommand::program(exe).args(args))
     }
 
-    /// Runs `wrapper exe first args`; `name` is what the process serves, for messages.
-    async fn try_spawn_with(
-        wrapper: &[&str],
-        exe: &str,
-        first: &[&str],
-        name: &PipeName,
-        args: &[&str],
-    ) -> Result<ServerProcess, ServerExit> {
-        let mut command = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(exe);
-                c
-            }
-            None => Command::new(exe),
-        };
+    fn options(command: rpc_testkit::ServerCommand) -> rpc_testkit::ServerCommand {
         command
-            .args(first)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .ready_timeout(READY_TIMEOUT)
             // The server's expected panics (tests of handler panics) print no backtrace: with
             // `RUST_BACKTRACE` inherited from a developer's shell, symbolizing the first one
             // took seconds under wine, past the calls' deadlines (ARCHITECTURE, "The first
             // panic"). What the tests check does not depend on it.
             .env("RUST_BACKTRACE", "0")
-            .kill_on_drop(true);
-        // Under wine, CreateProcess now and then fails with ERROR_INTERNAL_ERROR (1359) on a
-        // busy machine; a second attempt starts the process. Anything else fails at once.
-        let mut attempts = 0;
-        let mut child = loop {
-            match command.spawn() {
-                Ok(child) => break child,
-                Err(e) if cfg!(windows) && e.raw_os_error() == Some(1359) && attempts < 3 => attempts += 1,
-                Err(e) => panic!("cannot start {exe}: {e}"),
-            }
-        };
-        let pid = child.id().expect("a child that was just spawned has a pid");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut stdout = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = stdout.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let _ = stderr.read_to_end(&mut buf).await;
-            String::from_utf8_lossy(&buf).into_owned()
-        });
-        let stdin = child.stdin.take();
-        let mut process =
-            ServerProcess { child, pid, name: name.clone(), stdin, lines, stdout: Vec::new(), stderr: Some(stderr) };
-        match tokio::time::timeout(READY_TIMEOUT, process.wait_for_line("ready")).await {
-            Ok(true) => Ok(process),
-            Ok(false) => Err(process.wait_exit().await),
-            Err(_) => panic!("test-server on {name} printed no `ready` within {READY_TIMEOUT:?}: {:?}", process.stdout),
+    }
+
+    /// Starts the process; `name` is what it serves, for messages.
+    async fn try_spawn_with(command: rpc_testkit::ServerCommand, name: &PipeName) -> Result<ServerProcess, ServerExit> {
+        match command.spawn().await {
+            Ok(server) => Ok(ServerProcess { server }),
+            Err(rpc_testkit::SpawnError::Exited(exit)) => Err(exit),
+            Err(e) => panic!("test-server on {name}: {e}"),
         }
     }
 
     /// The process id of the server.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.server.pid()
     }
 
     /// The pipe name it serves.
     pub fn name(&self) -> &PipeName {
-        &self.name
+        self.server.name()
     }
 
     /// Reads stdout lines until one equals `line` (true) or stdout ends (false).
     pub async fn wait_for_line(&mut self, line: &str) -> bool {
-        while let Some(l) = self.lines.recv().await {
-            let found = l == line;
-            self.stdout.push(l);
-            if found {
-                return true;
+        self.server.wait_for_line(line).await
+    }
+
+    /// The server's counters now (`stats` on its stdin; see `rpc_core::stats`), by name:
+    /// `started`, `ok`, `cancelled`, `bytes_in`, ... as `test-server` prints them.
+    pub async fn stats(&mut self) -> HashMap<String, u64> {
+        self.server.send_line("stats");
+        while let Some(line) = self.server.next_line().await {
+            if let Some(pairs) = line.strip_prefix("stats ") {
+                return pairs
+                    .split(' ')
+                    .map(|pair| {
+                        let (k, v) = pair.split_once('=').expect("key=value");
+                        (k.to_owned(), v.parse().expect("a number"))
+                    })
+                    .collect();
             }
         }
-        false
+        panic!("the server exited without printing its stats: {:?}", self.server.stdout())
+    }
+
+    /// Reads the server's stdout until `n` spans (`--spans 1`, see [`span_lines`]) have
+    /// closed, and returns them in the order they closed (every line read stays in its
+    /// stdout, as [`stats`](Self::stats) leaves it). The caller's watchdog bounds the wait.
+    pub async fn spans(&mut self, n: usize) -> Vec<span_lines::SpanLine> {
+        let mut spans = Vec::new();
+        while spans.len() < n {
+            let Some(line) = self.server.next_line().await else {
+                panic!("the server exited after {} of {n} spans: {spans:#?}, {:?}", spans.len(), self.server.stdout())
+            };
+            if let Some(span) = span_lines::SpanLine::parse(&line) {
+                spans.push(span);
+            }
+        }
+        spans
     }
 
     /// Asks the server to shut down gracefully (`shutdown` on its stdin) and waits until
     /// it says it has begun (`shutting-down` on stdout): from then on it starts no new call.
     pub async fn begin_shutdown(&mut self) {
-        let mut stdin = self.stdin.take().expect("shutdown was already requested");
-        stdin.write_all(b"shutdown\n").await.expect("write to the server's stdin");
-        stdin.flush().await.expect("flush the server's stdin");
-        // Keep the pipe open: closing it is also a shutdown request, but say it once.
-        self.stdin = Some(stdin);
+        // The stdin stays open: closing it is also a shutdown request, but say it once.
+        self.server.send_line("shutdown");
         assert!(
-            self.wait_for_line("shutting-down").await,
+            self.server.wait_for_line("shutting-down").await,
             "the server exited without `shutting-down`: {:?}",
-            self.stdout
+            self.server.stdout()
         );
     }
 
     /// Closes the server's stdin, which it takes as a shutdown request (as when the test
     /// process dies).
     pub fn close_stdin(&mut self) {
-        self.stdin = None;
+        self.server.close_stdin();
     }
 
     /// [`begin_shutdown`](Self::begin_shutdown), then waits for the process to exit.
@@ -1010,23 +976,18 @@ impl ServerProcess {
         self.wait_exit().await
     }
 
-    /// Kills the process at once (no graceful shutdown) and waits for it to exit.
-    pub async fn kill(mut self) -> ServerExit {
-        self.child.start_kill().expect("kill the server process");
-        self.wait_exit().await
+    /// Kills the process at once, as a crash would (no graceful shutdown), and waits for it
+    /// to exit. What it leaves (on Unix its socket and lock files) stays until the returned
+    /// [`Crashed`](rpc_testkit::Crashed) (which derefs to its [`ServerExit`]) is dropped, or
+    /// until a server of another test binds and sweeps it: a test of a replacement server
+    /// holds it until the replacement runs.
+    pub async fn kill(self) -> rpc_testkit::Crashed {
+        self.server.crash().await
     }
 
     /// Waits for the process to exit on its own; returns its status and output.
     pub async fn wait_exit(&mut self) -> ServerExit {
-        while let Some(l) = self.lines.recv().await {
-            self.stdout.push(l);
-        }
-        let status = self.child.wait().await.expect("wait for the server process");
-        let stderr = match self.stderr.take() {
-            Some(task) => task.await.unwrap_or_default(),
-            None => String::new(),
-        };
-        ServerExit { status, stdout: std::mem::take(&mut self.stdout), stderr }
+        self.server.wait_exit().await
     }
 }
 

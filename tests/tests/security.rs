@@ -2,7 +2,8 @@
 //! their caller's credentials; a client of another user is refused by the server's access
 //! rule even when the socket itself is open to everyone; an allow list admits the user it
 //! lists; a client refuses (and sends nothing to) a server of another user; a user's
-//! connections beyond the per-user limit are refused naming the limit.
+//! connections beyond the per-user limit are refused naming the limit; the access rule is
+//! given the client's user as the OS reports it (on Windows, once the hello is in).
 //!
 //! The tests that need a second user run a process as uid 65534 with `setpriv` (they need
 //! root, as CI has); elsewhere they print why they are skipped. They are Unix only: wine runs
@@ -62,6 +63,53 @@ async fn a_users_connections_beyond_the_per_user_limit_are_refused_naming_the_li
         drop(first);
         let c = connect(&name).await;
         c.unit().await.unwrap();
+    })
+    .await;
+}
+
+/// What the access rule is given is the client's user as the OS reports it: on Unix the
+/// socket's peer credentials at accept; on Windows the user of the token the client connected
+/// with, read by impersonating it once its hello is in. A rule refusing exactly this client
+/// refuses it with its reason; the same rule negated admits it, and the handler sees the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_rule_is_given_the_clients_user_as_the_os_reports_it() {
+    use pipe_rpc_tests::{ProbeImpl, ProbeServer};
+    use rpc_core::{AccessPolicy, Server, ServerConfig};
+    watchdog(async {
+        let me = PeerCredentials::current_process();
+        assert!(me.uid.is_some() || me.sid.is_some(), "this process's user cannot be read: {me}");
+        let is_me = move |c: &PeerCredentials| (c.pid, c.uid, c.gid, c.sid) == (me.pid, me.uid, me.gid, me.sid);
+        let serve = |name: rpc_core::PipeName, rule: AccessPolicy| {
+            let server = Server::new(ProbeServer::new(ProbeImpl::default()))
+                .config(ServerConfig::default().access(rule))
+                .bind(name.clone())
+                .unwrap();
+            let handle = server.shutdown_handle();
+            tokio::spawn(server.run());
+            (name, handle)
+        };
+
+        let (name, refusing) = serve(
+            unique_name!(),
+            AccessPolicy::custom(move |c| if is_me(c) { Err(format!("no entry for {c}")) } else { Ok(()) }),
+        );
+        match ProbeClient::connect_with(name, client_config()).await {
+            Err(RpcError::Transport(TransportError::PermissionDenied { detail })) => {
+                assert!(detail.contains(&format!("no entry for {me}")), "{detail}");
+            }
+            other => panic!("a rule refusing this client admitted it, or failed otherwise: {other:?}"),
+        }
+
+        let (name, admitting) = serve(
+            unique_name!(),
+            AccessPolicy::custom(move |c| if is_me(c) { Ok(()) } else { Err(format!("only {me}, not {c}")) }),
+        );
+        let c = ProbeClient::connect_with(name, client_config()).await.unwrap();
+        let (pid, _uid, _gid, sid) = c.whoami().await.unwrap();
+        assert_eq!(pid, me.pid.unwrap());
+        assert_eq!(sid, me.sid.map(|s| s.to_string()).unwrap_or_default());
+        refusing.shutdown();
+        admitting.shutdown();
     })
     .await;
 }

@@ -53,8 +53,9 @@ async fn a_killed_server_is_not_running_for_new_clients_and_can_be_replaced() {
         let old_pid = server.pid();
         let c = connect(&name).await;
         assert_eq!(c.pid().await.unwrap(), old_pid);
-        server.kill().await;
-        // Nothing listens any more (on Unix a stale socket file is left behind).
+        let crashed = server.kill().await;
+        // Nothing listens any more (on Unix a stale socket file is left behind, unless
+        // another test's bind swept it already).
         let config = pipe_rpc_tests::client_config().connect_timeout(Duration::from_millis(300));
         let err = pipe_rpc_tests::ProbeClient::connect_with(name.clone(), config).await.unwrap_err();
         assert!(matches!(err, rpc_core::RpcError::Transport(rpc_core::TransportError::NotRunning { .. })), "{err:?}");
@@ -65,6 +66,7 @@ async fn a_killed_server_is_not_running_for_new_clients_and_can_be_replaced() {
         assert_ne!(replacement.pid(), old_pid);
         // The old client stays disconnected; it does not silently reconnect.
         assert!(is_disconnected(&c.pid().await.unwrap_err()));
+        drop(crashed);
     })
     .await;
 }

@@ -3,13 +3,20 @@
 //! On Unix the kernel records the peer's credentials when the connection is made
 //! (`SO_PEERCRED` on Linux, `getpeereid`/`LOCAL_PEERCRED` on macOS and the BSDs, read
 //! through interprocess): the client's at `connect`, the server's at `listen`. They cannot
-//! be forged by the peer and do not change afterwards. On Windows the pipe reports the
-//! peer's process id (`GetNamedPipeClientProcessId`/`GetNamedPipeServerProcessId`); user
-//! ids there are SIDs, not read yet (see the crate's known limits).
+//! be forged by the peer and do not change afterwards.
+//!
+//! On Windows the pipe reports the peer's process id
+//! (`GetNamedPipeClientProcessId`/`GetNamedPipeServerProcessId`), and the user is a SID read
+//! the way Windows provides for each end, so that it works between users without privileges:
+//! a server reads its client's from the token the client connected with
+//! (`ImpersonateNamedPipeClient`, which works once something has been read from the pipe); a
+//! client reads its server's as the pipe's owner, cross-checked with the token of the
+//! server's process where this process may open it. See [`PipeStream::peer_credentials`].
 
 use std::fmt;
 use std::io;
 
+#[cfg(not(windows))]
 use interprocess::local_socket::traits::StreamCommon as _;
 
 use crate::stream::PipeStream;
@@ -25,7 +32,8 @@ pub struct PeerCredentials {
     pub uid: Option<u32>,
     /// The peer's effective group id (Unix).
     pub gid: Option<u32>,
-    /// The peer's user SID (Windows): the user of its process's token.
+    /// The peer's user SID (Windows): for a client, the user of the token it connected with;
+    /// for a server, the owner of its pipe (see [`PipeStream::peer_credentials`]).
     pub sid: Option<Sid>,
 }
 
@@ -188,24 +196,47 @@ impl PeerCredentials {
 impl PipeStream {
     /// The credentials of the process at the other end: the client's as of its `connect`,
     /// or the server's as of its `listen`.
+    ///
+    /// A user that cannot be read is `None` (every rule about users then refuses the peer);
+    /// `Err` only if the pipe cannot report its peer at all.
+    ///
+    /// ## Platform-specific behavior
+    ///
+    /// On Unix the uid, gid and pid the kernel recorded for the socket's peer.
+    ///
+    /// On Windows the pid the pipe reports, and the user SID:
+    ///
+    /// - On the server's end, the user of the token the client connected with: read by
+    ///   impersonating the client on the calling thread (`ImpersonateNamedPipeClient`, then
+    ///   `OpenThreadToken` as this process, `TokenUser`, and `RevertToSelf` before returning).
+    ///   That works whatever the two users are, because clients connect at identification
+    ///   level or above (ours always do), but only **once the server has read something from
+    ///   the pipe**: before that Windows refuses (`ERROR_CANNOT_IMPERSONATE`) and the user of
+    ///   the client process's token is read instead (by the pid), which needs the right to open
+    ///   it: the same user, or `SeDebugPrivilege`. So read the client's first message, then ask
+    ///   (rpc-core's server does: it applies its access policy once the client's hello is in).
+    ///   A client impersonated but whose token cannot be read (one connected at anonymous
+    ///   level) has no SID: the pid is not used then, since a client can make the pipe report
+    ///   another process's pid.
+    /// - On the client's end, the owner of the pipe (`GetSecurityInfo` on this handle): the
+    ///   account that created it, which a process of another user cannot set to ours. Our
+    ///   listeners make the server's user the owner ([`ListenOptions::windows_sddl`]). Where
+    ///   this process may open the token of the server's process (the same user, or a
+    ///   privileged client), its user must be the owner, or the SID is `None`.
+    ///
+    /// [`ListenOptions::windows_sddl`]: crate::ListenOptions::windows_sddl
     pub fn peer_credentials(&self) -> io::Result<PeerCredentials> {
-        let creds = self.inner().peer_creds()?;
         #[cfg(unix)]
         {
-            Ok(PeerCredentials::of(&creds))
+            Ok(PeerCredentials::of(&self.inner().peer_creds()?))
         }
-        #[cfg(not(unix))]
-        let pid = creds.pid().and_then(|p| u32::try_from(p).ok());
         #[cfg(windows)]
         {
-            // The user of the peer process's token. Looked up by pid: the process cannot
-            // exit and be replaced while it holds its end of this connection open (unless it
-            // passed the handle on, which passes its identity with it).
-            let sid = pid.and_then(|p| crate::platform::process_sid(p).ok());
-            Ok(PeerCredentials { pid, uid: None, gid: None, sid })
+            crate::platform::peer_credentials(self.inner())
         }
         #[cfg(not(any(unix, windows)))]
         {
+            let pid = self.inner().peer_creds()?.pid().and_then(|p| u32::try_from(p).ok());
             Ok(PeerCredentials { pid, uid: None, gid: None, sid: None })
         }
     }
@@ -264,7 +295,7 @@ mod tests {
             for end in [server.unwrap(), client.unwrap()] {
                 let peer = end.peer_credentials().unwrap();
                 assert_eq!(peer.pid, me.pid, "{peer}");
-                assert_eq!((peer.uid, peer.gid), (me.uid, me.gid), "{peer}");
+                assert_eq!((peer.uid, peer.gid, peer.sid), (me.uid, me.gid, me.sid), "{peer}");
             }
         });
     }

@@ -71,8 +71,11 @@
 //! reported as [`ErrorKind::NameInUse`], naming that process (its pid, from the pipe, and its
 //! user SID where it can be read), and remote clients are rejected. The pipe gets an
 //! owner-only security descriptor ([`ListenOptions::windows_sddl`], default
-//! [`OWNER_ONLY_SDDL`]); [`ListenOptions::mode`] is ignored. Clients open the pipe at
-//! identification level, so a server cannot impersonate them.
+//! [`OWNER_ONLY_SDDL`]) owned by the server's user; [`ListenOptions::mode`] is ignored. Clients
+//! open the pipe at identification level, so a server can learn who they are but cannot act
+//! as them. Peer users are SIDs, read between any two users without privileges
+//! ([`PipeStream::peer_credentials`]: the server reads its client's once it has read from the
+//! pipe).
 //! While one client waits to be accepted, others see `ERROR_PIPE_BUSY`, which [`connect`]
 //! retries.
 //!

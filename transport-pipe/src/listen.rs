@@ -28,7 +28,10 @@ pub struct ListenOptions {
     /// (SDDL). Default [`OWNER_ONLY_SDDL`]: full access for SYSTEM and the pipe's owner (the
     /// server's user), nothing for anyone else. Without it a pipe gets the default DACL,
     /// which gives Everyone and Anonymous read access. Widen it with an SDDL of your own
-    /// (for example adding `(A;;GRGW;;;AU)` for every authenticated user). Unix: ignored.
+    /// (for example adding `(A;;GRGW;;;AU)` for every authenticated user). A descriptor that
+    /// names no owner (`O:`) gets the server's user as its owner (Windows would otherwise
+    /// make it the Administrators group for an administrator or LocalSystem): clients read
+    /// the owner to learn who serves the pipe. Unix: ignored.
     pub windows_sddl: String,
 }
 
@@ -76,9 +79,20 @@ impl ListenOptions {
 /// fails with [`ErrorKind::ForeignSocket`], naming the owner and the path, for a person to
 /// remove it by hand. Anything at the address that is not a socket is never removed either.
 /// These steps, and the removal of the socket file on drop, run under an exclusive `flock` on
-/// `<address>.lock`, so two servers starting together cannot displace each other.
-/// The lock file exists while the listener does (and after a crash, until the next `bind` of
-/// the name cleans up).
+/// `<address>.lock`, so two servers starting together cannot displace each other. The
+/// listener holds that lock for its whole life, and the lock file exists while it does.
+///
+/// A server that is killed (or that exits without dropping its listener) leaves its socket
+/// file and its lock file behind, with the lock free: the kernel releases it with the process.
+/// The next `bind` of the same name reclaims them; and every `bind` of a plain name first
+/// sweeps the per-user directory: each `NAME.sock.lock` there whose lock is free is removed,
+/// with `NAME.sock` beside it if that socket refuses connections (a live server's socket,
+/// another user's file and anything that is not a socket are left alone; at most 256 lock
+/// files a sweep). So names that are never bound again (a test's unique name, a pid in a name)
+/// do not pile up files. [`remove_stale`](Self::remove_stale) does the same for one name, for
+/// a supervisor or a test harness that knows its server is gone.
+/// (A process that forks from a server without exec'ing shares its descriptors, lock
+/// included, until it exits; the files are close-on-exec, so spawned programs do not.)
 ///
 /// ### Windows
 ///
@@ -163,6 +177,49 @@ impl PipeListener {
         let (inner, reclaim) = platform::bind(&name, &addr, opts)?;
         tracing::debug!(pipe = name.as_str(), addr = %addr.display(), "listening");
         Ok(PipeListener { _reclaim: reclaim, inner, name })
+    }
+
+    /// Removes what a server of `name` that is gone (killed, or exited without dropping its
+    /// listener) left behind: on Unix its socket file and the lock file beside it, as the
+    /// next [`bind`](Self::bind) of the name would, under the same lock and with the same
+    /// checks. Returns whether there was a socket file to remove. For a supervisor or a test
+    /// harness that has just seen its server die; `bind` sweeps such files anyway (see the
+    /// type's docs), so this only makes the cleanup immediate.
+    ///
+    /// Does not need a runtime. On Windows there is nothing to remove (a pipe vanishes with
+    /// its last handle): `Ok(false)`.
+    ///
+    /// # Errors
+    ///
+    /// On Unix: [`ErrorKind::NameInUse`] if a live server listens on the name (its files stay),
+    /// [`ErrorKind::ForeignSocket`] if the socket file is another user's, the errors of
+    /// [`bind`](Self::bind) for a bad name, a directory that is not private, or a file that is
+    /// not a socket.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), transport_pipe::Error> {
+    /// use transport_pipe::{ErrorKind, PipeListener};
+    ///
+    /// let name = format!("remove-stale-doc-{}", std::process::id());
+    /// let listener = PipeListener::bind(name.as_str())?;
+    /// let live = PipeListener::remove_stale(name.as_str());
+    /// if cfg!(unix) {
+    ///     // A live server's files are refused.
+    ///     assert_eq!(live.unwrap_err().kind(), ErrorKind::NameInUse);
+    /// } else {
+    ///     // A named pipe leaves no files: nothing to remove, ever.
+    ///     assert!(!live?);
+    /// }
+    /// drop(listener);
+    /// // Nothing left to remove.
+    /// assert!(!PipeListener::remove_stale(name.as_str())?);
+    /// # Ok(()) }
+    /// ```
+    pub fn remove_stale(name: impl Into<PipeName>) -> Result<bool, Error> {
+        let name = name.into();
+        let addr = name.resolve()?;
+        platform::remove_stale(&name, &addr)
     }
 
     /// Waits for the next client.

@@ -268,6 +268,113 @@ mod unix {
         .await;
     }
 
+    /// What a killed server leaves at `name`: its socket file, refusing connections (a std
+    /// listener bound there and dropped: std does not unlink), and its lock file, free (the
+    /// kernel released the lock with the process).
+    fn leave_as_killed(name: &PipeName) -> (std::path::PathBuf, std::path::PathBuf) {
+        let path = name.resolve().unwrap();
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let lock = std::path::PathBuf::from(format!("{}.lock", path.display()));
+        std::fs::write(&lock, b"").unwrap();
+        (path, lock)
+    }
+
+    /// Whether someone holds the `flock` of `lock`.
+    fn lock_is_held(lock: &std::path::Path) -> bool {
+        use std::os::unix::io::AsRawFd;
+        let file = std::fs::File::open(lock).unwrap();
+        #[allow(unsafe_code)]
+        // SAFETY: the descriptor is open for the call; flock reads no memory of ours.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        rc != 0
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listener_holds_its_name_lock_for_its_whole_life() {
+        watchdog(async {
+            let name = unique_name();
+            let listener = PipeListener::bind(&name).unwrap();
+            let lock = std::path::PathBuf::from(format!("{}.lock", name.resolve().unwrap().display()));
+            assert!(lock_is_held(&lock), "a live listener's lock is free: a sweep could not tell it from a dead one");
+            assert_serves(&listener).await;
+            assert!(lock_is_held(&lock));
+            drop(listener);
+            assert!(!lock.exists(), "the lock file outlived its listener");
+        })
+        .await;
+    }
+
+    /// A server killed on a name never bound again (a test's unique name) used to leave its
+    /// socket and lock files in the per-user directory for good: any later `bind` of a plain
+    /// name sweeps them, and leaves everything that is not provably stale alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn binding_any_plain_name_sweeps_what_killed_servers_left_and_nothing_else() {
+        watchdog(async {
+            // Creates the per-user directory.
+            drop(PipeListener::bind(unique_name()).unwrap());
+            let killed = unique_name();
+            let (killed_sock, killed_lock) = leave_as_killed(&killed);
+            // A lock file alone (a server killed between taking its lock and binding).
+            let (orphan_sock, orphan_lock) = leave_as_killed(&unique_name());
+            std::fs::remove_file(&orphan_sock).unwrap();
+            // A live listener's files.
+            let live = PipeListener::bind(unique_name()).unwrap();
+            let live_sock = live.name().resolve().unwrap();
+            // A live socket whose lock is free (a server that does not take the lock).
+            let foreign_live = unique_name();
+            let foreign_sock = foreign_live.resolve().unwrap();
+            let _foreign = std::os::unix::net::UnixListener::bind(&foreign_sock).unwrap();
+            let foreign_lock = std::path::PathBuf::from(format!("{}.lock", foreign_sock.display()));
+            std::fs::write(&foreign_lock, b"").unwrap();
+            // A file that is not a socket, with a free lock file.
+            let data = unique_name().resolve().unwrap();
+            std::fs::write(&data, b"precious").unwrap();
+            let data_lock = std::path::PathBuf::from(format!("{}.lock", data.display()));
+            std::fs::write(&data_lock, b"").unwrap();
+
+            let other = PipeListener::bind(unique_name()).unwrap();
+
+            assert!(!killed_sock.exists() && !killed_lock.exists(), "a killed server's files were not swept");
+            assert!(!orphan_lock.exists(), "an orphan lock file was not swept");
+            assert!(live_sock.exists(), "a live listener's socket was swept");
+            assert!(foreign_sock.exists() && foreign_lock.exists(), "a live socket was swept");
+            assert_eq!(std::fs::read(&data).unwrap(), b"precious");
+            assert!(data_lock.exists());
+            assert_serves(&live).await;
+            assert_serves(&other).await;
+            // The killed server's name binds as any free name does.
+            assert_serves(&PipeListener::bind(&killed).unwrap()).await;
+            for f in [&foreign_sock, &foreign_lock, &data, &data_lock] {
+                std::fs::remove_file(f).unwrap();
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn remove_stale_removes_a_gone_servers_files_and_refuses_a_live_ones() {
+        watchdog(async {
+            drop(PipeListener::bind(unique_name()).unwrap());
+            let killed = unique_name();
+            let (sock, lock) = leave_as_killed(&killed);
+            assert!(PipeListener::remove_stale(&killed).unwrap());
+            assert!(!sock.exists() && !lock.exists());
+            assert!(!PipeListener::remove_stale(&killed).unwrap(), "nothing was left to remove");
+
+            let listener = PipeListener::bind(unique_name()).unwrap();
+            let started = std::time::Instant::now();
+            let err = PipeListener::remove_stale(listener.name()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::NameInUse, "{err}");
+            assert!(err.to_string().contains(&format!("(pid {}, uid", std::process::id())), "{err}");
+            assert!(started.elapsed() < std::time::Duration::from_millis(500), "not at once: {:?}", started.elapsed());
+            assert!(listener.name().resolve().unwrap().exists());
+            // The probe's connection is queued first; serve it away.
+            drop(listener.accept().await.unwrap());
+            assert_serves(&listener).await;
+        })
+        .await;
+    }
+
     /// Several threads race to bind one stale name: exactly one wins, and the path is its
     /// socket (no loser unlinked the winner's fresh file).
     #[test]

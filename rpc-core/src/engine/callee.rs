@@ -38,6 +38,8 @@ use serde_bytes::ByteBuf;
 
 use super::streams::{Ctl, Inbox, OutStream, Pieces, Remote, StreamControl};
 use crate::access::PeerCredentials;
+use crate::spans::{self, ServerCall, Trace};
+use crate::stats::{Counters, Outcome as Ended};
 use bytes::BytesMut;
 
 /// A first poll longer than this marks its method as long-running: its later calls start
@@ -49,6 +51,9 @@ pub(crate) const HEAVY: Duration = Duration::from_micros(500);
 const NO_DEADLINE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 const SHUTTING_DOWN: &str = "the server is shutting down";
+
+/// The method of a request that does not decode, in spans.
+const UNDECODED: &str = "(undecodable)";
 
 /// A frame the serving half wants written.
 pub(crate) enum Answer<R> {
@@ -94,8 +99,8 @@ enum Outcome<R> {
 enum Done<R> {
     /// A call: its id, its [`Running::seq`] and what it returned.
     Call(u64, u64, Outcome<Reply<R>>),
-    /// A one-way call: its credit can go back to the caller.
-    OneWay,
+    /// A one-way call: its credit can go back to the caller; how it ended.
+    OneWay(Ended),
 }
 
 /// Results of handlers that ran in their own tasks.
@@ -119,6 +124,10 @@ struct Running {
     /// `None`: a stream without a deadline.
     deadline: Option<Instant>,
     timeout: Duration,
+    /// The exchange carries a stream (for the counters).
+    stream: bool,
+    /// Its span, if one is wanted.
+    trace: Trace,
 }
 
 pub(crate) struct Callee<S: Service> {
@@ -161,6 +170,12 @@ pub(crate) struct Callee<S: Service> {
     peer: Option<PeerCredentials>,
     /// Work the handlers handed off (`context::spawn`, `context::spawn_blocking`).
     work: Arc<context::CallWork>,
+    /// This connection's counters (see `crate::stats`): every exchange that starts here is
+    /// counted as started once and as ended once.
+    counters: Arc<Counters>,
+    /// The spans of replies not yet written (only while a subscriber wants spans): they
+    /// close when the reply is written, as `too_large` if it cannot be.
+    replies_traced: IdMap<Trace>,
 }
 
 /// The stream windows the handshake settled, in bytes.
@@ -180,6 +195,7 @@ impl<S: Service> Callee<S> {
         shutdown: Option<CancellationToken>,
         limits: StreamLimits,
         peer: Option<PeerCredentials>,
+        counters: Arc<Counters>,
     ) -> Self {
         let config_in_flight = config.max_in_flight_per_connection.max(1);
         Callee {
@@ -206,6 +222,8 @@ impl<S: Service> Callee<S> {
             limits,
             callbacks: None,
             work: Arc::new(context::CallWork::new(config_in_flight)),
+            counters,
+            replies_traced: IdMap::default(),
         }
     }
 
@@ -216,6 +234,32 @@ impl<S: Service> Callee<S> {
 
     fn refuse(&mut self, id: u64, kind: ServerErrorKind, detail: String) {
         self.outbox.push_back(Answer::Error { id, error: ServerError::new(kind, detail) });
+    }
+
+    /// An exchange that started here is over: counted, and its span closed.
+    #[inline]
+    fn ended(&self, outcome: Ended, stream: bool, trace: Trace, error: Option<&dyn std::fmt::Display>) {
+        self.counters.ended(outcome, stream);
+        trace.end(outcome, error, self.clock);
+    }
+
+    /// The span of an exchange arriving now, if one is wanted.
+    #[inline]
+    fn trace(&self, kind: spans::Kind, method: &'static str, id: u64, timeout: Option<Duration>) -> Trace {
+        if !spans::wanted() {
+            return Trace::NONE;
+        }
+        let started = self.clock;
+        spans::server(ServerCall { kind, service: S::ID.name, method, id, peer: self.peer.as_ref(), timeout, started })
+    }
+
+    /// A call refused before its handler ran: answered with `kind`, and counted (with a
+    /// span of its own) as started and over.
+    fn refuse_new(&mut self, id: u64, method: &'static str, kind: ServerErrorKind, detail: String) {
+        self.counters.started(false);
+        let trace = self.trace(spans::Kind::Call, method, id, None);
+        self.ended(Ended::of_server(kind), false, trace, Some(&detail));
+        self.refuse(id, kind, detail);
     }
 
     /// The peer sent more answers' worth of frames than it reads: stop reading until it
@@ -248,17 +292,14 @@ impl<S: Service> Callee<S> {
         }
         let limit = self.config.max_in_flight_per_connection;
         if self.draining {
-            self.refuse(
-                id,
-                ServerErrorKind::ShuttingDown,
-                "the server is shutting down; the call was not started".into(),
-            );
+            let detail = "the server is shutting down; the call was not started".into();
+            self.refuse_new(id, S::method_name(&body), ServerErrorKind::ShuttingDown, detail);
         } else if self.running.len() + self.downs.len() + self.outbox.len() >= limit {
             let detail = format!(
                 "the connection already has {limit} calls in flight, the server's limit per connection \
                  (announced in the handshake); the call was not started"
             );
-            self.refuse(id, ServerErrorKind::Overloaded, detail);
+            self.refuse_new(id, S::method_name(&body), ServerErrorKind::Overloaded, detail);
         } else {
             self.start(id, timeout_us, body, cx);
         }
@@ -268,20 +309,53 @@ impl<S: Service> Callee<S> {
     /// A call frame whose body does not decode.
     pub(crate) fn on_bad_call(&mut self, id: u64, error: &str) {
         let detail = format!("the request does not decode as a call of `{}`: {error}", S::ID.name);
-        self.refuse(id, ServerErrorKind::BadRequest, detail);
+        self.refuse_new(id, UNDECODED, ServerErrorKind::BadRequest, detail);
     }
 
     /// The caller gave up on `id`: stop its handler and its streams, and drop its unwritten
     /// answer, if any.
     pub(crate) fn on_cancel(&mut self, id: u64) {
         self.work.end(id);
-        self.downs.remove(&id);
+        if let Some(down) = self.downs.remove(&id) {
+            self.ended(Ended::Cancelled, true, down.trace, None);
+        }
         self.end_up(id, Err(RpcError::Cancelled));
         if let Some(r) = self.running.remove(&id) {
             r.abort.abort();
+            self.ended(Ended::Cancelled, r.stream, r.trace, None);
         } else if self.outbox.iter().any(|a| a.id() == Some(id)) {
             // Answered inline or just finished, not written yet: the caller no longer wants it.
+            // (Its handler finished: it was counted as such, and its span closes so.)
             self.outbox.retain(|a| a.id() != Some(id));
+            if let Some(trace) = self.replies_traced.remove(&id) {
+                trace.end(Ended::Ok, None, None);
+            }
+        }
+    }
+
+    /// The reply of exchange `id` was written (`Ok`), or could not be encoded and was
+    /// replaced by an error saying why (`Err`, with how that ended the exchange). Its count
+    /// was taken when the handler finished; only a reply that could not be written changes
+    /// it.
+    #[inline(always)]
+    pub(crate) fn reply_written(&mut self, id: u64, how: Result<(), (Ended, &dyn std::fmt::Display)>) {
+        // The common case, a reply written with no span waiting for it, is these two tests.
+        if how.is_err() || !self.replies_traced.is_empty() {
+            self.reply_settled(id, how);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn reply_settled(&mut self, id: u64, how: Result<(), (Ended, &dyn std::fmt::Display)>) {
+        if let Err((outcome, _)) = how {
+            self.counters.recount(Ended::Ok, outcome);
+        }
+        if let Some(trace) = self.replies_traced.remove(&id) {
+            match how {
+                Ok(()) => trace.end(Ended::Ok, None, None),
+                Err((outcome, why)) => trace.end(outcome, Some(why), None),
+            }
         }
     }
 
@@ -299,6 +373,8 @@ impl<S: Service> Callee<S> {
         let timeout = self.config.max_deadline;
         let started = self.now();
         let method = S::method_name(&body);
+        self.counters.started_oneway();
+        let trace = self.trace(spans::Kind::OneWay, method, id, None);
         let ctx = CallContext {
             deadline: deadline_after(started, timeout).into_std(),
             request_id: id,
@@ -309,14 +385,17 @@ impl<S: Service> Callee<S> {
         let mut call = self.service.call(body, CallStreams::none());
         // Always polled inline, even for a method marked long-running: that is what starts
         // one-way handlers in the order they were sent.
-        match self.poll_inline(&mut call, &ctx, started, true, cx) {
+        let span = trace.span();
+        match self.poll_inline(&mut call, &ctx, started, true, span, cx) {
             Some(Outcome::Done(_)) => {
                 self.credit_due += 1;
+                self.ended(Ended::Ok, false, trace, None);
                 return Ok(());
             }
             Some(Outcome::Panicked(msg)) => {
                 tracing::error!(id, method, panic = %msg, "one-way handler panicked");
                 self.credit_due += 1;
+                self.ended(Ended::HandlerPanicked, false, trace, Some(&msg));
                 return Ok(());
             }
             None => {}
@@ -325,17 +404,28 @@ impl<S: Service> Callee<S> {
         // Counted once any task exists, so `pass` collects its completion.
         self.seq += 1;
         let finished = self.finished.clone();
-        tokio::spawn(async move {
+        let span = trace.span().cloned();
+        let task = async move {
             let run = AssertUnwindSafe(context::scoped(ctx, call)).catch_unwind();
-            match tokio::time::timeout(timeout, run).await {
-                Ok(Ok(_)) => {}
+            let (outcome, error) = match tokio::time::timeout(timeout, run).await {
+                Ok(Ok(_)) => (Ended::Ok, None),
                 Ok(Err(panic)) => {
-                    tracing::error!(id, method, panic = %panic_message(panic.as_ref()), "one-way handler panicked");
+                    let msg = panic_message(panic.as_ref());
+                    tracing::error!(id, method, panic = %msg, "one-way handler panicked");
+                    (Ended::HandlerPanicked, Some(msg))
                 }
-                Err(_) => tracing::warn!(id, method, "one-way handler stopped at the server's deadline cap"),
-            }
-            finished.push(Done::OneWay);
-        });
+                Err(_) => {
+                    tracing::warn!(id, method, "one-way handler stopped at the server's deadline cap");
+                    (Ended::DeadlineExceeded, None)
+                }
+            };
+            trace.end(outcome, error.as_ref().map(|e| e as &dyn std::fmt::Display), None);
+            finished.push(Done::OneWay(outcome));
+        };
+        match span {
+            None => tokio::spawn(task),
+            Some(span) => tokio::spawn(tracing::Instrument::instrument(task, span)),
+        };
         Ok(())
     }
 
@@ -344,6 +434,9 @@ impl<S: Service> Callee<S> {
     pub(crate) fn on_bad_oneway(&mut self, id: u64, error: &str) {
         tracing::warn!(id, %error, "dropping a one-way call that does not decode as a call of `{}`", S::ID.name);
         self.credit_due += 1;
+        self.counters.started_oneway();
+        let trace = self.trace(spans::Kind::OneWay, UNDECODED, id, None);
+        self.ended(Ended::BadRequest, false, trace, Some(&error));
     }
 
     fn start(&mut self, id: u64, timeout_us: u64, body: S::Request, cx: &mut Context<'_>) {
@@ -353,15 +446,21 @@ impl<S: Service> Callee<S> {
         // other deadline is capped.
         let timeout = (!streaming || timeout_us != u64::MAX)
             .then(|| Duration::from_micros(timeout_us).min(self.config.max_deadline));
+        let method = S::method_name(&body);
         if timeout.is_some_and(|t| t.is_zero()) {
             // The caller's deadline passed before the call reached us: nobody waits.
             let detail = "the call's deadline had passed when it reached the server".to_owned();
-            self.refuse(id, ServerErrorKind::DeadlineExceeded, detail);
+            self.refuse_new(id, method, ServerErrorKind::DeadlineExceeded, detail);
             return;
         }
         let started = self.now();
         let deadline = timeout.map(|t| deadline_after(started, t));
-        let method = S::method_name(&body);
+        // A stream for the counters and spans: items either way (a callback is a call).
+        let stream = shape.upload || shape.download;
+        self.counters.started(stream);
+        let kind =
+            if stream { spans::Kind::Stream { up: shape.upload, down: shape.download } } else { spans::Kind::Call };
+        let mut trace = self.trace(kind, method, id, timeout);
         // The context always has a deadline: for a stream without one, the far future.
         let ctx = CallContext {
             deadline: deadline.unwrap_or_else(|| started + NO_DEADLINE).into_std(),
@@ -375,26 +474,35 @@ impl<S: Service> Callee<S> {
             streams.callback = self.callbacks.clone().map(|link| CallbackLink { parent: id, ..link });
         }
         if shape.upload {
-            let inbox = Inbox::new();
+            let inbox = Inbox::new(self.counters.clone());
+            if let Some(t) = trace.get_mut() {
+                t.count_inbound(&inbox);
+            }
             self.ups.insert(id, inbox.clone());
             streams.up = Some(Remote::new(id, inbox, self.ctl.clone(), self.limits.up_window, true));
         }
         let mut call = self.service.call(body, streams);
-        if let Some(outcome) = self.poll_inline(&mut call, &ctx, started, false, cx) {
-            return self.answer(id, outcome, deadline);
+        let span = trace.span();
+        if let Some(outcome) = self.poll_inline(&mut call, &ctx, started, false, span, cx) {
+            return self.answer(id, outcome, deadline, stream, trace);
         }
         self.seq += 1;
         let seq = self.seq;
         let finished = self.finished.clone();
-        let task = tokio::spawn(async move {
+        let task = async move {
             let outcome = match AssertUnwindSafe(context::scoped(ctx, call)).catch_unwind().await {
                 Ok(body) => Outcome::Done(body),
                 Err(panic) => Outcome::Panicked(panic_message(panic.as_ref())),
             };
             finished.push(Done::Call(id, seq, outcome));
-        });
+        };
+        // In its call's span, if it has one, so what the handler logs belongs to it.
+        let task = match trace.span() {
+            None => tokio::spawn(task),
+            Some(span) => tokio::spawn(tracing::Instrument::instrument(task, span.clone())),
+        };
         let timeout = timeout.unwrap_or(NO_DEADLINE);
-        self.running.insert(id, Running { abort: task.abort_handle(), seq, deadline, timeout });
+        self.running.insert(id, Running { abort: task.abort_handle(), seq, deadline, timeout, stream, trace });
         if let Some(d) = deadline {
             self.deadlines.push(d, id);
         }
@@ -410,13 +518,17 @@ impl<S: Service> Callee<S> {
         ctx: &CallContext,
         started: Instant,
         always: bool,
+        span: Option<&tracing::Span>,
         cx: &mut Context<'_>,
     ) -> Option<Outcome<Reply<S::Response>>> {
         if !always && !self.heavy.is_empty() && self.heavy.contains(ctx.method) {
             return None;
         }
+        // What the handler logs in its first poll belongs to its call's span.
+        let entered = span.map(tracing::Span::enter);
         let first =
             std::panic::catch_unwind(AssertUnwindSafe(|| context::sync_scoped(ctx.clone(), || call.as_mut().poll(cx))));
+        drop(entered);
         let now = Instant::now();
         self.clock = Some(now);
         if now.saturating_duration_since(started) > HEAVY {
@@ -429,15 +541,29 @@ impl<S: Service> Callee<S> {
         }
     }
 
-    fn answer(&mut self, id: u64, outcome: Outcome<Reply<S::Response>>, deadline: Option<Instant>) {
+    /// A handler finished (`stream`: its exchange carries a stream).
+    fn answer(
+        &mut self,
+        id: u64,
+        outcome: Outcome<Reply<S::Response>>,
+        deadline: Option<Instant>,
+        stream: bool,
+        trace: Trace,
+    ) {
         let answer = match outcome {
             Outcome::Done(Reply::Value(body)) => {
                 self.work.end(id);
+                // Counted now; recounted if the reply turns out too large to write.
+                self.counters.ended(Ended::Ok, stream);
+                if trace.is_some() {
+                    // Closed once written, with how that went.
+                    self.replies_traced.insert(id, trace);
+                }
                 Answer::Reply { id, body }
             }
-            Outcome::Done(Reply::Stream(stream)) => {
+            Outcome::Done(Reply::Stream(body)) => {
                 // The exchange goes on as the handler's stream, under the call's deadline.
-                self.downs.insert(id, OutStream::new(stream, self.limits.down_window, deadline));
+                self.downs.insert(id, OutStream::new(body, self.limits.down_window, deadline, trace));
                 if let Some(d) = deadline {
                     self.deadlines.push(d, id);
                 }
@@ -445,11 +571,13 @@ impl<S: Service> Callee<S> {
             }
             Outcome::Done(Reply::Error(error)) => {
                 self.work.end(id);
+                self.ended(Ended::of_server(error.kind), stream, trace, Some(&error.detail));
                 Answer::Error { id, error }
             }
             Outcome::Panicked(msg) => {
                 self.work.end(id);
                 tracing::error!(id, panic = %msg, "handler panicked");
+                self.ended(Ended::HandlerPanicked, stream, trace, Some(&msg));
                 Answer::Error { id, error: ServerError::new(ServerErrorKind::HandlerPanicked, msg) }
             }
         };
@@ -509,11 +637,12 @@ impl<S: Service> Callee<S> {
         }
     }
 
-    /// The handler's stream of exchange `id` ended (its end frame is written): the
-    /// exchange is over.
-    pub(crate) fn down_ended(&mut self, id: u64) {
+    /// The handler's stream of exchange `id` ended (its end frame is written), with
+    /// `outcome`: the exchange is over.
+    pub(crate) fn down_ended(&mut self, id: u64, outcome: Ended, trace: Trace) {
         self.end_up(id, Err(RpcError::Cancelled));
         self.work.end(id);
+        self.ended(outcome, true, trace, None);
     }
 
     /// The deadline of a running call passed: stop the handler and say so, so a caller
@@ -525,13 +654,13 @@ impl<S: Service> Callee<S> {
         {
             self.work.end(id);
         }
-        let timeout = if self.running.get(&id).is_some_and(|r| r.deadline == Some(deadline)) {
+        let (timeout, stream, trace) = if self.running.get(&id).is_some_and(|r| r.deadline == Some(deadline)) {
             let r = self.running.remove(&id).expect("checked above");
             r.abort.abort();
-            r.timeout
+            (r.timeout, r.stream, r.trace)
         } else if self.downs.get(&id).is_some_and(|d| d.deadline == Some(deadline)) {
-            self.downs.remove(&id);
-            Duration::ZERO
+            let down = self.downs.remove(&id).expect("checked above");
+            (Duration::ZERO, true, down.trace)
         } else {
             return;
         };
@@ -541,6 +670,7 @@ impl<S: Service> Callee<S> {
         } else {
             format!("the call's deadline of {} passed on the server", fmt_duration(timeout))
         };
+        self.ended(Ended::DeadlineExceeded, stream, trace, Some(&detail));
         self.refuse(id, ServerErrorKind::DeadlineExceeded, detail);
     }
 
@@ -555,7 +685,9 @@ impl<S: Service> Callee<S> {
         // Open streams end now, with a reason; calls get the grace period.
         let ids: Vec<u64> = self.downs.keys().copied().collect();
         for id in ids {
-            self.downs.remove(&id);
+            if let Some(down) = self.downs.remove(&id) {
+                self.ended(Ended::ShuttingDown, true, down.trace, Some(&SHUTTING_DOWN));
+            }
             self.work.end(id);
             self.end_up(id, Err(RpcError::Server(ServerError::new(ServerErrorKind::ShuttingDown, SHUTTING_DOWN))));
             self.refuse(id, ServerErrorKind::ShuttingDown, SHUTTING_DOWN.to_owned());
@@ -603,13 +735,15 @@ impl<S: Service> Callee<S> {
                     Done::Call(id, seq, outcome) => {
                         if self.running.get(&id).is_some_and(|r| r.seq == seq) {
                             let r = self.running.remove(&id).expect("checked above");
-                            self.answer(id, outcome, r.deadline);
+                            self.answer(id, outcome, r.deadline, r.stream, r.trace);
                             progress = true;
                         }
                     }
-                    Done::OneWay => {
+                    Done::OneWay(outcome) => {
                         self.oneways_running -= 1;
                         self.credit_due += 1;
+                        // Its span was closed by its task.
+                        self.counters.ended(outcome, false);
                     }
                 }
             }
@@ -655,8 +789,16 @@ impl<S: Service> Drop for Callee<S> {
     fn drop(&mut self) {
         // The connection is over: nobody waits for the handlers still running, or for
         // what they spawned.
-        for r in self.running.values() {
+        for (_, r) in std::mem::take(&mut self.running) {
             r.abort.abort();
+            self.ended(Ended::Disconnected, r.stream, r.trace, None);
+        }
+        for (_, down) in std::mem::take(&mut self.downs) {
+            self.ended(Ended::Disconnected, true, down.trace, None);
+        }
+        // Answered, not written: they count (and their spans close) as their handlers ended.
+        for (_, trace) in std::mem::take(&mut self.replies_traced) {
+            trace.end(Ended::Ok, None, None);
         }
         self.work.end_all();
     }

@@ -301,7 +301,7 @@ impl<Req, Resp> Caller<Req, Resp> {
         for (id, streams, timeout) in self.taken_streams.drain(..) {
             let CallStreams { up, down, .. } = *streams;
             if let Some(stream) = up {
-                self.pending_ups.insert(id, OutStream::new(stream, self.up_window, None));
+                self.pending_ups.insert(id, OutStream::new(stream, self.up_window, None, crate::spans::Trace::NONE));
             }
             if let Some(inbox) = down {
                 self.downs.insert(id, Down { inbox, timeout });

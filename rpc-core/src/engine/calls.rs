@@ -29,6 +29,7 @@ use crate::callback::{ErasedCallback, Registry};
 
 use crate::deadlines::DeadlineQueue;
 use crate::error::{RpcError, TransportError};
+use crate::stats::{Outcome, Tally};
 
 /// The shared half of a connection's outgoing calls: the table plus the engine's waker.
 pub(crate) struct Calls<Req, Resp> {
@@ -67,6 +68,9 @@ pub(crate) struct Table<Req, Resp> {
     /// The connection was lost and a supervisor waits for the next: every new call wakes
     /// it (its deadline may be the earliest), not only the first of a batch.
     detached: bool,
+    /// The client's counts of calls (see `crate::stats`), kept under this lock, which every
+    /// call takes anyway: a call is counted when it starts and when its slot is freed.
+    pub(crate) tally: Tally,
 }
 
 struct Slot<Resp> {
@@ -81,6 +85,8 @@ struct Slot<Resp> {
     sent: bool,
     /// A callback object is registered under this call's id.
     callback: bool,
+    /// The call carries a stream (for the counters).
+    stream: bool,
 }
 
 enum State<Resp> {
@@ -134,6 +140,7 @@ impl<Req, Resp> Calls<Req, Resp> {
                 room: Vec::new(),
                 oneways_pushed: 0,
                 detached: false,
+                tally: Tally::default(),
             }),
             engine: AtomicWaker::new(),
         }
@@ -176,20 +183,26 @@ impl<Req, Resp> Calls<Req, Resp> {
         streams: Option<Box<CallStreams<Req, Resp>>>,
         waker: &Waker,
     ) -> Result<u64, RpcError> {
+        let stream = streams.as_ref().is_some_and(|s| s.up.is_some() || s.down.is_some());
         let mut t = self.lock();
-        if let Some(why) = &t.closed {
-            return Err(why.clone());
+        let refused = match &t.closed {
+            Some(why) => Some(why.clone()),
+            None if t.close == CloseRequest::Now => Some(RpcError::Cancelled),
+            None => None,
+        };
+        if let Some(why) = refused {
+            t.tally.started(stream);
+            t.tally.ended(Outcome::of_error(&why), stream);
+            return Err(why);
         }
-        if t.close == CloseRequest::Now {
-            return Err(RpcError::Cancelled);
-        }
+        t.tally.started(stream);
         let state = State::Waiting(Some(waker.clone()));
         let id = match t.free.pop() {
             Some(i) => {
                 let slot = &mut t.slots[i as usize];
                 // Next generation of this slot: ids of earlier calls in it never match again.
                 let id = slot.id.wrapping_add(1 << 32);
-                *slot = Slot { id, state, deadline, timeout, sent: false, callback: false };
+                *slot = Slot { id, state, deadline, timeout, sent: false, callback: false, stream };
                 id
             }
             None => {
@@ -199,7 +212,7 @@ impl<Req, Resp> Calls<Req, Resp> {
                     let detail = "more than 2^32 calls in flight on one connection".to_owned();
                     return Err(TransportError::Protocol { detail }.into());
                 }
-                t.slots.push(Slot { id, state, deadline, timeout, sent: false, callback: false });
+                t.slots.push(Slot { id, state, deadline, timeout, sent: false, callback: false, stream });
                 id
             }
         };
@@ -236,7 +249,9 @@ impl<Req, Resp> Calls<Req, Resp> {
             State::Done(_) => {
                 let State::Done(result) = std::mem::replace(&mut slot.state, State::Free) else { unreachable!() };
                 let callback = std::mem::take(&mut slot.callback);
+                let stream = slot.stream;
                 t.free.push(i as u32);
+                t.tally.ended(Outcome::of_result(&result), stream);
                 drop(t);
                 if callback {
                     self.callbacks.remove(id);
@@ -251,15 +266,23 @@ impl<Req, Resp> Calls<Req, Resp> {
     }
 
     /// The caller dropped an unfinished call: frees its slot and, if the server has or
-    /// will have seen the call, queues a cancel.
-    pub(crate) fn abandon(&self, id: u64) {
+    /// will have seen the call, queues a cancel. `outcome`: how the call ended for its
+    /// caller, if the slot does not say (a stream's reader saw its end); otherwise a call
+    /// still waiting was cancelled, and one whose result came counts as that result.
+    pub(crate) fn abandon(&self, id: u64, outcome: Option<Outcome>) {
         let mut t = self.lock();
         let i = index(id);
         let slot = &mut t.slots[i];
         let state = std::mem::replace(&mut slot.state, State::Free);
         let cancel = matches!(state, State::Waiting(_)) && slot.sent;
         let callback = std::mem::take(&mut slot.callback);
+        let stream = slot.stream;
         t.free.push(i as u32);
+        let outcome = outcome.unwrap_or(match &state {
+            State::Done(result) => Outcome::of_result(result),
+            _ => Outcome::Cancelled,
+        });
+        t.tally.ended(outcome, stream);
         let mut wake = false;
         if cancel && t.closed.is_none() {
             t.queue.push(Queued::Cancel { id });
@@ -296,11 +319,14 @@ impl<Req, Resp> Calls<Req, Resp> {
         waker: &Waker,
     ) -> Poll<Result<(), RpcError>> {
         let mut t = self.lock();
-        if let Some(why) = &t.closed {
-            return Poll::Ready(Err(why.clone()));
-        }
-        if t.close == CloseRequest::Now {
-            return Poll::Ready(Err(RpcError::Cancelled));
+        let refused = match &t.closed {
+            Some(why) => Some(why.clone()),
+            None if t.close == CloseRequest::Now => Some(RpcError::Cancelled),
+            None => None,
+        };
+        if let Some(why) = refused {
+            t.tally.oneway_failed(Outcome::of_error(&why));
+            return Poll::Ready(Err(why));
         }
         if t.oneways.len() >= max {
             if !t.room.iter().any(|w| w.will_wake(waker)) {
@@ -310,6 +336,7 @@ impl<Req, Resp> Calls<Req, Resp> {
         }
         t.oneways.push_back(frame.take().expect("pushed once"));
         t.oneways_pushed += 1;
+        t.tally.oneway_sent();
         // As for calls: only the push that makes the queues non-empty wakes the engine.
         let wake = t.oneways.len() == 1 && t.queue.is_empty();
         drop(t);

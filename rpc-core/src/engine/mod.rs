@@ -32,6 +32,7 @@ mod transport;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -50,6 +51,8 @@ use self::transport::InFrame;
 use crate::codec::{Codec, DecodeLimits, EncodeError};
 use crate::error::{Direction, RpcError, ServerError, ServerErrorKind, TransportError, connection_error};
 use crate::service::Service;
+use crate::spans::Trace;
+use crate::stats::{Counters, Outcome};
 use crate::wire::{Frame, FrameError, Kind, caps};
 
 /// Calls (and one-way calls) read per pass; each pass ends with a flush of what it
@@ -72,6 +75,16 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// [`BYTES_PER_UNIT`] of it, at least one.
 fn frame_cost(len: u32) -> usize {
     (len as usize / BYTES_PER_UNIT).max(1)
+}
+
+/// The bytes a message took on the pipe, its length prefix included.
+fn message_len<C, R>(message: &Inbound<C, R>) -> usize {
+    4 + match message {
+        Inbound::One(frame) => frame.len as usize,
+        Inbound::Batch(body) => crate::wire::HEADER_LEN + body.len(),
+        Inbound::Abort(reason) => crate::wire::HEADER_LEN + reason.len(),
+        Inbound::Goodbye => crate::wire::HEADER_LEN,
+    }
 }
 
 /// The next frame of a batch being read.
@@ -149,6 +162,8 @@ pub(crate) struct Engine<T, S: Service, Req, Resp> {
     down_run: streams::ItemRun<Resp>,
     /// Items of one of the peer's calls' inbound streams read in a row.
     up_run: streams::ItemRun<S::Request>,
+    /// Bytes read and written are counted here.
+    counters: Arc<Counters>,
 }
 
 /// What the handshake settled that the engine itself needs.
@@ -163,6 +178,8 @@ pub(crate) struct Settings {
     pub(crate) write_stall_timeout: std::time::Duration,
     /// Limits on decoding the peer's frames (also given to the carrier).
     pub(crate) decode: DecodeLimits,
+    /// Where this end counts the bytes it reads and writes.
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl<T, S, Req, Resp> Engine<T, S, Req, Resp>
@@ -187,7 +204,12 @@ where
             codec: settings.codec,
             decode: settings.decode,
             send_limit: settings.send_limit,
-            outbox: Outbox::new(settings.capabilities & caps::BATCH != 0, settings.send_limit),
+            outbox: Outbox::new(
+                settings.capabilities & caps::BATCH != 0,
+                settings.send_limit,
+                settings.counters.clone(),
+            ),
+            counters: settings.counters,
             batch_in: None,
             order: Vec::new(),
             needs_flush: false,
@@ -522,6 +544,9 @@ where
                 if kind == Kind::Call {
                     self.caller.as_mut().expect("only the calling half writes calls").on_written(id);
                 }
+                if kind == Kind::Reply {
+                    self.callee.as_mut().expect("only the serving half writes replies").reply_written(id, Ok(()));
+                }
                 return Ok(());
             }
             Err(why) => why,
@@ -537,6 +562,10 @@ where
                 self.outbox
                     .push_frame(&replacement, self.codec, self.send_limit)
                     .map_err(|e| self.protocol(format!("cannot encode even an error frame: {e}")))?;
+                if kind == Kind::Reply {
+                    let callee = self.callee.as_mut().expect("only the serving half writes replies");
+                    callee.reply_written(id, Err((encode_outcome(&why), &why)));
+                }
             }
             _ => return Err(self.protocol(format!("cannot encode a {kind:?} frame: {why}"))),
         }
@@ -593,8 +622,8 @@ where
                 cx,
                 &mut DownSink::<_, _, Req, _>(&mut sink, PhantomData),
             )?;
-            for id in sink.ended.drain(..) {
-                callee.down_ended(id);
+            for (id, outcome, trace) in sink.ended.drain(..) {
+                callee.down_ended(id, outcome, trace);
             }
         }
         if let Some(caller) = self.caller.as_mut().filter(|_| ups) {
@@ -627,7 +656,10 @@ where
                 Some(Ok(Batched::OneWay(id, body))) => self.one_way(id, body, cx).map(|()| CALL_COST),
                 Some(Err(_)) => break,
                 None => match self.transport.as_mut().poll_next(cx) {
-                    Poll::Ready(Some(Ok(message))) => self.on_message(message, cx),
+                    Poll::Ready(Some(Ok(message))) => {
+                        self.counters.bytes_in(message_len(&message));
+                        self.on_message(message, cx)
+                    }
                     _ => break,
                 },
             };
@@ -721,6 +753,7 @@ where
                 None => match self.transport.as_mut().poll_next(cx) {
                     Poll::Ready(Some(Ok(message))) => {
                         self.messages_in += 1;
+                        self.counters.bytes_in(message_len(&message));
                         self.on_message(message, cx)
                     }
                     Poll::Ready(Some(Err(e))) => {
@@ -857,6 +890,14 @@ pub(crate) fn request_encode_error(why: &EncodeError) -> RpcError {
     }
 }
 
+/// How an exchange ends whose message cannot be encoded.
+fn encode_outcome(why: &EncodeError) -> Outcome {
+    match why {
+        EncodeError::TooLarge(_) => Outcome::TooLarge,
+        EncodeError::Serde(_) => Outcome::Internal,
+    }
+}
+
 /// The frame sent instead of an answer (or a stream item) that cannot be encoded.
 fn answer_encode_error<C, R>(id: u64, why: &EncodeError) -> Frame<C, R> {
     match why {
@@ -876,8 +917,8 @@ struct Pipe<'a, T> {
     codec: Codec,
     limit: usize,
     peer: &'static str,
-    /// Outbound streams that ended (their end frame is written).
-    ended: Vec<u64>,
+    /// Outbound streams that ended (their end frame is written): how, and their spans.
+    ended: Vec<(u64, Outcome, Trace)>,
     /// Calls whose outbound stream failed.
     failed: Vec<(u64, RpcError)>,
 }
@@ -961,8 +1002,7 @@ where
             Err(why) => {
                 // The item cannot cross: the exchange ends with why, the connection goes on.
                 p.write(&answer_encode_error::<(), ()>(id, &why))?;
-                p.ended.push(id);
-                Ok(streams::ItemSent::Failed)
+                Ok(streams::ItemSent::Failed(encode_outcome(&why)))
             }
         }
     }
@@ -977,9 +1017,11 @@ where
             Err(RpcError::Server(error)) => Frame::Error { id, error },
             Err(e) => Frame::Error { id, error: ServerError::new(ServerErrorKind::Internal, e.to_string()) },
         };
-        self.0.write(&frame)?;
-        self.0.ended.push(id);
-        Ok(())
+        self.0.write(&frame)
+    }
+
+    fn over(&mut self, id: u64, outcome: Outcome, trace: Trace) {
+        self.0.ended.push((id, outcome, trace));
     }
 }
 
@@ -1003,7 +1045,7 @@ where
             Err(why) => {
                 // The call fails with why (and is cancelled on the callee).
                 p.failed.push((id, request_encode_error(&why)));
-                Ok(streams::ItemSent::Failed)
+                Ok(streams::ItemSent::Failed(encode_outcome(&why)))
             }
         }
     }
@@ -1022,6 +1064,9 @@ where
             }
         }
     }
+
+    /// The call's own outcome is counted where its caller gets it.
+    fn over(&mut self, _: u64, _: Outcome, _: Trace) {}
 }
 
 /// A frame waiting to be written, from either half.

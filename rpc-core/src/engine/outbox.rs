@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -25,6 +26,7 @@ use serde::Serialize;
 use super::streams::WHOLE_MAX;
 use super::transport::Outbound;
 use crate::codec::{Codec, EncodeError, Placed};
+use crate::stats::Counters;
 use crate::wire::{BATCH_ENTRY_LEN, Frame, HEADER_LEN, Kind};
 
 /// A batch is sealed once it holds this many bytes: the size of a pipe's buffered write.
@@ -57,12 +59,14 @@ pub(crate) struct Outbox {
     batching: bool,
     /// The largest message the peer reads; a batch never grows past it.
     send_limit: usize,
+    /// Where the bytes handed to the carrier are counted.
+    counters: Arc<Counters>,
 }
 
 impl Outbox {
-    pub(crate) fn new(batching: bool, send_limit: usize) -> Self {
+    pub(crate) fn new(batching: bool, send_limit: usize, counters: Arc<Counters>) -> Self {
         debug_assert_eq!(BATCH_HEADER[0], Kind::Batch.code());
-        Outbox { buf: BytesMut::new(), frames: 0, sealed: VecDeque::new(), batching, send_limit }
+        Outbox { buf: BytesMut::new(), frames: 0, sealed: VecDeque::new(), batching, send_limit, counters }
     }
 
     /// True if nothing is waiting to be handed to the carrier.
@@ -111,7 +115,11 @@ impl Outbox {
         codec: Codec,
         limit: usize,
     ) -> Result<Encoded, EncodeError> {
-        self.encode_by(|buf| crate::wire::encode_item_append(kind, id, item, codec, limit, buf))
+        let encoded = self.encode_by(|buf| crate::wire::encode_item_append(kind, id, item, codec, limit, buf));
+        if encoded.is_ok() {
+            self.counters.items_out(1);
+        }
+        encoded
     }
 
     /// Encodes a frame with `append` (which writes it at the end of the buffer, or hands it
@@ -259,6 +267,8 @@ impl Outbox {
             std::task::ready!(transport.as_mut().poll_ready(cx))?;
             let next = next.clone();
             self.sealed.pop_front();
+            // With its length prefix: what the pipe carries.
+            self.counters.bytes_out(next.len() + 4);
             transport.as_mut().start_send(Outbound(next))?;
         }
         if self.frames == 0 && !all {
@@ -282,7 +292,7 @@ mod tests {
 
     #[test]
     fn frames_are_packed_into_one_batch_that_splits_back_into_them() {
-        let mut o = Outbox::new(true, 1 << 20);
+        let mut o = Outbox::new(true, 1 << 20, Arc::default());
         let frames: Vec<F> = (0..5).map(|i| Frame::Reply { id: i, body: i as u32 }).collect();
         for f in &frames {
             o.push_frame(f, Codec::Bincode, 1 << 20).unwrap();
@@ -296,7 +306,7 @@ mod tests {
 
     #[test]
     fn a_batch_of_one_is_sent_as_the_frame_alone() {
-        let mut o = Outbox::new(true, 1 << 20);
+        let mut o = Outbox::new(true, 1 << 20, Arc::default());
         let f: F = Frame::Reply { id: 7, body: 9 };
         o.push_frame(&f, Codec::Bincode, 1 << 20).unwrap();
         let msgs = drain(&mut o);
@@ -305,7 +315,7 @@ mod tests {
 
     #[test]
     fn without_batching_every_frame_is_its_own_message() {
-        let mut o = Outbox::new(false, 1 << 20);
+        let mut o = Outbox::new(false, 1 << 20, Arc::default());
         for i in 0..3 {
             o.push_frame(&F::Cancel { id: i }, Codec::Bincode, 1 << 20).unwrap();
         }
@@ -318,7 +328,7 @@ mod tests {
     fn a_batch_never_exceeds_the_peers_message_limit() {
         // Frames of 10 + 1 + 200 bytes, a 1000-byte limit: at most 4 entries per batch.
         let limit = 1000;
-        let mut o = Outbox::new(true, limit);
+        let mut o = Outbox::new(true, limit, Arc::default());
         let f = Frame::<(), serde_bytes::ByteBuf>::Reply { id: 1, body: serde_bytes::ByteBuf::from(vec![7; 200]) };
         let mut sent = 0;
         for _ in 0..20 {
@@ -333,7 +343,7 @@ mod tests {
 
     #[test]
     fn a_frame_that_fails_to_encode_leaves_the_batch_as_it_was() {
-        let mut o = Outbox::new(true, 1 << 20);
+        let mut o = Outbox::new(true, 1 << 20, Arc::default());
         o.push_frame(&F::Cancel { id: 1 }, Codec::Bincode, 1 << 20).unwrap();
         let big = Frame::<(), serde_bytes::ByteBuf>::Reply { id: 2, body: serde_bytes::ByteBuf::from(vec![0; 100]) };
         assert!(matches!(o.push_frame(&big, Codec::Bincode, 50), Err(EncodeError::TooLarge(_))));
@@ -346,7 +356,7 @@ mod tests {
 
     #[test]
     fn a_large_frame_goes_alone_after_the_batch_before_it() {
-        let mut o = Outbox::new(true, 8 << 20);
+        let mut o = Outbox::new(true, 8 << 20, Arc::default());
         o.push_frame(&F::Cancel { id: 1 }, Codec::Bincode, 8 << 20).unwrap();
         o.push_frame(&F::Cancel { id: 2 }, Codec::Bincode, 8 << 20).unwrap();
         let big =

@@ -22,6 +22,8 @@ use futures::task::AtomicWaker;
 use tokio::time::Instant;
 
 use crate::error::{RpcError, TransportError};
+use crate::spans::Trace;
+use crate::stats::{Counters, Outcome};
 
 /// What consumers of inbound streams tell the engine.
 pub(crate) enum Ctl {
@@ -59,6 +61,8 @@ impl StreamControl {
 
 /// The queue of one inbound stream: filled by the engine, drained by its consumer.
 pub(crate) struct Inbox<M> {
+    /// The counters of the end that reads this stream (`crate::stats`).
+    counters: Arc<Counters>,
     inner: Mutex<InboxInner<M>>,
     /// Set by [`fail`](Self::fail): the consumer drops the items it already took.
     failed: AtomicBool,
@@ -73,15 +77,28 @@ struct InboxInner<M> {
     /// How the stream ended, once it has; reported after the queued items.
     end: Option<Result<(), RpcError>>,
     waker: Option<Waker>,
+    /// Items and bytes ever queued, for the exchange's span.
+    received_items: u64,
+    received_bytes: u64,
 }
 
 /// The sender sent more than its credit allows.
 pub(crate) struct OverCredit;
 
 impl<M> Inbox<M> {
-    pub(crate) fn new() -> Arc<Self> {
+    /// An inbox whose items are counted in `counters` (its end's) as they arrive.
+    pub(crate) fn new(counters: Arc<Counters>) -> Arc<Self> {
         Arc::new(Inbox {
-            inner: Mutex::new(InboxInner { items: VecDeque::new(), held: 0, consumed: 0, end: None, waker: None }),
+            counters,
+            inner: Mutex::new(InboxInner {
+                items: VecDeque::new(),
+                held: 0,
+                consumed: 0,
+                end: None,
+                waker: None,
+                received_items: 0,
+                received_bytes: 0,
+            }),
             failed: AtomicBool::new(false),
         })
     }
@@ -103,6 +120,10 @@ impl<M> Inbox<M> {
             return if over { Err(OverCredit) } else { Ok(()) };
         }
         s.held += bytes;
+        s.received_items += items.len() as u64;
+        // Only the engine hands items over: one writer, as `Counters` needs.
+        self.counters.items_in(items.len());
+        s.received_bytes += bytes as u64;
         s.items.extend(items.drain(..));
         let waker = s.waker.take();
         drop(s);
@@ -110,6 +131,12 @@ impl<M> Inbox<M> {
             w.wake();
         }
         Ok(())
+    }
+
+    /// Items and bytes queued so far (taken by the consumer or not).
+    pub(crate) fn received(&self) -> (u64, u64) {
+        let s = self.lock();
+        (s.received_items, s.received_bytes)
     }
 
     /// Ends the stream: the consumer gets what is queued, then `how`.
@@ -320,11 +347,20 @@ pub(crate) struct OutStream<M> {
     pub(crate) deadline: Option<Instant>,
     /// The rest of a large item being sent in pieces.
     pub(crate) partial: Option<bytes::Bytes>,
+    /// The exchange's span, if one is wanted; it counts the items sent.
+    pub(crate) trace: Trace,
+    /// How the stream ended, once it has (set as its end is written).
+    ended: Option<Outcome>,
 }
 
 impl<M> OutStream<M> {
-    pub(crate) fn new(stream: BoxStream<'static, Result<M, RpcError>>, credit: u32, deadline: Option<Instant>) -> Self {
-        OutStream { stream, credit: i64::from(credit), deadline, partial: None }
+    pub(crate) fn new(
+        stream: BoxStream<'static, Result<M, RpcError>>,
+        credit: u32,
+        deadline: Option<Instant>,
+        trace: Trace,
+    ) -> Self {
+        OutStream { stream, credit: i64::from(credit), deadline, partial: None, trace, ended: None }
     }
 }
 
@@ -343,8 +379,8 @@ pub(crate) enum ItemSent {
     Whole(u32),
     /// Its first piece is written; the rest goes out piece by piece. Its whole frame's size.
     Started { cost: u32, rest: bytes::Bytes },
-    /// It could not be encoded; the sink ended the exchange.
-    Failed,
+    /// It could not be encoded; the sink ended the exchange, with this outcome.
+    Failed(Outcome),
 }
 
 /// Puts the pieces of large items together, per exchange.
@@ -390,6 +426,9 @@ pub(crate) trait PumpSink<M> {
     fn piece(&mut self, id: u64, rest: &mut bytes::Bytes) -> Result<(), TransportError>;
     /// Writes the end of exchange `id`'s stream: normal, or with an error.
     fn end(&mut self, id: u64, how: Result<(), RpcError>) -> Result<(), TransportError>;
+    /// Stream `id` is over (its end, or the error that replaced an item, is written) and
+    /// out of the pump's list: how it ended, and its span.
+    fn over(&mut self, id: u64, outcome: Outcome, trace: Trace);
 }
 
 /// Polls the producers in `streams` round-robin, one item each per turn, while they have
@@ -426,7 +465,8 @@ pub(crate) fn pump<M>(
                 }
                 Turn::Over => {
                     progress = true;
-                    streams.remove(&id);
+                    let s = streams.remove(&id).expect("listed from the map");
+                    sink.over(id, s.ended.unwrap_or(Outcome::Internal), s.trace);
                     order.swap_remove(i);
                 }
                 Turn::Paused => {
@@ -489,19 +529,39 @@ fn turn<M>(
         }
     };
     match item {
-        Some(Ok(m)) => match sink.item(id, m)? {
-            ItemSent::Whole(len) => s.credit -= i64::from(len),
-            ItemSent::Started { cost, rest } => {
-                s.credit -= i64::from(cost);
-                s.partial = Some(rest);
+        Some(Ok(m)) => {
+            let cost = match sink.item(id, m)? {
+                ItemSent::Whole(len) => len,
+                ItemSent::Started { cost, rest } => {
+                    s.partial = Some(rest);
+                    cost
+                }
+                ItemSent::Failed(outcome) => {
+                    s.ended = Some(outcome);
+                    return Ok(Turn::Over);
+                }
+            };
+            s.credit -= i64::from(cost);
+            if let Some(t) = s.trace.get_mut() {
+                t.items_out += 1;
+                t.bytes_out += u64::from(cost);
             }
-            ItemSent::Failed => return Ok(Turn::Over),
-        },
+        }
         Some(Err(e)) => {
+            if let Some(t) = s.trace.get_mut() {
+                t.error = Some(e.to_string());
+            }
+            s.ended = Some(match &e {
+                // What the other end is told: a server error as it is, anything else as
+                // internal (see the sinks' `end`).
+                RpcError::Server(se) => Outcome::of_server(se.kind),
+                other => Outcome::of_error(other),
+            });
             sink.end(id, Err(e))?;
             return Ok(Turn::Over);
         }
         None => {
+            s.ended = Some(Outcome::Ok);
             sink.end(id, Ok(()))?;
             return Ok(Turn::Over);
         }

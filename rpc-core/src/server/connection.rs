@@ -7,6 +7,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::{Counts, Pending, ServerConfig};
+use crate::spans;
+use crate::stats::{Counters, ServerCounters};
 use serde_bytes::ByteBuf;
 
 use crate::access::PeerCredentials;
@@ -22,7 +24,7 @@ use crate::wire::{CallbackCall, HandshakeStatus, caps};
 const CALLBACK_WINDOW: usize = 128;
 
 /// What the accept loop settled about a connection before its handshake.
-pub(crate) struct Admission {
+pub(crate) struct Admission<IO> {
     /// The client's credentials, if the pipe reports them; handlers see them.
     pub(crate) peer: Option<PeerCredentials>,
     /// The server's connection counts, checked (and this connection counted in them) once
@@ -30,6 +32,18 @@ pub(crate) struct Admission {
     pub(crate) counts: Option<Arc<Counts>>,
     /// Holds this connection's place among those in their handshake until it is over.
     pub(crate) handshaking: Option<Pending>,
+    /// The access policy, still to apply: set where the transport tells who the client is
+    /// only once the server has read from it (`Listener::USER_AFTER_FIRST_READ`).
+    pub(crate) access_after_hello: Option<AccessAfterHello<IO>>,
+}
+
+/// How to apply the access policy once the client's hello has been read.
+pub(crate) struct AccessAfterHello<IO> {
+    /// Reads the client's credentials from the connection (`Listener::peer`); they replace
+    /// [`Admission::peer`].
+    pub(crate) peer_of: fn(&IO) -> Result<Option<PeerCredentials>, String>,
+    /// The server's own credentials, which the policy compares with the client's.
+    pub(crate) me: PeerCredentials,
 }
 
 /// Answers a client refused before it is heard, then closes.
@@ -43,20 +57,46 @@ pub(crate) async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
     handshake::refuse_early(&mut framed, service, status, why).await
 }
 
-pub(crate) async fn serve<IO, S>(
+/// What a connection shares with its server.
+pub(crate) struct Conn<S> {
+    pub(crate) service: Arc<S>,
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) counters: Arc<ServerCounters>,
+}
+
+/// Serves one connection: its handshake, then its engine until it ends. Inside the
+/// connection's span (`rpc.connection`, see `crate::spans`) if one is wanted.
+pub(crate) async fn serve<IO, S>(io: IO, conn: Conn<S>, admit: Admission<IO>) -> Result<(), TransportError>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: Service,
+{
+    let Some(trace) = spans::connection(S::ID.name, admit.peer.as_ref()) else {
+        return serve_inner(io, conn, admit, &mut None).await;
+    };
+    let mut served = None;
+    let ended = tracing::Instrument::instrument(serve_inner(io, conn, admit, &mut served), trace.span.clone()).await;
+    trace.end(&ended, served.as_deref());
+    ended
+}
+
+/// [`serve`] without the connection's span; `served` gets the connection's counters once
+/// it is through its handshake.
+async fn serve_inner<IO, S>(
     io: IO,
-    service: Arc<S>,
-    config: Arc<ServerConfig>,
-    shutdown: CancellationToken,
-    admit: Admission,
+    conn: Conn<S>,
+    admit: Admission<IO>,
+    served: &mut Option<Arc<Counters>>,
 ) -> Result<(), TransportError>
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     S: Service,
 {
+    let Conn { service, config, shutdown, counters: server_counters } = conn;
     let max = config.effective_max_message();
     let mut framed = transport_pipe::length_delimited(io, max);
-    let Admission { peer, counts, handshaking } = admit;
+    let Admission { mut peer, counts, handshaking, access_after_hello } = admit;
     let offer = handshake::ServerOffer {
         max_message: max,
         max_in_flight: config.max_in_flight_per_connection,
@@ -66,7 +106,26 @@ where
     };
     // Counted among the server's connections from the moment its handshake succeeds.
     let mut counted = None;
-    let decide = || {
+    let decide = |io: &IO| {
+        if let Some(access) = access_after_hello {
+            // Fail closed, as the accept loop's gate does: a client we cannot identify, or
+            // whom the policy refuses, is answered and goes no further.
+            let read = match (access.peer_of)(io) {
+                Ok(read) => read,
+                Err(e) => {
+                    let why = format!("the server cannot read this client's credentials: {e}");
+                    return Some((HandshakeStatus::PermissionDenied, why));
+                }
+            };
+            let known = read.unwrap_or_default();
+            if let Err(why) = config.access.check(&known, &access.me) {
+                tracing::info!(peer = %known, %why, "client refused");
+                return Some((HandshakeStatus::PermissionDenied, why));
+            }
+            // Known only now: the connection's span (if any) opened without it.
+            spans::record_peer(&tracing::Span::current(), read.as_ref());
+            peer = read;
+        }
         if shutdown.is_cancelled() {
             return Some((HandshakeStatus::ShuttingDown, "the server is shutting down".to_owned()));
         }
@@ -92,8 +151,18 @@ where
         }
     };
     drop(handshaking);
-    let negotiated = negotiated?;
+    let negotiated = match negotiated {
+        Ok(negotiated) => negotiated,
+        Err(e) => {
+            server_counters.refused();
+            return Err(e);
+        }
+    };
     let _counted = counted;
+    // Counted among the server's connections until the engine is over (and its own
+    // counts, what its `Drop` counts included, are in).
+    let stats = server_counters.connection();
+    *served = Some(stats.counters.clone());
     let transport = crate::engine::pipe(framed, negotiated.codec, config.decode_limits);
     let limits =
         // The largest item either side may send is what a stream may overshoot its credit by.
@@ -104,7 +173,7 @@ where
         };
     let (frame_read_timeout, write_stall_timeout) = (config.frame_read_timeout, config.write_stall_timeout);
     let decode_limits = config.decode_limits;
-    let mut callee = Callee::new(service, config, Some(shutdown), limits, peer);
+    let mut callee = Callee::new(service, config, Some(shutdown), limits, peer, stats.counters.clone());
     // A service with callback methods gets a calling half toward a client that can be
     // called back; its handlers reach it through their `Callback` arguments.
     let caller = (S::CALLBACKS && negotiated.capabilities & caps::CALLBACKS != 0).then(|| {
@@ -128,6 +197,9 @@ where
         frame_read_timeout,
         write_stall_timeout,
         decode: decode_limits,
+        counters: stats.counters.clone(),
     };
-    Engine::<_, S, CallbackCall, ByteBuf>::new(transport, settings, caller, Some(callee)).await
+    let ended = Engine::<_, S, CallbackCall, ByteBuf>::new(transport, settings, caller, Some(callee)).await;
+    drop(stats);
+    ended
 }

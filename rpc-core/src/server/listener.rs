@@ -30,6 +30,14 @@ pub trait Listener: sealed::Sealed + Send + Sync + 'static {
     /// then refused: fail closed).
     fn peer(io: &Self::Io) -> Result<Option<PeerCredentials>, String>;
 
+    /// Whether the OS tells who the client is only once the server has read from the
+    /// connection. The accept loop then leaves the access policy to the handshake, which
+    /// reads [`peer`](Self::peer) and applies the policy as soon as the client's hello is in,
+    /// before anything else the client sent is decoded. True for Windows named pipes, where
+    /// a server reads its client's user by impersonating it
+    /// ([`PipeStream::peer_credentials`]).
+    const USER_AFTER_FIRST_READ: bool = false;
+
     /// What it listens on, for logs: `pipe `name`` or `tcp 127.0.0.1:7000`.
     fn describe(&self) -> String;
 }
@@ -51,6 +59,8 @@ impl Listener for PipeListener {
     fn peer(io: &PipeStream) -> Result<Option<PeerCredentials>, String> {
         io.peer_credentials().map(Some).map_err(|e| e.to_string())
     }
+
+    const USER_AFTER_FIRST_READ: bool = cfg!(windows);
 
     fn describe(&self) -> String {
         format!("pipe `{}`", self.name().as_str())

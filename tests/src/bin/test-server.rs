@@ -3,15 +3,19 @@
 //! ```text
 //! test-server NAME|--parent-pipe|--tcp ADDR [--allow-remote 1] [--max-message N] [--max-in-flight N] [--max-oneway N] [--max-connections N] [--shutdown-grace-ms N]
 //!             [--max-deadline-ms N|max] [--max-per-user N] [--access anyone|same-user] [--allow-uid N]
-//!             [--socket-mode OCTAL] [--introspection on|off]
+//!             [--socket-mode OCTAL] [--introspection on|off] [--spans 1]
 //! ```
 //!
 //! Prints `ready` on stdout once the pipe is bound (a test may connect from then on).
 //! A `shutdown` line on stdin, or the end of stdin (the test process went away), starts a
 //! graceful shutdown: it prints `shutting-down` once the server has been told (calls
 //! arriving from then on are refused), then `drained` when every call in flight has been
-//! answered, and exits 0. If the pipe cannot be bound it prints the error on stderr and
-//! exits 2; bad arguments exit 64.
+//! answered, and exits 0. A `stats` line on stdin prints the server's counters
+//! (`rpc_core::stats`) as one line, `stats key=value ...` (see [`stats_line`]). If the pipe
+//! cannot be bound it prints the error on stderr and exits 2; bad arguments exit 64.
+//!
+//! `--spans 1` prints every `rpc_core` span on stdout as it closes, one line each
+//! (`pipe_rpc_tests::span_lines`).
 //!
 //! `--tcp ADDR` instead of a name serves TCP (`Server::bind_tcp`; give `--access anyone`),
 //! printing `tcp IP:PORT` (the address bound) before `ready`.
@@ -86,6 +90,11 @@ fn parse_args() -> Result<Args, String> {
                 });
                 continue;
             }
+            // Spans as lines on stdout (`pipe_rpc_tests::span_lines`).
+            "--spans" if value == "1" => {
+                pipe_rpc_tests::span_lines::install();
+                continue;
+            }
             "--socket-mode" => {
                 config =
                     config.socket_mode(u32::from_str_radix(&value, 8).map_err(|e| format!("{flag} {value}: {e}"))?);
@@ -121,6 +130,39 @@ fn parse_args() -> Result<Args, String> {
         };
     }
     Ok(Args { endpoint, config, exit_before_handshake })
+}
+
+/// The server's counters as one line: `stats`, then `key=value` pairs separated by spaces.
+fn stats_line(s: &rpc_core::ServerStats) -> String {
+    let (c, e) = (&s.calls, &s.calls.errors);
+    let pairs = [
+        ("connections_open", s.connections_open),
+        ("connections_accepted", s.connections_accepted),
+        ("connections_refused", s.connections_refused),
+        ("started", c.started),
+        ("finished", c.finished),
+        ("in_flight", c.in_flight),
+        ("oneway", c.oneway),
+        ("streams_started", c.streams_started),
+        ("streams_open", c.streams_open),
+        ("ok", c.ok),
+        ("bad_request", e.bad_request),
+        ("handler_panicked", e.handler_panicked),
+        ("shutting_down", e.shutting_down),
+        ("overloaded", e.overloaded),
+        ("too_large", e.too_large),
+        ("deadline_exceeded", e.deadline_exceeded),
+        ("internal", e.internal),
+        ("cancelled", e.cancelled),
+        ("disconnected", e.disconnected),
+        ("other", e.other),
+        ("items_in", s.items_in),
+        ("items_out", s.items_out),
+        ("bytes_in", s.bytes_in),
+        ("bytes_out", s.bytes_out),
+    ];
+    let pairs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("stats {}", pairs.join(" "))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -162,12 +204,14 @@ fn bind_failed(e: &ServeError) -> ExitCode {
 /// Prints `ready` and serves until `shutdown` (or the end of stdin).
 async fn run<L: Listener>(bound: BoundServer<ProbeServer<ProbeImpl>, L>) -> ExitCode {
     let shutdown = bound.shutdown_handle();
+    let stats = bound.stats_handle();
     // A plain thread, not a runtime task: a blocking stdin read must not keep the
     // runtime from shutting down.
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
             match line {
                 Ok(l) if l.trim() == "shutdown" => break,
+                Ok(l) if l.trim() == "stats" => println!("{}", stats_line(&stats.get())),
                 Ok(_) => {}
                 Err(_) => break,
             }

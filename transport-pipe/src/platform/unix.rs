@@ -33,10 +33,15 @@ use crate::{
 pub(crate) const SUN_PATH_MAX: usize =
     size_of::<libc::sockaddr_un>() - std::mem::offset_of!(libc::sockaddr_un, sun_path);
 
-/// How long `bind` waits for the per-name lock before reporting the name as in use. Holders
-/// only keep it for a probe connect and a bind, so contention means a pathological peer.
+/// How long `bind` waits for the per-name lock before reporting the name as in use. A live
+/// listener holds it for its whole life, but then its socket answers the probe and `bind`
+/// fails at once; otherwise holders only keep it for a probe connect and a bind (or an
+/// unlink), so a lock held longer with no live socket means a pathological peer.
 const LOCK_WAIT_BIND: Duration = Duration::from_secs(1);
-/// How long a dropping listener waits for the lock before leaving its socket file behind (the
+/// How often a `bind` waiting for a busy lock probes the socket for a live server.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+/// How long a dropping listener that does not hold its lock (it bound beside a lock holder
+/// whose socket was deleted) waits for the lock before leaving its socket file behind (the
 /// next `bind` reclaims it as stale).
 const LOCK_WAIT_DROP: Duration = Duration::from_millis(100);
 /// Bound on the liveness probe of an existing socket file.
@@ -153,11 +158,17 @@ pub(crate) fn ensure_private_dir(dir: &Path, create: bool) -> Result<bool, Error
     Ok(true)
 }
 
-/// An exclusive `flock` on `<socket path>.lock`, held while a listener probes, clears and binds
-/// a name and while it removes its socket file. Without it, two servers that both find a stale
-/// file could each unlink it and bind, and the slower one would delete the faster one's fresh
-/// socket; or a listener being dropped could unlink the socket of a server that just replaced
-/// it.
+/// An exclusive `flock` on `<socket path>.lock`, taken before a listener probes, clears and
+/// binds a name and held for the listener's whole life, until it has removed its socket file.
+/// Without it, two servers that both find a stale file could each unlink it and bind, and the
+/// slower one would delete the faster one's fresh socket; or a listener being dropped could
+/// unlink the socket of a server that just replaced it.
+///
+/// Held for life, it also says which socket files are stale without connecting to them: the
+/// kernel releases a `flock` when the last descriptor of its file closes, so the lock of a
+/// killed server is free while a live server's is not. That is what [`sweep_stale`] relies on.
+/// (A process that forks without exec'ing shares the descriptor, and the lock, with the
+/// child; the files are close-on-exec, so a spawned program does not.)
 ///
 /// The lock file is deleted (by its holder) when the name is released, so unique test names do
 /// not pile up lock files. That is safe because a lock only counts if, once taken, the path
@@ -170,26 +181,32 @@ struct NameLock {
 
 impl NameLock {
     fn acquire(sock_path: &Path, wait: Duration) -> io::Result<NameLock> {
-        let mut path = sock_path.as_os_str().to_owned();
-        path.push(".lock");
-        let path = PathBuf::from(path);
+        Self::acquire_while(sock_path, wait, || Ok(()))
+    }
+
+    /// [`acquire`](Self::acquire), calling `busy` while the lock is held by someone else
+    /// (every [`PROBE_EVERY`], the first time at once); an `Err` from it ends the wait.
+    fn acquire_while(
+        sock_path: &Path,
+        wait: Duration,
+        mut busy: impl FnMut() -> io::Result<()>,
+    ) -> io::Result<NameLock> {
+        let path = lock_path(sock_path);
         let deadline = Instant::now() + wait;
+        let mut next_probe = Instant::now();
         loop {
-            let file = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                // Never follow a symlink planted in a shared directory such as /tmp.
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)?;
+            let file = open_lock_file(&path, true)?;
             loop {
                 match flock_exclusive_nonblocking(&file) {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                        // Blocking briefly is acceptable here: holders keep the lock for well
-                        // under a millisecond unless a probe connect has to time out.
+                        if Instant::now() >= next_probe {
+                            busy()?;
+                            next_probe = Instant::now() + PROBE_EVERY;
+                        }
+                        // Blocking briefly is acceptable here: holders that are not live
+                        // listeners keep the lock for well under a millisecond unless a probe
+                        // connect has to time out.
                         std::thread::sleep(Duration::from_millis(1));
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -221,6 +238,25 @@ impl NameLock {
     }
 }
 
+/// `<socket path>.lock`.
+fn lock_path(sock_path: &Path) -> PathBuf {
+    let mut path = sock_path.as_os_str().to_owned();
+    path.push(".lock");
+    PathBuf::from(path)
+}
+
+fn open_lock_file(path: &Path, create: bool) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .mode(0o600)
+        // Never follow a symlink planted in a shared directory such as /tmp.
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 fn flock_exclusive_nonblocking(file: &fs::File) -> io::Result<()> {
     #[allow(unsafe_code)]
     // SAFETY: the descriptor is open for the whole call (borrowed from `file`); flock reads no
@@ -229,21 +265,35 @@ fn flock_exclusive_nonblocking(file: &fs::File) -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
-/// Removes the listener's socket file on drop, under the name lock and only if the file is
-/// still the one this listener created (same device and inode). interprocess's own
-/// `reclaim_name` unlinks whatever is at the path, after closing the socket.
-#[derive(Debug)]
+/// Holds the name lock for the listener's life and removes the listener's socket file on
+/// drop, under that lock and only if the file is still the one this listener created (same
+/// device and inode), then the lock file. interprocess's own `reclaim_name` unlinks whatever
+/// is at the path, after closing the socket.
 pub(crate) struct Reclaim {
     path: PathBuf,
     dev: u64,
     ino: u64,
+    /// `None` only for a listener that bound beside a holder whose socket had been deleted.
+    lock: Option<NameLock>,
+}
+
+impl std::fmt::Debug for Reclaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reclaim").field("path", &self.path).field("locked", &self.lock.is_some()).finish()
+    }
 }
 
 impl Drop for Reclaim {
     fn drop(&mut self) {
-        let Ok(lock) = NameLock::acquire(&self.path, LOCK_WAIT_DROP) else {
-            tracing::debug!(path = %self.path.display(), "name lock busy; leaving socket file");
-            return;
+        let lock = match self.lock.take() {
+            Some(lock) => lock,
+            None => match NameLock::acquire(&self.path, LOCK_WAIT_DROP) {
+                Ok(lock) => lock,
+                Err(_) => {
+                    tracing::debug!(path = %self.path.display(), "name lock busy; leaving socket file");
+                    return;
+                }
+            },
         };
         match fs::symlink_metadata(&self.path) {
             Ok(md) if md.dev() == self.dev && md.ino() == self.ino => {
@@ -368,14 +418,14 @@ fn clear_stale(name: &PipeName, addr: &Path) -> Result<(), Error> {
             if md.uid() != euid {
                 return Err(foreign_socket(name, addr, md.uid(), euid));
             }
-            remove_stale(name, addr)
+            unlink_stale(name, addr)
         }
         Probe::Failed(e) => Err(io_error(name, addr, "probe the existing socket file of", e)),
     }
 }
 
 /// Unlinks our own stale socket file at `addr`.
-fn remove_stale(name: &PipeName, addr: &Path) -> Result<(), Error> {
+fn unlink_stale(name: &PipeName, addr: &Path) -> Result<(), Error> {
     match fs::remove_file(addr) {
         Ok(()) => {
             tracing::debug!(path = %addr.display(), "removed stale socket file");
@@ -393,13 +443,70 @@ pub(crate) fn bind(name: &PipeName, addr: &Path, opts: &ListenOptions) -> Result
                 .map_err(|e| e.context(format_args!("cannot listen on pipe `{}`", name.as_str())).with_name(name))?;
         }
     }
-    let lock = NameLock::acquire(addr, LOCK_WAIT_BIND).map_err(|e| {
-        if e.kind() == io::ErrorKind::WouldBlock {
+    let lock = match lock_name(name, addr, "listen on") {
+        Ok(lock) => Some(lock),
+        // The lock's holder has no socket at the path: a listener whose socket file someone
+        // deleted (it can be reached no more). Bind beside it without the lock: `listen`
+        // never displaces a socket, and neither listener's drop removes the other's file.
+        Err(e)
+            if e.kind() == ErrorKind::NameInUse
+                && fs::symlink_metadata(addr).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) =>
+        {
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if name.is_plain() {
+        if let Some(dir) = addr.parent() {
+            // After taking our own lock, so that the sweep passes over our name.
+            sweep_stale(dir);
+        }
+    }
+    match clear_and_listen(name, addr, opts) {
+        Ok(listener) => {
+            let md = fs::symlink_metadata(addr).map_err(|e| io_error(name, addr, "inspect", e))?;
+            // The lock stays held, and its file in place, until `Reclaim` removes them with
+            // the socket.
+            Ok((listener, Reclaim { path: addr.to_owned(), dev: md.dev(), ino: md.ino(), lock }))
+        }
+        Err(e) => {
+            // Keep the lock file while a socket (someone else's) exists at the path; but beside
+            // another user's stale socket a lock file of ours would only stand in that user's
+            // way when their server starts again (they cannot open it), so it goes.
+            let gone = fs::symlink_metadata(addr).is_err_and(|e| e.kind() == io::ErrorKind::NotFound);
+            if let Some(lock) = lock
+                && (gone || (e.kind() == ErrorKind::ForeignSocket && lock.is_ours()))
+            {
+                lock.remove();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Takes the name lock of `addr` for `bind` or `remove_stale` (`what` they are about to do):
+/// while someone else holds it, a live server answering on the socket fails the call at once
+/// with [`ErrorKind::NameInUse`]; a lock held for over [`LOCK_WAIT_BIND`] with no live socket
+/// fails it too.
+fn lock_name(name: &PipeName, addr: &Path, what: &str) -> Result<NameLock, Error> {
+    let mut live = None;
+    let lock = NameLock::acquire_while(addr, LOCK_WAIT_BIND, || match probe(addr) {
+        Probe::Live(who) => {
+            live = Some(who);
+            Err(io::ErrorKind::AddrInUse.into())
+        }
+        _ => Ok(()),
+    });
+    lock.map_err(|e| {
+        if let Some(who) = live.take() {
+            name_in_use(name, addr, who)
+        } else if e.kind() == io::ErrorKind::WouldBlock {
             Error::new(
                 ErrorKind::NameInUse,
                 format!(
-                    "cannot listen on pipe `{}` at {}: another process has held its lock file for \
-                     over {} ms",
+                    "cannot {what} pipe `{}` at {}: another process has held its lock file for over {} ms \
+                     with no server answering on the socket (a process that forked from a server and \
+                     kept its descriptors, or one that holds the lock by hand)",
                     name.as_str(),
                     addr.display(),
                     LOCK_WAIT_BIND.as_millis()
@@ -410,22 +517,94 @@ pub(crate) fn bind(name: &PipeName, addr: &Path, opts: &ListenOptions) -> Result
         } else {
             io_error(name, addr, "open the lock file of", e)
         }
-    })?;
-    match clear_and_listen(name, addr, opts) {
-        Ok(listener) => {
-            let md = fs::symlink_metadata(addr).map_err(|e| io_error(name, addr, "inspect", e))?;
-            // The lock file stays until `Reclaim` removes it with the socket.
-            Ok((listener, Reclaim { path: addr.to_owned(), dev: md.dev(), ino: md.ino() }))
+    })
+}
+
+/// Removes the socket and lock files a server of `name` left at `addr` if it is gone (its
+/// lock is free and its socket refuses connections); `Ok(true)` if there was a socket file
+/// to remove. Refuses a live server's, another user's and anything that is not a socket, as
+/// `bind` does.
+pub(crate) fn remove_stale(name: &PipeName, addr: &Path) -> Result<bool, Error> {
+    if name.is_plain() {
+        match addr.parent().map(|dir| ensure_private_dir(dir, false)) {
+            // No directory, no files.
+            Some(Ok(false)) => return Ok(false),
+            Some(Err(e)) => {
+                return Err(e.context(format_args!("cannot clean up pipe `{}`", name.as_str())).with_name(name));
+            }
+            Some(Ok(true)) | None => {}
+        }
+    }
+    let lock = lock_name(name, addr, "clean up")?;
+    let existed = fs::symlink_metadata(addr).is_ok();
+    match clear_stale(name, addr) {
+        Ok(()) => {
+            lock.remove();
+            Ok(existed)
         }
         Err(e) => {
-            // Keep the lock file while a socket (someone else's) exists at the path; but beside
-            // another user's stale socket a lock file of ours would only stand in that user's
-            // way when their server starts again (they cannot open it), so it goes.
-            let gone = fs::symlink_metadata(addr).is_err_and(|e| e.kind() == io::ErrorKind::NotFound);
-            if gone || (e.kind() == ErrorKind::ForeignSocket && lock.is_ours()) {
+            if e.kind() == ErrorKind::ForeignSocket && lock.is_ours() {
                 lock.remove();
             }
             Err(e)
+        }
+    }
+}
+
+/// Most lock files one sweep looks at, so that a directory of thousands of names does not
+/// slow a `bind` down by much; the next `bind` sweeps the rest.
+const SWEEP_MAX: usize = 256;
+
+/// Removes what killed servers of this user left in the per-user directory `dir`: for each
+/// `NAME.sock.lock` whose lock is free (no live listener holds it), the lock file, and
+/// `NAME.sock` beside it if that is a socket of ours that refuses connections. Without it,
+/// every server killed on a name never bound again (a test's unique name, say) leaves its
+/// two files for good. Anything else is left alone: a live socket (of a server that does not
+/// take the lock), another user's file, a file that is not a socket. Best effort: a file that
+/// cannot be read or removed is skipped, and the `bind` goes on.
+fn sweep_stale(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let mut looked = 0;
+    for entry in entries.flatten() {
+        let lock_file = entry.path();
+        let Some(sock) = lock_file
+            .to_str()
+            .and_then(|p| p.strip_suffix(".lock"))
+            .filter(|p| p.ends_with(".sock"))
+            .map(PathBuf::from)
+        else {
+            continue;
+        };
+        looked += 1;
+        if looked > SWEEP_MAX {
+            break;
+        }
+        let sock = sock.as_path();
+        // Never created here: a lock file deleted meanwhile is someone else's business done.
+        let Ok(file) = open_lock_file(&lock_file, false) else { continue };
+        if flock_exclusive_nonblocking(&file).is_err() {
+            continue; // a live listener's, or another `bind` or sweep at work on it
+        }
+        let Ok(held) = file.metadata() else { continue };
+        match fs::symlink_metadata(&lock_file) {
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {}
+            _ => continue, // deleted (and maybe made again) by its holder meanwhile
+        }
+        let lock = NameLock { file, path: lock_file };
+        let stale = match fs::symlink_metadata(sock) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+            Ok(md) if md.file_type().is_socket() && md.uid() == effective_ids().0 => match probe(sock) {
+                Probe::Stale => fs::remove_file(sock).is_ok_and(|()| {
+                    tracing::debug!(path = %sock.display(), "swept a stale socket file");
+                    true
+                }),
+                Probe::Gone => true,
+                Probe::Live(_) | Probe::Failed(_) => false,
+            },
+            _ => false,
+        };
+        if stale {
+            lock.remove();
         }
     }
 }

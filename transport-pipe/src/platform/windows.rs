@@ -20,6 +20,8 @@ use interprocess::{
     },
 };
 
+use windows_sys::Win32::Foundation::HANDLE;
+
 use super::ConnectFailure;
 use crate::{
     error::{Error, ErrorKind},
@@ -35,6 +37,7 @@ const ERROR_FILE_NOT_FOUND: i32 = 2;
 const ERROR_PATH_NOT_FOUND: i32 = 3;
 const ERROR_ACCESS_DENIED: i32 = 5;
 const ERROR_PIPE_BUSY: i32 = 231;
+const ERROR_NO_TOKEN: i32 = 1008;
 
 pub(crate) fn is_absolute_path_str(s: &str) -> bool {
     s.starts_with(r"\\")
@@ -70,6 +73,11 @@ pub(crate) fn check_address(name: &PipeName, addr: &Path) -> Result<(), Error> {
 #[derive(Debug)]
 pub(crate) struct Reclaim;
 
+/// Nothing to remove: a killed server's pipe vanished with its last handle.
+pub(crate) fn remove_stale(_name: &PipeName, _addr: &Path) -> Result<bool, Error> {
+    Ok(false)
+}
+
 pub(crate) fn bind(name: &PipeName, addr: &Path, opts: &ListenOptions) -> Result<(Listener, Reclaim), Error> {
     let io_fail = |e: io::Error| {
         Error::new(ErrorKind::Io, format!("cannot listen on pipe `{}` at {}: {e}", name.as_str(), addr.display()))
@@ -77,12 +85,8 @@ pub(crate) fn bind(name: &PipeName, addr: &Path, opts: &ListenOptions) -> Result
             .with_source(e)
     };
     let fs_name = addr.to_fs_name::<GenericFilePath>().map_err(io_fail)?;
-    let sddl = widestring::U16CString::from_str(&opts.windows_sddl).map_err(|e| {
+    let sd = pipe_descriptor(&opts.windows_sddl).map_err(|e| {
         Error::new(ErrorKind::Io, format!("the pipe's security descriptor {:?}: {e}", opts.windows_sddl))
-            .with_name(name)
-    })?;
-    let sd = SecurityDescriptor::deserialize(&sddl).map_err(|e| {
-        Error::new(ErrorKind::Io, format!("the pipe's security descriptor {:?} does not parse: {e}", opts.windows_sddl))
             .with_name(name)
             .with_source(e)
     })?;
@@ -94,6 +98,28 @@ pub(crate) fn bind(name: &PipeName, addr: &Path, opts: &ListenOptions) -> Result
         Some(ERROR_ACCESS_DENIED | ERROR_PIPE_BUSY) => name_in_use(name, addr, e, pipe_server(addr)),
         _ => io_fail(e),
     })
+}
+
+/// The security descriptor for our pipes from `sddl`, owned by this process's user unless
+/// `sddl` names an owner (`O:`).
+///
+/// Clients read a pipe's owner to learn who serves it (see [`peer_credentials`]), and the
+/// owner-only DACL grants the owner (`OW`). Left to default, the owner is the token's default
+/// owner, which for administrators and LocalSystem is the Administrators group
+/// (`S-1-5-32-544`), not the user: every user may own objects as itself, so we say so.
+fn pipe_descriptor(sddl: &str) -> io::Result<SecurityDescriptor> {
+    use interprocess::os::windows::security_descriptor::AsSecurityDescriptorExt as _;
+    let parse = |text: &str| {
+        let wide = widestring::U16CString::from_str(text).map_err(io::Error::other)?;
+        SecurityDescriptor::deserialize(&wide).map_err(|e| io::Error::new(e.kind(), format!("does not parse ({e})")))
+    };
+    let sd = parse(sddl)?;
+    if !sd.owner()?.0.is_null() {
+        return Ok(sd);
+    }
+    let me =
+        current_sid().map_err(|e| io::Error::new(e.kind(), format!("this process's user cannot be read ({e})")))?;
+    parse(&format!("O:{me}{sddl}"))
 }
 
 /// `NameInUse` for a bind that failed with `e` because the name is taken, naming the process
@@ -247,6 +273,241 @@ pub(crate) fn classify(e: &io::Error) -> ConnectFailure {
     }
 }
 
+// Who is at the other end of a pipe. See `PipeStream::peer_credentials` for what is read
+// where, and ARCHITECTURE ("Security: where each check happens") for why.
+
+/// The credentials of the peer of `stream`: the pid the pipe reports, and the user SID from
+/// the client's own token, by impersonation (on the server end, see [`client_sid`]), or from
+/// the pipe's owner (on the client end, see [`server_sid`]).
+pub(crate) fn peer_credentials(stream: &Stream) -> io::Result<crate::PeerCredentials> {
+    use std::os::windows::io::AsRawHandle as _;
+    let Stream::NamedPipe(stream) = stream;
+    let pipe = stream.inner();
+    let handle = pipe.as_raw_handle();
+    let (pid, sid) = if pipe.is_server() {
+        let pid = pipe.client_process_id()?;
+        (pid, client_sid(handle, pid))
+    } else {
+        let pid = pipe.server_process_id()?;
+        (pid, server_sid(handle, pid))
+    };
+    Ok(crate::PeerCredentials::new(Some(pid), None, None).with_sid(sid))
+}
+
+/// The user of the client of the server end `pipe`, whose process the pipe says is `pid`.
+///
+/// From the client's token, by impersonating it ([`impersonated_client_sid`]): what it
+/// connected as, readable by any server whatever its user, because our clients (and any
+/// client by default) connect at identification level or above. Only if the client cannot be
+/// impersonated at all (nothing has been read from the pipe yet, or this thread is
+/// impersonating someone already) is the token of process `pid` read instead, which needs
+/// the right to open it: a process of the same user, or a server with `SeDebugPrivilege`.
+/// A client that was impersonated but whose token cannot be read (one that connected at
+/// anonymous level, `ERROR_CANT_OPEN_ANONYMOUS`) gets no SID at all: falling back to `pid`
+/// then would let the client choose the weaker route, and Windows lets a client make the pipe
+/// report another process's pid (James Forshaw, "Spoofing Named Pipe Client PID", Project
+/// Zero, 2019).
+fn client_sid(pipe: HANDLE, pid: u32) -> Option<crate::creds::Sid> {
+    client_user(impersonated_client_sid(pipe), || process_sid(pid), pid)
+}
+
+/// [`client_sid`]'s choice, given what impersonation gave and how to read the token of the
+/// client's process.
+fn client_user(
+    impersonated: Result<crate::creds::Sid, ClientToken>,
+    process_user: impl FnOnce() -> io::Result<crate::creds::Sid>,
+    pid: u32,
+) -> Option<crate::creds::Sid> {
+    match impersonated {
+        Ok(sid) => Some(sid),
+        Err(ClientToken::NotImpersonated(why)) => match process_user() {
+            Ok(sid) => Some(sid),
+            Err(e) => {
+                tracing::debug!(pid, impersonation = %why, process_token = %e, "a pipe client's user cannot be read");
+                None
+            }
+        },
+        Err(ClientToken::Unreadable(why)) => {
+            tracing::debug!(pid, %why, "a pipe client's token cannot be read");
+            None
+        }
+    }
+}
+
+/// Why [`impersonated_client_sid`] has no SID.
+#[derive(Debug)]
+enum ClientToken {
+    /// The client could not be impersonated (`ImpersonateNamedPipeClient` failed, or this
+    /// thread is impersonating already and is left alone).
+    NotImpersonated(io::Error),
+    /// The client was impersonated, but its token could not be opened or read.
+    Unreadable(io::Error),
+}
+
+/// The user SID of the token the client of the server end `pipe` connected with: impersonate
+/// it on this thread, open the thread's token (`OpenAsSelf`, so the access check is made as
+/// this process: an identification-level token can open nothing), read `TokenUser`, and
+/// revert, all before returning, whatever happens ([`Impersonating`]).
+///
+/// Windows allows it only once something has been read from the pipe
+/// (`ERROR_CANNOT_IMPERSONATE` before): it impersonates "the security context of the last
+/// message read from the pipe".
+fn impersonated_client_sid(pipe: HANDLE) -> Result<crate::creds::Sid, ClientToken> {
+    let _impersonating = Impersonating::start(pipe).map_err(ClientToken::NotImpersonated)?;
+    let token = thread_token().map_err(ClientToken::Unreadable)?;
+    token_user(token.0).map_err(ClientToken::Unreadable)
+}
+
+/// This thread's impersonation token, opened for `TOKEN_QUERY` with the access check made as
+/// this process; `ERROR_NO_TOKEN` if the thread is not impersonating.
+fn thread_token() -> io::Result<OwnedHandle> {
+    use windows_sys::Win32::Security::TOKEN_QUERY;
+    use windows_sys::Win32::System::Threading::{GetCurrentThread, OpenThreadToken};
+    let mut token = std::ptr::null_mut();
+    #[allow(unsafe_code)]
+    // SAFETY: GetCurrentThread is a pseudo-handle needing no closing; `token` is a live
+    // out-pointer.
+    if unsafe { OpenThreadToken(GetCurrentThread(), TOKEN_QUERY, 1, &mut token) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedHandle(token))
+}
+
+/// This thread impersonating a pipe's client, until dropped. Not `Send`: impersonation
+/// belongs to the thread that started it, so the guard cannot be dropped (and revert) on
+/// another.
+struct Impersonating(std::marker::PhantomData<*const ()>);
+
+impl Impersonating {
+    /// Starts impersonating the client of the server end `pipe` on this thread. A thread
+    /// that is impersonating someone already is refused rather than changed: reverting would
+    /// end that impersonation too.
+    fn start(pipe: HANDLE) -> io::Result<Impersonating> {
+        use windows_sys::Win32::System::Pipes::ImpersonateNamedPipeClient;
+        match thread_token() {
+            Ok(_) => return Err(io::Error::other("this thread is impersonating a user already")),
+            Err(e) if e.raw_os_error() == Some(ERROR_NO_TOKEN) => {}
+            Err(e) => return Err(e),
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: ImpersonateNamedPipeClient takes any handle and fails on one that is not the
+        // server end of a pipe; on failure nothing is impersonated (documented).
+        if unsafe { ImpersonateNamedPipeClient(pipe) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Impersonating(std::marker::PhantomData))
+    }
+}
+
+impl Drop for Impersonating {
+    fn drop(&mut self) {
+        use windows_sys::Win32::Security::RevertToSelf;
+        #[allow(unsafe_code)]
+        // SAFETY: no arguments; ends this thread's impersonation.
+        if unsafe { RevertToSelf() } == 0 {
+            // Microsoft: "If RevertToSelf fails, your application continues to run in the
+            // context of the client, which is not appropriate. You should shut down the
+            // process." A runtime worker left running as another user must not run anything.
+            let e = io::Error::last_os_error();
+            eprintln!("pipe-rpc: RevertToSelf failed after reading a pipe client's user ({e}); aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// The user of the server of the client end `pipe`, whose process the pipe says is `pid`.
+///
+/// The pipe's owner ([`pipe_owner_sid`]): an instance is owned by the account that created it
+/// (a process can make an object's owner only its own user or, with privileges, a group it is
+/// in; our servers name their user, see [`pipe_descriptor`]), readable through our own handle
+/// whoever the server is. Where the token of process `pid` can be read too (the same user, or
+/// a privileged client), the two must agree: a mismatch (a pipe owned by a group, or created by
+/// a process other than the one serving it) leaves the user unknown, so every identity check
+/// but `Anyone` refuses it.
+fn server_sid(pipe: HANDLE, pid: u32) -> Option<crate::creds::Sid> {
+    server_user(pipe_owner_sid(pipe), || process_sid(pid), pid)
+}
+
+/// [`server_sid`]'s choice, given the pipe's owner and how to read the token of the server's
+/// process.
+fn server_user(
+    owner: io::Result<crate::creds::Sid>,
+    process_user: impl FnOnce() -> io::Result<crate::creds::Sid>,
+    pid: u32,
+) -> Option<crate::creds::Sid> {
+    let owner = match owner {
+        Ok(owner) => owner,
+        Err(e) => {
+            tracing::debug!(pid, error = %e, "a pipe's owner cannot be read");
+            return None;
+        }
+    };
+    match process_user() {
+        Ok(user) if user != owner => {
+            tracing::warn!(pid, %owner, %user, "the pipe's owner is not the user of the process serving it");
+            None
+        }
+        // The same user, or a process whose token we may not read (another user's).
+        _ => Some(owner),
+    }
+}
+
+/// The owner of the pipe `pipe` (of the object, so of every instance: each is created with
+/// its creator's descriptor), through the handle itself; needs `READ_CONTROL`, which
+/// `GENERIC_READ` includes.
+fn pipe_owner_sid(pipe: HANDLE) -> io::Result<crate::creds::Sid> {
+    use windows_sys::Win32::Foundation::LocalFree;
+    use windows_sys::Win32::Security::Authorization::{GetSecurityInfo, SE_KERNEL_OBJECT};
+    use windows_sys::Win32::Security::OWNER_SECURITY_INFORMATION;
+    let mut owner = std::ptr::null_mut();
+    let mut sd = std::ptr::null_mut();
+    #[allow(unsafe_code)]
+    // SAFETY: `pipe` is a valid handle; `owner` and `sd` are live out-pointers, the rest null
+    // as allowed. On success `sd` is a LocalAlloc'd descriptor that `owner` points into.
+    let status = unsafe {
+        GetSecurityInfo(
+            pipe,
+            SE_KERNEL_OBJECT,
+            OWNER_SECURITY_INFORMATION,
+            &mut owner,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut sd,
+        )
+    };
+    if status != 0 {
+        return Err(io::Error::from_raw_os_error(status as i32));
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: `owner` is null or points at a SID inside `sd`, which is freed once, after the
+    // SID has been copied.
+    unsafe {
+        let sid = copy_sid(owner);
+        LocalFree(sd);
+        sid
+    }
+    .map_err(|e| io::Error::new(e.kind(), format!("the pipe's owner: {e}")))
+}
+
+/// A copy of the SID at `sid`.
+///
+/// # Safety
+///
+/// `sid` is null or points at memory that holds a SID (`IsValidSid` reads its header, then
+/// `GetLengthSid` bytes are copied).
+#[allow(unsafe_code)]
+unsafe fn copy_sid(sid: windows_sys::Win32::Security::PSID) -> io::Result<crate::creds::Sid> {
+    use windows_sys::Win32::Security::{GetLengthSid, IsValidSid};
+    // SAFETY: as the caller promises.
+    if sid.is_null() || unsafe { IsValidSid(sid) } == 0 {
+        return Err(io::Error::other("no valid SID"));
+    }
+    // SAFETY: a valid SID of `GetLengthSid` bytes, as the caller promises.
+    let bytes = unsafe { std::slice::from_raw_parts(sid.cast::<u8>(), GetLengthSid(sid) as usize) };
+    crate::creds::Sid::from_bytes(bytes).ok_or_else(|| io::Error::other("a SID longer than SECURITY_MAX_SID_SIZE"))
+}
+
 /// The user SID of process `pid`'s token.
 pub(crate) fn process_sid(pid: u32) -> io::Result<crate::creds::Sid> {
     use windows_sys::Win32::System::Threading::{OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION};
@@ -257,18 +518,19 @@ pub(crate) fn process_sid(pid: u32) -> io::Result<crate::creds::Sid> {
         return Err(io::Error::last_os_error());
     }
     let process = OwnedHandle(process);
-    token_user_sid(process.0)
+    process_token_user(process.0)
 }
 
 /// This process's user SID.
 pub(crate) fn current_sid() -> io::Result<crate::creds::Sid> {
     #[allow(unsafe_code)]
     // SAFETY: GetCurrentProcess returns a pseudo-handle that needs no closing.
-    token_user_sid(unsafe { windows_sys::Win32::System::Threading::GetCurrentProcess() })
+    process_token_user(unsafe { windows_sys::Win32::System::Threading::GetCurrentProcess() })
 }
 
-fn token_user_sid(process: windows_sys::Win32::Foundation::HANDLE) -> io::Result<crate::creds::Sid> {
-    use windows_sys::Win32::Security::{GetLengthSid, GetTokenInformation, TOKEN_QUERY, TOKEN_USER, TokenUser};
+/// The user of the primary token of `process`.
+fn process_token_user(process: HANDLE) -> io::Result<crate::creds::Sid> {
+    use windows_sys::Win32::Security::TOKEN_QUERY;
     use windows_sys::Win32::System::Threading::OpenProcessToken;
     let mut token = std::ptr::null_mut();
     #[allow(unsafe_code)]
@@ -277,25 +539,27 @@ fn token_user_sid(process: windows_sys::Win32::Foundation::HANDLE) -> io::Result
         return Err(io::Error::last_os_error());
     }
     let token = OwnedHandle(token);
+    token_user(token.0)
+}
+
+/// The user (`TokenUser`) of the token `token`, opened with `TOKEN_QUERY`.
+fn token_user(token: HANDLE) -> io::Result<crate::creds::Sid> {
+    use windows_sys::Win32::Security::{GetTokenInformation, TOKEN_USER, TokenUser};
     // TOKEN_USER plus the SID it points to; 256 bytes is ample (a SID is at most 68).
     let mut buf = [0u64; 32];
     let mut len = 0u32;
     #[allow(unsafe_code)]
     // SAFETY: `buf` is 256 writable, 8-aligned bytes and its size is passed; `len` is a live
     // out-pointer.
-    let ok = unsafe { GetTokenInformation(token.0, TokenUser, buf.as_mut_ptr().cast(), 256, &mut len) };
+    let ok = unsafe { GetTokenInformation(token, TokenUser, buf.as_mut_ptr().cast(), 256, &mut len) };
     if ok == 0 {
         return Err(io::Error::last_os_error());
     }
     #[allow(unsafe_code)]
     // SAFETY: on success `buf` starts with a TOKEN_USER whose `Sid` points into `buf`, at a
-    // valid SID of `GetLengthSid` bytes.
-    let sid = unsafe {
-        let user = &*buf.as_ptr().cast::<TOKEN_USER>();
-        let n = GetLengthSid(user.User.Sid) as usize;
-        std::slice::from_raw_parts(user.User.Sid.cast::<u8>(), n).to_vec()
-    };
-    crate::creds::Sid::from_bytes(&sid).ok_or_else(|| io::Error::other("the token's user SID is malformed"))
+    // SID.
+    unsafe { copy_sid((*buf.as_ptr().cast::<TOKEN_USER>()).User.Sid) }
+        .map_err(|e| io::Error::new(e.kind(), format!("the token's user: {e}")))
 }
 
 /// A handle closed on drop.
@@ -357,8 +621,7 @@ fn child_pair_named() -> io::Result<(Stream, ChildEnd, String)> {
     };
     const ATTEMPTS: usize = 4;
     const BUFFER: u32 = 64 * 1024;
-    let sddl = widestring::U16CString::from_str(crate::listen::OWNER_ONLY_SDDL).map_err(io::Error::other)?;
-    let sd = SecurityDescriptor::deserialize(&sddl)?;
+    let sd = pipe_descriptor(crate::listen::OWNER_ONLY_SDDL)?;
     let attributes = SECURITY_ATTRIBUTES {
         nLength: size_of::<SECURITY_ATTRIBUTES>() as u32,
         lpSecurityDescriptor: sd.as_sd().cast_mut(),
@@ -660,6 +923,143 @@ mod tests {
                 }
             }
         });
+    }
+
+    /// The handle of a pipe stream, for the calls under test.
+    fn raw(stream: &crate::PipeStream) -> HANDLE {
+        use std::os::windows::io::AsRawHandle as _;
+        let Stream::NamedPipe(stream) = stream.inner();
+        stream.inner().as_raw_handle()
+    }
+
+    /// A connected pair on a fresh pipe of this process: the listener, the server's end, the
+    /// client's end.
+    async fn pair(tag: &str) -> (crate::PipeListener, crate::PipeStream, crate::PipeStream) {
+        let name = PipeName::new(format!("{tag}-{}", std::process::id()));
+        let listener = crate::PipeListener::bind(&name).unwrap();
+        let opts = crate::ConnectOptions::default();
+        let (server, client) = tokio::join!(listener.accept(), crate::connect(&name, &opts));
+        (listener, server.unwrap(), client.unwrap())
+    }
+
+    /// The client sends a byte and the server reads it: what impersonation waits for.
+    async fn one_byte_across(server: &mut crate::PipeStream, client: &mut crate::PipeStream) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        client.write_all(b"h").await.unwrap();
+        let mut byte = [0u8; 1];
+        server.read_exact(&mut byte).await.unwrap();
+    }
+
+    /// Why this thread has no impersonation token (`None`: it has one).
+    fn no_thread_token() -> Option<i32> {
+        thread_token().err().map(|e| e.raw_os_error().unwrap_or(-1))
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    /// Both routes to a client's user give this process's SID for a client of this process,
+    /// and neither leaves the thread impersonating.
+    #[test]
+    fn a_server_reads_its_clients_user_by_impersonation_once_it_has_read_and_by_process_token() {
+        runtime().block_on(async {
+            let (_listener, mut server, mut client) = pair("client-user").await;
+            let me = current_sid().unwrap();
+            assert_eq!(no_thread_token(), Some(ERROR_NO_TOKEN), "the test thread impersonates already");
+            one_byte_across(&mut server, &mut client).await;
+            assert_eq!(impersonated_client_sid(raw(&server)).unwrap(), me);
+            assert_eq!(no_thread_token(), Some(ERROR_NO_TOKEN), "left impersonating");
+            let seen = server.peer_credentials().unwrap();
+            assert_eq!(seen.pid, Some(std::process::id()));
+            assert_eq!(seen.sid, Some(me));
+            assert_eq!(process_sid(seen.pid.unwrap()).unwrap(), me);
+            assert_eq!(no_thread_token(), Some(ERROR_NO_TOKEN), "left impersonating");
+        });
+    }
+
+    /// The guard reverts on every way out, a panic included, and a thread that impersonates
+    /// someone already is neither changed nor reverted.
+    #[test]
+    fn the_impersonation_guard_reverts_even_on_a_panic_and_leaves_another_impersonation_alone() {
+        runtime().block_on(async {
+            let (_listener, mut server, mut client) = pair("guard").await;
+            one_byte_across(&mut server, &mut client).await;
+            let pipe = raw(&server) as usize;
+            let me = current_sid().unwrap();
+            let unwound = std::panic::catch_unwind(|| {
+                let pipe = pipe as HANDLE;
+                let _impersonating = Impersonating::start(pipe).unwrap();
+                // While the guard lives the thread has the client's token.
+                let token = thread_token().expect("an impersonating thread has a token");
+                assert_eq!(token_user(token.0).unwrap(), me);
+                match impersonated_client_sid(pipe) {
+                    Err(ClientToken::NotImpersonated(e)) => {
+                        assert!(e.to_string().contains("impersonating a user already"), "{e}");
+                    }
+                    other => panic!("a second impersonation on an impersonating thread: {other:?}"),
+                }
+                assert_eq!(no_thread_token(), None, "the impersonation in progress was ended");
+                panic!("a failure while impersonating (expected by the test)");
+            });
+            assert!(unwound.is_err());
+            assert_eq!(no_thread_token(), Some(ERROR_NO_TOKEN), "the panic left the thread impersonating");
+        });
+    }
+
+    /// A pipe our listener creates is owned by this user, which is what its clients read.
+    #[test]
+    fn the_owner_of_a_pipe_our_listener_created_is_this_user_and_its_clients_read_it() {
+        runtime().block_on(async {
+            let (_listener, server, client) = pair("owner").await;
+            let me = current_sid().unwrap();
+            assert_eq!(pipe_owner_sid(raw(&client)).unwrap(), me);
+            assert_eq!(pipe_owner_sid(raw(&server)).unwrap(), me);
+            let seen = client.peer_credentials().unwrap();
+            assert_eq!(seen.pid, Some(std::process::id()));
+            assert_eq!(seen.sid, Some(me));
+        });
+    }
+
+    #[test]
+    fn our_pipe_descriptors_are_owned_by_this_user_unless_the_sddl_names_an_owner() {
+        use interprocess::os::windows::security_descriptor::AsSecurityDescriptorExt as _;
+        let owner = |sddl: &str| {
+            let sd = pipe_descriptor(sddl).unwrap();
+            let (sid, _defaulted) = sd.owner().unwrap();
+            #[allow(unsafe_code)]
+            // SAFETY: the owner of a live descriptor, null or a SID.
+            unsafe { copy_sid(sid.cast_mut()) }.unwrap()
+        };
+        assert_eq!(owner(crate::listen::OWNER_ONLY_SDDL), current_sid().unwrap());
+        assert_eq!(owner("O:BAD:P(A;;GA;;;SY)"), "S-1-5-32-544".parse().unwrap());
+    }
+
+    #[test]
+    fn a_client_impersonated_but_unreadable_gets_no_user_and_its_pid_is_not_consulted() {
+        let os = io::Error::from_raw_os_error;
+        let (a, b): (crate::creds::Sid, crate::creds::Sid) =
+            ("S-1-5-21-1-2-3-1000".parse().unwrap(), "S-1-5-21-1-2-3-1001".parse().unwrap());
+        let never = || -> io::Result<crate::creds::Sid> { panic!("the process token was read") };
+        assert_eq!(client_user(Ok(a), never, 7), Some(a));
+        // ERROR_CANT_OPEN_ANONYMOUS: a client connected at anonymous level.
+        assert_eq!(client_user(Err(ClientToken::Unreadable(os(1347))), never, 7), None);
+        // ERROR_CANNOT_IMPERSONATE: nothing read yet.
+        assert_eq!(client_user(Err(ClientToken::NotImpersonated(os(1368))), || Ok(b), 7), Some(b));
+        assert_eq!(client_user(Err(ClientToken::NotImpersonated(os(1368))), || Err(os(5)), 7), None);
+    }
+
+    #[test]
+    fn a_servers_user_is_its_pipes_owner_and_a_process_user_that_differs_leaves_it_unknown() {
+        let os = io::Error::from_raw_os_error;
+        let (a, b): (crate::creds::Sid, crate::creds::Sid) =
+            ("S-1-5-21-1-2-3-1000".parse().unwrap(), "S-1-5-21-1-2-3-1001".parse().unwrap());
+        assert_eq!(server_user(Ok(a), || Ok(a), 7), Some(a));
+        // Another user's process, whose token we may not open: the owner alone.
+        assert_eq!(server_user(Ok(a), || Err(os(ERROR_ACCESS_DENIED)), 7), Some(a));
+        assert_eq!(server_user(Ok(a), || Ok(b), 7), None);
+        // No owner: the process token alone is not enough.
+        assert_eq!(server_user(Err(os(ERROR_ACCESS_DENIED)), || Ok(a), 7), None);
     }
 
     #[test]
