@@ -753,6 +753,7 @@ async fn script<W: AsyncWrite + Unpin>(
         s.take(n).to_vec()
     } else if side == Side::Client {
         Hello {
+            methods: Vec::new(),
             flags: 0,
             version: wire::PROTOCOL_VERSION,
             min_version: wire::MIN_PROTOCOL_VERSION,
@@ -766,6 +767,7 @@ async fn script<W: AsyncWrite + Unpin>(
         .encode()
     } else {
         Welcome {
+            method_status: Vec::new(),
             codecs: 0,
             features: 0,
             methods: Vec::new(),
@@ -1159,6 +1161,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             calls.push(f.encode(codec, usize::MAX).expect("encodes").to_vec());
         }
         let hello = Hello {
+            methods: Vec::new(),
             flags: 0,
             version: wire::PROTOCOL_VERSION,
             min_version: wire::MIN_PROTOCOL_VERSION,
@@ -1182,6 +1185,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
 
         // client_frames: a welcome, then answers of every method.
         let welcome = Welcome {
+            method_status: Vec::new(),
             codecs: wire::codec_bits(&Codec::ALL),
             features: 0,
             methods: Vec::new(),
@@ -1234,6 +1238,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     // server, and one with as many methods as a description may hold, each as small as a
     // method can be (the most memory per byte a description can make a client spend).
     let described = |methods: Vec<rpc_core::introspect::MethodInfo>| Welcome {
+        method_status: Vec::new(),
         codecs: wire::codec_bits(&Codec::ALL),
         features: wire::FEATURE_INTROSPECTION,
         methods,

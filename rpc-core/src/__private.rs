@@ -8,6 +8,7 @@ pub use crate::callback::{Callback, Client, erase as erase_callback, mix_fingerp
 pub use crate::client::{CallOptions, Channel, ClientConfig};
 pub use crate::error::RpcError;
 pub use crate::error::ServerError;
+pub use crate::evolution::{MethodEntry, MethodSpec, trace_methods};
 pub use crate::service::{BoxFuture, CallStreams, Reply, Service, ServiceId, Shape};
 pub use crate::stream::RpcStream;
 pub use ::serde;

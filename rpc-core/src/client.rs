@@ -108,6 +108,12 @@ pub struct ClientConfig {
     /// [`crate::reconnect`]. Default: `None` (a lost connection fails every call, and the
     /// channel stays closed).
     pub reconnect: Option<crate::reconnect::Reconnect>,
+    /// Opt-in: require the server's service fingerprint to equal this client's, as peers
+    /// without service evolution do, instead of comparing each method's shape
+    /// ([`crate::evolution`]). Default: `false` (a server built from another version of the
+    /// trait is accepted, and each method the two do not share fails with
+    /// [`RpcError::Incompatible`] when called).
+    pub exact_fingerprint: bool,
 }
 
 impl Default for ClientConfig {
@@ -125,6 +131,7 @@ impl Default for ClientConfig {
             write_stall_timeout: Duration::from_secs(30),
             decode_limits: crate::codec::DecodeLimits::DEFAULT,
             reconnect: None,
+            exact_fingerprint: false,
         }
     }
 }
@@ -164,6 +171,12 @@ impl ClientConfig {
     #[must_use]
     pub fn default_timeout(mut self, t: Duration) -> Self {
         self.default_timeout = t;
+        self
+    }
+    /// Sets [`exact_fingerprint`](Self::exact_fingerprint).
+    #[must_use]
+    pub fn exact_fingerprint(mut self, exact: bool) -> Self {
+        self.exact_fingerprint = exact;
         self
     }
     /// Sets the total connect timeout ([`ConnectOptions::timeout`]).
@@ -306,6 +319,11 @@ pub(crate) struct Shared<Req, Resp> {
     /// ([`ClientConfig::reconnect`]): the calling half then hands calls not yet written
     /// back to the table instead of failing them.
     pub(crate) reconnects: bool,
+    /// What the server of the current connection said about each method, when service
+    /// evolution is in force and some method is not callable; `None`: every method is.
+    methods: std::sync::RwLock<Option<crate::evolution::MethodStatuses>>,
+    /// True while `methods` is `Some`: the one check a call pays when all is well.
+    restricted: std::sync::atomic::AtomicBool,
     /// The service's name, for spans.
     service: &'static str,
     /// Bytes of every connection's engine (see `crate::stats`).
@@ -583,6 +601,9 @@ where
     {
         let max = config.max_message.clamp(1024, transport_pipe::MAX_FRAME_CEILING);
         let mut framed = transport_pipe::length_delimited(io, max);
+        // Without its method table the id is offered without evolution: the exact rule.
+        let service =
+            if config.exact_fingerprint { ServiceId::new(service.name, service.fingerprint) } else { service };
         let negotiated = crate::handshake::client(
             &mut framed,
             service,
@@ -600,6 +621,7 @@ where
             }
             None => Shared::with_reconnect(Arc::new(Registry::default()), peer, config, service.name),
         };
+        shared.set_methods(negotiated.method_status.clone());
         shared.connections.fetch_add(1, Ordering::Relaxed);
         let registry = shared.calls.registry();
         let transport = crate::engine::pipe(framed, negotiated.codec, shared.config.decode_limits);
@@ -887,6 +909,15 @@ impl<Req, Resp> Shared<Req, Resp> {
         shared
     }
 
+    /// Records what the server of a new connection said about each method.
+    fn set_methods(&self, status: Option<crate::evolution::MethodStatuses>) {
+        use crate::evolution::MethodStatus;
+        let status = status.filter(|s| s.iter().any(|(_, s)| *s != MethodStatus::Same));
+        let mut methods = self.methods.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.restricted.store(status.is_some(), Ordering::Release);
+        *methods = status;
+    }
+
     /// What the server announced in the handshake of the current connection.
     pub(crate) fn peer(&self) -> PeerInfo {
         self.peer.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
@@ -905,6 +936,8 @@ impl<Req, Resp> Shared<Req, Resp> {
             peer: std::sync::RwLock::new(peer),
             config,
             reconnects: false,
+            methods: std::sync::RwLock::new(None),
+            restricted: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -925,6 +958,24 @@ impl PeerInfo {
 }
 
 impl<Req, Resp> Channel<Req, Resp> {
+    /// Whether `method` may be called on the current connection: with service evolution in
+    /// force ([`crate::evolution`]), [`RpcError::Incompatible`] for a method the server
+    /// said it lacks, changed or moved. Generated client methods call it before sending.
+    #[doc(hidden)]
+    pub fn check_method(&self, method: &'static str) -> Result<(), RpcError> {
+        let shared = &*self.shared;
+        if !shared.restricted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let methods = shared.methods.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match methods.as_deref().and_then(|m| m.iter().find(|(name, _)| *name == method)) {
+            Some((_, status)) if *status != crate::evolution::MethodStatus::Same => {
+                Err(RpcError::Incompatible { method: method.to_owned(), reason: *status })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// A call on this connection's own engine.
     pub(crate) async fn call_direct(&self, options: &CallOptions, body: Req) -> Result<Resp, RpcError> {
         let shared = &*self.shared;

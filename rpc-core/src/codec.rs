@@ -45,7 +45,7 @@ use bincode::Options;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 
-mod budget;
+pub(crate) mod budget;
 mod json;
 
 /// A serialization format for frames.

@@ -108,6 +108,17 @@ pub enum RpcError {
         /// The method that was called, as `Type::method`.
         call: String,
     },
+    /// The server was built from another version of the service's trait and does not have
+    /// this method as the client knows it ([`crate::evolution`]): it lacks it, or its types
+    /// changed, or it moved. Said in the handshake, so the call failed at once and nothing
+    /// was sent; the connection serves the methods both sides share.
+    #[error("`{method}` cannot be called on this server: {reason}; nothing was sent")]
+    Incompatible {
+        /// The method's name.
+        method: String,
+        /// What the server has instead.
+        reason: crate::evolution::MethodStatus,
+    },
 }
 
 impl RpcError {
@@ -157,8 +168,9 @@ impl RpcError {
             ),
             RpcError::Server(s) => matches!(s.kind, ServerErrorKind::Overloaded | ServerErrorKind::ShuttingDown),
             RpcError::DeadlineExceeded { .. } | RpcError::Cancelled => false,
-            // Nothing was sent (a retry on the same thread is refused again, though).
-            RpcError::BlockingInRuntime { .. } => true,
+            // Nothing was sent (a retry on the same thread, or on the same connection, is
+            // refused again, though).
+            RpcError::BlockingInRuntime { .. } | RpcError::Incompatible { .. } => true,
         }
     }
 }

@@ -13,12 +13,12 @@ use crate::error::{RpcError, TransportError};
 use crate::introspect::{MethodInfo, ServerDescription};
 use crate::service::ServiceId;
 use crate::wire::{
-    FEATURE_INTROSPECTION, HELLO_PROBE, HandshakeStatus, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Welcome, caps,
-    codec_bits, codec_name,
+    FEATURE_INTROSPECTION, HELLO_PROBE, HandshakeStatus, Hello, MIN_PROTOCOL_VERSION, OfferedMethod, PROTOCOL_VERSION,
+    Welcome, caps, codec_bits, codec_name,
 };
 
 /// What a finished handshake settled.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Negotiated {
     pub(crate) codec: Codec,
     /// Largest message this side may send: the smaller of both sides' limits.
@@ -34,6 +34,9 @@ pub(crate) struct Negotiated {
     pub(crate) oneway_window: u32,
     /// Bytes of our stream items the peer accepts before it gives credit.
     pub(crate) peer_stream_window: u32,
+    /// On a client with [`caps::EVOLUTION`] in force: each of its methods and what the
+    /// server said about it.
+    pub(crate) method_status: Option<crate::evolution::MethodStatuses>,
 }
 
 fn io_to_transport(e: std::io::Error, during: &str) -> TransportError {
@@ -62,11 +65,16 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     stream_window: u32,
     timeout: Duration,
 ) -> Result<Negotiated, RpcError> {
+    // Evolution needs a method table to offer.
+    let table = service.methods();
+    let announced = if table.is_some() { caps::SUPPORTED } else { caps::SUPPORTED & !caps::EVOLUTION };
+    let offered = table.unwrap_or_default().iter();
     let hello = Hello {
+        methods: offered.map(|m| OfferedMethod { name: m.name.to_owned(), shape: m.shape, upload: m.upload }).collect(),
         flags: 0,
         version: PROTOCOL_VERSION,
         min_version: MIN_PROTOCOL_VERSION,
-        capabilities: caps::SUPPORTED,
+        capabilities: announced,
         stream_window,
         codec: codec.id(),
         max_message: max_message as u32,
@@ -138,13 +146,26 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
             welcome.version
         )));
     }
-    if welcome.capabilities & !caps::SUPPORTED != 0 {
+    if welcome.capabilities & !announced != 0 {
         return Err(refused(format!(
             "the server enabled capabilities {:#x} the client did not announce (it announced {:#x})",
-            welcome.capabilities,
-            caps::SUPPORTED
+            welcome.capabilities, announced
         )));
     }
+    let method_status = match table {
+        Some(table) if welcome.capabilities & caps::EVOLUTION != 0 => {
+            if welcome.method_status.len() != table.len() {
+                let detail = format!(
+                    "the server answered for {} methods, the client offered {}",
+                    welcome.method_status.len(),
+                    table.len()
+                );
+                return Err(TransportError::Protocol { detail }.into());
+            }
+            Some(table.iter().map(|m| m.name).zip(welcome.method_status.iter().copied()).collect())
+        }
+        _ => None,
+    };
     Ok(Negotiated {
         codec,
         send_limit: max_message.min(welcome.max_message as usize),
@@ -154,6 +175,7 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
         window: welcome.max_in_flight.max(1) as usize,
         oneway_window: welcome.max_oneway,
         peer_stream_window: welcome.stream_window,
+        method_status,
     })
 }
 
@@ -192,6 +214,7 @@ pub(crate) async fn probe<S: AsyncRead + AsyncWrite + Unpin>(
     timeout: Duration,
 ) -> Result<ServerDescription, RpcError> {
     let hello = Hello {
+        methods: Vec::new(),
         flags: HELLO_PROBE,
         version: PROTOCOL_VERSION,
         min_version: MIN_PROTOCOL_VERSION,
@@ -306,6 +329,7 @@ async fn read_hello<S: AsyncRead + AsyncWrite + Unpin>(
 /// A `Welcome` that refuses, with `message` saying why.
 fn refusal(service: ServiceId, status: HandshakeStatus, message: String) -> Welcome {
     Welcome {
+        method_status: Vec::new(),
         max_oneway: 0,
         stream_window: 0,
         version: PROTOCOL_VERSION,
@@ -359,6 +383,12 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     // The newest version both speak, if it is one both accept.
     let version = hello.version.min(PROTOCOL_VERSION);
     let probe = hello.flags & HELLO_PROBE != 0;
+    // Evolution needs both sides' method tables: then the fingerprint is not a refusal, the
+    // client learns per method what it may call.
+    let table = service.methods();
+    let offered = if table.is_some() { caps::SUPPORTED } else { caps::SUPPORTED & !caps::EVOLUTION };
+    let capabilities = hello.capabilities & offered;
+    let evolution = table.filter(|_| capabilities & caps::EVOLUTION != 0);
     let (status, message) = if let Some(r) = refuse {
         r
     } else if probe {
@@ -371,7 +401,7 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         )
     } else if hello.service != service.name {
         (HandshakeStatus::WrongService, format!("this pipe serves `{}`", service.name))
-    } else if hello.fingerprint != service.fingerprint {
+    } else if hello.fingerprint != service.fingerprint && evolution.is_none() {
         (HandshakeStatus::FingerprintMismatch, String::new())
     } else if codec.is_none() {
         (HandshakeStatus::CodecUnsupported, format!("unknown codec id {}", hello.codec))
@@ -381,10 +411,13 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     let ok = status == HandshakeStatus::Ok;
     let described = status == HandshakeStatus::Described;
     let versions_meet = version >= hello.min_version.max(MIN_PROTOCOL_VERSION);
-    let capabilities = hello.capabilities & caps::SUPPORTED;
     let max_in_flight = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
     let max_oneway = u32::try_from(max_oneway).unwrap_or(u32::MAX);
     let welcome = Welcome {
+        method_status: match evolution {
+            Some(table) if ok => crate::evolution::answer(table, &hello.methods),
+            _ => Vec::new(),
+        },
         codecs: accepted_codecs(),
         features: if methods.is_some() { FEATURE_INTROSPECTION } else { 0 },
         methods: match methods {
@@ -422,6 +455,7 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
             window: usize::MAX,
             oneway_window: 0,
             peer_stream_window: hello.stream_window,
+            method_status: None,
         }),
         _ => Err(TransportError::Incompatible { detail: format!("refused client: {status:?} {message}") }),
     }

@@ -106,7 +106,9 @@
 //! running, busy, disconnected, message too large, incompatible peer, protocol error),
 //! call-level variants ([`RpcError::DeadlineExceeded`], [`RpcError::Cancelled`]) and
 //! [`RpcError::Server`] (the server refused the call: malformed request, handler panic,
-//! shutting down). The application's own error type stays the method's `E`.
+//! shutting down), and [`RpcError::Incompatible`] (a server built from another version of
+//! the trait lacks the method or has it with other types; nothing was sent: see
+//! [`evolution`]). The application's own error type stays the method's `E`.
 //!
 //! # Deadlines and cancellation
 //!
@@ -135,6 +137,7 @@ pub mod context;
 mod deadlines;
 mod engine;
 pub mod error;
+pub mod evolution;
 mod handshake;
 pub mod introspect;
 pub mod reconnect;

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::error::RpcError;
+use crate::evolution::MethodEntry;
 use crate::stream::RpcStream;
 
 /// A boxed, sendable future: what a [`Service`] returns for one call.
@@ -15,22 +16,58 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 ///
 /// The name is the trait's name unless `#[service(name = "...")]` overrides it. The
 /// fingerprint is computed by `#[service]` at compile time from the names of the methods
-/// that are compiled in and the spelling of their argument and return types, so a client
-/// and a server built from different versions of the trait refuse each other with
+/// that are compiled in and the spelling of their argument and return types. Peers that
+/// both speak [`caps::EVOLUTION`](crate::wire::caps::EVOLUTION) compare each method's
+/// shape instead (see [`crate::evolution`]): a client built from an older trait then works
+/// with a server that added methods, and a call of a method the server lacks or changed
+/// fails with [`RpcError::Incompatible`]. Peers without it
+/// (or ids without a method table) keep the exact rule: a client and a server built from
+/// different versions of the trait refuse each other with
 /// [`TransportError::Incompatible`](crate::TransportError::Incompatible) instead of
 /// misreading each other's messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug)]
 pub struct ServiceId {
     /// The service name.
     pub name: &'static str,
     /// The compile-time fingerprint of the method signatures.
     pub fingerprint: u64,
+    /// The method table, computed on first use (`#[service]` sets it).
+    methods: Option<fn() -> &'static [MethodEntry]>,
 }
 
 impl ServiceId {
     /// Builds an id; used by generated code.
     pub const fn new(name: &'static str, fingerprint: u64) -> Self {
-        ServiceId { name, fingerprint }
+        ServiceId { name, fingerprint, methods: None }
+    }
+
+    /// The id with a method table: `methods` gives each compiled-in method's name and shape
+    /// in declaration order (see [`crate::evolution`]). Used by generated code.
+    #[must_use]
+    pub const fn with_methods(mut self, methods: fn() -> &'static [MethodEntry]) -> Self {
+        self.methods = Some(methods);
+        self
+    }
+
+    /// The method table, if this id has one (computed on the first call, then shared).
+    pub fn methods(&self) -> Option<&'static [MethodEntry]> {
+        self.methods.map(|f| f())
+    }
+}
+
+/// Ids are equal when their names and fingerprints are (the method table follows from them).
+impl PartialEq for ServiceId {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.fingerprint == other.fingerprint
+    }
+}
+
+impl Eq for ServiceId {}
+
+impl std::hash::Hash for ServiceId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        self.fingerprint.hash(state);
     }
 }
 

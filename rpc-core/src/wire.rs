@@ -116,8 +116,14 @@ pub mod caps {
     /// The server says goodbye ([`GOODBYE`](super::GOODBYE)) when it has drained, and the
     /// client closes its end.
     pub const GOODBYE: u32 = 1 << 4;
-    /// The capabilities this build announces.
-    pub const SUPPORTED: u32 = ONEWAY | STREAMS | CALLBACKS | BATCH | GOODBYE;
+    /// Service evolution ([`crate::evolution`]): the hello carries the client's method
+    /// table ([`Hello::methods`](super::Hello::methods)), the welcome says per method whether
+    /// the server has it ([`Welcome::method_status`](super::Welcome::method_status)), and a
+    /// fingerprint mismatch is no longer a refusal.
+    pub const EVOLUTION: u32 = 1 << 5;
+    /// The capabilities this build announces (a client without a method table, or a server
+    /// without one, leaves [`EVOLUTION`] out).
+    pub const SUPPORTED: u32 = ONEWAY | STREAMS | CALLBACKS | BATCH | GOODBYE | EVOLUTION;
 }
 
 /// The body of a callback call (a `Call` frame from the server): the call it belongs to and
@@ -219,7 +225,25 @@ pub struct Hello {
     pub fingerprint: u64,
     /// Service name the client wants.
     pub service: String,
+    /// The client's methods, in declaration order, when it announces [`caps::EVOLUTION`]
+    /// (at most [`MAX_HANDSHAKE_METHODS`]).
+    pub methods: Vec<OfferedMethod>,
 }
+
+/// One method of the client's table in a [`Hello`] (see [`crate::evolution`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfferedMethod {
+    /// The method's name.
+    pub name: String,
+    /// Its shape hash.
+    pub shape: u64,
+    /// Whether it takes a stream.
+    pub upload: bool,
+}
+
+/// Most methods a [`Hello`] or a [`Welcome`] carries in its evolution fields; a longer table
+/// is refused as malformed (and a hello is at most 64 KiB anyway).
+pub const MAX_HANDSHAKE_METHODS: usize = 4096;
 
 /// The server's answer to [`Hello`].
 ///
@@ -265,6 +289,9 @@ pub struct Welcome {
     pub service: String,
     /// Human-readable reason for a refusal; empty on success.
     pub message: String,
+    /// Per method of the client's [`Hello::methods`], in its order, what the server has:
+    /// only in an [`Ok`](HandshakeStatus::Ok) answer with [`caps::EVOLUTION`] in force.
+    pub method_status: Vec<crate::evolution::MethodStatus>,
 }
 
 /// A handshake message that could not be read.
@@ -292,6 +319,15 @@ impl Hello {
         b.extend_from_slice(&self.min_version.to_le_bytes());
         b.extend_from_slice(&self.capabilities.to_le_bytes());
         b.extend_from_slice(&self.stream_window.to_le_bytes());
+        if self.capabilities & caps::EVOLUTION != 0 {
+            let methods = &self.methods[..self.methods.len().min(MAX_HANDSHAKE_METHODS)];
+            b.extend_from_slice(&(methods.len() as u16).to_le_bytes());
+            for m in methods {
+                put_str(&mut b, &m.name);
+                b.extend_from_slice(&m.shape.to_le_bytes());
+                b.push(u8::from(m.upload));
+            }
+        }
         b
     }
 
@@ -305,7 +341,26 @@ impl Hello {
         let min_version = r.opt_u16()?.unwrap_or(version);
         let capabilities = r.opt_u32()?.unwrap_or(0);
         let stream_window = r.opt_u32()?.unwrap_or(0);
-        Ok(Hello { flags, version, min_version, capabilities, stream_window, codec, max_message, fingerprint, service })
+        let mut methods = Vec::new();
+        if capabilities & caps::EVOLUTION != 0 {
+            let n = r.count()?;
+            for _ in 0..n {
+                let (name, shape, flags) = (r.str()?, r.u64()?, r.u8()?);
+                methods.push(OfferedMethod { name, shape, upload: flags & 1 != 0 });
+            }
+        }
+        Ok(Hello {
+            flags,
+            version,
+            min_version,
+            capabilities,
+            stream_window,
+            codec,
+            max_message,
+            fingerprint,
+            service,
+            methods,
+        })
     }
 }
 
@@ -331,7 +386,17 @@ impl Welcome {
         if self.carries_methods() {
             describe::put_methods(&mut b, &self.methods);
         }
+        if self.carries_method_status() {
+            let status = &self.method_status[..self.method_status.len().min(MAX_HANDSHAKE_METHODS)];
+            b.extend_from_slice(&(status.len() as u16).to_le_bytes());
+            b.extend(status.iter().map(|s| s.to_u8()));
+        }
         b
+    }
+
+    /// Whether the per-method answers follow (after the methods, if those are there).
+    fn carries_method_status(&self) -> bool {
+        self.status == HandshakeStatus::Ok && self.capabilities & caps::EVOLUTION != 0
     }
 
     /// Whether the methods follow the fixed fields.
@@ -368,9 +433,14 @@ impl Welcome {
             server_pid,
             service,
             message,
+            method_status: Vec::new(),
         };
         if welcome.carries_methods() {
             welcome.methods = describe::read_methods(&mut r)?;
+        }
+        if welcome.carries_method_status() {
+            let n = r.count()?;
+            welcome.method_status = r.take(n)?.iter().map(|b| crate::evolution::MethodStatus::from_u8(*b)).collect();
         }
         Ok(welcome)
     }
@@ -432,6 +502,14 @@ impl<'a> Reader<'a> {
     fn opt_u32(&mut self) -> Result<Option<u32>, HandshakeDecodeError> {
         if self.0.is_empty() { Ok(None) } else { self.u32().map(Some) }
     }
+    /// The length of an evolution table, at most [`MAX_HANDSHAKE_METHODS`].
+    fn count(&mut self) -> Result<usize, HandshakeDecodeError> {
+        let n = self.u16()? as usize;
+        if n > MAX_HANDSHAKE_METHODS {
+            return Err(HandshakeDecodeError::Malformed("more methods than a handshake carries (4096)"));
+        }
+        Ok(n)
+    }
     /// Bytes not read yet.
     fn remaining(&self) -> usize {
         self.0.len()
@@ -450,6 +528,7 @@ mod tests {
     #[test]
     fn hello_round_trips_and_ignores_trailing_fields() {
         let h = Hello {
+            methods: Vec::new(),
             flags: 0,
             version: 3,
             min_version: 2,
@@ -469,6 +548,7 @@ mod tests {
     #[test]
     fn welcome_round_trips() {
         let w = Welcome {
+            method_status: Vec::new(),
             codecs: 0,
             features: 0,
             methods: Vec::new(),
@@ -491,6 +571,7 @@ mod tests {
     #[test]
     fn a_hello_without_the_version_range_reads_as_one_version_without_capabilities() {
         let h = Hello {
+            methods: Vec::new(),
             flags: 0,
             version: 1,
             min_version: 1,
@@ -508,6 +589,7 @@ mod tests {
 
     fn described(methods: Vec<MethodInfo>, features: u32) -> Welcome {
         Welcome {
+            method_status: Vec::new(),
             codecs: codec_bits(&Codec::ALL),
             features,
             methods,
@@ -554,6 +636,7 @@ mod tests {
     #[test]
     fn a_probe_hello_keeps_its_flag() {
         let h = Hello {
+            methods: Vec::new(),
             flags: HELLO_PROBE,
             version: 2,
             min_version: 2,
@@ -587,7 +670,65 @@ mod tests {
         let mut ok = described(sample_methods(), FEATURE_INTROSPECTION);
         ok.status = HandshakeStatus::Ok;
         assert_eq!(Welcome::decode(&ok.encode()).unwrap().methods, vec![]);
+        // (Without evolution, whose answers an `Ok` does carry: see below.)
+        ok.capabilities &= !caps::EVOLUTION;
         assert_eq!(ok.encode().len(), described(vec![], 0).encode().len());
+    }
+
+    fn evolving_hello() -> Hello {
+        Hello {
+            methods: vec![
+                OfferedMethod { name: "get".into(), shape: 0x0123_4567_89ab_cdef, upload: false },
+                OfferedMethod { name: "événement".into(), shape: 7, upload: true },
+            ],
+            flags: 0,
+            version: 2,
+            min_version: 2,
+            capabilities: caps::SUPPORTED,
+            stream_window: 4096,
+            codec: 0,
+            max_message: 1 << 20,
+            fingerprint: 42,
+            service: "Probe".into(),
+        }
+    }
+
+    #[test]
+    fn an_evolving_hello_carries_its_method_table_both_ways_and_a_cut_one_is_malformed() {
+        let h = evolving_hello();
+        assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
+        let bytes = h.encode();
+        let table_start = Hello { methods: vec![], ..h.clone() }.encode().len();
+        for cut in table_start..bytes.len() {
+            assert!(Hello::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        // Without the capability, no table is sent (and none is read).
+        let plain = Hello { capabilities: caps::SUPPORTED & !caps::EVOLUTION, ..h };
+        assert_eq!(Hello::decode(&plain.encode()).unwrap().methods, vec![]);
+    }
+
+    #[test]
+    fn a_method_table_longer_than_the_handshake_limit_is_refused() {
+        let h = Hello { methods: vec![], ..evolving_hello() };
+        let mut bytes = h.encode();
+        let at = bytes.len() - 2;
+        bytes[at..].copy_from_slice(&((MAX_HANDSHAKE_METHODS + 1) as u16).to_le_bytes());
+        assert_eq!(
+            Hello::decode(&bytes),
+            Err(HandshakeDecodeError::Malformed("more methods than a handshake carries (4096)"))
+        );
+    }
+
+    #[test]
+    fn an_ok_welcome_with_evolution_carries_the_answers_both_ways() {
+        use crate::evolution::MethodStatus;
+        let mut ok = described(vec![], 0);
+        ok.status = HandshakeStatus::Ok;
+        ok.capabilities = caps::SUPPORTED;
+        ok.method_status = vec![MethodStatus::Same, MethodStatus::Missing, MethodStatus::Changed, MethodStatus::Moved];
+        assert_eq!(Welcome::decode(&ok.encode()).unwrap(), ok);
+        let bytes = ok.encode();
+        assert!(Welcome::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]

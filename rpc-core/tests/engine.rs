@@ -404,6 +404,7 @@ async fn raw_client(max: usize) -> (RawFramed, ServerTask) {
     let task = tokio::spawn(async move { server.serve_connection(b).await });
     let mut framed = rpc_core::pipe::length_delimited(a, max);
     let hello = Hello {
+        methods: Vec::new(),
         flags: 0,
         version: PROTOCOL_VERSION,
         min_version: MIN_PROTOCOL_VERSION,
@@ -526,6 +527,7 @@ async fn scripted_server(io: tokio::io::DuplexStream) -> RawFramed {
     let mut framed = rpc_core::pipe::length_delimited(io, MAX);
     let hello = Hello::decode(&framed.next().await.unwrap().unwrap()).unwrap();
     let welcome = Welcome {
+        method_status: Vec::new(),
         codecs: 0,
         features: 0,
         methods: Vec::new(),
@@ -642,6 +644,7 @@ async fn an_answer_to_a_call_not_yet_written_is_never_taken_for_its_answer() {
             // A window of one call: the client holds its second call back until the first
             // is answered.
             let welcome = Welcome {
+                method_status: Vec::new(),
                 codecs: 0,
                 features: 0,
                 methods: Vec::new(),

@@ -132,6 +132,54 @@ impl<'a> ServiceGenerator<'a> {
         })
     }
 
+    /// `{Client}::__rpc_methods`: each compiled-in method's name and shape, traced from the
+    /// wire enums on first use (see `rpc_core::evolution`), under its `#[cfg]`s, so the
+    /// table numbers methods as the wire enums do.
+    fn method_table(&self) -> TokenStream {
+        let Self { private, request, response, .. } = self;
+        let specs = Self::local("__rpc_specs");
+        let table = Self::local("__RPC_TABLE");
+        let pushes = self.methods().map(|m| {
+            let cfgs = &m.cfgs;
+            let name = &m.def.name;
+            let oneway = m.def.is_oneway();
+            let upload = m.upload.is_some();
+            let download = m.def.is_download();
+            let callback = match m.callback {
+                Some((_, client)) => {
+                    let own = quote_spanned!(client.span()=> <#client as #private::Client>::ID.fingerprint);
+                    quote!(::core::option::Option::Some(#own))
+                }
+                None => quote!(::core::option::Option::None),
+            };
+            let spelled = Literal::u64_suffixed(fingerprint::fnv1a64(Self::method_text(m.def).text().as_bytes()));
+            quote! {
+                #cfgs #specs.push(#private::MethodSpec {
+                    name: #name,
+                    oneway: #oneway,
+                    upload: #upload,
+                    download: #download,
+                    callback: #callback,
+                    spelled: #spelled,
+                });
+            }
+        });
+        quote! {
+            /// The method table of service evolution (see `rpc_core::evolution`).
+            #[doc(hidden)]
+            pub fn __rpc_methods() -> &'static [#private::MethodEntry] {
+                static #table: #private::std::sync::OnceLock<#private::std::vec::Vec<#private::MethodEntry>> =
+                    #private::std::sync::OnceLock::new();
+                #table.get_or_init(|| {
+                    #[allow(unused_mut)]
+                    let mut #specs = #private::std::vec::Vec::new();
+                    #(#pushes)*
+                    #private::trace_methods::<#request, #response>(&#specs)
+                })
+            }
+        }
+    }
+
     fn methods(&self) -> impl Iterator<Item = Method<'_>> {
         self.def.methods.iter().filter_map(|m| {
             let variant = m.variant.as_ref().ok()?;
@@ -543,6 +591,7 @@ impl<'a> ServiceGenerator<'a> {
         let allow = allow_lints();
         let name = &self.def.name;
         let fingerprint = self.fingerprint();
+        let method_table = self.method_table();
         let channel = quote!(#private::Channel<#request, #response>);
         let methods = self.methods().map(|m| self.client_method(&m));
         let wire_where = self.wire_where();
@@ -550,9 +599,12 @@ impl<'a> ServiceGenerator<'a> {
             #item_attrs
             #allow
             impl #client #wire_where {
-                /// Name and fingerprint of this service, checked when a connection opens.
+                /// Name, fingerprint and method table of this service, checked when a
+                /// connection opens.
                 pub const ID: #private::ServiceId =
-                    #private::ServiceId::new(#name, #fingerprint);
+                    #private::ServiceId::new(#name, #fingerprint).with_methods(Self::__rpc_methods);
+
+                #method_table
 
                 /// Connects to the server listening on the pipe `name` with the default
                 /// `ClientConfig` (a busy server is retried within the connect timeout, one
@@ -764,6 +816,17 @@ impl<'a> ServiceGenerator<'a> {
             }
             (None, None) => quote!(self.channel.call(&#options, #body).await),
         };
+        // A method the server said it lacks (service evolution) fails here, before sending.
+        let error = Self::local("__rpc_error");
+        let checked = |call: TokenStream| {
+            quote! {
+                match self.channel.check_method(#name) {
+                    ::core::result::Result::Err(#error) => ::core::result::Result::Err(#error),
+                    ::core::result::Result::Ok(()) => #call,
+                }
+            }
+        };
+        let call = checked(call);
         let pick = quote! {
             |#resp| match #resp {
                 #response::#variant(#value) => ::core::option::Option::Some(#value),
@@ -772,13 +835,13 @@ impl<'a> ServiceGenerator<'a> {
             }
         };
         let body = match &def.output {
-            _ if def.is_oneway() => quote!(self.channel.oneway(&#options, #body).await),
+            _ if def.is_oneway() => checked(quote!(self.channel.oneway(&#options, #body).await)),
             Output::Stream { .. } => {
                 let up = match &up {
                     Some(up) => quote!(::core::option::Option::Some(#up)),
                     None => quote!(::core::option::Option::None),
                 };
-                quote!(self.channel.call_download(&#options, #body, #up, #pick).await)
+                checked(quote!(self.channel.call_download(&#options, #body, #up, #pick).await))
             }
             Output::Fallible { err, .. } => {
                 // The call expression (path and parentheses) is spanned at `E`: if `E`

@@ -97,6 +97,7 @@ pub async fn frames_until_closed(io: &mut PipeStream) -> Vec<Vec<u8>> {
 pub async fn raw_handshake_with(name: &rpc_core::PipeName, capabilities: u32) -> PipeStream {
     let mut io = raw_connect(name).await;
     let hello = Hello {
+        methods: Vec::new(),
         flags: 0,
         version: PROTOCOL_VERSION,
         min_version: MIN_PROTOCOL_VERSION,

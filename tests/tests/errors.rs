@@ -58,13 +58,14 @@ async fn a_second_server_on_a_taken_name_fails_to_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_version_of_the_trait_is_refused_in_the_handshake() {
+async fn another_version_of_the_trait_is_refused_in_the_handshake_under_the_exact_rule() {
     watchdog(async {
         let name = unique_name!();
         let _server = ServerProcess::spawn(EXE, &name, &[]).await;
         assert_eq!(ProbeV2Client::ID.name, ProbeClient::ID.name);
         assert_ne!(ProbeV2Client::ID.fingerprint, ProbeClient::ID.fingerprint);
-        let err = ProbeV2Client::connect_with(name.clone(), client_config()).await.unwrap_err();
+        let exact = client_config().exact_fingerprint(true);
+        let err = ProbeV2Client::connect_with(name.clone(), exact).await.unwrap_err();
         match &err {
             RpcError::Transport(TransportError::Incompatible { detail }) => {
                 assert!(detail.contains("fingerprint"), "{detail}");
@@ -73,6 +74,15 @@ async fn another_version_of_the_trait_is_refused_in_the_handshake() {
             other => panic!("expected Incompatible, got {other:?}"),
         }
         assert!(err.to_string().contains("fingerprint"), "{err}");
+        // With service evolution (the default) it connects, and its changed method is
+        // refused by name when called (see `evolution.rs`).
+        let v2 = ProbeV2Client::connect_with(name.clone(), client_config()).await.unwrap();
+        match v2.unit(1).await {
+            Err(RpcError::Incompatible { method, reason }) => {
+                assert_eq!((method.as_str(), reason), ("unit", rpc_core::evolution::MethodStatus::Changed));
+            }
+            other => panic!("expected Incompatible, got {other:?}"),
+        }
         // The server still serves compatible clients.
         assert_eq!(connect(&name).await.echo_string("ok".into()).await.unwrap(), "ok");
     })

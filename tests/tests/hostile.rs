@@ -313,6 +313,7 @@ where
         let mut io = listener.accept().await.unwrap();
         let hello = Hello::decode(&read_frame(&mut io).await).unwrap();
         let welcome = Welcome {
+            method_status: Vec::new(),
             codecs: 0,
             features: 0,
             methods: Vec::new(),

@@ -100,6 +100,7 @@ async fn one_answer(
 fn old_refusal(hello: &Hello) -> Vec<u8> {
     assert_eq!(hello.flags, wire::HELLO_PROBE, "the probe flag is sent");
     let w = Welcome {
+        method_status: Vec::new(),
         codecs: 0,
         features: 0,
         methods: Vec::new(),
@@ -144,6 +145,7 @@ async fn a_hostile_method_count_is_a_protocol_error_not_an_allocation() {
         let name = unique_name!();
         let hostile = one_answer(&name, |_| {
             let w = Welcome {
+                method_status: Vec::new(),
                 codecs: 0,
                 features: FEATURE_INTROSPECTION,
                 methods: Vec::new(),

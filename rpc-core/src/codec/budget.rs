@@ -76,7 +76,7 @@ pub(super) enum Tripped {
 }
 
 /// The counters of one decode, shared by every wrapper of that decode.
-pub(super) struct State {
+pub(crate) struct State {
     /// Bytes of budget left.
     remaining: Cell<usize>,
     /// Levels of nesting left.
@@ -90,7 +90,7 @@ pub(super) struct State {
 impl State {
     /// The counters for decoding a message of `len` bytes under `limits`.
     #[inline]
-    pub(super) fn new(len: usize, limits: DecodeLimits) -> State {
+    pub(crate) fn new(len: usize, limits: DecodeLimits) -> State {
         State {
             remaining: Cell::new(limits.budget(len)),
             depth_left: Cell::new(limits.max_depth),
@@ -205,7 +205,7 @@ impl<'de, T: de::Deserialize<'de>> DeserializeSeed<'de> for Root<'_, T> {
 }
 
 /// A [`Deserializer`] that charges what it produces to a [`State`].
-pub(super) struct Budgeted<'s, D> {
+pub(crate) struct Budgeted<'s, D> {
     de: D,
     state: &'s State,
 }
@@ -213,7 +213,7 @@ pub(super) struct Budgeted<'s, D> {
 impl<'s, D> Budgeted<'s, D> {
     /// Wraps `de`, charging to `state`.
     #[inline]
-    pub(super) fn new(de: D, state: &'s State) -> Self {
+    pub(crate) fn new(de: D, state: &'s State) -> Self {
         Budgeted { de, state }
     }
 }

@@ -1055,6 +1055,7 @@ async fn get_frame(io: &mut PipeStream) -> Result<Vec<u8>, String> {
 async fn handshake(name: &PipeName) -> Result<PipeStream, String> {
     let mut io = raw_connect(name).await?;
     let hello = Hello {
+        methods: Vec::new(),
         flags: 0,
         version: PROTOCOL_VERSION,
         min_version: MIN_PROTOCOL_VERSION,

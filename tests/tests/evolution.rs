@@ -1,0 +1,158 @@
+//! Service evolution (`rpc_core::evolution`) across processes: a client built from an older
+//! version of `Probe` against the test server.
+//!
+//! `OldProbe` is `Probe` as an older build saw it: its first fifteen methods as the server
+//! has them (one with its type written by another path), then `stats` returning a
+//! `TagStats` whose fields are declared in another order (spelled as the server's, so the
+//! spelled fingerprint text of `stats` is the same: the old check could not see the
+//! change), `retired`, which the server no longer has, and `pid`, which the server has at
+//! another place. The server also has many methods the client never heard of.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pipe_rpc_tests::{
+    ParseReply, ProbeClient, ProbeError, Record, ServerProcess, client_config, connect, unique_name, wait_stats,
+    watchdog,
+};
+use rpc_core::codec::Codec;
+use rpc_core::evolution::MethodStatus;
+use rpc_core::{Channel, RpcError, ServiceId, TransportError};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+const EXE: &str = env!("CARGO_BIN_EXE_test-server");
+
+/// The server's `TagStats` with `started` and `finished` declared the other way round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagStats {
+    finished: u64,
+    started: u64,
+    dropped_unfinished: u64,
+    running: u64,
+    max_concurrent: u64,
+}
+
+/// An older `Probe`.
+#[rpc_core::service(name = "Probe")]
+trait OldProbe {
+    async fn unit(&self);
+    async fn echo_string(&self, s: String) -> String;
+    async fn whoami(&self) -> (u32, u32, u32, String);
+    async fn echo_struct(&self, v: Record) -> Record;
+    /// `Shape` written by its path: the server writes `Shape`.
+    async fn echo_enum(&self, v: pipe_rpc_tests::Shape) -> pipe_rpc_tests::Shape;
+    async fn echo_tuple(&self, v: (u8, i64, String, bool)) -> (u8, i64, String, bool);
+    async fn echo_map(&self, v: HashMap<String, Vec<u32>>) -> HashMap<String, Vec<u32>>;
+    async fn echo_option(&self, v: Option<Record>) -> Option<Record>;
+    async fn many_args(&self, a: u8, b: String, c: Vec<u16>, d: Option<bool>) -> (u8, String, Vec<u16>, Option<bool>);
+    async fn echo_bytes(&self, b: ByteBuf) -> ByteBuf;
+    async fn make_bytes(&self, n: u64) -> ByteBuf;
+    async fn divide(&self, a: i64, b: i64) -> Result<i64, ProbeError>;
+    async fn parse_u32(&self, s: String) -> ParseReply;
+    async fn sleep_ms(&self, tag: u64, ms: u64) -> u64;
+    #[idempotent]
+    async fn sleep_ms_idempotent(&self, tag: u64, ms: u64) -> u64;
+    /// Changed: the server's `TagStats` has its fields in another order.
+    async fn stats(&self, tag: u64) -> TagStats;
+    /// Gone from the server.
+    async fn retired(&self) -> u8;
+    /// The server has it, after many methods this client does not know.
+    async fn pid(&self) -> u32;
+}
+
+fn incompatible(result: Result<impl std::fmt::Debug, RpcError>) -> (String, MethodStatus) {
+    match result {
+        Err(RpcError::Incompatible { method, reason }) => (method, reason),
+        other => panic!("expected RpcError::Incompatible, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_client_calls_the_methods_both_have_and_gets_a_typed_error_naming_each_other_one() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        // The old rule refused this client outright.
+        assert_ne!(OldProbeClient::ID.fingerprint, ProbeClient::ID.fingerprint);
+        for codec in Codec::ALL {
+            let mut config = client_config();
+            config.codec = codec;
+            let old = OldProbeClient::connect_with(name.clone(), config).await.unwrap();
+            // Shared methods work, including the one whose type is written by another path.
+            old.unit().await.unwrap();
+            assert_eq!(old.echo_string("évolution".into()).await.unwrap(), "évolution");
+            let shape = pipe_rpc_tests::Shape::Rect { w: 3, h: 4 };
+            assert_eq!(old.echo_enum(shape.clone()).await.unwrap(), shape);
+            assert_eq!(old.divide(7, 2).await.unwrap(), 3);
+            // The others fail at once, naming the method and why.
+            assert_eq!(incompatible(old.stats(1).await), ("stats".to_owned(), MethodStatus::Changed), "{codec:?}");
+            assert_eq!(incompatible(old.retired().await), ("retired".to_owned(), MethodStatus::Missing));
+            assert_eq!(incompatible(old.pid().await), ("pid".to_owned(), MethodStatus::Moved));
+            let err = old.retired().await.unwrap_err();
+            assert!(err.to_string().contains("`retired`") && err.to_string().contains("nothing was sent"), "{err}");
+            // The connection is unharmed.
+            assert_eq!(old.echo_string("still here".into()).await.unwrap(), "still here");
+        }
+        // Current clients are served as before.
+        assert_eq!(connect(&name).await.echo_string("ok".into()).await.unwrap(), "ok");
+    })
+    .await;
+}
+
+/// The negative control: without evolution (the exact rule, which a client spelled like
+/// the server passes) the reordered `TagStats` is misread without any error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reordered_struct_is_misread_silently_under_the_exact_rule_and_refused_by_name_with_evolution() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let probe = ProbeClient::ID.methods().unwrap();
+        let old_table = OldProbeClient::ID.methods().unwrap();
+        let stats = probe.iter().position(|m| m.name == "stats").unwrap();
+        // `stats` sits at the same place in both, spelled the same: only its shape differs.
+        assert_eq!(old_table[stats].name, "stats");
+        assert_eq!(old_table[stats].spelled, probe[stats].spelled);
+        assert_ne!(old_table[stats].shape, probe[stats].shape);
+
+        // A handler of tag 7 started and not finished: started 1, finished 0.
+        let c = connect(&name).await.with_timeout(Duration::from_secs(25));
+        let sleeper = tokio::spawn({
+            let c = c.clone();
+            async move { c.sleep_ms(7, 20_000).await }
+        });
+        wait_stats(&c, 7, pipe_rpc_tests::TagStats::min_started(1)).await;
+
+        // The exact rule, as a client whose whole trait is spelled like the server's sees it.
+        let id = ServiceId::new("Probe", ProbeClient::ID.fingerprint);
+        let exact = OldProbeClient::from_channel(Channel::connect(name.clone(), id, client_config()).await.unwrap());
+        let misread = exact.stats(7).await.unwrap();
+        assert_eq!((misread.started, misread.finished), (0, 1), "the fields were not swapped: {misread:?}");
+
+        // With evolution the same call is refused by name instead.
+        let evolving = OldProbeClient::connect_with(name.clone(), client_config()).await.unwrap();
+        assert_eq!(incompatible(evolving.stats(7).await), ("stats".to_owned(), MethodStatus::Changed));
+        sleeper.abort();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_asks_for_the_exact_rule_is_refused_in_the_handshake() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let err =
+            OldProbeClient::connect_with(name.clone(), client_config().exact_fingerprint(true)).await.unwrap_err();
+        match &err {
+            RpcError::Transport(TransportError::Incompatible { detail }) => {
+                assert!(detail.contains("fingerprint"), "{detail}");
+            }
+            other => panic!("expected Incompatible, got {other:?}"),
+        }
+        // A current client asking for it is served.
+        let exact = ProbeClient::connect_with(name.clone(), client_config().exact_fingerprint(true)).await.unwrap();
+        assert_eq!(exact.echo_string("ok".into()).await.unwrap(), "ok");
+    })
+    .await;
+}
