@@ -110,19 +110,8 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
         HandshakeStatus::CodecUnsupported => {
             return Err(refused(format!("the server does not support the {} codec", codec.name())));
         }
-        HandshakeStatus::Overloaded => {
-            return Err(
-                TransportError::Busy { detail: format!("server refused the connection: {}", welcome.message) }.into()
-            );
-        }
-        HandshakeStatus::ShuttingDown => {
-            return Err(
-                TransportError::NotRunning { detail: format!("server is shutting down: {}", welcome.message) }.into()
-            );
-        }
-        HandshakeStatus::PermissionDenied => {
-            let detail = format!("the server does not admit this client: {}", welcome.message);
-            return Err(TransportError::PermissionDenied { detail }.into());
+        HandshakeStatus::Overloaded | HandshakeStatus::ShuttingDown | HandshakeStatus::PermissionDenied => {
+            return Err(turned_away(&welcome));
         }
         HandshakeStatus::ProtocolError => {
             let detail = format!("the server refused the handshake: {}", welcome.message);
@@ -179,6 +168,24 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     })
 }
 
+/// The error for a server that turned a client (or a probe) away for now, not for what it
+/// is: busy, shutting down, or not admitting this client. Other statuses are not for here.
+fn turned_away(welcome: &Welcome) -> RpcError {
+    let message = &welcome.message;
+    match welcome.status {
+        HandshakeStatus::Overloaded => {
+            TransportError::Busy { detail: format!("server refused the connection: {message}") }.into()
+        }
+        HandshakeStatus::ShuttingDown => {
+            TransportError::NotRunning { detail: format!("server is shutting down: {message}") }.into()
+        }
+        _ => {
+            let detail = format!("the server does not admit this client: {message}");
+            TransportError::PermissionDenied { detail }.into()
+        }
+    }
+}
+
 /// Sends `hello` and reads the server's `Welcome`, within `timeout`.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S, LengthPrefixed>,
@@ -229,15 +236,8 @@ pub(crate) async fn probe<S: AsyncRead + AsyncWrite + Unpin>(
     let legacy = match w.status {
         HandshakeStatus::Described => false,
         HandshakeStatus::WrongService | HandshakeStatus::FingerprintMismatch => true,
-        HandshakeStatus::Overloaded => {
-            return Err(TransportError::Busy { detail: format!("server refused the connection: {}", w.message) }.into());
-        }
-        HandshakeStatus::ShuttingDown => {
-            return Err(TransportError::NotRunning { detail: format!("server is shutting down: {}", w.message) }.into());
-        }
-        HandshakeStatus::PermissionDenied => {
-            let detail = format!("the server does not admit this client: {}", w.message);
-            return Err(TransportError::PermissionDenied { detail }.into());
+        HandshakeStatus::Overloaded | HandshakeStatus::ShuttingDown | HandshakeStatus::PermissionDenied => {
+            return Err(turned_away(&w));
         }
         HandshakeStatus::VersionUnsupported => {
             let detail = format!(
