@@ -624,7 +624,7 @@ where
         shared.set_methods(negotiated.method_status.clone());
         shared.connections.fetch_add(1, Ordering::Relaxed);
         let registry = shared.calls.registry();
-        let transport = crate::engine::pipe(framed, negotiated.codec, shared.config.decode_limits);
+        let transport = crate::engine::pipe(framed, negotiated.codec, shared.config.decode_limits, None);
         let limits = crate::engine::CallerLimits {
             window: negotiated.window,
             oneway_window: negotiated.oneway_window,
@@ -960,7 +960,7 @@ impl PeerInfo {
 impl<Req, Resp> Channel<Req, Resp> {
     /// Whether `method` may be called on the current connection: with service evolution in
     /// force ([`crate::evolution`]), [`RpcError::Incompatible`] for a method the server
-    /// said it lacks, changed or moved. Generated client methods call it before sending.
+    /// said it lacks, changed, or has at a place it cannot translate. Generated client methods call it before sending.
     #[doc(hidden)]
     pub fn check_method(&self, method: &'static str) -> Result<(), RpcError> {
         let shared = &*self.shared;

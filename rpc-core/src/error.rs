@@ -110,7 +110,7 @@ pub enum RpcError {
     },
     /// The server was built from another version of the service's trait and does not have
     /// this method as the client knows it ([`crate::evolution`]): it lacks it, or its types
-    /// changed, or it moved. Said in the handshake, so the call failed at once and nothing
+    /// changed, or it sits at a place the server cannot translate. Said in the handshake, so the call failed at once and nothing
     /// was sent; the connection serves the methods both sides share.
     #[error("`{method}` cannot be called on this server: {reason}; nothing was sent")]
     Incompatible {

@@ -32,11 +32,18 @@
 //!
 //! Under [`caps::EVOLUTION`](crate::wire::caps::EVOLUTION) the client sends its method table
 //! (name and shape of each method, in order) in its hello, and the server answers, for each,
-//! whether it serves that method with the same shape at the same place in the wire enums
-//! ([`MethodStatus`]). The fingerprint is then no longer a refusal: the connection opens,
-//! and a call of a method the server does not serve as the client knows it fails at once,
-//! without sending anything, with [`RpcError::Incompatible`](crate::RpcError::Incompatible)
-//! naming the method. Peers without the capability keep the exact fingerprint rule.
+//! whether it serves that method with the same shape ([`MethodStatus`]). The fingerprint is
+//! then no longer a refusal: the connection opens, and a call of a method the server does
+//! not serve as the client knows it fails at once, without sending anything, with
+//! [`RpcError::Incompatible`](crate::RpcError::Incompatible) naming the method. Peers
+//! without the capability keep the exact fingerprint rule.
+//!
+//! Methods may sit at other places in the two sides' wire enums (a method inserted or
+//! removed before them, or, for a method that takes a stream, whose item variant follows
+//! every call variant, any method added or removed). bincode and postcard encode a variant
+//! by its place, so the server translates: for that connection it rewrites the one varint
+//! that holds the place at the start of each call, item and reply body, its client's
+//! numbering in, its own out. JSON encodes variants by name and needs none of it.
 //!
 //! The README's "Service evolution" table says which changes are compatible.
 //!
@@ -75,7 +82,8 @@
 use std::fmt::Write as _;
 
 use crate::codec::budget::{Budgeted, State};
-use crate::codec::{DecodeLimits, MAX_DECODE_DEPTH};
+use crate::codec::{Codec, DecodeLimits, MAX_DECODE_DEPTH};
+use crate::engine::{VariantMap, Varint};
 use crate::wire::OfferedMethod;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 use serde_reflection::{ContainerFormat, Format, FormatHolder, Registry, Samples, Tracer, TracerConfig, VariantFormat};
@@ -100,16 +108,18 @@ pub struct MethodEntry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum MethodStatus {
-    /// The server serves it with the same shape at the same place: calls work.
+    /// The server serves it with the same shape: calls work. (Where the method sits at
+    /// another place in the server's wire enums, the server translates the places.)
     Same,
     /// The server has no method of that name.
     Missing,
     /// The server has a method of that name with another shape (an argument, a result or a
     /// type they contain changed, or it became one-way, or started streaming).
     Changed,
-    /// The server has it with the same shape, but at another place in its wire enums (a
-    /// method was inserted or removed before it, or, for a method that takes a stream, any
-    /// method was added or removed): this version does not translate places yet.
+    /// The server has it with the same shape, but at another place in its wire enums that
+    /// it cannot translate: an older server (one that does not translate places), or a place
+    /// whose encoding has another length than the client's (with bincode, a variant past the
+    /// 250th on one side only; with postcard, past the 127th).
     Moved,
 }
 
@@ -142,7 +152,7 @@ impl std::fmt::Display for MethodStatus {
             MethodStatus::Missing => "the server does not have this method",
             MethodStatus::Changed => "the server's version of this method has other types (its shape differs)",
             MethodStatus::Moved => {
-                "the server has it, but at another place in its wire enums (methods were added or removed before it)"
+                "the server has it, but at another place in its wire enums that it does not translate (an older server, or a service with over 127 methods)"
             }
         })
     }
@@ -224,15 +234,35 @@ pub fn trace_methods<Req: DeserializeOwned, Resp: DeserializeOwned>(specs: &[Met
 }
 
 /// For each of the client's methods (`client`, in its order), what this server (`server`)
-/// says about it.
-pub(crate) fn answer(server: &[MethodEntry], client: &[OfferedMethod]) -> Vec<MethodStatus> {
-    let places = |upload: bool, before: &[bool], n: usize| -> (usize, Option<usize>) {
-        let at = before.len();
-        (at, upload.then(|| n + before.iter().filter(|u| **u).count()))
+/// says about it, over a connection that uses `codec`; and, if the client numbers some of
+/// them otherwise in the wire enums, the map of its positions to ours (see
+/// `engine/translate.rs`). A method at another position is served
+/// ([`MethodStatus::Same`]) when its positions can be translated, else it is
+/// [`MethodStatus::Moved`].
+pub(crate) fn answer(
+    server: &[MethodEntry],
+    client: &[OfferedMethod],
+    codec: Codec,
+) -> (Vec<MethodStatus>, Option<VariantMap>) {
+    // Request variant `i` is method `i`'s call; the item variants of the methods that take a
+    // stream follow, in order. Response variant `i` is method `i`'s.
+    let item_places = |uploads: &mut dyn Iterator<Item = bool>, n: usize| -> Vec<Option<usize>> {
+        let mut next = n;
+        uploads
+            .map(|up| {
+                up.then(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect()
     };
-    let client_uploads: Vec<bool> = client.iter().map(|m| m.upload).collect();
-    let server_uploads: Vec<bool> = server.iter().map(|m| m.upload).collect();
-    client
+    let client_items = item_places(&mut client.iter().map(|m| m.upload), client.len());
+    let server_items = item_places(&mut server.iter().map(|m| m.upload), server.len());
+    let client_requests = client.len() + client_items.iter().flatten().count();
+    let server_requests = server.len() + server_items.iter().flatten().count();
+    let mut map = Varint::of(codec).map(|v| VariantMap::new(v, client_requests, server_requests, server.len()));
+    let statuses = client
         .iter()
         .enumerate()
         .map(|(ci, OfferedMethod { name, shape, upload })| {
@@ -243,11 +273,24 @@ pub(crate) fn answer(server: &[MethodEntry], client: &[OfferedMethod]) -> Vec<Me
             if mine.shape != *shape || mine.upload != *upload {
                 return MethodStatus::Changed;
             }
-            let theirs = places(*upload, &client_uploads[..ci], client.len());
-            let ours = places(mine.upload, &server_uploads[..si], server.len());
-            if theirs == ours { MethodStatus::Same } else { MethodStatus::Moved }
+            let Some(map) = map.as_mut() else {
+                // The codec writes variants by name: their positions do not matter.
+                return MethodStatus::Same;
+            };
+            let (c_item, s_item) = (client_items[ci], server_items[si]);
+            let fits = map.fits(ci, si) && c_item.zip(s_item).is_none_or(|(c, s)| map.fits(c, s));
+            if !fits {
+                return MethodStatus::Moved;
+            }
+            map.request(ci, si);
+            map.response(si, ci);
+            if let Some((c, s)) = c_item.zip(s_item) {
+                map.request(c, s);
+            }
+            MethodStatus::Same
         })
-        .collect()
+        .collect();
+    (statuses, map.filter(|m| !m.is_identity()))
 }
 
 /// FNV-1a 64, as the fingerprint uses.
@@ -717,23 +760,58 @@ mod tests {
     }
 
     #[test]
-    fn answers_name_missing_changed_and_moved_methods() {
+    fn answers_name_missing_and_changed_methods_and_serves_moved_ones_through_a_map() {
         let client = [entry("a", 1, false), entry("b", 2, false), entry("c", 3, false)];
-        // Appended: the client's methods keep their places.
-        let appended = [entry("a", 1, false), entry("b", 2, false), entry("c", 3, false), entry("d", 4, false)];
-        assert_eq!(answer(&appended, &offer(&client)), [MethodStatus::Same; 3]);
-        // Inserted in the middle, one changed, one removed.
-        let server = [entry("a", 1, false), entry("x", 9, false), entry("b", 5, false)];
-        assert_eq!(
-            answer(&server, &offer(&client)),
-            [MethodStatus::Same, MethodStatus::Changed, MethodStatus::Missing]
-        );
-        let inserted = [entry("x", 9, false), entry("a", 1, false), entry("b", 2, false), entry("c", 3, false)];
-        assert_eq!(answer(&inserted, &offer(&client)), [MethodStatus::Moved; 3]);
-        // A stream's item variant comes after every call variant: any added method moves it.
-        let up = [entry("a", 1, true)];
-        assert_eq!(answer(&[entry("a", 1, true), entry("z", 8, false)], &offer(&up)), [MethodStatus::Moved]);
-        assert_eq!(answer(&up, &offer(&up)), [MethodStatus::Same]);
+        for codec in Codec::ALL {
+            // Appended: the client's methods keep their places, nothing to translate.
+            let appended = [entry("a", 1, false), entry("b", 2, false), entry("c", 3, false), entry("d", 4, false)];
+            let (status, map) = answer(&appended, &offer(&client), codec);
+            assert_eq!((status, map.is_none()), (vec![MethodStatus::Same; 3], true));
+            // Inserted in the middle, one changed, one removed: `a` keeps its place.
+            let server = [entry("a", 1, false), entry("x", 9, false), entry("b", 5, false)];
+            let (status, map) = answer(&server, &offer(&client), codec);
+            assert_eq!(status, [MethodStatus::Same, MethodStatus::Changed, MethodStatus::Missing]);
+            assert!(map.is_none());
+            // Inserted first: every method moved one place, served through the map (JSON
+            // names variants and needs none).
+            let inserted = [entry("x", 9, false), entry("a", 1, false), entry("b", 2, false), entry("c", 3, false)];
+            let (status, map) = answer(&inserted, &offer(&client), codec);
+            assert_eq!(status, [MethodStatus::Same; 3]);
+            assert_eq!(map.is_some(), codec != Codec::Json, "{codec:?}");
+            if let Some(map) = map {
+                assert_eq!(map.places(), (vec![Some(1), Some(2), Some(3)], vec![None, Some(0), Some(1), Some(2)]));
+            }
+            // A stream's item variant comes after every call variant: any added method moves
+            // it, and the map carries it.
+            let up = [entry("a", 1, true)];
+            let (status, map) = answer(&[entry("a", 1, true), entry("z", 8, false)], &offer(&up), codec);
+            assert_eq!(status, [MethodStatus::Same]);
+            if let Some(map) = map {
+                assert_eq!(map.places(), (vec![Some(0), Some(2)], vec![Some(0), None]));
+            }
+            assert!(answer(&up, &offer(&up), codec).1.is_none());
+        }
+    }
+
+    #[test]
+    fn a_method_whose_place_would_change_its_encoded_length_is_moved() {
+        // The client's 251st method (place 250, bincode's last one-byte varint) is the
+        // server's 252nd; the client's 128th (postcard's first two-byte place) is past the
+        // inserted one on both sides: the same length.
+        let names: Vec<&'static str> = (0..251).map(|i| &*Box::leak(format!("m{i}").into_boxed_str())).collect();
+        let client: Vec<MethodEntry> = names.iter().map(|n| entry(n, 1, false)).collect();
+        let mut server = vec![entry("new", 2, false)];
+        server.extend(client.iter().cloned());
+        let (status, map) = answer(&server, &offer(&client), Codec::Bincode);
+        assert_eq!(status[249], MethodStatus::Same);
+        assert_eq!(status[250], MethodStatus::Moved);
+        assert_eq!(map.unwrap().places().0[250], None);
+        let (status, _) = answer(&server, &offer(&client), Codec::Postcard);
+        assert_eq!(status[126], MethodStatus::Same);
+        assert_eq!(status[127], MethodStatus::Moved);
+        assert_eq!(status[128], MethodStatus::Same);
+        let (status, _) = answer(&server, &offer(&client), Codec::Json);
+        assert!(status.iter().all(|s| *s == MethodStatus::Same));
     }
 
     #[test]

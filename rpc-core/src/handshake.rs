@@ -37,6 +37,8 @@ pub(crate) struct Negotiated {
     /// On a client with [`caps::EVOLUTION`] in force: each of its methods and what the
     /// server said about it.
     pub(crate) method_status: Option<crate::evolution::MethodStatuses>,
+    /// On a server whose client numbers the wire enums' variants otherwise: its places to ours.
+    pub(crate) translation: Option<std::sync::Arc<crate::engine::VariantMap>>,
 }
 
 fn io_to_transport(e: std::io::Error, during: &str) -> TransportError {
@@ -165,6 +167,7 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
         oneway_window: welcome.max_oneway,
         peer_stream_window: welcome.stream_window,
         method_status,
+        translation: None,
     })
 }
 
@@ -413,11 +416,12 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     let versions_meet = version >= hello.min_version.max(MIN_PROTOCOL_VERSION);
     let max_in_flight = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
     let max_oneway = u32::try_from(max_oneway).unwrap_or(u32::MAX);
+    let (method_status, translation) = match (evolution, codec) {
+        (Some(table), Some(codec)) if ok => crate::evolution::answer(table, &hello.methods, codec),
+        _ => (Vec::new(), None),
+    };
     let welcome = Welcome {
-        method_status: match evolution {
-            Some(table) if ok => crate::evolution::answer(table, &hello.methods),
-            _ => Vec::new(),
-        },
+        method_status,
         codecs: accepted_codecs(),
         features: if methods.is_some() { FEATURE_INTROSPECTION } else { 0 },
         methods: match methods {
@@ -456,6 +460,7 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
             oneway_window: 0,
             peer_stream_window: hello.stream_window,
             method_status: None,
+            translation: translation.map(std::sync::Arc::new),
         }),
         _ => Err(TransportError::Incompatible { detail: format!("refused client: {status:?} {message}") }),
     }

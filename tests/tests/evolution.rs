@@ -5,19 +5,21 @@
 //! has them (one with its type written by another path), then `stats` returning a
 //! `TagStats` whose fields are declared in another order (spelled as the server's, so the
 //! spelled fingerprint text of `stats` is the same: the old check could not see the
-//! change), `retired`, which the server no longer has, and `pid`, which the server has at
-//! another place. The server also has many methods the client never heard of.
+//! change), `retired`, which the server no longer has, then methods of every pattern that
+//! the server has at other places, in another order. The server also has many methods the
+//! client never heard of.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::StreamExt;
 use pipe_rpc_tests::{
-    ParseReply, ProbeClient, ProbeError, Record, ServerProcess, client_config, connect, unique_name, wait_stats,
-    watchdog,
+    ParseReply, ProbeClient, ProbeError, Record, ServerProcess, Ticks, TicksClient, TicksServer, client_config,
+    connect, pattern_byte, unique_name, wait_stats, watchdog,
 };
 use rpc_core::codec::Codec;
 use rpc_core::evolution::MethodStatus;
-use rpc_core::{Channel, RpcError, ServiceId, TransportError};
+use rpc_core::{Callback, Channel, RpcError, RpcStream, ServiceId, TransportError};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -59,6 +61,25 @@ trait OldProbe {
     async fn retired(&self) -> u8;
     /// The server has it, after many methods this client does not know.
     async fn pid(&self) -> u32;
+    // The server has these in another order, with others between them, so every one of
+    // them, and the item variants of the two that take a stream, sit at other places.
+    async fn double(&self, items: RpcStream<u64>) -> RpcStream<u64>;
+    #[oneway]
+    async fn note(&self, tag: u64, seq: u64, ms: u64);
+    async fn upload_check(&self, items: RpcStream<ByteBuf>) -> (u64, bool);
+    async fn notes(&self, tag: u64) -> Vec<u64>;
+    async fn blobs(&self, n: u64, size: u64) -> RpcStream<ByteBuf>;
+    async fn run_ticks(&self, n: u64, ticks: Callback<TicksClient>) -> Result<Vec<u64>, ProbeError>;
+}
+
+/// Answers `tick(n)` with `10 * n`.
+#[derive(Clone)]
+struct Tens;
+
+impl Ticks for Tens {
+    async fn tick(&self, n: u64) -> u64 {
+        n * 10
+    }
 }
 
 fn incompatible(result: Result<impl std::fmt::Debug, RpcError>) -> (String, MethodStatus) {
@@ -88,7 +109,6 @@ async fn an_older_client_calls_the_methods_both_have_and_gets_a_typed_error_nami
             // The others fail at once, naming the method and why.
             assert_eq!(incompatible(old.stats(1).await), ("stats".to_owned(), MethodStatus::Changed), "{codec:?}");
             assert_eq!(incompatible(old.retired().await), ("retired".to_owned(), MethodStatus::Missing));
-            assert_eq!(incompatible(old.pid().await), ("pid".to_owned(), MethodStatus::Moved));
             let err = old.retired().await.unwrap_err();
             assert!(err.to_string().contains("`retired`") && err.to_string().contains("nothing was sent"), "{err}");
             // The connection is unharmed.
@@ -96,6 +116,51 @@ async fn an_older_client_calls_the_methods_both_have_and_gets_a_typed_error_nami
         }
         // Current clients are served as before.
         assert_eq!(connect(&name).await.echo_string("ok".into()).await.unwrap(), "ok");
+    })
+    .await;
+}
+
+/// Every pattern, with methods the server has at other places than the client: the server
+/// translates the places of calls, one-way calls, items both ways (large items in pieces
+/// included), replies, and a method with a callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_client_calls_every_method_the_server_moved_in_every_pattern_and_codec() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let server_pid = connect(&name).await.pid().await.unwrap();
+        // The places differ: this is what the old server refused as `Moved`.
+        let (old_table, table) = (OldProbeClient::ID.methods().unwrap(), ProbeClient::ID.methods().unwrap());
+        let place = |t: &[rpc_core::evolution::MethodEntry], n: &str| t.iter().position(|m| m.name == n).unwrap();
+        for method in ["pid", "double", "note", "upload_check", "notes", "blobs", "run_ticks"] {
+            assert_ne!(place(old_table, method), place(table, method), "{method}");
+        }
+        for (tag, codec) in (1u64..).zip(Codec::ALL) {
+            let mut config = client_config();
+            config.codec = codec;
+            let old = OldProbeClient::connect_with(name.clone(), config).await.unwrap();
+            assert_eq!(old.pid().await.unwrap(), server_pid, "{codec:?}");
+            for seq in 0..5 {
+                old.note(tag, seq, 0).await.unwrap();
+            }
+            assert_eq!(old.notes(tag).await.unwrap(), [0, 1, 2, 3, 4], "{codec:?}");
+            let doubled: Vec<u64> =
+                old.double(RpcStream::iter([1u64, 2, 3])).await.unwrap().map(Result::unwrap).collect().await;
+            assert_eq!(doubled, [2, 4, 6], "{codec:?}");
+            // Items of 300 KB go in pieces; one of 10 B goes whole.
+            let mut offset = 0;
+            let mut chunks = Vec::new();
+            for size in [300_000usize, 10, 300_000] {
+                chunks.push(ByteBuf::from((offset..offset + size).map(pattern_byte).collect::<Vec<u8>>()));
+                offset += size;
+            }
+            assert_eq!(old.upload_check(RpcStream::iter(chunks)).await.unwrap(), (offset as u64, true), "{codec:?}");
+            let blobs: Vec<ByteBuf> = old.blobs(3, 300_000).await.unwrap().map(Result::unwrap).collect().await;
+            let all: Vec<u8> = blobs.iter().flat_map(|b| b.iter().copied()).collect();
+            assert_eq!(all.len(), 900_000);
+            assert!(all.iter().enumerate().all(|(i, &b)| b == pattern_byte(i)), "{codec:?}");
+            assert_eq!(old.run_ticks(3, TicksServer::new(Tens)).await.unwrap(), [0, 10, 20], "{codec:?}");
+        }
     })
     .await;
 }

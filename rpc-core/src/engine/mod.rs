@@ -27,6 +27,7 @@ pub(crate) mod calls;
 mod outbox;
 mod stall;
 pub(crate) mod streams;
+mod translate;
 mod transport;
 
 use std::future::Future;
@@ -39,6 +40,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 pub(crate) use callee::{Callee, StreamLimits};
 pub(crate) use caller::{Caller, CallerLimits};
+pub(crate) use translate::{VariantMap, Varint};
 pub(crate) use transport::{FrameTransport, Inbound, Outbound, pipe};
 
 use bytes::Bytes;

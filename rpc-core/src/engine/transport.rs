@@ -9,6 +9,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -19,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 use transport_pipe::{FramedPipe, LengthPrefixed};
 
+use super::translate::{Translator, VariantMap};
 use crate::codec::{Codec, DecodeLimits};
 use crate::wire::{Frame, FrameError};
 
@@ -91,12 +93,19 @@ where
 pub(crate) struct FrameCodec {
     codec: Codec,
     limits: DecodeLimits,
+    /// On a server whose client numbers the wire enums' variants otherwise.
+    translator: Option<Translator>,
 }
 
 impl tokio_serde::Serializer<Outbound> for FrameCodec {
     type Error = io::Error;
 
     fn serialize(self: Pin<&mut Self>, item: &Outbound) -> Result<Bytes, io::Error> {
+        if let Some(t) = &mut self.get_mut().translator {
+            if let Some(translated) = t.outbound(&item.0) {
+                return Ok(translated);
+            }
+        }
         Ok(item.0.clone())
     }
 }
@@ -105,6 +114,7 @@ impl<C: DeserializeOwned, R: DeserializeOwned> tokio_serde::Deserializer<Inbound
     type Error = io::Error;
 
     fn deserialize(self: Pin<&mut Self>, src: &BytesMut) -> Result<Inbound<C, R>, io::Error> {
+        let this = self.get_mut();
         if let Some(reason) = crate::wire::read_abort(src) {
             return Ok(Inbound::Abort(reason));
         }
@@ -114,24 +124,36 @@ impl<C: DeserializeOwned, R: DeserializeOwned> tokio_serde::Deserializer<Inbound
         if src.len() >= HEADER_LEN && src[0] == Kind::Batch.code() {
             // One copy of the batch (the framing layer keeps its buffer), then each frame
             // is decoded from it in place.
-            return Ok(Inbound::Batch(Bytes::copy_from_slice(&src[HEADER_LEN..])));
+            let Some(t) = &mut this.translator else {
+                return Ok(Inbound::Batch(Bytes::copy_from_slice(&src[HEADER_LEN..])));
+            };
+            let mut body = BytesMut::from(&src[HEADER_LEN..]);
+            t.inbound_batch(&mut body);
+            return Ok(Inbound::Batch(body.freeze()));
         }
         // The length-delimited codec caps frames far below 4 GiB.
         let len = u32::try_from(src.len()).unwrap_or(u32::MAX);
-        Ok(Inbound::One(InFrame { frame: Frame::decode_with(self.codec, self.limits, src), len }))
+        let translated = this.translator.as_mut().and_then(|t| t.inbound(src));
+        let frame = translated.as_deref().unwrap_or(&src[..]);
+        Ok(Inbound::One(InFrame { frame: Frame::decode_with(this.codec, this.limits, frame), len }))
     }
 }
 
-/// Wraps a handshaken, framed stream into the pipe carrier.
+/// Wraps a handshaken, framed stream into the pipe carrier; `translation`, on a server,
+/// when its client numbers the wire enums' variants otherwise (see [`super::translate`]).
 pub(crate) fn pipe<IO, InC, InR>(
     framed: Framed<IO, LengthPrefixed>,
     codec: Codec,
     limits: DecodeLimits,
+    translation: Option<Arc<VariantMap>>,
 ) -> Carrier<IO, InC, InR>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
     InC: DeserializeOwned,
     InR: DeserializeOwned,
 {
-    tokio_serde::Framed::new(FramedPipe::from_framed(framed), FrameCodec { codec, limits })
+    tokio_serde::Framed::new(
+        FramedPipe::from_framed(framed),
+        FrameCodec { codec, limits, translator: translation.map(Translator::new) },
+    )
 }

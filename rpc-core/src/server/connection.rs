@@ -163,7 +163,7 @@ where
     // counts, what its `Drop` counts included, are in).
     let stats = server_counters.connection();
     *served = Some(stats.counters.clone());
-    let transport = crate::engine::pipe(framed, negotiated.codec, config.decode_limits);
+    let transport = crate::engine::pipe(framed, negotiated.codec, config.decode_limits, negotiated.translation.clone());
     let limits =
         // The largest item either side may send is what a stream may overshoot its credit by.
         StreamLimits {
