@@ -6,8 +6,9 @@
 //! `crate::QueueInfo` are one type, nor that a struct gained a field. So each method also
 //! gets a **shape**, computed once per process at run time: the serde data model of its
 //! request variant (its arguments), its stream item variant (if it takes a stream) and its
-//! response variant (its result, or its stream's item), traced with
-//! [`serde-reflection`](https://docs.rs/serde-reflection) and hashed (FNV-1a 64) over a
+//! response variant (its result, or its stream's item), traced (a `Deserializer` that
+//! records what a type asks for, in the data types of
+//! [`serde-reflection`](https://docs.rs/serde-reflection)) and hashed (FNV-1a 64) over a
 //! canonical text that holds what the codecs put on the wire: struct field names and their
 //! shapes in order, enum variant names in order with their contents, sequences, options,
 //! maps, tuples, fixed arrays and primitives. It does not hold Rust paths or container
@@ -22,13 +23,16 @@
 //! different shapes, such as `Page<u32>` and `Page<String>` inside one argument) gives its
 //! method the shape of its spelled signature instead (the text the fingerprint hashes), so
 //! that method keeps the old rule: same spelling, same shape. [`MethodEntry::traced`] says
-//! which was used. The same fallback is taken today for an enum the tracer cannot explore
-//! completely: serde-reflection explores an enum one variant per pass and, once an enum is
-//! complete, always takes its first variant, so an enum reached only through a later variant
-//! of another enum (the `E` of a `Result<T, E>` return, when `E` has several variants) or
-//! below an `Option` at the top of a method's argument is seen only partly (7 of the 43
-//! methods of the test service, all `Result<_, ProbeError>` and one `Option<Record>`). A tracer
-//! that chooses variants per path would lift this.
+//! which was used. A server takes a client's spelled shape for its own method where the
+//! spellings match ([`MethodEntry::fallback`]), so a client that could not trace a method
+//! (or was built with a tracer that could not) keeps the old rule for it.
+//!
+//! The tracer sees every variant of every enum reached, wherever it is reached: it runs a
+//! type's `Deserialize` in passes and chooses each enum's variant where the enum occurs (one
+//! not seen yet, else one that leads to an enum not seen whole, else one that ends a
+//! recursion), so the `E` of a `Result<T, E>`, an enum inside an `Option` and an enum beneath
+//! a later variant of another are seen whole (serde-reflection's own tracer takes an enum's
+//! first variant once it has seen them all, and missed those).
 //!
 //! Under [`caps::EVOLUTION`](crate::wire::caps::EVOLUTION) the client sends its method table
 //! (name and shape of each method, in order) in its hello, and the server answers, for each,
@@ -81,12 +85,14 @@
 
 use std::fmt::Write as _;
 
-use crate::codec::budget::{Budgeted, State};
-use crate::codec::{Codec, DecodeLimits, MAX_DECODE_DEPTH};
+use crate::codec::Codec;
 use crate::engine::{VariantMap, Varint};
 use crate::wire::OfferedMethod;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
-use serde_reflection::{ContainerFormat, Format, FormatHolder, Registry, Samples, Tracer, TracerConfig, VariantFormat};
+use serde_reflection::{ContainerFormat, Format, FormatHolder, Registry, VariantFormat};
+
+mod tracer;
+use tracer::Tracer;
 
 /// One method of a service as the handshake compares it: its name and its shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,6 +108,11 @@ pub struct MethodEntry {
     pub traced: bool,
     /// The hash of its spelled signature (what the service fingerprint is made of).
     pub spelled: u64,
+    /// Its shape under the spelled rule (its spelled signature, and its callback trait's
+    /// fingerprint): what a peer offers that could not trace its types, such as one built
+    /// with an older tracer. A server takes it as the same method if its own spelling
+    /// matches, as the old rule would.
+    pub fallback: u64,
 }
 
 /// What the server said about one of the client's methods.
@@ -194,6 +205,7 @@ pub fn trace_methods<Req: DeserializeOwned, Resp: DeserializeOwned>(specs: &[Met
                 uploads += 1;
                 n + uploads - 1
             });
+            let fallback = spec.callback.map_or(spec.spelled, |cb| fnv1a64_extend(spec.spelled, &cb.to_le_bytes()));
             let traced = (|| {
                 let call = trace_variant::<Req>(i)?;
                 let item = item.map(trace_variant::<Req>).transpose()?;
@@ -220,13 +232,19 @@ pub fn trace_methods<Req: DeserializeOwned, Resp: DeserializeOwned>(specs: &[Met
                         upload: spec.upload,
                         traced: true,
                         spelled: spec.spelled,
+                        fallback,
                     }
                 }
                 Err(why) => {
                     tracing::debug!(method = spec.name, %why, "method shape not traced: its spelled signature is used");
-                    let shape =
-                        spec.callback.map_or(spec.spelled, |cb| fnv1a64_extend(spec.spelled, &cb.to_le_bytes()));
-                    MethodEntry { name: spec.name, shape, upload: spec.upload, traced: false, spelled: spec.spelled }
+                    MethodEntry {
+                        name: spec.name,
+                        shape: fallback,
+                        upload: spec.upload,
+                        traced: false,
+                        spelled: spec.spelled,
+                        fallback,
+                    }
                 }
             }
         })
@@ -270,7 +288,9 @@ pub(crate) fn answer(
                 return MethodStatus::Missing;
             };
             let mine = &server[si];
-            if mine.shape != *shape || mine.upload != *upload {
+            // A client that could not trace the method offers its spelled shape: the same
+            // method if the spelling is (the rule it asked for).
+            if (mine.shape != *shape && mine.fallback != *shape) || mine.upload != *upload {
                 return MethodStatus::Changed;
             }
             let Some(map) = map.as_mut() else {
@@ -305,10 +325,8 @@ fn fnv1a64_extend(state: u64, bytes: &[u8]) -> u64 {
 /// The name given to a struct variant's fields while tracing them.
 const VARIANT: &str = "__rpc_variant";
 
-/// Most passes over one variant (each explores one more variant of a nested enum).
+/// Most passes over one variant (each sees at least one more variant of a nested enum).
 const MAX_PASSES: usize = 512;
-/// Most restarts (each learns the names of nested enums left incomplete).
-const MAX_RESTARTS: usize = 16;
 
 /// The canonical text of variant `index` of the enum `E`'s content.
 fn trace_variant<E: DeserializeOwned>(index: u32) -> Result<String, String> {
@@ -317,66 +335,31 @@ fn trace_variant<E: DeserializeOwned>(index: u32) -> Result<String, String> {
 }
 
 fn trace_variant_unguarded<E: DeserializeOwned>(index: u32) -> Result<String, String> {
-    // Samples the tracer offers: 1 rather than 0, so that `NonZero*` types are followed.
-    let config = || {
-        TracerConfig::default()
-            .default_u8_value(1)
-            .default_u16_value(1)
-            .default_u32_value(1)
-            .default_u64_value(1)
-            .default_u128_value(1)
-            .default_i8_value(1)
-            .default_i16_value(1)
-            .default_i32_value(1)
-            .default_i64_value(1)
-            .default_i128_value(1)
-    };
-    let samples = Samples::new();
-    let mut enums: Vec<String> = Vec::new();
-    for _ in 0..MAX_RESTARTS {
-        let mut tracer = Tracer::new(config());
-        let mut content: Option<Format> = None;
-        // Passes in a row that left no enum marked incomplete. One is not enough: a pass
-        // may not reach an enum at all (an `Err` variant taken instead of the `Ok` that
-        // holds it), and the next pass, which takes the first variant again, does.
-        let mut quiet = 0;
-        for _ in 0..MAX_PASSES {
-            let mut out = None;
-            E::deserialize(Front { tracer: &mut tracer, samples: &samples, index, out: &mut out })
-                .map_err(|e| e.to_string())?;
-            if content.is_none() {
-                content = out;
-            }
-            // A nested enum is explored one variant per pass while it is marked incomplete;
-            // clearing the mark lets the next pass take its next variant.
-            let mut more = false;
-            for name in &enums {
-                more |= tracer.check_incomplete_enum(name).is_some();
-            }
-            quiet = if more { 0 } else { quiet + 1 };
-            if quiet > enums.len() {
-                break;
-            }
+    let mut tracer = Tracer::default();
+    let mut content: Option<Format> = None;
+    for _ in 0..MAX_PASSES {
+        tracer.begin_pass();
+        let mut out = None;
+        E::deserialize(Front { tracer: &mut tracer, index, out: &mut out }).map_err(|e| e.to_string())?;
+        let out = out.ok_or("the variant was not reached")?;
+        match &mut content {
+            None => content = Some(out),
+            Some(content) => content.unify(out).map_err(|e| e.to_string())?,
         }
-        match tracer.registry() {
-            Ok(registry) => {
-                let mut content = content.ok_or("the variant was not reached")?;
-                content.normalize().map_err(|e| e.to_string())?;
-                let mut text = String::new();
-                write_format(&content, &registry, &mut Vec::new(), &mut text)?;
-                return Ok(text);
-            }
-            Err(serde_reflection::Error::MissingVariants(names)) => {
-                let before = enums.len();
-                enums.extend(names.into_iter().filter(|n| !enums.contains(n)).collect::<Vec<_>>());
-                if enums.len() == before {
-                    return Err(format!("enums {enums:?} could not be traced completely"));
-                }
-            }
-            Err(e) => return Err(e.to_string()),
+        let incomplete = tracer.incomplete();
+        if incomplete.is_empty() {
+            let registry = tracer.registry().map_err(|e| e.to_string())?;
+            let mut content = content.ok_or("the variant was not reached")?;
+            content.normalize().map_err(|e| e.to_string())?;
+            let mut text = String::new();
+            write_format(&content, &registry, &mut Vec::new(), &mut text)?;
+            return Ok(text);
+        }
+        if !tracer.progressed() {
+            return Err(format!("enums {incomplete:?} could not be reached whole"));
         }
     }
-    Err("too many nested enums".into())
+    Err(format!("enums {:?} not seen whole after {MAX_PASSES} passes", tracer.incomplete()))
 }
 
 /// Appends the canonical text of `format` to `out`. `stack` holds the containers being
@@ -509,15 +492,14 @@ fn write_container(
 }
 
 /// The front of a trace: offers the wire enum variant `index` only, and traces its content
-/// with serde-reflection (so the other variants' types are never visited).
-struct Front<'t, 'de> {
+/// (so the other variants' types are never visited).
+struct Front<'t> {
     tracer: &'t mut Tracer,
-    samples: &'de Samples,
     index: u32,
     out: &'t mut Option<Format>,
 }
 
-impl<'de> de::Deserializer<'de> for Front<'_, 'de> {
+impl<'de> de::Deserializer<'de> for Front<'_> {
     type Error = serde_reflection::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
@@ -540,7 +522,7 @@ impl<'de> de::Deserializer<'de> for Front<'_, 'de> {
     }
 }
 
-impl<'de> de::EnumAccess<'de> for Front<'_, 'de> {
+impl<'de> de::EnumAccess<'de> for Front<'_> {
     type Error = serde_reflection::Error;
     type Variant = Self;
 
@@ -550,7 +532,7 @@ impl<'de> de::EnumAccess<'de> for Front<'_, 'de> {
     }
 }
 
-impl<'de> de::VariantAccess<'de> for Front<'_, 'de> {
+impl<'de> de::VariantAccess<'de> for Front<'_> {
     type Error = serde_reflection::Error;
 
     fn unit_variant(self) -> Result<(), Self::Error> {
@@ -559,16 +541,15 @@ impl<'de> de::VariantAccess<'de> for Front<'_, 'de> {
     }
 
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, Self::Error> {
-        let state = depth_guard();
-        let (format, value) = self.tracer.trace_type_once_with_seed(self.samples, Guarded { seed, state: &state })?;
+        let mut format = Format::unknown();
+        let value = seed.deserialize(self.tracer.root(&mut format))?;
         *self.out = Some(format);
         Ok(value)
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, Self::Error> {
-        let state = depth_guard();
-        let seed = Guarded { seed: TupleSeed { len, visitor }, state: &state };
-        let (format, value) = self.tracer.trace_type_once_with_seed(self.samples, seed)?;
+        let mut format = Format::unknown();
+        let value = de::Deserializer::deserialize_tuple(self.tracer.root(&mut format), len, visitor)?;
         *self.out = Some(format);
         Ok(value)
     }
@@ -578,57 +559,10 @@ impl<'de> de::VariantAccess<'de> for Front<'_, 'de> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        let state = depth_guard();
-        let seed = Guarded { seed: StructSeed { fields, visitor }, state: &state };
-        let (format, value) = self.tracer.trace_type_once_with_seed(self.samples, seed)?;
+        let mut format = Format::unknown();
+        let value = de::Deserializer::deserialize_struct(self.tracer.root(&mut format), VARIANT, fields, visitor)?;
         *self.out = Some(format);
         Ok(value)
-    }
-}
-
-/// The nesting limit of a trace: the codecs' decode depth ([`MAX_DECODE_DEPTH`], 64). The
-/// tracer builds a sample value of each type, taking an enum's first variant once it has
-/// seen that enum; a recursive enum whose first variant holds itself (`enum List { Cons(u8,
-/// Box<List>), Nil }`) would recurse until the stack overflows. Beyond the limit the trace
-/// fails, and the method falls back to its spelled signature.
-fn depth_guard() -> State {
-    State::new(0, DecodeLimits::DEFAULT.with_base(usize::MAX / 2).with_max_depth(MAX_DECODE_DEPTH))
-}
-
-/// `seed`, deserialized through the codecs' budget wrapper (here only for its depth limit).
-struct Guarded<'s, S> {
-    seed: S,
-    state: &'s State,
-}
-
-impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Guarded<'_, S> {
-    type Value = S::Value;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<S::Value, D::Error> {
-        self.seed.deserialize(Budgeted::new(d, self.state))
-    }
-}
-
-struct TupleSeed<V> {
-    len: usize,
-    visitor: V,
-}
-
-impl<'de, V: Visitor<'de>> DeserializeSeed<'de> for TupleSeed<V> {
-    type Value = V::Value;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<V::Value, D::Error> {
-        d.deserialize_tuple(self.len, self.visitor)
-    }
-}
-
-struct StructSeed<V> {
-    fields: &'static [&'static str],
-    visitor: V,
-}
-
-impl<'de, V: Visitor<'de>> DeserializeSeed<'de> for StructSeed<V> {
-    type Value = V::Value;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<V::Value, D::Error> {
-        d.deserialize_struct(VARIANT, self.fields, self.visitor)
     }
 }
 
@@ -715,9 +649,79 @@ mod tests {
     }
 
     #[test]
-    fn a_recursive_enum_whose_first_variant_holds_itself_fails_at_the_depth_limit_instead_of_overflowing() {
-        let err = trace_variant::<Lists>(0).unwrap_err();
-        assert!(err.contains("deep"), "{err}");
+    fn a_recursive_enum_whose_first_variant_holds_itself_is_traced_through_its_other_variant() {
+        assert_eq!(trace_variant::<Lists>(0).unwrap(), "enum{Cons(u8,rec1)|Nil}");
+    }
+
+    /// No finite value: every variant holds the enum again.
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    enum Endless {
+        A(Box<Endless>),
+        B(u8, Box<Endless>),
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    enum Endlesses {
+        Walk(Endless),
+    }
+
+    #[test]
+    fn an_enum_without_a_finite_value_fails_at_the_depth_limit_instead_of_overflowing() {
+        let err = trace_variant::<Endlesses>(0).unwrap_err();
+        assert!(err.contains("deeper"), "{err}");
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    enum Fault {
+        Busy,
+        Bad { why: String, code: Code },
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    enum Code {
+        Low(u8),
+        High(u64),
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    enum Fault2 {
+        Busy,
+        Bad { why: String, code: Code2 },
+    }
+
+    /// `Code` with its second variant changed.
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    enum Code2 {
+        Low(u8),
+        High(i64),
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    enum Replies {
+        Get(Result<u32, Fault>),
+        Find(Option<Code>),
+        Get2(Result<u32, Fault2>),
+    }
+
+    #[test]
+    fn enums_reached_only_through_a_later_variant_or_an_option_are_seen_whole() {
+        // The `E` of a `Result`, and an enum inside a struct variant of it.
+        assert_eq!(
+            trace_variant::<Replies>(0).unwrap(),
+            "enum{Ok(u32)|Err(enum{Busy|Bad{why:str,code:enum{Low(u8)|High(u64)}}})}"
+        );
+        assert_eq!(trace_variant::<Replies>(1).unwrap(), "opt<enum{Low(u8)|High(u64)}>");
+        // So a change in a variant the old tracer never reached changes the shape.
+        let table = trace_methods::<Replies, Replies>(&[spec("get"), spec("find"), spec("get2")]);
+        assert!(table.iter().all(|m| m.traced), "{table:?}");
+        assert_ne!(trace_variant::<Replies>(0).unwrap(), trace_variant::<Replies>(2).unwrap());
     }
 
     #[test]
@@ -752,7 +756,7 @@ mod tests {
     }
 
     fn entry(name: &'static str, shape: u64, upload: bool) -> MethodEntry {
-        MethodEntry { name, shape, upload, traced: true, spelled: 0 }
+        MethodEntry { name, shape, upload, traced: true, spelled: 0, fallback: shape ^ 0xf }
     }
 
     fn offer(m: &[MethodEntry]) -> Vec<OfferedMethod> {
@@ -791,6 +795,16 @@ mod tests {
             }
             assert!(answer(&up, &offer(&up), codec).1.is_none());
         }
+    }
+
+    #[test]
+    fn a_client_that_offers_a_methods_spelled_shape_is_served_where_the_spelling_matches() {
+        let server = [entry("a", 1, false), entry("b", 2, false)];
+        // `a` as a client that could not trace it offers it (its fallback), `b` spelled
+        // otherwise.
+        let client = [entry("a", 1 ^ 0xf, false), entry("b", 5, false)];
+        let (status, _) = answer(&server, &offer(&client), Codec::Bincode);
+        assert_eq!(status, [MethodStatus::Same, MethodStatus::Changed]);
     }
 
     #[test]

@@ -221,3 +221,52 @@ async fn a_client_that_asks_for_the_exact_rule_is_refused_in_the_handshake() {
     })
     .await;
 }
+
+/// A `Probe` whose `ProbeError` changed in its second variant, spelled as the server's.
+mod changed_error {
+    use rpc_core::RpcError;
+    use serde::{Deserialize, Serialize};
+
+    /// The server's `ProbeError` with `Overflow` holding a value.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+    pub(crate) enum ProbeError {
+        #[error("cannot divide {dividend} by zero")]
+        DivideByZero { dividend: i64 },
+        #[error("the quotient overflows past {0}")]
+        Overflow(u8),
+        #[error(transparent)]
+        Rpc(#[from] RpcError),
+    }
+
+    #[rpc_core::service(name = "Probe")]
+    pub(crate) trait ChangedProbe {
+        async fn unit(&self);
+        async fn divide(&self, a: i64, b: i64) -> Result<i64, ProbeError>;
+    }
+}
+
+/// The change is in a variant of the `E` of a `Result` (reached only through `Err`), which a
+/// tracer that takes an enum's first variant once it has seen them all never reaches: the
+/// method would have been compared by its spelling, which is the same, and misread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_in_a_later_variant_of_a_results_error_is_seen_and_refused_by_name() {
+    use changed_error::ChangedProbeClient;
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let (theirs, ours) = (ChangedProbeClient::ID.methods().unwrap(), ProbeClient::ID.methods().unwrap());
+        let divide = |t: &'static [rpc_core::evolution::MethodEntry]| t.iter().find(|m| m.name == "divide").unwrap();
+        assert!(divide(theirs).traced && divide(ours).traced);
+        assert_eq!(divide(theirs).spelled, divide(ours).spelled);
+        assert_ne!(divide(theirs).shape, divide(ours).shape);
+        let client = ChangedProbeClient::connect_with(name.clone(), client_config()).await.unwrap();
+        client.unit().await.unwrap();
+        match client.divide(1, 0).await {
+            Err(changed_error::ProbeError::Rpc(RpcError::Incompatible { method, reason })) => {
+                assert_eq!((method.as_str(), reason), ("divide", MethodStatus::Changed));
+            }
+            other => panic!("expected Incompatible, got {other:?}"),
+        }
+    })
+    .await;
+}
