@@ -18,8 +18,6 @@ pub(crate) struct Options {
     pub(crate) json: bool,
     /// `--timeout`, if given.
     pub(crate) timeout: Option<Duration>,
-    /// `list --all`.
-    pub(crate) all: bool,
     /// `list --live`: only the endpoints whose server answered.
     pub(crate) live: bool,
 }
@@ -43,7 +41,6 @@ pub(crate) fn parse(args: Vec<String>) -> Result<Parsed, String> {
             }
             "-h" | "--help" | "help" if words.is_empty() || arg != "help" => return Ok(Parsed::Help),
             "--json" => opts.json = true,
-            "--all" => opts.all = true,
             "--live" => opts.live = true,
             "--timeout" => {
                 let value = args.next().ok_or("--timeout needs a duration (500ms, 2s, 1.5)")?;
@@ -76,9 +73,8 @@ pub(crate) fn parse(args: Vec<String>) -> Result<Parsed, String> {
     if let Some(extra) = words.next() {
         return Err(format!("unexpected argument `{extra}` after `{command}`"));
     }
-    if (opts.all || opts.live) && parsed != Command::List {
-        let option = if opts.all { "--all" } else { "--live" };
-        return Err(format!("{option} is an option of `list`"));
+    if opts.live && parsed != Command::List {
+        return Err("--live is an option of `list`".into());
     }
     Ok(Parsed::Run(parsed, opts))
 }
@@ -117,7 +113,7 @@ mod tests {
             cmd,
             Command::Call { name: "svc".into(), method: "echo".into(), args: vec!["\"hi\"".into(), "-5".into()] }
         );
-        assert_eq!(opts, Options { json: true, timeout: Some(Duration::from_secs(2)), all: false, live: false });
+        assert_eq!(opts, Options { json: true, timeout: Some(Duration::from_secs(2)), live: false });
         let Ok(Parsed::Run(cmd, _)) = parse_words(&["call", "svc", "m", "--", "--json"]) else { panic!() };
         assert_eq!(cmd, Command::Call { name: "svc".into(), method: "m".into(), args: vec!["--json".into()] });
         assert_eq!(parse_words(&["--help"]), Ok(Parsed::Help));
@@ -135,7 +131,6 @@ mod tests {
         assert_eq!(parse_words(&["list", "--bogus"]), Err("unknown option `--bogus`".into()));
         assert_eq!(parse_words(&["probe", "a", "b"]), Err("unexpected argument `b` after `probe`".into()));
         assert!(parse_words(&["list", "--timeout", "soon"]).unwrap_err().contains("not a duration"));
-        assert!(parse_words(&["probe", "a", "--all"]).is_err());
         assert_eq!(parse_words(&["probe", "a", "--live"]), Err("--live is an option of `list`".into()));
     }
 

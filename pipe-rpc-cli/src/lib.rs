@@ -12,8 +12,7 @@
 //! Options, anywhere on the line: `--json` (one JSON object per line, for scripts, instead
 //! of a table), `--timeout DURATION` (`500ms`, `2s`, `1.5`: seconds; default 1 s per
 //! endpoint for `list`, 5 s to connect otherwise, 10 s for a call, none for a stream),
-//! `--all` (`list`: on Windows, also pipes that are not pipe-rpc endpoints), `--live`
-//! (`list`: only endpoints whose server answered, no stale sockets), `--help`.
+//! `--live` (`list`: only endpoints whose server answered, no stale sockets), `--help`.
 //! After `--`, every argument is a method argument, even one that starts with `--`.
 //!
 //! `probe` works on every pipe-rpc server. `methods` and `call` need a server that lists its
@@ -74,8 +73,7 @@ usage: pipe-rpc [--json] [--timeout DURATION] COMMAND
 
 commands:
   list                        the current user's endpoints, live or stale (--live: only those
-                              that answered; --all: on Windows, also pipes that are not
-                              pipe-rpc endpoints)
+                              that answered)
   probe NAME                  service, fingerprint, protocol version, codecs, capabilities,
                               limits, server pid and user
   methods NAME                the methods of NAME (the server must enable introspection)

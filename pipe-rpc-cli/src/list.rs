@@ -15,7 +15,8 @@ use crate::fail::{Failure, UNREACHABLE};
 use crate::out::Printer;
 
 /// Where the endpoints are listed from, for an error.
-const WHERE: &str = if cfg!(windows) { r"the pipe namespace \\.\pipe\" } else { "the per-user socket directory" };
+const WHERE: &str =
+    if cfg!(windows) { r"the pipe namespace \\.\pipe\pipe-rpc.*" } else { "the per-user socket directory" };
 
 /// Probes in flight at once.
 const PARALLEL_PROBES: usize = 32;
@@ -53,11 +54,6 @@ impl State {
             State::Error(_) => "error",
         }
     }
-
-    /// Worth showing on Windows without `--all`: not some other program's pipe.
-    fn is_ours(&self) -> bool {
-        matches!(self, State::Live(_) | State::Busy)
-    }
 }
 
 async fn probe(endpoint: &LocalEndpoint, per: Duration) -> State {
@@ -88,12 +84,10 @@ pub(crate) async fn list(opts: &Options, out: &mut Printer) -> Result<(), Failur
     // and a directory of thousands of sockets must not exhaust them.
     let states: Vec<State> =
         futures::stream::iter(endpoints.iter().map(|e| probe(e, per))).buffered(PARALLEL_PROBES).collect().await;
-    // Unix: the per-user directory holds only pipe-rpc sockets. Windows: every program's
-    // pipes are in one namespace, so only those that answered as pipe-rpc are shown.
-    // `--live`: only servers that answered; stale sockets and the rest are left out.
-    let show = |s: &State| {
-        if opts.live { matches!(s, State::Live(_)) } else { opts.all || cfg!(unix) || s.is_ours() }
-    };
+    // Only pipe-rpc's endpoints are listed (the per-user directory on Unix, the `pipe-rpc.`
+    // names on Windows). `--live`: only servers that answered; stale sockets and the rest
+    // are left out.
+    let show = |s: &State| !opts.live || matches!(s, State::Live(_));
     let found: Vec<(&LocalEndpoint, State)> = endpoints.iter().zip(states).filter(|(_, s)| show(s)).collect();
     if out.json {
         for (endpoint, state) in &found {

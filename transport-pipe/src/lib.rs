@@ -65,8 +65,9 @@
 //!
 //! ### Windows
 //!
-//! A plain name `NAME` is the local named pipe `\\.\pipe\NAME` (whole name at most 256
-//! characters, case-insensitive). The listener uses interprocess's defaults: the first instance
+//! A plain name `NAME` is the local named pipe `\\.\pipe\pipe-rpc.NAME` (whole name at most
+//! 256 characters, case-insensitive; the prefix keeps pipe-rpc's endpoints apart from other
+//! programs' pipes). The listener uses interprocess's defaults: the first instance
 //! is created with `FILE_FLAG_FIRST_PIPE_INSTANCE`, so a name another process serves is
 //! reported as [`ErrorKind::NameInUse`], naming that process (its pid, from the pipe, and its
 //! user SID where it can be read), and remote clients are rejected. The pipe gets an

@@ -6,9 +6,9 @@
 //!   `NAME.sock` for each name `NAME`. A socket file can outlive its server (a server
 //!   killed before it removed it): it is listed all the same; connecting tells (it refuses).
 //!   Endpoints bound to an explicit path elsewhere are not found.
-//! - **Windows**: every pipe in the machine's pipe namespace (`\\.\pipe\*`), whichever
-//!   program or user made it: Windows has no per-user directory of pipes. Telling ours
-//!   from the others takes a connection (`rpc_core::introspect::probe`).
+//! - **Windows**: the pipes of plain names (`\\.\pipe\pipe-rpc.NAME`) in the machine's pipe
+//!   namespace. Windows has no per-user directory of pipes: other users' pipe-rpc endpoints
+//!   are listed too (a probe tells whose it is), other programs' pipes are not.
 
 use std::io;
 use std::path::PathBuf;
@@ -35,9 +35,10 @@ pub struct LocalEndpoint {
 /// - **Unix**: the sockets in the per-user directory of plain names (see [`PipeName`]),
 ///   `NAME.sock` for each name `NAME`, including those a server killed before it removed
 ///   its socket left behind. Endpoints bound to an explicit path elsewhere are not found.
-/// - **Windows**: every pipe in the machine's pipe namespace (`\\.\pipe\*`), whichever
-///   program or user made it: Windows has no per-user directory of pipes, and plain names
-///   carry no prefix that would tell pipe-rpc's from the others.
+/// - **Windows**: the pipes of plain names (`\\.\pipe\pipe-rpc.NAME`, see [`PipeName`]) in
+///   the machine's pipe namespace, whichever user made them: Windows has no per-user
+///   directory of pipes. Other programs' pipes, and pipe-rpc endpoints bound to an explicit
+///   path, are not found.
 ///
 /// # Errors
 ///
@@ -104,9 +105,9 @@ fn platform_list() -> io::Result<Vec<LocalEndpoint>> {
     let mut found = Vec::new();
     loop {
         let len = data.cFileName.iter().position(|&c| c == 0).unwrap_or(data.cFileName.len());
-        let name = String::from_utf16_lossy(&data.cFileName[..len]);
-        if !name.is_empty() {
-            found.push(endpoint(&name, PathBuf::from(format!(r"\\.\pipe\{name}"))));
+        let pipe = String::from_utf16_lossy(&data.cFileName[..len]);
+        if let Some(name) = crate::platform::plain_name_of(&pipe) {
+            found.push(endpoint(name, PathBuf::from(format!(r"\\.\pipe\{pipe}"))));
         }
         // SAFETY: `handle` is the open search handle, `data` a valid out-pointer.
         if unsafe { FindNextFileW(handle, &mut data) } == 0 {

@@ -52,7 +52,10 @@ pub const NAME_MAX: usize = 64;
 ///
 /// ### Windows
 ///
-/// A plain name `NAME` maps to the local named pipe `\\.\pipe\NAME`. An explicit path must
+/// A plain name `NAME` maps to the local named pipe `\\.\pipe\pipe-rpc.NAME` (a prefix that
+/// keeps pipe-rpc's endpoints apart from other programs' pipes in the machine-wide namespace,
+/// as the per-user directory does on Unix; a program that is not pipe-rpc connects to that
+/// full name). An explicit path must
 /// start with `\\.\pipe\` (remote pipes are not supported). The whole pipe name may be at most
 /// 256 characters. Pipe names are case-insensitive, so `Foo` and `foo` are the same pipe.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -93,7 +96,7 @@ impl PipeName {
     }
 
     /// The operating-system address: the Unix socket path, or the Windows pipe path
-    /// `\\.\pipe\NAME`. Validates the name and checks the platform's length limits; it does not
+    /// `\\.\pipe\pipe-rpc.NAME`. Validates the name and checks the platform's length limits; it does not
     /// create or inspect anything on disk except whether `$XDG_RUNTIME_DIR` is a directory.
     ///
     /// # Errors

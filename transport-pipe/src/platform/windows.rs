@@ -32,6 +32,9 @@ use crate::{
 /// Longest whole pipe name (`\\.\pipe\` included), in UTF-16 units.
 pub(crate) const PIPE_NAME_MAX: usize = 256;
 const PIPE_PREFIX: &str = r"\\.\pipe\";
+/// Where plain names live in the machine-wide pipe namespace: apart from other programs'
+/// pipes, so that listing pipe-rpc's endpoints never has to connect to anyone else's.
+pub(crate) const PLAIN_PREFIX: &str = r"\\.\pipe\pipe-rpc.";
 
 const ERROR_FILE_NOT_FOUND: i32 = 2;
 const ERROR_PATH_NOT_FOUND: i32 = 3;
@@ -44,7 +47,15 @@ pub(crate) fn is_absolute_path_str(s: &str) -> bool {
 }
 
 pub(crate) fn plain_name_address(name: &str) -> PathBuf {
-    PathBuf::from(format!("{PIPE_PREFIX}{name}"))
+    PathBuf::from(format!("{PLAIN_PREFIX}{name}"))
+}
+
+/// The plain name whose address is the pipe `pipe` of the namespace (`pipe` without the
+/// `\\.\pipe\` part), if it is one: pipe names are case-insensitive.
+pub(crate) fn plain_name_of(pipe: &str) -> Option<&str> {
+    let prefix = &PLAIN_PREFIX[PIPE_PREFIX.len()..];
+    let head = pipe.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| &pipe[prefix.len()..]).filter(|name| !name.is_empty())
 }
 
 pub(crate) fn check_address(name: &PipeName, addr: &Path) -> Result<(), Error> {
@@ -819,7 +830,12 @@ mod tests {
 
     #[test]
     fn plain_names_map_to_local_pipes() {
-        assert_eq!(PipeName::new("abc").resolve().unwrap(), Path::new(r"\\.\pipe\abc"));
+        assert_eq!(PipeName::new("abc").resolve().unwrap(), Path::new(r"\\.\pipe\pipe-rpc.abc"));
+        assert_eq!(plain_name_of("pipe-rpc.abc"), Some("abc"));
+        assert_eq!(plain_name_of("PIPE-RPC.abc"), Some("abc"));
+        for other in ["abc", "pipe-rpc.", "pipe-rpc-child-1", "pipe-rpc"] {
+            assert_eq!(plain_name_of(other), None, "{other}");
+        }
     }
 
     #[test]
