@@ -663,7 +663,18 @@ where
         );
         let engine =
             crate::engine::Engine::<_, CallbackRouter, Req, Resp>::new(transport, settings, Some(caller), Some(callee));
-        Ok((shared, Box::pin(engine)))
+        // The connection's span, if wanted: the engine (and the callbacks it serves) runs in it.
+        let Some(span) = spans::client_connection(service.name, &shared.peer(), || shared.served()) else {
+            return Ok((shared, Box::pin(engine)));
+        };
+        let inner = span.span.clone();
+        let counted = shared.clone();
+        let engine = async move {
+            let ended = engine.await;
+            span.end(&ended, Some(counted.served()));
+            ended
+        };
+        Ok((shared, Box::pin(tracing::Instrument::instrument(engine, inner))))
     }
 
     /// A handle on an engine's calling half that has no connection of its own to close:
@@ -751,8 +762,8 @@ where
         }
         let (deadline, timeout) = Self::stream_deadline(options);
         let streams = Box::new(CallStreams { up: None, down: None, callback: Some(callback) });
-        let about = (spans::Kind::Call, self.shared.service, options.method);
-        CallFuture::new(&self.shared.calls, (body, deadline, timeout, Some(streams)), about).await
+        let about = (spans::Kind::Call, options.method);
+        CallFuture::new(&self.shared, (body, deadline, timeout, Some(streams)), about).await
     }
 
     /// Makes a one-way call: sends `body` and expects nothing back. Returns once the
@@ -767,7 +778,8 @@ where
     /// message in flight would be; a process that exits right after one-way calls should
     /// first wait for them with [`flush`](Self::flush).
     pub async fn oneway(&self, options: &CallOptions, body: Req) -> Result<(), RpcError> {
-        let trace = spans::client(spans::Kind::OneWay, self.shared.service, options.method, None, None);
+        let peer = || self.shared.peer();
+        let trace = spans::client(spans::Kind::OneWay, self.shared.service, options.method, None, None, peer);
         let sent = self.oneway_queued(options, body).await;
         if trace.is_some() {
             let error = sent.as_ref().err().map(|e| e as &dyn std::fmt::Display);
@@ -923,6 +935,12 @@ impl<Req, Resp> Shared<Req, Resp> {
         self.peer.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
+    /// Calls made and bytes moved so far, for a connection's span.
+    fn served(&self) -> spans::Served {
+        let (bytes_in, bytes_out) = self.counters.traffic();
+        (self.calls.lock().tally.started, bytes_in, bytes_out)
+    }
+
     fn new(registry: Arc<Registry>, peer: PeerInfo, config: ClientConfig, service: &'static str) -> Arc<Self> {
         Arc::new(Shared {
             service,
@@ -989,8 +1007,8 @@ impl<Req, Resp> Channel<Req, Resp> {
         // The engine enforces the deadline (one timer per connection, not one per call)
         // and always answers: with the response, an error, or `DeadlineExceeded`.
         let timeout = deadline.saturating_duration_since(now);
-        let about = (spans::Kind::Call, shared.service, options.method);
-        CallFuture::new(&shared.calls, (body, Some(deadline), timeout, None), about).await
+        let about = (spans::Kind::Call, options.method);
+        CallFuture::new(shared, (body, Some(deadline), timeout, None), about).await
     }
 
     /// A stream's deadline: the one the caller set, if any (streams have none by
@@ -1021,8 +1039,8 @@ impl<Req, Resp> Channel<Req, Resp> {
         self.streams_supported()?;
         let (deadline, timeout) = Self::stream_deadline(options);
         let streams = Box::new(CallStreams { up: Some(up), down: None, callback: None });
-        let about = (spans::Kind::Stream { up: true, down: false }, self.shared.service, options.method);
-        CallFuture::new(&self.shared.calls, (body, deadline, timeout, Some(streams)), about).await
+        let about = (spans::Kind::Stream { up: true, down: false }, options.method);
+        CallFuture::new(&self.shared, (body, deadline, timeout, Some(streams)), about).await
     }
 
     /// Starts a call whose handler streams items back (and, with `up`, takes a stream
@@ -1049,8 +1067,9 @@ impl<Req, Resp> Channel<Req, Resp> {
         // Nobody waits on the slot: the stream reads the inbox.
         let started = self.shared.calls.start(body, deadline, timeout, Some(streams), std::task::Waker::noop());
         let span_timeout = deadline.map(|_| timeout);
+        let id = started.as_ref().ok().copied();
         let mut trace =
-            spans::client(kind, self.shared.service, options.method, started.as_ref().ok().copied(), span_timeout);
+            spans::client(kind, self.shared.service, options.method, id, span_timeout, || self.shared.peer());
         let id = match started {
             Ok(id) => id,
             Err(e) => {
@@ -1153,22 +1172,18 @@ impl<Req, Resp> Channel<Req, Resp> {
 /// One call: starts on its first poll, then waits for the engine to fill its slot in.
 /// Dropped before that, it gives the slot up and the server is told to stop the handler.
 struct CallFuture<'a, Req, Resp> {
-    calls: &'a Calls<Req, Resp>,
+    shared: &'a Shared<Req, Resp>,
     start: Option<CallStart<Req, Resp>>,
     id: Option<u64>,
-    /// What its span says it is: the kind, the service and the method.
-    about: (spans::Kind, &'static str, &'static str),
+    /// What its span says it is: the kind and the method.
+    about: (spans::Kind, &'static str),
     /// Its span, once started, if one is wanted.
     trace: spans::Trace,
 }
 
 impl<'a, Req, Resp> CallFuture<'a, Req, Resp> {
-    fn new(
-        calls: &'a Calls<Req, Resp>,
-        start: CallStart<Req, Resp>,
-        about: (spans::Kind, &'static str, &'static str),
-    ) -> Self {
-        CallFuture { calls, start: Some(start), id: None, about, trace: spans::Trace::NONE }
+    fn new(shared: &'a Shared<Req, Resp>, start: CallStart<Req, Resp>, about: (spans::Kind, &'static str)) -> Self {
+        CallFuture { shared, start: Some(start), id: None, about, trace: spans::Trace::NONE }
     }
 }
 
@@ -1229,10 +1244,11 @@ impl<Req, Resp> Future for CallFuture<'_, Req, Resp> {
         let this = self.get_mut();
         if let Some((body, deadline, timeout, streams)) = this.start.take() {
             // Starting registers this waker too: one lock, and the next poll is the wake.
-            let started = this.calls.start(body, deadline, timeout, streams, cx.waker());
-            let (kind, service, method) = this.about;
-            this.trace =
-                spans::client(kind, service, method, started.as_ref().ok().copied(), deadline.map(|_| timeout));
+            let shared = this.shared;
+            let started = shared.calls.start(body, deadline, timeout, streams, cx.waker());
+            let (kind, method) = this.about;
+            let id = started.as_ref().ok().copied();
+            this.trace = spans::client(kind, shared.service, method, id, deadline.map(|_| timeout), || shared.peer());
             return match started {
                 Ok(id) => {
                     this.id = Some(id);
@@ -1245,7 +1261,7 @@ impl<Req, Resp> Future for CallFuture<'_, Req, Resp> {
             };
         }
         let id = this.id.expect("CallFuture polled after completion");
-        let done = this.calls.poll_done(id, cx);
+        let done = this.shared.calls.poll_done(id, cx);
         if let Poll::Ready(result) = &done {
             this.id = None;
             if this.trace.is_some() {
@@ -1260,7 +1276,7 @@ impl<Req, Resp> Future for CallFuture<'_, Req, Resp> {
 impl<Req, Resp> Drop for CallFuture<'_, Req, Resp> {
     fn drop(&mut self) {
         if let Some(id) = self.id {
-            self.calls.abandon(id, None);
+            self.shared.calls.abandon(id, None);
             std::mem::take(&mut self.trace).end(Outcome::Cancelled, None, None);
         }
     }

@@ -13,14 +13,16 @@
 //! | `rpc.call` | server | a call arrives (request-reply, or with a callback) | `service`, `method`, `id`, `peer_pid`, `peer_user`, `timeout_ms`; at the end `outcome`, `error`, `duration_us` |
 //! | `rpc.stream` | server | a call with a stream arrives (either way, or both) | those of `rpc.call`, `direction` (`down`, `up`, `both`), and at the end `items_out`, `bytes_out` (the handler's stream), `items_in`, `bytes_in` (the caller's) |
 //! | `rpc.oneway` | server | a one-way call arrives | `service`, `method`, `id`, `peer_pid`, `peer_user`; at the end `outcome`, `error`, `duration_us` |
-//! | `rpc.call` | client | a call is made | `service`, `method`, `id`, `timeout_ms`; at the end `outcome`, `error`, `duration_us` |
+//! | `rpc.connection` | client | a connection is through its handshake (the engine, and the callbacks it serves, run in it) | `service`, `peer_pid`, `peer_user` (the server's); at the end `outcome`, `error`, `calls` (made while it was the client's connection), `bytes_in`, `bytes_out`, `duration_us` |
+//! | `rpc.call` | client | a call is made | `service`, `method`, `id`, `peer_pid`, `peer_user`, `timeout_ms`; at the end `outcome`, `error`, `duration_us` |
 //! | `rpc.stream` | client | a call with a stream is made | those of `rpc.call`, `direction`; for a stream from the server, `items_in` and `bytes_in` at the end |
-//! | `rpc.oneway` | client | a one-way call is made (it ends once queued) | `service`, `method`; at the end `outcome`, `error` |
+//! | `rpc.oneway` | client | a one-way call is made (it ends once queued) | `service`, `method`, `peer_pid`, `peer_user`; at the end `outcome`, `error` |
 //!
 //! - `id` is the exchange's id on its connection (the handler's
 //!   [`Context::request_id`](crate::context::Context::request_id)); `peer_pid` and
-//!   `peer_user` (a uid on Unix, a SID on Windows) are what the OS reports of the caller, and
-//!   absent where it reports nothing (an in-memory pipe); `timeout_ms` is the deadline the
+//!   `peer_user` (a uid on Unix, a SID on Windows) are what the OS reports of the other end
+//!   (on a server the caller, on a client the server), and absent where it reports nothing
+//!   (an in-memory pipe; a client then shows the pid the server said in its handshake); `timeout_ms` is the deadline the
 //!   call arrived with (or was made with), absent for a stream without one.
 //! - `outcome` is `ok`, or how it failed: `bad_request`, `panicked`, `shutting_down`,
 //!   `overloaded`, `too_large`, `deadline_exceeded`, `internal`, `cancelled` (the caller gave
@@ -54,6 +56,7 @@ use tracing::field::Empty;
 use tracing::{Level, Span};
 
 use crate::access::PeerCredentials;
+use crate::client::PeerInfo;
 use crate::error::TransportError;
 use crate::stats::{Counters, Outcome};
 
@@ -222,7 +225,8 @@ fn open_server(c: ServerCall<'_>) -> Trace {
 }
 
 /// A client span for a call being made, if one is wanted: `id` is `None` for a call that
-/// failed before it had one, `timeout` `None` for a stream without a deadline.
+/// failed before it had one, `timeout` `None` for a stream without a deadline; `peer` says
+/// who serves the connection (read only if the span is wanted).
 #[inline]
 pub(crate) fn client(
     kind: Kind,
@@ -230,11 +234,12 @@ pub(crate) fn client(
     method: &'static str,
     id: Option<u64>,
     timeout: Option<Duration>,
+    peer: impl FnOnce() -> PeerInfo,
 ) -> Trace {
     if !wanted() {
         return Trace::NONE;
     }
-    open_client(kind, service, method, id, timeout)
+    open_client(kind, service, method, id, timeout, peer)
 }
 
 #[cold]
@@ -245,25 +250,29 @@ fn open_client(
     method: &'static str,
     id: Option<u64>,
     timeout: Option<Duration>,
+    peer: impl FnOnce() -> PeerInfo,
 ) -> Trace {
     let span = match kind {
         Kind::Call => tracing::span!(
             target: CLIENT, Level::DEBUG, "rpc.call",
-            service, method, id = Empty, timeout_ms = Empty, outcome = Empty, error = Empty, duration_us = Empty,
+            service, method, id = Empty, peer_pid = Empty, peer_user = Empty, timeout_ms = Empty,
+            outcome = Empty, error = Empty, duration_us = Empty,
         ),
         Kind::OneWay => tracing::span!(
             target: CLIENT, Level::DEBUG, "rpc.oneway",
-            service, method, outcome = Empty, error = Empty,
+            service, method, peer_pid = Empty, peer_user = Empty, outcome = Empty, error = Empty,
         ),
         Kind::Stream { .. } => tracing::span!(
             target: CLIENT, Level::DEBUG, "rpc.stream",
-            service, method, id = Empty, timeout_ms = Empty, direction = kind.direction(),
+            service, method, id = Empty, peer_pid = Empty, peer_user = Empty, timeout_ms = Empty,
+            direction = kind.direction(),
             outcome = Empty, error = Empty, duration_us = Empty, items_in = Empty, bytes_in = Empty,
         ),
     };
     if span.is_disabled() {
         return Trace::NONE;
     }
+    record_server(&span, &peer());
     if let Some(id) = id {
         span.record("id", id);
     }
@@ -273,11 +282,46 @@ fn open_client(
     Trace(Some(Box::new(Traced::new(span, Instant::now(), matches!(kind, Kind::Stream { .. })))))
 }
 
-/// A server connection's span: open from the moment the connection is accepted until it
-/// closes; the spans of its calls are its children.
+/// A connection's span: on a server, open from the moment the connection is accepted until
+/// it closes, the parent of its calls' spans; on a client, from its handshake to its end.
 pub(crate) struct Connection {
     pub(crate) span: Span,
     started: Instant,
+    /// What the counters said when it opened (a client's count across its connections).
+    base: (u64, u64, u64),
+}
+
+/// What a connection's span counts at its end: exchanges started, bytes in, bytes out.
+pub(crate) type Served = (u64, u64, u64);
+
+/// What `counters` say, as [`Served`] (exchanges from the counters themselves).
+pub(crate) fn served(counters: &Counters) -> Served {
+    let (bytes_in, bytes_out) = counters.traffic();
+    (counters.started_count(), bytes_in, bytes_out)
+}
+
+/// A client connection's span, just through its handshake with the server `peer`, if one
+/// is wanted; `now` is what the client has counted so far (across its connections, if it
+/// reconnects), so that the span counts this connection's.
+pub(crate) fn client_connection(
+    service: &'static str,
+    peer: &PeerInfo,
+    now: impl FnOnce() -> Served,
+) -> Option<Connection> {
+    if !wanted() {
+        return None;
+    }
+    let span = tracing::span!(
+        target: CLIENT, Level::DEBUG, "rpc.connection",
+        service, peer_pid = Empty, peer_user = Empty, outcome = Empty, error = Empty,
+        calls = Empty, bytes_in = Empty, bytes_out = Empty, duration_us = Empty,
+    );
+    if span.is_disabled() {
+        return None;
+    }
+    record_server(&span, peer);
+    OPENED.fetch_add(1, Ordering::Relaxed);
+    Some(Connection { span, started: Instant::now(), base: now() })
 }
 
 /// The span of a connection just accepted, if one is wanted.
@@ -295,13 +339,13 @@ pub(crate) fn connection(service: &'static str, peer: Option<&PeerCredentials>) 
     }
     record_peer(&span, peer);
     OPENED.fetch_add(1, Ordering::Relaxed);
-    Some(Connection { span, started: Instant::now() })
+    Some(Connection { span, started: Instant::now(), base: (0, 0, 0) })
 }
 
 impl Connection {
-    /// Records how the connection ended and closes its span: `served` is what its engine
-    /// counted (`None`: it never got through its handshake, so it was refused).
-    pub(crate) fn end(self, ended: &Result<(), TransportError>, served: Option<&Counters>) {
+    /// Records how the connection ended and closes its span: `served` is what was counted
+    /// by then (`None`: it never got through its handshake, so it was refused).
+    pub(crate) fn end(self, ended: &Result<(), TransportError>, served: Option<Served>) {
         let span = &self.span;
         let outcome = match (ended, served) {
             (Ok(()), _) => "ok",
@@ -312,11 +356,11 @@ impl Connection {
         if let Err(e) = ended {
             span.record("error", tracing::field::display(e));
         }
-        if let Some(c) = served {
-            let (bytes_in, bytes_out) = c.traffic();
-            span.record("calls", c.started_count());
-            span.record("bytes_in", bytes_in);
-            span.record("bytes_out", bytes_out);
+        if let Some((calls, bytes_in, bytes_out)) = served {
+            let (calls0, in0, out0) = self.base;
+            span.record("calls", calls.saturating_sub(calls0));
+            span.record("bytes_in", bytes_in.saturating_sub(in0));
+            span.record("bytes_out", bytes_out.saturating_sub(out0));
         }
         let micros = self.started.elapsed().as_micros();
         span.record("duration_us", u64::try_from(micros).unwrap_or(u64::MAX));
@@ -347,6 +391,15 @@ pub(crate) fn record_peer(span: &Span, peer: Option<&PeerCredentials>) {
             }
             (None, None) => {}
         }
+    }
+}
+
+/// The server of a client's connection: as the OS reports the pipe's peer, else the pid it
+/// said in the handshake.
+fn record_server(span: &Span, peer: &PeerInfo) {
+    record_peer(span, peer.server.as_ref());
+    if peer.server.as_ref().and_then(|c| c.pid).is_none() && peer.server_pid != 0 {
+        span.record("peer_pid", peer.server_pid);
     }
 }
 

@@ -298,6 +298,14 @@ fn each_exchange_has_a_span_on_each_end_with_its_outcome_and_duration() {
         // The client leaves, and the server's connection (and its span) ends.
         drop(client);
         serving.await.unwrap();
+        // The client's engine records its connection's end in its own task: wait for it.
+        while !capture
+            .spans()
+            .iter()
+            .any(|s| s.target == rpc_core::spans::CLIENT && s.name == "rpc.connection" && s.closed)
+        {
+            tokio::task::yield_now().await;
+        }
     }));
     const S: &str = rpc_core::spans::SERVER;
     const C: &str = rpc_core::spans::CLIENT;
@@ -309,10 +317,17 @@ fn each_exchange_has_a_span_on_each_end_with_its_outcome_and_duration() {
         all.iter().filter(|s| s.target == target && s.name.starts_with("rpc.") && s.name != "rpc.connection").count()
     };
     assert_eq!((on(S), on(C)), (13, 13), "{all:#?}");
-    // And the server's connection has one, with every exchange counted.
-    let conn: Vec<_> = all.iter().filter(|s| s.name == "rpc.connection").collect();
-    assert_eq!(conn.len(), 1, "{conn:#?}");
-    assert_eq!(conn[0].fields["calls"], "13", "{conn:?}");
+    // And each end's connection has one, with every exchange counted, and the client's
+    // names its server (in memory: the pid it said in the handshake, ours).
+    for target in [S, C] {
+        let conn: Vec<_> = all.iter().filter(|s| s.target == target && s.name == "rpc.connection").collect();
+        assert_eq!(conn.len(), 1, "{target}: {conn:#?}");
+        assert_eq!((conn[0].fields["calls"].as_str(), conn[0].fields["outcome"].as_str()), ("13", "ok"), "{conn:?}");
+    }
+    let pid = std::process::id().to_string();
+    for s in all.iter().filter(|s| s.target == C) {
+        assert_eq!(s.fields.get("peer_pid"), Some(&pid), "{s:?}");
+    }
     for s in all.iter().filter(|s| s.target == S || s.target == C) {
         assert_eq!(s.fields["service"], "Obs", "{s:?}");
         assert!(s.fields.contains_key("outcome"), "{s:?}");
@@ -392,23 +407,35 @@ fn a_server_span_names_the_peer_the_os_reports() {
         while stats.get().connections_open != 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        // And the client's engine records its connection's end in its own task.
+        while !capture
+            .spans()
+            .iter()
+            .any(|s| s.target == rpc_core::spans::CLIENT && s.name == "rpc.connection" && s.closed)
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         shutdown.shutdown();
         running.await.unwrap().unwrap();
     }));
     let served = capture.one(rpc_core::spans::SERVER, "rpc.call", "add");
     // The client is this process: the server sees its pid and user.
-    assert_eq!(served.fields["peer_pid"], std::process::id().to_string(), "{served:?}");
+    let pid = std::process::id().to_string();
+    assert_eq!(served.fields["peer_pid"], pid, "{served:?}");
     let me = rpc_core::PeerCredentials::current_process();
     let user = me.uid.map(|u| u.to_string()).or_else(|| me.sid.map(|s| s.to_string())).expect("a user");
     assert_eq!(served.fields["peer_user"], user, "{served:?}");
-    // The connection's span: the same peer, its one call, closed as `ok` (the client left).
-    let conns: Vec<SpanRec> = capture.spans().into_iter().filter(|s| s.name == "rpc.connection").collect();
-    assert_eq!(conns.len(), 1, "{conns:#?}");
-    let conn = &conns[0].fields;
-    assert_eq!(
-        (conn["peer_pid"].as_str(), conn["peer_user"].as_str()),
-        (served.fields["peer_pid"].as_str(), user.as_str())
-    );
-    assert_eq!((conn["outcome"].as_str(), conn["calls"].as_str()), ("ok", "1"), "{conn:?}");
-    assert!(conn["bytes_in"].parse::<u64>().unwrap() > 0 && conns[0].closed, "{conn:?}");
+    // Each end's connection span: the same peer (the server is this process too), its one
+    // call, closed as `ok` (the client left); the client's call span names its server.
+    let made = capture.one(rpc_core::spans::CLIENT, "rpc.call", "add");
+    assert_eq!((made.fields["peer_pid"].as_str(), made.fields["peer_user"].as_str()), (pid.as_str(), user.as_str()));
+    for target in [rpc_core::spans::SERVER, rpc_core::spans::CLIENT] {
+        let conns: Vec<SpanRec> =
+            capture.spans().into_iter().filter(|s| s.target == target && s.name == "rpc.connection").collect();
+        assert_eq!(conns.len(), 1, "{target}: {conns:#?}");
+        let conn = &conns[0].fields;
+        assert_eq!((conn["peer_pid"].as_str(), conn["peer_user"].as_str()), (pid.as_str(), user.as_str()));
+        assert_eq!((conn["outcome"].as_str(), conn["calls"].as_str()), ("ok", "1"), "{conn:?}");
+        assert!(conn["bytes_in"].parse::<u64>().unwrap() > 0 && conns[0].closed, "{conn:?}");
+    }
 }

@@ -173,16 +173,17 @@ fn with_no_subscriber_or_one_at_info_spans_allocate_nothing_and_are_never_reache
         reached,
         [
             ("rpc_core::client".to_owned(), "rpc.call"),
+            ("rpc_core::client".to_owned(), "rpc.connection"),
             ("rpc_core::server".to_owned(), "rpc.call"),
             ("rpc_core::server".to_owned(), "rpc.connection")
         ],
-        "the callsites of a call's spans and of its connection's"
+        "the callsites of a call's spans and of its connections'"
     );
     // Three connections of 400 calls.
     assert_eq!(
         debug.spans.load(Ordering::Relaxed),
-        2 * 1200 + 3,
-        "two spans per call (one per end), one per connection"
+        2 * 1200 + 2 * 3,
+        "two spans per call and per connection (one per end)"
     );
-    assert_eq!(opened(), 2 * 1200 + 3);
+    assert_eq!(opened(), 2 * 1200 + 2 * 3);
 }

@@ -77,7 +77,7 @@ where
     };
     let mut served = None;
     let ended = tracing::Instrument::instrument(serve_inner(io, conn, admit, &mut served), trace.span.clone()).await;
-    trace.end(&ended, served.as_deref());
+    trace.end(&ended, served.as_deref().map(spans::served));
     ended
 }
 
