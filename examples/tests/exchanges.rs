@@ -1,5 +1,6 @@
 //! The streaming and one-way examples as real processes, judged by their output:
-//! `push-lines`, `wq watch` / `wq log`, `file-transfer` and `pubsub --demo`.
+//! `push-lines`, `wq watch` / `wq log`, `file-transfer`, `pubsub --demo`, and `evolution`
+//! (a client of an older trait version).
 //!
 //! Like `smoke.rs`: portable (they also run under wine), no signals (servers stop through
 //! their stdin, followers are killed only to simulate a crash), no sleeps: every step waits
@@ -18,6 +19,7 @@ const WQ: &str = env!("CARGO_BIN_EXE_wq");
 const WQ_SERVER: &str = env!("CARGO_BIN_EXE_work-queue-server");
 const FILE_TRANSFER: &str = env!("CARGO_BIN_EXE_file-transfer");
 const PUBSUB: &str = env!("CARGO_BIN_EXE_pubsub");
+const EVOLUTION: &str = env!("CARGO_BIN_EXE_evolution");
 
 /// Longest wait for any one line, and longest any short-lived process may run.
 const WATCHDOG: Duration = Duration::from_secs(60);
@@ -466,4 +468,29 @@ fn pubsub_demo_runs_every_party_as_a_process_and_each_subscriber_gets_its_topics
     ] {
         demo.assert_stdout(text);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// evolution
+
+/// A version-1 client of a version-2 server: the methods both have work though every one
+/// sits at another place (and a stream's items at another again), the removed and the
+/// changed one are refused by name. (The server serves until Ctrl-C: it is killed when the
+/// test is done with it.)
+#[test]
+fn evolution_a_v1_client_calls_moved_methods_and_is_refused_by_name_for_removed_and_changed_ones() {
+    let pipe = unique_pipe("evolution");
+    let mut server = Proc::start(EVOLUTION, &["--serve", &pipe]);
+    let first = server.next_stdout();
+    assert!(first.starts_with(&format!("listening on {pipe}")), "{first}");
+    let client = run(EVOLUTION, &["--v1", &pipe]);
+    client
+        .assert_code(0)
+        .assert_stdout("add: ok (3 bolts)")
+        .assert_stdout("count: ok (3 bolts)")
+        .assert_stdout("restock: ok (2 items added)")
+        .assert_stdout("events: ok (bolts +3 = 3; nuts +10 = 10; bolts +2 = 5)")
+        .assert_stdout("price: refused: `price` cannot be called on this server: the server does not have this method")
+        .assert_stdout("list: refused: `list` cannot be called on this server: the server's version of this method has other types");
+    server.kill();
 }
