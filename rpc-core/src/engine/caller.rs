@@ -16,9 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
-
-use super::calls::{CallStreams, CloseRequest, OutCall, Queued, Table, TakenStreams, index};
+use super::calls::{CallStreams, CloseRequest, EncodedOneWay, OutCall, Queued, Table, TakenStreams, index};
 use super::streams::{Ctl, Inbox, OutStream, Pieces, StreamControl};
 use crate::client::Shared;
 use crate::deadlines::{DeadlineQueue, IdHasher, IdMap};
@@ -63,7 +61,7 @@ pub(crate) struct Caller<Req, Resp> {
     /// The callee's admission limit.
     window: usize,
     /// Encoded one-way calls taken from the table, at most as many as `credit` admits.
-    oneways: VecDeque<Bytes>,
+    oneways: VecDeque<EncodedOneWay>,
     /// One-way calls the callee admits now (its window, replenished by credit frames).
     credit: u64,
     /// One-way calls handed to the pipe, and how many of those were announced as flushed.
@@ -487,7 +485,7 @@ pub(crate) enum Next<Req> {
     Cancel(u64),
     DownCredit(u64, u32),
     /// Encoded by its caller.
-    OneWay(Bytes),
+    OneWay(EncodedOneWay),
     Call(OutCall<Req>),
 }
 

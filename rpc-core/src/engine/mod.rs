@@ -572,8 +572,11 @@ where
         Ok(())
     }
 
-    fn write_encoded(&mut self, bytes: Bytes) -> Result<(), TransportError> {
-        self.outbox.push_encoded(bytes);
+    fn write_encoded(&mut self, frame: calls::EncodedOneWay) -> Result<(), TransportError> {
+        match frame {
+            calls::EncodedOneWay::Heap(bytes) => self.outbox.push_encoded(bytes),
+            inline => self.outbox.push_encoded_slice(inline.as_slice()),
+        }
         self.needs_flush = true;
         Ok(())
     }
