@@ -329,6 +329,17 @@ impl<Req, Resp> Caller<Req, Resp> {
         CallerPass { progress, close }
     }
 
+    /// The next one-way call, if the callee has credit for it and no control frame waits
+    /// (those go first, see [`next`](Self::next)).
+    pub(crate) fn next_oneway(&mut self) -> Option<EncodedOneWay> {
+        if self.credit == 0 || !self.control.is_empty() {
+            return None;
+        }
+        let frame = self.oneways.pop_front()?;
+        self.credit -= 1;
+        Some(frame)
+    }
+
     /// The next frame to write: control (cancels, credits), else a one-way call the callee
     /// has credit for, else a call if the window has room.
     pub(crate) fn next(&mut self) -> Option<Next<Req>> {
@@ -340,10 +351,7 @@ impl<Req, Resp> Caller<Req, Resp> {
                 other => return Some(other),
             }
         }
-        if self.credit > 0
-            && let Some(frame) = self.oneways.pop_front()
-        {
-            self.credit -= 1;
+        if let Some(frame) = self.next_oneway() {
             return Some(Next::OneWay(frame));
         }
         while self.on_wire < self.window {

@@ -527,9 +527,22 @@ where
             Pending::Answer(Answer::UpStop { id }) => (id, Frame::UpStop { id }),
             Pending::Call(caller::Next::Cancel(id)) => (id, Frame::Cancel { id }),
             Pending::Call(caller::Next::DownCredit(id, grant)) => (id, Frame::DownCredit { id, grant }),
-            Pending::Call(caller::Next::OneWay(bytes)) => {
-                self.write_encoded(bytes)?;
-                self.caller.as_mut().expect("only the calling half writes one-way calls").on_oneway_written();
+            Pending::Call(caller::Next::OneWay(frame)) => {
+                self.write_encoded(frame)?;
+                let caller = self.caller.as_mut().expect("only the calling half writes one-way calls");
+                caller.on_oneway_written();
+                // The one-way calls queued behind it join the same batch while it has room,
+                // without a trip each through the write loop (which would pick them next
+                // anyway: nothing else is produced while it runs).
+                while self.outbox.has_room()
+                    && let Some(frame) = caller.next_oneway()
+                {
+                    match frame {
+                        calls::EncodedOneWay::Heap(bytes) => self.outbox.push_encoded(bytes),
+                        inline => self.outbox.push_encoded_slice(inline.as_slice()),
+                    }
+                    caller.on_oneway_written();
+                }
                 return Ok(());
             }
             Pending::Call(caller::Next::Call(call)) => {
