@@ -65,6 +65,11 @@ const READ_BATCH: usize = 32;
 /// size keeps a reply that arrives among them from waiting behind a megabyte of decoding.
 const READ_BUDGET: usize = READ_BATCH * CALL_COST;
 const CALL_COST: usize = 16;
+/// A one-way call costs half a call: nothing of it is written back but one credit frame per
+/// pass, so a pass takes 64 of them and the per-pass work (the serving half's checks, the
+/// write and the flush) is spread over twice as many. The credit they free still goes back
+/// at least twice per default window of 128 (`ServerConfig::max_oneway_per_connection`).
+const ONEWAY_COST: usize = CALL_COST / 2;
 const BYTES_PER_UNIT: usize = 512;
 /// Passes per poll before yielding, so one busy connection cannot starve other tasks.
 const ROUNDS: usize = 16;
@@ -349,7 +354,8 @@ where
     /// cost of the pass's [`READ_BUDGET`].
     fn on_frame(&mut self, inbound: InFrame<S::Request, Resp>, cx: &mut Context<'_>) -> Result<usize, TransportError> {
         let cost = match inbound.frame {
-            Ok(Frame::Call { .. } | Frame::OneWay { .. }) => CALL_COST,
+            Ok(Frame::Call { .. }) => CALL_COST,
+            Ok(Frame::OneWay { .. }) => ONEWAY_COST,
             _ => frame_cost(inbound.len),
         };
         self.on_frame_inner(inbound, cx)?;
@@ -669,7 +675,7 @@ where
             let cost = match self.next_batched() {
                 Some(Ok(Batched::Frame(frame))) => self.on_frame(frame, cx),
                 Some(Ok(Batched::Item(cost))) => Ok(cost),
-                Some(Ok(Batched::OneWay(id, body))) => self.one_way(id, body, cx).map(|()| CALL_COST),
+                Some(Ok(Batched::OneWay(id, body))) => self.one_way(id, body, cx).map(|()| ONEWAY_COST),
                 Some(Err(_)) => break,
                 None => match self.transport.as_mut().poll_next(cx) {
                     Poll::Ready(Some(Ok(message))) => {
@@ -764,7 +770,7 @@ where
             let cost = match self.next_batched() {
                 Some(Ok(Batched::Frame(frame))) => self.on_frame(frame, cx),
                 Some(Ok(Batched::Item(cost))) => Ok(cost),
-                Some(Ok(Batched::OneWay(id, body))) => self.one_way(id, body, cx).map(|()| CALL_COST),
+                Some(Ok(Batched::OneWay(id, body))) => self.one_way(id, body, cx).map(|()| ONEWAY_COST),
                 Some(Err(e)) => Err(e),
                 None => match self.transport.as_mut().poll_next(cx) {
                     Poll::Ready(Some(Ok(message))) => {
