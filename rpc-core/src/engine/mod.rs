@@ -470,7 +470,9 @@ where
 
     /// A one-way call arrived (after the open runs, which it must follow).
     fn one_way(&mut self, id: u64, body: S::Request, cx: &mut Context<'_>) -> Result<(), TransportError> {
-        self.hand_over_runs()?;
+        if self.down_run.is_open() || self.up_run.is_open() {
+            self.hand_over_runs()?;
+        }
         let peer = self.peer;
         self.callee("a one-way call")?
             .on_oneway(id, body, cx)
