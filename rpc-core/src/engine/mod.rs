@@ -67,8 +67,10 @@ const READ_BUDGET: usize = READ_BATCH * CALL_COST;
 const CALL_COST: usize = 16;
 /// A one-way call costs half a call: nothing of it is written back but one credit frame per
 /// pass, so a pass takes 64 of them and the per-pass work (the serving half's checks, the
-/// write and the flush) is spread over twice as many. The credit they free still goes back
-/// at least twice per default window of 128 (`ServerConfig::max_oneway_per_connection`).
+/// write and the flush) is spread over twice as many. The credit they free goes back eight
+/// times per default window of 512 (`ServerConfig::max_oneway_per_connection`); with a
+/// window of 128 (the old default) returning it half as often cost more in waiting than it
+/// saved.
 const ONEWAY_COST: usize = CALL_COST / 2;
 const BYTES_PER_UNIT: usize = 512;
 /// Passes per poll before yielding, so one busy connection cannot starve other tasks.
