@@ -12,7 +12,7 @@ use futures::stream::BoxStream;
 
 use crate::access::{PeerCredentials, ServerIdentity};
 use crate::callback::{CallbackLink, CallbackRouter, Registry};
-use crate::engine::calls::{CallStreams, Calls, CloseRequest};
+use crate::engine::calls::{CallStreams, Calls, CloseRequest, EncodedOneWay};
 use crate::engine::streams::{Inbox, Remote, StreamControl};
 use crate::stream::RpcStream;
 
@@ -33,7 +33,6 @@ use crate::error::{Direction, RpcError, TransportError};
 use crate::service::ServiceId;
 use crate::spans;
 use crate::stats::Outcome;
-use bytes::Bytes;
 
 /// Client settings. Start from `ClientConfig::default()` and change fields.
 ///
@@ -791,14 +790,15 @@ where
     /// [`oneway`](Self::oneway) without its span.
     async fn oneway_queued(&self, options: &CallOptions, body: Req) -> Result<(), RpcError> {
         let shared = &*self.shared;
-        let peer = shared.peer();
+        // What encoding needs, not a copy of the whole `PeerInfo` (its credentials included).
+        let (capabilities, codec, max_message) = shared.peer_with(|p| (p.capabilities, p.codec, p.max_message));
         // Failures before the call reaches the queue are counted here; the queue counts
         // the rest.
         let refused = |e: RpcError| {
             shared.calls.lock().tally.oneway_failed(Outcome::of_error(&e));
             e
         };
-        if peer.capabilities & crate::wire::caps::ONEWAY == 0 {
+        if capabilities & crate::wire::caps::ONEWAY == 0 {
             let detail = "the server does not accept one-way calls (it did not announce the capability)".into();
             return Err(refused(TransportError::Incompatible { detail }.into()));
         }
@@ -809,13 +809,13 @@ where
         let encoded = ONEWAY_SCRATCH.with(|buf| {
             let mut buf = buf.borrow_mut();
             buf.clear();
-            frame.encode_append(peer.codec, peer.max_message, &mut buf).map(|placed| match placed {
+            frame.encode_append(codec, max_message, &mut buf).map(|placed| match placed {
                 // Copied out in one allocation of its own size: splitting it off the
                 // scratch buffer would leave that buffer shared with the queued frame, and
                 // the next call's encoding would reallocate (and copy) it every time
                 // (callgrind: about a third of a one-way call's client-side instructions).
-                Placed::Appended(_) => Bytes::copy_from_slice(&buf),
-                Placed::Separate(bytes) => bytes,
+                Placed::Appended(_) => EncodedOneWay::copy_from(&buf),
+                Placed::Separate(bytes) => EncodedOneWay::Heap(bytes),
             })
         });
         let frame = encoded.map_err(|e| match e {
@@ -932,7 +932,12 @@ impl<Req, Resp> Shared<Req, Resp> {
 
     /// What the server announced in the handshake of the current connection.
     pub(crate) fn peer(&self) -> PeerInfo {
-        self.peer.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.peer_with(PeerInfo::clone)
+    }
+
+    /// `f` of what the server said in the handshake, read in place.
+    pub(crate) fn peer_with<R>(&self, f: impl FnOnce(&PeerInfo) -> R) -> R {
+        f(&self.peer.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Calls made and bytes moved so far, for a connection's span.

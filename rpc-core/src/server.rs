@@ -77,7 +77,9 @@ pub struct ServerConfig {
     pub max_in_flight_per_connection: usize,
     /// One-way calls one connection may have running at once: the credit the client is
     /// granted in the handshake and given back as each finishes. A client at its credit
-    /// holds further one-way calls back. Default: 128.
+    /// holds further one-way calls back. Default: 512: the credit goes back once per read
+    /// pass of the server, through a write and two wake-ups, and a client sending as fast
+    /// as it can waited for it at 128 (16 B one-way calls: 4.1 M/s at 128, 5.3 M/s at 512).
     pub max_oneway_per_connection: usize,
     /// Connections served at once, counted from the end of their handshake (connections
     /// still in it have their own limit, [`max_handshaking`](Self::max_handshaking), so
@@ -152,7 +154,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_in_flight_per_connection: 128,
-            max_oneway_per_connection: 128,
+            max_oneway_per_connection: 512,
             max_connections: 256,
             max_handshaking: 64,
             frame_read_timeout: Duration::from_secs(30),

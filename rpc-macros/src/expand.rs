@@ -454,11 +454,20 @@ impl<'a> ServiceGenerator<'a> {
                     };
                     let item_arm = m.upload.as_ref().map(|(_, _, iv)| {
                         let name = &m.def.name;
-                        quote!(#cfgs #request::#iv(_) => #private::Reply::Error(#private::not_a_call(#name)),)
+                        quote! {
+                            #cfgs #request::#iv(_) => #private::std::boxed::Box::pin(
+                                #private::std::future::ready(#private::Reply::Error(#private::not_a_call(#name)))
+                            ),
+                        }
                     });
+                    // Each method's future is boxed on its own, so a call allocates (and
+                    // moves) only its own method's state, not room for the largest method's.
                     quote! {
                         #attrs
-                        #request::#variant { #(#wire_args),* } => { #take_up #reply }
+                        #request::#variant { #(#wire_args),* } => {
+                            #take_up
+                            #private::std::boxed::Box::pin(async move { #reply })
+                        }
                         #item_arm
                     }
                 })
@@ -470,9 +479,7 @@ impl<'a> ServiceGenerator<'a> {
                 let #svc = ::core::clone::Clone::clone(&self.inner);
                 #[allow(unused_mut)]
                 let mut #streams = #streams;
-                #private::std::boxed::Box::pin(async move {
-                    match #req { #(#arms)* }
-                })
+                match #req { #(#arms)* }
             }
         };
         let methods = self.method_infos();

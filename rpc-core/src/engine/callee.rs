@@ -28,7 +28,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::callback::CallbackLink;
 use crate::client::Channel;
 use crate::codec::Codec;
-use crate::context::{self, Context as CallContext};
+use crate::context::{self, ConnContext, Current as CallContext};
 use crate::deadlines::{DeadlineQueue, IdMap, deadline_after};
 use crate::error::{RpcError, ServerError, ServerErrorKind, fmt_duration, panic_message};
 use crate::server::ServerConfig;
@@ -170,6 +170,8 @@ pub(crate) struct Callee<S: Service> {
     peer: Option<PeerCredentials>,
     /// Work the handlers handed off (`context::spawn`, `context::spawn_blocking`).
     work: Arc<context::CallWork>,
+    /// The peer and `work`, as every handler's context shares them.
+    conn: Arc<ConnContext>,
     /// This connection's counters (see `crate::stats`): every exchange that starts here is
     /// counted as started once and as ended once.
     counters: Arc<Counters>,
@@ -198,7 +200,9 @@ impl<S: Service> Callee<S> {
         counters: Arc<Counters>,
     ) -> Self {
         let config_in_flight = config.max_in_flight_per_connection.max(1);
+        let work = Arc::new(context::CallWork::new(config_in_flight));
         Callee {
+            conn: Arc::new(ConnContext { peer, work: work.clone() }),
             peer,
             service,
             config,
@@ -221,7 +225,7 @@ impl<S: Service> Callee<S> {
             ctl_taken: Vec::new(),
             limits,
             callbacks: None,
-            work: Arc::new(context::CallWork::new(config_in_flight)),
+            work,
             counters,
             replies_traced: IdMap::default(),
         }
@@ -376,11 +380,12 @@ impl<S: Service> Callee<S> {
         self.counters.started_oneway();
         let trace = self.trace(spans::Kind::OneWay, method, id, None);
         let ctx = CallContext {
-            deadline: deadline_after(started, timeout).into_std(),
+            since: started,
+            wait: timeout,
             request_id: id,
             method,
-            peer: self.peer,
-            work: None,
+            conn: self.conn.clone(),
+            tracked: false,
         };
         let mut call = self.service.call(body, CallStreams::none());
         // Always polled inline, even for a method marked long-running: that is what starts
@@ -463,11 +468,12 @@ impl<S: Service> Callee<S> {
         let mut trace = self.trace(kind, method, id, timeout);
         // The context always has a deadline: for a stream without one, the far future.
         let ctx = CallContext {
-            deadline: deadline.unwrap_or_else(|| started + NO_DEADLINE).into_std(),
+            since: started,
+            wait: timeout.unwrap_or(NO_DEADLINE),
             request_id: id,
             method,
-            peer: self.peer,
-            work: Some(self.work.clone()),
+            conn: self.conn.clone(),
+            tracked: true,
         };
         let mut streams = CallStreams::none();
         if shape.callback {
@@ -531,7 +537,8 @@ impl<S: Service> Callee<S> {
         drop(entered);
         let now = Instant::now();
         self.clock = Some(now);
-        if now.saturating_duration_since(started) > HEAVY {
+        // An addition and a comparison: cheaper than the subtraction of two instants.
+        if started.checked_add(HEAVY).is_some_and(|limit| now > limit) {
             self.heavy.insert(ctx.method);
         }
         match first {

@@ -16,9 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
-
-use super::calls::{CallStreams, CloseRequest, OutCall, Queued, Table, TakenStreams, index};
+use super::calls::{CallStreams, CloseRequest, EncodedOneWay, OutCall, Queued, Table, TakenStreams, index};
 use super::streams::{Ctl, Inbox, OutStream, Pieces, StreamControl};
 use crate::client::Shared;
 use crate::deadlines::{DeadlineQueue, IdHasher, IdMap};
@@ -63,7 +61,7 @@ pub(crate) struct Caller<Req, Resp> {
     /// The callee's admission limit.
     window: usize,
     /// Encoded one-way calls taken from the table, at most as many as `credit` admits.
-    oneways: VecDeque<Bytes>,
+    oneways: VecDeque<EncodedOneWay>,
     /// One-way calls the callee admits now (its window, replenished by credit frames).
     credit: u64,
     /// One-way calls handed to the pipe, and how many of those were announced as flushed.
@@ -331,6 +329,17 @@ impl<Req, Resp> Caller<Req, Resp> {
         CallerPass { progress, close }
     }
 
+    /// The next one-way call, if the callee has credit for it and no control frame waits
+    /// (those go first, see [`next`](Self::next)).
+    pub(crate) fn next_oneway(&mut self) -> Option<EncodedOneWay> {
+        if self.credit == 0 || !self.control.is_empty() {
+            return None;
+        }
+        let frame = self.oneways.pop_front()?;
+        self.credit -= 1;
+        Some(frame)
+    }
+
     /// The next frame to write: control (cancels, credits), else a one-way call the callee
     /// has credit for, else a call if the window has room.
     pub(crate) fn next(&mut self) -> Option<Next<Req>> {
@@ -342,10 +351,7 @@ impl<Req, Resp> Caller<Req, Resp> {
                 other => return Some(other),
             }
         }
-        if self.credit > 0
-            && let Some(frame) = self.oneways.pop_front()
-        {
-            self.credit -= 1;
+        if let Some(frame) = self.next_oneway() {
             return Some(Next::OneWay(frame));
         }
         while self.on_wire < self.window {
@@ -487,7 +493,7 @@ pub(crate) enum Next<Req> {
     Cancel(u64),
     DownCredit(u64, u32),
     /// Encoded by its caller.
-    OneWay(Bytes),
+    OneWay(EncodedOneWay),
     Call(OutCall<Req>),
 }
 

@@ -31,6 +31,40 @@ use crate::deadlines::DeadlineQueue;
 use crate::error::{RpcError, TransportError};
 use crate::stats::{Outcome, Tally};
 
+/// A one-way call as its caller encoded it. One of up to [`EncodedOneWay::INLINE`] bytes (a
+/// call with a few small arguments) is kept inline, so queuing it, taking it and writing it
+/// allocate nothing: with a `Bytes` each, the allocation and its release were about a sixth
+/// of a one-way call's client-side instructions (callgrind).
+#[derive(Clone)]
+pub(crate) enum EncodedOneWay {
+    Inline { len: u8, bytes: [u8; EncodedOneWay::INLINE] },
+    Heap(Bytes),
+}
+
+impl EncodedOneWay {
+    /// The largest frame kept inline (the enum is then 64 bytes).
+    pub(crate) const INLINE: usize = 62;
+
+    /// `frame`, inline if it fits, else copied out in one allocation of its own size.
+    pub(crate) fn copy_from(frame: &[u8]) -> Self {
+        match u8::try_from(frame.len()) {
+            Ok(len) if frame.len() <= Self::INLINE => {
+                let mut bytes = [0; Self::INLINE];
+                bytes[..frame.len()].copy_from_slice(frame);
+                EncodedOneWay::Inline { len, bytes }
+            }
+            _ => EncodedOneWay::Heap(Bytes::copy_from_slice(frame)),
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            EncodedOneWay::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            EncodedOneWay::Heap(bytes) => bytes,
+        }
+    }
+}
+
 /// The shared half of a connection's outgoing calls: the table plus the engine's waker.
 pub(crate) struct Calls<Req, Resp> {
     table: Mutex<Table<Req, Resp>>,
@@ -60,7 +94,7 @@ pub(crate) struct Table<Req, Resp> {
     closed: Option<RpcError>,
     close: CloseRequest,
     /// One-way calls, already encoded by their callers, in the order they were made.
-    oneways: VecDeque<Bytes>,
+    oneways: VecDeque<EncodedOneWay>,
     /// Callers waiting for room in `oneways`.
     room: Vec<Waker>,
     /// One-way calls ever queued (for `Channel::flush`).
@@ -314,7 +348,7 @@ impl<Req, Resp> Calls<Req, Resp> {
     /// to be woken when there is room. `Ready(Err)` once the connection cannot send.
     pub(crate) fn poll_push_oneway(
         &self,
-        frame: &mut Option<Bytes>,
+        frame: &mut Option<EncodedOneWay>,
         max: usize,
         waker: &Waker,
     ) -> Poll<Result<(), RpcError>> {
@@ -437,9 +471,20 @@ impl<Req, Resp> Table<Req, Resp> {
     }
 
     /// Takes up to `n` one-way calls, in order, and wakes callers waiting for room.
-    pub(crate) fn take_oneways(&mut self, n: usize, into: &mut VecDeque<Bytes>, wakers: &mut Vec<Waker>) -> bool {
+    pub(crate) fn take_oneways(
+        &mut self,
+        n: usize,
+        into: &mut VecDeque<EncodedOneWay>,
+        wakers: &mut Vec<Waker>,
+    ) -> bool {
         let n = n.min(self.oneways.len());
-        into.extend(self.oneways.drain(..n));
+        if into.is_empty() && n == self.oneways.len() {
+            // All of them, into an empty queue (the usual case): the two queues trade
+            // places instead of each call's entry being moved.
+            std::mem::swap(into, &mut self.oneways);
+        } else {
+            into.extend(self.oneways.drain(..n));
+        }
         if n > 0 {
             wakers.append(&mut self.room);
         }
@@ -469,7 +514,7 @@ impl<Req, Resp> Table<Req, Resp> {
     pub(crate) fn detach(
         &mut self,
         requeue: Vec<Queued<Req, Resp>>,
-        oneways: VecDeque<Bytes>,
+        oneways: VecDeque<EncodedOneWay>,
         lost: &RpcError,
         wakers: &mut Vec<Waker>,
     ) -> Vec<Queued<Req, Resp>> {

@@ -171,8 +171,17 @@ impl Outbox {
             self.push_alone(bytes);
             return;
         }
+        self.push_encoded_slice(&bytes);
+    }
+
+    /// Adds a small frame encoded elsewhere, copying it.
+    pub(crate) fn push_encoded_slice(&mut self, bytes: &[u8]) {
+        if !self.batching {
+            self.push_alone(Bytes::copy_from_slice(bytes));
+            return;
+        }
         let entry = self.begin_entry();
-        self.buf.extend_from_slice(&bytes);
+        self.buf.extend_from_slice(bytes);
         self.end_entry(entry, bytes.len());
     }
 
