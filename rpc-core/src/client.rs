@@ -983,7 +983,8 @@ impl PeerInfo {
 impl<Req, Resp> Channel<Req, Resp> {
     /// Whether `method` may be called on the current connection: with service evolution in
     /// force ([`crate::evolution`]), [`RpcError::Incompatible`] for a method the server
-    /// said it lacks, changed, or has at a place it cannot translate. Generated client methods call it before sending.
+    /// said it lacks, changed, or has at a place it cannot translate. Generated client
+    /// methods call it before sending.
     #[doc(hidden)]
     pub fn check_method(&self, method: &'static str) -> Result<(), RpcError> {
         let shared = &*self.shared;

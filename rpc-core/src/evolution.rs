@@ -264,19 +264,20 @@ pub(crate) fn answer(
 ) -> (Vec<MethodStatus>, Option<VariantMap>) {
     // Request variant `i` is method `i`'s call; the item variants of the methods that take a
     // stream follow, in order. Response variant `i` is method `i`'s.
-    let item_places = |uploads: &mut dyn Iterator<Item = bool>, n: usize| -> Vec<Option<usize>> {
-        let mut next = n;
+    fn item_places(uploads: impl ExactSizeIterator<Item = bool>) -> Vec<Option<usize>> {
+        let mut next = uploads.len();
         uploads
             .map(|up| {
                 up.then(|| {
+                    let at = next;
                     next += 1;
-                    next - 1
+                    at
                 })
             })
             .collect()
-    };
-    let client_items = item_places(&mut client.iter().map(|m| m.upload), client.len());
-    let server_items = item_places(&mut server.iter().map(|m| m.upload), server.len());
+    }
+    let client_items = item_places(client.iter().map(|m| m.upload));
+    let server_items = item_places(server.iter().map(|m| m.upload));
     let client_requests = client.len() + client_items.iter().flatten().count();
     let server_requests = server.len() + server_items.iter().flatten().count();
     let mut map = Varint::of(codec).map(|v| VariantMap::new(v, client_requests, server_requests, server.len()));

@@ -79,7 +79,8 @@ pub struct ServerConfig {
     /// granted in the handshake and given back as each finishes. A client at its credit
     /// holds further one-way calls back. Default: 512: the credit goes back once per read
     /// pass of the server, through a write and two wake-ups, and a client sending as fast
-    /// as it can waited for it at 128 (16 B one-way calls: 4.1 M/s at 128, 5.3 M/s at 512).
+    /// as it can spent much of its time waiting for it at 128 (measured in the README's
+    /// Performance section).
     pub max_oneway_per_connection: usize,
     /// Connections served at once, counted from the end of their handshake (connections
     /// still in it have their own limit, [`max_handshaking`](Self::max_handshaking), so

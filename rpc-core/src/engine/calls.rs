@@ -33,8 +33,8 @@ use crate::stats::{Outcome, Tally};
 
 /// A one-way call as its caller encoded it. One of up to [`EncodedOneWay::INLINE`] bytes (a
 /// call with a few small arguments) is kept inline, so queuing it, taking it and writing it
-/// allocate nothing: with a `Bytes` each, the allocation and its release were about a sixth
-/// of a one-way call's client-side instructions (callgrind).
+/// allocate nothing: with a `Bytes` each, the allocation and its release were a large part
+/// of a one-way call's client-side cost (ARCHITECTURE, "where the time goes").
 #[derive(Clone)]
 pub(crate) enum EncodedOneWay {
     Inline { len: u8, bytes: [u8; EncodedOneWay::INLINE] },

@@ -103,22 +103,21 @@ impl Tracer {
             }
         }
         let recursive = self.open.contains(&name);
-        let incomplete: HashSet<&'static str> = self.incomplete().into_iter().collect();
-        let p = self
-            .enums
+        self.enums
             .entry(name)
             .or_insert_with(|| EnumProgress { seen: vec![false; count], beneath: vec![HashSet::new(); count] });
+        let enums = &self.enums;
+        let p = &enums[name];
+        let incomplete = |e: &&'static str| enums.get(e).is_some_and(|q| q.seen.contains(&false));
         let unseen = p.seen.iter().position(|s| !s);
         // A variant seen whose subtree does not come back here: ends a recursion.
         let ends = (0..count).find(|&i| p.seen[i] && !p.beneath[i].contains(name));
         let choice = if recursive {
             ends.or(unseen).unwrap_or(0)
         } else {
-            unseen
-                .or_else(|| (0..count).find(|&i| p.beneath[i].iter().any(|e| incomplete.contains(e))))
-                .or(ends)
-                .unwrap_or(0)
+            unseen.or_else(|| (0..count).find(|&i| p.beneath[i].iter().any(incomplete))).or(ends).unwrap_or(0)
         };
+        let p = self.enums.get_mut(name).expect("inserted above");
         if !p.seen[choice] {
             p.seen[choice] = true;
             self.progressed = true;
