@@ -89,7 +89,7 @@
 //! | `#[idempotent] async fn f(&self, a: A) -> R` (a request-reply method; `A: Clone`) | `R` | as without it; with [`ClientConfig::reconnect`], a call whose connection broke under it is sent again over the next connection (within its deadline) instead of failing with [`TransportError::ConnectionLost`] | the same |
 //! | `#[oneway] async fn f(&self, a: A)` | `()` (nothing is sent back) | `async fn f(&self, a: A) -> Result<(), RpcError>`: returns once the message is queued for the pipe ([`Channel::oneway`]) | `fn f(&self, a: A) -> Result<(), RpcError>`, once queued; dropping the last handle waits until they are written |
 //! | `async fn f(&self, a: A) -> RpcStream<T>` | an [`RpcStream<T>`] it produces | `async fn f(&self, a: A) -> Result<RpcStream<T>, RpcError>`, read as a `Stream` of `Result<T, RpcError>`; dropping it cancels the call | `fn f(&self, a: A) -> Result<BlockingStream<T>, RpcError>`, an `Iterator` of `Result<T, RpcError>`; dropping it cancels the call |
-//! | `async fn f(&self, a: A, s: RpcStream<U>) -> R` (any of the returns above but one-way) | `R`, reading `s` as a `Stream` of `Result<U, RpcError>` | `async fn f(&self, a: A, s: RpcStream<U>) -> ..` with an `RpcStream<U>` the client produces | `fn f(&self, a: A, s: impl Upload<U>) -> ..`: any `IntoIterator<Item = U>` (pulled on a thread of its own, under flow control) or an `RpcStream<U>` |
+//! | `async fn f(&self, a: A, s: RpcStream<U>) -> R` (any of the returns above but one-way) | `R`, reading `s` as a `Stream` of `Result<U, RpcError>` | `async fn f(&self, a: A, s: RpcStream<U>) -> ..` with an `RpcStream<U>` the client produces (from an iterator, a stream, a channel, or a `futures::Sink`: [`RpcStream::sink`]) | `fn f(&self, a: A, s: impl Upload<U>) -> ..`: any `IntoIterator<Item = U>` (pulled on a thread of its own, under flow control) or an `RpcStream<U>` |
 //! | `async fn f(&self, a: A, c: Callback<EventsClient>) -> R` | `R`; it may call `c.method(..)` (an `EventsClient`) while the call is open | `async fn f(&self, a: A, c: impl Service<..>) -> ..`: pass `EventsServer::new(handler)`; see [`callback`] | `fn f(&self, a: A, c: impl Service<..>) -> ..`, the same object; its handler runs on the client's runtime |
 //!
 //! A method takes at most one `RpcStream` argument; streams in both directions make a
@@ -170,7 +170,7 @@ pub use rpc_macros::service;
 pub use server::{BoundServer, DEFAULT_STREAM_WINDOW, Listener, Server, ServerConfig, ShutdownHandle};
 pub use service::{Service, ServiceId};
 pub use stats::{CallStats, ClientStats, ErrorCounts, ServerStats, StatsHandle};
-pub use stream::RpcStream;
+pub use stream::{RpcSink, RpcStream, SinkClosed};
 /// The pipe layer: names, listener, connect options and their platform rules.
 pub use transport_pipe as pipe;
 pub use transport_pipe::{ConnectOptions, PipeName};

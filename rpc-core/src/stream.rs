@@ -17,9 +17,9 @@
 //!
 //! Flow control: a consumer that reads slowly pauses the producer (credit-based, counted in
 //! bytes: a stream holds at most its window, 256 KiB by default, plus one item, on the
-//! receiving side). A consumer that drops its stream stops the producer: a handler's
+//! receiving side). A consumer that drops its stream stops the producer: a
 //! [`channel`](RpcStream::channel) sender then fails at its next `send`, and its `closed()`
-//! resolves.
+//! resolves; a [`sink`](RpcStream::sink) fails with [`SinkClosed`].
 //!
 //! [`TransportError::Disconnected`]: crate::TransportError::Disconnected
 
@@ -27,7 +27,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
+use futures::{Sink, Stream, StreamExt};
+use tokio_util::sync::PollSender;
 
 use crate::error::{RpcError, TransportError};
 
@@ -64,6 +65,16 @@ impl<T: Send + 'static> RpcStream<T> {
         (tx, Self::new(stream))
     }
 
+    /// A stream fed through a [`Sink`] ([`RpcSink`]) holding at most `buffer` items (at
+    /// least 1): for producers written against `futures::Sink` (`send`, `send_all`,
+    /// `forward`). The sink is ready while the buffer has room (the consumer keeps up); it
+    /// fails with [`SinkClosed`] once the consumer is gone; closing or dropping it ends the
+    /// stream normally.
+    pub fn sink(buffer: usize) -> (RpcSink<T>, Self) {
+        let (tx, stream) = Self::channel(buffer);
+        (RpcSink { inner: PollSender::new(tx) }, stream)
+    }
+
     /// A stream whose items may already be errors (inbound streams).
     pub(crate) fn from_results(stream: impl Stream<Item = Result<T, RpcError>> + Send + 'static) -> Self {
         RpcStream { inner: stream.boxed() }
@@ -90,6 +101,62 @@ impl<T> std::fmt::Debug for RpcStream<T> {
     }
 }
 
+/// The producing end of [`RpcStream::sink`]: a `futures::Sink` of the stream's items.
+pub struct RpcSink<T> {
+    inner: PollSender<T>,
+}
+
+/// An [`RpcSink`]'s consumer is gone: it dropped the stream, or the exchange ended (the
+/// handler returned, the call failed or was cancelled, the connection went away). What the
+/// exchange's own outcome was, its call or stream says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the stream's consumer is gone (it dropped the stream, or its exchange ended)")]
+pub struct SinkClosed;
+
+impl<T: Send + 'static> RpcSink<T> {
+    /// Whether the consumer is gone (or the sink was closed): sending would fail.
+    pub fn is_closed(&self) -> bool {
+        self.inner.get_ref().is_none_or(|tx| tx.is_closed())
+    }
+
+    /// Resolves once the consumer is gone (at once if the sink was closed): for a
+    /// producer that waits for something else and should stop when nobody reads.
+    pub async fn closed(&self) {
+        if let Some(tx) = self.inner.get_ref() {
+            tx.closed().await;
+        }
+    }
+}
+
+impl<T: Send + 'static> Sink<T> for RpcSink<T> {
+    type Error = SinkClosed;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SinkClosed>> {
+        self.get_mut().inner.poll_reserve(cx).map_err(|_| SinkClosed)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), SinkClosed> {
+        self.get_mut().inner.send_item(item).map_err(|_| SinkClosed)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), SinkClosed>> {
+        // An item sent is in the stream's buffer: nothing is held back here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), SinkClosed>> {
+        // Dropping the channel's only sender ends the stream after what is buffered.
+        self.get_mut().inner.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T> std::fmt::Debug for RpcSink<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcSink").finish_non_exhaustive()
+    }
+}
+
 /// Picks the item out of a message of the service's enum; a message of another method is
 /// a protocol error.
 pub(crate) fn pick_items<M, T>(
@@ -106,4 +173,37 @@ where
                 .ok_or_else(|| TransportError::Protocol { detail: "a stream item of another method".to_owned() }.into())
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::SinkExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_sink_feeds_its_stream_in_order_and_closing_it_ends_the_stream() {
+        let (mut sink, stream) = RpcStream::sink(2);
+        let feeder = tokio::spawn(async move {
+            sink.send_all(&mut futures::stream::iter((0..100u32).map(Ok))).await.unwrap();
+            sink.close().await.unwrap();
+            assert!(sink.is_closed());
+            // Closed by its producer: `closed` does not wait.
+            sink.closed().await;
+        });
+        let items: Vec<u32> = stream.map(Result::unwrap).collect().await;
+        assert_eq!(items, (0..100).collect::<Vec<_>>());
+        feeder.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sink_whose_stream_is_dropped_fails_with_sink_closed() {
+        let (mut sink, stream) = RpcStream::<u32>::sink(1);
+        assert!(!sink.is_closed());
+        sink.send(1).await.unwrap();
+        drop(stream);
+        assert!(sink.is_closed());
+        sink.closed().await;
+        assert_eq!(sink.send(2).await, Err(SinkClosed));
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use pipe_rpc_tests::{
     ProbeClient, ProbeError, ServerProcess, TagStats, client_config, connect, pattern_byte, unique_name, wait_stats,
     watchdog,
@@ -204,6 +204,52 @@ async fn a_handler_that_stops_reading_stops_the_clients_producer() {
         // dropped it, so the feeder's next send failed.
         let sent = feeder.await.unwrap();
         assert!(sent >= 5, "{sent}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stream_fed_through_a_sink_reaches_the_handler_and_closing_the_sink_ends_it() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        let (mut sink, input) = RpcStream::sink(4);
+        let feeder = tokio::spawn(async move {
+            sink.send_all(&mut futures::stream::iter((1..=10_000u64).map(Ok))).await.unwrap();
+            // The handler sums until the stream ends: without the close, `sum` never returns.
+            sink.close().await.unwrap();
+        });
+        assert_eq!(c.sum(input).await.unwrap(), 50_005_000);
+        feeder.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_whose_handler_stopped_reading_fails_with_sink_closed() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        let (mut sink, input) = RpcStream::sink(1);
+        let feeder = tokio::spawn(async move {
+            let mut sent = 0u64;
+            let error = loop {
+                match sink.send(sent).await {
+                    Ok(()) => sent += 1,
+                    Err(e) => break e,
+                }
+            };
+            assert!(sink.is_closed());
+            (sent, error)
+        });
+        assert_eq!(c.take(5, input).await.unwrap(), vec![0, 1, 2, 3, 4]);
+        // The reply ended the exchange, so the client dropped the stream: the feeder's
+        // next send failed, with the sink's error.
+        let (sent, error) = feeder.await.unwrap();
+        assert!(sent >= 5, "{sent}");
+        assert_eq!(error, rpc_core::SinkClosed);
     })
     .await;
 }
