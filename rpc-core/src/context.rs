@@ -20,9 +20,26 @@ tokio::task_local! {
     static CURRENT: Current;
 }
 
+scoped_tls::scoped_thread_local! {
+    /// The context of the handler being polled inline on this thread ([`sync_scoped`]): a
+    /// reference, not a task-local scope, because the server polls every new handler once
+    /// inline and entering a task-local scope moved a `Current` in and out (and cloned it)
+    /// each time.
+    static INLINE: Current
+}
+
+/// `f` of the context of the call being served here: the handler being polled inline on
+/// this thread, else this task's.
+fn with_current<R>(f: impl FnOnce(&Current) -> R) -> Option<R> {
+    if INLINE.is_set() {
+        return Some(INLINE.with(f));
+    }
+    CURRENT.try_with(f).ok()
+}
+
 /// What a handler's task-local scope holds, from which [`current`] builds a [`Context`].
-/// Small on purpose: the scope is entered and left at every poll of a handler (and around
-/// the inline first poll of every call), moving this value in and out each time; a whole
+/// Small on purpose: a handler's task-local scope is entered and left at every poll of a
+/// handler in a task of its own, moving this value in and out each time; a whole
 /// `Context` with the peer's credentials is three times its size (measured in ARCHITECTURE,
 /// "where the time goes"). The deadline is kept as a start and a wait, computed
 /// only when asked for, which most handlers never do.
@@ -115,13 +132,13 @@ impl Context {
 /// }
 /// ```
 pub fn current() -> Option<Context> {
-    CURRENT.try_with(Current::context).ok()
+    with_current(Current::context)
 }
 
 /// The deadline of the call being served on this task, if any (cheaper than [`current`]),
 /// on tokio's clock like every deadline the engine keeps.
 pub(crate) fn current_deadline() -> Option<tokio::time::Instant> {
-    CURRENT.try_with(Current::deadline).ok()
+    with_current(Current::deadline)
 }
 
 /// Wraps `fut` so it runs with `ctx` as the current context; a nameable future type, so
@@ -134,9 +151,10 @@ pub(crate) fn scoped<F: std::future::Future>(
 }
 
 /// Runs `f` with `ctx` as the current context: the server polls each new handler once
-/// inline this way, before deciding whether it needs a task slot of its own.
-pub(crate) fn sync_scoped<R>(ctx: Current, f: impl FnOnce() -> R) -> R {
-    CURRENT.sync_scope(ctx, f)
+/// inline this way, before deciding whether it needs a task slot of its own. Scopes nest;
+/// the one outside is back when `f` returns or unwinds.
+pub(crate) fn sync_scoped<R>(ctx: &Current, f: impl FnOnce() -> R) -> R {
+    INLINE.set(ctx, f)
 }
 
 /// Work the handlers of one connection handed off, tied to the exchanges they serve:
@@ -202,7 +220,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let token = CURRENT.try_with(|c| c.work().map(|w| w.token(c.request_id))).ok().flatten();
+    let token = with_current(|c| c.work().map(|w| w.token(c.request_id))).flatten();
     match token {
         Some(token) => tokio::spawn(async move { token.run_until_cancelled(fut).await }),
         None => tokio::spawn(async move { Some(fut.await) }),
@@ -220,7 +238,7 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    let places = CURRENT.try_with(|c| c.work().map(|w| w.blocking.clone())).ok().flatten();
+    let places = with_current(|c| c.work().map(|w| w.blocking.clone())).flatten();
     let permit = match places {
         Some(places) => Some(places.acquire_owned().await.expect("the semaphore is never closed")),
         None => None,
