@@ -43,10 +43,16 @@
 //! one buffer stamped with its number, so the producer pays one 64 KiB allocation and copy
 //! per item that raw (which rewrites one buffer) does not: an owned item is what the API
 //! takes. Each stream or upload is one call of `n` items; the next batch is a new call.
-//! The 64 KiB rows also depend on glibc's heap: a receiver that frees each decoded item can
-//! leave enough free memory at the top of the heap for glibc to return it to the OS and fault
-//! it back in for the next item (the effect described in [`run_mode`], ~16 page faults per
-//! item); `MALLOC_TRIM_THRESHOLD_=1073741824` in the environment shows the figures without it.
+//! The 64 KiB rows also depend on glibc's heap. glibc returns free memory at the top of its
+//! heap to the OS once there is more than its trim threshold (128 KiB in a fresh process), so
+//! a receiver that takes each 64 KiB item alone and frees it before the next arrives makes
+//! glibc give the item's pages back and fault them in again for the next one (~16 page faults
+//! per item; a 64 KiB upload measured 0.15x raw that way, with 145 µs of server CPU per item).
+//! glibc raises that threshold by itself once the process frees one large (mmapped) block:
+//! any process that has moved a message of a few hundred KiB is past it. So each bench
+//! process, in every mode, first allocates and frees one 4 MiB block ([`warm_heap`]), to
+//! measure the library in that state rather than in a brand-new process's; `--fresh-heap`
+//! skips it (in both processes), to show the other.
 //!
 //! Each workload gets a fresh server process and connection (see [`run_mode`]). In full mode
 //! each measured part is repeated until it has lasted at least [`MIN_MEASURE`], so that CPU
@@ -73,6 +79,7 @@
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --workload stream_16b,fairness  # only these
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --shared-server  # echo workloads on one server
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --multi-thread   # client on a 2-worker runtime
+//! cargo bench -p pipe-rpc-tests --bench pipe -- --fresh-heap     # glibc as in a new process
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --quick --scale 4  # 4x the measured operations
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --quick --tracing  # rpc with tracing off vs on
 //! ```
@@ -460,9 +467,29 @@ fn json_str(line: &str, key: &str) -> String {
     line[at..].split('"').next().unwrap_or_default().to_owned()
 }
 
+/// The environment variable through which `--fresh-heap` reaches the server processes.
+const FRESH_HEAP_ENV: &str = "PIPE_BENCH_FRESH_HEAP";
+
+/// `--fresh-heap`: this process skipped [`warm_heap`], and its servers must too.
+static FRESH_HEAP: AtomicBool = AtomicBool::new(false);
+
+/// Allocates and frees one 4 MiB block, as a process that has moved one large message has:
+/// glibc serves it by `mmap`, and freeing it raises glibc's mmap and trim thresholds (to the
+/// block's size and twice that), which a brand-new process has at 128 KiB. See the module
+/// docs ("The 64 KiB rows").
+fn warm_heap() {
+    let block: Vec<u8> = Vec::with_capacity(4 << 20);
+    drop(std::hint::black_box(block));
+}
+
 fn main() -> ExitCode {
     install_tracing();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let fresh_heap = args.iter().any(|a| a == "--fresh-heap") || std::env::var_os(FRESH_HEAP_ENV).is_some();
+    FRESH_HEAP.store(fresh_heap, Ordering::Relaxed);
+    if !fresh_heap {
+        warm_heap();
+    }
     if args.iter().any(|a| a == "--tracing") && args.first().map(String::as_str) != Some("--server") {
         return compare_tracing(&args);
     }
@@ -525,9 +552,14 @@ fn main() -> ExitCode {
 
     println!(
         "pipe bench ({}): server in a child process, {} client runtime, current_thread server \
-         runtime ({PARALLEL_WORKERS}-worker for parallel_cpu), {ROUNDS} interleaved rounds, medians",
+         runtime ({PARALLEL_WORKERS}-worker for parallel_cpu), {ROUNDS} interleaved rounds, medians; {}",
         if quick { "quick" } else { "full" },
-        if multi_thread { "2-worker multi-thread" } else { "current_thread" }
+        if multi_thread { "2-worker multi-thread" } else { "current_thread" },
+        if FRESH_HEAP.load(Ordering::Relaxed) {
+            "--fresh-heap: glibc's heap as in a new process"
+        } else {
+            "each process first frees one 4 MiB block (glibc's heap as after one large message)"
+        }
     );
     let mut runs: Vec<(Mode, Workload, Measurement)> = Vec::new();
     for round in 1..=ROUNDS {
@@ -2069,7 +2101,11 @@ impl ServerProcess {
         let name =
             format!("pipe-bench-{}-{}-{}", std::process::id(), mode.name(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let exe = std::env::current_exe().expect("current_exe");
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        if FRESH_HEAP.load(Ordering::Relaxed) {
+            command.env(FRESH_HEAP_ENV, "1");
+        }
+        let mut child = command
             .args(["--server", mode.name(), &name])
             .args(workers.map(|n| n.to_string()))
             .stdin(Stdio::piped())
