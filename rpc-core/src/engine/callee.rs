@@ -532,8 +532,7 @@ impl<S: Service> Callee<S> {
         }
         // What the handler logs in its first poll belongs to its call's span.
         let entered = span.map(tracing::Span::enter);
-        let first =
-            std::panic::catch_unwind(AssertUnwindSafe(|| context::sync_scoped(ctx, || call.as_mut().poll(cx))));
+        let first = std::panic::catch_unwind(AssertUnwindSafe(|| context::sync_scoped(ctx, || call.as_mut().poll(cx))));
         drop(entered);
         let now = Instant::now();
         self.clock = Some(now);
