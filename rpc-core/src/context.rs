@@ -255,3 +255,46 @@ where
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(request_id: u64, method: &'static str) -> Current {
+        Current {
+            since: tokio::time::Instant::now(),
+            wait: Duration::from_secs(5),
+            request_id,
+            method,
+            conn: Arc::new(ConnContext { peer: None, work: Arc::new(CallWork::new(1)) }),
+            tracked: true,
+        }
+    }
+
+    #[test]
+    fn an_inline_scope_is_seen_inside_nests_and_is_gone_after_even_when_it_unwinds() {
+        assert!(current().is_none(), "outside any call");
+        let (outer, inner) = (call(7, "outer"), call(8, "inner"));
+        sync_scoped(&outer, || {
+            assert_eq!(current().map(|c| (c.request_id, c.method)), Some((7, "outer")));
+            sync_scoped(&inner, || assert_eq!(current().map(|c| c.request_id), Some(8)));
+            assert_eq!(current().map(|c| c.request_id), Some(7), "the outer scope is back");
+        });
+        assert!(current().is_none());
+        let unwound = std::panic::catch_unwind(|| sync_scoped(&outer, || panic!("in a handler")));
+        assert!(unwound.is_err());
+        assert!(current().is_none(), "a panicking first poll leaves no context behind");
+    }
+
+    #[tokio::test]
+    async fn a_task_scope_is_seen_when_no_inline_scope_is_set_and_an_inline_one_wins_inside_it() {
+        let seen = scoped(call(3, "task"), async {
+            let before = current().map(|c| c.request_id);
+            tokio::task::yield_now().await;
+            let inline = sync_scoped(&call(4, "inline"), || current().map(|c| c.request_id));
+            (before, inline, current().map(|c| c.request_id))
+        })
+        .await;
+        assert_eq!(seen, (Some(3), Some(4), Some(3)));
+    }
+}
