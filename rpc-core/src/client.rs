@@ -1089,7 +1089,7 @@ impl<Req, Resp> Channel<Req, Resp> {
         let window = self.shared.config.stream_window;
         let remote = Remote::new(id, inbox, self.shared.ctl.clone(), window, false);
         let down = ClientDown { channel: self.clone(), id, remote, outcome: None, trace };
-        Ok(RpcStream::from_results(crate::stream::pick_items(down, pick)))
+        Ok(RpcStream::inbound(down, pick))
     }
 
     fn streams_supported(&self) -> Result<(), RpcError> {
@@ -1206,25 +1206,27 @@ struct ClientDown<Req, Resp> {
     trace: spans::Trace,
 }
 
-impl<Req, Resp> futures::Stream for ClientDown<Req, Resp> {
-    type Item = Result<Resp, RpcError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        let next = Pin::new(&mut this.remote).poll_next(cx);
-        match &next {
+impl<Req: Send, Resp: Send> crate::stream::Source<Resp> for ClientDown<Req, Resp> {
+    fn poll_each(
+        &mut self,
+        cx: &mut Context<'_>,
+        limit: usize,
+        take: impl FnMut(Resp) -> bool,
+    ) -> Poll<Option<Result<usize, RpcError>>> {
+        let polled = self.remote.poll_each(cx, limit, take);
+        match &polled {
             Poll::Ready(None) => {
-                this.outcome.get_or_insert(Outcome::Ok);
+                self.outcome.get_or_insert(Outcome::Ok);
             }
             Poll::Ready(Some(Err(e))) => {
-                this.outcome = Some(Outcome::of_error(e));
-                if let Some(t) = this.trace.get_mut() {
+                self.outcome = Some(Outcome::of_error(e));
+                if let Some(t) = self.trace.get_mut() {
                     t.error = Some(e.to_string());
                 }
             }
             _ => {}
         }
-        next
+        polled
     }
 }
 
@@ -1236,9 +1238,6 @@ impl<Req, Resp> Drop for ClientDown<Req, Resp> {
         std::mem::take(&mut self.trace).end(outcome, None, None);
     }
 }
-
-// Only moved, never pinned in place.
-impl<Req, Resp> Unpin for ClientDown<Req, Resp> {}
 
 // The request is only ever moved, never pinned.
 impl<Req, Resp> Unpin for CallFuture<'_, Req, Resp> {}

@@ -153,7 +153,7 @@ impl<Req: Send + 'static> CallStreams<Req> {
     /// call without one gets a stream that fails with a protocol error.
     pub fn upload<T: Send + 'static>(&mut self, pick: fn(Req) -> Option<T>) -> RpcStream<T> {
         match self.up.take() {
-            Some(remote) => RpcStream::from_results(crate::stream::pick_items(remote, pick)),
+            Some(remote) => RpcStream::inbound(remote, pick),
             None => {
                 let err: RpcError =
                     crate::TransportError::Protocol { detail: "this call has no inbound stream".to_owned() }.into();

@@ -20,7 +20,9 @@
 //!   and answers one small acknowledgement at the end of each batch, which the client waits
 //!   for. This raw row is also the baseline of `oneway_16b` and `upload_16b` (16 B) and
 //!   `upload_64kib` (64 KiB). `rpc`: a server stream (`-> RpcStream<T>`) of that many items,
-//!   each checked by the client as it arrives;
+//!   each checked by the client as it arrives (one `next()` per item; with `--recv-many`,
+//!   the 16 B consumers of both directions take what has arrived in batches of up to 1,024
+//!   with `RpcStream::recv_many`);
 //! - `oneway_16b`, rpc only: `#[oneway]` calls with a 16 B argument, back to back from one
 //!   client (each returns once queued), each batch ended by a normal call that answers once
 //!   the server has handled all of them and returns its count (and the sum of the stamps),
@@ -80,6 +82,7 @@
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --shared-server  # echo workloads on one server
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --multi-thread   # client on a 2-worker runtime
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --fresh-heap     # glibc as in a new process
+//! cargo bench -p pipe-rpc-tests --bench pipe -- --recv-many      # 16 B consumers take batches
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --quick --scale 4  # 4x the measured operations
 //! cargo bench -p pipe-rpc-tests --bench pipe -- --quick --tracing  # rpc with tracing off vs on
 //! ```
@@ -473,6 +476,13 @@ const FRESH_HEAP_ENV: &str = "PIPE_BENCH_FRESH_HEAP";
 /// `--fresh-heap`: this process skipped [`warm_heap`], and its servers must too.
 static FRESH_HEAP: AtomicBool = AtomicBool::new(false);
 
+/// The environment variable through which `--recv-many` reaches the server processes.
+const RECV_MANY_ENV: &str = "PIPE_BENCH_RECV_MANY";
+
+/// `--recv-many`: the 16 B stream and upload consumers take items with
+/// `RpcStream::recv_many` (batches of up to 1,024) instead of one `next()` each.
+static RECV_MANY: AtomicBool = AtomicBool::new(false);
+
 /// Allocates and frees one 4 MiB block, as a process that has moved one large message has:
 /// glibc serves it by `mmap`, and freeing it raises glibc's mmap and trim thresholds (to the
 /// block's size and twice that), which a brand-new process has at 128 KiB. See the module
@@ -487,6 +497,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let fresh_heap = args.iter().any(|a| a == "--fresh-heap") || std::env::var_os(FRESH_HEAP_ENV).is_some();
     FRESH_HEAP.store(fresh_heap, Ordering::Relaxed);
+    let recv_many = args.iter().any(|a| a == "--recv-many") || std::env::var_os(RECV_MANY_ENV).is_some();
+    RECV_MANY.store(recv_many, Ordering::Relaxed);
     if !fresh_heap {
         warm_heap();
     }
@@ -561,6 +573,9 @@ fn main() -> ExitCode {
             "each process first frees one 4 MiB block (glibc's heap as after one large message)"
         }
     );
+    if RECV_MANY.load(Ordering::Relaxed) {
+        println!("--recv-many: the 16 B stream and upload consumers take batches with RpcStream::recv_many");
+    }
     let mut runs: Vec<(Mode, Workload, Measurement)> = Vec::new();
     for round in 1..=ROUNDS {
         for &mode in &modes {
@@ -1760,6 +1775,15 @@ mod rpc_mode {
 
         async fn upload_small(&self, mut items: RpcStream<Small>) -> (u64, u64) {
             let (mut n, mut sum) = (0u64, 0u64);
+            if RECV_MANY.load(Ordering::Relaxed) {
+                let mut batch = Vec::with_capacity(1024);
+                while items.recv_many(&mut batch, 1024).await.expect("rpc: upload_small: recv_many") > 0 {
+                    for item in batch.drain(..) {
+                        n += 1;
+                        sum = sum.wrapping_add(stamp_of(&item[..]));
+                    }
+                }
+            }
             while let Some(item) = items.next().await {
                 let item = item.expect("rpc: upload_small item");
                 n += 1;
@@ -1849,6 +1873,15 @@ mod rpc_mode {
         batches(s, k, SMALL, async |first, n| {
             let mut items = client.items(first as u64, n as u64).await.expect("rpc: items");
             let mut i = first;
+            if RECV_MANY.load(Ordering::Relaxed) {
+                let mut batch = Vec::with_capacity(1024);
+                while items.recv_many(&mut batch, 1024).await.expect("rpc: items: recv_many") > 0 {
+                    for item in batch.drain(..) {
+                        check_small(&item[..], i);
+                        i += 1;
+                    }
+                }
+            }
             while let Some(item) = items.next().await {
                 check_small(&item.expect("rpc: items: item")[..], i);
                 i += 1;
@@ -2104,6 +2137,9 @@ impl ServerProcess {
         let mut command = Command::new(exe);
         if FRESH_HEAP.load(Ordering::Relaxed) {
             command.env(FRESH_HEAP_ENV, "1");
+        }
+        if RECV_MANY.load(Ordering::Relaxed) {
+            command.env(RECV_MANY_ENV, "1");
         }
         let mut child = command
             .args(["--server", mode.name(), &name])

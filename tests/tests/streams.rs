@@ -112,6 +112,61 @@ async fn a_stream_past_its_deadline_ends_with_deadline_exceeded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recv_many_reads_a_stream_four_times_its_window_in_order_in_batches_then_ends() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        // 1 MiB in 16 KiB items: the producer needs credit back (the window is 256 KiB),
+        // which only what `recv_many` takes gives.
+        let mut stream = c.blobs(64, 16 * 1024).await.unwrap();
+        let (mut batch, mut items, mut calls) = (Vec::new(), 0usize, 0usize);
+        let mut offset = 0usize;
+        loop {
+            let n = stream.recv_many(&mut batch, 8).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            calls += 1;
+            assert!((1..=8).contains(&n) && n == batch.len(), "{n} items, {} in the batch", batch.len());
+            for item in batch.drain(..) {
+                assert!(item.iter().enumerate().all(|(i, b)| *b == pattern_byte(offset + i)), "item {items}");
+                offset += item.len();
+                items += 1;
+            }
+        }
+        assert_eq!((items, offset), (64, 64 * 16 * 1024));
+        assert!(calls >= 8, "{calls} batches of at most 8");
+        assert_eq!(stream.recv_many(&mut batch, 8).await, Ok(0), "it stays ended");
+        // The connection carries on.
+        assert_eq!(c.echo_string("after".into()).await.unwrap(), "after");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recv_many_returns_the_items_before_a_deadline_then_deadline_exceeded() {
+    watchdog(async {
+        let name = unique_name!();
+        let _server = ServerProcess::spawn(EXE, &name, &[]).await;
+        let c = connect(&name).await;
+        let mut stream = c.with_timeout(Duration::from_millis(300)).count(0, 1000, 20).await.unwrap();
+        let mut items = Vec::new();
+        let end = loop {
+            match stream.recv_many(&mut items, 100).await {
+                Ok(0) => panic!("ended normally after {} items, before its deadline", items.len()),
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(end, RpcError::DeadlineExceeded { timeout: Duration::from_millis(300) });
+        assert!(!items.is_empty() && items.len() < 1000, "{} items", items.len());
+        assert_eq!(items, (0..items.len() as u64).collect::<Vec<_>>());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_server_dies_ends_with_disconnected_at_once() {
     watchdog(async {
         let name = unique_name!();

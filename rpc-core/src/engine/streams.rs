@@ -11,12 +11,10 @@
 //! credit, so a channel feeding it fills and its sender waits.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use futures::Stream;
 use futures::stream::BoxStream;
 use futures::task::AtomicWaker;
 use tokio::time::Instant;
@@ -272,62 +270,66 @@ impl<M> Remote<M> {
     }
 }
 
-// Items are only ever moved, never pinned.
-impl<M> Unpin for Remote<M> {}
-
-impl<M> Stream for Remote<M> {
-    type Item = Result<M, RpcError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.done {
+impl<M: Send> crate::stream::Source<M> for Remote<M> {
+    /// Hands out up to `limit` (at least 1) items to `take`, all that are ready, stopping
+    /// early when `take` returns false: `Some(Ok(n))` with `n >= 1`; `None` once the stream
+    /// ended normally; `Some(Err)` when it failed (the items before the failure came first);
+    /// `Pending` while none is ready.
+    fn poll_each(
+        &mut self,
+        cx: &mut Context<'_>,
+        limit: usize,
+        mut take: impl FnMut(M) -> bool,
+    ) -> Poll<Option<Result<usize, RpcError>>> {
+        if self.done {
             return Poll::Ready(None);
         }
-        if !this.taken.is_empty() && this.inbox.failed.load(Ordering::Acquire) {
+        if !self.taken.is_empty() && self.inbox.failed.load(Ordering::Acquire) {
             // The exchange failed: its error comes now, not after what was taken.
-            this.taken.clear();
+            self.taken.clear();
         }
-        let quarter = (this.window / 4).max(1);
-        if let Some((item, len)) = this.taken.pop_front() {
-            this.unsettled += len;
-            if this.unsettled >= quarter {
-                let inbox = Arc::clone(&this.inbox);
-                let grant = this.settle(&mut inbox.lock());
-                if let Some(grant) = grant {
-                    this.ctl.push(Ctl::Credit { id: this.id, grant });
-                }
-            }
-            return Poll::Ready(Some(Ok(item)));
-        }
-        let inbox = Arc::clone(&this.inbox);
-        let mut s = inbox.lock();
-        let grant = this.settle(&mut s);
-        if let Some((item, len)) = s.items.pop_front() {
-            // Take the rest too (swapping keeps both queues' allocations).
-            std::mem::swap(&mut this.taken, &mut s.items);
-            drop(s);
-            this.unsettled += len;
-            if let Some(grant) = grant {
-                this.ctl.push(Ctl::Credit { id: this.id, grant });
-            }
-            return Poll::Ready(Some(Ok(item)));
-        }
-        if let Some(grant) = grant {
-            this.ctl.push(Ctl::Credit { id: this.id, grant });
-        }
-        match s.end.take() {
-            Some(end) => {
-                drop(s);
-                this.done = true;
-                Poll::Ready(end.err().map(Err))
-            }
-            None => {
+        if self.taken.is_empty() {
+            let inbox = Arc::clone(&self.inbox);
+            let mut s = inbox.lock();
+            let grant = self.settle(&mut s);
+            // Take all that is queued (swapping keeps both queues' allocations).
+            std::mem::swap(&mut self.taken, &mut s.items);
+            let end = if self.taken.is_empty() { Some(s.end.take()) } else { None };
+            if let Some(None) = end {
                 if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     s.waker = Some(cx.waker().clone());
                 }
-                Poll::Pending
+            }
+            drop(s);
+            if let Some(grant) = grant {
+                self.ctl.push(Ctl::Credit { id: self.id, grant });
+            }
+            match end {
+                None => {}
+                Some(None) => return Poll::Pending,
+                Some(Some(end)) => {
+                    self.done = true;
+                    return Poll::Ready(end.err().map(Err));
+                }
             }
         }
+        let mut n = 0;
+        while n < limit.max(1) {
+            let Some((item, len)) = self.taken.pop_front() else { break };
+            self.unsettled += len;
+            n += 1;
+            if !take(item) {
+                break;
+            }
+        }
+        if self.unsettled >= (self.window / 4).max(1) {
+            let inbox = Arc::clone(&self.inbox);
+            let grant = self.settle(&mut inbox.lock());
+            if let Some(grant) = grant {
+                self.ctl.push(Ctl::Credit { id: self.id, grant });
+            }
+        }
+        Poll::Ready(Some(Ok(n)))
     }
 }
 
