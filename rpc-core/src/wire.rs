@@ -41,6 +41,14 @@ pub const ABORT: u8 = 17;
 /// are not run), but still runs the one-way calls that arrive until the client's end of file,
 /// so one-way calls a client flushed before the shutdown are never lost, on named pipes too
 /// (which have no half-close to wait behind).
+///
+/// When both ends announced [`caps::GOODBYE_ACK`], the client answers with a `Goodbye` of its
+/// own and then waits for the server to close first (at most a couple of seconds): everything
+/// the client sent is before its answer on the pipe, so the server, having read up to it, has
+/// run every one-way call, and closes. Without it the client closed at once, and a pipe whose
+/// reader had not read everything yet when the writer closed could lose the rest (wine's named
+/// pipes did: a server's read could report nothing more while the client's last flushed bytes
+/// were still in transit).
 pub const GOODBYE: u8 = 18;
 
 /// A `Goodbye` frame.
@@ -121,9 +129,12 @@ pub mod caps {
     /// the server has it ([`Welcome::method_status`](super::Welcome::method_status)), and a
     /// fingerprint mismatch is no longer a refusal.
     pub const EVOLUTION: u32 = 1 << 5;
+    /// The client answers the server's goodbye with one of its own after everything it
+    /// sent, and the server closes first (see [`GOODBYE`](super::GOODBYE)).
+    pub const GOODBYE_ACK: u32 = 1 << 6;
     /// The capabilities this build announces (a client without a method table, or a server
     /// without one, leaves [`EVOLUTION`] out).
-    pub const SUPPORTED: u32 = ONEWAY | STREAMS | CALLBACKS | BATCH | GOODBYE | EVOLUTION;
+    pub const SUPPORTED: u32 = ONEWAY | STREAMS | CALLBACKS | BATCH | GOODBYE | EVOLUTION | GOODBYE_ACK;
 }
 
 /// The body of a callback call (a `Call` frame from the server): the call it belongs to and

@@ -167,6 +167,9 @@ pub(crate) struct Engine<T, S: Service, Req, Resp> {
     peer_said_goodbye: bool,
     /// This end (a drained server) said goodbye and waits for the client's end of file.
     goodbye_sent: bool,
+    /// The client answered our goodbye ([`caps::GOODBYE_ACK`]): it has nothing more to send,
+    /// and waits for us to close.
+    peer_acked_goodbye: bool,
     /// Items of one of our calls' inbound streams read in a row, not yet in its inbox.
     down_run: streams::ItemRun<Resp>,
     /// Items of one of the peer's calls' inbound streams read in a row.
@@ -232,6 +235,7 @@ where
             peer_aborted: false,
             peer_said_goodbye: false,
             goodbye_sent: false,
+            peer_acked_goodbye: false,
             down_run: streams::ItemRun::default(),
             up_run: streams::ItemRun::default(),
         }
@@ -335,6 +339,12 @@ where
             Inbound::Abort(reason) => {
                 self.peer_aborted = true;
                 Err(TransportError::Protocol { detail: format!("the {} ended the connection: {reason}", self.peer) })
+            }
+            Inbound::Goodbye if self.goodbye_sent && self.capabilities & caps::GOODBYE_ACK != 0 => {
+                // The client's answer to ours: everything it sent came before it, and has
+                // been read. It waits for us to close.
+                self.peer_acked_goodbye = true;
+                Ok(0)
             }
             Inbound::Goodbye => {
                 if self.capabilities & caps::GOODBYE == 0 || self.caller.is_none() {
@@ -810,6 +820,9 @@ where
         if self.peer_said_goodbye {
             return Poll::Ready(Err(Ended::Goodbye));
         }
+        if self.peer_acked_goodbye {
+            return Poll::Ready(Err(Ended::Drained));
+        }
         let mut close = CloseRequest::None;
         if let Some(c) = &mut self.caller {
             let pass = c.pass(cx);
@@ -1139,8 +1152,16 @@ where
             // answer, and a client that flushed them before the shutdown relies on them: the
             // drain can decide the connection is idle before the reactor has reported its
             // last bytes); everything else is dropped.
+            // A client's answer to a goodbye may still be on its way out.
+            let _ = this.transport.as_mut().poll_flush(cx);
             loop {
                 match this.transport.as_mut().poll_next(cx) {
+                    // The client's answer to our goodbye: nothing of it follows.
+                    Poll::Ready(Some(Ok(Inbound::Goodbye)))
+                        if this.goodbye_sent && this.capabilities & caps::GOODBYE_ACK != 0 =>
+                    {
+                        break;
+                    }
                     Poll::Ready(Some(Ok(message))) => this.run_lingering_oneways(message, cx),
                     Poll::Ready(_) => break,
                     Poll::Pending if linger.as_mut().poll(cx).is_pending() => {
@@ -1154,6 +1175,7 @@ where
         }
         let ended = std::task::ready!(this.poll_io(cx));
         let drained = matches!(ended, Ended::Drained);
+        let answer_goodbye = matches!(ended, Ended::Goodbye) && this.capabilities & caps::GOODBYE_ACK != 0;
         let (why, result): (RpcError, _) = match ended {
             Ended::PeerLeft => {
                 let detail = format!("the {} closed the connection", this.peer);
@@ -1176,9 +1198,19 @@ where
         this.finish(&why);
         // Unix only: a named pipe has no half-close (the peer sees our end-of-file only when
         // we close), and what we wrote stays readable after we close it.
-        if drained && (cfg!(unix) || this.goodbye_sent) {
+        if drained && (cfg!(unix) || this.goodbye_sent) && !this.peer_acked_goodbye {
             this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
             return Pin::new(this).poll(cx);
+        }
+        if answer_goodbye {
+            // Our goodbye goes after everything we sent; then we wait for the server to
+            // close first, so nothing we wrote is left unread when the pipe goes.
+            if let Poll::Ready(Ok(())) = this.transport.as_mut().poll_ready(cx)
+                && this.transport.as_mut().start_send(Outbound(crate::wire::goodbye_frame())).is_ok()
+            {
+                this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+                return Pin::new(this).poll(cx);
+            }
         }
         Poll::Ready(result)
     }
