@@ -150,7 +150,8 @@ pub(crate) struct Engine<T, S: Service, Req, Resp> {
     /// Set once the connection is over and every caller has been told.
     finished: bool,
     /// After a drain: our end is half-closed and we read (and drop) what the peer still
-    /// sends until it closes too, at most until this fires.
+    /// sends until it closes too (or answers our goodbye), at most until this fires. On a
+    /// client that answered a goodbye: we wait for the server to close first.
     linger: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A frame begun by the peer and not finished ([`Settings::frame_read_timeout`]).
     read_stall: StallTimer,
@@ -1151,8 +1152,9 @@ where
             // end-of-file). Meanwhile one-way calls it had sent still run (they need no
             // answer, and a client that flushed them before the shutdown relies on them: the
             // drain can decide the connection is idle before the reactor has reported its
-            // last bytes); everything else is dropped.
-            // A client's answer to a goodbye may still be on its way out.
+            // last bytes); everything else is dropped. A client that answered a goodbye
+            // lingers here too, its answer perhaps still on its way out, until the server
+            // closes.
             let _ = this.transport.as_mut().poll_flush(cx);
             loop {
                 match this.transport.as_mut().poll_next(cx) {
