@@ -1,6 +1,7 @@
 //! The harness itself: servers in child processes of this test binary (started, used, torn
 //! down however the test ends, files included), its errors, and the in-memory pair.
 
+use std::future::Future;
 use std::time::Duration;
 
 use rpc_core::{ClientConfig, RpcError, Server, ServerConfig, TransportError};
@@ -221,15 +222,16 @@ async fn a_graceful_shutdown_finishes_the_calls_in_flight() {
     watchdog(TEST_WATCHDOG, async {
         let mut server = ServerCommand::this_binary("echo_server").spawn().await.unwrap();
         let client = EchoClient::connect(server.name().clone()).await.unwrap();
-        let slow = tokio::spawn({
-            let client = client.clone();
-            async move { client.sleep(300).await }
-        });
-        // The call is running once the server has started it: a cheap call after it on the
-        // same connection is answered after the server read both.
+        // Polled once, the slow call is queued, so it goes out before the echo below (from a
+        // task of its own it could go out after the echo, and even after the shutdown).
+        let mut slow = std::pin::pin!(client.sleep(300));
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(slow.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "a 300 ms call answered at once");
+        // A cheap call after it on the same connection is answered after the server read
+        // both: the slow call is running.
         assert_eq!(client.echo("x".into()).await.unwrap(), "x");
         server.begin_shutdown().await;
-        assert_eq!(slow.await.unwrap().unwrap(), 300);
+        assert_eq!(slow.await.unwrap(), 300);
         let exit = server.wait_exit().await;
         assert!(exit.status.success(), "{exit}");
     })
