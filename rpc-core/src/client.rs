@@ -80,7 +80,7 @@ pub struct ClientConfig {
     pub max_queued_oneway: usize,
     /// Bytes of a server stream's items one stream may hold unread here; the server's
     /// producer pauses until the consumer reads. Memory per inbound stream is at most
-    /// this plus one message. Default: 256 KiB.
+    /// this plus one message, and 4 KiB of items `next` read ahead. Default: 256 KiB.
     pub stream_window: u32,
     /// Whom this client accepts as the server of a pipe it connects to by name, checked
     /// from the OS's credentials of the pipe's peer before the client sends anything.
@@ -1211,9 +1211,10 @@ impl<Req: Send, Resp: Send> crate::stream::Source<Resp> for ClientDown<Req, Resp
         &mut self,
         cx: &mut Context<'_>,
         limit: usize,
+        max_bytes: usize,
         take: impl FnMut(Resp) -> bool,
     ) -> Poll<Option<Result<usize, RpcError>>> {
-        let polled = self.remote.poll_each(cx, limit, take);
+        let polled = self.remote.poll_each(cx, limit, max_bytes, take);
         match &polled {
             Poll::Ready(None) => {
                 self.outcome.get_or_insert(Outcome::Ok);
@@ -1227,6 +1228,10 @@ impl<Req: Send, Resp: Send> crate::stream::Source<Resp> for ClientDown<Req, Resp
             _ => {}
         }
         polled
+    }
+
+    fn failed(&self) -> bool {
+        self.remote.failed()
     }
 }
 

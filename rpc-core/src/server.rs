@@ -120,7 +120,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Bytes of a client's stream items (an `RpcStream` argument) one exchange may hold
     /// unread by its handler; the client's producer pauses until the handler reads.
-    /// Memory per inbound stream is at most this plus one message. Default: 256 KiB.
+    /// Memory per inbound stream is at most this plus one message, and 4 KiB of items
+    /// `next` read ahead. Default: 256 KiB.
     pub stream_window: u32,
     /// Options for the listening pipe (Unix socket mode, ...).
     pub listen: ListenOptions,

@@ -18,12 +18,13 @@
 //!
 //! Flow control: a consumer that reads slowly pauses the producer (credit-based, counted in
 //! bytes: a stream holds at most its window, 256 KiB by default, plus one item, on the
-//! receiving side). A consumer that drops its stream stops the producer: a
+//! receiving side, and up to 4 KiB of items `next` took ahead). A consumer that drops its stream stops the producer: a
 //! [`channel`](RpcStream::channel) sender then fails at its next `send`, and its `closed()`
 //! resolves; a [`sink`](RpcStream::sink) fails with [`SinkClosed`].
 //!
 //! [`TransportError::Disconnected`]: crate::TransportError::Disconnected
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -44,11 +45,22 @@ pub struct RpcStream<T> {
 enum Inner<T> {
     /// Items produced here, or any stream of results.
     Local(BoxStream<'static, Result<T, RpcError>>),
-    /// Items received from the peer.
-    Inbound(Box<dyn Inbound<T>>),
+    /// Items received from the peer, and those already taken from it that `next` has not
+    /// returned yet.
+    Inbound { source: Box<dyn Inbound<T>>, ahead: VecDeque<T> },
 }
 
-/// An inbound stream as [`RpcStream`] reads it: an item at a time, or all that are ready.
+/// How many items one `next` takes from an inbound stream's queue at most, for the calls
+/// after it: one look at the queue (one virtual call, one pass over the source's layers)
+/// per few dozen small items instead of per item.
+const AHEAD_ITEMS: usize = 64;
+
+/// What the items taken ahead may add up to at most (their frames' bytes, the first item
+/// taken included, which `next` returns at once), so reading ahead adds at most this to a
+/// stream's memory: a large item is taken alone, as without it.
+const AHEAD_BYTES: usize = 4096;
+
+/// An inbound stream as [`RpcStream`] reads it: the items that are ready, in batches.
 pub(crate) trait Inbound<T>: Send {
     /// Moves up to `limit` (at least 1) ready items to `out`: `Some(Ok(n))` with `n >= 1`;
     /// `None` at the normal end; `Some(Err)` when the stream failed (after the items before
@@ -60,20 +72,36 @@ pub(crate) trait Inbound<T>: Send {
         limit: usize,
     ) -> Poll<Option<Result<usize, RpcError>>>;
 
-    /// The next item.
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, RpcError>>>;
+    /// As [`poll_many`](Self::poll_many) into a queue, stopping before an item whose frame
+    /// would bring the bytes moved past `max_bytes` (the first is always moved).
+    fn poll_ahead(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut VecDeque<T>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Poll<Option<Result<usize, RpcError>>>;
+
+    /// Whether the stream has failed (the connection is gone, the exchange failed): its
+    /// error then comes before the items taken ahead, which are dropped.
+    fn failed(&self) -> bool;
 }
 
 /// Where an inbound stream's messages come from: the engine's handle on the exchange.
 pub(crate) trait Source<M>: Send {
     /// Hands up to `limit` (at least 1) ready messages to `take`, stopping early when it
-    /// returns false; otherwise as [`Inbound::poll_many`].
+    /// returns false or before a message whose frame would bring the bytes handed out past
+    /// `max_bytes` (the first is always handed out); otherwise as [`Inbound::poll_many`].
     fn poll_each(
         &mut self,
         cx: &mut Context<'_>,
         limit: usize,
+        max_bytes: usize,
         take: impl FnMut(M) -> bool,
     ) -> Poll<Option<Result<usize, RpcError>>>;
+
+    /// Whether the stream has failed (see [`Inbound::failed`]).
+    fn failed(&self) -> bool;
 }
 
 impl<T: Send + 'static> RpcStream<T> {
@@ -122,7 +150,7 @@ impl<T: Send + 'static> RpcStream<T> {
     /// The items the peer sends through `source`, picked out of its messages by `pick`.
     pub(crate) fn inbound<M: Send + 'static>(source: impl Source<M> + 'static, pick: fn(M) -> Option<T>) -> Self {
         let picked = Picked { source, pick, stray: None, over: false };
-        RpcStream { inner: Inner::Inbound(Box::new(picked)), held_end: None }
+        RpcStream { inner: Inner::Inbound { source: Box::new(picked), ahead: VecDeque::new() }, held_end: None }
     }
 
     /// The stream as a wire producer: each item wrapped into the service's message enum.
@@ -170,8 +198,16 @@ impl<T: Send + 'static> RpcStream<T> {
             return Poll::Ready(end.map_or(Ok(0), Err));
         }
         let stream = match &mut self.inner {
-            Inner::Inbound(inbound) => {
-                return inbound.poll_many(cx, buffer, limit).map(|r| r.unwrap_or(Ok(0)));
+            Inner::Inbound { source, ahead } => {
+                if !ahead.is_empty() {
+                    if !source.failed() {
+                        let n = ahead.len().min(limit);
+                        buffer.extend(ahead.drain(..n));
+                        return Poll::Ready(Ok(n));
+                    }
+                    ahead.clear();
+                }
+                return source.poll_many(cx, buffer, limit).map(|r| r.unwrap_or(Ok(0)));
             }
             Inner::Local(stream) => stream,
         };
@@ -198,6 +234,9 @@ impl<T: Send + 'static> RpcStream<T> {
     }
 }
 
+// Nothing in an `RpcStream` is pinned: the items it holds ahead are plain values it moves out.
+impl<T> Unpin for RpcStream<T> {}
+
 impl<T> Stream for RpcStream<T> {
     type Item = Result<T, RpcError>;
 
@@ -210,7 +249,20 @@ impl<T> Stream for RpcStream<T> {
         }
         match &mut this.inner {
             Inner::Local(stream) => stream.as_mut().poll_next(cx),
-            Inner::Inbound(inbound) => inbound.poll_next(cx),
+            Inner::Inbound { source, ahead } => {
+                if !ahead.is_empty() {
+                    if !source.failed() {
+                        return Poll::Ready(ahead.pop_front().map(Ok));
+                    }
+                    // Its error comes now, not after what was taken ahead.
+                    ahead.clear();
+                }
+                Poll::Ready(match std::task::ready!(source.poll_ahead(cx, ahead, AHEAD_ITEMS, AHEAD_BYTES)) {
+                    Some(Ok(_)) => ahead.pop_front().map(Ok),
+                    Some(Err(e)) => Some(Err(e)),
+                    None => None,
+                })
+            }
         }
     }
 }
@@ -230,12 +282,15 @@ fn stray() -> RpcError {
     TransportError::Protocol { detail: "a stream item of another method".to_owned() }.into()
 }
 
-impl<S: Source<M>, M: Send, T: Send> Inbound<T> for Picked<S, M, T> {
-    fn poll_many(
+impl<S: Source<M>, M: Send, T: Send> Picked<S, M, T> {
+    /// Hands up to `limit` items (and `max_bytes`, see [`Source::poll_each`]) to `put`.
+    #[inline]
+    fn poll_into(
         &mut self,
         cx: &mut Context<'_>,
-        out: &mut Vec<T>,
         limit: usize,
+        max_bytes: usize,
+        mut put: impl FnMut(T),
     ) -> Poll<Option<Result<usize, RpcError>>> {
         if let Some(e) = self.stray.take() {
             return Poll::Ready(Some(Err(e)));
@@ -244,9 +299,9 @@ impl<S: Source<M>, M: Send, T: Send> Inbound<T> for Picked<S, M, T> {
             return Poll::Ready(None);
         }
         let (pick, mut strayed) = (self.pick, false);
-        let polled = std::task::ready!(self.source.poll_each(cx, limit, |m| match pick(m) {
+        let polled = std::task::ready!(self.source.poll_each(cx, limit, max_bytes, |m| match pick(m) {
             Some(item) => {
-                out.push(item);
+                put(item);
                 true
             }
             None => {
@@ -267,31 +322,30 @@ impl<S: Source<M>, M: Send, T: Send> Inbound<T> for Picked<S, M, T> {
             _ => Poll::Ready(Some(Err(stray()))),
         }
     }
+}
 
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, RpcError>>> {
-        if let Some(e) = self.stray.take() {
-            return Poll::Ready(Some(Err(e)));
-        }
-        if self.over {
-            return Poll::Ready(None);
-        }
-        let (pick, mut next, mut strayed) = (self.pick, None, false);
-        let polled = std::task::ready!(self.source.poll_each(cx, 1, |m| {
-            match pick(m) {
-                Some(item) => next = Some(item),
-                None => strayed = true,
-            }
-            false
-        }));
-        if strayed {
-            self.over = true;
-            return Poll::Ready(Some(Err(stray())));
-        }
-        Poll::Ready(match polled {
-            Some(Ok(_)) => next.map(Ok),
-            None => None,
-            Some(Err(e)) => Some(Err(e)),
-        })
+impl<S: Source<M>, M: Send, T: Send> Inbound<T> for Picked<S, M, T> {
+    fn poll_many(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<T>,
+        limit: usize,
+    ) -> Poll<Option<Result<usize, RpcError>>> {
+        self.poll_into(cx, limit, usize::MAX, |item| out.push(item))
+    }
+
+    fn poll_ahead(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut VecDeque<T>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Poll<Option<Result<usize, RpcError>>> {
+        self.poll_into(cx, limit, max_bytes, |item| out.push_back(item))
+    }
+
+    fn failed(&self) -> bool {
+        self.source.failed()
     }
 }
 
@@ -402,31 +456,84 @@ mod tests {
     }
 
     /// A source of messages (`Ok`: this method's items, `Err`: another method's), then
-    /// the end.
-    struct Fake(std::collections::VecDeque<Result<u32, u32>>);
+    /// the end; it fails (with `Fake::ERROR`, dropping the rest) once `fail` is set, and
+    /// counts what it handed out.
+    struct Fake {
+        messages: std::collections::VecDeque<Result<u32, u32>>,
+        /// Set once the failure was reported.
+        ended: bool,
+        fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        handed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Fake {
+        const ERROR: &str = "gone";
+
+        fn new(messages: impl IntoIterator<Item = Result<u32, u32>>) -> Self {
+            let messages = messages.into_iter().collect();
+            Fake { messages, ended: false, fail: Default::default(), handed: Default::default() }
+        }
+    }
 
     impl Source<Result<u32, u32>> for Fake {
         fn poll_each(
             &mut self,
             _: &mut Context<'_>,
             limit: usize,
+            max_bytes: usize,
             mut take: impl FnMut(Result<u32, u32>) -> bool,
         ) -> Poll<Option<Result<usize, RpcError>>> {
-            let mut n = 0;
-            while n < limit {
-                let Some(m) = self.0.pop_front() else { break };
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            if self.failed() {
+                self.messages.clear();
+                self.ended = true;
+                return Poll::Ready(Some(Err(TransportError::Protocol { detail: Fake::ERROR.into() }.into())));
+            }
+            // Each message counts as a 1,000-byte frame.
+            let (mut n, mut bytes) = (0, 0);
+            while n < limit && (n == 0 || bytes + 1000 <= max_bytes) {
+                let Some(m) = self.messages.pop_front() else { break };
                 n += 1;
+                bytes += 1000;
+                self.handed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if !take(m) {
                     break;
                 }
             }
             Poll::Ready((n > 0).then_some(Ok(n)))
         }
+
+        fn failed(&self) -> bool {
+            self.fail.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    #[tokio::test]
+    async fn next_reads_ahead_at_most_its_byte_bound_and_a_failure_comes_before_the_items_read_ahead() {
+        let fake = Fake::new((0..100).map(Ok));
+        let (fail, handed) = (fake.fail.clone(), fake.handed.clone());
+        let mut s = RpcStream::inbound(fake, Result::ok);
+        assert_eq!(s.next().await, Some(Ok(0)));
+        // 1,000-byte frames: four fit in 4,096 bytes.
+        assert_eq!(handed.load(std::sync::atomic::Ordering::Relaxed), 4);
+        assert_eq!(s.next().await, Some(Ok(1)));
+        let mut got = Vec::new();
+        assert_eq!(s.recv_many(&mut got, 1).await, Ok(1), "recv_many takes the items read ahead first");
+        assert_eq!(got, [2]);
+        assert_eq!(handed.load(std::sync::atomic::Ordering::Relaxed), 4, "none taken from the source");
+        fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        match s.next().await {
+            Some(Err(RpcError::Transport(TransportError::Protocol { detail }))) => assert_eq!(detail, Fake::ERROR),
+            other => panic!("the failure must come before item 3, read ahead: got {other:?}"),
+        }
+        assert_eq!(s.next().await, None);
     }
 
     #[tokio::test]
     async fn an_item_of_another_method_fails_an_inbound_stream_after_the_items_before_it_and_ends_it() {
-        let messages = || Fake([Ok(1), Ok(2), Err(9), Ok(3)].into());
+        let messages = || Fake::new([Ok(1), Ok(2), Err(9), Ok(3)]);
         let mut s = RpcStream::inbound(messages(), Result::ok);
         let mut got = Vec::new();
         assert_eq!(s.recv_many(&mut got, 10).await, Ok(2));

@@ -6,8 +6,8 @@
 //! announces a window (in the handshake); the sender may send an item while its credit
 //! is positive, so it overshoots by at most one item. As the consumer takes items, the
 //! bytes it took go back to the sender in credit frames, a quarter of the window at a
-//! time. An inbound stream therefore never holds more than its window plus one message,
-//! and a slow consumer pauses the producer: the engine stops polling a producer without
+//! time. An inbound stream therefore never holds more than its window plus one message
+//! (and what `RpcStream::next` read ahead, which it bounds), and a slow consumer pauses the producer: the engine stops polling a producer without
 //! credit, so a channel feeding it fills and its sender waits.
 
 use std::collections::VecDeque;
@@ -272,13 +272,16 @@ impl<M> Remote<M> {
 
 impl<M: Send> crate::stream::Source<M> for Remote<M> {
     /// Hands out up to `limit` (at least 1) items to `take`, all that are ready, stopping
-    /// early when `take` returns false: `Some(Ok(n))` with `n >= 1`; `None` once the stream
-    /// ended normally; `Some(Err)` when it failed (the items before the failure came first);
+    /// early when `take` returns false or before an item whose frame would bring the bytes
+    /// handed out past `max_bytes` (the first is always handed out): `Some(Ok(n))` with
+    /// `n >= 1`; `None` once the stream ended
+    /// normally; `Some(Err)` when it failed (the items before the failure came first);
     /// `Pending` while none is ready.
     fn poll_each(
         &mut self,
         cx: &mut Context<'_>,
         limit: usize,
+        max_bytes: usize,
         mut take: impl FnMut(M) -> bool,
     ) -> Poll<Option<Result<usize, RpcError>>> {
         if self.done {
@@ -313,8 +316,13 @@ impl<M: Send> crate::stream::Source<M> for Remote<M> {
                 }
             }
         }
-        let mut n = 0;
+        let (mut n, mut bytes) = (0, 0usize);
         while n < limit.max(1) {
+            let Some(&(_, len)) = self.taken.front() else { break };
+            bytes = bytes.saturating_add(len as usize);
+            if n > 0 && bytes > max_bytes {
+                break;
+            }
             let Some((item, len)) = self.taken.pop_front() else { break };
             self.unsettled += len;
             n += 1;
@@ -330,6 +338,10 @@ impl<M: Send> crate::stream::Source<M> for Remote<M> {
             }
         }
         Poll::Ready(Some(Ok(n)))
+    }
+
+    fn failed(&self) -> bool {
+        self.inbox.failed.load(Ordering::Acquire)
     }
 }
 
