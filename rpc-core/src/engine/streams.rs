@@ -108,7 +108,7 @@ impl<M> Inbox<M> {
     /// Queues a run of items read in a row (see [`ItemRun`]) under one lock and one wake;
     /// refuses them all if the queue would hold more than `limit` bytes. Leaves `items`
     /// empty, keeping its allocation.
-    pub(crate) fn push_all(&self, items: &mut Vec<(M, u32)>, limit: usize) -> Result<(), OverCredit> {
+    pub(crate) fn push_all(&self, items: &mut VecDeque<(M, u32)>, limit: usize) -> Result<(), OverCredit> {
         let bytes: usize = items.iter().map(|(_, len)| *len as usize).sum();
         let mut s = self.lock();
         let over = s.held + bytes > limit;
@@ -122,7 +122,7 @@ impl<M> Inbox<M> {
         // Only the engine hands items over: one writer, as `Counters` needs.
         self.counters.items_in(items.len());
         s.received_bytes += bytes as u64;
-        s.items.extend(items.drain(..));
+        s.items.append(items);
         let waker = s.waker.take();
         drop(s);
         if let Some(w) = waker {
@@ -180,12 +180,12 @@ pub(crate) struct ItemRun<M> {
     inbox: Option<Arc<Inbox<M>>>,
     /// The most the inbox may hold (its window plus one message).
     limit: usize,
-    items: Vec<(M, u32)>,
+    items: VecDeque<(M, u32)>,
 }
 
 impl<M> Default for ItemRun<M> {
     fn default() -> Self {
-        ItemRun { id: None, inbox: None, limit: 0, items: Vec::new() }
+        ItemRun { id: None, inbox: None, limit: 0, items: VecDeque::new() }
     }
 }
 
@@ -216,7 +216,7 @@ impl<M> ItemRun<M> {
     /// Adds an item of `len` frame bytes to the open run.
     pub(crate) fn push(&mut self, item: M, len: u32) {
         if self.inbox.is_some() {
-            self.items.push((item, len));
+            self.items.push_back((item, len));
         }
     }
 
