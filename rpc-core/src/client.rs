@@ -1059,7 +1059,7 @@ impl<Req, Resp> Channel<Req, Resp> {
         options: &CallOptions,
         body: Req,
         up: Option<BoxStream<'static, Result<Req, RpcError>>>,
-        pick: fn(Resp) -> Option<T>,
+        pick: impl Fn(Resp) -> Option<T> + Send + 'static,
     ) -> Result<RpcStream<T>, RpcError>
     where
         Req: Send + 'static,

@@ -151,7 +151,7 @@ impl<Req: Send + 'static> CallStreams<Req> {
 
     /// The call's inbound stream, its items picked out of the request enum by `pick`. A
     /// call without one gets a stream that fails with a protocol error.
-    pub fn upload<T: Send + 'static>(&mut self, pick: fn(Req) -> Option<T>) -> RpcStream<T> {
+    pub fn upload<T: Send + 'static>(&mut self, pick: impl Fn(Req) -> Option<T> + Send + 'static) -> RpcStream<T> {
         match self.up.take() {
             Some(remote) => RpcStream::inbound(remote, pick),
             None => {

@@ -148,8 +148,13 @@ impl<T: Send + 'static> RpcStream<T> {
     }
 
     /// The items the peer sends through `source`, picked out of its messages by `pick`.
-    pub(crate) fn inbound<M: Send + 'static>(source: impl Source<M> + 'static, pick: fn(M) -> Option<T>) -> Self {
-        let picked = Picked { source, pick, stray: None, over: false };
+    /// (A closure's own type, not a function pointer: the pick is inlined into the loop
+    /// that hands items out, instead of taking and returning each item through memory.)
+    pub(crate) fn inbound<M: Send + 'static>(
+        source: impl Source<M> + 'static,
+        pick: impl Fn(M) -> Option<T> + Send + 'static,
+    ) -> Self {
+        let picked = Picked { source, pick, _types: std::marker::PhantomData, stray: None, over: false };
         RpcStream { inner: Inner::Inbound { source: Box::new(picked), ahead: VecDeque::new() }, held_end: None }
     }
 
@@ -269,9 +274,10 @@ impl<T> Stream for RpcStream<T> {
 
 /// An inbound stream's items, picked out of the service's messages; a message of another
 /// method fails the stream with a protocol error, which ends it.
-struct Picked<S, M, T> {
+struct Picked<S, M, T, P> {
     source: S,
-    pick: fn(M) -> Option<T>,
+    pick: P,
+    _types: std::marker::PhantomData<fn(M) -> T>,
     /// The error of a message of another method, behind items already returned.
     stray: Option<RpcError>,
     /// Set once the stream has failed that way.
@@ -282,7 +288,7 @@ fn stray() -> RpcError {
     TransportError::Protocol { detail: "a stream item of another method".to_owned() }.into()
 }
 
-impl<S: Source<M>, M: Send, T: Send> Picked<S, M, T> {
+impl<S: Source<M>, M: Send, T: Send, P: Fn(M) -> Option<T> + Send> Picked<S, M, T, P> {
     /// Hands up to `limit` items (and `max_bytes`, see [`Source::poll_each`]) to `put`.
     #[inline]
     fn poll_into(
@@ -298,7 +304,7 @@ impl<S: Source<M>, M: Send, T: Send> Picked<S, M, T> {
         if self.over {
             return Poll::Ready(None);
         }
-        let (pick, mut strayed) = (self.pick, false);
+        let (pick, mut strayed) = (&self.pick, false);
         let polled = std::task::ready!(self.source.poll_each(cx, limit, max_bytes, |m| match pick(m) {
             Some(item) => {
                 put(item);
@@ -324,7 +330,7 @@ impl<S: Source<M>, M: Send, T: Send> Picked<S, M, T> {
     }
 }
 
-impl<S: Source<M>, M: Send, T: Send> Inbound<T> for Picked<S, M, T> {
+impl<S: Source<M>, M: Send, T: Send, P: Fn(M) -> Option<T> + Send> Inbound<T> for Picked<S, M, T, P> {
     fn poll_many(
         &mut self,
         cx: &mut Context<'_>,

@@ -9,6 +9,10 @@
 //! - `tarpc`: stock tarpc over the same `PipeStream`, bincode in length-delimited frames.
 //! - `rpc`: pipe-rpc (`#[rpc_core::service]`).
 //!
+//! The workspace builds benches with fat LTO and one codegen unit (`[profile.bench]` in the
+//! root `Cargo.toml`), every mode alike: the figures are those of a release build made for
+//! speed (docs/ARCHITECTURE.md, "where the time goes", has what the default profile gives).
+//!
 //! Workloads (the names are those of the `--json` lines):
 //!
 //! - `call_16b`: sequential 16-byte echo, p50/p99 latency;
