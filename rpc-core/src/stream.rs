@@ -18,8 +18,8 @@
 //!
 //! Flow control: a consumer that reads slowly pauses the producer (credit-based, counted in
 //! bytes: a stream holds at most its window, 256 KiB by default, plus one item, on the
-//! receiving side, and up to 4 KiB of items `next` took ahead). A consumer that drops its stream stops the producer: a
-//! [`channel`](RpcStream::channel) sender then fails at its next `send`, and its `closed()`
+//! receiving side, and up to 4 KiB of items `next` took ahead). A consumer that drops its
+//! stream stops the producer: a [`channel`](RpcStream::channel) sender then fails at its next `send`, and its `closed()`
 //! resolves; a [`sink`](RpcStream::sink) fails with [`SinkClosed`].
 //!
 //! [`TransportError::Disconnected`]: crate::TransportError::Disconnected
@@ -45,9 +45,30 @@ pub struct RpcStream<T> {
 enum Inner<T> {
     /// Items produced here, or any stream of results.
     Local(BoxStream<'static, Result<T, RpcError>>),
-    /// Items received from the peer, and those already taken from it that `next` has not
-    /// returned yet.
-    Inbound { source: Box<dyn Inbound<T>>, ahead: VecDeque<T> },
+    /// Items received from the peer.
+    Inbound(Received<T>),
+}
+
+/// An inbound stream's source, and the items already taken from it that `next` has not
+/// returned yet.
+struct Received<T> {
+    source: Box<dyn Inbound<T>>,
+    ahead: VecDeque<T>,
+}
+
+impl<T> Received<T> {
+    /// The items read ahead, if there are any that may still be handed out: none once the
+    /// stream has failed (its error comes now, not after them, and they are dropped).
+    fn ahead(&mut self) -> Option<&mut VecDeque<T>> {
+        if self.ahead.is_empty() {
+            return None;
+        }
+        if self.source.failed() {
+            self.ahead.clear();
+            return None;
+        }
+        Some(&mut self.ahead)
+    }
 }
 
 /// How many items one `next` takes from an inbound stream's queue at most, for the calls
@@ -155,7 +176,10 @@ impl<T: Send + 'static> RpcStream<T> {
         pick: impl Fn(M) -> Option<T> + Send + 'static,
     ) -> Self {
         let picked = Picked { source, pick, _types: std::marker::PhantomData, stray: None, over: false };
-        RpcStream { inner: Inner::Inbound { source: Box::new(picked), ahead: VecDeque::new() }, held_end: None }
+        RpcStream {
+            inner: Inner::Inbound(Received { source: Box::new(picked), ahead: VecDeque::new() }),
+            held_end: None,
+        }
     }
 
     /// The stream as a wire producer: each item wrapped into the service's message enum.
@@ -203,16 +227,13 @@ impl<T: Send + 'static> RpcStream<T> {
             return Poll::Ready(end.map_or(Ok(0), Err));
         }
         let stream = match &mut self.inner {
-            Inner::Inbound { source, ahead } => {
-                if !ahead.is_empty() {
-                    if !source.failed() {
-                        let n = ahead.len().min(limit);
-                        buffer.extend(ahead.drain(..n));
-                        return Poll::Ready(Ok(n));
-                    }
-                    ahead.clear();
+            Inner::Inbound(received) => {
+                if let Some(ahead) = received.ahead() {
+                    let n = ahead.len().min(limit);
+                    buffer.extend(ahead.drain(..n));
+                    return Poll::Ready(Ok(n));
                 }
-                return source.poll_many(cx, buffer, limit).map(|r| r.unwrap_or(Ok(0)));
+                return received.source.poll_many(cx, buffer, limit).map(|r| r.unwrap_or(Ok(0)));
             }
             Inner::Local(stream) => stream,
         };
@@ -254,14 +275,11 @@ impl<T> Stream for RpcStream<T> {
         }
         match &mut this.inner {
             Inner::Local(stream) => stream.as_mut().poll_next(cx),
-            Inner::Inbound { source, ahead } => {
-                if !ahead.is_empty() {
-                    if !source.failed() {
-                        return Poll::Ready(ahead.pop_front().map(Ok));
-                    }
-                    // Its error comes now, not after what was taken ahead.
-                    ahead.clear();
+            Inner::Inbound(received) => {
+                if let Some(ahead) = received.ahead() {
+                    return Poll::Ready(ahead.pop_front().map(Ok));
                 }
+                let Received { source, ahead } = received;
                 Poll::Ready(match std::task::ready!(source.poll_ahead(cx, ahead, AHEAD_ITEMS, AHEAD_BYTES)) {
                     Some(Ok(_)) => ahead.pop_front().map(Ok),
                     Some(Err(e)) => Some(Err(e)),

@@ -7,8 +7,9 @@
 //! is positive, so it overshoots by at most one item. As the consumer takes items, the
 //! bytes it took go back to the sender in credit frames, a quarter of the window at a
 //! time. An inbound stream therefore never holds more than its window plus one message
-//! (and what `RpcStream::next` read ahead, which it bounds), and a slow consumer pauses the producer: the engine stops polling a producer without
-//! credit, so a channel feeding it fills and its sender waits.
+//! (and what `RpcStream::next` read ahead, which it bounds), and a slow consumer pauses
+//! the producer: the engine stops polling a producer without credit, so a channel feeding
+//! it fills and its sender waits.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -276,9 +277,8 @@ impl<M: Send> crate::stream::Source<M> for Remote<M> {
     /// Hands out up to `limit` (at least 1) items to `take`, all that are ready, stopping
     /// early when `take` returns false or before an item whose frame would bring the bytes
     /// handed out past `max_bytes` (the first is always handed out): `Some(Ok(n))` with
-    /// `n >= 1`; `None` once the stream ended
-    /// normally; `Some(Err)` when it failed (the items before the failure came first);
-    /// `Pending` while none is ready.
+    /// `n >= 1`; `None` once the stream ended normally; `Some(Err)` when it failed (the
+    /// items before the failure came first); `Pending` while none is ready.
     fn poll_each(
         &mut self,
         cx: &mut Context<'_>,
