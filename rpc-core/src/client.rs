@@ -80,7 +80,7 @@ pub struct ClientConfig {
     pub max_queued_oneway: usize,
     /// Bytes of a server stream's items one stream may hold unread here; the server's
     /// producer pauses until the consumer reads. Memory per inbound stream is at most
-    /// this plus one message, and 4 KiB of items `next` read ahead. Default: 256 KiB.
+    /// this plus one message, and 4 KiB of items `next` read ahead. Default: 512 KiB.
     pub stream_window: u32,
     /// Whom this client accepts as the server of a pipe it connects to by name, checked
     /// from the OS's credentials of the pipe's peer before the client sends anything.

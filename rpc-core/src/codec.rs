@@ -153,6 +153,8 @@ impl Codec {
         let serde = |e: &dyn std::fmt::Display| EncodeError::Serde(e.to_string());
         let too_large = |size: u64| EncodeError::TooLarge(TooLarge { size, limit: limit as u64 });
         let start = buf.len();
+        // Where a capture of blobs (`crate::blob`) for this frame was started, if one was.
+        let origin = std::ptr::from_ref(&*buf);
         if prefix.len() > limit {
             return Err(too_large(prefix.len() as u64));
         }
@@ -164,9 +166,13 @@ impl Codec {
                 let soft = limit.min(SMALL_FRAME) - prefix.len().min(SMALL_FRAME);
                 match Self::bincode().serialize_into(LimitedWriter { buf: &mut *buf, remaining: soft }, item) {
                     Ok(()) => return Ok(Placed::Appended(buf.len() - start)),
-                    Err(e) if is_write_zero(&e) => buf.truncate(start),
+                    Err(e) if is_write_zero(&e) => {
+                        buf.truncate(start);
+                        crate::blob::forget_holes();
+                    }
                     Err(e) => {
                         buf.truncate(start);
+                        crate::blob::forget_holes();
                         return Err(serde(&e));
                     }
                 }
@@ -179,7 +185,9 @@ impl Codec {
                 }
                 large_frame(size as usize, |out| {
                     out.extend_from_slice(prefix);
-                    Self::bincode().serialize_into(out.writer(), item).map_err(|e| serde(&e))
+                    crate::blob::retarget(origin, out);
+                    let writer = LimitedWriter { buf: out, remaining: size as usize - prefix.len() };
+                    Self::bincode().serialize_into(writer, item).map_err(|e| serde(&e))
                 })
                 .map(Placed::Separate)
             }
@@ -196,13 +204,17 @@ impl Codec {
                     buf.truncate(start);
                     return large_frame(size as usize, |out| {
                         out.extend_from_slice(prefix);
-                        postcard::to_io(item, out.writer()).map(drop).map_err(|e| serde(&e))
+                        crate::blob::retarget(origin, out);
+                        let writer = LimitedWriter { buf: out, remaining: size as usize - prefix.len() };
+                        postcard::to_io(item, writer).map(drop).map_err(|e| serde(&e))
                     })
                     .map(Placed::Separate);
                 }
                 buf.reserve(size as usize - prefix.len());
-                if let Err(e) = postcard::to_io(item, (&mut *buf).writer()) {
+                let writer = LimitedWriter { buf: &mut *buf, remaining: size as usize - prefix.len() };
+                if let Err(e) = postcard::to_io(item, writer) {
                     buf.truncate(start);
+                    crate::blob::forget_holes();
                     return Err(serde(&e));
                 }
                 Ok(Placed::Appended(buf.len() - start))
@@ -453,7 +465,11 @@ impl io::Write for LimitedWriter<'_> {
             return Err(io::ErrorKind::WriteZero.into());
         }
         self.remaining -= bytes.len();
-        self.buf.extend_from_slice(bytes);
+        // A `Blob`'s bytes, when the engine leaves room for them (see `crate::blob`): not
+        // copied, recorded as a hole at this offset.
+        if !crate::blob::take(bytes, self.buf) {
+            self.buf.extend_from_slice(bytes);
+        }
         Ok(())
     }
 

@@ -97,8 +97,10 @@
 //! deadline (none unless the client handle sets one).
 //!
 //! Arguments and results are any serde types (`Serialize + DeserializeOwned + Send +
-//! 'static`). For bulk bytes use `serde_bytes::ByteBuf` (or `#[serde(with =
-//! "serde_bytes")]` on a `Vec<u8>` field): a plain `Vec<u8>` is encoded element by element.
+//! 'static`). For bulk bytes use [`Blob`]: the sender writes a large one to the pipe from
+//! its own memory instead of copying it into its frame (on the wire it is plain serde bytes,
+//! like `serde_bytes::ByteBuf`, which is fine for small payloads). A plain `Vec<u8>` is
+//! encoded element by element.
 //!
 //! # Errors
 //!
@@ -128,6 +130,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod blob;
 pub mod blocking;
 pub mod callback;
 pub mod child;
@@ -158,6 +161,7 @@ pub mod porting {}
 pub mod __private;
 
 pub use access::{AccessPolicy, PeerCredentials, ServerIdentity, Sid};
+pub use blob::Blob;
 pub use blocking::{BlockingStream, Upload};
 pub use callback::{Callback, Client};
 pub use client::{CallOptions, Channel, ClientConfig, PeerInfo};

@@ -121,7 +121,7 @@ pub struct ServerConfig {
     /// Bytes of a client's stream items (an `RpcStream` argument) one exchange may hold
     /// unread by its handler; the client's producer pauses until the handler reads.
     /// Memory per inbound stream is at most this plus one message, and 4 KiB of items
-    /// `next` read ahead. Default: 256 KiB.
+    /// `next` read ahead. Default: 512 KiB.
     pub stream_window: u32,
     /// Options for the listening pipe (Unix socket mode, ...).
     pub listen: ListenOptions,
@@ -312,9 +312,9 @@ impl ServerConfig {
     }
 }
 
-/// The default stream window, both ends: 256 KiB, four 64 KiB items in flight (see
-/// ARCHITECTURE, "Streams are pulled, not pushed", for why not more).
-pub const DEFAULT_STREAM_WINDOW: u32 = 256 * 1024;
+/// The default stream window, both ends: 512 KiB, eight 64 KiB items in flight (see
+/// ARCHITECTURE, "Streams are pulled, not pushed", for why this size).
+pub const DEFAULT_STREAM_WINDOW: u32 = 512 * 1024;
 
 /// A service and its settings, ready to bind.
 pub struct Server<S> {

@@ -17,7 +17,7 @@
 //! An application error in the middle of a stream is an item: use `RpcStream<Result<T, E>>`.
 //!
 //! Flow control: a consumer that reads slowly pauses the producer (credit-based, counted in
-//! bytes: a stream holds at most its window, 256 KiB by default, plus one item, on the
+//! bytes: a stream holds at most its window, 512 KiB by default, plus one item, on the
 //! receiving side, and up to 4 KiB of items `next` took ahead). A consumer that drops its
 //! stream stops the producer: a [`channel`](RpcStream::channel) sender then fails at its next `send`, and its `closed()`
 //! resolves; a [`sink`](RpcStream::sink) fails with [`SinkClosed`].

@@ -45,10 +45,12 @@
 //!   and gives each call its own task); bar: concurrent/sequential <= 0.6.
 //!
 //! Items: 16 B items are `serde_bytes::ByteArray<16>` (a length and one copy each way; serde's
-//! own `[u8; 16]` is a tuple, one call per byte); 64 KiB items are `ByteBuf`s, each a clone of
-//! one buffer stamped with its number, so the producer pays one 64 KiB allocation and copy
-//! per item that raw (which rewrites one buffer) does not: an owned item is what the API
-//! takes. Each stream or upload is one call of `n` items; the next batch is a new call.
+//! own `[u8; 16]` is a tuple, one call per byte); 64 KiB items are a `Chunk`: its number and
+//! a 64 KiB `rpc_core::Blob`, a clone (a reference count) of one buffer, as raw rewrites one
+//! buffer; the library writes the blob's bytes to the pipe from that buffer every item (the
+//! receiver decodes each into a fresh blob), and the consumer checks the number, the length
+//! and a byte every 4093. Each stream or upload is one call of `n` items; the next batch is a
+//! new call.
 //! The 64 KiB rows also depend on glibc's heap. glibc returns free memory at the top of its
 //! heap to the OS once there is more than its trim threshold (128 KiB in a fresh process), so
 //! a receiver that takes each 64 KiB item alone and frees it before the next arrives makes
@@ -1373,16 +1375,15 @@ fn stamp_sum(first: usize, n: usize) -> u64 {
     (n * first + n * n.saturating_sub(1) / 2) as u64
 }
 
-/// The [`STREAM_FRAME`]-byte item the rpc stream workloads clone and stamp.
+/// The [`STREAM_FRAME`]-byte payload of the rpc stream workloads' chunks.
 fn stream_payload() -> Vec<u8> {
     (0..STREAM_FRAME).map(bulk_byte).collect()
 }
 
-/// A stream item: its length, its stamp `i`, and a spot check of its body every 4093 bytes.
-fn check_blob(item: &[u8], i: usize) {
+/// The payload of stream item `i`: its length, and a spot check every 4093 bytes.
+fn check_blob_body(item: &[u8], i: usize) {
     assert_eq!(item.len(), STREAM_FRAME, "stream item {i}: wrong length");
-    assert_eq!(item[..8], (i as u64).to_le_bytes(), "stream item {i}: wrong stamp");
-    for p in (8..STREAM_FRAME).step_by(4093) {
+    for p in (0..STREAM_FRAME).step_by(4093) {
         assert_eq!(item[p], bulk_byte(p), "stream item {i}: corrupt byte at {p}");
     }
 }
@@ -1664,7 +1665,7 @@ mod tarpc_mode {
 
 mod rpc_mode {
     use super::*;
-    use rpc_core::RpcStream;
+    use rpc_core::{Blob, RpcStream};
     use serde_bytes::ByteArray;
     use std::cell::Cell;
     use std::sync::atomic::AtomicU64;
@@ -1696,18 +1697,18 @@ mod rpc_mode {
         async fn noted(&self, total: u64) -> (u64, u64);
         /// Streams `small(i)` for `i` in `first..first + n`.
         async fn items(&self, first: u64, n: u64) -> RpcStream<Small>;
-        /// Streams `n` items of [`STREAM_FRAME`] bytes, each a clone of one buffer (one copy
-        /// per item) stamped with `i` in its first 8 bytes, `i` in `first..first + n`.
-        async fn blobs(&self, first: u64, n: u64) -> RpcStream<ByteBuf>;
+        /// Streams `n` chunks of [`STREAM_FRAME`] bytes, each the number `i` beside a clone
+        /// (a reference count) of one blob, `i` in `first..first + n`.
+        async fn blobs(&self, first: u64, n: u64) -> RpcStream<Chunk>;
         /// The caller's items counted: (items, wrapping sum of their stamps).
         async fn upload_small(&self, items: RpcStream<Small>) -> (u64, u64);
         /// The caller's items counted: (items, bytes, wrapping sum of their stamps).
-        async fn upload_blobs(&self, items: RpcStream<ByteBuf>) -> (u64, u64, u64);
+        async fn upload_blobs(&self, items: RpcStream<Chunk>) -> (u64, u64, u64);
     }
 
-    /// The one buffer [`Echo::blobs`] clones, and what [`Echo::note`] counted.
+    /// The one blob [`Echo::blobs`] clones, and what [`Echo::note`] counted.
     struct EchoImpl {
-        blob: ByteBuf,
+        blob: Blob,
         notes: AtomicU64,
         notes_sum: AtomicU64,
         /// What [`Echo::noted`] waits for (`u64::MAX`: nobody waits); the call that reaches
@@ -1719,7 +1720,7 @@ mod rpc_mode {
     impl EchoImpl {
         fn new() -> EchoImpl {
             EchoImpl {
-                blob: ByteBuf::from(stream_payload()),
+                blob: Blob::from(stream_payload()),
                 notes: AtomicU64::new(0),
                 notes_sum: AtomicU64::new(0),
                 notes_target: AtomicU64::new(u64::MAX),
@@ -1772,7 +1773,7 @@ mod rpc_mode {
             RpcStream::iter((first..first + n).map(|i| small(i as usize)))
         }
 
-        async fn blobs(&self, first: u64, n: u64) -> RpcStream<ByteBuf> {
+        async fn blobs(&self, first: u64, n: u64) -> RpcStream<Chunk> {
             let blob = self.blob.clone();
             RpcStream::iter((first..first + n).map(move |i| stamped(&blob, i)))
         }
@@ -1796,23 +1797,34 @@ mod rpc_mode {
             (n, sum)
         }
 
-        async fn upload_blobs(&self, mut items: RpcStream<ByteBuf>) -> (u64, u64, u64) {
+        async fn upload_blobs(&self, mut items: RpcStream<Chunk>) -> (u64, u64, u64) {
             let (mut n, mut bytes, mut sum) = (0u64, 0u64, 0u64);
             while let Some(item) = items.next().await {
                 let item = item.expect("rpc: upload_blobs item");
                 n += 1;
-                bytes += item.len() as u64;
-                sum = sum.wrapping_add(stamp_of(&item[..]));
+                bytes += item.data.len() as u64;
+                sum = sum.wrapping_add(item.stamp);
             }
             (n, bytes, sum)
         }
     }
 
-    /// A clone of `blob` (the one copy per item) with `i` in its first 8 bytes.
-    fn stamped(blob: &ByteBuf, i: u64) -> ByteBuf {
-        let mut b = blob.clone();
-        b[..8].copy_from_slice(&i.to_le_bytes());
-        b
+    /// Chunk `i`: its number beside a clone of `blob`.
+    fn stamped(blob: &Blob, i: u64) -> Chunk {
+        Chunk { stamp: i, data: blob.clone() }
+    }
+
+    /// A 64 KiB stream item: its number, and the payload.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub(super) struct Chunk {
+        stamp: u64,
+        data: Blob,
+    }
+
+    /// Chunk `i` as [`stamped`] made it.
+    fn check_blob(item: &Chunk, i: usize) {
+        assert_eq!(item.stamp, i as u64, "stream item {i}: wrong stamp");
+        super::check_blob_body(&item.data, i);
     }
 
     pub(super) async fn serve(name: &str, ready: impl FnOnce(), stop: oneshot::Receiver<()>) {
@@ -1922,11 +1934,11 @@ mod rpc_mode {
         .await
     }
 
-    /// `upload_64kib`: client streams of 64 KiB items (each a clone of one buffer, the same
-    /// one copy per item as [`Echo::blobs`]), counted by the handler; bytes/s.
+    /// `upload_64kib`: client streams of 64 KiB chunks (as [`Echo::blobs`] makes them),
+    /// counted by the handler; bytes/s.
     pub(super) async fn upload_blobs(s: &Session, k: Count) -> Measurement {
         let client = connect(s).await;
-        let blob = ByteBuf::from(stream_payload());
+        let blob = Blob::from(stream_payload());
         batches(s, k, STREAM_FRAME, async |first, n| {
             let blob = blob.clone();
             let items = RpcStream::iter((first..first + n).map(move |i| stamped(&blob, i as u64)));

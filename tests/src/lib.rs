@@ -249,6 +249,13 @@ pub trait Probe {
     /// Blocks a thread for `ms` ms through `rpc_core::context::spawn_blocking`, counted
     /// under `tag` (its `max_concurrent` is the most that ran at once).
     async fn blocking_sleep(&self, tag: u64, ms: u64) -> u64;
+    /// Returns its argument: a `Blob` (bytes sent from their own memory) both ways.
+    async fn echo_blob(&self, b: rpc_core::Blob) -> rpc_core::Blob;
+    /// Streams `n` blobs of `size` bytes following [`pattern_byte`], offsets counted
+    /// across items.
+    async fn blob_stream(&self, n: u64, size: u64) -> RpcStream<rpc_core::Blob>;
+    /// [`Probe::upload_check`] for a stream of blobs.
+    async fn upload_blobs(&self, items: RpcStream<rpc_core::Blob>) -> (u64, bool);
 }
 
 /// About 1 KiB inline: see [`Probe::count_blobs`].
@@ -658,6 +665,29 @@ impl Probe for ProbeImpl {
         })
         .await;
         tag
+    }
+
+    async fn echo_blob(&self, b: rpc_core::Blob) -> rpc_core::Blob {
+        b
+    }
+
+    async fn blob_stream(&self, n: u64, size: u64) -> RpcStream<rpc_core::Blob> {
+        let size = usize::try_from(size).unwrap();
+        let mut offset = 0usize;
+        RpcStream::new(futures::stream::iter(0..n).map(move |_| {
+            let item: Vec<u8> = (offset..offset + size).map(pattern_byte).collect();
+            offset += size;
+            rpc_core::Blob::from(item)
+        }))
+    }
+
+    async fn upload_blobs(&self, mut items: RpcStream<rpc_core::Blob>) -> (u64, bool) {
+        let (mut len, mut ok) = (0usize, true);
+        while let Some(Ok(item)) = items.next().await {
+            ok &= item.iter().enumerate().all(|(i, &b)| b == pattern_byte(len + i));
+            len += item.len();
+        }
+        (len as u64, ok)
     }
 
     async fn count_blobs(&self, v: Vec<Option<Blob>>) -> u64 {

@@ -117,9 +117,10 @@ async fn recv_many_reads_a_stream_four_times_its_window_in_order_in_batches_then
         let name = unique_name!();
         let _server = ServerProcess::spawn(EXE, &name, &[]).await;
         let c = connect(&name).await;
-        // 1 MiB in 16 KiB items: the producer needs credit back (the window is 256 KiB),
-        // which only what `recv_many` takes gives.
-        let mut stream = c.blobs(64, 16 * 1024).await.unwrap();
+        // Four windows in 16 KiB items: the producer needs credit back, which only what
+        // `recv_many` takes gives.
+        let n = 4 * rpc_core::DEFAULT_STREAM_WINDOW as usize / (16 * 1024);
+        let mut stream = c.blobs(n as u64, 16 * 1024).await.unwrap();
         let (mut batch, mut items, mut calls) = (Vec::new(), 0usize, 0usize);
         let mut offset = 0usize;
         loop {
@@ -135,7 +136,7 @@ async fn recv_many_reads_a_stream_four_times_its_window_in_order_in_batches_then
                 items += 1;
             }
         }
-        assert_eq!((items, offset), (64, 64 * 16 * 1024));
+        assert_eq!((items, offset), (n, n * 16 * 1024));
         assert!(calls >= 8, "{calls} batches of at most 8");
         assert_eq!(stream.recv_many(&mut batch, 8).await, Ok(0), "it stays ended");
         // The connection carries on.

@@ -143,6 +143,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedPipe<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> FramedPipe<S> {
+    /// Sends one message made of `parts`, in order: as [`start_send`](Sink::start_send) of
+    /// their concatenation, but parts of at least [`ZERO_COPY_MIN`] bytes are written from
+    /// their own memory (the others are copied into the write buffer). For a message whose
+    /// bulk is already in buffers of its own: a frame header, the payload, a trailer.
+    ///
+    /// Call it after `poll_ready` said yes, as `start_send`. An error (the message is over
+    /// the limit) leaves nothing queued.
+    pub fn start_send_parts(&mut self, parts: &[Bytes]) -> io::Result<()> {
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        self.codec.check_outgoing(len)?;
+        // The limit is at most `MAX_FRAME_CEILING`, far below 4 GiB.
+        self.small.put_u32(len as u32);
+        self.unwritten += 4 + len;
+        for part in parts {
+            if part.len() >= ZERO_COPY_MIN {
+                if !self.small.is_empty() {
+                    self.queued.push_back(self.small.split().freeze());
+                }
+                self.queued.push_back(part.clone());
+            } else {
+                self.small.extend_from_slice(part);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Stream for FramedPipe<S> {
     type Item = io::Result<BytesMut>;
 
@@ -314,6 +342,32 @@ mod tests {
         assert!(f.queued.len() > MAX_SLICES);
         f.flush().await.unwrap();
         assert_eq!(f.get_ref().written, wire(&sent));
+    }
+
+    #[tokio::test]
+    async fn a_message_in_parts_goes_out_as_their_concatenation_with_large_parts_uncopied() {
+        let [a, big, c] =
+            [3, ZERO_COPY_MIN, 5].map(|n| Bytes::from((0..n).map(|j| j as u8 ^ 0x5a).collect::<Vec<u8>>()));
+        let whole: Bytes = [&a[..], &big[..], &c[..]].concat().into();
+        for vectored in [true, false] {
+            for max in [1, 4096, 1 << 20] {
+                let io = Trickle { written: Vec::new(), max, vectored };
+                let mut f = FramedPipe::new(io, LengthPrefixed::new(1 << 20));
+                Pin::new(&mut f).start_send(Bytes::from_static(b"before")).unwrap();
+                f.start_send_parts(&[a.clone(), big.clone(), c.clone()]).unwrap();
+                // The large part is queued as it is: the same memory, not a copy.
+                assert!(f.queued.iter().any(|q| q.as_ptr() == big.as_ptr()), "vectored {vectored}, max {max}");
+                Pin::new(&mut f).start_send(Bytes::from_static(b"after")).unwrap();
+                f.flush().await.unwrap();
+                let sent = [Bytes::from_static(b"before"), whole.clone(), Bytes::from_static(b"after")];
+                assert_eq!(f.get_ref().written, wire(&sent), "vectored {vectored}, {max} bytes a write");
+            }
+        }
+        let io = Trickle { written: Vec::new(), max: 1 << 20, vectored: true };
+        let mut f = FramedPipe::new(io, LengthPrefixed::new(ZERO_COPY_MIN + 7));
+        let err = f.start_send_parts(&[a.clone(), big.clone(), c.clone()]).unwrap_err();
+        assert!(err.to_string().contains(&(ZERO_COPY_MIN + 8).to_string()), "{err}");
+        assert_eq!(f.unwritten(), 0, "a refused message queues nothing");
     }
 
     #[tokio::test]

@@ -11,14 +11,15 @@
 //! With cargo: `cargo run --release -p pipe-rpc-examples --bin file-transfer -- --self-test`
 //! (a debug build works too, only slower).
 //!
-//! An upload is a call with a client-to-server stream argument (`data: RpcStream<ByteBuf>`)
+//! An upload is a call with a client-to-server stream argument (`data: RpcStream<Blob>`)
 //! and a plain reply (the bytes stored, or a typed error); a download is a call whose reply
-//! is a server-to-client stream of `Result<ByteBuf, FileError>` items (a missing file is an
-//! error item). Chunks are [`CHUNK`] bytes of `serde_bytes::ByteBuf` (a plain `Vec<u8>`
-//! would be encoded byte by byte). Files are read and written on blocking threads, never on
+//! is a server-to-client stream of `Result<Blob, FileError>` items (a missing file is an
+//! error item). Chunks are [`CHUNK`] bytes of `rpc_core::Blob`, which the sender writes to
+//! the pipe from the chunk's own memory instead of copying it into a frame first (a plain
+//! `Vec<u8>` would be encoded byte by byte). Files are read and written on blocking threads, never on
 //! the runtime's, and every hand-over is a bounded channel, so the producer (a disk or the
 //! pipe) waits for the consumer and memory stays flat whatever the size: the library's
-//! credit-based flow control holds at most a 256 KiB window per stream in flight.
+//! credit-based flow control holds at most a 512 KiB window per stream in flight.
 //!
 //! An upload is written to a hidden temporary file and renamed into place only when every
 //! byte announced has arrived; an upload that fails or is cancelled half-way leaves nothing
@@ -44,9 +45,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use pipe_rpc_examples::server::{OnStdinEof, stop_requested};
-use rpc_core::{ClientConfig, RpcError, RpcStream, Server};
+use rpc_core::{Blob, ClientConfig, RpcError, RpcStream, Server};
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
@@ -111,9 +111,9 @@ impl FileError {
 trait Files {
     /// Stores the caller's bytes as `name` (replacing any file of that name) once exactly
     /// `size` bytes have arrived; returns the bytes stored.
-    async fn upload(&self, name: String, size: u64, data: RpcStream<ByteBuf>) -> Result<u64, FileError>;
+    async fn upload(&self, name: String, size: u64, data: RpcStream<Blob>) -> Result<u64, FileError>;
     /// The bytes of `name`, in chunks; an error item (no such file, a read error) ends it.
-    async fn download(&self, name: String) -> RpcStream<Result<ByteBuf, FileError>>;
+    async fn download(&self, name: String) -> RpcStream<Result<Blob, FileError>>;
     /// This server process's peak resident set size in bytes, where the OS tells (Linux).
     async fn peak_rss(&self) -> Option<u64>;
 }
@@ -148,13 +148,13 @@ impl Dir {
 
 /// What the connection hands to the thread writing an upload.
 enum ToDisk {
-    Chunk(ByteBuf),
+    Chunk(Blob),
     /// Every chunk has arrived: check the size, keep the file.
     Commit,
 }
 
 impl Files for Dir {
-    async fn upload(&self, name: String, size: u64, mut data: RpcStream<ByteBuf>) -> Result<u64, FileError> {
+    async fn upload(&self, name: String, size: u64, mut data: RpcStream<Blob>) -> Result<u64, FileError> {
         let dest = self.path_of(&name)?;
         let temp = self.root.join(format!(".{name}.part-{}", self.uploads.fetch_add(1, Ordering::Relaxed)));
         let (to_disk, from_net) = mpsc::channel(CHUNKS_QUEUED);
@@ -178,7 +178,7 @@ impl Files for Dir {
         Ok(stored)
     }
 
-    async fn download(&self, name: String) -> RpcStream<Result<ByteBuf, FileError>> {
+    async fn download(&self, name: String) -> RpcStream<Result<Blob, FileError>> {
         let path = match self.path_of(&name) {
             Ok(path) => path,
             Err(e) => return RpcStream::iter([Err(e)]),
@@ -262,7 +262,7 @@ fn write_upload(
 }
 
 /// The next chunk of `from`: [`CHUNK`] bytes, fewer only at the end; `None` at the end.
-fn read_chunk(from: &mut impl Read) -> io::Result<Option<ByteBuf>> {
+fn read_chunk(from: &mut impl Read) -> io::Result<Option<Blob>> {
     let mut buf = vec![0; CHUNK];
     let mut filled = 0;
     while filled < CHUNK {
@@ -274,7 +274,7 @@ fn read_chunk(from: &mut impl Read) -> io::Result<Option<ByteBuf>> {
         }
     }
     buf.truncate(filled);
-    Ok((filled > 0).then(|| ByteBuf::from(buf)))
+    Ok((filled > 0).then(|| Blob::from(buf)))
 }
 
 async fn serve(name: &str, dir: &Path, on_eof: OnStdinEof) -> Result<(), Box<dyn Error>> {
@@ -350,7 +350,7 @@ async fn download_to<W: Write + Send + 'static>(
     mut sink: W,
 ) -> Result<(u64, W), FileError> {
     let mut chunks = client.download(name.to_owned()).await?;
-    let (tx, mut rx) = mpsc::channel::<ByteBuf>(CHUNKS_QUEUED);
+    let (tx, mut rx) = mpsc::channel::<Blob>(CHUNKS_QUEUED);
     let writer = tokio::task::spawn_blocking(move || {
         while let Some(chunk) = rx.blocking_recv() {
             sink.write_all(&chunk)?;

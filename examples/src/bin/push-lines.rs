@@ -44,7 +44,7 @@ usage: push-lines --serve NAME     send each line of stdin to every follower
 The server shuts down when its stdin ends (Ctrl-D; on Windows Ctrl-Z, Enter),
 after its followers got every line; followers then exit.";
 
-/// Lines a follower's channel holds; beyond them, its stream's window (256 KiB by default).
+/// Lines a follower's channel holds; beyond them, its stream's window (512 KiB by default).
 const FOLLOWER_BUFFER: usize = 64;
 
 /// How long a server whose input ended waits for its followers to get their last lines.

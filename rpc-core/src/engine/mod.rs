@@ -47,7 +47,7 @@ use bytes::Bytes;
 
 use self::callee::Answer;
 use self::calls::CloseRequest;
-use self::outbox::{Encoded, Outbox};
+use self::outbox::{Encoded, Outbox, Rest};
 use self::stall::StallTimer;
 use self::transport::InFrame;
 use crate::codec::{Codec, DecodeLimits, EncodeError};
@@ -208,6 +208,7 @@ where
         caller: Option<Caller<Req, Resp>>,
         callee: Option<Callee<S>>,
     ) -> Self {
+        let parts = transport.takes_parts();
         Engine {
             transport: Box::pin(transport),
             peer: settings.peer,
@@ -219,6 +220,7 @@ where
             send_limit: settings.send_limit,
             outbox: Outbox::new(
                 settings.capabilities & caps::BATCH != 0,
+                parts,
                 settings.send_limit,
                 settings.counters.clone(),
             ),
@@ -759,7 +761,7 @@ where
     /// (after what was already queued for it).
     fn send_abort(&mut self, why: &TransportError, cx: &mut Context<'_>) {
         let _ = self.out_room(cx, true);
-        let frame = Outbound(crate::wire::abort_frame(&why.to_string()));
+        let frame = Outbound::One(crate::wire::abort_frame(&why.to_string()));
         if let Poll::Ready(Ok(())) = self.transport.as_mut().poll_ready(cx)
             && self.transport.as_mut().start_send(frame).is_ok()
         {
@@ -898,7 +900,7 @@ where
                 // everything it sent (see the linger in `poll`).
                 return match self.transport.as_mut().poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
-                        match self.transport.as_mut().start_send(Outbound(crate::wire::goodbye_frame())) {
+                        match self.transport.as_mut().start_send(Outbound::One(crate::wire::goodbye_frame())) {
                             Ok(()) => {
                                 self.goodbye_sent = true;
                                 self.needs_flush = true;
@@ -1012,11 +1014,17 @@ impl<T> Pipe<'_, T> {
     }
 
     /// Queues the next piece of a large item (its frame's bytes), taking it off `rest`.
-    fn write_piece(&mut self, id: u64, from_opener: bool, rest: &mut Bytes) -> Result<(), TransportError> {
-        let bytes = rest.split_to(rest.len().min(streams::PIECE));
-        let piece = Frame::<(), ()>::Piece { id, from_opener, more: !rest.is_empty(), bytes };
-        // A piece is at most the piece size plus its header: below any message limit.
-        self.write(&piece)
+    fn write_piece(&mut self, id: u64, from_opener: bool, rest: &mut Rest) -> Result<(), TransportError> {
+        let parts = rest.take(streams::PIECE);
+        let piece = Frame::<(), ()>::Piece { id, from_opener, more: !rest.is_empty(), bytes: Bytes::new() };
+        // The header alone (the piece's bytes follow it raw). A piece is at most the piece
+        // size plus its header: below any message limit.
+        let header = piece
+            .encode(self.codec, self.limit)
+            .map_err(|e| TransportError::Protocol { detail: format!("cannot encode a piece header: {e}") })?;
+        self.outbox.push_piece(&header, parts);
+        *self.needs_flush = true;
+        Ok(())
     }
 }
 
@@ -1049,7 +1057,7 @@ where
         }
     }
 
-    fn piece(&mut self, id: u64, rest: &mut Bytes) -> Result<(), TransportError> {
+    fn piece(&mut self, id: u64, rest: &mut Rest) -> Result<(), TransportError> {
         self.0.write_piece(id, false, rest)
     }
 
@@ -1092,7 +1100,7 @@ where
         }
     }
 
-    fn piece(&mut self, id: u64, rest: &mut Bytes) -> Result<(), TransportError> {
+    fn piece(&mut self, id: u64, rest: &mut Rest) -> Result<(), TransportError> {
         self.0.write_piece(id, true, rest)
     }
 
@@ -1208,7 +1216,7 @@ where
             // Our goodbye goes after everything we sent; then we wait for the server to
             // close first, so nothing we wrote is left unread when the pipe goes.
             if let Poll::Ready(Ok(())) = this.transport.as_mut().poll_ready(cx)
-                && this.transport.as_mut().start_send(Outbound(crate::wire::goodbye_frame())).is_ok()
+                && this.transport.as_mut().start_send(Outbound::One(crate::wire::goodbye_frame())).is_ok()
             {
                 this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
                 return Pin::new(this).poll(cx);

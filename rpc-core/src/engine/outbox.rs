@@ -12,6 +12,15 @@
 //! Memory: the buffer holds at most one batch ([`BATCH_TARGET`] plus the frame that
 //! crossed it, and a frame encoded here is at most the codec's shared-buffer size), and at
 //! most two sealed messages wait for the carrier; the engine adds nothing while they wait.
+//!
+//! Blobs: a frame holding a [`Blob`](crate::Blob) of [`Blob::ZERO_COPY_MIN`] bytes or more
+//! is encoded without the blob's bytes (see [`crate::blob`]) and sent alone as a message in
+//! parts (the frame's bytes before the blob, the blob's own memory, the bytes after it),
+//! which the carrier writes as one message with one vectored write. Only on carriers that
+//! send messages as they are ([`FrameTransport::takes_parts`]).
+//!
+//! [`Blob::ZERO_COPY_MIN`]: crate::Blob::ZERO_COPY_MIN
+//! [`FrameTransport::takes_parts`]: super::transport::FrameTransport::takes_parts
 
 use std::collections::VecDeque;
 use std::io;
@@ -25,6 +34,7 @@ use serde::Serialize;
 
 use super::streams::WHOLE_MAX;
 use super::transport::Outbound;
+use crate::blob::{self, Holes};
 use crate::codec::{Codec, EncodeError, Placed};
 use crate::stats::Counters;
 use crate::wire::{BATCH_ENTRY_LEN, Frame, HEADER_LEN, Kind};
@@ -43,8 +53,58 @@ const BATCH_HEADER: [u8; HEADER_LEN] = {
 pub(crate) enum Encoded {
     /// Queued to be sent; its size.
     Queued(usize),
-    /// Larger than [`WHOLE_MAX`]: not queued, here whole.
-    Large(Bytes),
+    /// Larger than [`WHOLE_MAX`]: not queued, here whole (in parts if it holds blobs).
+    Large(Rest),
+}
+
+/// A frame, or what is left of one, as a run of buffers: its bytes around its blobs and
+/// the blobs' own memory. A large stream item is sent from here piece by piece, each piece
+/// a slice of these buffers, so no byte of it is copied on its way to the pipe.
+#[derive(Debug, Default)]
+pub(crate) struct Rest {
+    parts: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Rest {
+    fn new(parts: impl IntoIterator<Item = Bytes>) -> Self {
+        let parts: VecDeque<Bytes> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+        Rest { len: parts.iter().map(Bytes::len).sum(), parts }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Takes the first `n` bytes (all if fewer are left), as slices of the buffers.
+    pub(crate) fn take(&mut self, n: usize) -> Vec<Bytes> {
+        let mut taken = Vec::new();
+        let mut want = n.min(self.len);
+        self.len -= want;
+        while want > 0 {
+            let Some(front) = self.parts.front_mut() else { break };
+            if front.len() <= want {
+                want -= front.len();
+                taken.extend(self.parts.pop_front());
+            } else {
+                taken.push(front.split_to(want));
+                want = 0;
+            }
+        }
+        taken
+    }
+
+    /// The message to send all of it as one frame.
+    fn into_message(mut self) -> Outbound {
+        if self.parts.len() == 1 {
+            return Outbound::One(self.parts.pop_front().unwrap_or_default());
+        }
+        Outbound::Parts(self.parts.into())
+    }
 }
 
 pub(crate) struct Outbox {
@@ -54,9 +114,11 @@ pub(crate) struct Outbox {
     /// Frames in `buf`.
     frames: usize,
     /// Messages sealed and not yet taken by the carrier, oldest first.
-    sealed: VecDeque<Bytes>,
+    sealed: VecDeque<Outbound>,
     /// Whether both ends announced batches; if not, every frame is its own message.
     batching: bool,
+    /// Whether the carrier takes messages in parts, so blobs can be left out of frames.
+    parts: bool,
     /// The largest message the peer reads; a batch never grows past it.
     send_limit: usize,
     /// Where the bytes handed to the carrier are counted.
@@ -64,9 +126,9 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    pub(crate) fn new(batching: bool, send_limit: usize, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(batching: bool, parts: bool, send_limit: usize, counters: Arc<Counters>) -> Self {
         debug_assert_eq!(BATCH_HEADER[0], Kind::Batch.code());
-        Outbox { buf: BytesMut::new(), frames: 0, sealed: VecDeque::new(), batching, send_limit, counters }
+        Outbox { buf: BytesMut::new(), frames: 0, sealed: VecDeque::new(), batching, parts, send_limit, counters }
     }
 
     /// True if nothing is waiting to be handed to the carrier.
@@ -86,9 +148,10 @@ impl Outbox {
     ) -> Result<usize, EncodeError> {
         match self.encode(frame, codec, limit)? {
             Encoded::Queued(len) => Ok(len),
-            Encoded::Large(bytes) => {
-                let len = bytes.len();
-                self.push_alone(bytes);
+            Encoded::Large(rest) => {
+                let len = rest.len();
+                self.seal();
+                self.sealed.push_back(rest.into_message());
                 Ok(len)
             }
         }
@@ -131,19 +194,108 @@ impl Outbox {
     ) -> Result<Encoded, EncodeError> {
         if !self.batching {
             self.buf.clear();
-            let bytes = match append(&mut self.buf)? {
+            let (placed, holes) = self.append_capturing(append);
+            let bytes = match placed? {
+                Placed::Appended(len) if !holes.is_empty() => {
+                    let head = self.buf.split().freeze();
+                    return Ok(self.push_parts(head, 0, len, holes));
+                }
+                Placed::Separate(bytes) if !holes.is_empty() => {
+                    let len = bytes.len();
+                    return Ok(self.push_parts(bytes, 0, len, holes));
+                }
                 Placed::Appended(_) => self.buf.split().freeze(),
                 Placed::Separate(bytes) => bytes,
             };
             if bytes.len() > WHOLE_MAX {
-                return Ok(Encoded::Large(bytes));
+                return Ok(Encoded::Large(Rest::new([bytes])));
             }
             let len = bytes.len();
-            self.sealed.push_back(bytes);
+            self.sealed.push_back(Outbound::One(bytes));
             return Ok(Encoded::Queued(len));
         }
         let entry = self.begin_entry();
-        match append(&mut self.buf) {
+        match self.append_capturing(append) {
+            (Ok(Placed::Appended(len)), holes) if !holes.is_empty() => {
+                // The frame goes alone, in parts, after the batch before it.
+                let start = entry + BATCH_ENTRY_LEN;
+                let head = self.buf.split_off(start).freeze();
+                self.abandon_entry(entry);
+                self.seal();
+                Ok(self.push_parts(head, start, len, holes))
+            }
+            (Ok(Placed::Separate(bytes)), holes) if !holes.is_empty() => {
+                self.abandon_entry(entry);
+                self.seal();
+                let len = bytes.len();
+                Ok(self.push_parts(bytes, 0, len, holes))
+            }
+            (r, _) => self.placed_in_batch(entry, r),
+        }
+    }
+
+    /// Runs `append` on the buffer, leaving blobs out of the frame if the carrier takes
+    /// messages in parts.
+    #[inline]
+    fn append_capturing(
+        &mut self,
+        append: impl FnOnce(&mut BytesMut) -> Result<Placed, EncodeError>,
+    ) -> (Result<Placed, EncodeError>, Holes) {
+        if self.parts {
+            let buf = &raw const self.buf;
+            blob::capture(buf, || append(&mut self.buf))
+        } else {
+            (append(&mut self.buf), Holes::new())
+        }
+    }
+
+    /// Queues a frame whose blobs were left out (the batch before it is sealed): `head` is
+    /// the rest of its bytes (`len` of them), which began at offset `start` of the buffer
+    /// the holes' offsets count in. A frame over [`WHOLE_MAX`] is handed back in parts.
+    fn push_parts(&mut self, mut head: Bytes, start: usize, len: usize, holes: Holes) -> Encoded {
+        let total = len + holes.iter().map(|(_, b)| b.len()).sum::<usize>();
+        let mut parts = Vec::with_capacity(2 * holes.len() + 1);
+        let mut consumed = start;
+        for (at, blob) in holes {
+            parts.push(head.split_to(at - consumed));
+            consumed = at;
+            parts.push(blob);
+        }
+        parts.push(head);
+        parts.retain(|p| !p.is_empty());
+        if total > WHOLE_MAX {
+            return Encoded::Large(Rest::new(parts));
+        }
+        self.sealed.push_back(Outbound::Parts(parts));
+        Encoded::Queued(total)
+    }
+
+    /// Queues a `Piece` frame: `header` (its fixed header) then `parts`. A small piece is
+    /// copied into the batch; a large one goes alone, its parts written from their memory.
+    pub(crate) fn push_piece(&mut self, header: &[u8], parts: Vec<Bytes>) {
+        let len = header.len() + parts.iter().map(Bytes::len).sum::<usize>();
+        if len < crate::Blob::ZERO_COPY_MIN || !self.parts {
+            let mut frame = BytesMut::with_capacity(len);
+            frame.extend_from_slice(header);
+            parts.iter().for_each(|p| frame.extend_from_slice(p));
+            if self.batching {
+                self.push_encoded_slice(&frame);
+            } else {
+                self.push_alone(frame.freeze());
+            }
+            return;
+        }
+        self.seal();
+        let mut message = Vec::with_capacity(parts.len() + 1);
+        message.push(Bytes::copy_from_slice(header));
+        message.extend(parts);
+        self.sealed.push_back(Outbound::Parts(message));
+    }
+
+    /// Completes a batch entry started at `entry` once its frame was encoded (or not).
+    #[inline]
+    fn placed_in_batch(&mut self, entry: usize, placed: Result<Placed, EncodeError>) -> Result<Encoded, EncodeError> {
+        match placed {
             Ok(Placed::Appended(len)) => {
                 self.end_entry(entry, len);
                 Ok(Encoded::Queued(len))
@@ -151,7 +303,7 @@ impl Outbox {
             Ok(Placed::Separate(bytes)) => {
                 self.abandon_entry(entry);
                 if bytes.len() > WHOLE_MAX {
-                    return Ok(Encoded::Large(bytes));
+                    return Ok(Encoded::Large(Rest::new([bytes])));
                 }
                 let len = bytes.len();
                 self.push_alone(bytes);
@@ -188,7 +340,7 @@ impl Outbox {
     /// Seals the batch so far, then queues `bytes` as a message of its own after it.
     fn push_alone(&mut self, bytes: Bytes) {
         self.seal();
-        self.sealed.push_back(bytes);
+        self.sealed.push_back(Outbound::One(bytes));
     }
 
     /// Starts a batch entry: the batch header if this is the first frame, then room for the
@@ -237,9 +389,9 @@ impl Outbox {
             0 => {}
             1 => {
                 let whole = self.buf.split().freeze();
-                self.sealed.push_back(whole.slice(HEADER_LEN + BATCH_ENTRY_LEN..));
+                self.sealed.push_back(Outbound::One(whole.slice(HEADER_LEN + BATCH_ENTRY_LEN..)));
             }
-            _ => self.sealed.push_back(self.buf.split().freeze()),
+            _ => self.sealed.push_back(Outbound::One(self.buf.split().freeze())),
         }
         self.frames = 0;
     }
@@ -272,13 +424,12 @@ impl Outbox {
         if all || self.buf.len() >= BATCH_TARGET {
             self.seal();
         }
-        while let Some(next) = self.sealed.front() {
+        while !self.sealed.is_empty() {
             std::task::ready!(transport.as_mut().poll_ready(cx))?;
-            let next = next.clone();
-            self.sealed.pop_front();
+            let Some(next) = self.sealed.pop_front() else { break };
             // With its length prefix: what the pipe carries.
             self.counters.bytes_out(next.len() + 4);
-            transport.as_mut().start_send(Outbound(next))?;
+            transport.as_mut().start_send(next)?;
         }
         if self.frames == 0 && !all {
             std::task::ready!(transport.as_mut().poll_ready(cx))?;
@@ -296,12 +447,12 @@ mod tests {
 
     fn drain(o: &mut Outbox) -> Vec<Bytes> {
         o.seal();
-        o.sealed.drain(..).collect()
+        o.sealed.drain(..).map(|m| m.join()).collect()
     }
 
     #[test]
     fn frames_are_packed_into_one_batch_that_splits_back_into_them() {
-        let mut o = Outbox::new(true, 1 << 20, Arc::default());
+        let mut o = Outbox::new(true, true, 1 << 20, Arc::default());
         let frames: Vec<F> = (0..5).map(|i| Frame::Reply { id: i, body: i as u32 }).collect();
         for f in &frames {
             o.push_frame(f, Codec::Bincode, 1 << 20).unwrap();
@@ -315,7 +466,7 @@ mod tests {
 
     #[test]
     fn a_batch_of_one_is_sent_as_the_frame_alone() {
-        let mut o = Outbox::new(true, 1 << 20, Arc::default());
+        let mut o = Outbox::new(true, true, 1 << 20, Arc::default());
         let f: F = Frame::Reply { id: 7, body: 9 };
         o.push_frame(&f, Codec::Bincode, 1 << 20).unwrap();
         let msgs = drain(&mut o);
@@ -324,7 +475,7 @@ mod tests {
 
     #[test]
     fn without_batching_every_frame_is_its_own_message() {
-        let mut o = Outbox::new(false, 1 << 20, Arc::default());
+        let mut o = Outbox::new(false, true, 1 << 20, Arc::default());
         for i in 0..3 {
             o.push_frame(&F::Cancel { id: i }, Codec::Bincode, 1 << 20).unwrap();
         }
@@ -337,7 +488,7 @@ mod tests {
     fn a_batch_never_exceeds_the_peers_message_limit() {
         // Frames of 10 + 1 + 200 bytes, a 1000-byte limit: at most 4 entries per batch.
         let limit = 1000;
-        let mut o = Outbox::new(true, limit, Arc::default());
+        let mut o = Outbox::new(true, true, limit, Arc::default());
         let f = Frame::<(), serde_bytes::ByteBuf>::Reply { id: 1, body: serde_bytes::ByteBuf::from(vec![7; 200]) };
         let mut sent = 0;
         for _ in 0..20 {
@@ -352,7 +503,7 @@ mod tests {
 
     #[test]
     fn a_frame_that_fails_to_encode_leaves_the_batch_as_it_was() {
-        let mut o = Outbox::new(true, 1 << 20, Arc::default());
+        let mut o = Outbox::new(true, true, 1 << 20, Arc::default());
         o.push_frame(&F::Cancel { id: 1 }, Codec::Bincode, 1 << 20).unwrap();
         let big = Frame::<(), serde_bytes::ByteBuf>::Reply { id: 2, body: serde_bytes::ByteBuf::from(vec![0; 100]) };
         assert!(matches!(o.push_frame(&big, Codec::Bincode, 50), Err(EncodeError::TooLarge(_))));
@@ -363,9 +514,151 @@ mod tests {
         assert_eq!(ids, [1, 3]);
     }
 
+    /// A reply frame whose body holds two blobs between other fields.
+    type WithBlobs = Frame<(), (u8, crate::Blob, u16, crate::Blob, u8)>;
+
+    fn with_blobs(small: bool) -> (WithBlobs, [crate::Blob; 2]) {
+        let n = if small { crate::Blob::ZERO_COPY_MIN - 1 } else { crate::Blob::ZERO_COPY_MIN };
+        let blobs = [1u8, 2].map(|b| crate::Blob::from(vec![b; n]));
+        (Frame::Reply { id: 9, body: (1, blobs[0].clone(), 2, blobs[1].clone(), 3) }, blobs)
+    }
+
+    #[test]
+    fn a_frame_with_blobs_goes_alone_in_parts_that_hold_the_blobs_own_memory() {
+        for codec in [Codec::Bincode, Codec::Postcard] {
+            for batching in [true, false] {
+                let mut o = Outbox::new(batching, true, 1 << 20, Arc::default());
+                o.push_frame(&F::Cancel { id: 1 }, codec, 1 << 20).unwrap();
+                let (f, blobs) = with_blobs(false);
+                let plain = f.encode(codec, 1 << 20).unwrap();
+                let len = o.push_frame(&f, codec, 1 << 20).unwrap();
+                assert_eq!(len, plain.len(), "the frame's size counts its blobs");
+                o.push_frame(&F::Cancel { id: 2 }, codec, 1 << 20).unwrap();
+                o.seal();
+                let msgs: Vec<Outbound> = o.sealed.drain(..).collect();
+                assert_eq!(msgs.len(), 3, "{codec:?}, batching {batching}");
+                let Outbound::Parts(parts) = &msgs[1] else {
+                    panic!("{codec:?}: the frame with blobs is not in parts")
+                };
+                for blob in &blobs {
+                    assert!(parts.iter().any(|p| p.as_ptr() == blob.as_ptr() && p.len() == blob.len()));
+                }
+                let [first, frame, last] = <[Outbound; 3]>::try_from(msgs).ok().unwrap().map(Outbound::join);
+                assert_eq!(frame, plain, "{codec:?}: the parts are the frame");
+                assert_eq!(F::decode(codec, &first).unwrap().id(), 1);
+                assert_eq!(F::decode(codec, &last).unwrap().id(), 2);
+            }
+        }
+    }
+
+    #[test]
+    fn small_blobs_json_and_a_carrier_without_parts_get_the_frame_whole() {
+        let cases = [(Codec::Bincode, true, true), (Codec::Json, false, true), (Codec::Bincode, false, false)];
+        for (codec, small, parts) in cases {
+            let mut o = Outbox::new(false, parts, 1 << 20, Arc::default());
+            let (f, _) = with_blobs(small);
+            o.push_frame(&f, codec, 1 << 20).unwrap();
+            let msgs: Vec<Outbound> = o.sealed.drain(..).collect();
+            assert!(matches!(&msgs[..], [Outbound::One(b)] if *b == f.encode(codec, 1 << 20).unwrap()), "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn a_frame_with_a_blob_over_the_limit_is_refused_and_leaves_nothing_behind() {
+        let mut o = Outbox::new(true, true, 1 << 20, Arc::default());
+        o.push_frame(&F::Cancel { id: 1 }, Codec::Bincode, 1 << 20).unwrap();
+        let (f, blobs) = with_blobs(false);
+        let limit = 2 * crate::Blob::ZERO_COPY_MIN;
+        assert!(matches!(o.push_frame(&f, Codec::Bincode, limit), Err(EncodeError::TooLarge(_))));
+        let msgs = drain(&mut o);
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(F::decode(Codec::Bincode, &msgs[0]).unwrap().id(), 1);
+        drop(f);
+        assert!(blobs.into_iter().all(|b| b.into_bytes().is_unique()), "no clone of a blob is kept");
+    }
+
+    #[test]
+    fn a_frame_over_the_whole_size_keeps_its_blob_uncopied_and_pieces_are_slices_of_it() {
+        for codec in [Codec::Bincode, Codec::Postcard] {
+            let blob = crate::Blob::from((0..(300 << 10)).map(|i| i as u8).collect::<Vec<u8>>());
+            let f = Frame::<(), (u32, crate::Blob)>::Reply { id: 4, body: (7, blob.clone()) };
+            let plain = f.encode(codec, 1 << 20).unwrap();
+            let mut o = Outbox::new(true, true, 1 << 20, Arc::default());
+            let Encoded::Large(mut rest) = o.encode(&f, codec, 1 << 20).unwrap() else { panic!("not large") };
+            assert_eq!(rest.len(), plain.len());
+            assert!(rest.parts.iter().any(|p| p.as_ptr() == blob.as_ptr()), "{codec:?}: the blob was copied");
+            // Cut as the pump cuts pieces: every byte once, in order, the blob's memory sliced.
+            let mut cut = Vec::new();
+            while !rest.is_empty() {
+                let piece = rest.take(streams_piece());
+                assert!(piece.iter().map(Bytes::len).sum::<usize>() <= streams_piece());
+                cut.extend(piece);
+            }
+            assert!(cut.iter().any(|p| p.as_ptr() == blob.as_ptr()));
+            assert_eq!(cut.concat(), plain.to_vec(), "{codec:?}");
+            // A large reply goes alone, in parts, after the batch before it.
+            o.push_frame(&F::Cancel { id: 1 }, codec, 1 << 20).unwrap();
+            assert_eq!(o.push_frame(&f, codec, 1 << 20).unwrap(), plain.len());
+            o.seal();
+            let msgs: Vec<Outbound> = o.sealed.drain(..).collect();
+            assert_eq!(msgs.len(), 2);
+            assert!(matches!(&msgs[1], Outbound::Parts(p) if p.iter().any(|p| p.as_ptr() == blob.as_ptr())));
+            assert_eq!(msgs.into_iter().nth(1).unwrap().join(), plain);
+        }
+    }
+
+    /// A value whose `Serialize` encodes a blob of its own (nested in the outbox's encode),
+    /// checks that nested encoding is whole, and writes it beside its blob.
+    struct Nested(crate::Blob);
+
+    impl Serialize for Nested {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let inner = Codec::Bincode.encode(&(self.0.clone(),), 8 << 20).unwrap();
+            let (back,): (crate::Blob,) = Codec::Bincode.decode(&inner).unwrap();
+            assert!(back == self.0, "a nested encode lost its blob's bytes");
+            (serde_bytes::Bytes::new(&inner), &self.0).serialize(s)
+        }
+    }
+
+    #[test]
+    fn an_encode_nested_in_a_serialize_impl_keeps_its_blob_and_the_outer_frame_is_whole() {
+        for len in [crate::Blob::ZERO_COPY_MIN, 40 << 10, 200 << 10] {
+            let blob = crate::Blob::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+            let f = Frame::<(), Nested>::Reply { id: 3, body: Nested(blob) };
+            let plain = f.encode(Codec::Bincode, 8 << 20).unwrap();
+            let mut o = Outbox::new(true, true, 8 << 20, Arc::default());
+            o.push_frame(&f, Codec::Bincode, 8 << 20).unwrap();
+            o.seal();
+            let msgs: Vec<Outbound> = o.sealed.drain(..).collect();
+            assert_eq!(msgs.len(), 1);
+            assert_eq!(msgs.into_iter().next().unwrap().join(), plain, "{len} bytes");
+        }
+    }
+
+    fn streams_piece() -> usize {
+        super::super::streams::PIECE
+    }
+
+    #[test]
+    fn a_large_piece_goes_alone_in_parts_and_a_small_one_joins_the_batch() {
+        let mut o = Outbox::new(true, true, 1 << 20, Arc::default());
+        let big = Bytes::from(vec![3u8; 40 << 10]);
+        o.push_frame(&F::Cancel { id: 1 }, Codec::Bincode, 1 << 20).unwrap();
+        o.push_piece(b"HEADER", vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]);
+        o.push_piece(b"HEADER", vec![big.clone()]);
+        o.seal();
+        let msgs: Vec<Outbound> = o.sealed.drain(..).collect();
+        assert_eq!(msgs.len(), 2);
+        let Outbound::One(batch) = &msgs[0] else { panic!("the small piece is not in the batch") };
+        assert_eq!(split_batch(batch).unwrap()[1], &b"HEADERabcd"[..]);
+        let Outbound::Parts(parts) = &msgs[1] else { panic!("the large piece is not in parts") };
+        assert_eq!(&parts[0][..], b"HEADER");
+        assert_eq!(parts[1].as_ptr(), big.as_ptr());
+    }
+
     #[test]
     fn a_large_frame_goes_alone_after_the_batch_before_it() {
-        let mut o = Outbox::new(true, 8 << 20, Arc::default());
+        let mut o = Outbox::new(true, true, 8 << 20, Arc::default());
         o.push_frame(&F::Cancel { id: 1 }, Codec::Bincode, 8 << 20).unwrap();
         o.push_frame(&F::Cancel { id: 2 }, Codec::Bincode, 8 << 20).unwrap();
         let big =

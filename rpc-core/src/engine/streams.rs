@@ -362,7 +362,7 @@ pub(crate) struct OutStream<M> {
     pub(crate) credit: i64,
     pub(crate) deadline: Option<Instant>,
     /// The rest of a large item being sent in pieces.
-    pub(crate) partial: Option<bytes::Bytes>,
+    pub(crate) partial: Option<super::outbox::Rest>,
     /// The exchange's span, if one is wanted; it counts the items sent.
     pub(crate) trace: Trace,
     /// How the stream ended, once it has (set as its end is written).
@@ -394,7 +394,7 @@ pub(crate) enum ItemSent {
     /// Written whole; its frame's size.
     Whole(u32),
     /// Its first piece is written; the rest goes out piece by piece. Its whole frame's size.
-    Started { cost: u32, rest: bytes::Bytes },
+    Started { cost: u32, rest: super::outbox::Rest },
     /// It could not be encoded; the sink ended the exchange, with this outcome.
     Failed(Outcome),
 }
@@ -439,7 +439,7 @@ pub(crate) trait PumpSink<M> {
     /// Writes item `item` of exchange `id` (whole, or its first piece).
     fn item(&mut self, id: u64, item: M) -> Result<ItemSent, TransportError>;
     /// Writes the next piece of exchange `id`'s large item, taking it off `rest`.
-    fn piece(&mut self, id: u64, rest: &mut bytes::Bytes) -> Result<(), TransportError>;
+    fn piece(&mut self, id: u64, rest: &mut super::outbox::Rest) -> Result<(), TransportError>;
     /// Writes the end of exchange `id`'s stream: normal, or with an error.
     fn end(&mut self, id: u64, how: Result<(), RpcError>) -> Result<(), TransportError>;
     /// Stream `id` is over (its end, or the error that replaced an item, is written) and

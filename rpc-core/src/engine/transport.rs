@@ -10,6 +10,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 
@@ -43,7 +44,34 @@ pub(crate) struct InFrame<C, R> {
 }
 
 /// An encoded message to send: one frame or a batch (see [`Outbox`](super::outbox::Outbox)).
-pub(crate) struct Outbound(pub(crate) Bytes);
+pub(crate) enum Outbound {
+    One(Bytes),
+    /// One frame in parts, in order: its bytes around its blobs, and the blobs' own memory
+    /// (only to a carrier that [takes parts](FrameTransport::takes_parts)).
+    Parts(Vec<Bytes>),
+}
+
+impl Outbound {
+    /// Its size in bytes (without the length prefix the carrier adds).
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Outbound::One(b) => b.len(),
+            Outbound::Parts(parts) => parts.iter().map(Bytes::len).sum(),
+        }
+    }
+
+    /// The message as one buffer (parts are copied into one).
+    pub(crate) fn join(self) -> Bytes {
+        match self {
+            Outbound::One(b) => b,
+            Outbound::Parts(parts) => {
+                let mut whole = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+                parts.iter().for_each(|p| whole.extend_from_slice(p));
+                whole.freeze()
+            }
+        }
+    }
+}
 
 // tarpc's serde transport requires `Item: Deserialize` and `SinkItem: Serialize`; the real
 // work is done by `FrameCodec`'s `tokio_serde` impls below, which never call these.
@@ -66,10 +94,20 @@ pub(crate) trait FrameTransport<In, Out>: Stream<Item = io::Result<In>> + Sink<O
     fn mid_frame(&self) -> bool;
     /// Bytes accepted by the sink but not yet written to the pipe.
     fn unwritten(&self) -> usize;
+    /// Whether [`Outbound::Parts`] are sent as they are (one message, its parts written
+    /// from their own memory). A carrier that rewrites messages on their way says no, and
+    /// gets every message whole.
+    fn takes_parts(&self) -> bool;
 }
 
-/// The pipe carrier.
-pub(crate) type Carrier<IO, C, R> = tokio_serde::Framed<FramedPipe<IO>, Inbound<C, R>, Outbound, FrameCodec>;
+/// The pipe carrier: `tokio_serde` over [`FramedPipe`], with messages in parts handed to
+/// the pipe directly (they need no serializing, and `tokio_serde` takes one buffer per
+/// message).
+pub(crate) struct Carrier<IO, C, R> {
+    framed: tokio_serde::Framed<FramedPipe<IO>, Inbound<C, R>, Outbound, FrameCodec>,
+    /// No translator: messages go out as encoded.
+    parts: bool,
+}
 
 impl<IO, C, R> FrameTransport<Inbound<C, R>, Outbound> for Carrier<IO, C, R>
 where
@@ -78,11 +116,60 @@ where
     R: DeserializeOwned,
 {
     fn mid_frame(&self) -> bool {
-        !self.get_ref().read_buffer().is_empty()
+        !self.framed.get_ref().read_buffer().is_empty()
     }
 
     fn unwritten(&self) -> usize {
-        self.get_ref().unwritten()
+        self.framed.get_ref().unwritten()
+    }
+
+    fn takes_parts(&self) -> bool {
+        self.parts
+    }
+}
+
+impl<IO, C, R> Stream for Carrier<IO, C, R>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    C: DeserializeOwned,
+    R: DeserializeOwned,
+{
+    type Item = io::Result<Inbound<C, R>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.get_mut().framed).poll_next(cx)
+    }
+}
+
+impl<IO, C, R> Sink<Outbound> for Carrier<IO, C, R>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    type Error = io::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().framed).poll_ready(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Outbound) -> io::Result<()> {
+        let this = self.get_mut();
+        match item {
+            // `tokio_serde`'s sink serializes (here: hands on or translates) and passes the
+            // bytes to the pipe at once, so going around it keeps the order.
+            Outbound::Parts(parts) if this.parts => this.framed.get_mut().start_send_parts(&parts),
+            Outbound::Parts(parts) => {
+                Pin::new(&mut this.framed).start_send(Outbound::One(Outbound::Parts(parts).join()))
+            }
+            one => Pin::new(&mut this.framed).start_send(one),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().framed).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().framed).poll_close(cx)
     }
 }
 
@@ -101,12 +188,16 @@ impl tokio_serde::Serializer<Outbound> for FrameCodec {
     type Error = io::Error;
 
     fn serialize(self: Pin<&mut Self>, item: &Outbound) -> Result<Bytes, io::Error> {
+        let Outbound::One(bytes) = item else {
+            // `Carrier` joins parts before they reach here.
+            return Err(io::Error::other("a message in parts reached the serializer"));
+        };
         if let Some(t) = &mut self.get_mut().translator {
-            if let Some(translated) = t.outbound(&item.0) {
+            if let Some(translated) = t.outbound(bytes) {
                 return Ok(translated);
             }
         }
-        Ok(item.0.clone())
+        Ok(bytes.clone())
     }
 }
 
@@ -152,8 +243,11 @@ where
     InC: DeserializeOwned,
     InR: DeserializeOwned,
 {
-    tokio_serde::Framed::new(
-        FramedPipe::from_framed(framed),
-        FrameCodec { codec, limits, translator: translation.map(Translator::new) },
-    )
+    Carrier {
+        parts: translation.is_none(),
+        framed: tokio_serde::Framed::new(
+            FramedPipe::from_framed(framed),
+            FrameCodec { codec, limits, translator: translation.map(Translator::new) },
+        ),
+    }
 }

@@ -1,0 +1,356 @@
+//! [`Blob`]: bytes that go to the pipe without being copied into the frame.
+//!
+//! A `Vec<u8>` or `serde_bytes::ByteBuf` argument, reply or stream item is copied by the
+//! codec into the frame it is encoded in, then by the kernel into the pipe. A `Blob` of at
+//! least [`Blob::ZERO_COPY_MIN`] bytes skips the first copy: the frame is written around
+//! it, and the pipe write takes the blob's own memory as one slice of a vectored write.
+//! On the wire nothing differs (it is encoded as serde bytes, like `ByteBuf`), so either
+//! end may use `Blob`, `ByteBuf` or `bytes::Bytes` for the same field, and a peer that
+//! does not know about any of this reads it as it reads any bytes.
+//!
+//! How the encoder finds the blob without a new codec: while the engine encodes a frame,
+//! a `Blob`'s `Serialize` impl leaves a clone of itself (a reference count) with the
+//! thread's capture, then serializes its bytes as usual; bincode and postcard write those
+//! bytes in one write, and the engine's frame writer, seeing a write of exactly that
+//! memory (same address and length), records the clone at that place instead of copying.
+//! The match is by identity of immutable memory, so what is sent is what would have been
+//! copied. Anything else (the JSON codec, which writes bytes as numbers; a frame too large
+//! to be sent whole) copies as before.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::ops::Deref;
+
+use bytes::Bytes;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Immutable bytes, cheap to clone, sent without a copy into the frame (see the [module
+/// docs](self)).
+///
+/// Use it for bulk data: file chunks as stream items, large replies. It derefs to `[u8]`
+/// and converts from and into [`bytes::Bytes`] and `Vec<u8>` without copying.
+///
+/// ```
+/// use rpc_core::Blob;
+/// let chunk = Blob::from(vec![7u8; 64 * 1024]);
+/// assert_eq!(chunk.len(), 64 * 1024);
+/// let again = chunk.clone(); // a reference count, not a copy
+/// assert_eq!(&again[..4], &[7, 7, 7, 7]);
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Blob(Bytes);
+
+impl Blob {
+    /// Blobs at least this large go to the pipe from their own memory; smaller ones are
+    /// copied into the frame, which costs less than a slice of their own. The same size as
+    /// the pipe layer's threshold for writing a message from its own buffer.
+    pub const ZERO_COPY_MIN: usize = transport_pipe::ZERO_COPY_MIN;
+
+    /// An empty blob.
+    pub const fn new() -> Self {
+        Blob(Bytes::new())
+    }
+
+    /// A blob of `bytes`, which are not copied.
+    pub const fn from_static(bytes: &'static [u8]) -> Self {
+        Blob(Bytes::from_static(bytes))
+    }
+
+    /// A blob holding a copy of `bytes`.
+    pub fn copy_from_slice(bytes: &[u8]) -> Self {
+        Blob(Bytes::copy_from_slice(bytes))
+    }
+
+    /// The bytes, as [`bytes::Bytes`] (no copy).
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// The bytes, as a `Vec` (no copy when this is their only handle and they were not
+    /// sliced; otherwise a copy).
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0.into()
+    }
+}
+
+impl Deref for Blob {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Blob {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Bytes> for Blob {
+    fn from(bytes: Bytes) -> Self {
+        Blob(bytes)
+    }
+}
+
+impl From<Vec<u8>> for Blob {
+    fn from(bytes: Vec<u8>) -> Self {
+        Blob(Bytes::from(bytes))
+    }
+}
+
+impl From<bytes::BytesMut> for Blob {
+    fn from(bytes: bytes::BytesMut) -> Self {
+        Blob(bytes.freeze())
+    }
+}
+
+impl From<&'static [u8]> for Blob {
+    fn from(bytes: &'static [u8]) -> Self {
+        Blob(Bytes::from_static(bytes))
+    }
+}
+
+impl From<Blob> for Bytes {
+    fn from(blob: Blob) -> Self {
+        blob.0
+    }
+}
+
+impl From<Blob> for Vec<u8> {
+    fn from(blob: Blob) -> Self {
+        blob.into_vec()
+    }
+}
+
+impl fmt::Debug for Blob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A blob is usually large: its length and first bytes say enough.
+        const SHOWN: usize = 16;
+        write!(f, "Blob({} bytes", self.0.len())?;
+        if !self.0.is_empty() {
+            write!(f, ": {:02x?}", &self.0[..self.0.len().min(SHOWN)])?;
+            if self.0.len() > SHOWN {
+                f.write_str("…")?;
+            }
+        }
+        f.write_str(")")
+    }
+}
+
+impl Serialize for Blob {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0.len() >= Self::ZERO_COPY_MIN {
+            offer(&self.0);
+        }
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_byte_buf(BlobVisitor)
+    }
+}
+
+struct BlobVisitor;
+
+impl<'de> Visitor<'de> for BlobVisitor {
+    type Value = Blob;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("bytes")
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Blob, E> {
+        Ok(Blob::copy_from_slice(v))
+    }
+
+    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Blob, E> {
+        Ok(Blob::from(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Blob, E> {
+        Ok(Blob::copy_from_slice(v.as_bytes()))
+    }
+
+    /// Self-describing formats without a bytes type (JSON) send bytes as a sequence of
+    /// numbers. The decoder's budget bounds the sequence; the hint is only trusted up to a
+    /// small preallocation.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Blob, A::Error> {
+        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(b) = seq.next_element::<u8>()? {
+            v.push(b);
+        }
+        Ok(Blob::from(v))
+    }
+}
+
+/// A frame being encoded on this thread with room for blobs: what was offered, and the
+/// blobs taken so far with where they go.
+struct Capture {
+    active: bool,
+    /// The address of the buffer the frame is written into: writes into another buffer (a
+    /// `Serialize` impl encoding something of its own meanwhile) copy as usual.
+    buffer: usize,
+    /// The address of the buffer the capture was started for (`buffer` until a
+    /// [`retarget`] moves the frame elsewhere).
+    origin: usize,
+    /// The last blob whose `Serialize` ran: its bytes are the next large write, if any.
+    offered: Option<Bytes>,
+    /// (offset in the frame buffer, blob) in write order.
+    holes: Vec<(usize, Bytes)>,
+}
+
+thread_local! {
+    static CAPTURE: RefCell<Capture> = const { RefCell::new(Capture { active: false, buffer: 0, origin: 0, offered: None, holes: Vec::new() }) };
+}
+
+/// Leaves a clone of `bytes` for the frame writer, if a capture is on.
+fn offer(bytes: &Bytes) {
+    CAPTURE.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            if c.active {
+                c.offered = Some(bytes.clone());
+            }
+        }
+    });
+}
+
+/// Blobs left out of a frame: each with its offset in the frame buffer (where its bytes
+/// belong, between the bytes before and after it), in order.
+pub(crate) type Holes = Vec<(usize, Bytes)>;
+
+/// Runs `encode` (which writes a frame into `buffer` through writers that call [`take`])
+/// with a capture on, and returns its result and the blobs it left out of `buffer`. One
+/// capture per thread at a time: a nested one (a `Serialize` impl encoding a frame itself)
+/// copies.
+pub(crate) fn capture<R>(buffer: *const bytes::BytesMut, encode: impl FnOnce() -> R) -> (R, Holes) {
+    let started = CAPTURE.with(|c| match c.try_borrow_mut() {
+        Ok(mut c) if !c.active => {
+            c.active = true;
+            c.buffer = buffer as usize;
+            c.origin = buffer as usize;
+            true
+        }
+        _ => false,
+    });
+    if !started {
+        return (encode(), Vec::new());
+    }
+    // Ends the capture even if `encode` unwinds, so no blob is held past the frame.
+    struct End;
+    impl Drop for End {
+        fn drop(&mut self) {
+            CAPTURE.with(|c| {
+                let mut c = c.borrow_mut();
+                c.active = false;
+                c.buffer = 0;
+                c.origin = 0;
+                c.offered = None;
+                c.holes.clear();
+            });
+        }
+    }
+    let end = End;
+    let r = encode();
+    let holes = CAPTURE.with(|c| std::mem::take(&mut c.borrow_mut().holes));
+    drop(end);
+    (r, holes)
+}
+
+/// Called by a frame writer about to copy `written` to the end of `buffer`: true if a
+/// capture is on for `buffer` and `written` is exactly the memory of the blob just
+/// offered, which is then recorded as a hole there (the writer skips the copy). Only
+/// large writes are worth asking about.
+#[inline]
+pub(crate) fn take(written: &[u8], buffer: &bytes::BytesMut) -> bool {
+    if written.len() < Blob::ZERO_COPY_MIN {
+        return false;
+    }
+    CAPTURE.with(|c| {
+        let Ok(mut c) = c.try_borrow_mut() else { return false };
+        if !c.active || c.buffer != std::ptr::from_ref(buffer) as usize {
+            return false;
+        }
+        let at = buffer.len();
+        let Some(offered) = c.offered.take_if(|b| b.as_ptr() == written.as_ptr() && b.len() == written.len()) else {
+            return false;
+        };
+        c.holes.push((at, offered));
+        true
+    })
+}
+
+/// Moves the capture started for `origin` (if one is on) to `buffer`, which the frame is
+/// now written into from its start instead: the holes recorded so far are dropped, and new
+/// ones count their offsets in `buffer`. For a frame too large for the shared buffer,
+/// built in a buffer of its own. An encode into any other buffer (nested in a `Serialize`
+/// impl) leaves the capture alone.
+pub(crate) fn retarget(origin: *const bytes::BytesMut, buffer: &bytes::BytesMut) {
+    CAPTURE.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            if c.active && c.origin == origin as usize {
+                c.buffer = std::ptr::from_ref(buffer) as usize;
+                c.holes.clear();
+            }
+        }
+    });
+}
+
+/// Drops the holes recorded so far in this capture: the frame is being written again from
+/// the start, or elsewhere.
+pub(crate) fn forget_holes() {
+    CAPTURE.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            c.holes.clear();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blob_round_trips_as_plain_bytes_in_every_codec_and_reads_as_bytebuf() {
+        for codec in crate::Codec::ALL {
+            for len in [0, 5, Blob::ZERO_COPY_MIN + 3] {
+                let blob = Blob::from((0..len).map(|i| i as u8).collect::<Vec<u8>>());
+                let wire = codec.encode(&blob, 1 << 20).unwrap();
+                let back: Blob = codec.decode(&wire).unwrap();
+                assert_eq!(back, blob, "{codec:?}, {len} bytes");
+                let as_bytebuf: serde_bytes::ByteBuf = codec.decode(&wire).unwrap();
+                assert_eq!(&as_bytebuf[..], &blob[..], "{codec:?}: a ByteBuf reads a Blob");
+                let from_bytebuf = codec.encode(&as_bytebuf, 1 << 20).unwrap();
+                assert_eq!(from_bytebuf, wire, "{codec:?}: same bytes on the wire as a ByteBuf");
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_offered_blobs_own_memory_is_taken_and_nothing_is_held_after_the_capture() {
+        let blob = Blob::from(vec![1u8; Blob::ZERO_COPY_MIN]);
+        let same_bytes_elsewhere = vec![1u8; Blob::ZERO_COPY_MIN];
+        let mut frame = bytes::BytesMut::new();
+        frame.extend_from_slice(&[0; 9]);
+        let other = bytes::BytesMut::new();
+        let ((), holes) = capture(&raw const frame, || {
+            blob.serialize(serde_json::value::Serializer).unwrap();
+            assert!(!take(&same_bytes_elsewhere, &frame), "equal bytes at another address are copied");
+            assert!(!take(&blob[1..], &frame), "a part of the blob is copied");
+            assert!(!take(&blob, &other), "a write into another buffer copies");
+            assert!(take(&blob, &frame));
+            assert!(!take(&blob, &frame), "an offer is taken once");
+        });
+        assert_eq!(holes.len(), 1);
+        assert_eq!(holes[0].0, 9);
+        assert_eq!(holes[0].1.as_ptr(), blob.as_ptr());
+        drop(holes);
+        assert!(CAPTURE.with(|c| c.borrow().offered.is_none() && !c.borrow().active));
+        // Outside a capture a blob offers nothing.
+        blob.serialize(serde_json::value::Serializer).unwrap();
+        assert!(!take(&blob, &frame));
+    }
+}
