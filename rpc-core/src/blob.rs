@@ -17,7 +17,7 @@
 //! copied. Anything else (the JSON codec, which writes bytes as numbers; a frame too large
 //! to be sent whole) copies as before.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::ops::Deref;
 
@@ -187,33 +187,39 @@ impl<'de> Visitor<'de> for BlobVisitor {
     }
 }
 
-/// A frame being encoded on this thread with room for blobs: what was offered, and the
-/// blobs taken so far with where they go.
-struct Capture {
-    active: bool,
-    /// The address of the buffer the frame is written into: writes into another buffer (a
-    /// `Serialize` impl encoding something of its own meanwhile) copy as usual.
-    buffer: usize,
-    /// The address of the buffer the capture was started for (`buffer` until a
+// The capture's state, per thread. Every frame the engine encodes starts and ends a capture,
+// so its fast path is a few `const`-initialized cells (plain loads and stores); the blobs
+// themselves, rarer, live in a `RefCell` touched only once one was offered.
+thread_local! {
+    /// The address of the buffer the frame is written into, 0 when no capture is on: writes
+    /// into another buffer (a `Serialize` impl encoding something of its own meanwhile)
+    /// copy as usual.
+    static TARGET: Cell<usize> = const { Cell::new(0) };
+    /// The address of the buffer the capture was started for (`TARGET` until a
     /// [`retarget`] moves the frame elsewhere).
-    origin: usize,
+    static ORIGIN: Cell<usize> = const { Cell::new(0) };
+    /// Whether `TAKEN` may hold anything.
+    static DIRTY: Cell<bool> = const { Cell::new(false) };
+    static TAKEN: RefCell<Taken> = const { RefCell::new(Taken { offered: None, holes: Vec::new() }) };
+}
+
+/// What the capture holds once a blob was offered.
+struct Taken {
     /// The last blob whose `Serialize` ran: its bytes are the next large write, if any.
     offered: Option<Bytes>,
     /// (offset in the frame buffer, blob) in write order.
     holes: Vec<(usize, Bytes)>,
 }
 
-thread_local! {
-    static CAPTURE: RefCell<Capture> = const { RefCell::new(Capture { active: false, buffer: 0, origin: 0, offered: None, holes: Vec::new() }) };
-}
-
 /// Leaves a clone of `bytes` for the frame writer, if a capture is on.
 fn offer(bytes: &Bytes) {
-    CAPTURE.with(|c| {
-        if let Ok(mut c) = c.try_borrow_mut() {
-            if c.active {
-                c.offered = Some(bytes.clone());
-            }
+    if TARGET.with(Cell::get) == 0 {
+        return;
+    }
+    TAKEN.with(|t| {
+        if let Ok(mut t) = t.try_borrow_mut() {
+            t.offered = Some(bytes.clone());
+            DIRTY.with(|d| d.set(true));
         }
     });
 }
@@ -222,42 +228,50 @@ fn offer(bytes: &Bytes) {
 /// belong, between the bytes before and after it), in order.
 pub(crate) type Holes = Vec<(usize, Bytes)>;
 
-/// Runs `encode` (which writes a frame into `buffer` through writers that call [`take`])
-/// with a capture on, and returns its result and the blobs it left out of `buffer`. One
-/// capture per thread at a time: a nested one (a `Serialize` impl encoding a frame itself)
-/// copies.
-pub(crate) fn capture<R>(buffer: *const bytes::BytesMut, encode: impl FnOnce() -> R) -> (R, Holes) {
-    let started = CAPTURE.with(|c| match c.try_borrow_mut() {
-        Ok(mut c) if !c.active => {
-            c.active = true;
-            c.buffer = buffer as usize;
-            c.origin = buffer as usize;
-            true
+/// Starts a capture for a frame about to be written into `buffer`: until [`end`], a blob
+/// whose bytes are written into `buffer` is left out of it (see [`take`]).
+///
+/// Not nested: only the engine's outbox starts captures, and it never encodes a frame
+/// inside another. A capture left on by an unwinding encode is simply replaced here.
+#[inline(always)]
+pub(crate) fn begin(buffer: *const bytes::BytesMut) {
+    ORIGIN.with(|c| c.set(buffer as usize));
+    TARGET.with(|c| c.set(buffer as usize));
+    if DIRTY.with(Cell::get) {
+        clear_taken();
+    }
+}
+
+/// Ends the capture: the blobs left out of the frame, if any (nothing of them is kept).
+#[inline(always)]
+pub(crate) fn end() -> Option<Holes> {
+    TARGET.with(|c| c.set(0));
+    ORIGIN.with(|c| c.set(0));
+    if DIRTY.with(Cell::get) { end_with_blobs() } else { None }
+}
+
+#[cold]
+fn end_with_blobs() -> Option<Holes> {
+    let holes = TAKEN.with(|t| t.try_borrow_mut().map(|mut t| std::mem::take(&mut t.holes)).unwrap_or_default());
+    clear_taken();
+    (!holes.is_empty()).then_some(holes)
+}
+
+#[cold]
+fn clear_taken() {
+    DIRTY.with(|d| d.set(false));
+    TAKEN.with(|t| {
+        if let Ok(mut t) = t.try_borrow_mut() {
+            t.offered = None;
+            t.holes.clear();
         }
-        _ => false,
     });
-    if !started {
-        return (encode(), Vec::new());
-    }
-    // Ends the capture even if `encode` unwinds, so no blob is held past the frame.
-    struct End;
-    impl Drop for End {
-        fn drop(&mut self) {
-            CAPTURE.with(|c| {
-                let mut c = c.borrow_mut();
-                c.active = false;
-                c.buffer = 0;
-                c.origin = 0;
-                c.offered = None;
-                c.holes.clear();
-            });
-        }
-    }
-    let end = End;
-    let r = encode();
-    let holes = CAPTURE.with(|c| std::mem::take(&mut c.borrow_mut().holes));
-    drop(end);
-    (r, holes)
+}
+
+/// Whether a capture is on: an encode may then write a blob's bytes into the frame buffer.
+#[inline(always)]
+pub(crate) fn capturing() -> bool {
+    TARGET.with(Cell::get) != 0
 }
 
 /// Called by a frame writer about to copy `written` to the end of `buffer`: true if a
@@ -266,19 +280,15 @@ pub(crate) fn capture<R>(buffer: *const bytes::BytesMut, encode: impl FnOnce() -
 /// large writes are worth asking about.
 #[inline]
 pub(crate) fn take(written: &[u8], buffer: &bytes::BytesMut) -> bool {
-    if written.len() < Blob::ZERO_COPY_MIN {
+    if written.len() < Blob::ZERO_COPY_MIN || TARGET.with(Cell::get) != std::ptr::from_ref(buffer) as usize {
         return false;
     }
-    CAPTURE.with(|c| {
-        let Ok(mut c) = c.try_borrow_mut() else { return false };
-        if !c.active || c.buffer != std::ptr::from_ref(buffer) as usize {
-            return false;
-        }
-        let at = buffer.len();
-        let Some(offered) = c.offered.take_if(|b| b.as_ptr() == written.as_ptr() && b.len() == written.len()) else {
+    TAKEN.with(|t| {
+        let Ok(mut t) = t.try_borrow_mut() else { return false };
+        let Some(offered) = t.offered.take_if(|b| b.as_ptr() == written.as_ptr() && b.len() == written.len()) else {
             return false;
         };
-        c.holes.push((at, offered));
+        t.holes.push((buffer.len(), offered));
         true
     })
 }
@@ -289,24 +299,23 @@ pub(crate) fn take(written: &[u8], buffer: &bytes::BytesMut) -> bool {
 /// built in a buffer of its own. An encode into any other buffer (nested in a `Serialize`
 /// impl) leaves the capture alone.
 pub(crate) fn retarget(origin: *const bytes::BytesMut, buffer: &bytes::BytesMut) {
-    CAPTURE.with(|c| {
-        if let Ok(mut c) = c.try_borrow_mut() {
-            if c.active && c.origin == origin as usize {
-                c.buffer = std::ptr::from_ref(buffer) as usize;
-                c.holes.clear();
-            }
-        }
-    });
+    if ORIGIN.with(Cell::get) != origin as usize || origin.is_null() {
+        return;
+    }
+    TARGET.with(|c| c.set(std::ptr::from_ref(buffer) as usize));
+    forget_holes();
 }
 
 /// Drops the holes recorded so far in this capture: the frame is being written again from
 /// the start, or elsewhere.
 pub(crate) fn forget_holes() {
-    CAPTURE.with(|c| {
-        if let Ok(mut c) = c.try_borrow_mut() {
-            c.holes.clear();
-        }
-    });
+    if DIRTY.with(Cell::get) {
+        TAKEN.with(|t| {
+            if let Ok(mut t) = t.try_borrow_mut() {
+                t.holes.clear();
+            }
+        });
+    }
 }
 
 #[cfg(test)]
@@ -336,19 +345,19 @@ mod tests {
         let mut frame = bytes::BytesMut::new();
         frame.extend_from_slice(&[0; 9]);
         let other = bytes::BytesMut::new();
-        let ((), holes) = capture(&raw const frame, || {
-            blob.serialize(serde_json::value::Serializer).unwrap();
-            assert!(!take(&same_bytes_elsewhere, &frame), "equal bytes at another address are copied");
-            assert!(!take(&blob[1..], &frame), "a part of the blob is copied");
-            assert!(!take(&blob, &other), "a write into another buffer copies");
-            assert!(take(&blob, &frame));
-            assert!(!take(&blob, &frame), "an offer is taken once");
-        });
+        begin(&raw const frame);
+        blob.serialize(serde_json::value::Serializer).unwrap();
+        assert!(!take(&same_bytes_elsewhere, &frame), "equal bytes at another address are copied");
+        assert!(!take(&blob[1..], &frame), "a part of the blob is copied");
+        assert!(!take(&blob, &other), "a write into another buffer copies");
+        assert!(take(&blob, &frame));
+        assert!(!take(&blob, &frame), "an offer is taken once");
+        let holes = end().expect("one hole");
         assert_eq!(holes.len(), 1);
         assert_eq!(holes[0].0, 9);
         assert_eq!(holes[0].1.as_ptr(), blob.as_ptr());
         drop(holes);
-        assert!(CAPTURE.with(|c| c.borrow().offered.is_none() && !c.borrow().active));
+        assert!(TAKEN.with(|t| t.borrow().offered.is_none()) && TARGET.with(Cell::get) == 0);
         // Outside a capture a blob offers nothing.
         blob.serialize(serde_json::value::Serializer).unwrap();
         assert!(!take(&blob, &frame));

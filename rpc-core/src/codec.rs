@@ -164,7 +164,14 @@ impl Codec {
                 // Small frames (nearly all): write straight into the reused buffer, stopping
                 // at the soft cap, with no sizing pass.
                 let soft = limit.min(SMALL_FRAME) - prefix.len().min(SMALL_FRAME);
-                match Self::bincode().serialize_into(LimitedWriter { buf: &mut *buf, remaining: soft }, item) {
+                // Two writers, so that a frame the engine does not look at for blobs (most
+                // small ones) pays nothing for the look.
+                let written = if crate::blob::capturing() {
+                    Self::bincode().serialize_into(LimitedWriter::<true> { buf: &mut *buf, remaining: soft }, item)
+                } else {
+                    Self::bincode().serialize_into(LimitedWriter::<false> { buf: &mut *buf, remaining: soft }, item)
+                };
+                match written {
                     Ok(()) => return Ok(Placed::Appended(buf.len() - start)),
                     Err(e) if is_write_zero(&e) => {
                         buf.truncate(start);
@@ -186,7 +193,7 @@ impl Codec {
                 large_frame(size as usize, |out| {
                     out.extend_from_slice(prefix);
                     crate::blob::retarget(origin, out);
-                    let writer = LimitedWriter { buf: out, remaining: size as usize - prefix.len() };
+                    let writer = LimitedWriter::<true> { buf: out, remaining: size as usize - prefix.len() };
                     Self::bincode().serialize_into(writer, item).map_err(|e| serde(&e))
                 })
                 .map(Placed::Separate)
@@ -205,14 +212,19 @@ impl Codec {
                     return large_frame(size as usize, |out| {
                         out.extend_from_slice(prefix);
                         crate::blob::retarget(origin, out);
-                        let writer = LimitedWriter { buf: out, remaining: size as usize - prefix.len() };
+                        let writer = LimitedWriter::<true> { buf: out, remaining: size as usize - prefix.len() };
                         postcard::to_io(item, writer).map(drop).map_err(|e| serde(&e))
                     })
                     .map(Placed::Separate);
                 }
                 buf.reserve(size as usize - prefix.len());
-                let writer = LimitedWriter { buf: &mut *buf, remaining: size as usize - prefix.len() };
-                if let Err(e) = postcard::to_io(item, writer) {
+                let remaining = size as usize - prefix.len();
+                let written = if crate::blob::capturing() {
+                    postcard::to_io(item, LimitedWriter::<true> { buf: &mut *buf, remaining }).map(drop)
+                } else {
+                    postcard::to_io(item, LimitedWriter::<false> { buf: &mut *buf, remaining }).map(drop)
+                };
+                if let Err(e) = written {
                     buf.truncate(start);
                     crate::blob::forget_holes();
                     return Err(serde(&e));
@@ -225,7 +237,7 @@ impl Codec {
                 // counter), refused unbuilt over the limit, else built on its own.
                 let item = json::Faithful::new(item);
                 let soft = limit.min(SMALL_FRAME) - prefix.len().min(SMALL_FRAME);
-                match serde_json::to_writer(LimitedWriter { buf: &mut *buf, remaining: soft }, &item) {
+                match serde_json::to_writer(LimitedWriter::<false> { buf: &mut *buf, remaining: soft }, &item) {
                     Ok(()) => return Ok(Placed::Appended(buf.len() - start)),
                     Err(e) if e.io_error_kind() == Some(io::ErrorKind::WriteZero) => buf.truncate(start),
                     Err(e) => {
@@ -448,12 +460,15 @@ fn is_write_zero(e: &bincode::Error) -> bool {
 ///
 /// bincode writes each field separately, mostly 1 to 9 bytes; with every step inlined the
 /// compiler sees those lengths and copies without a `memcpy` call per field.
-struct LimitedWriter<'a> {
+///
+/// With `BLOBS`, a write of a `Blob`'s own bytes during a capture is left out (see
+/// `crate::blob`); without, every write is copied, with no look.
+struct LimitedWriter<'a, const BLOBS: bool> {
     buf: &'a mut BytesMut,
     remaining: usize,
 }
 
-impl io::Write for LimitedWriter<'_> {
+impl<const BLOBS: bool> io::Write for LimitedWriter<'_, BLOBS> {
     #[inline(always)]
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         self.write_all(bytes).map(|()| bytes.len())
@@ -467,7 +482,7 @@ impl io::Write for LimitedWriter<'_> {
         self.remaining -= bytes.len();
         // A `Blob`'s bytes, when the engine leaves room for them (see `crate::blob`): not
         // copied, recorded as a hole at this offset.
-        if !crate::blob::take(bytes, self.buf) {
+        if !(BLOBS && crate::blob::take(bytes, self.buf)) {
             self.buf.extend_from_slice(bytes);
         }
         Ok(())

@@ -993,16 +993,17 @@ impl<T> Pipe<'_, T> {
 
     /// Encodes a stream item here (its size is what it costs in credit) and queues it, or
     /// its first piece if it is larger than [`streams::WHOLE_MAX`]; `Ok(Err(why))` if it
-    /// cannot be encoded (nothing queued).
+    /// cannot be encoded (nothing queued). `blobs`: look for blobs to send uncopied.
     fn write_item<M: Serialize>(
         &mut self,
         id: u64,
         from_opener: bool,
         item: &M,
+        blobs: bool,
     ) -> Result<Result<streams::ItemSent, EncodeError>, TransportError> {
         *self.needs_flush = true;
         let kind = if from_opener { Kind::UpItem } else { Kind::DownItem };
-        match self.outbox.encode_item(kind, id, item, self.codec, self.limit) {
+        match self.outbox.encode_item(kind, id, item, self.codec, self.limit, blobs) {
             Ok(Encoded::Queued(len)) => Ok(Ok(streams::ItemSent::Whole(u32::try_from(len).unwrap_or(u32::MAX)))),
             Ok(Encoded::Large(mut rest)) => {
                 let cost = u32::try_from(rest.len()).unwrap_or(u32::MAX);
@@ -1045,9 +1046,9 @@ where
         self.0.ready(cx)
     }
 
-    fn item(&mut self, id: u64, item: R) -> Result<streams::ItemSent, TransportError> {
+    fn item(&mut self, id: u64, item: R, blobs: bool) -> Result<streams::ItemSent, TransportError> {
         let p = &mut *self.0;
-        match p.write_item(id, false, &item)? {
+        match p.write_item(id, false, &item, blobs)? {
             Ok(sent) => Ok(sent),
             Err(why) => {
                 // The item cannot cross: the exchange ends with why, the connection goes on.
@@ -1088,9 +1089,9 @@ where
         self.0.ready(cx)
     }
 
-    fn item(&mut self, id: u64, item: Req) -> Result<streams::ItemSent, TransportError> {
+    fn item(&mut self, id: u64, item: Req, blobs: bool) -> Result<streams::ItemSent, TransportError> {
         let p = &mut *self.0;
-        match p.write_item(id, true, &item)? {
+        match p.write_item(id, true, &item, blobs)? {
             Ok(sent) => Ok(sent),
             Err(why) => {
                 // The call fails with why (and is cancelled on the callee).

@@ -363,6 +363,10 @@ pub(crate) struct OutStream<M> {
     pub(crate) deadline: Option<Instant>,
     /// The rest of a large item being sent in pieces.
     pub(crate) partial: Option<super::outbox::Rest>,
+    /// Whether its last item's frame was large enough to hold a blob sent uncopied (true
+    /// before the first): only then is the next one looked at for blobs. Items of a stream
+    /// are mostly alike, and the look costs a small item a sixth of its time.
+    pub(crate) large: bool,
     /// The exchange's span, if one is wanted; it counts the items sent.
     pub(crate) trace: Trace,
     /// How the stream ended, once it has (set as its end is written).
@@ -376,7 +380,7 @@ impl<M> OutStream<M> {
         deadline: Option<Instant>,
         trace: Trace,
     ) -> Self {
-        OutStream { stream, credit: i64::from(credit), deadline, partial: None, trace, ended: None }
+        OutStream { stream, credit: i64::from(credit), deadline, partial: None, large: true, trace, ended: None }
     }
 }
 
@@ -436,8 +440,9 @@ impl Pieces {
 pub(crate) trait PumpSink<M> {
     /// True if the pipe has room for a frame now.
     fn ready(&mut self, cx: &mut Context<'_>) -> Result<bool, TransportError>;
-    /// Writes item `item` of exchange `id` (whole, or its first piece).
-    fn item(&mut self, id: u64, item: M) -> Result<ItemSent, TransportError>;
+    /// Writes item `item` of exchange `id` (whole, or its first piece); `blobs`: look for
+    /// blobs in it to send from their own memory (see [`OutStream`]'s `large`).
+    fn item(&mut self, id: u64, item: M, blobs: bool) -> Result<ItemSent, TransportError>;
     /// Writes the next piece of exchange `id`'s large item, taking it off `rest`.
     fn piece(&mut self, id: u64, rest: &mut super::outbox::Rest) -> Result<(), TransportError>;
     /// Writes the end of exchange `id`'s stream: normal, or with an error.
@@ -546,7 +551,7 @@ fn turn<M>(
     };
     match item {
         Some(Ok(m)) => {
-            let cost = match sink.item(id, m)? {
+            let cost = match sink.item(id, m, s.large)? {
                 ItemSent::Whole(len) => len,
                 ItemSent::Started { cost, rest } => {
                     s.partial = Some(rest);
@@ -558,6 +563,7 @@ fn turn<M>(
                 }
             };
             s.credit -= i64::from(cost);
+            s.large = cost as usize >= crate::Blob::ZERO_COPY_MIN;
             if let Some(t) = s.trace.get_mut() {
                 t.items_out += 1;
                 t.bytes_out += u64::from(cost);
