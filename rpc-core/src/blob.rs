@@ -228,23 +228,44 @@ fn offer(bytes: &Bytes) {
 /// belong, between the bytes before and after it), in order.
 pub(crate) type Holes = Vec<(usize, Bytes)>;
 
-/// Starts a capture for a frame about to be written into `buffer`: until [`end`], a blob
-/// whose bytes are written into `buffer` is left out of it (see [`take`]).
+/// Starts a capture for a frame about to be written into `buffer`: until the capture
+/// ends, a blob whose bytes are written into `buffer` is left out of it (see [`take`]).
 ///
 /// Not nested: only the engine's outbox starts captures, and it never encodes a frame
-/// inside another. A capture left on by an unwinding encode is simply replaced here.
+/// inside another.
 #[inline(always)]
-pub(crate) fn begin(buffer: *const bytes::BytesMut) {
+pub(crate) fn begin(buffer: *const bytes::BytesMut) -> Capture {
     ORIGIN.with(|c| c.set(buffer as usize));
     TARGET.with(|c| c.set(buffer as usize));
     if DIRTY.with(Cell::get) {
         clear_taken();
     }
+    Capture(())
 }
 
-/// Ends the capture: the blobs left out of the frame, if any (nothing of them is kept).
+/// A capture under way. [`Capture::end`] ends it and hands over the blobs left out;
+/// dropped (an encode that unwinds), it ends it all the same, so no later encode on this
+/// thread, into whatever buffer then sits at the same address, is taken for its frame.
+#[must_use]
+pub(crate) struct Capture(());
+
+impl Capture {
+    /// Ends the capture: the blobs left out of the frame, if any (nothing of them is kept).
+    #[inline(always)]
+    pub(crate) fn end(self) -> Option<Holes> {
+        std::mem::forget(self);
+        end_now()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        drop(end_now());
+    }
+}
+
 #[inline(always)]
-pub(crate) fn end() -> Option<Holes> {
+fn end_now() -> Option<Holes> {
     TARGET.with(|c| c.set(0));
     ORIGIN.with(|c| c.set(0));
     if DIRTY.with(Cell::get) { end_with_blobs() } else { None }
@@ -323,6 +344,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_capture_dropped_by_an_unwinding_encode_ends_and_keeps_no_blob() {
+        let blob = Blob::from(vec![5u8; Blob::ZERO_COPY_MIN]);
+        let frame = bytes::BytesMut::new();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _capture = begin(&raw const frame);
+            blob.serialize(serde_json::value::Serializer).unwrap();
+            assert!(take(&blob, &frame));
+            panic!("the encode unwinds");
+        }));
+        assert!(unwound.is_err());
+        assert!(!capturing(), "the capture ended");
+        assert!(!take(&blob, &frame), "nothing is taken after it");
+        assert!(blob.into_bytes().is_unique(), "no clone of the blob is kept");
+    }
+
+    #[test]
     fn a_blob_round_trips_as_plain_bytes_in_every_codec_and_reads_as_bytebuf() {
         for codec in crate::Codec::ALL {
             for len in [0, 5, Blob::ZERO_COPY_MIN + 3] {
@@ -345,14 +382,14 @@ mod tests {
         let mut frame = bytes::BytesMut::new();
         frame.extend_from_slice(&[0; 9]);
         let other = bytes::BytesMut::new();
-        begin(&raw const frame);
+        let capture = begin(&raw const frame);
         blob.serialize(serde_json::value::Serializer).unwrap();
         assert!(!take(&same_bytes_elsewhere, &frame), "equal bytes at another address are copied");
         assert!(!take(&blob[1..], &frame), "a part of the blob is copied");
         assert!(!take(&blob, &other), "a write into another buffer copies");
         assert!(take(&blob, &frame));
         assert!(!take(&blob, &frame), "an offer is taken once");
-        let holes = end().expect("one hole");
+        let holes = capture.end().expect("one hole");
         assert_eq!(holes.len(), 1);
         assert_eq!(holes[0].0, 9);
         assert_eq!(holes[0].1.as_ptr(), blob.as_ptr());

@@ -1815,8 +1815,11 @@ mod rpc_mode {
     }
 
     /// A 64 KiB stream item: its number, and the payload.
+    // `pub` although unreachable: it is in the signature of the generated `pub trait Echo`,
+    // and the compiler of the macOS/FreeBSD type-check refuses a crate-private type there.
+    #[allow(unreachable_pub)]
     #[derive(serde::Serialize, serde::Deserialize)]
-    pub(super) struct Chunk {
+    pub struct Chunk {
         stamp: u64,
         data: Blob,
     }

@@ -170,8 +170,8 @@ impl Outbox {
 
     /// Encodes a stream item frame (`kind` is `UpItem` or `DownItem`) of exchange `id`, as
     /// [`encode`](Self::encode) would encode that frame. With `blobs` false a `Blob` in it
-    /// is copied: the stream's items have been small, and the look for blobs, a few
-    /// thread-local accesses, measured 15% of a 16 B item's cost.
+    /// is copied: the stream's items have been small, and the look for blobs costs a small
+    /// item a noticeable share of its time (docs/ARCHITECTURE.md, "Bulk bytes are a type").
     pub(crate) fn encode_item<T: Serialize>(
         &mut self,
         kind: Kind,
@@ -246,9 +246,9 @@ impl Outbox {
         if !(self.parts && blobs) {
             return (append(&mut self.buf), None);
         }
-        blob::begin(&raw const self.buf);
+        let capture = blob::begin(&raw const self.buf);
         let placed = append(&mut self.buf);
-        (placed, blob::end())
+        (placed, capture.end())
     }
 
     /// Queues a frame whose blobs were left out (the batch before it is sealed): `head` is

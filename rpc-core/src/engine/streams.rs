@@ -365,7 +365,7 @@ pub(crate) struct OutStream<M> {
     pub(crate) partial: Option<super::outbox::Rest>,
     /// Whether its last item's frame was large enough to hold a blob sent uncopied (true
     /// before the first): only then is the next one looked at for blobs. Items of a stream
-    /// are mostly alike, and the look costs a small item a sixth of its time.
+    /// are mostly alike, and the look is a real share of a small item's cost.
     pub(crate) large: bool,
     /// The exchange's span, if one is wanted; it counts the items sent.
     pub(crate) trace: Trace,
