@@ -16,6 +16,12 @@
 //! The match is by identity of immutable memory, so what is sent is what would have been
 //! copied. Anything else (the JSON codec, which writes bytes as numbers; a frame too large
 //! to be sent whole) copies as before.
+//!
+//! Receiving, a blob of at least [`Blob::ZERO_COPY_MIN`] bytes is read in place: bincode and
+//! postcard hand a byte field over as a borrow of the message, and when the engine has lent
+//! the message (`lend`) a blob whose bytes lie inside it becomes a slice of it (again
+//! checked by address). It then keeps the frame's memory alive, which the pipe layer keeps to
+//! at most about twice the frame's size (a large frame is read into an allocation of its own).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -150,7 +156,9 @@ impl Serialize for Blob {
 
 impl<'de> Deserialize<'de> for Blob {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_byte_buf(BlobVisitor)
+        // `bytes`, not `byte_buf`: bincode reads a byte buffer into a `Vec` of its own, but
+        // lends bytes in place, which a large blob can then share (see `lend`).
+        deserializer.deserialize_bytes(BlobVisitor)
     }
 }
 
@@ -165,6 +173,12 @@ impl<'de> Visitor<'de> for BlobVisitor {
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Blob, E> {
         Ok(Blob::copy_from_slice(v))
+    }
+
+    /// Bytes read in place from the message being decoded: a large blob shares the
+    /// message's memory when the engine lent it (see [`lend`]).
+    fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Blob, E> {
+        Ok(shared(v).unwrap_or_else(|| Blob::copy_from_slice(v)))
     }
 
     fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Blob, E> {
@@ -339,6 +353,67 @@ pub(crate) fn forget_holes() {
     }
 }
 
+// The receiving side. A decoder reading from a slice (bincode, postcard) hands a blob its
+// bytes as a borrow of the message; when the message is held in a `Bytes` the engine lent
+// for the decode, a large blob becomes a slice of it, a reference count instead of a copy.
+thread_local! {
+    /// The message being decoded, if the engine lent it (a reference count of it).
+    static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+/// Lends `message` to the blobs decoded from it until the guard drops: a blob of at least
+/// [`Blob::ZERO_COPY_MIN`] bytes that lie in `message` is then a slice of it, not a copy.
+///
+/// Only worth it for a message that can hold such a blob (the caller checks its size).
+/// Nested lends (a `Deserialize` impl decoding a message of its own) restore the outer one.
+pub(crate) fn lend(message: &Bytes) -> Lent {
+    let outer = SOURCE.with(|s| s.try_borrow_mut().map(|mut s| s.replace(message.clone())).ok().flatten());
+    Lent { outer }
+}
+
+/// A message lent to the blobs decoded from it (see [`lend`]). Dropping it (also on
+/// unwinding) ends the lend, so the thread keeps no count of the message after its decode.
+#[must_use]
+pub(crate) struct Lent {
+    outer: Option<Bytes>,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let outer = self.outer.take();
+        SOURCE.with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                *s = outer;
+            }
+        });
+    }
+}
+
+/// `bytes` as a slice of the lent message, if they are large enough and lie in it.
+fn shared(bytes: &[u8]) -> Option<Blob> {
+    if bytes.len() < Blob::ZERO_COPY_MIN {
+        return None;
+    }
+    in_lent(bytes).map(Blob)
+}
+
+/// `bytes` as a slice of the lent message if they lie in it, else a copy.
+pub(crate) fn lent_or_copied(bytes: &[u8]) -> Bytes {
+    in_lent(bytes).unwrap_or_else(|| Bytes::copy_from_slice(bytes))
+}
+
+/// `bytes` as a slice of the lent message, if they lie in it.
+fn in_lent(bytes: &[u8]) -> Option<Bytes> {
+    SOURCE.with(|s| {
+        let s = s.try_borrow().ok()?;
+        let message = s.as_ref()?;
+        let start = (bytes.as_ptr() as usize).checked_sub(message.as_ptr() as usize)?;
+        let end = start + bytes.len();
+        // Memory inside the (immutable) message: the slice holds exactly these bytes.
+        (end <= message.len()).then(|| message.slice(start..end))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,5 +473,57 @@ mod tests {
         // Outside a capture a blob offers nothing.
         blob.serialize(serde_json::value::Serializer).unwrap();
         assert!(!take(&blob, &frame));
+    }
+
+    /// Whether `blob`'s bytes lie in `message`'s memory.
+    fn inside(blob: &Blob, message: &Bytes) -> bool {
+        let (start, end) = (message.as_ptr() as usize, message.as_ptr() as usize + message.len());
+        (start..=end).contains(&(blob.as_ptr() as usize)) && blob.as_ptr() as usize + blob.len() <= end
+    }
+
+    #[test]
+    fn a_large_blob_decoded_from_a_lent_message_shares_its_memory_and_nothing_else_does() {
+        for codec in [crate::Codec::Bincode, crate::Codec::Postcard] {
+            let large = Blob::from((0..Blob::ZERO_COPY_MIN + 7).map(|i| i as u8).collect::<Vec<u8>>());
+            let small = Blob::from(vec![3u8; Blob::ZERO_COPY_MIN - 1]);
+            let message = codec.encode(&(small.clone(), large.clone()), 1 << 20).unwrap();
+
+            let lent = lend(&message);
+            let (s, l): (Blob, Blob) = codec.decode(&message).unwrap();
+            drop(lent);
+            assert_eq!((&s, &l), (&small, &large), "{codec:?}");
+            assert!(inside(&l, &message), "{codec:?}: the large blob is a slice of the message");
+            assert!(!inside(&s, &message), "{codec:?}: a small blob is a copy");
+
+            // Not lent: a copy. Lent, but the bytes are another message's: a copy.
+            let (_, copied): (Blob, Blob) = codec.decode(&message).unwrap();
+            assert!(!inside(&copied, &message), "{codec:?}: without a lend the blob is copied");
+            let other = Bytes::from(vec![0u8; 16]);
+            let lent = lend(&other);
+            let (_, copied): (Blob, Blob) = codec.decode(&message).unwrap();
+            drop(lent);
+            assert!(!inside(&copied, &message) && copied == large, "{codec:?}: bytes outside the lent message");
+
+            // The thread keeps no count of the message once the lend ends: only `l` does.
+            drop(l);
+            assert!(message.is_unique(), "{codec:?}: nothing holds the message after the decode");
+        }
+    }
+
+    #[test]
+    fn a_nested_lend_restores_the_outer_one_also_when_it_unwinds() {
+        let outer = Bytes::from(vec![1u8; 8]);
+        let inner = Bytes::from(vec![2u8; 8]);
+        let lent = lend(&outer);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _inner = lend(&inner);
+            assert_eq!(SOURCE.with(|s| s.borrow().as_ref().map(|b| b.as_ptr())), Some(inner.as_ptr()));
+            panic!("a Deserialize impl unwinds");
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(SOURCE.with(|s| s.borrow().as_ref().map(|b| b.as_ptr())), Some(outer.as_ptr()), "the outer lend");
+        drop(lent);
+        assert!(SOURCE.with(|s| s.borrow().is_none()));
+        assert!(outer.is_unique() && inner.is_unique());
     }
 }

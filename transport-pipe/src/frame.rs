@@ -118,7 +118,7 @@ impl LengthPrefixed {
     }
 }
 
-const PREFIX: usize = 4;
+pub(crate) const PREFIX: usize = 4;
 
 impl Decoder for LengthPrefixed {
     type Item = BytesMut;

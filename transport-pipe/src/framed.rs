@@ -6,8 +6,15 @@
 //! third of the user-space copying of a 1 MiB echo). Here a message of at least
 //! [`ZERO_COPY_MIN`] bytes is queued as it is (the `Bytes` the caller built) and written
 //! from there; smaller ones are still copied into one buffer with their prefixes, so a
-//! stream of small messages costs one write, not one per message. The read half is the same
-//! as `Framed`'s: [`LengthPrefixed`] decodes from a buffer filled by reads.
+//! stream of small messages costs one write, not one per message.
+//!
+//! The read half decodes, as `Framed`'s, from a buffer filled by reads, with one difference:
+//! a frame of at least [`ZERO_COPY_MIN`] bytes is read up to its end and no further, then
+//! leaves with the buffer's allocation (reading goes on in a new one). So a large frame
+//! shares its memory with no other frame, and the application may keep it, or a slice of
+//! it, without keeping more than its allocation (at most about twice its size: the buffer
+//! grows by doubling as the frame arrives); and the read buffer, which small frames reuse,
+//! never grows to the largest message received.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -19,7 +26,7 @@ use futures::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Framed};
 
-use crate::frame::LengthPrefixed;
+use crate::frame::{LengthPrefixed, PREFIX, READ_AHEAD};
 
 /// Messages at least this large are written from their own buffer instead of being copied
 /// into the write buffer: past this size the copy costs more than the extra slice (or, on
@@ -29,6 +36,10 @@ pub const ZERO_COPY_MIN: usize = 32 * 1024;
 /// `poll_ready` waits (writing) while this much is unwritten: the backpressure point of
 /// tokio-util's `FramedWrite`, kept so a full pipe is felt as early as before.
 const BACKPRESSURE: usize = 8 * 1024;
+
+/// The largest read buffer made anew after a large frame took the old one (see
+/// [`FramedPipe`]'s reading): sized for one more frame as large, up to this.
+const FRESH_MAX: usize = 2 * READ_AHEAD;
 
 /// At most this many slices per vectored write (well under every platform's `IOV_MAX`).
 const MAX_SLICES: usize = 64;
@@ -171,6 +182,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedPipe<S> {
     }
 }
 
+/// What is still missing of a frame of at least [`ZERO_COPY_MIN`] bytes whose prefix starts
+/// `read` (the decoder has found it incomplete); `None` for a smaller frame or no prefix.
+fn large_rest(read: &BytesMut) -> Option<usize> {
+    let head = read.first_chunk::<PREFIX>()?;
+    let len = u32::from_be_bytes(*head) as usize;
+    (len >= ZERO_COPY_MIN && PREFIX + len > read.len()).then(|| PREFIX + len - read.len())
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Stream for FramedPipe<S> {
     type Item = io::Result<BytesMut>;
 
@@ -183,7 +202,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for FramedPipe<S> {
             let decoded =
                 if this.read_ended { this.codec.decode_eof(&mut this.read) } else { this.codec.decode(&mut this.read) };
             match decoded {
-                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(Some(frame)) => {
+                    if frame.len() >= ZERO_COPY_MIN && this.read.is_empty() {
+                        // A large frame read to its end (see below) is alone in the read
+                        // buffer's allocation: it keeps it, and reading goes on in a new
+                        // one sized for another such frame (at most `FRESH_MAX`).
+                        this.read = BytesMut::with_capacity(PREFIX + frame.len().min(FRESH_MAX));
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
                 Ok(None) if this.read_ended => return Poll::Ready(None),
                 Ok(None) => {}
                 Err(e) => {
@@ -194,7 +221,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for FramedPipe<S> {
             // Room for at least one byte, so a read of 0 means the end of the stream (the
             // decoder has already reserved what the frame under way may use).
             this.read.reserve(1);
-            match ready!(tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.read)) {
+            // The body of a large frame is read up to its end and no further, so that the
+            // frame has its allocation to itself once complete.
+            let io = Pin::new(&mut this.io);
+            let read = match large_rest(&this.read) {
+                Some(rest) => tokio_util::io::poll_read_buf(io, cx, &mut (&mut this.read).limit(rest)),
+                None => tokio_util::io::poll_read_buf(io, cx, &mut this.read),
+            };
+            match ready!(read) {
                 Ok(0) => this.read_ended = true,
                 Ok(_) => {}
                 Err(e) => {
@@ -214,18 +248,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for FramedPipe<S> {
     }
 
     fn start_send(self: Pin<&mut Self>, item: Bytes) -> io::Result<()> {
-        let this = self.get_mut();
-        this.codec.check_outgoing(item.len())?;
-        // The limit is at most `MAX_FRAME_CEILING`, far below 4 GiB.
-        this.small.put_u32(item.len() as u32);
-        this.unwritten += 4 + item.len();
-        if item.len() >= ZERO_COPY_MIN {
-            this.queued.push_back(this.small.split().freeze());
-            this.queued.push_back(item);
-        } else {
-            this.small.extend_from_slice(&item);
-        }
-        Ok(())
+        self.get_mut().start_send_parts(std::slice::from_ref(&item))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -411,5 +434,41 @@ mod tests {
         let err = r.next().await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         assert!(r.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_leaves_with_its_own_allocation_and_the_read_buffer_stays_small() {
+        let big = Bytes::from((0..1usize << 20).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let mid = Bytes::from(vec![7u8; ZERO_COPY_MIN + 5]);
+        let small = Bytes::from_static(b"small");
+        let sent = [big.clone(), small.clone(), mid.clone(), small.clone(), big.clone(), big.clone(), small.clone()];
+        // All of it in the pipe before the first read, in pipes of several sizes.
+        for pipe in [64, 4096, 1 << 22] {
+            let (mut a, b) = tokio::io::duplex(pipe);
+            let writer = tokio::spawn({
+                let wire = wire(&sent);
+                async move { tokio::io::AsyncWriteExt::write_all(&mut a, &wire).await.unwrap() }
+            });
+            let mut r = FramedPipe::new(b, LengthPrefixed::new(2 << 20));
+            for (i, want) in sent.iter().enumerate() {
+                let frame = r.next().await.unwrap().unwrap();
+                assert_eq!(&frame[..], &want[..], "frame {i}, pipe {pipe}");
+                if frame.len() > FRESH_MAX {
+                    // Too large for one read: read up to its end and no further, nothing of
+                    // the next frame came with it, and reading goes on elsewhere. (A large
+                    // frame that arrived whole in one read with others shares the read
+                    // buffer, whose size the last assertion bounds.)
+                    assert!(r.read.is_empty(), "frame {i}, pipe {pipe}: the next frame was read into it");
+                    let span = frame.as_ptr() as usize..=frame.as_ptr() as usize + frame.len();
+                    assert!(!span.contains(&(r.read.as_ptr() as usize)), "frame {i}, pipe {pipe}: same allocation");
+                }
+                assert!(
+                    r.read.capacity() <= PREFIX + FRESH_MAX,
+                    "frame {i}, pipe {pipe}: the read buffer grew to {} bytes",
+                    r.read.capacity()
+                );
+            }
+            writer.await.unwrap();
+        }
     }
 }

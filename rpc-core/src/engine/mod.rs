@@ -322,6 +322,7 @@ where
                 if absorbed {
                     return Some(Ok(Batched::Item(frame_cost(len))));
                 }
+                let _lent = (bytes.len() >= crate::Blob::ZERO_COPY_MIN).then(|| crate::blob::lend(body));
                 Some(Ok(Batched::Frame(InFrame { frame: Frame::decode_with(self.codec, self.decode, bytes), len })))
             }
             Some(Err(e)) => {
@@ -468,7 +469,10 @@ where
                 .map_err(protocol)?;
                 if let Some(whole) = whole {
                     // The pieces make one item frame of the same exchange and direction.
+                    let whole = whole.freeze();
+                    let lent = crate::blob::lend(&whole);
                     let frame = Frame::<S::Request, Resp>::decode_with(self.codec, self.decode, &whole);
+                    drop(lent);
                     let expected = if from_opener { Kind::UpItem } else { Kind::DownItem };
                     match &frame {
                         Ok(f) if f.kind() == expected && f.id() == id => {}

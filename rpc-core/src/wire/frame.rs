@@ -498,7 +498,8 @@ impl<C: DeserializeOwned, R: DeserializeOwned> Frame<C, R> {
                 id,
                 from_opener: bytes[1] & FLAG_OPENER != 0,
                 more: bytes[1] & FLAG_MORE != 0,
-                bytes: bytes::Bytes::copy_from_slice(body),
+                // A slice of the message when the engine lent it (a piece is large).
+                bytes: crate::blob::lent_or_copied(body),
             },
             Kind::UpEnd | Kind::DownEnd | Kind::UpStop => {
                 empty(body)?;
