@@ -445,7 +445,7 @@ impl Chunked<'_> {
         match s {
             0 => usize::MAX,
             // Alternate between two sizes the input chose, small and not.
-            _ if self.reads % 2 == 0 => s,
+            _ if self.reads.is_multiple_of(2) => s,
             _ => (s * 37) % 509 + 1,
         }
     }
@@ -1054,7 +1054,9 @@ fn shape(s: &mut Script<'_>, depth: u32) -> Shape {
         0 => Shape::Unit,
         1 => Shape::Newtype(i64::from(s.u32() as i32)),
         2 => Shape::Tuple(s.byte(), char::from(s.byte()), f32::from(s.u16())),
-        3 => Shape::Struct { name: s.string(), inner: (s.byte() % 2 == 0).then(|| Box::new(shape(s, depth + 1))) },
+        3 => {
+            Shape::Struct { name: s.string(), inner: s.byte().is_multiple_of(2).then(|| Box::new(shape(s, depth + 1))) }
+        }
         _ => Shape::Many((0..s.byte() % 3).map(|_| shape(s, depth + 1)).collect()),
     }
 }
@@ -1068,10 +1070,11 @@ fn mixed(s: &mut Script<'_>) -> Mixed {
     if flags & 2 != 0 {
         m.by_name =
             (0..s.byte() % 4).map(|_| (s.string(), vec![u64::from(s.u32()); usize::from(s.byte() % 4)])).collect();
-        m.by_id = (0..s.byte() % 4).map(|_| (u32::from(s.u16()), (s.byte() % 2 == 0).then(|| s.string()))).collect();
+        m.by_id =
+            (0..s.byte() % 4).map(|_| (u32::from(s.u16()), s.byte().is_multiple_of(2).then(|| s.string()))).collect();
     }
     if flags & 4 != 0 {
-        m.maybe = Some((s.byte() % 2 == 0).then(|| i128::from(s.u32())));
+        m.maybe = Some(s.byte().is_multiple_of(2).then(|| i128::from(s.u32())));
         m.units = vec![(); usize::from(s.byte())];
         let n = usize::from(s.byte() % 64);
         m.blob = s.take(n).to_vec();
@@ -1079,7 +1082,7 @@ fn mixed(s: &mut Script<'_>) -> Mixed {
     if flags & 8 != 0 {
         m.wide = (0..s.byte() % 8).map(|i| (i % 2 == 0).then_some([u64::from(i); 8])).collect();
         m.set = (0..s.byte() % 8).map(|_| s.u16() as i16).collect();
-        m.pairs = (0..s.byte() % 4).map(|_| (s.byte() % 2 == 0, s.u16())).collect();
+        m.pairs = (0..s.byte() % 4).map(|_| (s.byte().is_multiple_of(2), s.u16())).collect();
     }
     if flags & 16 != 0 {
         m.shape = Some(shape(s, 0));
@@ -1100,11 +1103,11 @@ fn request(s: &mut Script<'_>) -> FuzzedRequest {
         }
         5 => FuzzedRequest::Shapes {
             shapes: (0..s.byte() % 4).map(|_| shape(s, 0)).collect(),
-            index: (0..s.byte() % 4).map(|_| (s.string(), (s.byte() % 2 == 0).then(|| vec![1, -1]))).collect(),
+            index: (0..s.byte() % 4).map(|_| (s.string(), s.byte().is_multiple_of(2).then(|| vec![1, -1]))).collect(),
         },
         6 => FuzzedRequest::Nap { ms: s.u16() % 20_000 },
         7 => FuzzedRequest::Fallible { x: s.byte() },
-        8 => FuzzedRequest::Note { note: (s.byte() % 2 == 0).then(|| s.string()) },
+        8 => FuzzedRequest::Note { note: s.byte().is_multiple_of(2).then(|| s.string()) },
         9 => FuzzedRequest::Count { n: s.u16(), size: s.u32() },
         10 => FuzzedRequest::Sum {},
         11 => FuzzedRequest::Relay { prefix: s.string() },
@@ -1134,7 +1137,11 @@ fn response(s: &mut Script<'_>) -> FuzzedResponse {
         }
         5 => FuzzedResponse::Shapes((vec![shape(s, 0)], u64::from(s.byte()))),
         6 => FuzzedResponse::Nap(s.u16()),
-        7 => FuzzedResponse::Fallible(if s.byte() % 2 == 0 { Ok(s.byte()) } else { Err(FuzzError::Refused(s.byte())) }),
+        7 => FuzzedResponse::Fallible(if s.byte().is_multiple_of(2) {
+            Ok(s.byte())
+        } else {
+            Err(FuzzError::Refused(s.byte()))
+        }),
         8 => FuzzedResponse::Count(ByteBuf::from(vec![s.byte(); usize::from(s.u16() % 2048)])),
         9 => FuzzedResponse::Sum(u64::from(s.u32())),
         _ => FuzzedResponse::Relay(s.string()),

@@ -14,7 +14,9 @@
 //! shares its memory with no other frame, and the application may keep it, or a slice of
 //! it, without keeping more than its allocation (at most about twice its size: the buffer
 //! grows by doubling as the frame arrives); and the read buffer, which small frames reuse,
-//! never grows to the largest message received.
+//! never grows to the largest message received. The allocation of a frame over
+//! `FRESH_MAX` is read into again for the next such frame once the application has dropped
+//! it, so a stream of large frames does not allocate one buffer per frame.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -37,8 +39,10 @@ pub const ZERO_COPY_MIN: usize = 32 * 1024;
 /// tokio-util's `FramedWrite`, kept so a full pipe is felt as early as before.
 const BACKPRESSURE: usize = 8 * 1024;
 
-/// The largest read buffer made anew after a large frame took the old one (see
-/// [`FramedPipe`]'s reading): sized for one more frame as large, up to this.
+/// A frame up to this size that took the read buffer's allocation is followed by a new
+/// buffer sized for one more frame as large; a larger one by an empty buffer, and its
+/// allocation is taken back for the next such frame once the application has dropped it
+/// (see [`FramedPipe`]'s `spare`).
 const FRESH_MAX: usize = 2 * READ_AHEAD;
 
 /// At most this many slices per vectored write (well under every platform's `IOV_MAX`).
@@ -54,6 +58,13 @@ pub struct FramedPipe<S> {
     io: S,
     codec: LengthPrefixed,
     read: BytesMut,
+    /// A handle without capacity on the allocation of the last frame over `FRESH_MAX` that
+    /// took the read buffer's: once the application has dropped that frame (the handle is
+    /// then the allocation's only owner), the next such frame is read into it instead of
+    /// into a buffer grown anew. Without it, each large frame would cost a buffer grown by
+    /// doubling, which in a process whose allocator maps such sizes fresh means mapping and
+    /// faulting in its pages every time.
+    spare: BytesMut,
     read_ended: bool,
     read_failed: bool,
     /// What to write, in order, before `small`: runs of small messages (each after its
@@ -72,6 +83,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedPipe<S> {
             io,
             codec,
             read: BytesMut::new(),
+            spare: BytesMut::new(),
             read_ended: false,
             read_failed: false,
             queued: VecDeque::new(),
@@ -182,6 +194,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedPipe<S> {
     }
 }
 
+impl<S> FramedPipe<S> {
+    /// The read buffer's allocation went with a frame of `len` bytes: reading goes on in a
+    /// new buffer, sized for one more such frame if it is not over `FRESH_MAX`; after a
+    /// larger one, in an empty buffer (the next prefix tells whether the spare is wanted).
+    fn hand_off(&mut self, len: usize) {
+        if len <= FRESH_MAX {
+            self.read = BytesMut::with_capacity(PREFIX + len);
+        } else {
+            // No capacity of its own: it can only take the allocation back (reclaim it),
+            // which it can only do once no frame or slice of it is left.
+            self.spare = std::mem::take(&mut self.read).split_to(0);
+        }
+    }
+
+    /// Before a frame over `FRESH_MAX` grows the read buffer: moves what arrived of it into
+    /// the spare allocation, if that is free again and at most twice what the frame needs
+    /// (a kept frame keeps its whole allocation, so it must not be much larger).
+    fn reuse_spare(&mut self) {
+        let Some(head) = self.read.first_chunk::<PREFIX>() else { return };
+        let whole = PREFIX + u32::from_be_bytes(*head) as usize;
+        if whole <= PREFIX + FRESH_MAX
+            || whole > PREFIX + self.codec.max_frame_length()
+            || self.read.capacity() >= whole
+            || self.spare.capacity() > 0
+            || !self.spare.try_reclaim(whole)
+        {
+            return;
+        }
+        if self.spare.capacity() > 2 * whole {
+            self.spare = BytesMut::new(); // its only owner: this frees it
+            return;
+        }
+        self.spare.extend_from_slice(&self.read);
+        std::mem::swap(&mut self.read, &mut self.spare);
+        self.spare = BytesMut::new();
+    }
+}
+
 /// What is still missing of a frame of at least [`ZERO_COPY_MIN`] bytes whose prefix starts
 /// `read` (the decoder has found it incomplete); `None` for a smaller frame or no prefix.
 fn large_rest(read: &BytesMut) -> Option<usize> {
@@ -199,15 +249,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for FramedPipe<S> {
             if this.read_failed {
                 return Poll::Ready(None);
             }
+            this.reuse_spare();
             let decoded =
                 if this.read_ended { this.codec.decode_eof(&mut this.read) } else { this.codec.decode(&mut this.read) };
             match decoded {
                 Ok(Some(frame)) => {
                     if frame.len() >= ZERO_COPY_MIN && this.read.is_empty() {
                         // A large frame read to its end (see below) is alone in the read
-                        // buffer's allocation: it keeps it, and reading goes on in a new
-                        // one sized for another such frame (at most `FRESH_MAX`).
-                        this.read = BytesMut::with_capacity(PREFIX + frame.len().min(FRESH_MAX));
+                        // buffer's allocation: it keeps it, and reading goes on elsewhere.
+                        this.hand_off(frame.len());
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
@@ -470,5 +520,31 @@ mod tests {
             }
             writer.await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_large_frames_allocation_is_reused_for_the_next_and_a_kept_ones_is_not() {
+        let big = Bytes::from((0..1usize << 20).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
+        let sent = [big.clone(), big.clone(), big.clone(), Bytes::from_static(b"end")];
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let writer = tokio::spawn({
+            let wire = wire(&sent);
+            async move { tokio::io::AsyncWriteExt::write_all(&mut a, &wire).await.unwrap() }
+        });
+        let mut r = FramedPipe::new(b, LengthPrefixed::new(2 << 20));
+        let first = r.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], &big[..]);
+        let first_at = first.as_ptr() as usize;
+        drop(first);
+        let second = r.next().await.unwrap().unwrap();
+        assert_eq!(&second[..], &big[..]);
+        assert_eq!(second.as_ptr() as usize, first_at, "the dropped frame's allocation is read into again");
+        // The second is kept: the third cannot be read into its allocation.
+        let third = r.next().await.unwrap().unwrap();
+        assert_eq!(&third[..], &big[..]);
+        let second_span = second.as_ptr() as usize..second.as_ptr() as usize + second.len();
+        assert!(!second_span.contains(&(third.as_ptr() as usize)), "a kept frame's allocation was reused");
+        assert_eq!(&r.next().await.unwrap().unwrap()[..], b"end");
+        writer.await.unwrap();
     }
 }

@@ -149,10 +149,10 @@ impl fmt::Display for PipeName {
     /// `foo (/run/user/1000/pipe-rpc/foo.sock)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.given)?;
-        if self.is_plain() {
-            if let Ok(addr) = self.resolve() {
-                write!(f, " ({})", addr.display())?;
-            }
+        if self.is_plain()
+            && let Ok(addr) = self.resolve()
+        {
+            write!(f, " ({})", addr.display())?;
         }
         Ok(())
     }

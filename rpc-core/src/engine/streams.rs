@@ -300,10 +300,10 @@ impl<M: Send> crate::stream::Source<M> for Remote<M> {
             // Take all that is queued (swapping keeps both queues' allocations).
             std::mem::swap(&mut self.taken, &mut s.items);
             let end = if self.taken.is_empty() { Some(s.end.take()) } else { None };
-            if let Some(None) = end {
-                if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    s.waker = Some(cx.waker().clone());
-                }
+            if let Some(None) = end
+                && !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                s.waker = Some(cx.waker().clone());
             }
             drop(s);
             if let Some(grant) = grant {

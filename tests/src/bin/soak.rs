@@ -1925,10 +1925,10 @@ fn report(
             }
             // Everything was dropped at the end: descriptors and tasks are back where they
             // were before any client connected.
-            if let (Some(i), Some(e)) = (idle.fds, end.fds) {
-                if e > i + FD_SLACK {
-                    problems.push(format!("open descriptors at the end ({e}) above the idle start ({i}) + {FD_SLACK}"));
-                }
+            if let (Some(i), Some(e)) = (idle.fds, end.fds)
+                && e > i + FD_SLACK
+            {
+                problems.push(format!("open descriptors at the end ({e}) above the idle start ({i}) + {FD_SLACK}"));
             }
             if end.server_tasks > idle.server_tasks + TASK_SLACK {
                 problems.push(format!(

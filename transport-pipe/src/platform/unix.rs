@@ -78,10 +78,11 @@ pub(crate) fn plain_name_address(name: &str) -> PathBuf {
 /// existing directory by absolute path, else `{temp}/pipe-rpc-{uid}`. The uid suffix keeps users
 /// apart in a shared temp directory, where a fixed name could be squatted by someone else.
 pub(crate) fn plain_name_dir(xdg: Option<OsString>, temp: &Path, uid: u32) -> PathBuf {
-    if let Some(xdg) = xdg.map(PathBuf::from) {
-        if xdg.is_absolute() && xdg.is_dir() {
-            return xdg.join("pipe-rpc");
-        }
+    if let Some(xdg) = xdg.map(PathBuf::from)
+        && xdg.is_absolute()
+        && xdg.is_dir()
+    {
+        return xdg.join("pipe-rpc");
     }
     temp.join(format!("pipe-rpc-{uid}"))
 }
@@ -437,11 +438,11 @@ fn unlink_stale(name: &PipeName, addr: &Path) -> Result<(), Error> {
 }
 
 pub(crate) fn bind(name: &PipeName, addr: &Path, opts: &ListenOptions) -> Result<(Listener, Reclaim), Error> {
-    if name.is_plain() {
-        if let Some(dir) = addr.parent() {
-            ensure_private_dir(dir, true)
-                .map_err(|e| e.context(format_args!("cannot listen on pipe `{}`", name.as_str())).with_name(name))?;
-        }
+    if name.is_plain()
+        && let Some(dir) = addr.parent()
+    {
+        ensure_private_dir(dir, true)
+            .map_err(|e| e.context(format_args!("cannot listen on pipe `{}`", name.as_str())).with_name(name))?;
     }
     let lock = match lock_name(name, addr, "listen on") {
         Ok(lock) => Some(lock),
@@ -456,11 +457,11 @@ pub(crate) fn bind(name: &PipeName, addr: &Path, opts: &ListenOptions) -> Result
         }
         Err(e) => return Err(e),
     };
-    if name.is_plain() {
-        if let Some(dir) = addr.parent() {
-            // After taking our own lock, so that the sweep passes over our name.
-            sweep_stale(dir);
-        }
+    if name.is_plain()
+        && let Some(dir) = addr.parent()
+    {
+        // After taking our own lock, so that the sweep passes over our name.
+        sweep_stale(dir);
     }
     match clear_and_listen(name, addr, opts) {
         Ok(listener) => {
@@ -654,11 +655,11 @@ fn listen(
 /// Client-side check before each attempt: for plain names, the directory must be private to us
 /// (else a squatter could impersonate the server). A missing directory just means "not running".
 pub(crate) fn check_client_dir(name: &PipeName, addr: &Path) -> Result<(), Error> {
-    if name.is_plain() {
-        if let Some(dir) = addr.parent() {
-            ensure_private_dir(dir, false)
-                .map_err(|e| e.context(format_args!("cannot connect to pipe `{}`", name.as_str())).with_name(name))?;
-        }
+    if name.is_plain()
+        && let Some(dir) = addr.parent()
+    {
+        ensure_private_dir(dir, false)
+            .map_err(|e| e.context(format_args!("cannot connect to pipe `{}`", name.as_str())).with_name(name))?;
     }
     Ok(())
 }
