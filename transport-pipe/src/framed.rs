@@ -212,12 +212,12 @@ impl<S> FramedPipe<S> {
     /// the spare allocation, if that is free again and at most twice what the frame needs
     /// (a kept frame keeps its whole allocation, so it must not be much larger).
     fn reuse_spare(&mut self) {
-        let Some(head) = self.read.first_chunk::<PREFIX>() else { return };
-        let whole = PREFIX + u32::from_be_bytes(*head) as usize;
-        if whole <= PREFIX + FRESH_MAX
-            || whole > PREFIX + self.codec.max_frame_length()
+        let Some(len) = declared(&self.read) else { return };
+        let whole = PREFIX + len;
+        // (The spare has no capacity of its own, so reclaiming it needs it to be unique.)
+        if len <= FRESH_MAX
+            || len > self.codec.max_frame_length()
             || self.read.capacity() >= whole
-            || self.spare.capacity() > 0
             || !self.spare.try_reclaim(whole)
         {
             return;
@@ -232,11 +232,15 @@ impl<S> FramedPipe<S> {
     }
 }
 
+/// The length the prefix at the start of `read` declares, if it has arrived.
+fn declared(read: &BytesMut) -> Option<usize> {
+    read.first_chunk::<PREFIX>().map(|head| u32::from_be_bytes(*head) as usize)
+}
+
 /// What is still missing of a frame of at least [`ZERO_COPY_MIN`] bytes whose prefix starts
 /// `read` (the decoder has found it incomplete); `None` for a smaller frame or no prefix.
 fn large_rest(read: &BytesMut) -> Option<usize> {
-    let head = read.first_chunk::<PREFIX>()?;
-    let len = u32::from_be_bytes(*head) as usize;
+    let len = declared(read)?;
     (len >= ZERO_COPY_MIN && PREFIX + len > read.len()).then(|| PREFIX + len - read.len())
 }
 

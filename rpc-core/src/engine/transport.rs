@@ -96,8 +96,6 @@ pub(crate) trait FrameTransport<In, Out>: Stream<Item = io::Result<In>> + Sink<O
 pub(crate) struct Carrier<IO, C, R> {
     framed: tokio_serde::Framed<FramedPipe<IO>, Inbound<C, R>, Outbound, FrameEncoder>,
     decoder: FrameDecoder,
-    /// No translator: messages go out as encoded.
-    parts: bool,
 }
 
 impl<IO, C, R> FrameTransport<Inbound<C, R>, Outbound> for Carrier<IO, C, R>
@@ -115,7 +113,8 @@ where
     }
 
     fn takes_parts(&self) -> bool {
-        self.parts
+        // No translator: messages go out as encoded.
+        self.decoder.translator.is_none()
     }
 }
 
@@ -154,7 +153,9 @@ where
         match item {
             // `tokio_serde`'s sink serializes (here: hands on or translates) and passes the
             // bytes to the pipe at once, so going around it keeps the order.
-            Outbound::Parts(parts) if this.parts => this.framed.get_mut().start_send_parts(&parts),
+            Outbound::Parts(parts) if this.decoder.translator.is_none() => {
+                this.framed.get_mut().start_send_parts(&parts)
+            }
             item => Pin::new(&mut this.framed).start_send(item),
         }
     }
@@ -253,7 +254,6 @@ where
 {
     let translator: SharedTranslator = translation.map(|map| Arc::new(Mutex::new(Translator::new(map))));
     Carrier {
-        parts: translator.is_none(),
         decoder: FrameDecoder { codec, limits, translator: translator.clone() },
         framed: tokio_serde::Framed::new(FramedPipe::from_framed(framed), FrameEncoder { translator }),
     }
